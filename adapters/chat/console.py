@@ -1,0 +1,137 @@
+"""The terminal chat: the same commands as Telegram and Discord, one line per event.
+
+Interactive on a terminal; when standard input is a pipe or a file it reads one command per
+line, prints one tagged line per event (``receipt:``, ``progress:``, ``image:``, ``done:``,
+``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along, and exits
+once input has ended and every job it knows about has finished and been reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TextIO
+
+from bot.app import App
+from bot.chat import ChatAdapter, Delivery, Progress, UserRef
+from bot.commands import Incoming
+
+
+class ConsoleAdapter(ChatAdapter):
+    platform = "console"
+
+    def __init__(self, app: App, user: UserRef, *, out: TextIO | None = None) -> None:
+        self.app = app
+        self.user = user
+        self.out = out or sys.stdout
+        self._last_progress: dict[int, tuple[int, str]] = {}
+
+    def emit(self, tag: str, text: str) -> None:
+        first, *rest = text.splitlines() or [""]
+        lines = [f"{tag}: {first}", *(f"  {line}" for line in rest)]
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+    @property
+    def reply_to(self) -> dict[str, str]:
+        return {"platform": self.platform, "chat": self.user.id}
+
+    async def deliver(self, d: Delivery) -> None:
+        p = d.payload
+        where = _where(d.job_id, p)
+        if d.kind == "image":
+            self.emit(
+                "image",
+                f"{where} {p['index'] + 1}/{p['count']} {p['path']} {p['width']}x{p['height']} "
+                f"seed {p['seed']}",
+            )
+        elif d.kind == "finished":
+            refund = f" · refunded {p['refunded']}" if p.get("refunded") else ""
+            self.emit(
+                "done",
+                f"{where} succeeded · {p['images']} image{'s' if p['images'] != 1 else ''} · "
+                f"{p['elapsed']}s{refund} · balance {p['balance']}",
+            )
+        elif d.kind == "cancelled":
+            self.emit("cancelled", f"{where} · refunded {p['refunded']} · balance {p['balance']}")
+        else:
+            refund = f"refunded {p['refunded']}" if p.get("refunded") else "not refunded"
+            self.emit(
+                "failed",
+                f"{where} {p.get('failure')}: {p.get('message')} · {refund} · "
+                f"balance {p['balance']}",
+            )
+        if d.kind != "image":
+            self._last_progress.pop(d.job_id, None)
+
+    async def progress(self, update: Progress) -> None:
+        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+            return  # the outbox event says it, with the details
+        key = (update.percent, update.stage)
+        if self._last_progress.get(update.job_id) == key:
+            return
+        self._last_progress[update.job_id] = key
+        self.emit("progress", f"job #{update.job_id} {update.percent}% {update.stage}")
+
+    async def handle_line(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        reply = await self.app.commands.handle(
+            Incoming(user=self.user, text=line, reply_to=self.reply_to, allow_local_paths=True)
+        )
+        tag = "error" if reply.error else "receipt" if reply.receipt else "info"
+        self.emit(tag, reply.text)
+
+    async def wait_until_done(self, poll: float = 0.1) -> None:
+        while not (await self.app.jobs.is_idle(self.user) and await self.app.deliverer.idle()):
+            await asyncio.sleep(poll)
+
+
+async def run_console(app: App, user: UserRef, *, interactive: bool) -> int:
+    adapter = ConsoleAdapter(app, user)
+    app.add_adapter(adapter)
+    await app.start()
+    try:
+        if interactive:
+            balance = await app.jobs.balance(user)
+            demo = (
+                " (demo provider: procedural pictures, not an AI model)"
+                if "demo" in app.providers
+                else ""
+            )
+            adapter.emit(
+                "info",
+                f"sdhost console — you are {user.key} with {balance} credits{demo}.\n"
+                "Type /help for commands, /imagine PROMPT to start. Ctrl-D quits.",
+            )
+        while True:
+            line = await asyncio.to_thread(_read_line, interactive)
+            if line is None:
+                break
+            await adapter.handle_line(line)
+        if interactive and not await app.jobs.is_idle(user):
+            adapter.emit(
+                "info", "waiting for your jobs to finish (Ctrl-C leaves them queued for next time)"
+            )
+        await adapter.wait_until_done()
+    finally:
+        await app.stop()
+    return 0
+
+
+def _read_line(interactive: bool) -> str | None:
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line if line else None
+
+
+def _where(job_id: int, payload: dict[str, object]) -> str:
+    batch = payload.get("batch_id")
+    if batch is not None:
+        return f"job #{job_id} (batch #{batch} task {int(payload.get('batch_index') or 0) + 1})"
+    return f"job #{job_id}"

@@ -1,0 +1,145 @@
+"""The composition root: the one place that names providers and builds the running core.
+
+Chat adapters are built by the CLI (which knows which ones the operator asked for) and
+passed in; everything else in ``bot/`` only sees the protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from bot.chat import ChatAdapter, Progress
+from bot.commands import Commands
+from bot.config import Config
+from bot.delivery import Deliverer
+from bot.jobs import JobService
+from bot.providers import Provider
+from bot.routing import Router
+from bot.scheduler import Scheduler, make_owner
+from storage.db import Database
+from storage.files import FileStore
+from storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+def build_providers(config: Config) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    if config.providers.demo.enabled:
+        from adapters.providers.demo import DemoProvider
+
+        providers["demo"] = DemoProvider(config.providers.demo)
+    return providers
+
+
+class App:
+    """The core, wired: database, file store, providers, jobs, scheduler and delivery."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        providers: dict[str, Provider] | None = None,
+        owner: str | None = None,
+        run_workers: bool = True,
+    ) -> None:
+        self.config = config
+        self.owner = owner or make_owner()
+        self.db = Database(
+            config.database_url,
+            busy_timeout_ms=config.database.busy_timeout_ms,
+            echo=config.database.echo,
+        )
+        self.files = FileStore(config.data.dir)
+        self.providers = providers if providers is not None else build_providers(config)
+        if config.providers.default not in self.providers and self.providers:
+            log.warning("default provider %r is not configured", config.providers.default)
+        self.router = Router(config, self.providers)
+        self.adapters: dict[str, ChatAdapter] = {}
+        self.deliverer = Deliverer(
+            self.db, self.adapters, self.owner, poll_idle_s=config.queue.poll_idle_s
+        )
+        self.scheduler = Scheduler(
+            config,
+            self.db,
+            self.providers,
+            self.files,
+            owner=self.owner,
+            on_event=self.deliverer.wake,
+            on_progress=self._progress,
+        )
+        self.jobs = JobService(
+            config,
+            self.db,
+            self.router,
+            self.files,
+            on_submit=self.scheduler.wake,
+            on_cancel=self.scheduler.cancel_local,
+            on_event=self.deliverer.wake,
+        )
+        self.commands = Commands(config, self.jobs)
+        self.run_workers = run_workers
+        self._started = False
+
+    def add_adapter(self, adapter: ChatAdapter) -> None:
+        self.adapters[adapter.platform] = adapter
+
+    async def migrate(self) -> None:
+        if self.db.is_sqlite:
+            self.config.data.dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(self.config.database_url)
+
+    async def start(self) -> None:
+        if self.config.database.auto_migrate:
+            await self.migrate()
+        if self.run_workers:
+            await self.scheduler.start()
+        await self.deliverer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.scheduler.stop()
+            await self.deliverer.stop()
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception("closing provider %s failed", provider.name)
+        await self.db.dispose()
+        self._started = False
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def _progress(self, update: Progress) -> None:
+        adapter = self.adapters.get(update.reply_to.get("platform", ""))
+        if adapter is not None:
+            await adapter.progress(update)
+
+    async def wait_idle(self, poll: float = 0.05) -> None:
+        """Until nothing is queued, running or waiting to be delivered (tests, benchmarks)."""
+        from sqlalchemy import func, select
+
+        from storage.models import Job, OutboxEvent
+
+        while True:
+            async with self.db.read() as s:
+                active = await s.scalar(
+                    select(func.count()).where(Job.status.in_(("queued", "running")))
+                )
+                pending = await s.scalar(
+                    select(func.count()).where(
+                        OutboxEvent.status.in_(("pending", "sending")),
+                        OutboxEvent.platform.in_(list(self.adapters) or [""]),
+                    )
+                )
+            if not active and not pending:
+                return
+            await asyncio.sleep(poll)

@@ -1,0 +1,72 @@
+"""What the core expects of a chat platform adapter, and what it hands over.
+
+Delivery is at-least-once through the outbox: an adapter's ``deliver`` is called for every
+event until it returns, and the event is marked sent right after. An adapter raises
+``DeliveryRetry`` when the platform asks it to wait (flood control) and ``DeliveryGone`` when
+the target can never be reached (the person blocked the bot, the chat was deleted).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A person as a platform knows them."""
+
+    platform: str
+    id: str
+    name: str = ""
+    locale: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbox event. ``kind`` is image | finished | failed | cancelled."""
+
+    id: int
+    job_id: int
+    kind: str
+    idx: int
+    payload: dict[str, Any]
+    attempts: int = 0
+
+    @property
+    def reply_to(self) -> dict[str, Any]:
+        return self.payload.get("reply_to", {})
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    job_id: int
+    percent: int
+    stage: str  # received | submitted | generating | done
+    reply_to: dict[str, Any] = field(default_factory=dict)
+    batch_id: int | None = None
+
+
+class DeliveryRetry(Exception):
+    def __init__(self, retry_after: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class DeliveryGone(Exception):
+    """The target is permanently unreachable; the event is dropped (and logged)."""
+
+
+class ChatAdapter(ABC):
+    platform: str
+
+    @abstractmethod
+    async def deliver(self, delivery: Delivery) -> None: ...
+
+    async def progress(self, update: Progress) -> None:  # noqa: B027 - optional
+        """Best effort and unthrottled from the core's side: adapters pace their own edits."""

@@ -1,0 +1,233 @@
+"""The ``sdhost`` command: chat in a terminal, run the bot, and operate it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from bot.app import App
+from bot.chat import UserRef
+from bot.config import Config, ConfigError, load_config
+from bot.errors import UserError
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _user(spec: str) -> UserRef:
+    """``platform:id`` (``telegram:12345``), or a bare name for a console user."""
+    platform, sep, ident = spec.partition(":")
+    if not sep:
+        return UserRef("console", spec, spec)
+    if not platform or not ident:
+        raise UserError(
+            f"bad user {spec!r}: write platform:id, e.g. telegram:12345 or console:alice"
+        )
+    return UserRef(platform, ident)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from pathlib import Path
+
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    config = load_config(path)
+    logging.basicConfig(
+        level=getattr(
+            logging, "DEBUG" if getattr(args, "verbose", False) else config.logging.level
+        ),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return config
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from adapters.chat.console import run_console
+
+    config = _load(args)
+    name = args.user or config.console.user or getpass.getuser() or "console"
+    app = App(config)
+    return await run_console(app, UserRef("console", name, name), interactive=sys.stdin.isatty())
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    app = App(config)
+    await app.start()
+    if not app.adapters:
+        logging.getLogger("sdhost").warning(
+            "no chat platform is configured; running the job workers only "
+            "(try `sdhost chat` for a terminal chat)"
+        )
+    print(
+        f"sdhost running: providers {', '.join(app.providers) or 'none'}; Ctrl-C stops", flush=True
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+    return 0
+
+
+async def _with_app(args: argparse.Namespace, fn: object) -> int:
+    config = _load(args)
+    app = App(config, run_workers=False)
+    await app.start()
+    try:
+        return await fn(app)  # type: ignore[operator]
+    finally:
+        await app.stop()
+
+
+async def _credits(args: argparse.Namespace) -> int:
+    ref = _user(args.user)
+
+    async def go(app: App) -> int:
+        if args.action == "show":
+            balance = await app.jobs.balance(ref)
+        elif args.action == "grant":
+            balance = await app.jobs.grant(ref, args.amount, note=args.note or "cli grant")
+        else:
+            balance = await app.jobs.set_balance(ref, args.amount, note=args.note or "")
+        print(f"{ref.key}: {balance} credits")
+        return 0
+
+    return await _with_app(args, go)
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    from bot.commands import format_job
+
+    async def go(app: App) -> int:
+        if args.action == "list":
+            views = await app.jobs.all_jobs(status=args.status, limit=args.limit)
+            for v in views:
+                when = datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                prompt = str(v.params.get("prompt", ""))[:50]
+                print(
+                    f"#{v.id}\t{v.status}\t{v.kind}\t{v.provider}\tuser {v.user_id}\t"
+                    f"{when}\t{prompt}"
+                )
+            if not views:
+                print("no jobs")
+        elif args.action == "show":
+            print(format_job(await app.jobs.job(None, args.id)))
+        else:
+            view = await app.jobs.job(None, args.id)
+            async with app.db.read() as s:
+                from storage.models import User
+
+                user = await s.get(User, view.user_id)
+            assert user is not None
+            ref = UserRef(user.platform, user.platform_user_id)
+            print(await app.jobs.cancel(ref, args.id, admin=True))
+        return 0
+
+    return await _with_app(args, go)
+
+
+async def _db(args: argparse.Namespace) -> int:
+    config = _load(args)
+    app = App(config, run_workers=False)
+    try:
+        await app.migrate()
+        print(f"database is at the newest schema ({_redact(config.database_url)})")
+    finally:
+        await app.stop()
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    path = args.file or args.config or DEFAULT_CONFIG
+    config = load_config(path)
+    print(
+        f"{path}: ok (database {_redact(config.database_url)}, providers: "
+        f"{', '.join(n for n in ('demo',) if getattr(config.providers, n).enabled) or 'none'})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdhost", description="Self-hosted image-generation bot")
+    p.add_argument("--config", "-c", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="chat with the bot in this terminal")
+    chat.add_argument("--user", help="who you are in the chat (default: your OS user name)")
+
+    sub.add_parser("run", help="run the bot with the chat platforms in the config")
+
+    cr = sub.add_parser("credits", help="show or change a person's credits")
+    cr_sub = cr.add_subparsers(dest="action", required=True)
+    s = cr_sub.add_parser("show", help="show a balance")
+    s.add_argument("user", help="platform:id, e.g. telegram:12345, or a console user name")
+    for name in ("grant", "set"):
+        g = cr_sub.add_parser(name, help=f"{name} credits")
+        g.add_argument("user")
+        g.add_argument("amount", type=int)
+        g.add_argument("--note", default="")
+
+    jb = sub.add_parser("jobs", help="list, show or cancel jobs")
+    jb_sub = jb.add_subparsers(dest="action", required=True)
+    ls = jb_sub.add_parser("list", help="recent jobs")
+    ls.add_argument(
+        "--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "quarantined"]
+    )
+    ls.add_argument("--limit", type=int, default=50)
+    for name in ("show", "cancel"):
+        j = jb_sub.add_parser(name, help=f"{name} one job")
+        j.add_argument("id", type=int)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="action", required=True)
+    db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
+
+    cf = sub.add_parser("config", help="configuration")
+    cf_sub = cf.add_subparsers(dest="action", required=True)
+    ck = cf_sub.add_parser("check", help="validate a config file")
+    ck.add_argument("file", nargs="?")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            return _config_check(args)
+        runner = {"chat": _chat, "run": _run, "credits": _credits, "jobs": _jobs, "db": _db}[
+            args.command
+        ]
+        return asyncio.run(runner(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopped; queued jobs stay queued and resume on the next start", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

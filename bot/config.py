@@ -1,0 +1,203 @@
+"""Typed configuration: one TOML file, every key with a default, secrets from the environment.
+
+Environment variables override the file: ``SDHOST_<SECTION>__<KEY>`` (for example
+``SDHOST_DATABASE__URL`` or ``SDHOST_TELEGRAM__TOKEN``), so secrets never need to be written
+into ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.errors import FailureClass
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    dir: Path = Path("./data")
+
+
+class DatabaseConfig(_Section):
+    url: str = ""  # empty: sqlite+aiosqlite:///<data.dir>/sdhost.db
+    busy_timeout_ms: int = Field(5000, ge=0)
+    auto_migrate: bool = True
+    echo: bool = False
+
+
+class RefundConfig(_Section):
+    """Which failure classes give the credits back, per kind of job.
+
+    A job that never reached a provider is always refunded, whatever this says.
+    Defaults follow seed 003: img2img failures are refunded, batch tasks are not
+    (they consumed the provider's resources), cancelled-before-start is refunded.
+    """
+
+    txt2img: list[FailureClass] = [
+        FailureClass.BAD_INPUT,
+        FailureClass.REFUSED,
+        FailureClass.PROVIDER_ERROR,
+        FailureClass.TIMEOUT,
+        FailureClass.CRASH,
+    ]
+    img2img: list[FailureClass] = [
+        FailureClass.BAD_INPUT,
+        FailureClass.REFUSED,
+        FailureClass.PROVIDER_ERROR,
+        FailureClass.TIMEOUT,
+        FailureClass.CRASH,
+    ]
+    batch: list[FailureClass] = [FailureClass.BAD_INPUT, FailureClass.CRASH]
+
+
+class CreditsConfig(_Section):
+    starting_grant: int = Field(20, ge=0)
+    # price per image (txt2img, img2img) or per task (batch)
+    prices: dict[str, int] = {"txt2img": 1, "img2img": 2, "batch": 1}
+    # per-provider overrides: {"bfl": {"txt2img": 4}}
+    provider_prices: dict[str, dict[str, int]] = {}
+    refunds: RefundConfig = RefundConfig()
+
+    @field_validator("prices")
+    @classmethod
+    def _known_kinds(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = set(v) - {"txt2img", "img2img", "batch"}
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {sorted(unknown)}; use txt2img, img2img, batch")
+        if any(p < 0 for p in v.values()):
+            raise ValueError("prices cannot be negative")
+        return {"txt2img": 1, "img2img": 2, "batch": 1} | v
+
+
+class QueueConfig(_Section):
+    max_queued_per_user: int = Field(20, ge=1)
+    max_running_per_user: int = Field(4, ge=1)
+    job_timeout_s: float = Field(300, gt=0)
+    max_attempts: int = Field(3, ge=1)  # crashes before a job is quarantined
+    lease_s: float = Field(30, gt=1)
+    poll_idle_s: float = Field(0.5, gt=0)  # how often an idle worker looks for others' jobs
+    retry_backoff_s: float = Field(2.0, ge=0)
+
+
+class ImagesConfig(_Section):
+    max_input_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_input_pixels: int = Field(40_000_000, gt=0)
+    fetch_timeout_s: float = Field(20, gt=0)
+    allow_private_urls: bool = False
+    default_size: int = Field(1024, ge=64, le=4096)  # the long side when only --ar is given
+
+
+class DemoProviderConfig(_Section):
+    enabled: bool = True
+    concurrency: int = Field(4, ge=1)
+    latency_s: float = Field(1.5, ge=0)  # simulated generation time per job
+    failure_rate: float = Field(0.0, ge=0, le=1)  # share of jobs that fail (provider_error)
+    max_size: int = Field(1536, ge=64)
+
+
+class ProvidersConfig(_Section):
+    default: str = "demo"
+    demo: DemoProviderConfig = DemoProviderConfig()
+
+
+class ConsoleConfig(_Section):
+    user: str = ""  # empty: the OS user name
+
+
+class AdminConfig(_Section):
+    # "platform:user_id" of people allowed to run admin commands from a chat
+    users: list[str] = []
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    credits: CreditsConfig = CreditsConfig()
+    queue: QueueConfig = QueueConfig()
+    images: ImagesConfig = ImagesConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data.dir / 'sdhost.db'}"
+
+
+class ConfigError(Exception):
+    """A config file problem, phrased as 'which key is wrong and why'."""
+
+
+ENV_PREFIX = "SDHOST_"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _coerce_env(value)
+    return out
+
+
+def _coerce_env(value: str) -> Any:
+    # TOML-parse the value so numbers, booleans and lists work; plain strings stay strings.
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate; raise ConfigError naming the offending key."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    raw = _merge(raw, _env_overrides(dict(os.environ if environ is None else environ)))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling against config.example.toml)"
+            lines.append(f"{key}: {msg}")
+        where = f"{path}: " if path else ""
+        raise ConfigError(where + "; ".join(lines)) from None

@@ -1,0 +1,61 @@
+"""The one family of user-facing errors.
+
+Everything a person can cause or act on is a ``UserError``: adapters render ``str(err)``
+as one line and never show a traceback. Anything else that escapes is a bug and is logged.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class UserError(Exception):
+    """An error whose message is safe and useful to show in a chat."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadInput(UserError):
+    """The command, a flag, or an input image is wrong; the message says how to fix it."""
+
+
+class InsufficientCredits(UserError):
+    pass
+
+
+class NotFound(UserError):
+    pass
+
+
+class Forbidden(UserError):
+    pass
+
+
+class LimitReached(UserError):
+    pass
+
+
+class FailureClass(StrEnum):
+    """Why a job failed; the refund policy is keyed by these."""
+
+    BAD_INPUT = "bad_input"  # the provider said our request was invalid
+    REFUSED = "refused"  # moderation / content policy / the provider would not do it
+    PROVIDER_ERROR = "provider_error"  # 5xx, quota, auth, anything on the provider's side
+    TIMEOUT = "timeout"  # the per-job deadline passed
+    CANCELLED = "cancelled"  # the person (or an admin) cancelled it
+    CRASH = "crash"  # our own code kept failing: the job was quarantined
+
+
+class ProviderFailure(Exception):
+    """Raised by providers: a classified failure with a message a person can read."""
+
+    def __init__(self, failure: FailureClass, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+        self.retry_after = retry_after

@@ -1,0 +1,99 @@
+"""The protocol every image provider implements.
+
+A provider gets a ``ProviderRun``: the resolved request plus three callbacks into the core.
+It must call ``submitted`` as soon as the remote side has a task id (the core stores it, so
+a restart resumes polling that task instead of paying for a new one), may call ``progress``
+as often as it likes (the core throttles), and calls ``image`` for every result the moment
+it has the bytes (provider URLs expire; the person sees each picture as soon as it exists).
+Failures are raised as ``bot.errors.ProviderFailure`` with a class the refund policy knows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    description: str = ""
+    kinds: frozenset[str] = frozenset({"txt2img", "img2img"})
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    kinds: frozenset[str]  # subset of {"txt2img", "img2img"}
+    models: tuple[ModelInfo, ...]
+    default_model: str
+    max_images: int = 4  # per job
+    min_size: int = 64
+    max_size: int = 2048
+    size_multiple: int = 8
+    is_demo: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRequest:
+    """Everything a provider needs, with every default already filled in by the core."""
+
+    job_id: int
+    kind: str  # txt2img | img2img (a batch task is a txt2img request)
+    prompt: str
+    negative: str
+    width: int
+    height: int
+    seed: int
+    n: int
+    model: str
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    strength: float | None = None
+    init_image: bytes | None = None  # PNG, already validated and re-encoded
+
+
+@dataclass(slots=True)
+class ResultImage:
+    """One finished picture: a Pillow image, or encoded bytes as the provider served them."""
+
+    image: Image.Image | None = None
+    data: bytes | None = None
+    seed: int | None = None
+    nsfw: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderRun(Protocol):
+    request: ResolvedRequest
+    task_id: str | None  # set when resuming a task submitted before a restart
+    state: dict[str, Any]  # what the provider stored with ``submitted``
+
+    async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None: ...
+
+    async def progress(self, fraction: float) -> None: ...
+
+    async def image(self, index: int, result: ResultImage) -> None: ...
+
+    def has_image(self, index: int) -> bool: ...
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    async def generate(self, run: ProviderRun) -> None:
+        """Produce ``run.request.n`` images through ``run.image``; raise ProviderFailure."""
+
+    async def cancel(self, task_id: str) -> None:  # noqa: B027 - optional for providers
+        """Best effort: tell the remote side to stop. The core has already stopped waiting."""
+
+    async def aclose(self) -> None:  # noqa: B027
+        pass

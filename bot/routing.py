@@ -1,0 +1,123 @@
+"""Which provider and model a request goes to, at what size, and what it costs.
+
+Everything here runs before anything is charged, so a request a provider cannot serve is
+refused with a clear message and costs nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from bot.config import Config
+from bot.errors import BadInput
+from bot.params import GenerationParams
+from bot.providers import Capabilities, Provider
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+    width: int
+    height: int
+    seed: int
+    unit_price: int
+
+
+def _round(v: float, multiple: int) -> int:
+    return max(multiple, round(v / multiple) * multiple)
+
+
+def resolve_size(
+    params: GenerationParams,
+    caps: Capabilities,
+    default_long: int,
+    init_size: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """The concrete size: --size as given, else --ar at the default long side, else (for
+    img2img) the input picture's own size fitted into what the provider can make."""
+    lo, hi, m = caps.min_size, caps.max_size, caps.size_multiple
+    if params.width and params.height:
+        w, h = params.width, params.height
+        if not (lo <= w <= hi and lo <= h <= hi):
+            raise BadInput(f"--size must be between {lo} and {hi} on each side for this provider")
+        return _round(w, m), _round(h, m)
+    if init_size is not None and not params.aspect:
+        w, h = init_size
+        scale = min(1.0, hi / max(w, h))
+        if min(w, h) * scale < lo:
+            scale = lo / min(w, h)
+        w, h = _round(w * scale, m), _round(h * scale, m)
+        return min(max(w, lo), hi), min(max(h, lo), hi)
+    aw, ah = 1, 1
+    if params.aspect:
+        a, _, b = params.aspect.partition(":")
+        aw, ah = int(a), int(b)
+    long_side = min(default_long, hi)
+    if aw >= ah:
+        w, h = long_side, long_side * ah / aw
+    else:
+        w, h = long_side * aw / ah, long_side
+    w, h = _round(w, m), _round(h, m)
+    return min(max(w, lo), hi), min(max(h, lo), hi)
+
+
+class Router:
+    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+        self.config = config
+        self.providers = providers
+
+    def price(self, kind: str, provider: str) -> int:
+        per_provider = self.config.credits.provider_prices.get(provider, {})
+        return per_provider.get(kind, self.config.credits.prices[kind])
+
+    def _pick_provider(self, params: GenerationParams) -> tuple[str, str | None]:
+        model = params.model
+        name = params.provider
+        if model and ":" in model:
+            prefix, _, rest = model.partition(":")
+            if prefix in self.providers:
+                if name and name != prefix:
+                    raise BadInput(f"--model {model} belongs to {prefix}, not --provider {name}")
+                name, model = prefix, rest
+        if name is None and model:
+            owners = [
+                p
+                for p, prov in self.providers.items()
+                if any(mi.name == model for mi in prov.capabilities().models)
+            ]
+            if owners:
+                name = owners[0]
+        name = name or self.config.providers.default
+        if name not in self.providers:
+            known = ", ".join(sorted(self.providers)) or "none"
+            raise BadInput(f"unknown provider {name!r}; configured providers: {known}")
+        return name, model
+
+    def resolve(
+        self, params: GenerationParams, kind: str, init_size: tuple[int, int] | None = None
+    ) -> Route:
+        name, model = self._pick_provider(params)
+        caps = self.providers[name].capabilities()
+        need = "img2img" if kind == "img2img" else "txt2img"
+        if need not in caps.kinds:
+            raise BadInput(f"{name} cannot do {need}; try another --provider (see /models)")
+        model = model or caps.default_model
+        info = next((mi for mi in caps.models if mi.name == model), None)
+        if info is None:
+            names = ", ".join(mi.name for mi in caps.models)
+            raise BadInput(f"unknown model {model!r} for {name}; available: {names} (see /models)")
+        if need not in info.kinds:
+            raise BadInput(f"model {model} cannot do {need}")
+        if params.n > caps.max_images:
+            raise BadInput(
+                f"{name} makes at most {caps.max_images} images per job; "
+                f"use --n 1..{caps.max_images}"
+            )
+        width, height = resolve_size(params, caps, self.config.images.default_size, init_size)
+        seed = (
+            params.seed if params.seed is not None else random.randrange(0, 2**32 - caps.max_images)
+        )
+        unit_kind = kind
+        return Route(name, model, width, height, seed, self.price(unit_kind, name))

@@ -1,0 +1,117 @@
+"""Content-addressed storage for generated images, their thumbnails and uploaded inputs.
+
+Files are named by the SHA-256 of their bytes, so storing the same picture twice costs
+nothing and a database row only needs the hash. Writes go to a temporary file in the target
+directory and are renamed into place after an fsync: a crash leaves at worst a stray
+``.tmp-*`` file, never a truncated file under a final name that a later ``put`` would
+mistake for a good copy.
+
+The methods are synchronous (plain file I/O); async callers wrap them in
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["KINDS", "FileStore", "StoredFile"]
+
+KINDS = frozenset({"images", "thumbs", "inputs"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXT = re.compile(r"[a-z0-9]{1,8}")
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    sha256: str
+    path: Path
+    size: int
+
+
+class FileStore:
+    """``root/<kind>/<sha[:2]>/<sha>.<ext>``; the two-character fan-out keeps directories
+    small enough for every filesystem to list quickly."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, sha256: str, *, kind: str = "images", ext: str = "png") -> Path:
+        """Where a file lives. Arguments are validated because a hash may come from a chat
+        command or a URL, and must never be able to point outside the store."""
+        if not _SHA256.fullmatch(sha256):
+            raise ValueError(f"not a lowercase hex SHA-256: {sha256!r}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown file kind {kind!r}; expected one of {sorted(KINDS)}")
+        if not _EXT.fullmatch(ext):
+            raise ValueError(f"bad file extension {ext!r}")
+        return self.root / kind / sha256[:2] / f"{sha256}.{ext}"
+
+    def put(self, data: bytes, *, kind: str = "images", ext: str = "png") -> StoredFile:
+        """Store ``data`` under its own hash; a no-op when an intact copy is already there."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path_for(sha, kind=kind, ext=ext)
+        _write_once(path, data)
+        return StoredFile(sha256=sha, path=path, size=len(data))
+
+    def put_thumbnail(self, sha256: str, data: bytes) -> Path:
+        """Store a thumbnail under the hash of the image it previews (not its own hash), so
+        it can be found from the image alone."""
+        path = self.path_for(sha256, kind="thumbs", ext="webp")
+        _write_once(path, data)
+        return path
+
+    def get(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bytes:
+        """The stored bytes; ``FileNotFoundError`` if there are none."""
+        return self.path_for(sha256, kind=kind, ext=ext).read_bytes()
+
+    def exists(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bool:
+        return self.path_for(sha256, kind=kind, ext=ext).is_file()
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    """Atomically create ``path`` with ``data`` unless a file of the right size is there.
+
+    Size is the cheap integrity check: a content-addressed file of the right length is
+    taken as intact (re-hashing every hit would read the whole file). A wrong-sized one is
+    replaced.
+    """
+    try:
+        if path.stat().st_size == len(data):
+            return
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
+    # os.open rather than tempfile.mkstemp: mkstemp makes 0600 files, and stored images
+    # may be served by another user (a web server); this honours the umask instead.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; POSIX only (Windows cannot open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
