@@ -10,14 +10,18 @@ import asyncio
 import logging
 from typing import Any
 
+from sqlalchemy import Connection
+
 from bot.chat import ChatAdapter, Progress
 from bot.commands import Commands
 from bot.config import Config
 from bot.delivery import Deliverer
 from bot.jobs import JobService
+from bot.owners import make_owner
 from bot.providers import Provider
 from bot.routing import Router
-from bot.scheduler import Scheduler, make_owner
+from bot.scheduler import Scheduler
+from storage import repos
 from storage.db import Database
 from storage.files import FileStore
 from storage.migrate import upgrade
@@ -125,21 +129,14 @@ class App:
 
     async def wait_idle(self, poll: float = 0.05) -> None:
         """Until nothing is queued, running or waiting to be delivered (tests, benchmarks)."""
-        from sqlalchemy import func, select
+        platforms = list(self.adapters) or [""]
 
-        from storage.models import Job, OutboxEvent
+        def busy(conn: Connection) -> bool:
+            return (
+                bool(repos.recent_jobs(conn, status="queued", limit=1))
+                or bool(repos.recent_jobs(conn, status="running", limit=1))
+                or repos.unsent(conn, platforms) > 0
+            )
 
-        while True:
-            async with self.db.read() as s:
-                active = await s.scalar(
-                    select(func.count()).where(Job.status.in_(("queued", "running")))
-                )
-                pending = await s.scalar(
-                    select(func.count()).where(
-                        OutboxEvent.status.in_(("pending", "sending")),
-                        OutboxEvent.platform.in_(list(self.adapters) or [""]),
-                    )
-                )
-            if not active and not pending:
-                return
+        while await self.db.run_read(busy) or not await self.deliverer.idle():
             await asyncio.sleep(poll)

@@ -126,14 +126,7 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.action == "show":
             print(format_job(await app.jobs.job(None, args.id)))
         else:
-            view = await app.jobs.job(None, args.id)
-            async with app.db.read() as s:
-                from storage.models import User
-
-                user = await s.get(User, view.user_id)
-            assert user is not None
-            ref = UserRef(user.platform, user.platform_user_id)
-            print(await app.jobs.cancel(ref, args.id, admin=True))
+            print(await app.jobs.cancel(None, args.id))
         return 0
 
     return await _with_app(args, go)

@@ -185,7 +185,7 @@ class Commands:
 
     async def cmd_cancel(self, msg: Incoming, rest: str) -> Reply:
         job_id = _job_id(rest, "cancel")
-        return Reply(await self.jobs.cancel(msg.user, job_id, admin=msg.is_admin))
+        return Reply(await self.jobs.cancel(None if msg.is_admin else msg.user, job_id))
 
     async def cmd_retry(self, msg: Incoming, rest: str) -> Reply:
         job_id = _job_id(rest, "retry")

@@ -1,9 +1,15 @@
 """The outbox pump: hands stored events to chat adapters and records that they arrived.
 
-Events of one job are delivered in order (a picture before its "done" line); different jobs
-go in parallel, so one slow upload or a flood-control wait in one chat never holds up the
-others. An event is marked sent right after the adapter returns; a crash in between means it
-is delivered again after a restart (at least once), never lost.
+Events of one job are delivered in order (a picture before its "done" line), also across
+retries: an event waits while an earlier one of its job is out (see
+``storage.repos.claim_events``). Different jobs go in parallel, so one slow upload or a
+flood-control wait in one chat never holds up the others.
+
+An event is marked sent right after the adapter returns; marks are written in batches by
+one task, so delivering many pictures costs few transactions. A crash between the two
+means the event is delivered again after a restart (at least once, never lost); events a
+dead process on this host was sending are taken back at start-up, others once their
+send lease runs out.
 """
 
 from __future__ import annotations
@@ -13,18 +19,20 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Row
 
 from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry
 from bot.jobs import now
+from bot.owners import owner_is_dead
+from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
-from storage.models import OutboxEvent
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
 SEND_LEASE_S = 120.0
+CLAIM_BATCH = 100
 
 
 class Deliverer:
@@ -41,114 +49,197 @@ class Deliverer:
         self.owner = owner
         self.poll_idle_s = poll_idle_s
         self._wake = asyncio.Event()
-        self._chains: dict[int, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._chains: dict[int, asyncio.Task[bool]] = {}
+        self._marks: list[dict[str, Any]] = []
+        self._marks_ready = asyncio.Event()
+        self._flushing = False
+        self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        if self.adapters:
-            self._task = asyncio.create_task(self._loop(), name="deliverer")
+        if not self.adapters:
+            return
+        owners = await self.db.run_read(repos.sending_owners)
+        dead = [o for o in owners if owner_is_dead(o, self.owner)]
+        if dead and await self.db.run_write(repos.release_events, dead):
+            log.info("taking back undelivered events from stopped processes")
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="deliverer"),
+            asyncio.create_task(self._marker(), name="delivery-marks"),
+        ]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        """Stop sending; record what was sent; give back what was not."""
+        loop_and_marker = self._tasks
+        if loop_and_marker:
+            loop_and_marker[0].cancel()
             with contextlib.suppress(BaseException):
-                await self._task
+                await loop_and_marker[0]
         chains = list(self._chains.values())
         for t in chains:
             t.cancel()
         await asyncio.gather(*chains, return_exceptions=True)
         self._chains.clear()
+        for t in loop_and_marker[1:]:
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self._flush()
+            await self.db.run_write(repos.release_events, [self.owner])
+
+    async def idle(self) -> bool:
+        """Nothing being delivered and every outcome recorded."""
+        return not self._chains and not self._marks and not self._flushing
+
+    # --- claiming ----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         platforms = list(self.adapters)
         while True:
             self._wake.clear()
             try:
-                async with self.db.write() as s:
-                    events = await repos.claim_events(
-                        s, platforms=platforms, owner=self.owner, now=now(), lease_s=SEND_LEASE_S
-                    )
+                events = await self.db.run_write(
+                    repos.claim_events,
+                    platforms=platforms,
+                    owner=self.owner,
+                    now=now(),
+                    lease_s=SEND_LEASE_S,
+                    limit=CLAIM_BATCH,
+                )
             except Exception:
                 log.exception("claiming outbox events failed")
-                events = []
                 await asyncio.sleep(1)
+                continue
             for ev in events:
-                self._enqueue(
-                    ev.platform,
-                    Delivery(
-                        id=ev.id,
-                        job_id=ev.job_id,
-                        kind=ev.kind,
-                        idx=ev.idx,
-                        payload=dict(ev.payload),
-                        attempts=ev.attempts,
-                    ),
-                )
-            if not events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_idle_s)
+                self._enqueue(ev)
+            if len(events) < CLAIM_BATCH:
+                await wait_for_event(self._wake, self.poll_idle_s)
 
-    def _enqueue(self, platform: str, delivery: Delivery) -> None:
+    def _enqueue(self, ev: Row[Any]) -> None:
+        delivery = Delivery(
+            id=ev.id,
+            job_id=ev.job_id,
+            kind=ev.kind,
+            idx=ev.idx,
+            payload=dict(ev.payload),
+            attempts=ev.attempts,
+        )
         prev = self._chains.get(delivery.job_id)
-        task = asyncio.create_task(self._deliver_after(prev, platform, delivery))
+        task = asyncio.create_task(self._deliver_after(prev, ev.platform, delivery))
         self._chains[delivery.job_id] = task
 
-        def _done(t: asyncio.Task[None], job_id: int = delivery.job_id) -> None:
+        def _done(t: asyncio.Task[bool], job_id: int = delivery.job_id) -> None:
             if self._chains.get(job_id) is t:
                 del self._chains[job_id]
 
         task.add_done_callback(_done)
 
+    # --- delivering --------------------------------------------------------------------------
+
     async def _deliver_after(
-        self, prev: asyncio.Task[None] | None, platform: str, delivery: Delivery
-    ) -> None:
+        self, prev: asyncio.Task[bool] | None, platform: str, delivery: Delivery
+    ) -> bool:
+        """Deliver once the job's previous event is done; True if the chain may go on.
+
+        A chain that stops (this event must wait) stays in place until that outcome is
+        written, so an event of the same job claimed meanwhile queues behind it, finds it
+        failed, and steps back too; the database then holds it until the earlier one is
+        through.
+        """
         if prev is not None:
-            with contextlib.suppress(BaseException):
-                await prev
-        adapter = self.adapters[platform]
+            try:
+                ok = await prev
+            except BaseException:
+                ok = False
+            if not ok:  # give it back: it is claimed again once its predecessor is through
+                await self._mark(delivery, "pending", attempts=delivery.attempts, next_try=now())
+                return False
         try:
-            await adapter.deliver(delivery)
+            await self.adapters[platform].deliver(delivery)
         except DeliveryRetry as exc:
-            await self._mark(delivery, status="pending", next_try=now() + exc.retry_after)
+            await self._mark(
+                delivery, "pending", attempts=delivery.attempts, next_try=now() + exc.retry_after
+            )
+            return False
         except DeliveryGone as exc:
             log.warning("event %s for job %s dropped: %s", delivery.id, delivery.job_id, exc)
-            await self._mark(delivery, status="dead", error=str(exc)[:2000])
+            self._mark(delivery, "dead", attempts=delivery.attempts + 1, error=str(exc))
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             attempts = delivery.attempts + 1
             log.exception("delivering event %s (job %s) failed", delivery.id, delivery.job_id)
             if attempts >= MAX_ATTEMPTS:
-                await self._mark(delivery, status="dead", attempts=attempts, error=repr(exc)[:2000])
-            else:
-                backoff = min(300.0, 2.0**attempts)
-                await self._mark(
-                    delivery,
-                    status="pending",
-                    attempts=attempts,
-                    next_try=now() + backoff,
-                    error=repr(exc)[:2000],
-                )
-            self.wake()
-        else:
-            await self._mark(delivery, status="sent", sent_at=now())
+                self._mark(delivery, "dead", attempts=attempts, error=repr(exc))
+                return True
+            await self._mark(
+                delivery,
+                "pending",
+                attempts=attempts,
+                next_try=now() + min(300.0, 2.0**attempts),
+                error=repr(exc),
+            )
+            return False
+        self._mark(delivery, "sent", attempts=delivery.attempts, sent_at=now())
+        return True
 
-    async def _mark(self, delivery: Delivery, **values: Any) -> None:
-        for attempt in range(5):
+    # --- recording outcomes ------------------------------------------------------------------
+
+    def _mark(
+        self,
+        delivery: Delivery,
+        status: str,
+        *,
+        attempts: int,
+        next_try: float = 0.0,
+        error: str | None = None,
+        sent_at: float | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue an outcome for the next batch write; the future resolves once written."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks.append(
+            {
+                "eid": delivery.id,
+                "status": status,
+                "attempts": attempts,
+                "next_try": next_try,
+                "error": error[:2000] if error else None,
+                "sent_at": sent_at,
+                "written": written,
+            }
+        )
+        self._marks_ready.set()
+        return written
+
+    async def _marker(self) -> None:
+        while True:
+            await self._marks_ready.wait()
             try:
-                async with self.db.write() as s:
-                    await s.execute(
-                        update(OutboxEvent)
-                        .where(OutboxEvent.id == delivery.id, OutboxEvent.owner == self.owner)
-                        .values(**values)
-                    )
-                return
+                await self._flush()
             except Exception:
-                log.exception("recording delivery of event %s failed", delivery.id)
-                await asyncio.sleep(0.2 * (attempt + 1))
+                log.exception("recording delivery outcomes failed; retrying")
+                await asyncio.sleep(0.5)
 
-    async def idle(self) -> bool:
-        return not self._chains
+    async def _flush(self) -> None:
+        self._marks_ready.clear()
+        if not self._marks:
+            return
+        batch, self._marks = self._marks, []
+        self._flushing = True
+        try:
+            await self.db.run_write(repos.mark_events, self.owner, batch)
+        except BaseException:
+            self._marks[:0] = batch  # keep them for the next try
+            self._marks_ready.set()
+            raise
+        finally:
+            self._flushing = False
+        for mark in batch:
+            if not mark["written"].done():
+                mark["written"].set_result(None)
+        self.wake()  # events waiting on these may go now

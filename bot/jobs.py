@@ -2,15 +2,19 @@
 
 Every state change that involves money happens in one write transaction with the job rows
 it concerns, so a crash can never leave a charge without a job or a job without a charge.
+The transactions are plain functions of a connection (see ``storage.db``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import Connection, Row
 
 from bot.chat import UserRef
 from bot.config import Config
@@ -28,7 +32,6 @@ from bot.routing import Route, Router
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
-from storage.models import Batch, Job, User
 
 KINDS = ("txt2img", "img2img", "batch")
 
@@ -47,7 +50,7 @@ class JobTicket:
     n: int
     seed: int
     cost: int
-    position: int
+    position: int  # 1 = next to start; 0 = no longer waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,7 @@ class JobView:
     batch_counts: dict[str, int] | None = None
 
     @classmethod
-    def of(cls, job: Job) -> JobView:
+    def of(cls, job: Row[Any]) -> JobView:
         return cls(
             id=job.id,
             user_id=job.user_id,
@@ -111,24 +114,164 @@ class JobView:
         )
 
 
-def refund_due(config: Config, job: Job, failure: FailureClass, images_made: int) -> int:
-    """How much of the job's cost goes back, by the configured policy.
+def refund_due(config: Config, job: Any, failure: FailureClass | None, images_made: int) -> int:
+    """How much of the job's cost goes back.
 
-    A job that never reached a provider is always refunded in full. Otherwise the policy for
-    the job's kind decides; when it refunds, only the pictures that were not made are paid
-    back (a person keeps, and pays for, what they received).
+    A job that never reached a provider and made nothing is refunded in full, whatever
+    happened. One that succeeded with fewer pictures than asked pays back the missing ones.
+    Otherwise the configured policy for the job's kind decides, and when it refunds, only
+    the pictures that were not made are paid back (a person keeps, and pays for, what they
+    received).
     """
     if job.cost <= 0:
         return 0
     n = max(1, int(job.params.get("n", 1)))
-    unmade = max(0, n - images_made)
     unit = job.cost // n
+    unmade = max(0, n - images_made)
     if job.submitted_at is None and images_made == 0:
         return job.cost
-    policy: list[FailureClass] = getattr(config.credits.refunds, job.kind)
-    if failure in policy:
+    if failure is None:
         return unit * unmade
-    return 0
+    policy: list[FailureClass] = getattr(config.credits.refunds, job.kind)
+    return unit * unmade if failure in policy else 0
+
+
+def finish_job(
+    conn: Connection,
+    config: Config,
+    job: Row[Any],
+    *,
+    status: str,
+    failure: FailureClass | None,
+    message: str | None,
+    images_made: int,
+    t: float,
+) -> int:
+    """Move a job to a terminal state, refund by policy and queue the event saying so.
+
+    The caller has made sure, in this transaction, that the job is still its to finish
+    (queued and locked, or running under its lease). Returns the refund.
+    """
+    refund = refund_due(config, job, failure, images_made)
+    values: dict[str, Any] = {
+        "status": status,
+        "failure": failure.value if failure else None,
+        "error": message,
+        "finished_at": t,
+        "lease_owner": None,
+        "lease_until": None,
+    }
+    if status == "succeeded":
+        values.update(progress=100, stage="done")
+    repos.update_job(conn, job.id, **values)
+    if refund:
+        repos.credit(conn, job.user_id, refund, reason="refund", job_id=job.id, now=t)
+    payload: dict[str, Any] = {
+        "reply_to": job.reply_to,
+        "status": status,
+        "refunded": refund,
+        "balance": repos.balance(conn, job.user_id),
+        "images": images_made,
+        "n": int(job.params.get("n", 1)),
+        "batch_id": job.batch_id,
+        "batch_index": job.batch_index,
+        "prompt": job.params.get("prompt", ""),
+        "elapsed": round(t - (job.started_at or job.created_at), 2),
+    }
+    if failure is not None:
+        payload["failure"] = failure.value
+        payload["message"] = message or ""
+    kind = {"succeeded": "finished", "cancelled": "cancelled"}.get(status, "failed")
+    repos.add_events(
+        conn,
+        [
+            {
+                "job_id": job.id,
+                "platform": job.reply_to.get("platform", ""),
+                "kind": kind,
+                "payload": payload,
+                "created_at": t,
+            }
+        ],
+    )
+    return refund
+
+
+def queue_positions(
+    queue: dict[int, tuple[int, int]], user_id: int, my_queued: Sequence[int]
+) -> dict[int, int]:
+    """1-based places in a round-robin queue for the person's queued job ids (oldest first).
+
+    Each other person gets one turn per turn of ours; within a round, whoever has been
+    waiting longer goes first. ``queue`` is ``{user_id: (queued count, oldest id)}``.
+    """
+    if not my_queued:
+        return {}
+    first = my_queued[0]
+    out: dict[int, int] = {}
+    for k, job_id in enumerate(my_queued):
+        ahead = k
+        for other, (count, their_first) in queue.items():
+            if other != user_id:
+                ahead += min(count, k + 1 if their_first < first else k)
+        out[job_id] = ahead + 1
+    return out
+
+
+def _positions(conn: Connection, user_id: int, providers: set[str]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for provider in providers:
+        mine = repos.queued_ids(conn, user_id, provider)
+        out.update(queue_positions(repos.queue_by_user(conn, provider), user_id, mine))
+    return out
+
+
+def _receipt(
+    conn: Connection,
+    user_id: int,
+    kind: str,
+    rows: Sequence[Any],
+    balance: int,
+    *,
+    duplicate: bool = False,
+    notes: Sequence[str] = (),
+) -> Receipt:
+    positions = _positions(conn, user_id, {r.provider for r in rows})
+    tickets = tuple(
+        JobTicket(
+            id=r.id,
+            provider=r.provider,
+            model=r.model or "",
+            width=r.params.get("width") or 0,
+            height=r.params.get("height") or 0,
+            n=r.params.get("n", 1),
+            seed=r.params.get("seed") or 0,
+            cost=r.cost,
+            position=positions.get(r.id, 0),
+        )
+        for r in rows
+    )
+    return Receipt(
+        kind=kind,
+        jobs=tickets,
+        batch_id=rows[0].batch_id if rows else None,
+        cost=sum(r.cost for r in rows),
+        balance=balance,
+        duplicate=duplicate,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    """A job row about to be inserted, readable like a stored one for the receipt."""
+
+    id: int
+    provider: str
+    model: str | None
+    params: dict[str, Any]
+    cost: int
+    batch_id: int | None
 
 
 class JobService:
@@ -151,70 +294,74 @@ class JobService:
         self.on_cancel = on_cancel or (lambda job_id: False)
         self.on_event = on_event or (lambda: None)
 
+    def _ensure(self, conn: Connection, ref: UserRef, t: float) -> Row[Any]:
+        return repos.ensure_user(
+            conn,
+            ref.platform,
+            ref.id,
+            name=ref.name,
+            starting_grant=self.config.credits.starting_grant,
+            now=t,
+        )
+
     # --- people and credits ----------------------------------------------------------------
 
-    async def user(self, ref: UserRef) -> User:
-        async with self.db.write() as s:
-            return await repos.ensure_user(
-                s,
-                ref.platform,
-                ref.id,
-                name=ref.name,
-                starting_grant=self.config.credits.starting_grant,
-                now=now(),
-            )
+    async def user(self, ref: UserRef) -> Row[Any]:
+        """The person's row (id, balance, banned, ...), created with the starting grant."""
+        return await self.db.run_write(self._ensure, ref, now())
 
     async def balance(self, ref: UserRef) -> int:
-        return (await self.user(ref)).balance
+        return int((await self.user(ref)).balance)
 
     async def grant(
         self, ref: UserRef, amount: int, *, note: str = "", key: str | None = None
     ) -> int:
         """Admin grant (negative to take back). Returns the new balance."""
-        import uuid
 
-        async with self.db.write() as s:
-            user = await repos.ensure_user(
-                s,
-                ref.platform,
-                ref.id,
-                name=ref.name,
-                starting_grant=self.config.credits.starting_grant,
-                now=now(),
-            )
+        def tx(conn: Connection) -> int:
+            t = now()
+            user = self._ensure(conn, ref, t)
             if amount < 0 and user.balance + amount < 0:
                 raise UserError(f"{ref.key} has {user.balance} credits; cannot take {-amount}")
-            await repos.credit(
-                s,
+            repos.credit(
+                conn,
                 user.id,
                 amount,
                 reason="grant" if amount >= 0 else "debit",
-                now=now(),
+                now=t,
                 key=key or f"admin:{uuid.uuid4().hex}",
                 note=note,
             )
-            await s.refresh(user)
-            return user.balance
+            return repos.balance(conn, user.id)
+
+        return await self.db.run_write(tx)
 
     async def set_balance(self, ref: UserRef, target: int, *, note: str = "") -> int:
         if target < 0:
             raise UserError("a balance cannot be negative")
-        current = await self.balance(ref)
-        if target != current:
-            return await self.grant(ref, target - current, note=note or f"set to {target}")
-        return current
+
+        def tx(conn: Connection) -> int:
+            t = now()
+            user = self._ensure(conn, ref, t)
+            if target != user.balance:
+                repos.credit(
+                    conn,
+                    user.id,
+                    target - user.balance,
+                    reason="grant" if target > user.balance else "debit",
+                    now=t,
+                    key=f"admin:{uuid.uuid4().hex}",
+                    note=note or f"set to {target}",
+                )
+            return repos.balance(conn, user.id)
+
+        return await self.db.run_write(tx)
 
     async def set_banned(self, ref: UserRef, banned: bool) -> None:
-        async with self.db.write() as s:
-            user = await repos.ensure_user(
-                s,
-                ref.platform,
-                ref.id,
-                name=ref.name,
-                starting_grant=self.config.credits.starting_grant,
-                now=now(),
-            )
-            user.banned = banned
+        def tx(conn: Connection) -> None:
+            repos.set_banned(conn, self._ensure(conn, ref, now()).id, banned)
+
+        await self.db.run_write(tx)
 
     # --- submitting -------------------------------------------------------------------------
 
@@ -231,7 +378,11 @@ class JobService:
         retry_of: int | None = None,
         notes: Sequence[str] = (),
     ) -> Receipt:
-        """Validate, route, charge and queue in one transaction; return the receipt."""
+        """Validate, route, charge and queue in one transaction; return the receipt.
+
+        Everything that can be refused (an unknown model, a size the provider cannot make,
+        too many tasks) is refused before the transaction, so a refusal costs nothing.
+        """
         if kind not in KINDS:
             raise BadInput(f"unknown job kind {kind!r}")
         if not params_list:
@@ -249,180 +400,139 @@ class JobService:
             r.unit_price * (1 if kind == "batch" else p.n)
             for r, p in zip(routes, params_list, strict=True)
         ]
-        total = sum(costs)
         input_sha = None
         if init_image is not None:
             stored = await asyncio.to_thread(self.files.put, init_image, kind="inputs", ext="png")
             input_sha = stored.sha256
-        t = now()
-        async with self.db.write() as s:
-            user = await repos.ensure_user(
-                s,
-                ref.platform,
-                ref.id,
-                name=ref.name,
-                starting_grant=self.config.credits.starting_grant,
-                now=t,
-            )
+        resolved = [
+            p.with_(seed=r.seed, width=r.width, height=r.height, model=r.model, provider=r.provider)
+            for p, r in zip(params_list, routes, strict=True)
+        ]
+
+        def tx(conn: Connection) -> Receipt:
+            t = now()
+            user = self._ensure(conn, ref, t)
             if user.banned:
                 raise Forbidden(
                     "you are not allowed to use this bot; ask an admin if this is a mistake"
                 )
             if idem_key is not None:
-                first = await s.scalar(_select_jobs().where(Job.idem_key == idem_key))
-                if first is not None:
-                    existing = [first]
-                    if first.batch_id is not None:
-                        existing = list(
-                            await s.scalars(
-                                _select_jobs()
-                                .where(Job.batch_id == first.batch_id)
-                                .order_by(Job.id)
-                            )
-                        )
-                    return await self._receipt_for(s, user, kind, existing, duplicate=True)
-            active = await repos.active_count(s, user.id)
+                existing = repos.jobs_by_idem_key(conn, idem_key)
+                if existing:
+                    return _receipt(conn, user.id, kind, existing, user.balance, duplicate=True)
+            active = repos.active_count(conn, user.id)
             limit = self.config.queue.max_queued_per_user
-            if active + len(params_list) > limit:
+            if active + len(resolved) > limit:
                 raise LimitReached(
                     f"you have {active} jobs waiting or running and the limit is {limit}; "
                     "wait for some to finish or /cancel one"
                 )
+            total = sum(costs)
             if user.balance < total:
                 raise InsufficientCredits(_short_of(total, user.balance))
-            batch_id = None
-            if kind == "batch":
-                batch = Batch(user_id=user.id, size=len(params_list), created_at=t)
-                s.add(batch)
-                await s.flush()
-                batch_id = batch.id
-            jobs: list[Job] = []
-            for i, (p, r, cost) in enumerate(zip(params_list, routes, costs, strict=True)):
-                resolved = p.with_(
-                    seed=r.seed, width=r.width, height=r.height, model=r.model, provider=r.provider
-                )
-                job = Job(
-                    user_id=user.id,
-                    batch_id=batch_id,
-                    batch_index=i,
-                    kind=kind,
-                    status="queued",
-                    params=resolved.to_dict(),
-                    provider=r.provider,
-                    model=r.model,
-                    input_sha256=input_sha,
-                    cost=cost,
-                    progress=10,
-                    stage="received",
-                    attempts=0,
-                    reply_to=reply_to,
-                    retry_of=retry_of,
-                    run_after=0.0,
-                    idem_key=(idem_key if i == 0 else f"{idem_key}#{i}") if idem_key else None,
-                    created_at=t,
-                )
-                s.add(job)
-                await s.flush()
-                balance = await repos.charge(s, user.id, cost, job_id=job.id, now=t)
-                if balance is None:  # lost a race with another submission: roll it all back
-                    raise InsufficientCredits(_short_of(total, user.balance))
-                jobs.append(job)
-            await s.refresh(user)
-            receipt = await self._receipt_for(s, user, kind, jobs, notes=notes)
-        for provider in {r.provider for r in routes}:
-            self.on_submit(provider)
-        return receipt
-
-    async def _receipt_for(
-        self,
-        s: Any,
-        user: User,
-        kind: str,
-        jobs: list[Job],
-        *,
-        duplicate: bool = False,
-        notes: Sequence[str] = (),
-    ) -> Receipt:
-        positions: dict[int, int] = {}
-        for provider in {j.provider for j in jobs}:
-            queued = await repos.queued_counts_by_user(s, provider)
-            for j in jobs:
-                if j.provider == provider:
-                    positions[j.id] = queue_position(queued, user.id, j.id)
-        tickets = tuple(
-            JobTicket(
-                id=j.id,
-                provider=j.provider,
-                model=j.model or "",
-                width=j.params.get("width") or 0,
-                height=j.params.get("height") or 0,
-                n=j.params.get("n", 1),
-                seed=j.params.get("seed") or 0,
-                cost=j.cost,
-                position=positions.get(j.id, 0),
+            batch_id = (
+                repos.insert_batch(conn, user.id, len(resolved), t) if kind == "batch" else None
             )
-            for j in jobs
-        )
-        return Receipt(
-            kind=kind,
-            jobs=tickets,
-            batch_id=jobs[0].batch_id if jobs else None,
-            cost=sum(j.cost for j in jobs),
-            balance=user.balance,
-            duplicate=duplicate,
-            notes=tuple(notes),
-        )
+            rows = [
+                {
+                    "user_id": user.id,
+                    "batch_id": batch_id,
+                    "batch_index": i,
+                    "kind": kind,
+                    "status": "queued",
+                    "params": p.to_dict(),
+                    "provider": r.provider,
+                    "model": r.model,
+                    "input_sha256": input_sha,
+                    "cost": cost,
+                    "reply_to": reply_to,
+                    "retry_of": retry_of,
+                    "idem_key": (idem_key if i == 0 else f"{idem_key}#{i}") if idem_key else None,
+                    "created_at": t,
+                }
+                for i, (p, r, cost) in enumerate(zip(resolved, routes, costs, strict=True))
+            ]
+            ids = repos.insert_jobs(conn, rows)
+            balance = repos.charge(conn, user.id, list(zip(ids, costs, strict=True)), now=t)
+            if balance is None:  # lost a race with another process: roll it all back
+                raise InsufficientCredits(_short_of(total, repos.balance(conn, user.id)))
+            new = [
+                _NewJob(i, row["provider"], row["model"], row["params"], row["cost"], batch_id)
+                for i, row in zip(ids, rows, strict=True)
+            ]
+            return _receipt(conn, user.id, kind, new, balance, notes=notes)
+
+        receipt = await self.db.run_write(tx)
+        if not receipt.duplicate:
+            for provider in {r.provider for r in routes}:
+                self.on_submit(provider)
+        return receipt
 
     # --- cancel and retry -------------------------------------------------------------------
 
-    async def _own_job(self, s: Any, ref: UserRef, job_id: int, *, admin: bool) -> tuple[User, Job]:
-        # Only looks the person up: this runs inside read transactions too, and someone
-        # the bot has never seen owns no jobs.
-        user = await repos.get_user(s, ref.platform, ref.id)
-        job = await s.get(Job, job_id)
-        if job is None or ((user is None or job.user_id != user.id) and not admin):
-            raise NotFound(f"no job #{job_id} of yours; /jobs lists them")
-        return user, job
+    @staticmethod
+    def _own_job(
+        conn: Connection, ref: UserRef | None, job_id: int, *, lock: bool = False
+    ) -> Row[Any]:
+        """The job if ``ref`` owns it (``None`` means an operator: any job)."""
+        job = repos.get_job(conn, job_id) if not lock else repos.lock_job(conn, job_id)
+        if job is None:
+            raise NotFound(
+                f"no job #{job_id}" + ("" if ref is None else " of yours; /jobs lists them")
+            )
+        if ref is not None:
+            user = repos.get_user(conn, ref.platform, ref.id)
+            if user is None or job.user_id != user.id:
+                raise NotFound(f"no job #{job_id} of yours; /jobs lists them")
+        return job
 
-    async def cancel(self, ref: UserRef, job_id: int, *, admin: bool = False) -> str:
-        """Cancel a queued job at once (refunded) or ask the worker to stop a running one."""
-        async with self.db.write() as s:
-            _, job = await self._own_job(s, ref, job_id, admin=admin)
+    async def cancel(self, ref: UserRef | None, job_id: int) -> str:
+        """Cancel a queued job at once (refunded) or ask the worker to stop a running one.
+
+        ``ref=None`` cancels as an operator (any person's job).
+        """
+
+        def tx(conn: Connection) -> tuple[str, int] | None:
+            job = self._own_job(conn, ref, job_id, lock=True)
             if job.status in repos.TERMINAL:
                 raise UserError(f"job #{job_id} has already {_past(job.status)}")
             if job.status == "queued":
-                refunded = await finish_job(
-                    s,
+                refunded = finish_job(
+                    conn,
                     self.config,
                     job,
                     status="cancelled",
                     failure=FailureClass.CANCELLED,
                     message="cancelled before it started",
                     images_made=0,
+                    t=now(),
                 )
-                self.on_event()
-                return f"job #{job_id} cancelled; {refunded} credits refunded"
-            job.cancel_requested = True
+                return f"job #{job_id} cancelled; {refunded} credits refunded", job_id
+            repos.request_cancel(conn, job_id)
+            return None
+
+        done = await self.db.run_write(tx)
+        if done is not None:
+            self.on_event()
+            return done[0]
         self.on_cancel(job_id)
         return f"cancelling job #{job_id}…"
 
     async def retry(self, ref: UserRef, job_id: int, reply_to: dict[str, Any]) -> Receipt:
-        async with self.db.read() as s:
-            _, job = await self._own_job(s, ref, job_id, admin=False)
-            if job.status not in ("failed", "cancelled", "quarantined"):
-                raise UserError(
-                    f"job #{job_id} is {job.status}; only failed or cancelled jobs can be retried"
-                )
-            params = GenerationParams.from_dict(job.params)
-            init = None
-            if job.input_sha256:
-                init = await asyncio.to_thread(
-                    self.files.get, job.input_sha256, kind="inputs", ext="png"
-                )
+        job = await self.db.run_read(self._own_job, ref, job_id)
+        if job.status not in ("failed", "cancelled", "quarantined"):
+            raise UserError(
+                f"job #{job_id} is {job.status}; only failed or cancelled jobs can be retried"
+            )
+        init = None
+        if job.input_sha256:
+            init = await asyncio.to_thread(
+                self.files.get, job.input_sha256, kind="inputs", ext="png"
+            )
         return await self.submit(
             ref,
             job.kind,
-            [params],
+            [GenerationParams.from_dict(job.params)],
             reply_to or job.reply_to,
             init_image=init,
             retry_of=job_id,
@@ -432,13 +542,10 @@ class JobService:
     # --- looking things up ------------------------------------------------------------------
 
     async def job(self, ref: UserRef | None, job_id: int) -> JobView:
-        async with self.db.read() as s:
-            if ref is None:
-                job = await s.get(Job, job_id)
-                if job is None:
-                    raise NotFound(f"no job #{job_id}")
-            else:
-                _, job = await self._own_job(s, ref, job_id, admin=False)
+        """One job in detail; ``ref=None`` looks as an operator (any person's job)."""
+
+        def tx(conn: Connection) -> JobView:
+            job = self._own_job(conn, ref, job_id)
             view = JobView.of(job)
             view.images = [
                 {
@@ -449,60 +556,42 @@ class JobService:
                     "seed": im.seed,
                     "path": str(self.files.path_for(im.sha256)),
                 }
-                for im in await repos.images_for_job(s, job_id)
+                for im in repos.images_for_job(conn, job_id)
             ]
-            view.ledger = [(e.reason, e.delta) for e in await repos.ledger_for_job(s, job_id)]
+            view.ledger = [(e.reason, e.delta) for e in repos.ledger_for_job(conn, job_id)]
             if job.batch_id is not None:
-                view.batch_counts = await repos.batch_counts(s, job.batch_id)
+                view.batch_counts = repos.batch_counts(conn, job.batch_id)
             return view
 
+        return await self.db.run_read(tx)
+
     async def jobs(self, ref: UserRef, limit: int = 10) -> list[JobView]:
-        async with self.db.read() as s:
-            user = await repos.get_user(s, ref.platform, ref.id)
+        def tx(conn: Connection) -> list[JobView]:
+            user = repos.get_user(conn, ref.platform, ref.id)
             if user is None:
                 return []
-            return [JobView.of(j) for j in await repos.jobs_for_user(s, user.id, limit)]
+            return [JobView.of(j) for j in repos.jobs_for_user(conn, user.id, limit)]
+
+        return await self.db.run_read(tx)
 
     async def all_jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobView]:
-        async with self.db.read() as s:
-            q = _select_jobs().order_by(Job.id.desc()).limit(limit)
-            if status:
-                q = q.where(Job.status == status)
-            return [JobView.of(j) for j in await s.scalars(q)]
+        def tx(conn: Connection) -> list[JobView]:
+            return [JobView.of(j) for j in repos.recent_jobs(conn, status=status, limit=limit)]
+
+        return await self.db.run_read(tx)
 
     async def is_idle(self, ref: UserRef) -> bool:
         """No job of this person is active and nothing is left to tell them."""
-        async with self.db.read() as s:
-            user = await repos.get_user(s, ref.platform, ref.id)
+
+        def tx(conn: Connection) -> bool:
+            user = repos.get_user(conn, ref.platform, ref.id)
             if user is None:
                 return True
-            if await repos.active_count(s, user.id):
-                return False
-            recent = [j.id for j in await repos.jobs_for_user(s, user.id, limit=10_000)]
-            return await repos.pending_event_count(s, job_ids=recent) == 0
+            return (
+                repos.active_count(conn, user.id) == 0 and repos.unsent_for_user(conn, user.id) == 0
+            )
 
-
-def _select_jobs() -> Any:
-    from sqlalchemy import select
-
-    return select(Job)
-
-
-def queue_position(queued: dict[int, list[int]], user_id: int, job_id: int) -> int:
-    """1-based place in a round-robin queue: each other person gets one turn per turn of ours."""
-    mine = queued.get(user_id, [])
-    if job_id not in mine:
-        return 0
-    k = mine.index(job_id)
-    first = mine[0] if mine else job_id
-    ahead = k
-    for other, ids in queued.items():
-        if other == user_id:
-            continue
-        # whoever has been waiting longer goes first within a round
-        turns = k + 1 if ids[0] < first else k
-        ahead += min(len(ids), turns)
-    return ahead + 1
+        return await self.db.run_read(tx)
 
 
 def _short_of(cost: int, balance: int) -> str:
@@ -519,62 +608,3 @@ def _past(status: str) -> str:
         "cancelled": "been cancelled",
         "quarantined": "been stopped (quarantined)",
     }.get(status, status)
-
-
-async def finish_job(
-    s: Any,
-    config: Config,
-    job: Job,
-    *,
-    status: str,
-    failure: FailureClass | None,
-    message: str | None,
-    images_made: int,
-) -> int:
-    """Move a job to a terminal state, refund by policy, and queue the event. Returns refund."""
-    t = now()
-    refund = 0
-    if failure is not None:
-        refund = refund_due(config, job, failure, images_made)
-    elif images_made < int(job.params.get("n", 1)) and job.cost:
-        # succeeded with fewer pictures than asked: pay back the missing ones
-        n = max(1, int(job.params.get("n", 1)))
-        refund = (job.cost // n) * (n - images_made)
-    job.status = status
-    job.failure = failure.value if failure else None
-    job.error = message
-    job.finished_at = t
-    job.lease_owner = None
-    job.lease_until = None
-    if status == "succeeded":
-        job.progress, job.stage = 100, "done"
-    if refund:
-        await repos.credit(s, job.user_id, refund, reason="refund", job_id=job.id, now=t)
-    user = await s.get(User, job.user_id)
-    await s.refresh(user)
-    kind = {"succeeded": "finished", "cancelled": "cancelled"}.get(status, "failed")
-    payload: dict[str, Any] = {
-        "reply_to": job.reply_to,
-        "status": status,
-        "refunded": refund,
-        "balance": user.balance,
-        "images": images_made,
-        "n": int(job.params.get("n", 1)),
-        "batch_id": job.batch_id,
-        "batch_index": job.batch_index,
-        "prompt": job.params.get("prompt", ""),
-        "elapsed": round(t - (job.started_at or job.created_at), 2),
-    }
-    if failure is not None:
-        payload["failure"] = failure.value
-        payload["message"] = message or ""
-    await repos.add_event(
-        s,
-        job_id=job.id,
-        platform=job.reply_to.get("platform", ""),
-        kind=kind,
-        idx=0,
-        payload=payload,
-        created_at=t,
-    )
-    return refund

@@ -1,79 +1,69 @@
 """Workers: claim jobs fairly, run them on their provider, store results, survive crashes.
 
-Each provider gets ``concurrency`` worker loops in this process. A claimed job carries a
-lease (owner + expiry) that a heartbeat extends; the heartbeat also notices a cancel asked
-for from another process. When a process dies its leases lapse (or, on the same host, its
-pid is seen to be gone at start-up) and the jobs go back to the queue: a job whose provider
-task id is known resumes polling that task, others run again. A job that keeps crashing
-our own code is quarantined after ``queue.max_attempts`` so it cannot block the queue.
+One dispatcher per provider claims as many jobs as it has free slots (the provider's
+``concurrency``), in one transaction, fairly across people (see
+``storage.repos.plan_fair_share``), and runs each as a task. A claimed job carries a lease
+(owner + expiry); one loop renews every lease this process holds in a single statement and
+learns from the same statement whether a job was cancelled from elsewhere or taken over.
+
+When a process dies its leases lapse (or, on the same host, its pid is seen to be gone) and
+the jobs go back to the queue: a job whose provider task id is known resumes polling that
+task, others run again, and pictures already stored are not made twice. A job that keeps
+crashing sdhost's own code is quarantined after ``queue.max_attempts`` so it cannot block
+the queue or crash-loop the bot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import Connection, Row
 
 from bot.chat import Progress
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure
-from bot.imaging import encode_output_png, make_thumbnail
+from bot.imaging import encode_output_png, thumbnail_of
 from bot.infotext import format_infotext
 from bot.jobs import finish_job, now
+from bot.owners import make_owner, owner_is_dead
 from bot.params import GenerationParams
 from bot.providers import Provider, ResolvedRequest, ResultImage
+from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
-from storage.models import Job
 
 log = logging.getLogger(__name__)
 
 PROGRESS_DB_INTERVAL = 2.0  # seconds between progress writes for one job
 
 
-def make_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+class LeaseLost(BaseException):
+    """This process no longer holds the job (its lease lapsed and someone else took it).
 
-
-def _owner_dead(owner: str) -> bool:
-    """True when ``owner`` is a process on this host that no longer exists."""
-    try:
-        host, pid_s, _ = owner.split(":", 2)
-        pid = int(pid_s)
-    except ValueError:
-        return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    A BaseException so that a provider's ``except Exception`` cannot swallow it.
+    """
 
 
 class _Run:
     """The ProviderRun handed to a provider: callbacks into the core for one job."""
 
-    def __init__(self, sched: Scheduler, job: Job, request: ResolvedRequest, have: set[int]):
+    def __init__(self, sched: Scheduler, job: Row[Any], request: ResolvedRequest, have: set[int]):
         self.sched = sched
         self.job = job
         self.request = request
         self.task_id: str | None = job.provider_task_id
         self.state: dict[str, Any] = dict(job.provider_state or {})
         self.images: set[int] = set(have)
+        # Stored pictures whose rows are written with the job's outcome (the last one).
+        self.pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.submitted_at: float | None = job.submitted_at
         self._last_db_progress = 0.0
         self._last_percent = -1
 
@@ -83,15 +73,15 @@ class _Run:
     async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
         self.task_id = task_id
         self.state = dict(state or {})
-        await self.sched._update_owned(
+        self.submitted_at = now()
+        await self.sched._update(
             self.job,
             provider_task_id=task_id,
             provider_state=self.state,
-            submitted_at=now(),
+            submitted_at=self.submitted_at,
             progress=30,
             stage="submitted",
         )
-        self.job.submitted_at = now()
         await self.sched._progress(self.job, 30, "submitted")
 
     async def progress(self, fraction: float) -> None:
@@ -102,14 +92,20 @@ class _Run:
         t = time.monotonic()
         if t - self._last_db_progress >= PROGRESS_DB_INTERVAL:
             self._last_db_progress = t
-            await self.sched._update_owned(self.job, progress=pct, stage="generating")
+            await self.sched._update(self.job, progress=pct, stage="generating")
         await self.sched._progress(self.job, pct, "generating")
 
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
             return
-        await self.sched._store_image(self.job, self.request, index, result)
+        rows = await self.sched._store_picture(self.job, self.request, index, result)
         self.images.add(index)
+        if len(self.images) >= self.request.n:
+            # The last picture: its rows go in with the job's outcome, which follows at
+            # once, saving a transaction per job. Every way out of the job writes them.
+            self.pending.append(rows)
+        else:
+            await self.sched._record_pictures(self.job, [rows])
 
 
 class Scheduler:
@@ -132,33 +128,42 @@ class Scheduler:
         self.on_event = on_event or (lambda: None)
         self.on_progress = on_progress
         self._wake: dict[str, asyncio.Event] = {p: asyncio.Event() for p in providers}
-        self._workers: list[asyncio.Task[None]] = []
-        self._running: dict[int, asyncio.Task[Any]] = {}
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._running: dict[int, asyncio.Task[None]] = {}
         self._cancel_asked: set[int] = set()
+        self._lost: set[int] = set()
+        self._settling: set[int] = set()  # their final write is under way: leave them be
         self._stopping = False
-        self._reaper: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+
+    def concurrency(self, provider: str) -> int:
+        section = getattr(self.config.providers, provider, None)
+        return int(getattr(section, "concurrency", None) or 4)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         await self.recover()
-        for name, provider in self.providers.items():
-            n = getattr(getattr(self.config.providers, name, None), "concurrency", None) or 4
-            del provider
-            for i in range(n):
-                self._workers.append(
-                    asyncio.create_task(self._worker(name), name=f"worker-{name}-{i}")
-                )
-        self._reaper = asyncio.create_task(self._reap_loop(), name="reaper")
+        for name in self.providers:
+            self._dispatchers.append(
+                asyncio.create_task(self._dispatch(name), name=f"dispatch-{name}")
+            )
+        self._lease_task = asyncio.create_task(self._lease_loop(), name="leases")
 
     async def stop(self) -> None:
-        """Stop workers; running jobs go back to the queue with their provider task ids."""
+        """Stop claiming; running jobs go back to the queue with their provider task ids."""
         self._stopping = True
-        tasks = [*self._workers, *([self._reaper] if self._reaper else [])]
+        tasks = [*self._dispatchers, *([self._lease_task] if self._lease_task else [])]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._workers.clear()
+        self._dispatchers.clear()
+        self._lease_task = None
+        running = list(self._running.values())
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def wake(self, provider: str | None = None) -> None:
         events = [self._wake[provider]] if provider in self._wake else list(self._wake.values())
@@ -167,7 +172,7 @@ class Scheduler:
 
     def cancel_local(self, job_id: int) -> bool:
         task = self._running.get(job_id)
-        if task is None:
+        if task is None or job_id in self._settling:
             return False
         self._cancel_asked.add(job_id)
         task.cancel()
@@ -180,92 +185,136 @@ class Scheduler:
     # --- recovery ----------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Requeue running jobs whose lease lapsed or whose owner process is gone."""
-        async with self.db.read() as s:
-            owners = await repos.running_owners(s)
-        dead = [o for o in owners if o != self.owner and _owner_dead(o)]
-        requeued = 0
-        async with self.db.write() as s:
-            for job in await repos.expired_leases(s, now(), dead):
-                requeued += 1
-                if job.attempts >= self.config.queue.max_attempts:
-                    await finish_job(
-                        s,
-                        self.config,
-                        job,
-                        status="quarantined",
-                        failure=FailureClass.CRASH,
-                        message=_quarantine_msg(job.attempts),
-                        images_made=await _made(s, job.id),
-                    )
-                    continue
-                job.status = "queued"
-                job.lease_owner = None
-                job.lease_until = None
-                job.run_after = 0.0
+        """Requeue (or quarantine) running jobs whose lease lapsed or whose owner is gone."""
+        owners = await self.db.run_read(repos.running_owners)
+        dead = [o for o in owners if owner_is_dead(o, self.owner)]
+        requeued = await self.db.run_write(self._recover_tx, now(), dead)
         if requeued:
-            log.info("requeued %d job(s) from stopped workers", requeued)
+            log.info("took back %d job(s) from stopped workers", requeued)
             self.on_event()
             self.wake()
         return requeued
 
-    async def _reap_loop(self) -> None:
-        interval = max(1.0, self.config.queue.lease_s / 2)
+    def _recover_tx(self, conn: Connection, t: float, dead: list[str]) -> int:
+        n = 0
+        for job in repos.lapsed_jobs(conn, t, dead):
+            if job.lease_owner == self.owner:
+                continue  # ours: the lease loop renews it, or finds it lost
+            n += 1
+            if job.attempts >= self.config.queue.max_attempts:
+                finish_job(
+                    conn,
+                    self.config,
+                    job,
+                    status="quarantined",
+                    failure=FailureClass.CRASH,
+                    message=_quarantine_msg(job.attempts),
+                    images_made=len(repos.images_for_job(conn, job.id)),
+                    t=t,
+                )
+            else:
+                repos.update_job(
+                    conn, job.id, status="queued", lease_owner=None, lease_until=None, run_after=0.0
+                )
+        return n
+
+    async def _lease_loop(self) -> None:
+        q = self.config.queue
+        interval = q.lease_s / 3
+        next_reap = time.monotonic() + q.lease_s / 2
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.recover()
-            except Exception:  # keep reaping; log the cause
-                log.exception("lease recovery failed")
+                if self._running:
+                    await self._renew()
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + q.lease_s / 2
+                    await self.recover()
+            except Exception:  # keep renewing; log the cause
+                log.exception("lease upkeep failed")
 
-    # --- the worker loop ---------------------------------------------------------------------
+    async def _renew(self) -> None:
+        # Only jobs claimed before the renewal starts can be judged by its answer: one
+        # claimed while it runs (other connections, on PostgreSQL) is simply not in it.
+        before = dict(self._running)
+        held = await self.db.run_write(
+            repos.renew_leases, self.owner, now() + self.config.queue.lease_s
+        )
+        for job_id, task in before.items():
+            if job_id in self._settling or task.done():
+                continue
+            if job_id not in held:
+                log.warning("job %s: lease lost; another worker owns it now", job_id)
+                self._lost.add(job_id)
+                task.cancel()
+            elif held[job_id] and job_id not in self._cancel_asked:
+                self._cancel_asked.add(job_id)  # cancelled from another process or the CLI
+                task.cancel()
 
-    async def _worker(self, provider: str) -> None:
+    # --- dispatching -------------------------------------------------------------------------
+
+    async def _dispatch(self, provider: str) -> None:
         q = self.config.queue
-        cap = getattr(getattr(self.config.providers, provider, None), "concurrency", None)
+        cap = self.concurrency(provider)
         wake = self._wake[provider]
+        mine: set[int] = set()
         while True:
-            try:
-                async with self.db.write() as s:
-                    job = await repos.claim_job(
-                        s,
+            wake.clear()
+            free = cap - len(mine)
+            claimed: list[Row[Any]] = []
+            if free > 0:
+                try:
+                    claimed = await self.db.run_write(
+                        repos.claim_jobs,
                         provider=provider,
                         owner=self.owner,
                         now=now(),
                         lease_s=q.lease_s,
+                        timeout_s=q.job_timeout_s,
+                        slots=free,
                         max_running_per_user=q.max_running_per_user,
                         provider_cap=cap,
                     )
-                    if job is not None and job.deadline is None:
-                        job.deadline = job.started_at + q.job_timeout_s
-            except Exception:
-                log.exception("claiming a job failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            if job is None:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), q.poll_idle_s)
-                continue
-            # another worker may find more work too
-            wake.set()
-            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-            self._running[job.id] = task
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():  # the worker itself is stopping
-                    if not task.done():
-                        task.cancel()
-                        with contextlib.suppress(BaseException):
-                            await task
-                    raise
-                # only the job's task was cancelled (lease lost): keep working
-            finally:
-                self._running.pop(job.id, None)
+                except Exception:
+                    log.exception("claiming jobs for %s failed; retrying", provider)
+                    await asyncio.sleep(1)
+                    continue
+            for job in claimed:
+                self._start(job, mine, wake)
+            if claimed and len(claimed) == free:
+                continue  # there may be more waiting
+            await wait_for_event(wake, q.poll_idle_s)
 
-    async def _run(self, job: Job) -> None:
+    def _start(self, job: Row[Any], mine: set[int], wake: asyncio.Event) -> None:
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._running[job.id] = task
+        mine.add(job.id)
+
+        def done(_: asyncio.Task[None], job_id: int = job.id) -> None:
+            self._running.pop(job_id, None)
+            mine.discard(job_id)
+            for s in (self._cancel_asked, self._lost, self._settling):
+                s.discard(job_id)
+            wake.set()
+
+        task.add_done_callback(done)
+
+    # --- running one job ---------------------------------------------------------------------
+
+    async def _run(self, job: Row[Any]) -> None:
+        run: list[_Run] = []  # filled in once the provider is about to be called
+        try:
+            await self._run_job(job, run)
+        except (asyncio.CancelledError, LeaseLost):
+            if (self._stopping or job.id in self._lost) and job.id not in self._settling:
+                # Stopping: give the job back. Lost: normally a no-op (someone else holds
+                # it); if we still hold it after all, giving it back keeps it from being
+                # stranded under our name.
+                await self._release(job, run[0] if run else None)
+        except Exception:
+            log.exception("job %s: unexpected error in the scheduler", job.id)
+
+    async def _run_job(self, job: Row[Any], holder: list[_Run]) -> None:
         q = self.config.queue
         provider = self.providers[job.provider]
         if job.attempts > q.max_attempts:
@@ -288,66 +337,63 @@ class Scheduler:
                 job, "failed", FailureClass.CRASH, f"the job's input is unusable: {exc}"
             )
             return
-        async with self.db.read() as s:
-            have = {im.idx for im in await repos.images_for_job(s, job.id)}
+        have: set[int] = set()
+        if job.provider_task_id or job.attempts > 1:
+            have = {im.idx for im in await self.db.run_read(repos.images_for_job, job.id)}
         run = _Run(self, job, request, have)
+        holder.append(run)
         await self._progress(job, 30 if job.provider_task_id else 10, "received")
-        heartbeat = asyncio.create_task(self._heartbeat(job, asyncio.current_task()))
         try:
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout(remaining) as deadline:
                 await provider.generate(run)
         except ProviderFailure as exc:
-            await self._finish(job, "failed", exc.failure, exc.message, made=len(run.images))
+            await self._finish(job, "failed", exc.failure, exc.message, run=run)
         except TimeoutError:
+            if not deadline.expired():  # a timeout inside the provider, not our deadline
+                await self._crashed(job, run, "the provider timed out")
+                return
             await self._cancel_remote(provider, run.task_id)
             await self._finish(
-                job,
-                "failed",
-                FailureClass.TIMEOUT,
-                _timeout_msg(q.job_timeout_s),
-                made=len(run.images),
+                job, "failed", FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s), run=run
             )
-        except asyncio.CancelledError:
-            if job.id in self._cancel_asked:
-                self._cancel_asked.discard(job.id)
+        except (asyncio.CancelledError, LeaseLost):
+            if job.id in self._cancel_asked and not self._stopping:
                 await self._cancel_remote(provider, run.task_id)
                 await self._finish(
-                    job,
-                    "cancelled",
-                    FailureClass.CANCELLED,
-                    "cancelled while running",
-                    made=len(run.images),
+                    job, "cancelled", FailureClass.CANCELLED, "cancelled while running", run=run
                 )
                 return
-            if self._stopping:
-                await self._release(job)
-                raise
-            log.warning("job %s: lease lost; another worker owns it now", job.id)
+            raise
         except Exception as exc:
             log.exception("job %s crashed on attempt %s", job.id, job.attempts)
-            if job.attempts >= q.max_attempts:
-                await self._finish(
-                    job,
-                    "quarantined",
-                    FailureClass.CRASH,
-                    _quarantine_msg(job.attempts),
-                    made=len(run.images),
-                )
-            else:
-                await self._requeue(job, delay=q.retry_backoff_s * job.attempts, error=repr(exc))
+            await self._crashed(job, run, repr(exc))
         else:
             if not run.images:
                 await self._finish(
                     job, "failed", FailureClass.PROVIDER_ERROR, "the provider returned no image"
                 )
             else:
-                await self._finish(job, "succeeded", None, None, made=len(run.images))
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(BaseException):
-                await heartbeat
+                await self._finish(job, "succeeded", None, None, run=run)
 
-    async def _request_for(self, job: Job) -> ResolvedRequest:
+    async def _crashed(self, job: Row[Any], run: _Run, error: str) -> None:
+        q = self.config.queue
+        if job.attempts >= q.max_attempts:
+            await self._finish(
+                job, "quarantined", FailureClass.CRASH, _quarantine_msg(job.attempts), run=run
+            )
+            return
+        await self._update(
+            job,
+            run,
+            status="queued",
+            lease_owner=None,
+            lease_until=None,
+            run_after=now() + q.retry_backoff_s * job.attempts,
+            error=error[:2000],
+        )
+        self.wake(job.provider)
+
+    async def _request_for(self, job: Row[Any]) -> ResolvedRequest:
         p = GenerationParams.from_dict(job.params)
         init = None
         if job.input_sha256:
@@ -371,103 +417,89 @@ class Scheduler:
             init_image=init,
         )
 
-    async def _heartbeat(self, job: Job, runner: asyncio.Task[Any] | None) -> None:
-        q = self.config.queue
-        while True:
-            await asyncio.sleep(q.lease_s / 3)
-            try:
-                async with self.db.write() as s:
-                    row = (
-                        await s.execute(
-                            update(Job)
-                            .where(
-                                Job.id == job.id,
-                                Job.lease_owner == self.owner,
-                                Job.status == "running",
-                            )
-                            .values(lease_until=now() + q.lease_s)
-                            .returning(Job.cancel_requested)
-                        )
-                    ).first()
-            except Exception:
-                log.exception("heartbeat for job %s failed", job.id)
-                continue
-            if row is None or row[0]:
-                # lost the lease, or someone asked (from anywhere) to cancel
-                if row is not None:
-                    self._cancel_asked.add(job.id)
-                if runner is not None:
-                    runner.cancel()
-                return
-
     # --- state changes (all guarded by lease ownership) --------------------------------------
 
-    async def _update_owned(self, job: Job, **values: Any) -> bool:
-        async with self.db.write() as s:
-            res = await s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.lease_owner == self.owner, Job.status == "running")
-                .values(**values)
-            )
-            return res.rowcount == 1
+    @staticmethod
+    def _write_pending(conn: Connection, run: _Run | None) -> None:
+        if run is not None and run.pending:
+            repos.add_images(conn, [image for image, _ in run.pending])
+            repos.add_events(conn, [event for _, event in run.pending])
+
+    async def _update(self, job: Row[Any], run: _Run | None = None, **values: Any) -> None:
+        """Change our running job (writing any pending pictures first); LeaseLost if it is
+        no longer ours."""
+
+        def tx(conn: Connection) -> bool:
+            if not repos.update_owned(conn, job.id, self.owner, **values):
+                return False
+            self._write_pending(conn, run)
+            return True
+
+        if run is None or not run.pending:
+            ok = await self.db.run_write(repos.update_owned, job.id, self.owner, **values)
+        else:
+            ok = await self.db.run_write(tx)
+            if ok:
+                run.pending.clear()
+                self.on_event()
+        if not ok:
+            raise LeaseLost
 
     async def _finish(
         self,
-        job: Job,
+        job: Row[Any],
         status: str,
         failure: FailureClass | None,
         message: str | None,
         *,
-        made: int = 0,
+        run: _Run | None = None,
     ) -> None:
-        async with self.db.write() as s:
-            current = await s.get(Job, job.id, populate_existing=True)
-            if current is None or current.status != "running" or current.lease_owner != self.owner:
-                return  # someone else owns it now (our lease lapsed)
-            await finish_job(
-                s,
+        self._settling.add(job.id)
+
+        def tx(conn: Connection) -> bool:
+            current = repos.owned_job(conn, job.id, self.owner, lock=True)
+            if current is None:
+                return False  # our lease lapsed and someone else owns it now
+            self._write_pending(conn, run)
+            finish_job(
+                conn,
                 self.config,
                 current,
                 status=status,
                 failure=failure,
                 message=message,
-                images_made=made,
+                # Without a run (the job ended before reaching its provider this time),
+                # count what earlier attempts stored: those were delivered and are kept.
+                images_made=len(run.images)
+                if run is not None
+                else len(repos.images_for_job(conn, job.id)),
+                t=now(),
             )
-        self.on_event()
-        await self._progress(job, 100 if status == "succeeded" else job.progress, status)
+            return True
 
-    async def _requeue(self, job: Job, *, delay: float, error: str) -> None:
-        async with self.db.write() as s:
-            await s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.lease_owner == self.owner, Job.status == "running")
-                .values(
-                    status="queued",
-                    lease_owner=None,
-                    lease_until=None,
-                    run_after=now() + delay,
-                    error=error[:2000],
-                )
-            )
+        # Shielded: once we decide a job's outcome, a cancel must not cut the write short.
+        if await asyncio.shield(self.db.run_write(tx)):
+            self.on_event()
+            await self._progress(job, 100 if status == "succeeded" else job.progress, status)
 
-    async def _release(self, job: Job) -> None:
-        """Shutdown: give the job back without counting the attempt."""
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._release_now(job))
+    async def _release(self, job: Row[Any], run: _Run | None) -> None:
+        """Shutdown: give the job back without counting the attempt (keeping its pictures)."""
+        values = {
+            "status": "queued",
+            "lease_owner": None,
+            "lease_until": None,
+            "attempts": max(0, job.attempts - 1),
+            "run_after": 0.0,
+        }
 
-    async def _release_now(self, job: Job) -> None:
-        async with self.db.write() as s:
-            await s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.lease_owner == self.owner, Job.status == "running")
-                .values(
-                    status="queued",
-                    lease_owner=None,
-                    lease_until=None,
-                    attempts=Job.attempts - 1,
-                    run_after=0.0,
-                )
-            )
+        def tx(conn: Connection) -> None:
+            if repos.update_owned(conn, job.id, self.owner, **values):
+                self._write_pending(conn, run)
+
+        try:
+            await asyncio.shield(self.db.run_write(tx))
+        except Exception:
+            log.exception("job %s: could not give it back to the queue", job.id)
 
     async def _cancel_remote(self, provider: Provider, task_id: str | None) -> None:
         if task_id:
@@ -476,7 +508,7 @@ class Scheduler:
             except Exception:
                 log.warning("provider %s could not cancel task %s", provider.name, task_id)
 
-    async def _progress(self, job: Job, percent: int, stage: str) -> None:
+    async def _progress(self, job: Row[Any], percent: int, stage: str) -> None:
         if self.on_progress is None:
             return
         try:
@@ -494,68 +526,74 @@ class Scheduler:
         except Exception:
             log.exception("progress callback failed for job %s", job.id)
 
-    async def _store_image(
-        self, job: Job, request: ResolvedRequest, index: int, result: ResultImage
-    ) -> None:
+    async def _store_picture(
+        self, job: Row[Any], request: ResolvedRequest, index: int, result: ResultImage
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Encode and store the file (and thumbnail); return its image and event rows."""
         seed = result.seed if result.seed is not None else request.seed + index
-        params = GenerationParams.from_dict(job.params)
         model = f"{job.provider}:{job.model}" if job.model else job.provider
-        data, width, height = await asyncio.to_thread(
-            _encode_result, result, params, seed, model, job.id
+        stored = await asyncio.to_thread(
+            _encode_and_store, self.files, result, job.params, seed, model, job.id
         )
-        stored = await asyncio.to_thread(self.files.put, data, kind="images", ext="png")
-        if not self.files.exists(stored.sha256, kind="thumbs", ext="webp"):
-            thumb = await asyncio.to_thread(make_thumbnail, data)
-            await asyncio.to_thread(self.files.put_thumbnail, stored.sha256, thumb)
         t = now()
-        async with self.db.write() as s:
-            current = await s.get(Job, job.id, populate_existing=True)
-            if current is None or current.lease_owner != self.owner or current.status != "running":
-                raise asyncio.CancelledError  # we no longer own this job; stop quietly
-            await repos.add_image(
-                s,
-                job_id=job.id,
-                idx=index,
-                sha256=stored.sha256,
-                width=width,
-                height=height,
-                seed=seed,
-                size_bytes=stored.size,
-                created_at=t,
-            )
-            await repos.add_event(
-                s,
-                job_id=job.id,
-                platform=job.reply_to.get("platform", ""),
-                kind="image",
-                idx=index,
-                created_at=t,
-                payload={
-                    "reply_to": job.reply_to,
-                    "path": str(stored.path),
-                    "sha256": stored.sha256,
-                    "width": width,
-                    "height": height,
-                    "seed": seed,
-                    "index": index,
-                    "count": request.n,
-                    "batch_id": job.batch_id,
-                    "batch_index": job.batch_index,
-                    "prompt": request.prompt,
-                    "model": model,
-                    "nsfw": result.nsfw,
-                },
-            )
+        image = {
+            "job_id": job.id,
+            "idx": index,
+            "sha256": stored["sha256"],
+            "width": stored["width"],
+            "height": stored["height"],
+            "seed": seed,
+            "size_bytes": stored["size"],
+            "created_at": t,
+        }
+        event = {
+            "job_id": job.id,
+            "platform": job.reply_to.get("platform", ""),
+            "kind": "image",
+            "idx": index,
+            "created_at": t,
+            "payload": {
+                "reply_to": job.reply_to,
+                "path": stored["path"],
+                "sha256": stored["sha256"],
+                "width": stored["width"],
+                "height": stored["height"],
+                "seed": seed,
+                "index": index,
+                "count": request.n,
+                "batch_id": job.batch_id,
+                "batch_index": job.batch_index,
+                "prompt": request.prompt,
+                "model": model,
+                "nsfw": result.nsfw,
+            },
+        }
+        return image, event
+
+    async def _record_pictures(
+        self, job: Row[Any], rows: list[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> None:
+        def tx(conn: Connection) -> bool:
+            if not repos.update_owned(conn, job.id, self.owner, stage="generating"):
+                return False
+            repos.add_images(conn, [image for image, _ in rows])
+            repos.add_events(conn, [event for _, event in rows])
+            return True
+
+        if not await self.db.run_write(tx):
+            raise LeaseLost
         self.on_event()
 
 
-async def _made(s: Any, job_id: int) -> int:
-    return len(await repos.images_for_job(s, job_id))
-
-
-def _encode_result(
-    result: ResultImage, params: GenerationParams, seed: int, model: str, job_id: int
-) -> tuple[bytes, int, int]:
+def _encode_and_store(
+    files: FileStore,
+    result: ResultImage,
+    params: dict[str, Any],
+    seed: int,
+    model: str,
+    job_id: int,
+) -> dict[str, Any]:
+    """One thread hop for everything CPU- and disk-bound about a finished picture."""
     img = result.image
     if img is None:
         if result.data is None:
@@ -568,14 +606,24 @@ def _encode_result(
                 FailureClass.PROVIDER_ERROR, "the provider sent an image that cannot be read"
             ) from exc
     text = format_infotext(
-        params,
+        GenerationParams.from_dict(params),
         width=img.width,
         height=img.height,
         seed=seed,
         model=model,
         extra={"sdhost job": str(job_id)},
     )
-    return encode_output_png(img, text), img.width, img.height
+    data = encode_output_png(img, text)
+    stored = files.put(data, kind="images", ext="png")
+    if not files.exists(stored.sha256, kind="thumbs", ext="webp"):
+        files.put_thumbnail(stored.sha256, thumbnail_of(img))
+    return {
+        "sha256": stored.sha256,
+        "path": str(stored.path),
+        "size": stored.size,
+        "width": img.width,
+        "height": img.height,
+    }
 
 
 def _quarantine_msg(attempts: int) -> str:

@@ -61,9 +61,13 @@ class FileStore:
 
     def put_thumbnail(self, sha256: str, data: bytes) -> Path:
         """Store a thumbnail under the hash of the image it previews (not its own hash), so
-        it can be found from the image alone."""
+        it can be found from the image alone.
+
+        Not fsynced: a thumbnail can always be made again from its image, and the fsyncs
+        are most of the cost of storing a small picture.
+        """
         path = self.path_for(sha256, kind="thumbs", ext="webp")
-        _write_once(path, data)
+        _write_once(path, data, durable=False)
         return path
 
     def get(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bytes:
@@ -74,7 +78,7 @@ class FileStore:
         return self.path_for(sha256, kind=kind, ext=ext).is_file()
 
 
-def _write_once(path: Path, data: bytes) -> None:
+def _write_once(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Atomically create ``path`` with ``data`` unless a file of the right size is there.
 
     Size is the cheap integrity check: a content-addressed file of the right length is
@@ -94,13 +98,15 @@ def _write_once(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -41,6 +41,8 @@ class User(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     locale: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # When a job of theirs last started: the scheduler serves whoever waited longest first.
+    last_served_at: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -81,8 +83,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_claim", "status", "provider", "user_id", "id"),
         Index("ix_jobs_user", "user_id", "status"),
-        Index("ix_jobs_user_started", "user_id", "started_at"),
         Index("ix_jobs_batch", "batch_id"),
+        Index("ix_jobs_lease", "status", "lease_owner"),
     )
 
     id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
@@ -140,6 +142,7 @@ class OutboxEvent(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "kind", "idx", name="uq_outbox_job_kind_idx"),
         Index("ix_outbox_pending", "status", "platform", "next_try", "id"),
+        Index("ix_outbox_job", "job_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)

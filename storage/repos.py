@@ -1,111 +1,196 @@
 """Repositories: the SQL the core needs, written once for SQLite and PostgreSQL.
 
-Every function takes a session that is already inside a transaction (``Database.write()``
-or ``.read()``); none commits. Money moves only through ``charge``/``credit``, which keep
-the invariant balance == sum(ledger.delta) and make double charges or refunds impossible.
+Every function takes a ``Connection`` that is already inside a transaction (see
+``Database.run_write`` / ``run_read``) and none commits. Statements are built once, with
+bound parameters, because building SQLAlchemy constructs costs more than running them.
+
+Money moves only through ``charge`` and ``credit``, which keep the invariant
+balance == sum(ledger.delta): the ledger row is unique per (job, reason), or per key for
+entries without a job, so a charge or refund can never happen twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Job, LedgerEntry, OutboxEvent, StoredImage, User
+from storage.models import Batch, Job, LedgerEntry, OutboxEvent, StoredImage, User
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled", "quarantined")
 
+users = User.__table__
+ledger = LedgerEntry.__table__
+jobs = Job.__table__
+batches = Batch.__table__
+images = StoredImage.__table__
+outbox = OutboxEvent.__table__
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    if session.bind.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+
+def _ids(name: str = "ids") -> Any:
+    return bindparam(name, expanding=True)
+
+
+@cache
+def _insert_ignore(dialect: str, table_name: str, index: tuple[str, ...], returning: bool) -> Any:
+    """``INSERT ... ON CONFLICT (index) DO NOTHING [RETURNING id]`` for one dialect."""
+    table = {t.name: t for t in (users, ledger, images, outbox)}[table_name]
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = make(table).on_conflict_do_nothing(index_elements=list(index))
+    return stmt.returning(table.c.id) if returning else stmt
+
+
+def _upsert(conn: Connection, table: Any, index: tuple[str, ...], *, returning: bool) -> Any:
+    return _insert_ignore(conn.dialect.name, table.name, index, returning)
 
 
 # --- users and credits -------------------------------------------------------------------
 
+_USER = select(
+    users.c.id,
+    users.c.balance,
+    users.c.banned,
+    users.c.name,
+    users.c.locale,
+    users.c.platform,
+    users.c.platform_user_id,
+)
+_USER_BY_IDENTITY = _USER.where(
+    users.c.platform == bindparam("platform"), users.c.platform_user_id == bindparam("pid")
+)
+_USER_BY_ID = _USER.where(users.c.id == bindparam("uid"))
+_RENAME = update(users).where(users.c.id == bindparam("uid")).values(name=bindparam("new_name"))
+_CHARGE = (
+    update(users)
+    .where(users.c.id == bindparam("uid"), users.c.balance >= bindparam("amount"))
+    .values(balance=users.c.balance - bindparam("amount"))
+    .returning(users.c.balance)
+)
+_ADD = (
+    update(users)
+    .where(users.c.id == bindparam("uid"))
+    .values(balance=users.c.balance + bindparam("amount"))
+)
+_BAN = update(users).where(users.c.id == bindparam("uid")).values(banned=bindparam("flag"))
+_BALANCE = select(users.c.balance).where(users.c.id == bindparam("uid"))
+_LEDGER_SUM = select(func.coalesce(func.sum(ledger.c.delta), 0)).where(
+    ledger.c.user_id == bindparam("uid")
+)
+_LEDGER_FOR_JOB = select(ledger).where(ledger.c.job_id == bindparam("jid")).order_by(ledger.c.id)
+_INSERT_LEDGER = insert(ledger)
 
-async def get_user(session: AsyncSession, platform: str, platform_user_id: str) -> User | None:
-    return await session.scalar(
-        select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
-    )
+
+def get_user(conn: Connection, platform: str, platform_user_id: str) -> Row[Any] | None:
+    return conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
 
 
-async def ensure_user(
-    session: AsyncSession,
+def user_by_id(conn: Connection, user_id: int) -> Row[Any] | None:
+    return conn.execute(_USER_BY_ID, {"uid": user_id}).first()
+
+
+def ensure_user(
+    conn: Connection,
     platform: str,
     platform_user_id: str,
     *,
     name: str,
     starting_grant: int,
     now: float,
-) -> User:
-    """Create the user on first sight, with the starting grant as a ledger entry."""
-    user = await get_user(session, platform, platform_user_id)
-    if user is not None:
-        if name and user.name != name:
-            user.name = name
-        return user
-    stmt = (
-        _insert(session, User)
-        .values(
-            platform=platform,
-            platform_user_id=platform_user_id,
-            name=name,
-            balance=0,
-            banned=False,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["platform", "platform_user_id"])
+) -> Row[Any]:
+    """The person's row, created on first sight with the starting grant as a ledger entry."""
+    row = get_user(conn, platform, platform_user_id)
+    if row is not None:
+        if name and row.name != name:
+            conn.execute(_RENAME, {"uid": row.id, "new_name": name[:128]})
+            row = get_user(conn, platform, platform_user_id)
+        assert row is not None
+        return row
+    conn.execute(
+        _upsert(conn, users, ("platform", "platform_user_id"), returning=False),
+        {
+            "platform": platform,
+            "platform_user_id": platform_user_id,
+            "name": name[:128],
+            "balance": 0,
+            "banned": False,
+            "last_served_at": 0.0,
+            "created_at": now,
+        },
     )
-    await session.execute(stmt)
-    user = await get_user(session, platform, platform_user_id)
-    assert user is not None
+    row = get_user(conn, platform, platform_user_id)
+    assert row is not None
     if starting_grant:
-        await credit(
-            session,
-            user.id,
+        credit(
+            conn,
+            row.id,
             starting_grant,
             reason="grant",
             key=f"start:{platform}:{platform_user_id}",
             note="starting grant",
             now=now,
         )
-        await session.refresh(user)
-    return user
+        row = get_user(conn, platform, platform_user_id)
+        assert row is not None
+    return row
 
 
-async def charge(
-    session: AsyncSession, user_id: int, amount: int, *, job_id: int, now: float
+def set_banned(conn: Connection, user_id: int, banned: bool) -> None:
+    conn.execute(_BAN, {"uid": user_id, "flag": banned})
+
+
+def balance(conn: Connection, user_id: int) -> int:
+    return int(conn.execute(_BALANCE, {"uid": user_id}).scalar_one())
+
+
+def charge(
+    conn: Connection, user_id: int, charges: Sequence[tuple[int, int]], *, now: float
 ) -> int | None:
-    """Take ``amount`` if the balance covers it. Returns the new balance, or None if short.
+    """Take the sum of ``(job_id, amount)`` if the balance covers it; one ledger row per job.
 
-    The conditional UPDATE is what makes concurrent charges safe; the ledger row's unique
-    (job_id, reason) makes a repeated charge for one job fail instead of paying twice.
+    Returns the new balance, or None (and changes nothing) when the balance is short. The
+    conditional UPDATE is what keeps concurrent submissions from overdrawing; a second
+    charge for the same job violates the ledger's unique key and aborts the transaction.
     """
-    new_balance = await session.scalar(
-        update(User)
-        .where(User.id == user_id, User.balance >= amount)
-        .values(balance=User.balance - amount)
-        .returning(User.balance)
-    )
+    total = sum(amount for _, amount in charges)
+    new_balance = conn.execute(_CHARGE, {"uid": user_id, "amount": total}).scalar()
     if new_balance is None:
         return None
-    session.add(
-        LedgerEntry(
-            user_id=user_id, delta=-amount, reason="charge", job_id=job_id, note="", created_at=now
-        )
+    conn.execute(
+        _INSERT_LEDGER,
+        [
+            {
+                "user_id": user_id,
+                "delta": -amount,
+                "reason": "charge",
+                "job_id": job_id,
+                "key": None,
+                "note": "",
+                "created_at": now,
+            }
+            for job_id, amount in charges
+        ],
     )
-    await session.flush()
     return int(new_balance)
 
 
-async def credit(
-    session: AsyncSession,
+def credit(
+    conn: Connection,
     user_id: int,
     amount: int,
     *,
@@ -115,272 +200,555 @@ async def credit(
     key: str | None = None,
     note: str = "",
 ) -> bool:
-    """Add (or, with a negative amount, remove) credits once per (job, reason) or key.
+    """Add (or with a negative amount remove) credits once per (job, reason) or per key.
 
     The ledger insert goes first and the balance moves only if it was new, so replays are
     no-ops. Returns whether anything changed.
     """
     if job_id is None and key is None:
         raise ValueError("a credit needs a job_id or an idempotency key")
-    index = ["job_id", "reason"] if job_id is not None else ["key"]
-    stmt = (
-        _insert(session, LedgerEntry)
-        .values(
-            user_id=user_id,
-            delta=amount,
-            reason=reason,
-            job_id=job_id,
-            key=key,
-            note=note,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=index)
-        .returning(LedgerEntry.id)
-    )
-    inserted = await session.scalar(stmt)
+    index = ("job_id", "reason") if job_id is not None else ("key",)
+    inserted = conn.execute(
+        _upsert(conn, ledger, index, returning=True),
+        {
+            "user_id": user_id,
+            "delta": amount,
+            "reason": reason,
+            "job_id": job_id,
+            "key": key,
+            "note": note[:256],
+            "created_at": now,
+        },
+    ).first()
     if inserted is None:
         return False
-    await session.execute(
-        update(User).where(User.id == user_id).values(balance=User.balance + amount)
-    )
+    conn.execute(_ADD, {"uid": user_id, "amount": amount})
     return True
 
 
-async def ledger_sum(session: AsyncSession, user_id: int) -> int:
-    total = await session.scalar(
-        select(func.coalesce(func.sum(LedgerEntry.delta), 0)).where(LedgerEntry.user_id == user_id)
+def ledger_sum(conn: Connection, user_id: int) -> int:
+    return int(conn.execute(_LEDGER_SUM, {"uid": user_id}).scalar_one())
+
+
+def ledger_for_job(conn: Connection, job_id: int) -> list[Row[Any]]:
+    return list(conn.execute(_LEDGER_FOR_JOB, {"jid": job_id}).all())
+
+
+# --- jobs: creating and looking up ---------------------------------------------------------
+
+_INSERT_BATCH = insert(batches).returning(batches.c.id)
+_INSERT_JOBS = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
+_JOB = select(jobs).where(jobs.c.id == bindparam("jid"))
+_LOCK_JOB = _JOB.with_for_update()
+_QUEUED_OF_USER = (
+    select(jobs.c.id)
+    .where(
+        jobs.c.user_id == bindparam("uid"),
+        jobs.c.status == "queued",
+        jobs.c.provider == bindparam("provider"),
     )
-    return int(total or 0)
+    .order_by(jobs.c.id)
+)
+_JOB_BY_IDEM = select(jobs).where(jobs.c.idem_key == bindparam("key"))
+_JOBS_OF_BATCH = select(jobs).where(jobs.c.batch_id == bindparam("bid")).order_by(jobs.c.id)
+_ACTIVE_COUNT = select(func.count()).where(
+    jobs.c.user_id == bindparam("uid"), jobs.c.status.in_(ACTIVE)
+)
+_JOBS_OF_USER = (
+    select(jobs)
+    .where(jobs.c.user_id == bindparam("uid"))
+    .order_by(jobs.c.id.desc())
+    .limit(bindparam("lim"))
+)
+_RECENT_JOBS = select(jobs).order_by(jobs.c.id.desc()).limit(bindparam("lim"))
+_RECENT_JOBS_BY_STATUS = _RECENT_JOBS.where(jobs.c.status == bindparam("status"))
+_BATCH_COUNTS = (
+    select(jobs.c.status, func.count())
+    .where(jobs.c.batch_id == bindparam("bid"))
+    .group_by(jobs.c.status)
+)
+_QUEUE = (
+    select(jobs.c.user_id, func.count(), func.min(jobs.c.id))
+    .where(jobs.c.status == "queued", jobs.c.provider == bindparam("provider"))
+    .group_by(jobs.c.user_id)
+)
+_CANCEL_FLAG = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("jid"), jobs.c.status == "running")
+    .values(cancel_requested=True)
+)
+
+# Every column a new job row needs, so executemany sees one shape.
+JOB_DEFAULTS: dict[str, Any] = {
+    "batch_id": None,
+    "batch_index": 0,
+    "model": None,
+    "input_sha256": None,
+    "cost": 0,
+    "progress": 10,
+    "stage": "received",
+    "provider_task_id": None,
+    "provider_state": None,
+    "attempts": 0,
+    "failure": None,
+    "error": None,
+    "idem_key": None,
+    "retry_of": None,
+    "cancel_requested": False,
+    "lease_owner": None,
+    "lease_until": None,
+    "run_after": 0.0,
+    "deadline": None,
+    "started_at": None,
+    "submitted_at": None,
+    "finished_at": None,
+}
 
 
-async def ledger_for_job(session: AsyncSession, job_id: int) -> list[LedgerEntry]:
-    rows = await session.scalars(
-        select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
+def insert_batch(conn: Connection, user_id: int, size: int, now: float) -> int:
+    return int(
+        conn.execute(
+            _INSERT_BATCH, {"user_id": user_id, "size": size, "created_at": now}
+        ).scalar_one()
     )
-    return list(rows)
 
 
-# --- jobs ----------------------------------------------------------------------------------
+def insert_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert job rows (missing columns take JOB_DEFAULTS); ids in the order given."""
+    full = [{**JOB_DEFAULTS, **row} for row in rows]
+    return [int(i) for i in conn.execute(_INSERT_JOBS, full).scalars().all()]
 
 
-def _running_count(user_col: Any) -> Any:
-    r = Job.__table__.alias("r")
-    return (
-        select(func.count())
-        .select_from(r)
-        .where(r.c.user_id == user_col, r.c.status == "running")
-        .scalar_subquery()
+def get_job(conn: Connection, job_id: int) -> Row[Any] | None:
+    return conn.execute(_JOB, {"jid": job_id}).first()
+
+
+def lock_job(conn: Connection, job_id: int) -> Row[Any] | None:
+    """The job, locked until the transaction ends (PostgreSQL; SQLite holds the write lock)."""
+    return conn.execute(_LOCK_JOB, {"jid": job_id}).first()
+
+
+def queued_ids(conn: Connection, user_id: int, provider: str) -> list[int]:
+    """The person's queued job ids for ``provider``, oldest first."""
+    return [
+        int(i)
+        for i in conn.execute(_QUEUED_OF_USER, {"uid": user_id, "provider": provider}).scalars()
+    ]
+
+
+def jobs_by_idem_key(conn: Connection, key: str) -> list[Row[Any]]:
+    """The jobs a command with this idempotency key created (the whole batch, if one)."""
+    first = conn.execute(_JOB_BY_IDEM, {"key": key}).first()
+    if first is None:
+        return []
+    if first.batch_id is None:
+        return [first]
+    return list(conn.execute(_JOBS_OF_BATCH, {"bid": first.batch_id}).all())
+
+
+def active_count(conn: Connection, user_id: int) -> int:
+    return int(conn.execute(_ACTIVE_COUNT, {"uid": user_id}).scalar_one())
+
+
+def jobs_for_user(conn: Connection, user_id: int, limit: int = 10) -> list[Row[Any]]:
+    return list(conn.execute(_JOBS_OF_USER, {"uid": user_id, "lim": limit}).all())
+
+
+def recent_jobs(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[Row[Any]]:
+    if status is None:
+        return list(conn.execute(_RECENT_JOBS, {"lim": limit}).all())
+    return list(conn.execute(_RECENT_JOBS_BY_STATUS, {"lim": limit, "status": status}).all())
+
+
+def batch_counts(conn: Connection, batch_id: int) -> dict[str, int]:
+    return {s: int(n) for s, n in conn.execute(_BATCH_COUNTS, {"bid": batch_id}).all()}
+
+
+def queue_by_user(conn: Connection, provider: str) -> dict[int, tuple[int, int]]:
+    """Queued jobs for ``provider`` per user: ``{user_id: (count, oldest job id)}``."""
+    rows = conn.execute(_QUEUE, {"provider": provider}).all()
+    return {int(u): (int(n), int(first)) for u, n, first in rows}
+
+
+def request_cancel(conn: Connection, job_id: int) -> bool:
+    return conn.execute(_CANCEL_FLAG, {"jid": job_id}).rowcount == 1
+
+
+# --- jobs: claiming, leases, state changes ------------------------------------------------
+
+_RUNNING_FOR_PROVIDER = select(func.count()).where(
+    jobs.c.status == "running", jobs.c.provider == bindparam("provider")
+)
+_CLAIMABLE = (
+    jobs.c.status == "queued",
+    jobs.c.provider == bindparam("provider"),
+    jobs.c.run_after <= bindparam("now"),
+)
+_CLAIM_HEADS = (
+    select(jobs.c.user_id, func.count(), func.min(jobs.c.id))
+    .where(*_CLAIMABLE)
+    .group_by(jobs.c.user_id)
+)
+_RUNNING_BY_USER = (
+    select(jobs.c.user_id, func.count())
+    .where(jobs.c.user_id.in_(_ids("uids")), jobs.c.status == "running")
+    .group_by(jobs.c.user_id)
+)
+_LAST_SERVED = select(users.c.id, users.c.last_served_at).where(users.c.id.in_(_ids("uids")))
+_ranked = (
+    select(
+        jobs.c.id,
+        jobs.c.user_id,
+        func.row_number().over(partition_by=jobs.c.user_id, order_by=jobs.c.id).label("rn"),
     )
-
-
-def _last_started(user_col: Any) -> Any:
-    r = Job.__table__.alias("ls")
-    return (
-        select(func.coalesce(func.max(r.c.started_at), 0.0))
-        .where(r.c.user_id == user_col)
-        .scalar_subquery()
+    .where(*_CLAIMABLE, jobs.c.user_id.in_(_ids("uids")))
+    .subquery()
+)
+_OLDEST_PER_USER = select(_ranked.c.id, _ranked.c.user_id, _ranked.c.rn).where(
+    _ranked.c.rn <= bindparam("k")
+)
+_LOCK_QUEUED = (
+    select(jobs.c.id)
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(jobs)
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .values(
+        status="running",
+        lease_owner=bindparam("owner"),
+        lease_until=bindparam("until"),
+        attempts=jobs.c.attempts + 1,
+        started_at=bindparam("now"),
+        deadline=func.coalesce(jobs.c.deadline, bindparam("new_deadline")),
     )
+    .returning(*jobs.c)
+)
+_SERVED = update(users).where(users.c.id.in_(_ids("uids"))).values(last_served_at=bindparam("now"))
 
 
-async def claim_job(
-    session: AsyncSession,
+def plan_fair_share(
+    heads: Iterable[tuple[int, int, int]],
+    running: Mapping[int, int],
+    served: Mapping[int, float],
+    slots: int,
+    max_running_per_user: int,
+) -> dict[int, int]:
+    """How many of ``slots`` each user gets: ``{user_id: count}``.
+
+    ``heads`` are ``(user_id, queued count, oldest queued id)``. Each slot goes to the
+    person with the fewest jobs running (counting slots already given), then to whoever
+    was served least recently, then to whoever has waited longest. So one person's batch of
+    ten takes turns with everyone else instead of running ahead of them, and nobody goes
+    past ``max_running_per_user``.
+    """
+    just_now = float("inf")  # later than any stored time: served by this very plan
+    heap: list[tuple[int, float, int, int, int]] = []
+    for user_id, queued, first_id in heads:
+        have = running.get(user_id, 0)
+        if queued > 0 and have < max_running_per_user:
+            heap.append((have, served.get(user_id, 0.0), first_id, user_id, queued))
+    heapq.heapify(heap)
+    plan: dict[int, int] = {}
+    turn = 0
+    while slots > 0 and heap:
+        have, _, _, user_id, queued = heapq.heappop(heap)
+        plan[user_id] = plan.get(user_id, 0) + 1
+        slots -= 1
+        turn += 1
+        if queued > 1 and have + 1 < max_running_per_user:
+            # Behind everyone with as many jobs running; among those served in this plan,
+            # in the order they were served.
+            heapq.heappush(heap, (have + 1, just_now, turn, user_id, queued - 1))
+    return plan
+
+
+def claim_jobs(
+    conn: Connection,
     *,
     provider: str,
     owner: str,
     now: float,
     lease_s: float,
+    timeout_s: float,
+    slots: int,
     max_running_per_user: int,
     provider_cap: int | None = None,
-) -> Job | None:
-    """Claim the next job for ``provider`` fairly, or None.
+) -> list[Row[Any]]:
+    """Claim up to ``slots`` queued jobs for ``provider``, fairly; return the claimed rows.
 
-    Fair means round-robin across people: first the users with the fewest running jobs,
-    then whoever was served least recently, then the oldest job. One person's batch of ten
-    therefore never holds back someone who asked for one picture afterwards. Step two locks
-    the chosen person's oldest job with SKIP LOCKED, so on PostgreSQL several processes can
-    claim at once without waiting on or double-claiming each other's rows.
+    On PostgreSQL the chosen rows are locked with SKIP LOCKED and the claiming UPDATE
+    re-checks ``status = 'queued'``, so processes claiming at the same time never get the
+    same job and never wait on each other; on SQLite the write lock does the same.
     """
+    if slots <= 0:
+        return []
     if provider_cap is not None:
-        running = await session.scalar(
-            select(func.count()).where(Job.provider == provider, Job.status == "running")
-        )
-        if (running or 0) >= provider_cap:
-            return None
-    candidates = (
-        select(Job.user_id, func.min(Job.id).label("first_id"))
-        .where(Job.status == "queued", Job.provider == provider, Job.run_after <= now)
-        .group_by(Job.user_id)
-        .subquery()
+        busy = int(conn.execute(_RUNNING_FOR_PROVIDER, {"provider": provider}).scalar_one())
+        slots = min(slots, provider_cap - busy)
+        if slots <= 0:
+            return []
+    heads = [
+        (int(u), int(n), int(first))
+        for u, n, first in conn.execute(_CLAIM_HEADS, {"provider": provider, "now": now}).all()
+    ]
+    if not heads:
+        return []
+    uids = [h[0] for h in heads]
+    running = {int(u): int(n) for u, n in conn.execute(_RUNNING_BY_USER, {"uids": uids}).all()}
+    served = {int(u): float(t or 0.0) for u, t in conn.execute(_LAST_SERVED, {"uids": uids}).all()}
+    plan = plan_fair_share(heads, running, served, slots, max_running_per_user)
+    if not plan:
+        return []
+    ranked = conn.execute(
+        _OLDEST_PER_USER,
+        {"provider": provider, "now": now, "uids": list(plan), "k": max(plan.values())},
+    ).all()
+    ids = [int(r.id) for r in ranked if r.rn <= plan[int(r.user_id)]]
+    if conn.dialect.name == "postgresql":
+        ids = [int(i) for i in conn.execute(_LOCK_QUEUED, {"ids": ids}).scalars().all()]
+    if not ids:
+        return []
+    rows = conn.execute(
+        _CLAIM,
+        {
+            "ids": ids,
+            "owner": owner,
+            "until": now + lease_s,
+            "now": now,
+            "new_deadline": now + timeout_s,
+        },
+    ).all()
+    if rows:
+        conn.execute(_SERVED, {"uids": sorted({int(r.user_id) for r in rows}), "now": now})
+    return sorted(rows, key=lambda r: r.id)
+
+
+_RENEW = (
+    update(jobs)
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .values(lease_until=bindparam("until"))
+    .returning(jobs.c.id, jobs.c.cancel_requested)
+)
+_RUNNING_OWNERS = select(jobs.c.lease_owner).where(jobs.c.status == "running").distinct()
+_LAPSED = (
+    select(jobs)
+    .where(
+        jobs.c.status == "running",
+        or_(jobs.c.lease_until < bindparam("now"), jobs.c.lease_owner.in_(_ids("dead"))),
     )
-    users = await session.execute(
-        select(candidates.c.user_id)
-        .where(_running_count(candidates.c.user_id) < max_running_per_user)
-        .order_by(
-            _running_count(candidates.c.user_id),
-            _last_started(candidates.c.user_id),
-            candidates.c.first_id,
-        )
-        .limit(4)
+    .with_for_update(skip_locked=True)
+)
+_OWNED = and_(
+    jobs.c.id == bindparam("jid"),
+    jobs.c.lease_owner == bindparam("owner"),
+    jobs.c.status == "running",
+)
+_OWNED_JOB = select(jobs).where(_OWNED)
+_OWNED_FOR_UPDATE = _OWNED_JOB.with_for_update()
+_IMAGES_OF_JOB = select(images).where(images.c.job_id == bindparam("jid")).order_by(images.c.idx)
+
+
+def renew_leases(conn: Connection, owner: str, until: float) -> dict[int, bool]:
+    """Extend every lease ``owner`` holds; ``{job_id: cancel requested}`` of those it still
+    holds (a job missing from the answer was taken over after our lease lapsed)."""
+    rows = conn.execute(_RENEW, {"owner": owner, "until": until}).all()
+    return {int(i): bool(c) for i, c in rows}
+
+
+def running_owners(conn: Connection) -> list[str]:
+    return [o for o in conn.execute(_RUNNING_OWNERS).scalars().all() if o]
+
+
+def lapsed_jobs(conn: Connection, now: float, dead_owners: Sequence[str]) -> list[Row[Any]]:
+    """Running jobs whose lease ran out or whose owner is known to be gone (locked)."""
+    return list(conn.execute(_LAPSED, {"now": now, "dead": list(dead_owners)}).all())
+
+
+@cache
+def _owned_update(keys: tuple[str, ...]) -> Any:
+    return update(jobs).where(_OWNED).values({k: bindparam(f"v_{k}") for k in keys})
+
+
+@cache
+def _update_by_id(keys: tuple[str, ...]) -> Any:
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("jid"))
+        .values({k: bindparam(f"v_{k}") for k in keys})
     )
-    for (user_id,) in users.all():
-        job_id = await session.scalar(
-            select(Job.id)
-            .where(
-                Job.user_id == user_id,
-                Job.status == "queued",
-                Job.provider == provider,
-                Job.run_after <= now,
-            )
-            .order_by(Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if job_id is None:
-            continue
-        claimed = await session.scalar(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(
-                status="running",
-                lease_owner=owner,
-                lease_until=now + lease_s,
-                attempts=Job.attempts + 1,
-                started_at=now,
-            )
-            .returning(Job)
-        )
-        if claimed is not None:
-            return claimed
-    return None
 
 
-async def queued_counts_by_user(session: AsyncSession, provider: str) -> dict[int, list[int]]:
-    """Queued job ids per user for ``provider``, oldest first (for queue positions)."""
-    rows = await session.execute(
-        select(Job.user_id, Job.id)
-        .where(Job.status == "queued", Job.provider == provider)
-        .order_by(Job.id)
-    )
-    out: dict[int, list[int]] = {}
-    for user_id, job_id in rows.all():
-        out.setdefault(user_id, []).append(job_id)
-    return out
+def update_owned(conn: Connection, job_id: int, owner: str, **values: Any) -> bool:
+    """Change a running job we hold the lease of; False if we no longer hold it."""
+    keys = tuple(sorted(values))
+    params = {"jid": job_id, "owner": owner, **{f"v_{k}": values[k] for k in keys}}
+    return conn.execute(_owned_update(keys), params).rowcount == 1
 
 
-async def expired_leases(
-    session: AsyncSession, now: float, dead_owners: Sequence[str]
-) -> list[Job]:
-    cond = Job.lease_until < now
-    if dead_owners:
-        cond = or_(cond, Job.lease_owner.in_(list(dead_owners)))
-    rows = await session.scalars(
-        select(Job).where(Job.status == "running", cond).with_for_update(skip_locked=True)
-    )
-    return list(rows)
+def update_job(conn: Connection, job_id: int, **values: Any) -> None:
+    keys = tuple(sorted(values))
+    conn.execute(_update_by_id(keys), {"jid": job_id, **{f"v_{k}": values[k] for k in keys}})
 
 
-async def running_owners(session: AsyncSession) -> list[str]:
-    rows = await session.scalars(select(Job.lease_owner).where(Job.status == "running").distinct())
-    return [r for r in rows if r]
+def owned_job(conn: Connection, job_id: int, owner: str, *, lock: bool = False) -> Row[Any] | None:
+    stmt = _OWNED_FOR_UPDATE if lock else _OWNED_JOB
+    return conn.execute(stmt, {"jid": job_id, "owner": owner}).first()
 
 
-async def active_count(session: AsyncSession, user_id: int) -> int:
-    n = await session.scalar(
-        select(func.count()).where(Job.user_id == user_id, Job.status.in_(ACTIVE))
-    )
-    return int(n or 0)
+def images_for_job(conn: Connection, job_id: int) -> list[Row[Any]]:
+    return list(conn.execute(_IMAGES_OF_JOB, {"jid": job_id}).all())
 
 
-async def jobs_for_user(session: AsyncSession, user_id: int, limit: int = 10) -> list[Job]:
-    rows = await session.scalars(
-        select(Job).where(Job.user_id == user_id).order_by(Job.id.desc()).limit(limit)
-    )
-    return list(rows)
-
-
-async def batch_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:
-    rows = await session.execute(
-        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-    )
-    return {status: int(n) for status, n in rows.all()}
-
-
-async def images_for_job(session: AsyncSession, job_id: int) -> list[StoredImage]:
-    rows = await session.scalars(
-        select(StoredImage).where(StoredImage.job_id == job_id).order_by(StoredImage.idx)
-    )
-    return list(rows)
-
-
-async def add_image(session: AsyncSession, **values: Any) -> bool:
-    stmt = (
-        _insert(session, StoredImage)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["job_id", "idx"])
-        .returning(StoredImage.id)
-    )
-    return (await session.scalar(stmt)) is not None
+def add_images(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(_upsert(conn, images, ("job_id", "idx"), returning=False), list(rows))
 
 
 # --- outbox --------------------------------------------------------------------------------
 
-
-async def add_event(session: AsyncSession, **values: Any) -> bool:
-    """Queue something to tell the person; a duplicate (same job, kind, idx) is dropped."""
-    values.setdefault("status", "pending")
-    values.setdefault("attempts", 0)
-    values.setdefault("next_try", 0.0)
-    stmt = (
-        _insert(session, OutboxEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["job_id", "kind", "idx"])
-        .returning(OutboxEvent.id)
+_earlier = outbox.alias("earlier")
+# An earlier event of the same job that is waiting for a retry, or being sent by another
+# process. (One this process is sending is fine: its delivery chain keeps them in order.)
+_WAITING_ON_EARLIER = (
+    exists()
+    .where(
+        _earlier.c.job_id == outbox.c.job_id,
+        _earlier.c.id < outbox.c.id,
+        _earlier.c.next_try > bindparam("now"),
+        or_(
+            _earlier.c.status == "pending",
+            and_(_earlier.c.status == "sending", _earlier.c.owner != bindparam("me")),
+        ),
     )
-    return (await session.scalar(stmt)) is not None
+    .correlate(outbox)
+)
+_CLAIMABLE_EVENTS = (
+    select(outbox.c.id)
+    .where(
+        outbox.c.platform.in_(_ids("platforms")),
+        outbox.c.status.in_(("pending", "sending")),
+        outbox.c.next_try <= bindparam("now"),
+        ~_WAITING_ON_EARLIER,
+    )
+    .order_by(outbox.c.id)
+    .limit(bindparam("lim"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_EVENTS = (
+    update(outbox)
+    .where(outbox.c.id.in_(_ids()))
+    .values(status="sending", owner=bindparam("me"), next_try=bindparam("until"))
+    .returning(*outbox.c)
+)
+_MARK_EVENT = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("eid"), outbox.c.owner == bindparam("me"))
+    .values(
+        status=bindparam("new_status"),
+        attempts=bindparam("new_attempts"),
+        next_try=bindparam("new_next_try"),
+        error=bindparam("new_error"),
+        sent_at=bindparam("new_sent_at"),
+    )
+)
+_SENDING_OWNERS = select(outbox.c.owner).where(outbox.c.status == "sending").distinct()
+_RELEASE_EVENTS = (
+    update(outbox)
+    .where(outbox.c.status == "sending", outbox.c.owner.in_(_ids("dead")))
+    .values(status="pending", next_try=0.0)
+)
+_UNSENT_FOR_USER = (
+    select(func.count())
+    .select_from(outbox.join(jobs, jobs.c.id == outbox.c.job_id))
+    .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(("pending", "sending")))
+)
+_UNSENT = select(func.count()).where(
+    outbox.c.status.in_(("pending", "sending")), outbox.c.platform.in_(_ids("platforms"))
+)
+EVENT_DEFAULTS: dict[str, Any] = {
+    "idx": 0,
+    "status": "pending",
+    "attempts": 0,
+    "owner": None,
+    "next_try": 0.0,
+    "error": None,
+    "sent_at": None,
+}
 
 
-async def claim_events(
-    session: AsyncSession,
+def add_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Queue things to tell people; a duplicate (same job, kind, idx) is dropped."""
+    if rows:
+        conn.execute(
+            _upsert(conn, outbox, ("job_id", "kind", "idx"), returning=False),
+            [{**EVENT_DEFAULTS, **row} for row in rows],
+        )
+
+
+def claim_events(
+    conn: Connection,
     *,
     platforms: Sequence[str],
     owner: str,
     now: float,
     lease_s: float,
     limit: int = 100,
-) -> list[OutboxEvent]:
-    """Claim pending events (and ones whose sender died) for the platforms we serve."""
+) -> list[Row[Any]]:
+    """Claim deliverable events for ``platforms``, oldest first.
+
+    An event waits while an earlier event of the same job is still out (being sent by
+    another process, or waiting to be retried), so a person never sees "done" before the
+    picture it is about; this process's own delivery chains order the rest.
+    Events whose sender died are claimable again once their lease has run out.
+    """
     ids = list(
-        await session.scalars(
-            select(OutboxEvent.id)
-            .where(
-                OutboxEvent.platform.in_(list(platforms)),
-                or_(
-                    and_(OutboxEvent.status == "pending", OutboxEvent.next_try <= now),
-                    and_(OutboxEvent.status == "sending", OutboxEvent.next_try <= now),
-                ),
-            )
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        conn.execute(
+            _CLAIMABLE_EVENTS,
+            {"platforms": list(platforms), "now": now, "lim": limit, "me": owner},
+        ).scalars()
     )
     if not ids:
         return []
-    rows = await session.scalars(
-        update(OutboxEvent)
-        .where(OutboxEvent.id.in_(ids))
-        .values(status="sending", owner=owner, next_try=now + lease_s)
-        .returning(OutboxEvent)
-    )
-    return sorted(rows, key=lambda e: e.id)
+    rows = conn.execute(_CLAIM_EVENTS, {"ids": ids, "me": owner, "until": now + lease_s}).all()
+    return sorted(rows, key=lambda r: r.id)
 
 
-async def pending_event_count(session: AsyncSession, *, job_ids: Sequence[int]) -> int:
-    if not job_ids:
-        return 0
-    n = await session.scalar(
-        select(func.count()).where(
-            OutboxEvent.job_id.in_(list(job_ids)), OutboxEvent.status.in_(("pending", "sending"))
+def mark_events(conn: Connection, owner: str, marks: Sequence[Mapping[str, Any]]) -> None:
+    """Record delivery outcomes: each mark has eid, status, attempts, next_try, error,
+    sent_at. Only events still held by ``owner`` change."""
+    if marks:
+        conn.execute(
+            _MARK_EVENT,
+            [
+                {
+                    "eid": m["eid"],
+                    "me": owner,
+                    "new_status": m["status"],
+                    "new_attempts": m["attempts"],
+                    "new_next_try": m["next_try"],
+                    "new_error": m["error"],
+                    "new_sent_at": m["sent_at"],
+                }
+                for m in marks
+            ],
         )
-    )
-    return int(n or 0)
+
+
+def sending_owners(conn: Connection) -> list[str]:
+    return [o for o in conn.execute(_SENDING_OWNERS).scalars().all() if o]
+
+
+def release_events(conn: Connection, dead_owners: Sequence[str]) -> int:
+    if not dead_owners:
+        return 0
+    return conn.execute(_RELEASE_EVENTS, {"dead": list(dead_owners)}).rowcount
+
+
+def unsent_for_user(conn: Connection, user_id: int) -> int:
+    return int(conn.execute(_UNSENT_FOR_USER, {"uid": user_id}).scalar_one())
+
+
+def unsent(conn: Connection, platforms: Sequence[str]) -> int:
+    return int(conn.execute(_UNSENT, {"platforms": list(platforms)}).scalar_one())
