@@ -159,11 +159,38 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config and --verbose, accepted before the subcommand and after it alike
+    (``sdhost --config F chat`` and ``sdhost chat --config F``)."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=default,
+        help=f"config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="debug logging to stderr",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand parser also takes --config and --verbose."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("prog", "") != "sdhost":
+            _common(self, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdhost", description="Self-hosted image-generation bot")
-    p.add_argument("--config", "-c", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    p.add_argument("--verbose", "-v", action="store_true", help="debug logging to stderr")
-    sub = p.add_subparsers(dest="command", required=True)
+    _common(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     chat = sub.add_parser("chat", help="chat with the bot in this terminal")
     chat.add_argument("--user", help="who you are in the chat (default: your OS user name)")

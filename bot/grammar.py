@@ -59,16 +59,23 @@ _FLAG_LIST = " ".join(f"--{f}" for f in FLAGS)
 MAX_SEED = 4_294_967_295
 EMPTY_PROMPT = "the prompt is empty: type what you want to see, e.g. /imagine a lighthouse at dusk"
 
-HELP_FLAGS = (
-    "Flags go anywhere after the prompt, as --flag value or --flag=value (— works for --): "
-    "--ar W:H aspect ratio from 1:4 to 4:1 (--ar 16:9) · --size WxH, 64..2048 each, instead "
-    "of --ar (--size 1024x768) · --seed N, 0..4294967295, -1 for random · --steps 1..150 · "
-    '--cfg 0..30 · --sampler NAME, quote names with spaces (--sampler "DPM++ 2M Karras") · '
-    "--no TEXT what to leave out: every word up to the next flag (--no blurry, text) · "
-    f"--n 1..{MAX_IMAGES_PER_JOB} pictures (alias --count) · --model NAME · --provider NAME · "
-    "--strength 0..1, how much img2img may change the picture. "
-    "Quote a value with spaces (\"...\" or '...'); put \\ before a prompt word that starts "
-    "with -- to keep it in the prompt."
+HELP_FLAGS = "\n".join(
+    [
+        "Flags go anywhere after the prompt, as --flag value or --flag=value (— works for --):",
+        "  --ar W:H         aspect ratio from 1:4 to 4:1, e.g. --ar 16:9",
+        "  --size WxH       exact size, 64..2048 a side, instead of --ar, e.g. --size 1024x768",
+        "  --seed N         0..4294967295, or -1 for random",
+        "  --steps N        1..150",
+        "  --cfg X          0..30",
+        '  --sampler NAME   quote names with spaces: --sampler "DPM++ 2M Karras"',
+        "  --no TEXT        what to leave out, up to the next flag: --no blurry, text",
+        f"  --n K            1..{MAX_IMAGES_PER_JOB} pictures (also --count)",
+        "  --model NAME     see /models",
+        "  --provider NAME  see /models",
+        "  --strength X     0..1, how much img2img may change the picture",
+        "Quote a value with spaces (\"...\" or '...').",
+        "Put \\ before a prompt word that starts with -- to keep it in the prompt.",
+    ]
 )
 
 OPENERS: dict[str, str] = {

@@ -492,7 +492,7 @@ class JobService:
         ``ref=None`` cancels as an operator (any person's job).
         """
 
-        def tx(conn: Connection) -> tuple[str, int] | None:
+        def tx(conn: Connection) -> tuple[str | None, str]:
             job = self._own_job(conn, ref, job_id, lock=True)
             if job.status in repos.TERMINAL:
                 raise UserError(f"job #{job_id} has already {_past(job.status)}")
@@ -507,16 +507,23 @@ class JobService:
                     images_made=0,
                     t=now(),
                 )
-                return f"job #{job_id} cancelled; {refunded} credits refunded", job_id
+                return f"job #{job_id} cancelled; {refunded} credits refunded", ""
             repos.request_cancel(conn, job_id)
-            return None
+            if job.submitted_at is None or FailureClass.CANCELLED in getattr(
+                self.config.credits.refunds, job.kind
+            ):
+                return None, "pictures it has not made yet are refunded"
+            return None, (
+                "it has already reached the provider, so it is not refunded "
+                f"(the refund policy for {job.kind} jobs)"
+            )
 
-        done = await self.db.run_write(tx)
-        if done is not None:
+        message, note = await self.db.run_write(tx)
+        if message is not None:
             self.on_event()
-            return done[0]
+            return message
         self.on_cancel(job_id)
-        return f"cancelling job #{job_id}…"
+        return f"cancelling job #{job_id}; {note}"
 
     async def retry(self, ref: UserRef, job_id: int, reply_to: dict[str, Any]) -> Receipt:
         job = await self.db.run_read(self._own_job, ref, job_id)

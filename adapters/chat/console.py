@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from typing import TextIO
 
 from bot.app import App
@@ -20,11 +21,21 @@ from bot.commands import Incoming
 class ConsoleAdapter(ChatAdapter):
     platform = "console"
 
-    def __init__(self, app: App, user: UserRef, *, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        user: UserRef,
+        *,
+        out: TextIO | None = None,
+        progress_every_s: float = 0.0,
+    ) -> None:
         self.app = app
         self.user = user
         self.out = out or sys.stdout
-        self._last_progress: dict[int, tuple[int, str]] = {}
+        # A person at a terminal gets every stage but at most one percentage line per job
+        # this often; a script reading the output (0) gets every event.
+        self.progress_every_s = progress_every_s
+        self._last_progress: dict[int, tuple[int, str, float]] = {}
 
     def emit(self, tag: str, text: str) -> None:
         first, *rest = text.splitlines() or [""]
@@ -67,10 +78,15 @@ class ConsoleAdapter(ChatAdapter):
     async def progress(self, update: Progress) -> None:
         if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
             return  # the outbox event says it, with the details
-        key = (update.percent, update.stage)
-        if self._last_progress.get(update.job_id) == key:
-            return
-        self._last_progress[update.job_id] = key
+        t = time.monotonic()
+        last = self._last_progress.get(update.job_id)
+        if last is not None:
+            percent, stage, when = last
+            if (percent, stage) == (update.percent, update.stage):
+                return
+            if stage == update.stage and t - when < self.progress_every_s:
+                return
+        self._last_progress[update.job_id] = (update.percent, update.stage, t)
         self.emit("progress", f"job #{update.job_id} {update.percent}% {update.stage}")
 
     async def handle_line(self, line: str) -> None:
@@ -89,7 +105,7 @@ class ConsoleAdapter(ChatAdapter):
 
 
 async def run_console(app: App, user: UserRef, *, interactive: bool) -> int:
-    adapter = ConsoleAdapter(app, user)
+    adapter = ConsoleAdapter(app, user, progress_every_s=2.0 if interactive else 0.0)
     app.add_adapter(adapter)
     await app.start()
     try:
