@@ -84,7 +84,7 @@ class App:
             on_event=self.deliverer.wake,
         )
         self.commands = Commands(config, self.jobs)
-        self.run_workers = run_workers
+        self.run_workers = run_workers and config.queue.run_workers
         self._started = False
 
     def add_adapter(self, adapter: ChatAdapter) -> None:

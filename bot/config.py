@@ -85,6 +85,9 @@ class QueueConfig(_Section):
     lease_s: float = Field(30, gt=1)
     poll_idle_s: float = Field(0.5, gt=0)  # how often an idle worker looks for others' jobs
     retry_backoff_s: float = Field(2.0, ge=0)
+    # False: this process takes commands and delivers results but runs no jobs (a chat
+    # front end in front of worker processes that share its database).
+    run_workers: bool = True
 
 
 class ImagesConfig(_Section):
@@ -95,9 +98,18 @@ class ImagesConfig(_Section):
     default_size: int = Field(1024, ge=64, le=4096)  # the long side when only --ar is given
 
 
-class DemoProviderConfig(_Section):
+class ProviderSection(_Section):
+    """What every provider's section has."""
+
     enabled: bool = True
+    # Jobs this process runs on the provider at the same time.
     concurrency: int = Field(4, ge=1)
+    # Jobs running on the provider across every process sharing the database (an API
+    # key's limit, one GPU server); 0: no limit beyond each process's concurrency.
+    max_running: int = Field(0, ge=0)
+
+
+class DemoProviderConfig(ProviderSection):
     latency_s: float = Field(1.5, ge=0)  # simulated generation time per job
     failure_rate: float = Field(0.0, ge=0, le=1)  # share of jobs that fail (provider_error)
     max_size: int = Field(1536, ge=64)

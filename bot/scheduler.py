@@ -1,7 +1,8 @@
 """Workers: claim jobs fairly, run them on their provider, store results, survive crashes.
 
 One dispatcher per provider claims as many jobs as it has free slots (the provider's
-``concurrency``), in one transaction, fairly across people (see
+``concurrency`` in this process, within its ``max_running`` across processes), in one
+transaction, fairly across people (see
 ``storage.repos.plan_fair_share``), and runs each as a task. A claimed job carries a lease
 (owner + expiry); one loop renews every lease this process holds in a single statement and
 learns from the same statement whether a job was cancelled from elsewhere or taken over.
@@ -136,9 +137,11 @@ class Scheduler:
         self._stopping = False
         self._lease_task: asyncio.Task[None] | None = None
 
-    def concurrency(self, provider: str) -> int:
+    def limits(self, provider: str) -> tuple[int, int | None]:
+        """(jobs this process runs at once, cap across all processes or None)."""
         section = getattr(self.config.providers, provider, None)
-        return int(getattr(section, "concurrency", None) or 4)
+        concurrency = int(getattr(section, "concurrency", None) or 4)
+        return concurrency, int(getattr(section, "max_running", 0) or 0) or None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -255,7 +258,7 @@ class Scheduler:
 
     async def _dispatch(self, provider: str) -> None:
         q = self.config.queue
-        cap = self.concurrency(provider)
+        cap, shared_cap = self.limits(provider)
         wake = self._wake[provider]
         mine: set[int] = set()
         while True:
@@ -273,7 +276,7 @@ class Scheduler:
                         timeout_s=q.job_timeout_s,
                         slots=free,
                         max_running_per_user=q.max_running_per_user,
-                        provider_cap=cap,
+                        provider_cap=shared_cap,
                     )
                 except Exception:
                     log.exception("claiming jobs for %s failed; retrying", provider)
@@ -479,6 +482,7 @@ class Scheduler:
 
         # Shielded: once we decide a job's outcome, a cancel must not cut the write short.
         if await asyncio.shield(self.db.run_write(tx)):
+            log.info("job %s %s%s", job.id, status, f" ({failure.value})" if failure else "")
             self.on_event()
             await self._progress(job, 100 if status == "succeeded" else job.progress, status)
 

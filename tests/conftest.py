@@ -77,6 +77,17 @@ async def _reset_pg(url: str) -> None:
         await engine.dispose()
 
 
+async def empty_database(url: str) -> None:
+    """No tables at all, as on a fresh install (the db_url fixture pre-creates them)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    finally:
+        await engine.dispose()
+
+
 def make_config(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Config:
     raw: dict[str, Any] = {
         "data": {"dir": str(tmp_path / "data")},

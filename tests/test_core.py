@@ -459,3 +459,31 @@ async def test_a_job_wrongly_given_up_as_lost_goes_back_to_the_queue(app_factory
     view = await app.jobs.job(user(), job_id)
     assert view.status == "succeeded" and view.attempts == 1  # given back without counting
     await ledger_matches_balances(app)
+
+
+async def test_max_running_caps_a_provider_across_processes(app_factory) -> None:
+    shared = {
+        "providers": {"demo": {"latency_s": 0.2, "concurrency": 4, "max_running": 2}},
+        "queue": {"max_queued_per_user": 50, "max_running_per_user": 8},
+        "credits": {"starting_grant": 50},
+    }
+    a = await app_factory(**shared)
+    b = await app_factory(**shared)
+    await a.jobs.submit(user(), "batch", [P(f"t{i}", width=64, height=64) for i in range(8)], REPLY)
+    b.scheduler.wake()
+    peak = 0
+
+    def running(conn) -> tuple[int, int]:
+        return (
+            conn.execute(select(func.count()).where(Job.status == "running")).scalar(),
+            conn.execute(select(func.count()).where(Job.status == "succeeded")).scalar(),
+        )
+
+    async with asyncio.timeout(20):
+        while True:
+            now_running, done = await a.db.run_read(running)
+            peak = max(peak, now_running)
+            if done == 8:
+                break
+            await asyncio.sleep(0.02)
+    assert peak == 2

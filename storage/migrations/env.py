@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -18,9 +19,18 @@ def _configure(**kwargs: object) -> None:
     context.configure(target_metadata=target_metadata, render_as_batch=True, **kwargs)
 
 
-def _run_sync(connection: object) -> None:
+# Any fixed number: the key of the PostgreSQL advisory lock that serialises migrations.
+MIGRATION_LOCK = 0x5D405D
+
+
+def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several processes starting on a fresh database at once: the first migrates,
+            # the others wait here and then find nothing left to do. (SQLite files are
+            # locked in storage/migrate.py.)
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
         context.run_migrations()
 
 
