@@ -62,28 +62,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str | None) -
         return
     if not pg_url:
         pytest.skip("set SDHOST_TEST_DATABASE_URL to run on PostgreSQL")
-    asyncio.run(_reset_pg(pg_url))
+    asyncio.run(empty_database(pg_url, then_create=True))
     yield pg_url
 
 
-async def _reset_pg(url: str) -> None:
+async def empty_database(url: str, *, then_create: bool = False) -> None:
+    """No tables at all, as on a fresh install; with ``then_create``, the models' tables
+    (what the db_url fixture gives PostgreSQL tests: SQLite ones get a fresh file)."""
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
             await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-            await conn.run_sync(Base.metadata.create_all)
-    finally:
-        await engine.dispose()
-
-
-async def empty_database(url: str) -> None:
-    """No tables at all, as on a fresh install (the db_url fixture pre-creates them)."""
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            if then_create:
+                await conn.run_sync(Base.metadata.create_all)
     finally:
         await engine.dispose()
 
