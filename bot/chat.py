@@ -69,4 +69,9 @@ class ChatAdapter(ABC):
     async def deliver(self, delivery: Delivery) -> None: ...
 
     async def progress(self, update: Progress) -> None:  # noqa: B027 - optional
-        """Best effort and unthrottled from the core's side: adapters pace their own edits."""
+        """Best effort and unthrottled from the core's side: adapters pace their own edits.
+
+        Called inline by the running job, so it must return quickly: an adapter that edits
+        a message over the network records the latest state and sends it from a task of
+        its own.
+        """

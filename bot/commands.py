@@ -292,7 +292,9 @@ def format_job(v: JobView) -> str:
     if v.finished_at and v.started_at:
         lines.append(f"  took {v.finished_at - v.started_at:.1f}s")
     elif v.status == "queued":
-        lines.append(f"  waiting for {time.time() - v.created_at:.0f}s")
+        lines.append(
+            f"  waiting for {time.time() - v.created_at:.0f}s · position {v.position} in the queue"
+        )
     return "\n".join(lines)
 
 

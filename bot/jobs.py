@@ -90,6 +90,7 @@ class JobView:
     images: list[dict[str, Any]] = field(default_factory=list)
     ledger: list[tuple[str, int]] = field(default_factory=list)
     batch_counts: dict[str, int] | None = None
+    position: int = 0  # place in the queue while queued (1 = next to start)
 
     @classmethod
     def of(cls, job: Row[Any]) -> JobView:
@@ -568,6 +569,8 @@ class JobService:
             view.ledger = [(e.reason, e.delta) for e in repos.ledger_for_job(conn, job_id)]
             if job.batch_id is not None:
                 view.batch_counts = repos.batch_counts(conn, job.batch_id)
+            if job.status == "queued":
+                view.position = _positions(conn, job.user_id, {job.provider}).get(job.id, 0)
             return view
 
         return await self.db.run_read(tx)

@@ -167,6 +167,15 @@ class Scheduler:
         for t in running:
             t.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        # A claim whose dispatcher was cancelled while it ran still committed; nothing
+        # will run those jobs here, and our own reaper would never take them back.
+        try:
+            orphans = await self.db.run_write(repos.release_held, self.owner)
+        except Exception:
+            log.exception("could not give back claimed jobs at shutdown")
+        else:
+            if orphans:
+                log.info("gave back %d claimed job(s) that had not started", orphans)
 
     def wake(self, provider: str | None = None) -> None:
         events = [self._wake[provider]] if provider in self._wake else list(self._wake.values())

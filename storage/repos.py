@@ -557,6 +557,25 @@ def renew_leases(conn: Connection, owner: str, until: float) -> dict[int, bool]:
     return {int(i): bool(c) for i, c in rows}
 
 
+_RELEASE_HELD = (
+    update(jobs)
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .values(
+        status="queued",
+        lease_owner=None,
+        lease_until=None,
+        attempts=jobs.c.attempts - 1,
+        run_after=0.0,
+    )
+)
+
+
+def release_held(conn: Connection, owner: str) -> int:
+    """Give back, uncounted, every job ``owner`` still holds (at shutdown, when none of its
+    tasks runs any more: these were claimed but never started)."""
+    return conn.execute(_RELEASE_HELD, {"owner": owner}).rowcount
+
+
 def running_owners(conn: Connection) -> list[str]:
     return [o for o in conn.execute(_RUNNING_OWNERS).scalars().all() if o]
 

@@ -178,6 +178,9 @@ async def test_fair_scheduling_one_job_after_a_batch_of_ten(app_factory) -> None
     await asyncio.sleep(0.05)
     single = await app.jobs.submit(user("b"), "txt2img", [P("b", width=64, height=64)], REPLY)
     assert single.jobs[0].position <= 2  # B is next, not behind A's whole batch
+    # and A's last task is told it waits behind B
+    last = await app.jobs.job(user("a"), batch.job_ids[-1])
+    assert last.status == "queued" and last.position >= 7
     await adapter.wait_for(lambda: len(adapter.of_kind("finished")) == 11, timeout=20)
     async with app.db.session() as s:
         b_job = await s.get(Job, single.job_ids[0])
@@ -487,3 +490,30 @@ async def test_max_running_caps_a_provider_across_processes(app_factory) -> None
                 break
             await asyncio.sleep(0.02)
     assert peak == 2
+
+
+async def test_jobs_claimed_as_the_scheduler_stops_are_given_back(app_factory) -> None:
+    app = await app_factory()
+    adapter = app.adapters["test"]
+    await app.scheduler.stop()
+    r = await app.jobs.submit(user(), "txt2img", [P(width=64, height=64)], REPLY)
+    # A claim that committed although its dispatcher was cancelled: held, never started.
+    claimed = await app.db.run_write(
+        lambda conn: repos.claim_jobs(
+            conn,
+            provider="demo",
+            owner=app.scheduler.owner,
+            now=time.time(),
+            lease_s=60,
+            timeout_s=60,
+            slots=4,
+            max_running_per_user=4,
+        )
+    )
+    assert [j.id for j in claimed] == r.job_ids
+    await app.scheduler.start()
+    await app.scheduler.stop()
+    await app.scheduler.start()
+    await adapter.wait_for(lambda: adapter.of_kind("finished"), timeout=10)
+    view = await app.jobs.job(user(), r.job_ids[0])
+    assert view.status == "succeeded" and view.attempts == 1
