@@ -129,6 +129,12 @@ class Commands:
         text = rest
         if data is None:
             source, text = split_source(rest)
+            if source is None and msg.allow_local_paths:
+                # On the console a bare file name counts too when such a file exists
+                # (photo.bmp): better "unsupported format" than "give a picture".
+                first, _, after = rest.strip().partition(" ")
+                if first and await asyncio.to_thread(Path(first).expanduser().is_file):
+                    source, text = first, after
             if source is None:
                 raise BadInput(
                     "img2img needs a picture: reply to one with /img2img PROMPT, or give a path "
@@ -247,7 +253,8 @@ def format_receipt(r: Receipt) -> str:
         span = f"#{ids[0]}–#{ids[-1]}" if len(ids) > 1 else f"#{ids[0]}"
         first = min(j.position for j in r.jobs) if r.jobs else 0
         text = (
-            f"{head}batch #{r.batch_id}: {len(ids)} tasks queued (jobs {span}) · next in queue at "
+            f"{head}batch #{r.batch_id}: {len(ids)} task{'s' if len(ids) != 1 else ''} queued "
+            f"(jobs {span}) · next in queue at "
             f"position {first} · cost {r.cost} · balance {r.balance}"
         )
     else:

@@ -78,6 +78,9 @@ def test_chat_from_stdin_prints_receipt_progress_and_images(tmp_path: Path) -> N
 
 def test_chat_errors_are_one_line_and_cost_nothing(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
+    (tmp_path / "junk.png").write_bytes(os.urandom(5000))
+    Image.new("RGB", (64, 64)).save(tmp_path / "pic.bmp")
+    (tmp_path / "big.png").write_bytes(_png_bytes((64, 64)) + b"\0" * (11 * 1024 * 1024))
     out = sdhost(
         "--config",
         str(cfg),
@@ -96,6 +99,10 @@ def test_chat_errors_are_one_line_and_cost_nothing(tmp_path: Path) -> None:
                 "/cancel abc",
                 "/job 99",
                 "/batch " + " | ".join(f"p{i}" for i in range(11)),
+                f"/img2img {tmp_path / 'junk.png'} a cat",
+                f"/img2img {tmp_path / 'pic.bmp'} a cat",
+                f"/img2img {tmp_path / 'big.png'} a cat",
+                "/img2img http://127.0.0.1:9/cat.png a cat",
                 "/credits",
             ]
         )
@@ -103,7 +110,7 @@ def test_chat_errors_are_one_line_and_cost_nothing(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 10, out.stdout
+    assert len(errors) == 14, out.stdout
     assert "did you mean --seed" in errors[0]
     assert "prompt is empty" in errors[1]
     assert "--ar" in errors[2]
@@ -111,6 +118,10 @@ def test_chat_errors_are_one_line_and_cost_nothing(tmp_path: Path) -> None:
     assert "/help" in errors[4]
     assert "no such file" in errors[6]
     assert "at most 10" in errors[9]
+    assert "unsupported image format" in errors[10]  # random bytes named .png
+    assert "unsupported image format" in errors[11]  # a BMP
+    assert "the limit is 10 MB" in errors[12]
+    assert "private or loopback" in errors[13]
     assert "info: you have 20 credits" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
 
