@@ -6,11 +6,8 @@ passed in; everything else in ``bot/`` only sees the protocols.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
-
-from sqlalchemy import Connection
 
 from bot.chat import ChatAdapter, Progress
 from bot.commands import Commands
@@ -21,7 +18,6 @@ from bot.owners import make_owner
 from bot.providers import Provider
 from bot.routing import Router
 from bot.scheduler import Scheduler
-from storage import repos
 from storage.db import Database
 from storage.files import FileStore
 from storage.migrate import upgrade
@@ -126,17 +122,3 @@ class App:
         adapter = self.adapters.get(update.reply_to.get("platform", ""))
         if adapter is not None:
             await adapter.progress(update)
-
-    async def wait_idle(self, poll: float = 0.05) -> None:
-        """Until nothing is queued, running or waiting to be delivered (tests, benchmarks)."""
-        platforms = list(self.adapters) or [""]
-
-        def busy(conn: Connection) -> bool:
-            return (
-                bool(repos.recent_jobs(conn, status="queued", limit=1))
-                or bool(repos.recent_jobs(conn, status="running", limit=1))
-                or repos.unsent(conn, platforms) > 0
-            )
-
-        while await self.db.run_read(busy) or not await self.deliverer.idle():
-            await asyncio.sleep(poll)

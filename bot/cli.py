@@ -183,8 +183,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if kwargs.get("prog", "") != "sdhost":
-            _common(self, top=False)
+        _common(self, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

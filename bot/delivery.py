@@ -53,7 +53,8 @@ class Deliverer:
         self._marks: list[dict[str, Any]] = []
         self._marks_ready = asyncio.Event()
         self._flushing = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop_task: asyncio.Task[None] | None = None
+        self._marker_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -65,28 +66,17 @@ class Deliverer:
         dead = [o for o in owners if owner_is_dead(o, self.owner)]
         if dead and await self.db.run_write(repos.release_events, dead):
             log.info("taking back undelivered events from stopped processes")
-        self._tasks = [
-            asyncio.create_task(self._loop(), name="deliverer"),
-            asyncio.create_task(self._marker(), name="delivery-marks"),
-        ]
+        self._loop_task = asyncio.create_task(self._loop(), name="deliverer")
+        self._marker_task = asyncio.create_task(self._marker(), name="delivery-marks")
 
     async def stop(self) -> None:
         """Stop sending; record what was sent; give back what was not."""
-        loop_and_marker = self._tasks
-        if loop_and_marker:
-            loop_and_marker[0].cancel()
-            with contextlib.suppress(BaseException):
-                await loop_and_marker[0]
-        chains = list(self._chains.values())
-        for t in chains:
-            t.cancel()
-        await asyncio.gather(*chains, return_exceptions=True)
+        # In order: no new claims, then no deliveries in flight, then no background marks.
+        await _cancel([self._loop_task])
+        await _cancel(list(self._chains.values()))
+        await _cancel([self._marker_task])
         self._chains.clear()
-        for t in loop_and_marker[1:]:
-            t.cancel()
-            with contextlib.suppress(BaseException):
-                await t
-        self._tasks = []
+        self._loop_task = self._marker_task = None
         with contextlib.suppress(Exception):
             await self._flush()
             await self.db.run_write(repos.release_events, [self.owner])
@@ -243,3 +233,10 @@ class Deliverer:
             if not mark["written"].done():
                 mark["written"].set_result(None)
         self.wake()  # events waiting on these may go now
+
+
+async def _cancel(tasks: list[asyncio.Task[Any] | None]) -> None:
+    live = [t for t in tasks if t is not None]
+    for t in live:
+        t.cancel()
+    await asyncio.gather(*live, return_exceptions=True)

@@ -318,41 +318,41 @@ class JobService:
         self, ref: UserRef, amount: int, *, note: str = "", key: str | None = None
     ) -> int:
         """Admin grant (negative to take back). Returns the new balance."""
-
-        def tx(conn: Connection) -> int:
-            t = now()
-            user = self._ensure(conn, ref, t)
-            if amount < 0 and user.balance + amount < 0:
-                raise UserError(f"{ref.key} has {user.balance} credits; cannot take {-amount}")
-            repos.credit(
-                conn,
-                user.id,
-                amount,
-                reason="grant" if amount >= 0 else "debit",
-                now=t,
-                key=key or f"admin:{uuid.uuid4().hex}",
-                note=note,
-            )
-            return repos.balance(conn, user.id)
-
-        return await self.db.run_write(tx)
+        return await self._adjust(ref, lambda _: amount, note=note, key=key)
 
     async def set_balance(self, ref: UserRef, target: int, *, note: str = "") -> int:
         if target < 0:
             raise UserError("a balance cannot be negative")
+        return await self._adjust(
+            ref, lambda balance: target - balance, note=note or f"set to {target}"
+        )
+
+    async def _adjust(
+        self,
+        ref: UserRef,
+        amount_for: Callable[[int], int],
+        *,
+        note: str,
+        key: str | None = None,
+    ) -> int:
+        """Move the balance by ``amount_for(current balance)`` as an admin ledger entry, in
+        one transaction with reading it; returns the new balance."""
 
         def tx(conn: Connection) -> int:
             t = now()
             user = self._ensure(conn, ref, t)
-            if target != user.balance:
+            amount = amount_for(user.balance)
+            if user.balance + amount < 0:
+                raise UserError(f"{ref.key} has {user.balance} credits; cannot take {-amount}")
+            if amount:
                 repos.credit(
                     conn,
                     user.id,
-                    target - user.balance,
-                    reason="grant" if target > user.balance else "debit",
+                    amount,
+                    reason="grant" if amount > 0 else "debit",
                     now=t,
-                    key=f"admin:{uuid.uuid4().hex}",
-                    note=note or f"set to {target}",
+                    key=key or f"admin:{uuid.uuid4().hex}",
+                    note=note,
                 )
             return repos.balance(conn, user.id)
 

@@ -64,7 +64,6 @@ class _Run:
         self.images: set[int] = set(have)
         # Stored pictures whose rows are written with the job's outcome (the last one).
         self.pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.submitted_at: float | None = job.submitted_at
         self._last_db_progress = 0.0
         self._last_percent = -1
 
@@ -74,12 +73,11 @@ class _Run:
     async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
         self.task_id = task_id
         self.state = dict(state or {})
-        self.submitted_at = now()
         await self.sched._update(
             self.job,
             provider_task_id=task_id,
             provider_state=self.state,
-            submitted_at=self.submitted_at,
+            submitted_at=now(),
             progress=30,
             stage="submitted",
         )
@@ -99,14 +97,12 @@ class _Run:
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
             return
-        rows = await self.sched._store_picture(self.job, self.request, index, result)
+        self.pending.append(await self.sched._store_picture(self.job, self.request, index, result))
         self.images.add(index)
-        if len(self.images) >= self.request.n:
-            # The last picture: its rows go in with the job's outcome, which follows at
-            # once, saving a transaction per job. Every way out of the job writes them.
-            self.pending.append(rows)
-        else:
-            await self.sched._record_pictures(self.job, [rows])
+        # The last picture's rows go in with the job's outcome, which follows at once,
+        # saving a transaction per job (every way out of the job writes them); others now.
+        if len(self.images) < self.request.n:
+            await self.sched._update(self.job, self, stage="generating")
 
 
 class Scheduler:
@@ -432,30 +428,28 @@ class Scheduler:
     # --- state changes (all guarded by lease ownership) --------------------------------------
 
     @staticmethod
-    def _write_pending(conn: Connection, run: _Run | None) -> None:
-        if run is not None and run.pending:
-            repos.add_images(conn, [image for image, _ in run.pending])
-            repos.add_events(conn, [event for _, event in run.pending])
+    def _write_pictures(
+        conn: Connection, pictures: list[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> None:
+        repos.add_images(conn, [image for image, _ in pictures])
+        repos.add_events(conn, [event for _, event in pictures])
 
     async def _update(self, job: Row[Any], run: _Run | None = None, **values: Any) -> None:
-        """Change our running job (writing any pending pictures first); LeaseLost if it is
-        no longer ours."""
+        """Change our running job and record the run's pending pictures with it; LeaseLost
+        if the job is no longer ours."""
+        written = list(run.pending) if run is not None else []
 
         def tx(conn: Connection) -> bool:
             if not repos.update_owned(conn, job.id, self.owner, **values):
                 return False
-            self._write_pending(conn, run)
+            self._write_pictures(conn, written)
             return True
 
-        if run is None or not run.pending:
-            ok = await self.db.run_write(repos.update_owned, job.id, self.owner, **values)
-        else:
-            ok = await self.db.run_write(tx)
-            if ok:
-                run.pending.clear()
-                self.on_event()
-        if not ok:
+        if not await self.db.run_write(tx):
             raise LeaseLost
+        if written:
+            del run.pending[: len(written)]  # type: ignore[union-attr]
+            self.on_event()
 
     async def _finish(
         self,
@@ -472,7 +466,7 @@ class Scheduler:
             current = repos.owned_job(conn, job.id, self.owner, lock=True)
             if current is None:
                 return False  # our lease lapsed and someone else owns it now
-            self._write_pending(conn, run)
+            self._write_pictures(conn, run.pending if run is not None else [])
             finish_job(
                 conn,
                 self.config,
@@ -507,7 +501,7 @@ class Scheduler:
 
         def tx(conn: Connection) -> None:
             if repos.update_owned(conn, job.id, self.owner, **values):
-                self._write_pending(conn, run)
+                self._write_pictures(conn, run.pending if run is not None else [])
 
         try:
             await asyncio.shield(self.db.run_write(tx))
@@ -582,20 +576,6 @@ class Scheduler:
             },
         }
         return image, event
-
-    async def _record_pictures(
-        self, job: Row[Any], rows: list[tuple[dict[str, Any], dict[str, Any]]]
-    ) -> None:
-        def tx(conn: Connection) -> bool:
-            if not repos.update_owned(conn, job.id, self.owner, stage="generating"):
-                return False
-            repos.add_images(conn, [image for image, _ in rows])
-            repos.add_events(conn, [event for _, event in rows])
-            return True
-
-        if not await self.db.run_write(tx):
-            raise LeaseLost
-        self.on_event()
 
 
 def _encode_and_store(

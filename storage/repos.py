@@ -74,7 +74,6 @@ _USER = select(
 _USER_BY_IDENTITY = _USER.where(
     users.c.platform == bindparam("platform"), users.c.platform_user_id == bindparam("pid")
 )
-_USER_BY_ID = _USER.where(users.c.id == bindparam("uid"))
 _RENAME = update(users).where(users.c.id == bindparam("uid")).values(name=bindparam("new_name"))
 _CHARGE = (
     update(users)
@@ -98,10 +97,6 @@ _INSERT_LEDGER = insert(ledger)
 
 def get_user(conn: Connection, platform: str, platform_user_id: str) -> Row[Any] | None:
     return conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
-
-
-def user_by_id(conn: Connection, user_id: int) -> Row[Any] | None:
-    return conn.execute(_USER_BY_ID, {"uid": user_id}).first()
 
 
 def ensure_user(
@@ -683,9 +678,6 @@ _UNSENT_FOR_USER = (
     .select_from(outbox.join(jobs, jobs.c.id == outbox.c.job_id))
     .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(("pending", "sending")))
 )
-_UNSENT = select(func.count()).where(
-    outbox.c.status.in_(("pending", "sending")), outbox.c.platform.in_(_ids("platforms"))
-)
 EVENT_DEFAULTS: dict[str, Any] = {
     "idx": 0,
     "status": "pending",
@@ -767,7 +759,3 @@ def release_events(conn: Connection, dead_owners: Sequence[str]) -> int:
 
 def unsent_for_user(conn: Connection, user_id: int) -> int:
     return int(conn.execute(_UNSENT_FOR_USER, {"uid": user_id}).scalar_one())
-
-
-def unsent(conn: Connection, platforms: Sequence[str]) -> int:
-    return int(conn.execute(_UNSENT, {"platforms": list(platforms)}).scalar_one())
