@@ -374,6 +374,7 @@ def request_cancel(conn: Connection, job_id: int) -> bool:
 _RUNNING_FOR_PROVIDER = select(func.count()).where(
     jobs.c.status == "running", jobs.c.provider == bindparam("provider")
 )
+_LOCK_PROVIDER_CLAIMS = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("key"))))
 _CLAIMABLE = (
     jobs.c.status == "queued",
     jobs.c.provider == bindparam("provider"),
@@ -480,6 +481,11 @@ def claim_jobs(
     if slots <= 0:
         return []
     if provider_cap is not None:
+        if conn.dialect.name == "postgresql":
+            # Count and claim as one step across processes, or two claiming at once both
+            # see the provider below its cap and together go over it. (SQLite's write lock
+            # already makes claims one at a time.)
+            conn.execute(_LOCK_PROVIDER_CLAIMS, {"key": f"sdhost-claim:{provider}"})
         busy = int(conn.execute(_RUNNING_FOR_PROVIDER, {"provider": provider}).scalar_one())
         slots = min(slots, provider_cap - busy)
         if slots <= 0:

@@ -517,3 +517,37 @@ async def test_jobs_claimed_as_the_scheduler_stops_are_given_back(app_factory) -
     await adapter.wait_for(lambda: adapter.of_kind("finished"), timeout=10)
     view = await app.jobs.job(user(), r.job_ids[0])
     assert view.status == "succeeded" and view.attempts == 1
+
+
+async def test_shared_cap_holds_when_two_processes_claim_at_once(app_factory, db_url) -> None:
+    """One claim still open (uncommitted) while another starts: the second must wait for
+    it and see the cap reached, not count the first's jobs as not running yet."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock already makes claims one at a time")
+    app = await app_factory(queue={"max_queued_per_user": 10, "max_running_per_user": 8})
+    await app.scheduler.stop()
+    await app.jobs.submit(
+        user(), "batch", [P(f"t{i}", width=64, height=64) for i in range(4)], REPLY
+    )
+
+    def claim(owner: str):
+        return lambda conn: repos.claim_jobs(
+            conn,
+            provider="demo",
+            owner=owner,
+            now=time.time(),
+            lease_s=60,
+            timeout_s=60,
+            slots=4,
+            max_running_per_user=8,
+            provider_cap=2,
+        )
+
+    async with app.db.engine.connect() as other:
+        await other.begin()
+        assert len(await other.run_sync(claim("process-b"))) == 2
+        second = asyncio.create_task(app.db.run_write(claim("process-a")))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waiting for the first claim to commit
+        await other.commit()
+    assert await second == []
