@@ -1,13 +1,16 @@
 """The commands every chat platform shares: text in, a reply out.
 
 Adapters turn platform events into an ``Incoming`` (who, what they typed, where to answer,
-any picture they attached or replied to) and render the ``Reply``. Nothing here knows a
-platform; nothing a person can trigger escapes as a traceback.
+any picture they attached or replied to, the language their app is set to) and render the
+``Reply``. Nothing here knows a platform; nothing a person can trigger escapes as a
+traceback. Replies are in the person's language (``bot.i18n``): the one they chose with
+/lang, else their app's, else English.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -15,18 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot import i18n
 from bot.chat import UserRef
 from bot.config import Config
-from bot.errors import BadInput, UserError
+from bot.errors import BadInput, Forbidden, NotFound, UserError
 from bot.fetch import fetch_image
 from bot.grammar import (
-    HELP_FLAGS,
     format_flags,
+    help_flags,
     parse_batch,
     parse_command,
     parse_generation,
     split_source,
 )
+from bot.i18n import t, tn
 from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
 from bot.jobs import JobService, JobView, Receipt
@@ -44,6 +49,7 @@ class Incoming:
     message_key: str | None = None  # platform message id: the same message never runs twice
     allow_local_paths: bool = False  # only the console may read files from this machine
     is_admin: bool = False
+    lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
 
 
 @dataclass(slots=True)
@@ -52,20 +58,39 @@ class Reply:
     receipt: Receipt | None = None
     error: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    lang: str = i18n.DEFAULT_LANG  # the language ``text`` is in, for the adapter's additions
 
 
-COMMANDS_HELP = [
-    ("imagine PROMPT [flags]", "make pictures from a prompt (also /draw)"),
-    ("img2img PATH_OR_URL PROMPT [--strength 0..1]", "redraw a picture (or reply to one)"),
-    ("batch PROMPT | PROMPT | …", "up to 10 prompts at once (one per line, or PROMPT --n K)"),
-    ("credits", "your balance"),
-    ("jobs", "your recent jobs"),
-    ("job ID", "one job in detail"),
-    ("cancel ID", "cancel a job (queued jobs are refunded)"),
-    ("retry ID", "run a failed or cancelled job again (charged again)"),
-    ("models", "providers, models and prices"),
-    ("help", "this text"),
+# (command, catalog key of its usage); the description is "help.<command>".
+_HELP = [
+    ("imagine", "usage.imagine"),
+    ("img2img", "usage.img2img"),
+    ("batch", "usage.batch"),
+    ("credits", "usage.credits"),
+    ("jobs", "usage.jobs"),
+    ("job", "usage.job"),
+    ("cancel", "usage.cancel"),
+    ("retry", "usage.retry"),
+    ("models", "usage.models"),
+    ("lang", "usage.lang"),
+    ("help", "usage.help"),
 ]
+_ADMIN_HELP = [
+    ("grant", "usage.grant"),
+    ("ban", "usage.ban"),
+    ("unban", "usage.unban"),
+    ("stats", "usage.stats"),
+]
+ADMIN_COMMANDS = tuple(name for name, _ in _ADMIN_HELP)
+
+
+def help_entries(lang: str = i18n.DEFAULT_LANG, *, admin: bool = False) -> list[tuple[str, str]]:
+    """(usage, what it does) for every command, in ``lang``; admin commands if ``admin``."""
+    entries = _HELP + (_ADMIN_HELP if admin else [])
+    return [(t(lang, usage), t(lang, f"help.{name}")) for name, usage in entries]
+
+
+COMMANDS_HELP = help_entries()
 
 ALIASES = {
     "draw": "imagine",
@@ -74,7 +99,10 @@ ALIASES = {
     "balance": "credits",
     "start": "help",
     "status": "job",
+    "language": "lang",
 }
+
+_MAX_GRANT = 1_000_000_000
 
 
 class Commands:
@@ -83,48 +111,49 @@ class Commands:
         self.jobs = jobs
 
     async def handle(self, msg: Incoming) -> Reply:
+        lang = i18n.DEFAULT_LANG
         try:
-            return await self._dispatch(msg)
+            lang = await self.lang_for(msg)
+            return await self._dispatch(msg, lang)
         except UserError as exc:
-            return Reply(str(exc), error=True)
+            return Reply(exc.render(lang), error=True, lang=lang)
         except Exception:
             ref = uuid.uuid4().hex[:8]
             log.exception("command failed (ref %s): %r", ref, msg.text[:200])
-            return Reply(
-                f"something went wrong on our side (ref {ref}); /jobs and /credits show "
-                "what happened to your request",
-                error=True,
-            )
+            return Reply(t(lang, "error.internal", ref=ref), error=True, lang=lang)
 
-    async def _dispatch(self, msg: Incoming) -> Reply:
+    async def lang_for(self, msg: Incoming) -> str:
+        """The language to answer in: the person's /lang choice, else their app's."""
+        stored = await self.jobs.user_lang(msg.user)
+        return i18n.pick(stored, msg.lang, msg.user.locale)
+
+    async def _dispatch(self, msg: Incoming, lang: str) -> Reply:
         cmd = parse_command(msg.text)
         name = ALIASES.get(cmd.name, cmd.name)
         if not name:
-            raise BadInput(
-                "commands start with /, for example /imagine a lighthouse at dusk; /help lists them"
-            )
+            raise BadInput.of("error.not_a_command")
         handler = getattr(self, f"cmd_{name}", None)
         if handler is None:
-            raise BadInput(f"unknown command /{cmd.name}; /help lists the commands")
-        return await handler(msg, cmd.rest)
+            raise BadInput.of("error.unknown_command", name=cmd.name)
+        return await handler(msg, cmd.rest, lang)
 
     # --- generation -------------------------------------------------------------------------
 
-    async def cmd_imagine(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_imagine(self, msg: Incoming, rest: str, lang: str) -> Reply:
         params = parse_generation(rest)
         receipt = await self.jobs.submit(
             msg.user, "txt2img", [params], msg.reply_to, idem_key=msg.message_key
         )
-        return Reply(format_receipt(receipt), receipt=receipt)
+        return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
-    async def cmd_batch(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_batch(self, msg: Incoming, rest: str, lang: str) -> Reply:
         tasks = parse_batch(rest)
         receipt = await self.jobs.submit(
             msg.user, "batch", tasks, msg.reply_to, idem_key=msg.message_key
         )
-        return Reply(format_receipt(receipt), receipt=receipt)
+        return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
-    async def cmd_img2img(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_img2img(self, msg: Incoming, rest: str, lang: str) -> Reply:
         data = msg.image
         text = rest
         if data is None:
@@ -136,10 +165,7 @@ class Commands:
                 if first and await asyncio.to_thread(Path(first).expanduser().is_file):
                     source, text = first, after
             if source is None:
-                raise BadInput(
-                    "img2img needs a picture: reply to one with /img2img PROMPT, or give a path "
-                    "or URL first, e.g. /img2img https://example.com/cat.png a watercolor cat"
-                )
+                raise BadInput.of("error.img2img_needs_picture")
             data = await self._load_source(source, msg.allow_local_paths)
         image = await asyncio.to_thread(
             load_input_image,
@@ -150,10 +176,7 @@ class Commands:
         params = parse_generation(text, allow_empty_prompt=True)
         params, notes = _merge_embedded(params, image)
         if not params.prompt:
-            raise BadInput(
-                "the prompt is empty: say what the picture should become, "
-                "e.g. /img2img URL a watercolor painting"
-            )
+            raise BadInput.of("error.img2img_empty_prompt")
         receipt = await self.jobs.submit(
             msg.user,
             "img2img",
@@ -164,7 +187,7 @@ class Commands:
             idem_key=msg.message_key,
             notes=notes,
         )
-        return Reply(format_receipt(receipt), receipt=receipt)
+        return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def _load_source(self, source: str, allow_local: bool) -> bytes:
         cfg = self.config.images
@@ -189,126 +212,451 @@ class Commands:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    async def cmd_cancel(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_cancel(self, msg: Incoming, rest: str, lang: str) -> Reply:
         job_id = _job_id(rest, "cancel")
-        return Reply(await self.jobs.cancel(None if msg.is_admin else msg.user, job_id))
+        said = await self.jobs.cancel(None if msg.is_admin else msg.user, job_id)
+        return Reply(i18n.render(said, lang), lang=lang)
 
-    async def cmd_retry(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_retry(self, msg: Incoming, rest: str, lang: str) -> Reply:
         job_id = _job_id(rest, "retry")
         receipt = await self.jobs.retry(msg.user, job_id, msg.reply_to)
-        return Reply(format_receipt(receipt), receipt=receipt)
+        return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
-    async def cmd_job(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_job(self, msg: Incoming, rest: str, lang: str) -> Reply:
         view = await self.jobs.job(msg.user, _job_id(rest, "job"))
-        return Reply(format_job(view))
+        return Reply(format_job(view, lang), lang=lang)
 
-    async def cmd_jobs(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_jobs(self, msg: Incoming, rest: str, lang: str) -> Reply:
         views = await self.jobs.jobs(msg.user, limit=10)
         if not views:
-            return Reply("no jobs yet; try /imagine a lighthouse at dusk")
-        return Reply("\n".join(format_job_line(v) for v in views))
+            return Reply(t(lang, "jobs.none"), lang=lang)
+        return Reply("\n".join(format_job_line(v, lang) for v in views), lang=lang)
 
-    async def cmd_credits(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_credits(self, msg: Incoming, rest: str, lang: str) -> Reply:
         balance = await self.jobs.balance(msg.user)
         prices = self.config.credits.prices
-        return Reply(
-            f"you have {balance} credits · txt2img {prices['txt2img']} per picture, "
-            f"img2img {prices['img2img']} per picture, batch {prices['batch']} per task"
+        text = t(
+            lang,
+            "credits",
+            balance=balance,
+            txt2img=prices["txt2img"],
+            img2img=prices["img2img"],
+            batch=prices["batch"],
         )
+        return Reply(text, lang=lang)
 
-    async def cmd_models(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_models(self, msg: Incoming, rest: str, lang: str) -> Reply:
         lines = []
         router = self.jobs.router
         for name, provider in router.providers.items():
             caps = provider.capabilities()
             kinds = "/".join(sorted(caps.kinds))
-            default = " (default)" if name == self.config.providers.default else ""
+            default = t(lang, "models.default") if name == self.config.providers.default else ""
             lines.append(
-                f"{name}{default}: {caps.description or kinds} · txt2img "
-                f"{router.price('txt2img', name)}, img2img {router.price('img2img', name)} "
-                f"credits per picture · up to {caps.max_images} per job, {caps.max_size}px"
+                t(
+                    lang,
+                    "models.provider",
+                    name=name,
+                    default=default,
+                    description=caps.description or kinds,
+                    txt2img=router.price("txt2img", name),
+                    img2img=router.price("img2img", name),
+                    max_images=caps.max_images,
+                    max_size=caps.max_size,
+                )
             )
             for mi in caps.models:
                 mark = " *" if mi.name == caps.default_model else ""
                 lines.append(f"  {name}:{mi.name}{mark} — {mi.description}")
-        return Reply("\n".join(lines) or "no providers are configured")
+        return Reply("\n".join(lines) or t(lang, "models.none"), lang=lang)
 
-    async def cmd_help(self, msg: Incoming, rest: str) -> Reply:
+    async def cmd_help(self, msg: Incoming, rest: str, lang: str) -> Reply:
         balance = await self.jobs.balance(msg.user)
-        lines = ["sdhost makes pictures from prompts. Commands:"]
-        lines += [f"  /{usage} — {what}" for usage, what in COMMANDS_HELP]
-        lines.append(HELP_FLAGS)
-        lines.append("You can also paste an A1111/Civitai parameter block after /imagine.")
-        lines.append(f"You have {balance} credits.")
-        return Reply("\n".join(lines))
+        lines = [t(lang, "help.intro")]
+        lines += [f"  /{usage} — {what}" for usage, what in help_entries(lang)]
+        lines.append(help_flags(lang))
+        lines.append(t(lang, "help.a1111"))
+        if msg.is_admin:
+            lines.append(t(lang, "help.admin"))
+            lines += [
+                f"  /{usage} — {what}"
+                for usage, what in help_entries(lang, admin=True)[len(_HELP) :]
+            ]
+        lines.append(t(lang, "help.balance", balance=balance))
+        return Reply("\n".join(lines), lang=lang)
+
+    async def cmd_lang(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """/lang shows the language; /lang en|zh chooses one; /lang auto follows the app."""
+        arg = rest.strip()
+        if not arg:
+            stored = await self.jobs.user_lang(msg.user)
+            if stored is not None:
+                source = "lang.source.set"
+            elif i18n.normalize(msg.lang) or i18n.normalize(msg.user.locale):
+                source = "lang.source.auto"
+            else:
+                source = "lang.source.default"
+            text = t(
+                lang,
+                "lang.current",
+                name=t(lang, f"lang.name.{lang}"),
+                source=t(lang, source),
+            )
+            return Reply(text, lang=lang)
+        if arg.lower() == "auto":
+            await self.jobs.set_lang(msg.user, None)
+            new = i18n.pick(msg.lang, msg.user.locale)
+            return Reply(t(new, "lang.auto", name=t(new, f"lang.name.{new}")), lang=new)
+        chosen = i18n.parse_lang(arg)
+        if chosen is None:
+            raise BadInput.of("error.lang_unknown", code=arg[:20])
+        await self.jobs.set_lang(msg.user, chosen)
+        return Reply(t(chosen, "lang.set"), lang=chosen)
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def cmd_grant(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """/grant TARGET N [note]: give (or with a negative N take back) credits."""
+        _admin_only(msg, "grant")
+        parts = rest.split(maxsplit=2)
+        amount = _int(parts[1]) if len(parts) >= 2 else None
+        if amount is None or abs(amount) > _MAX_GRANT:
+            raise BadInput.of("error.grant_usage")
+        target = await self._target(msg, parts[0], "grant")
+        note = parts[2].strip() if len(parts) > 2 else ""
+        balance = await self.jobs.grant(
+            target,
+            amount,
+            note=(note or f"by {msg.user.key}")[:256],
+            key=_grant_key(msg.message_key),
+        )
+        key = "admin.took" if amount < 0 else "admin.granted"
+        text = t(lang, key, amount=abs(amount), user=_shown(target), balance=balance)
+        return Reply(text, lang=lang)
+
+    async def cmd_ban(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        _admin_only(msg, "ban")
+        target = await self._target(msg, rest, "ban")
+        await self.jobs.set_banned(target, True)
+        return Reply(t(lang, "admin.banned", user=_shown(target)), lang=lang)
+
+    async def cmd_unban(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        _admin_only(msg, "unban")
+        target = await self._target(msg, rest, "unban")
+        await self.jobs.set_banned(target, False)
+        return Reply(t(lang, "admin.unbanned", user=_shown(target)), lang=lang)
+
+    async def cmd_stats(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        _admin_only(msg, "stats")
+        s = await self.jobs.stats()
+        counts = [(st, s.jobs_by_status.get(st, 0)) for st in _STATUS_ORDER]
+        counts += sorted((st, n) for st, n in s.jobs_by_status.items() if st not in _STATUS_ORDER)
+        listed = t(lang, "list.sep").join(
+            t(lang, "count.status", n=n, status=i18n.term("status", st)) for st, n in counts if n
+        )
+        total = sum(s.jobs_by_status.values())
+        detail = t(lang, "stats.jobs_detail", list=listed) if listed else ""
+        lines = [
+            t(lang, "stats.queue", queued=s.queued, running=s.running),
+            t(lang, "stats.jobs", total=total, detail=detail),
+            t(lang, "stats.credits", spent=s.spent, charged=s.charged, refunded=s.refunded),
+            t(lang, "stats.people", people=s.people),
+        ]
+        return Reply("\n".join(lines), lang=lang)
+
+    async def _target(self, msg: Incoming, text: str, cmd: str) -> UserRef:
+        """The person an admin command is about: ``@name``, an id, or ``platform:id``."""
+        target = text.strip()
+        if not target or len(target) > 200 or any(c.isspace() for c in target):
+            raise BadInput.of("error.target_usage", cmd=cmd)
+        found = await self.jobs.find_user(msg.user.platform, target)
+        if found is not None:
+            return found
+        if target.startswith("@"):
+            raise NotFound.of("error.unknown_person", target=target)
+        where, sep, pid = target.partition(":")
+        if sep and where and pid:
+            return UserRef(where, pid)  # someone new: an admin may act before they arrive
+        if not sep and target.isdigit():
+            return UserRef(msg.user.platform, target)
+        raise NotFound.of("error.unknown_person", target=target)
+
+
+_STATUS_ORDER = ("queued", "running", "succeeded", "failed", "cancelled", "quarantined")
+
+
+def _admin_only(msg: Incoming, cmd: str) -> None:
+    if not msg.is_admin:
+        raise Forbidden.of("error.admin_only", cmd=cmd)
+
+
+def _int(text: str) -> int | None:
+    body = text[1:] if text[:1] in "+-" else text
+    if not body.isdigit() or not body.isascii() or len(body) > 12:
+        return None
+    return int(text)
+
+
+def _grant_key(message_key: str | None) -> str | None:
+    """The ledger key that makes one admin message grant once (it fits the column)."""
+    if message_key is None:
+        return None
+    if len(message_key) > 100:
+        message_key = hashlib.sha256(message_key.encode()).hexdigest()
+    return f"grant:{message_key}"
+
+
+def _shown(ref: UserRef) -> str:
+    """A person as admin replies name them: their @name when they have one."""
+    return ref.name if ref.name.startswith("@") else ref.key
 
 
 # --- formatting -----------------------------------------------------------------------------
 
 
-def format_receipt(r: Receipt) -> str:
-    head = "already queued (same message): " if r.duplicate else ""
+def format_receipt(r: Receipt, lang: str = i18n.DEFAULT_LANG) -> str:
+    head = t(lang, "receipt.duplicate") if r.duplicate else ""
     if r.kind == "batch":
         ids = r.job_ids
         span = f"#{ids[0]}–#{ids[-1]}" if len(ids) > 1 else f"#{ids[0]}"
         first = min(j.position for j in r.jobs) if r.jobs else 0
-        text = (
-            f"{head}batch #{r.batch_id}: {len(ids)} task{'s' if len(ids) != 1 else ''} queued "
-            f"(jobs {span}) · next in queue at "
-            f"position {first} · cost {r.cost} · balance {r.balance}"
+        text = head + t(
+            lang,
+            "receipt.batch",
+            batch_id=r.batch_id,
+            tasks=tn(lang, "n.tasks", len(ids)),
+            span=span,
+            position=first,
+            cost=r.cost,
+            balance=r.balance,
         )
     else:
         j = r.jobs[0]
-        count = f" ×{j.n}" if j.n > 1 else ""
-        text = (
-            f"{head}job #{j.id} queued · position {j.position} · {j.provider}:{j.model} "
-            f"{j.width}x{j.height}{count} · seed {j.seed} · cost {r.cost} · balance {r.balance}"
+        text = head + t(
+            lang,
+            "receipt.job",
+            id=j.id,
+            position=j.position,
+            provider=j.provider,
+            model=j.model,
+            width=j.width,
+            height=j.height,
+            count=f" ×{j.n}" if j.n > 1 else "",
+            seed=j.seed,
+            cost=r.cost,
+            balance=r.balance,
         )
     for note in r.notes:
-        text += f"\n{note}"
+        text += "\n" + i18n.render(note, lang)
     return text
 
 
-def format_job_line(v: JobView) -> str:
+def format_job_line(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
     prompt = str(v.params.get("prompt", ""))
     if len(prompt) > 40:
         prompt = prompt[:39] + "…"
-    extra = f" {v.progress}%" if v.status == "running" else ""
-    return f"#{v.id} {v.status}{extra} · {v.kind} · {prompt!r} · cost {v.cost}"
+    return t(
+        lang,
+        "job.line",
+        id=v.id,
+        status=i18n.term("status", v.status),
+        extra=f" {v.progress}%" if v.status == "running" else "",
+        kind=i18n.term("kind", v.kind),
+        prompt=repr(prompt),
+        cost=v.cost,
+    )
 
 
-def format_job(v: JobView) -> str:
+def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
     params = GenerationParams.from_dict(v.params)
-    lines = [
-        f"job #{v.id}: {v.status} ({v.progress}%, {v.stage}) · {v.kind} on {v.provider}:{v.model}",
-        f"  {format_flags(params)}",
-        f"  cost {v.cost} · attempts {v.attempts}",
-    ]
+    head = t(
+        lang,
+        "job.head",
+        id=v.id,
+        status=i18n.term("status", v.status),
+        progress=v.progress,
+        stage=i18n.term("stage", v.stage),
+        kind=i18n.term("kind", v.kind),
+        provider=v.provider,
+        model=v.model,
+    )
+    lines = [head, f"  {format_flags(params)}"]
+    lines.append("  " + t(lang, "job.cost", cost=v.cost, attempts=v.attempts))
     if v.error:
-        lines.append(f"  {v.failure or 'note'}: {v.error}")
+        failure = i18n.term("failure", v.failure) if v.failure else i18n.Message("job.note")
+        lines.append("  " + t(lang, "job.error", failure=failure, error=v.error))
     if v.batch_counts:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(v.batch_counts.items()))
-        lines.append(f"  batch #{v.batch_id}: {counts}")
+        counts = t(lang, "list.sep").join(
+            t(lang, "count.status", n=n, status=i18n.term("status", s))
+            for s, n in sorted(v.batch_counts.items())
+        )
+        lines.append("  " + t(lang, "job.batch", batch_id=v.batch_id, counts=counts))
     for im in v.images:
         lines.append(
-            f"  image {im['idx'] + 1}: {im['path']} ({im['width']}x{im['height']}, "
-            f"seed {im['seed']})"
+            "  "
+            + t(
+                lang,
+                "job.image",
+                number=im["idx"] + 1,
+                path=im["path"],
+                width=im["width"],
+                height=im["height"],
+                seed=im["seed"],
+            )
         )
     for reason, delta in v.ledger:
-        lines.append(f"  ledger: {reason} {delta:+d}")
+        reason_text = i18n.term("reason", reason)
+        lines.append("  " + t(lang, "job.ledger", reason=reason_text, delta=f"{delta:+d}"))
     if v.finished_at and v.started_at:
-        lines.append(f"  took {v.finished_at - v.started_at:.1f}s")
+        lines.append("  " + t(lang, "job.took", seconds=v.finished_at - v.started_at))
     elif v.status == "queued":
-        lines.append(
-            f"  waiting for {time.time() - v.created_at:.0f}s · position {v.position} in the queue"
+        waited = time.time() - v.created_at
+        lines.append("  " + t(lang, "job.waiting", seconds=waited, position=v.position))
+    return "\n".join(lines)
+
+
+def _where(job_id: int, payload: dict[str, Any], lang: str) -> str:
+    batch = payload.get("batch_id")
+    if batch is not None:
+        task = int(payload.get("batch_index") or 0) + 1
+        return t(lang, "outcome.where_batch", job_id=job_id, batch_id=batch, task=task)
+    return t(lang, "outcome.where", job_id=job_id)
+
+
+def format_outcome(
+    kind: str, job_id: int, payload: dict[str, Any], lang: str = i18n.DEFAULT_LANG
+) -> str:
+    """What a delivered ``finished``, ``failed`` or ``cancelled`` event says (the payload
+    ``finish_job`` writes), the same on every platform."""
+    p = payload
+    where = _where(job_id, p, lang)
+    if kind == "finished":
+        refund = t(lang, "outcome.refund_part", refunded=p["refunded"]) if p.get("refunded") else ""
+        return t(
+            lang,
+            "outcome.finished",
+            where=where,
+            images=tn(lang, "n.images", p["images"]),
+            elapsed=p["elapsed"],
+            refund=refund,
+            balance=p["balance"],
         )
+    if kind == "cancelled":
+        return t(
+            lang, "outcome.cancelled", where=where, refunded=p["refunded"], balance=p["balance"]
+        )
+    if kind == "failed":
+        if p.get("refunded"):
+            refund = t(lang, "outcome.refunded", refunded=p["refunded"])
+        else:
+            refund = t(lang, "outcome.not_refunded")
+        failure = p.get("failure")
+        return t(
+            lang,
+            "outcome.failed",
+            where=where,
+            failure=i18n.term("failure", failure) if failure else str(failure),
+            message=p.get("message"),
+            refund=refund,
+            balance=p["balance"],
+        )
+    raise ValueError(f"no outcome text for a {kind!r} event")
+
+
+def progress_bar(percent: int, width: int = 10) -> str:
+    """``▰▰▰▱▱▱▱▱▱▱ 30%``: full segments only for progress actually made."""
+    filled = max(0, min(width, int(percent) * width // 100))
+    return "▰" * filled + "▱" * (width - filled) + f" {percent}%"
+
+
+def format_status(view: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
+    """A few lines on a job in progress: where it stands, a progress bar, what it makes."""
+    where = _where(view.id, {"batch_id": view.batch_id, "batch_index": view.batch_index}, lang)
+    params = view.params
+    width, height = params.get("width"), params.get("height")
+    size = f"{width}x{height}" if width and height else "?"
+    n = int(params.get("n", 1) or 1)
+    if n > 1:
+        size += f" ×{n}"
+    lines = [
+        t(
+            lang,
+            "status.head",
+            where=where,
+            status=i18n.term("status", view.status),
+            stage=i18n.term("stage", view.stage),
+        ),
+        progress_bar(view.progress),
+        t(
+            lang,
+            "status.details",
+            route=f"{view.provider}:{view.model}" if view.model else view.provider,
+            size=size,
+            seed=params.get("seed"),
+            cost=view.cost,
+        ),
+    ]
+    if view.status == "queued" and view.position:
+        lines.append(t(lang, "status.position", position=view.position))
+    return "\n".join(lines)
+
+
+def format_batch_status(
+    batch_id: int, counts: dict[str, int], size: int, lang: str = i18n.DEFAULT_LANG
+) -> str:
+    """``batch #3: 4/10 done · 2 running · 4 queued · 0 failed`` (and cancelled, if any)."""
+    text = t(
+        lang,
+        "batch.status",
+        batch_id=batch_id,
+        done=counts.get("succeeded", 0),
+        size=size,
+        running=counts.get("running", 0),
+        queued=counts.get("queued", 0),
+        failed=counts.get("failed", 0) + counts.get("quarantined", 0),
+    )
+    if counts.get("cancelled"):
+        text += t(lang, "batch.cancelled", cancelled=counts["cancelled"])
+    return text
+
+
+def format_image_info(view: JobView, image: dict[str, Any], lang: str = i18n.DEFAULT_LANG) -> str:
+    """How one picture was made: prompt, negative, its seed, size, settings, model, cost."""
+    params = GenerationParams.from_dict(view.params)
+    seed = image.get("seed")
+    if seed is None:
+        seed = params.seed
+    lines = [t(lang, "info.prompt", prompt=params.prompt)]
+    if params.negative:
+        lines.append(t(lang, "info.negative", negative=params.negative))
+    parts = [t(lang, "info.seed_size", seed=seed, width=image["width"], height=image["height"])]
+    if params.steps is not None:
+        parts.append(t(lang, "info.steps", steps=params.steps))
+    if params.cfg is not None:
+        parts.append(t(lang, "info.cfg", cfg=f"{params.cfg:g}"))
+    if params.sampler:
+        parts.append(t(lang, "info.sampler", sampler=params.sampler))
+    if params.strength is not None and view.kind == "img2img":
+        parts.append(t(lang, "info.strength", strength=f"{params.strength:g}"))
+    lines.append(" · ".join(parts))
+    lines.append(t(lang, "info.model", model=view.model or "—", provider=view.provider))
+    lines.append(
+        t(
+            lang,
+            "info.job",
+            job_id=view.id,
+            number=int(image["idx"]) + 1,
+            count=params.n,
+            cost=view.cost,
+        )
+    )
     return "\n".join(lines)
 
 
 def _job_id(rest: str, cmd: str) -> int:
     token = rest.strip().lstrip("#")
     if not token.isdigit():
-        raise BadInput(f"/{cmd} needs a job number, e.g. /{cmd} 12 (see /jobs)")
+        raise BadInput.of("error.job_number", cmd=cmd)
     return int(token)
 
 
@@ -323,7 +671,7 @@ def _merge_embedded(
     if embedded is None:
         return params, notes
     short = embedded.prompt if len(embedded.prompt) <= 60 else embedded.prompt[:59] + "…"
-    notes.append(f"the picture carries its parameters: {short!r}, seed {embedded.seed}")
+    notes.append(i18n.Message("note.embedded", prompt=repr(short), seed=embedded.seed))
     changes: dict[str, Any] = {}
     if not params.prompt:
         changes["prompt"] = embedded.prompt

@@ -1,20 +1,42 @@
 """The one family of user-facing errors.
 
 Everything a person can cause or act on is a ``UserError``: adapters render ``str(err)``
-as one line and never show a traceback. Anything else that escapes is a bug and is logged.
+(English) or ``err.render(lang)`` as one line and never show a traceback. Anything else
+that escapes is a bug and is logged.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, Self
+
+from bot import i18n
 
 
 class UserError(Exception):
-    """An error whose message is safe and useful to show in a chat."""
+    """An error whose message is safe and useful to show in a chat.
 
-    def __init__(self, message: str) -> None:
+    One made with ``of(key, **kw)`` carries its catalog key (``bot.i18n``) and can be said
+    in the person's language with ``render``; ``str(err)`` is always the English text.
+    """
+
+    def __init__(
+        self, message: str, *, key: str | None = None, kw: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.key = key
+        self.kw: dict[str, Any] = dict(kw or {})
+
+    @classmethod
+    def of(cls, key: str, **kw: Any) -> Self:
+        """The error whose text is catalog entry ``key`` filled with ``kw``."""
+        return cls(i18n.t(i18n.DEFAULT_LANG, key, **kw), key=key, kw=kw)
+
+    def render(self, lang: str) -> str:
+        if self.key is None or self.key not in i18n.CATALOG:
+            return self.message
+        return i18n.t(lang, self.key, **self.kw)
 
     def __str__(self) -> str:
         return self.message

@@ -78,6 +78,32 @@ HELP_FLAGS = "\n".join(
     ]
 )
 
+# The same in Simplified Chinese (flag names and values stay as they are typed).
+HELP_FLAGS_ZH = "\n".join(
+    [
+        "参数可以写在提示词后面的任意位置，格式是 --参数 值 或 --参数=值（— 也能当 -- 用）：",
+        "  --ar W:H         宽高比，1:4 到 4:1，例如 --ar 16:9",
+        "  --size WxH       精确尺寸，每边 64..2048，代替 --ar，例如 --size 1024x768",
+        "  --seed N         种子，0..4294967295，-1 表示随机",
+        "  --steps N        步数，1..150",
+        "  --cfg X          CFG，0..30",
+        '  --sampler NAME   采样器，名字里有空格要加引号：--sampler "DPM++ 2M Karras"',
+        "  --no TEXT        反向提示词（不想要的内容），直到下一个参数为止：--no blurry, text",
+        f"  --n K            生成 1..{MAX_IMAGES_PER_JOB} 张图（也可以写 --count）",
+        "  --model NAME     模型，见 /models",
+        "  --provider NAME  服务商，见 /models",
+        "  --strength X     0..1，图生图时允许改动原图的程度",
+        "带空格的值要加引号（\"...\" 或 '...'）。",
+        "提示词里以 -- 开头的词，前面加上 \\ 就会留在提示词里。",
+    ]
+)
+
+
+def help_flags(lang: str = "en") -> str:
+    """The flag help in ``lang`` ("en" or "zh"); English for anything else."""
+    return HELP_FLAGS_ZH if lang == "zh" else HELP_FLAGS
+
+
 OPENERS: dict[str, str] = {
     '"': '"',
     "'": "'",

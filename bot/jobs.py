@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
+from bot import i18n
 from bot.chat import UserRef
 from bot.config import Config
 from bot.errors import (
@@ -91,6 +92,7 @@ class JobView:
     ledger: list[tuple[str, int]] = field(default_factory=list)
     batch_counts: dict[str, int] | None = None
     position: int = 0  # place in the queue while queued (1 = next to start)
+    batch_index: int = 0  # place in its batch (0-based)
 
     @classmethod
     def of(cls, job: Row[Any]) -> JobView:
@@ -112,7 +114,25 @@ class JobView:
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            batch_index=job.batch_index,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What /stats shows: the queue now, and the last ``window_s`` seconds."""
+
+    queued: int
+    running: int
+    jobs_by_status: dict[str, int]  # jobs created in the window, by their status now
+    charged: int  # credits charged in the window
+    refunded: int  # credits refunded in the window
+    people: int
+    window_s: float
+
+    @property
+    def spent(self) -> int:
+        return self.charged - self.refunded
 
 
 def refund_due(config: Config, job: Any, failure: FailureClass | None, images_made: int) -> int:
@@ -322,7 +342,7 @@ class JobService:
 
     async def set_balance(self, ref: UserRef, target: int, *, note: str = "") -> int:
         if target < 0:
-            raise UserError("a balance cannot be negative")
+            raise UserError.of("error.negative_balance")
         return await self._adjust(
             ref, lambda balance: target - balance, note=note or f"set to {target}"
         )
@@ -342,8 +362,12 @@ class JobService:
             t = now()
             user = self._ensure(conn, ref, t)
             amount = amount_for(user.balance)
+            if key is not None and repos.ledger_has_key(conn, key):
+                return int(user.balance)  # done before (the same message): nothing to do
             if user.balance + amount < 0:
-                raise UserError(f"{ref.key} has {user.balance} credits; cannot take {-amount}")
+                raise UserError.of(
+                    "error.cannot_take", user=ref.key, balance=user.balance, amount=-amount
+                )
             if amount:
                 repos.credit(
                     conn,
@@ -363,6 +387,51 @@ class JobService:
             repos.set_banned(conn, self._ensure(conn, ref, now()).id, banned)
 
         await self.db.run_write(tx)
+
+    async def user_lang(self, ref: UserRef) -> str | None:
+        """The language the person chose with /lang, or None to follow their app."""
+        row = await self.db.run_read(repos.get_user, ref.platform, ref.id)
+        return None if row is None else i18n.normalize(row.locale)
+
+    async def set_lang(self, ref: UserRef, lang: str | None) -> None:
+        """Store the person's language (None: follow their app's language)."""
+        if lang is not None and lang not in i18n.LANGS:
+            raise ValueError(f"unsupported language {lang!r}")
+
+        def tx(conn: Connection) -> None:
+            repos.set_locale(conn, self._ensure(conn, ref, now()).id, lang)
+
+        await self.db.run_write(tx)
+
+    async def find_user(self, platform: str, name_or_id: str) -> UserRef | None:
+        """A person the bot knows: ``@name`` (their stored name, any case, on ``platform``),
+        ``platform:id``, or an id on ``platform``. None if there is no such person; a name
+        several people share is refused (BadInput) rather than guessed."""
+        target = name_or_id.strip()
+
+        def tx(conn: Connection) -> UserRef | None:
+            if target.startswith("@"):
+                rows = repos.users_named(conn, platform, target, limit=2)
+                if len(rows) > 1:
+                    raise BadInput.of("error.ambiguous_person", target=target)
+                row = rows[0] if rows else None
+            elif ":" in target:
+                where, _, pid = target.partition(":")
+                row = repos.get_user(conn, where, pid)
+            else:
+                row = repos.get_user(conn, platform, target)
+            if row is None:
+                return None
+            return UserRef(row.platform, row.platform_user_id, row.name)
+
+        if not target or target == "@":
+            return None
+        return await self.db.run_read(tx)
+
+    async def stats(self, window_s: float = 24 * 3600) -> Stats:
+        """The queue now, and jobs and credits over the last ``window_s`` seconds."""
+        raw = await self.db.run_read(repos.stats, now() - window_s)
+        return Stats(window_s=window_s, **raw)
 
     # --- submitting -------------------------------------------------------------------------
 
@@ -393,9 +462,7 @@ class JobService:
                 f"a batch holds at most {MAX_BATCH_TASKS} tasks; you gave {len(params_list)}"
             )
         if kind == "img2img" and init_image is None:
-            raise BadInput(
-                "img2img needs a picture: reply to one, attach one, or give a path or URL"
-            )
+            raise BadInput.of("error.img2img_needs_picture_short")
         routes: list[Route] = [self.router.resolve(p, kind, init_size) for p in params_list]
         costs = [
             r.unit_price * (1 if kind == "batch" else p.n)
@@ -414,9 +481,7 @@ class JobService:
             t = now()
             user = self._ensure(conn, ref, t)
             if user.banned:
-                raise Forbidden(
-                    "you are not allowed to use this bot; ask an admin if this is a mistake"
-                )
+                raise Forbidden.of("error.banned")
             if idem_key is not None:
                 existing = repos.jobs_by_idem_key(conn, idem_key)
                 if existing:
@@ -424,13 +489,10 @@ class JobService:
             active = repos.active_count(conn, user.id)
             limit = self.config.queue.max_queued_per_user
             if active + len(resolved) > limit:
-                raise LimitReached(
-                    f"you have {active} jobs waiting or running and the limit is {limit}; "
-                    "wait for some to finish or /cancel one"
-                )
+                raise LimitReached.of("error.queue_limit", active=active, limit=limit)
             total = sum(costs)
             if user.balance < total:
-                raise InsufficientCredits(_short_of(total, user.balance))
+                raise _short_of(total, user.balance)
             batch_id = (
                 repos.insert_batch(conn, user.id, len(resolved), t) if kind == "batch" else None
             )
@@ -456,7 +518,7 @@ class JobService:
             ids = repos.insert_jobs(conn, rows)
             balance = repos.charge(conn, user.id, list(zip(ids, costs, strict=True)), now=t)
             if balance is None:  # lost a race with another process: roll it all back
-                raise InsufficientCredits(_short_of(total, repos.balance(conn, user.id)))
+                raise _short_of(total, repos.balance(conn, user.id))
             new = [
                 _NewJob(i, row["provider"], row["model"], row["params"], row["cost"], batch_id)
                 for i, row in zip(ids, rows, strict=True)
@@ -478,13 +540,13 @@ class JobService:
         """The job if ``ref`` owns it (``None`` means an operator: any job)."""
         job = repos.get_job(conn, job_id) if not lock else repos.lock_job(conn, job_id)
         if job is None:
-            raise NotFound(
-                f"no job #{job_id}" + ("" if ref is None else " of yours; /jobs lists them")
-            )
+            if ref is None:
+                raise NotFound.of("error.no_job", job_id=job_id)
+            raise NotFound.of("error.no_job_of_yours", job_id=job_id)
         if ref is not None:
             user = repos.get_user(conn, ref.platform, ref.id)
             if user is None or job.user_id != user.id:
-                raise NotFound(f"no job #{job_id} of yours; /jobs lists them")
+                raise NotFound.of("error.no_job_of_yours", job_id=job_id)
         return job
 
     async def cancel(self, ref: UserRef | None, job_id: int) -> str:
@@ -496,7 +558,9 @@ class JobService:
         def tx(conn: Connection) -> tuple[str | None, str]:
             job = self._own_job(conn, ref, job_id, lock=True)
             if job.status in repos.TERMINAL:
-                raise UserError(f"job #{job_id} has already {_past(job.status)}")
+                raise UserError.of(
+                    "error.already_finished", job_id=job_id, past=i18n.term("past", job.status)
+                )
             if job.status == "queued":
                 refunded = finish_job(
                     conn,
@@ -508,29 +572,26 @@ class JobService:
                     images_made=0,
                     t=now(),
                 )
-                return f"job #{job_id} cancelled; {refunded} credits refunded", ""
+                return i18n.Message("cancel.done", job_id=job_id, refunded=refunded), ""
             repos.request_cancel(conn, job_id)
             if job.submitted_at is None or FailureClass.CANCELLED in getattr(
                 self.config.credits.refunds, job.kind
             ):
-                return None, "pictures it has not made yet are refunded"
-            return None, (
-                "it has already reached the provider, so it is not refunded "
-                f"(the refund policy for {job.kind} jobs)"
-            )
+                return None, i18n.Message("cancel.note.refunded")
+            return None, i18n.Message("cancel.note.kept", kind=i18n.term("kind", job.kind))
 
         message, note = await self.db.run_write(tx)
         if message is not None:
             self.on_event()
             return message
         self.on_cancel(job_id)
-        return f"cancelling job #{job_id}; {note}"
+        return i18n.Message("cancel.running", job_id=job_id, note=note)
 
     async def retry(self, ref: UserRef, job_id: int, reply_to: dict[str, Any]) -> Receipt:
         job = await self.db.run_read(self._own_job, ref, job_id)
         if job.status not in ("failed", "cancelled", "quarantined"):
-            raise UserError(
-                f"job #{job_id} is {job.status}; only failed or cancelled jobs can be retried"
+            raise UserError.of(
+                "error.retry_only_failed", job_id=job_id, status=i18n.term("status", job.status)
             )
         init = None
         if job.input_sha256:
@@ -544,7 +605,7 @@ class JobService:
             reply_to or job.reply_to,
             init_image=init,
             retry_of=job_id,
-            notes=(f"retry of job #{job_id}",),
+            notes=(i18n.Message("note.retry_of", job_id=job_id),),
         )
 
     # --- looking things up ------------------------------------------------------------------
@@ -604,17 +665,5 @@ class JobService:
         return await self.db.run_read(tx)
 
 
-def _short_of(cost: int, balance: int) -> str:
-    return (
-        f"not enough credits: this costs {cost} and you have {balance}. "
-        "Ask an admin for more, or ask for fewer pictures (--n 1)"
-    )
-
-
-def _past(status: str) -> str:
-    return {
-        "succeeded": "finished",
-        "failed": "failed",
-        "cancelled": "been cancelled",
-        "quarantined": "been stopped (quarantined)",
-    }.get(status, status)
+def _short_of(cost: int, balance: int) -> InsufficientCredits:
+    return InsufficientCredits.of("error.not_enough_credits", cost=cost, balance=balance)

@@ -87,6 +87,18 @@ _ADD = (
     .values(balance=users.c.balance + bindparam("amount"))
 )
 _BAN = update(users).where(users.c.id == bindparam("uid")).values(banned=bindparam("flag"))
+_SET_LOCALE = (
+    update(users).where(users.c.id == bindparam("uid")).values(locale=bindparam("new_locale"))
+)
+_USERS_NAMED = (
+    _USER.where(
+        users.c.platform == bindparam("platform"),
+        func.lower(users.c.name) == func.lower(bindparam("name")),
+    )
+    .order_by(users.c.id)
+    .limit(bindparam("lim"))
+)
+_LEDGER_KEY = select(ledger.c.id).where(ledger.c.key == bindparam("key"))
 _BALANCE = select(users.c.balance).where(users.c.id == bindparam("uid"))
 _LEDGER_SUM = select(func.coalesce(func.sum(ledger.c.delta), 0)).where(
     ledger.c.user_id == bindparam("uid")
@@ -147,6 +159,20 @@ def ensure_user(
 
 def set_banned(conn: Connection, user_id: int, banned: bool) -> None:
     conn.execute(_BAN, {"uid": user_id, "flag": banned})
+
+
+def set_locale(conn: Connection, user_id: int, locale: str | None) -> None:
+    """The person's chosen language (None: follow what their platform says)."""
+    conn.execute(_SET_LOCALE, {"uid": user_id, "new_locale": locale})
+
+
+def users_named(conn: Connection, platform: str, name: str, *, limit: int = 2) -> list[Row[Any]]:
+    """People on ``platform`` whose stored name is ``name``, ignoring case (oldest first)."""
+    return list(conn.execute(_USERS_NAMED, {"platform": platform, "name": name, "lim": limit}))
+
+
+def ledger_has_key(conn: Connection, key: str) -> bool:
+    return conn.execute(_LEDGER_KEY, {"key": key}).first() is not None
 
 
 def balance(conn: Connection, user_id: int) -> int:
@@ -765,3 +791,37 @@ def release_events(conn: Connection, dead_owners: Sequence[str]) -> int:
 
 def unsent_for_user(conn: Connection, user_id: int) -> int:
     return int(conn.execute(_UNSENT_FOR_USER, {"uid": user_id}).scalar_one())
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+_ACTIVE_BY_STATUS = (
+    select(jobs.c.status, func.count()).where(jobs.c.status.in_(ACTIVE)).group_by(jobs.c.status)
+)
+_JOBS_SINCE = (
+    select(jobs.c.status, func.count())
+    .where(jobs.c.created_at >= bindparam("since"))
+    .group_by(jobs.c.status)
+)
+_MONEY_SINCE = (
+    select(ledger.c.reason, func.coalesce(func.sum(ledger.c.delta), 0))
+    .where(ledger.c.created_at >= bindparam("since"), ledger.c.reason.in_(("charge", "refund")))
+    .group_by(ledger.c.reason)
+)
+_PEOPLE = select(func.count()).select_from(users)
+
+
+def stats(conn: Connection, since: float) -> dict[str, Any]:
+    """The queue now (``queued``, ``running``); jobs created since ``since`` by status
+    (``jobs_by_status``); credits ``charged`` and ``refunded`` since then; ``people``."""
+    active = {s: int(n) for s, n in conn.execute(_ACTIVE_BY_STATUS).all()}
+    recent = {s: int(n) for s, n in conn.execute(_JOBS_SINCE, {"since": since}).all()}
+    money = {r: int(total) for r, total in conn.execute(_MONEY_SINCE, {"since": since}).all()}
+    return {
+        "queued": active.get("queued", 0),
+        "running": active.get("running", 0),
+        "jobs_by_status": recent,
+        "charged": -money.get("charge", 0),
+        "refunded": money.get("refund", 0),
+        "people": int(conn.execute(_PEOPLE).scalar_one()),
+    }

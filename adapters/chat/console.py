@@ -15,7 +15,8 @@ from typing import TextIO
 
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef
-from bot.commands import Incoming
+from bot.commands import Incoming, format_outcome
+from bot.i18n import DEFAULT_LANG
 
 
 class ConsoleAdapter(ChatAdapter):
@@ -36,6 +37,7 @@ class ConsoleAdapter(ChatAdapter):
         # this often; a script reading the output (0) gets every event.
         self.progress_every_s = progress_every_s
         self._last_progress: dict[int, tuple[int, str, float]] = {}
+        self.lang = DEFAULT_LANG  # the language of the last reply: results follow it
 
     def emit(self, tag: str, text: str) -> None:
         first, *rest = text.splitlines() or [""]
@@ -49,29 +51,16 @@ class ConsoleAdapter(ChatAdapter):
 
     async def deliver(self, d: Delivery) -> None:
         p = d.payload
-        where = _where(d.job_id, p)
         if d.kind == "image":
             self.emit(
                 "image",
-                f"{where} {p['index'] + 1}/{p['count']} {p['path']} {p['width']}x{p['height']} "
-                f"seed {p['seed']}",
+                f"{_where(d.job_id, p)} {p['index'] + 1}/{p['count']} {p['path']} "
+                f"{p['width']}x{p['height']} seed {p['seed']}",
             )
-        elif d.kind == "finished":
-            refund = f" · refunded {p['refunded']}" if p.get("refunded") else ""
-            self.emit(
-                "done",
-                f"{where} succeeded · {p['images']} image{'s' if p['images'] != 1 else ''} · "
-                f"{p['elapsed']}s{refund} · balance {p['balance']}",
-            )
-        elif d.kind == "cancelled":
-            self.emit("cancelled", f"{where} · refunded {p['refunded']} · balance {p['balance']}")
         else:
-            refund = f"refunded {p['refunded']}" if p.get("refunded") else "not refunded"
-            self.emit(
-                "failed",
-                f"{where} {p.get('failure')}: {p.get('message')} · {refund} · "
-                f"balance {p['balance']}",
-            )
+            kind = d.kind if d.kind in ("finished", "cancelled") else "failed"
+            tag = "done" if kind == "finished" else kind
+            self.emit(tag, format_outcome(kind, d.job_id, p, self.lang))
         if d.kind != "image":
             self._last_progress.pop(d.job_id, None)
 
@@ -96,6 +85,7 @@ class ConsoleAdapter(ChatAdapter):
         reply = await self.app.commands.handle(
             Incoming(user=self.user, text=line, reply_to=self.reply_to, allow_local_paths=True)
         )
+        self.lang = reply.lang
         tag = "error" if reply.error else "receipt" if reply.receipt else "info"
         self.emit(tag, reply.text)
 
