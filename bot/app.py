@@ -83,6 +83,13 @@ class App:
         self.run_workers = run_workers and config.queue.run_workers
         self._started = False
 
+    def add_configured_adapters(self) -> None:
+        """The chat platforms the config turns on (the console is added by `sdhost chat`)."""
+        if self.config.telegram.enabled:
+            from adapters.chat.telegram_bot import TelegramAdapter
+
+            self.add_adapter(TelegramAdapter(self))
+
     def add_adapter(self, adapter: ChatAdapter) -> None:
         self.adapters[adapter.platform] = adapter
 
@@ -94,15 +101,29 @@ class App:
     async def start(self) -> None:
         if self.config.database.auto_migrate:
             await self.migrate()
+        for adapter in self.adapters.values():
+            await adapter.connect()
         if self.run_workers:
             await self.scheduler.start()
         await self.deliverer.start()
         self._started = True
+        for adapter in self.adapters.values():
+            await adapter.listen()
 
     async def stop(self) -> None:
+        for adapter in self.adapters.values():
+            try:
+                await adapter.stop_listening()
+            except Exception:
+                log.exception("stopping %s failed", adapter.platform)
         if self._started:
             await self.scheduler.stop()
             await self.deliverer.stop()
+        for adapter in self.adapters.values():
+            try:
+                await adapter.disconnect()
+            except Exception:
+                log.exception("disconnecting %s failed", adapter.platform)
         for provider in self.providers.values():
             try:
                 await provider.aclose()

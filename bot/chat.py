@@ -64,9 +64,35 @@ class DeliveryGone(Exception):
 
 class ChatAdapter(ABC):
     platform: str
+    # Consecutive pictures of one job handed over in one call (an album); 1: one by one.
+    max_group: int = 1
 
     @abstractmethod
     async def deliver(self, delivery: Delivery) -> None: ...
+
+    async def deliver_group(self, deliveries: list[Delivery]) -> None:
+        """Deliver several picture events of one job together, all or nothing.
+
+        Only called with more than one event when ``max_group`` > 1; the events are marked
+        sent together once it returns.
+        """
+        for delivery in deliveries:
+            await self.deliver(delivery)
+
+    # Lifecycle, called by App: ``connect`` before the core starts (log in; deliveries may
+    # come from then on), ``listen`` once it runs (take commands), ``stop_listening`` before
+    # it stops, ``disconnect`` after. All optional.
+    async def connect(self) -> None:  # noqa: B027
+        pass
+
+    async def listen(self) -> None:  # noqa: B027
+        pass
+
+    async def stop_listening(self) -> None:  # noqa: B027
+        pass
+
+    async def disconnect(self) -> None:  # noqa: B027
+        pass
 
     async def progress(self, update: Progress) -> None:  # noqa: B027 - optional
         """Best effort and unthrottled from the core's side: adapters pace their own edits.

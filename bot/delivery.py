@@ -104,25 +104,46 @@ class Deliverer:
                 log.exception("claiming outbox events failed")
                 await asyncio.sleep(1)
                 continue
-            for ev in events:
-                self._enqueue(ev)
+            for group in self._groups(events):
+                self._enqueue(group)
             if len(events) < CLAIM_BATCH:
                 await wait_for_event(self._wake, self.poll_idle_s)
 
-    def _enqueue(self, ev: Row[Any]) -> None:
-        delivery = Delivery(
-            id=ev.id,
-            job_id=ev.job_id,
-            kind=ev.kind,
-            idx=ev.idx,
-            payload=dict(ev.payload),
-            attempts=ev.attempts,
-        )
-        prev = self._chains.get(delivery.job_id)
-        task = asyncio.create_task(self._deliver_after(prev, ev.platform, delivery))
-        self._chains[delivery.job_id] = task
+    def _groups(self, events: list[Row[Any]]) -> list[list[Row[Any]]]:
+        """Consecutive pictures of one job go together to an adapter that sends albums."""
+        groups: list[list[Row[Any]]] = []
+        for ev in events:
+            last = groups[-1] if groups else None
+            if (
+                last is not None
+                and ev.kind == "image"
+                and last[-1].kind == "image"
+                and last[-1].job_id == ev.job_id
+                and len(last) < self.adapters[ev.platform].max_group
+            ):
+                last.append(ev)
+            else:
+                groups.append([ev])
+        return groups
 
-        def _done(t: asyncio.Task[bool], job_id: int = delivery.job_id) -> None:
+    def _enqueue(self, events: list[Row[Any]]) -> None:
+        deliveries = [
+            Delivery(
+                id=ev.id,
+                job_id=ev.job_id,
+                kind=ev.kind,
+                idx=ev.idx,
+                payload=dict(ev.payload),
+                attempts=ev.attempts,
+            )
+            for ev in events
+        ]
+        job_id = deliveries[0].job_id
+        prev = self._chains.get(job_id)
+        task = asyncio.create_task(self._deliver_after(prev, events[0].platform, deliveries))
+        self._chains[job_id] = task
+
+        def _done(t: asyncio.Task[bool], job_id: int = job_id) -> None:
             if self._chains.get(job_id) is t:
                 del self._chains[job_id]
 
@@ -131,7 +152,7 @@ class Deliverer:
     # --- delivering --------------------------------------------------------------------------
 
     async def _deliver_after(
-        self, prev: asyncio.Task[bool] | None, platform: str, delivery: Delivery
+        self, prev: asyncio.Task[bool] | None, platform: str, deliveries: list[Delivery]
     ) -> bool:
         """Deliver once the job's previous event is done; True if the chain may go on.
 
@@ -140,42 +161,48 @@ class Deliverer:
         failed, and steps back too; the database then holds it until the earlier one is
         through.
         """
+
+        def mark_all(status: str, attempts: int | None = None, **kw: Any) -> asyncio.Future[Any]:
+            marks = [
+                self._mark(d, status, attempts=d.attempts if attempts is None else attempts, **kw)
+                for d in deliveries
+            ]
+            return asyncio.gather(*marks)
+
+        first = deliveries[0]
         if prev is not None:
             try:
                 ok = await prev
             except BaseException:
                 ok = False
             if not ok:  # give it back: it is claimed again once its predecessor is through
-                await self._mark(delivery, "pending", attempts=delivery.attempts, next_try=now())
+                await mark_all("pending", next_try=now())
                 return False
+        adapter = self.adapters[platform]
         try:
-            await self.adapters[platform].deliver(delivery)
+            if len(deliveries) == 1:
+                await adapter.deliver(first)
+            else:
+                await adapter.deliver_group(deliveries)
         except DeliveryRetry as exc:
-            await self._mark(
-                delivery, "pending", attempts=delivery.attempts, next_try=now() + exc.retry_after
-            )
+            await mark_all("pending", next_try=now() + exc.retry_after)
             return False
         except DeliveryGone as exc:
-            log.warning("event %s for job %s dropped: %s", delivery.id, delivery.job_id, exc)
-            self._mark(delivery, "dead", attempts=delivery.attempts + 1, error=str(exc))
+            log.warning("event %s for job %s dropped: %s", first.id, first.job_id, exc)
+            mark_all("dead", first.attempts + 1, error=str(exc))
             return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            attempts = delivery.attempts + 1
-            log.exception("delivering event %s (job %s) failed", delivery.id, delivery.job_id)
+            attempts = first.attempts + 1
+            log.exception("delivering event %s (job %s) failed", first.id, first.job_id)
             if attempts >= MAX_ATTEMPTS:
-                self._mark(delivery, "dead", attempts=attempts, error=repr(exc))
+                mark_all("dead", attempts, error=repr(exc))
                 return True
-            await self._mark(
-                delivery,
-                "pending",
-                attempts=attempts,
-                next_try=now() + min(300.0, 2.0**attempts),
-                error=repr(exc),
-            )
+            backoff = min(300.0, 2.0**attempts)
+            await mark_all("pending", attempts, next_try=now() + backoff, error=repr(exc))
             return False
-        self._mark(delivery, "sent", attempts=delivery.attempts, sent_at=now())
+        mark_all("sent", sent_at=now())
         return True
 
     # --- recording outcomes ------------------------------------------------------------------
