@@ -61,14 +61,22 @@ async def _chat(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     app = App(config)
-    await app.start()
+    app.add_configured_adapters()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()
+        raise
     if not app.adapters:
         logging.getLogger("sdhost").warning(
             "no chat platform is configured; running the job workers only "
             "(try `sdhost chat` for a terminal chat)"
         )
+    chats = ", ".join(app.adapters) or "none"
     print(
-        f"sdhost running: providers {', '.join(app.providers) or 'none'}; Ctrl-C stops", flush=True
+        f"sdhost running: chats {chats}; providers {', '.join(app.providers) or 'none'}; "
+        "Ctrl-C stops",
+        flush=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,9 +160,11 @@ def _redact(url: str) -> str:
 def _config_check(args: argparse.Namespace) -> int:
     path = args.file or args.config or DEFAULT_CONFIG
     config = load_config(path)
+    chats = ", ".join(n for n, on in (("telegram", config.telegram.enabled),) if on) or "none"
     print(
         f"{path}: ok (database {_redact(config.database_url)}, providers: "
-        f"{', '.join(n for n in ('demo',) if getattr(config.providers, n).enabled) or 'none'})"
+        f"{', '.join(n for n in ('demo',) if getattr(config.providers, n).enabled) or 'none'}, "
+        f"chats: {chats})"
     )
     return 0
 

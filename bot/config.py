@@ -124,6 +124,54 @@ class ConsoleConfig(_Section):
     user: str = ""  # empty: the OS user name
 
 
+NsfwPolicy = Literal["allow", "blur", "block"]
+
+
+class TelegramConfig(_Section):
+    """The Telegram bot. It runs when a token is set (here or in SDHOST_TELEGRAM__TOKEN)."""
+
+    token: str = ""
+    # A local Bot API server or a proxy can stand in for Telegram's own.
+    base_url: str = "https://api.telegram.org/bot"
+    base_file_url: str = "https://api.telegram.org/file/bot"
+    # True with a local Bot API server started with --local (files up to 2000 MB).
+    local_mode: bool = False
+    mode: Literal["polling", "webhook"] = "polling"
+    poll_timeout_s: int = Field(30, ge=0, le=50)
+    webhook_url: str = ""  # the public https URL Telegram posts updates to
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(8443, ge=0, le=65535)
+    webhook_path: str = "/telegram"
+    webhook_secret: str = ""  # empty: derived from the token
+    # Who may use the bot; empty lists: everyone.
+    allowed_chats: list[int] = []
+    allowed_users: list[int] = []
+    # Telegram user ids that may run /grant, /ban, /unban, /stats (also [admin] users).
+    admin_ids: list[int] = []
+    # What happens to pictures flagged NSFW: allow, blur (sent as spoilers) or block.
+    nsfw: NsfwPolicy = "blur"
+    # Per-chat overrides: {"-1001234567890" = "allow"}.
+    nsfw_chats: dict[str, NsfwPolicy] = {}
+    # In a private chat, plain text (not a command) is a prompt for /imagine.
+    private_text_is_prompt: bool = True
+    # Replies are in this language when the person's Telegram language is neither en nor zh.
+    default_lang: Literal["en", "zh"] = "en"
+    # Pacing of what the bot sends (Telegram's flood limits); edits count too.
+    per_chat_per_s: float = Field(1.0, gt=0)
+    per_group_per_min: float = Field(20, gt=0)
+    overall_per_s: float = Field(30, gt=0)
+    # At most one progress edit per chat this often.
+    progress_edit_s: float = Field(2.0, ge=0)
+    # Flood waits up to this long are waited out in place; longer ones reschedule the send.
+    max_inline_wait_s: float = Field(30, ge=0)
+    # Updates handled at the same time (different chats run in parallel).
+    concurrent_updates: int = Field(32, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
 class AdminConfig(_Section):
     # "platform:user_id" of people allowed to run admin commands from a chat
     users: list[str] = []
@@ -141,6 +189,7 @@ class Config(_Section):
     images: ImagesConfig = ImagesConfig()
     providers: ProvidersConfig = ProvidersConfig()
     console: ConsoleConfig = ConsoleConfig()
+    telegram: TelegramConfig = TelegramConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
 

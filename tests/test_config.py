@@ -15,7 +15,7 @@ EXAMPLE = ROOT / "config.example.toml"
 
 
 # Keys whose value is a table of the operator's own choosing, not a section.
-MAPS = {"credits.prices", "credits.provider_prices"}
+MAPS = {"credits.prices", "credits.provider_prices", "telegram.nsfw_chats"}
 
 
 def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:

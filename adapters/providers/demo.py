@@ -6,7 +6,9 @@ resumed after a restart simply draws the same picture again.
 
 Trigger words in the prompt make it misbehave on purpose, for trying out failure handling:
 ``demo:fail`` (provider error), ``demo:refuse`` (content refused), ``demo:crash`` (an
-unexpected exception, as from a bug), ``demo:slow`` (ten times the configured latency).
+unexpected exception, as from a bug), ``demo:slow`` (ten times the configured latency),
+``demo:nsfw`` (pictures flagged NSFW, as a provider's safety checker would, for trying out a
+chat's NSFW policy).
 """
 
 from __future__ import annotations
@@ -86,4 +88,4 @@ class DemoProvider(Provider):
             )
             if req.model == "mono":
                 img = img.convert("L").convert("RGB")
-            await run.image(idx, ResultImage(image=img, seed=seed))
+            await run.image(idx, ResultImage(image=img, seed=seed, nsfw="demo:nsfw" in prompt))

@@ -1,0 +1,980 @@
+"""Telegram, through python-telegram-bot: commands in, receipts, progress and pictures out.
+
+How it keeps the core's promises on Telegram:
+
+* Updates are taken with ``getUpdates`` (or a webhook) and handled before they are
+  confirmed, so a crash re-reads them; every command that costs credits carries the
+  message's id as its idempotency key, so a re-read update is never charged twice.
+* A command that starts a job gets a status message at once; its id is stored with the
+  job, so progress edits and the final line find it again after a restart.
+* Pictures arrive through the outbox (at least once, in order). Pictures that are ready
+  together go as one album, and its buttons on a message of their own; everything sent to
+  a chat is paced (see ``telegram_pacing``) and flood waits delay, never drop.
+* Buttons carry ``action:job:index`` (a few bytes of the 64 allowed); the rest is read back
+  from the database, so they work after restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaPhoto,
+    Message,
+    ReplyParameters,
+    Update,
+)
+from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, TimedOut
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
+from adapters.chat.telegram_text import MENU
+from bot.app import App
+from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
+from bot.commands import (
+    Incoming,
+    format_batch_status,
+    format_image_info,
+    format_outcome,
+    format_receipt,
+    format_status,
+)
+from bot.config import TelegramConfig
+from bot.errors import UserError
+from bot.grammar import parse_command
+from bot.i18n import normalize, t
+from bot.results import Results
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 4096
+MAX_CAPTION = 1024
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+MAX_PHOTO_DIM_SUM = 10_000
+MAX_PHOTO_RATIO = 20
+MAX_UPLOAD_MB = 50
+MAX_DOWNLOAD_MB = 20
+LOCAL_MAX_MB = 2000  # a local Bot API server
+ALBUM_MAX = 10
+GENERATION = {"imagine", "draw", "txt2img", "img2img", "i2i", "batch", "retry"}  # start jobs
+IMG2IMG = {"img2img", "i2i"}
+# The console's tag line says what happened; here a mark does (the Chinese text has the word).
+OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
+ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
+_CAPTION_REF = re.compile(r"^#(\d+)(?: · (\d+)/\d+)?")
+
+
+def photo_fits(size: int, width: int, height: int) -> bool:
+    """Whether Telegram takes it as a photo (else it goes as a document)."""
+    if size > MAX_PHOTO_BYTES or width + height > MAX_PHOTO_DIM_SUM:
+        return False
+    return max(width, height) <= MAX_PHOTO_RATIO * max(1, min(width, height))
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Pieces of at most ``limit`` characters, cut at line ends where possible."""
+    text = text or "…"
+    out: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        if cut <= 0:
+            cut = limit
+        out.append(text[:cut])
+        text = text[cut:].lstrip("\n")
+    out.append(text)
+    return out
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    """A picture waiting for its turn in a chat; ``done`` resolves once it is in the chat."""
+
+    delivery: Delivery
+    data: bytes | None  # None: a text notice instead (withheld or too large)
+    as_photo: bool
+    spoiler: bool
+    caption: str
+    notice: str = ""
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def reply_message(self) -> int | None:
+        value = self.delivery.reply_to.get("message")
+        return int(value) if value is not None else None
+
+    @property
+    def thread(self) -> int | None:
+        value = self.delivery.reply_to.get("thread")
+        return int(value) if value is not None else None
+
+
+class TelegramAdapter(ChatAdapter):
+    platform = "telegram"
+    max_group = ALBUM_MAX
+
+    def __init__(self, app: App, cfg: TelegramConfig | None = None) -> None:
+        self.app = app
+        self.cfg = cfg or app.config.telegram
+        self.results = Results(app.jobs)
+        self.pacer = Pacer(self.cfg)
+        self.application: Application[Any, Any, Any, Any, Any, Any] = self._build()
+        self.username = ""
+        self._chat_locks: dict[int, asyncio.Lock] = {}
+        self._outgoing: dict[int, list[_Outgoing]] = {}
+        # progress edits: latest state per status message, sent at most every N s per chat
+        self._dirty: dict[tuple[int, int], Progress] = {}
+        self._final: set[tuple[int, int]] = set()
+        self._last_edit: dict[int, float] = {}
+        self._edit_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._offset: int | None = None
+        self._webhook_runner: Any = None
+        self.updates_handled = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        cfg = self.cfg
+        builder = (
+            ApplicationBuilder()
+            .token(cfg.token)
+            .base_url(cfg.base_url)
+            .base_file_url(cfg.base_file_url)
+            .local_mode(cfg.local_mode)
+            .updater(None)  # sdhost reads updates itself: confirmed only once handled
+            .concurrent_updates(cfg.concurrent_updates)
+            .connection_pool_size(IN_FLIGHT + 4)  # + answers and downloads
+            .pool_timeout(30.0)
+            .connect_timeout(10.0)
+            .read_timeout(30.0)
+            .write_timeout(60.0)
+            .media_write_timeout(120.0)
+        )
+        application = builder.build()
+        application.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
+        application.add_handler(CallbackQueryHandler(self._on_button))
+        application.add_error_handler(self._on_error)
+        return application
+
+    @property
+    def bot(self) -> Any:
+        return self.application.bot
+
+    async def connect(self) -> None:
+        """Log in (getMe) and publish the command menu; the outbox may deliver from now on."""
+        try:
+            await self.application.initialize()
+        except InvalidToken:
+            raise UserError(
+                "Telegram rejected telegram.token: copy it again from @BotFather "
+                "(it looks like 123456789:AA...)"
+            ) from None
+        except NetworkError as exc:
+            raise UserError(
+                f"cannot reach Telegram at {self.cfg.base_url}: {exc.message}"
+            ) from None
+        self.username = self.bot.username or ""
+        await self._publish_commands()
+
+    async def listen(self) -> None:
+        """Start taking updates (after the core has started)."""
+        await self.application.start()
+        self._tasks.append(asyncio.create_task(self._editor(), name="telegram-progress"))
+        if self.cfg.mode == "webhook":
+            await self._start_webhook()
+        else:
+            await self.bot.delete_webhook(drop_pending_updates=False)
+            self._tasks.append(asyncio.create_task(self._poll(), name="telegram-poll"))
+        log.info("telegram: @%s is %s", self.username, self.cfg.mode)
+
+    async def stop_listening(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()
+            self._webhook_runner = None
+        if self._offset is not None:  # confirm what was handled, as Telegram's own
+            with contextlib.suppress(Exception):  # clients do on the way out
+                await self.bot.get_updates(offset=self._offset, timeout=0, limit=1)
+        if self.application.running:
+            await self.application.stop()
+
+    async def disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.application.shutdown()
+
+    async def _publish_commands(self) -> None:
+        for lang in ("en", "zh"):
+            commands = [BotCommand(name, t(lang, f"tg.cmd.{name}")) for name in MENU]
+            try:
+                await self.bot.set_my_commands(
+                    commands, language_code=None if lang == "en" else lang
+                )
+            except Exception:
+                log.warning("telegram: could not publish the command menu", exc_info=True)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                updates = await self.bot.get_updates(
+                    offset=self._offset,
+                    timeout=self.cfg.poll_timeout_s,
+                    allowed_updates=["message", "callback_query"],
+                )
+                backoff = 1.0
+            except TimedOut:
+                continue
+            except InvalidToken:
+                log.error("telegram: the token was revoked; no longer taking updates")
+                return
+            except Conflict:
+                log.error(
+                    "telegram: another process is taking this bot's updates (two sdhost "
+                    "instances with one token, or a webhook is set); retrying in %.0fs",
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(60.0, backoff * 2)
+                continue
+            except NetworkError as exc:
+                log.warning("telegram: getUpdates failed (%s); retrying in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(60.0, backoff * 2)
+                continue
+            if updates:
+                await self.handle_updates(updates)
+                self._offset = updates[-1].update_id + 1
+
+    async def handle_updates(self, updates: list[Update]) -> None:
+        """Handle a batch: one chat's updates in order, different chats side by side."""
+        by_chat: dict[int, list[Update]] = {}
+        for update in updates:
+            chat = update.effective_chat
+            by_chat.setdefault(chat.id if chat else 0, []).append(update)
+
+        async def run(chat_updates: list[Update]) -> None:
+            for update in chat_updates:
+                await self.application.process_update(update)
+                self.updates_handled += 1
+
+        await asyncio.gather(*(run(u) for u in by_chat.values()))
+
+    async def _start_webhook(self) -> None:
+        from aiohttp import web
+
+        url = self.cfg.webhook_url
+        if not url:
+            raise UserError("telegram.mode is webhook but telegram.webhook_url is empty")
+        secret = self.cfg.webhook_secret or hashlib.sha256(self.cfg.token.encode()).hexdigest()[:48]
+
+        async def receive(request: web.Request) -> web.Response:
+            if request.headers.get("X-Telegram-Bot-Api-Secret-Token") != secret:
+                return web.Response(status=403)
+            try:
+                data = await request.json()
+                update = Update.de_json(data, self.bot)
+            except Exception:
+                return web.Response(status=400)
+            if update is not None:
+                # Answered after it is handled: a crash makes Telegram send it again.
+                await self.handle_updates([update])
+            return web.Response(text="ok")
+
+        web_app = web.Application()
+        web_app.router.add_post(self.cfg.webhook_path, receive)
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.webhook_listen, self.cfg.webhook_port)
+        await site.start()
+        self._webhook_runner = runner
+        await self.bot.set_webhook(
+            url=url,
+            secret_token=secret,
+            allowed_updates=["message", "callback_query"],
+            max_connections=min(100, self.cfg.concurrent_updates),
+        )
+
+    @property
+    def webhook_port(self) -> int:
+        """The port the webhook listens on (useful when configured as 0)."""
+        runner = self._webhook_runner
+        if runner is None:
+            return 0
+        for site in runner.sites:
+            server = getattr(site, "_server", None)
+            if server is not None and server.sockets:
+                return int(server.sockets[0].getsockname()[1])
+        return 0
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("telegram: handling an update failed", exc_info=context.error)
+
+    # --- who and where -------------------------------------------------------------------
+
+    def _user(self, tg_user: Any) -> UserRef:
+        name = f"@{tg_user.username}" if tg_user.username else tg_user.full_name
+        return UserRef("telegram", str(tg_user.id), name, tg_user.language_code)
+
+    def _is_admin(self, user_id: int) -> bool:
+        return user_id in self.cfg.admin_ids or f"telegram:{user_id}" in self.app.config.admin.users
+
+    def _allowed(self, chat_id: int, user_id: int) -> bool:
+        chats, users = self.cfg.allowed_chats, self.cfg.allowed_users
+        if (not chats and not users) or self._is_admin(user_id):
+            return True
+        return chat_id in chats or user_id in users
+
+    def _nsfw_policy(self, chat_id: int) -> str:
+        return self.cfg.nsfw_chats.get(str(chat_id), self.cfg.nsfw)
+
+    async def _lang(self, user: UserRef) -> str:
+        stored = await self.app.jobs.user_lang(user)
+        return stored or normalize(user.locale) or self.cfg.default_lang
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg = update.message
+        if msg is None or msg.from_user is None or msg.from_user.is_bot:
+            return
+        chat, tg_user = msg.chat, msg.from_user
+        private = chat.type == "private"
+        user = self._user(tg_user)
+        if not self._allowed(chat.id, tg_user.id):
+            if private:
+                await self._say(msg, t(await self._lang(user), "tg.private", id=tg_user.id))
+            return
+        text = msg.text or msg.caption or ""
+        cmd = parse_command(text)
+        if cmd.name and cmd.mention and cmd.mention.lower() != self.username.lower():
+            return  # /command@SomeOtherBot
+        replied = msg.reply_to_message
+        if cmd.name:
+            name = cmd.name
+            text = f"/{name} {cmd.rest}".strip()
+        elif self._has_picture(msg) and text.strip() and private:
+            name, text = "img2img", f"/img2img {text}"  # a photo with its prompt as caption
+        elif replied is not None and self._has_picture(replied) and text.strip():
+            if not (private or self._is_own(replied)):
+                return
+            name, text = "img2img", f"/img2img {text}"  # "make it blue" in reply to a picture
+        elif self._has_picture(msg) and private:
+            await self._say(msg, t(await self._lang(user), "tg.photo_hint"))
+            return
+        elif private and self.cfg.private_text_is_prompt and text.strip():
+            name, text = "imagine", f"/imagine {text}"
+        else:
+            return  # groups: only commands and replies to the bot's pictures
+        image: bytes | None = None
+        if name in IMG2IMG:
+            source = msg if self._has_picture(msg) else replied
+            if source is not None and self._has_picture(source):
+                try:
+                    image = await self._picture_of(source)
+                except UserError as exc:
+                    await self._say(msg, exc.render(await self._lang(user)))
+                    return
+        base_reply_to: dict[str, Any] = {"platform": "telegram", "chat": chat.id}
+        if msg.is_topic_message and msg.message_thread_id:
+            base_reply_to["thread"] = msg.message_thread_id
+        incoming = Incoming(
+            user=user,
+            text=text,
+            reply_to=base_reply_to,
+            image=image,
+            message_key=f"telegram:{chat.id}:{msg.message_id}",
+            is_admin=self._is_admin(tg_user.id),
+            lang=tg_user.language_code,
+        )
+        if name in GENERATION:
+            lang = await self._lang(user)
+            base_reply_to["lang"] = lang
+            status = await self._say(msg, t(lang, "tg.working"))
+            if status is None:
+                return
+            base_reply_to.update(message=msg.message_id, status=status.message_id)
+            reply = await self.app.commands.handle(incoming)
+            await self._edit_status(chat.id, status.message_id, reply.text)
+        else:
+            reply = await self.app.commands.handle(incoming)
+            await self._say(msg, reply.text)
+
+    @staticmethod
+    def _has_picture(msg: Message) -> bool:
+        if msg.photo:
+            return True
+        doc = msg.document
+        return doc is not None and (doc.mime_type or "").startswith("image/")
+
+    def _is_own(self, msg: Message) -> bool:
+        return msg.from_user is not None and msg.from_user.id == self.bot.id
+
+    async def _picture_of(self, msg: Message) -> bytes:
+        """The picture a message carries: the bot's own original PNG when it is one of
+        ours (Telegram's copy is a recompressed JPEG without the parameters), else the
+        largest photo size or the image file, after checking Telegram's download limit."""
+        if self._is_own(msg):
+            ref = self._picture_ref(msg)
+            if ref is not None:
+                with contextlib.suppress(UserError):
+                    return await self.results.picture_bytes(await self.results.picture(*ref))
+        if msg.photo:
+            item: Any = msg.photo[-1]
+        else:
+            item = msg.document
+            mime = item.mime_type or ""
+            if not mime.startswith("image/"):
+                raise UserError.of("tg.not_a_picture", mime=mime or "?")
+        size = item.file_size or 0
+        limit_mb = LOCAL_MAX_MB if self.cfg.local_mode else MAX_DOWNLOAD_MB
+        if size > limit_mb * 1024 * 1024:
+            raise UserError.of(
+                "tg.too_big_download",
+                mb=size / 1024 / 1024,
+                limit=limit_mb,
+            )
+        max_input = self.app.config.images.max_input_bytes
+        if size > max_input:
+            raise UserError.of(
+                "tg.too_big_input",
+                mb=size / 1024 / 1024,
+                limit=max_input / 1024 / 1024,
+            )
+        try:
+            file = await item.get_file()
+            return bytes(await file.download_as_bytearray())
+        except BadRequest as exc:
+            if "too big" in exc.message.lower():
+                raise UserError.of(
+                    "tg.too_big_download",
+                    mb=size / 1024 / 1024,
+                    limit=limit_mb,
+                ) from None
+            raise UserError.of("tg.download_failed") from None
+        except NetworkError:
+            raise UserError.of("tg.download_failed") from None
+
+    @staticmethod
+    def _picture_ref(msg: Message) -> tuple[int, int] | None:
+        """(job, index) of one of the bot's pictures: from its buttons, else its caption."""
+        markup = msg.reply_markup
+        if markup is not None:
+            for row in markup.inline_keyboard:
+                for button in row:
+                    parsed = _parse_data(button.callback_data)
+                    if parsed is not None:
+                        return parsed[1], parsed[2]
+        m = _CAPTION_REF.match(msg.caption or "")
+        if m:
+            return int(m.group(1)), int(m.group(2) or 1) - 1
+        return None
+
+    async def _say(self, msg: Message, text: str) -> Message | None:
+        """Reply in the message's chat (and topic); None when the chat is unreachable."""
+        sent: Message | None = None
+        for part in split_text(text):
+            try:
+                sent = await self.pacer.call(
+                    msg.chat.id,
+                    lambda cid, part=part: self.bot.send_message(
+                        cid,
+                        part,
+                        reply_parameters=ReplyParameters(
+                            msg.message_id, allow_sending_without_reply=True
+                        ),
+                        message_thread_id=msg.message_thread_id if msg.is_topic_message else None,
+                    ),
+                )
+            except Exception as exc:
+                if not is_gone(exc):
+                    log.warning("telegram: replying in chat %s failed: %s", msg.chat.id, exc)
+                return None
+        return sent
+
+    async def _edit_status(self, chat_id: int, message_id: int, text: str) -> None:
+        """Edit a status message; if it is gone, say it in a new message instead."""
+        text = _clip(text, MAX_TEXT)
+        try:
+            await self.pacer.call(
+                chat_id,
+                lambda cid: self.bot.edit_message_text(text, chat_id=cid, message_id=message_id),
+            )
+        except BadRequest as exc:
+            lowered = exc.message.lower()
+            if "not modified" in lowered:
+                return
+            if "not found" in lowered or "can't be edited" in lowered:
+                await self.pacer.deliver(chat_id, lambda cid: self.bot.send_message(cid, text))
+                return
+            raise
+
+    # --- buttons -------------------------------------------------------------------------
+
+    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None:
+            return
+        parsed = _parse_data(query.data)
+        user = self._user(query.from_user)
+        lang = await self._lang(user)
+        message = query.message if isinstance(query.message, Message) else None
+        if parsed is None or message is None:
+            await _answer(query)
+            return
+        action, job_id, idx = parsed
+        chat_id = message.chat.id
+        if not self._allowed(chat_id, query.from_user.id):
+            await _answer(query, t(lang, "tg.private", id=query.from_user.id), alert=True)
+            return
+        await _answer(query)  # at once: the spinner on the button stops
+        try:
+            if action in ("reroll", "vary"):
+                status = await self._say(message, t(lang, "tg.working"))
+                if status is None:
+                    return
+                reply_to: dict[str, Any] = {
+                    "platform": "telegram",
+                    "chat": chat_id,
+                    "message": message.message_id,
+                    "status": status.message_id,
+                    "lang": lang,
+                }
+                if message.is_topic_message and message.message_thread_id:
+                    reply_to["thread"] = message.message_thread_id
+                run = self.results.reroll if action == "reroll" else self.results.vary
+                try:
+                    receipt = await run(
+                        user, job_id, idx, reply_to, idem_key=f"telegram:cb:{query.id}"
+                    )
+                    text = format_receipt(receipt, lang)
+                except UserError as exc:
+                    text = exc.render(lang)
+                await self._edit_status(chat_id, status.message_id, text)
+            elif action == "original":
+                picture = await self.results.picture(job_id, idx)
+                data = await self.results.picture_bytes(picture)
+                limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
+                if len(data) > limit:
+                    await self._say(
+                        message,
+                        t(
+                            lang,
+                            "tg.too_big_upload",
+                            k=idx + 1,
+                            job=job_id,
+                            mb=len(data) / 1024 / 1024,
+                            limit=limit // 1024 // 1024,
+                        ),
+                    )
+                    return
+                caption = t(lang, "tg.original_caption", job=job_id, k=idx + 1)
+                await self.pacer.call(
+                    chat_id,
+                    lambda cid: self.bot.send_document(
+                        cid,
+                        data,
+                        filename=f"sdhost-{job_id}-{idx + 1}.png",
+                        caption=caption,
+                        disable_content_type_detection=True,
+                        reply_parameters=ReplyParameters(
+                            message.message_id, allow_sending_without_reply=True
+                        ),
+                        message_thread_id=message.message_thread_id
+                        if message.is_topic_message
+                        else None,
+                    ),
+                )
+            else:
+                picture = await self.results.picture(job_id, idx)
+                await self._say(message, format_image_info(picture.job, picture.image, lang))
+        except UserError as exc:
+            await self._say(message, exc.render(lang))
+
+    # --- delivering ----------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if delivery.kind == "image":
+            await self._send_pictures([delivery])
+        else:
+            await self._send_outcome(delivery)
+
+    async def deliver_group(self, deliveries: list[Delivery]) -> None:
+        await self._send_pictures(deliveries)
+
+    def _lock(self, chat_id: int) -> asyncio.Lock:
+        lock = self._chat_locks.get(chat_id)
+        if lock is None:
+            lock = self._chat_locks[chat_id] = asyncio.Lock()
+        return lock
+
+    async def _send_pictures(self, deliveries: list[Delivery]) -> None:
+        chat_id = int(deliveries[0].reply_to["chat"])
+        items = [await self._prepare(d, chat_id) for d in deliveries]
+        queue = self._outgoing.setdefault(chat_id, [])
+        queue.extend(items)
+        try:
+            await self._drain(chat_id, queue, items)
+        except asyncio.CancelledError:
+            # what nobody took yet stays with the outbox, which sends it again
+            queue[:] = [item for item in queue if item not in items]
+            raise
+        if not queue:
+            self._outgoing.pop(chat_id, None)
+        for item in items:
+            if item.done.cancelled():  # its sender was stopped: the outbox sends it again
+                raise DeliveryRetry(0.0, "stopped while sending")
+            item.done.result()  # raises what its send raised
+
+    async def _drain(self, chat_id: int, queue: list[_Outgoing], items: list[_Outgoing]) -> None:
+        async with self._lock(chat_id):
+            # Whoever holds the chat sends everything waiting there, as albums where it can:
+            # pictures that finished while the previous send was paced go out together.
+            while not all(item.done.done() for item in items):
+                batch = _take_album(queue)
+                try:
+                    await self._send_batch(chat_id, batch)
+                except asyncio.CancelledError:
+                    for item in batch:
+                        item.done.cancel()
+                    raise
+                except Exception as exc:
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(exc)
+                else:
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_result(None)
+
+    async def _prepare(self, d: Delivery, chat_id: int) -> _Outgoing:
+        p = d.payload
+        lang = d.reply_to.get("lang") or self.cfg.default_lang
+        k = int(p["index"]) + 1
+        caption = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
+        if p.get("batch_id") is not None:
+            caption += f"\n{_clip(str(p.get('prompt', '')), 300)}"
+        policy = self._nsfw_policy(chat_id)
+        if p.get("nsfw") and policy == "block":
+            notice = t(lang, "tg.nsfw_blocked", k=k, job=d.job_id)
+            return _Outgoing(d, None, False, False, caption, notice=notice)
+        try:
+            data = await asyncio.to_thread(Path(p["path"]).read_bytes)
+        except FileNotFoundError:
+            raise DeliveryGone(f"the picture file {p['path']} is gone") from None
+        limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
+        if len(data) > limit:
+            notice = t(
+                lang,
+                "tg.too_big_upload",
+                k=k,
+                job=d.job_id,
+                mb=len(data) / 1024 / 1024,
+                limit=limit // 1024 // 1024,
+            )
+            return _Outgoing(d, None, False, False, caption, notice=notice)
+        as_photo = photo_fits(len(data), int(p["width"]), int(p["height"]))
+        spoiler = bool(p.get("nsfw")) and policy == "blur"
+        return _Outgoing(d, data, as_photo, spoiler, caption)
+
+    def _keyboard(self, items: list[_Outgoing], lang: str) -> InlineKeyboardMarkup:
+        labels = [
+            ("r", t(lang, "tg.btn.reroll")),
+            ("v", t(lang, "tg.btn.vary")),
+            ("o", t(lang, "tg.btn.original")),
+            ("i", t(lang, "tg.btn.info")),
+        ]
+        rows = []
+        for n, item in enumerate(items, start=1):
+            d = item.delivery
+            ref = f"{d.job_id}:{d.payload['index']}"
+            if len(items) == 1:
+                rows.append(
+                    [InlineKeyboardButton(label, callback_data=f"{a}:{ref}") for a, label in labels]
+                )
+            else:
+                short = [label.split(" ", 1)[0] for _, label in labels]
+                rows.append(
+                    [
+                        InlineKeyboardButton(f"{s} {n}", callback_data=f"{a}:{ref}")
+                        for (a, _), s in zip(labels, short, strict=True)
+                    ]
+                )
+        if len(items) == 1:  # two rows of two read better than four in a row
+            row = rows[0]
+            rows = [row[:2], row[2:]]
+        return InlineKeyboardMarkup(rows)
+
+    async def _send_batch(self, chat_id: int, batch: list[_Outgoing]) -> None:
+        first = batch[0]
+        lang = first.delivery.reply_to.get("lang") or self.cfg.default_lang
+        reply = (
+            ReplyParameters(first.reply_message, allow_sending_without_reply=True)
+            if first.reply_message
+            else None
+        )
+        thread = first.thread
+        if first.data is None:
+            await self.pacer.deliver(
+                chat_id,
+                lambda cid: self.bot.send_message(
+                    cid, first.notice, reply_parameters=reply, message_thread_id=thread
+                ),
+            )
+            return
+        if len(batch) == 1:
+            await self._send_single(chat_id, first, reply, lang)
+            return
+        media = [
+            InputMediaPhoto(
+                item.data,
+                caption=_clip(item.caption, MAX_CAPTION),
+                has_spoiler=item.spoiler or None,
+                filename=f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png",
+            )
+            for item in batch
+        ]
+        sent = await self.pacer.deliver(
+            chat_id,
+            lambda cid: self.bot.send_media_group(
+                cid, media, reply_parameters=reply, message_thread_id=thread
+            ),
+        )
+        # An album carries no buttons; they go on a message of their own, best effort (the
+        # pictures are what must arrive, and resending an album for its buttons would not do).
+        anchor = ReplyParameters(sent[0].message_id, allow_sending_without_reply=True)
+        markup = self._keyboard(batch, lang)
+        try:
+            await self.pacer.deliver(
+                chat_id,
+                lambda cid: self.bot.send_message(
+                    cid,
+                    t(lang, "tg.album_buttons", n=len(batch)),
+                    reply_markup=markup,
+                    reply_parameters=anchor,
+                    message_thread_id=thread,
+                ),
+            )
+        except Exception:
+            log.warning("telegram: the buttons for an album in chat %s were lost", chat_id)
+
+    async def _send_single(
+        self, chat_id: int, item: _Outgoing, reply: ReplyParameters | None, lang: str
+    ) -> None:
+        markup = self._keyboard([item], lang)
+        caption = _clip(item.caption, MAX_CAPTION)
+        name = f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png"
+        if item.as_photo:
+            try:
+                await self.pacer.deliver(
+                    chat_id,
+                    lambda cid: self.bot.send_photo(
+                        cid,
+                        item.data,
+                        caption=caption,
+                        reply_markup=markup,
+                        has_spoiler=item.spoiler or None,
+                        reply_parameters=reply,
+                        message_thread_id=item.thread,
+                        filename=name,
+                    ),
+                )
+                return
+            except BadRequest as exc:
+                # Telegram judges photos by rules of its own (PHOTO_INVALID_DIMENSIONS,
+                # IMAGE_PROCESS_FAILED): a document always goes through.
+                if is_gone(exc):
+                    raise
+                log.info("telegram: photo refused (%s); sending it as a file", exc.message)
+        await self.pacer.deliver(
+            chat_id,
+            lambda cid: self.bot.send_document(
+                cid,
+                item.data,
+                filename=name,
+                caption=caption,
+                reply_markup=markup,
+                disable_content_type_detection=True,
+                reply_parameters=reply,
+                message_thread_id=item.thread,
+            ),
+        )
+
+    async def _send_outcome(self, d: Delivery) -> None:
+        chat_id = int(d.reply_to["chat"])
+        lang = d.reply_to.get("lang") or self.cfg.default_lang
+        text = format_outcome(d.kind, d.job_id, d.payload, lang)
+        if d.kind == "cancelled" and lang == "en":
+            text = f"cancelled: {text}"
+        text = OUTCOME_MARK.get(d.kind, "") + text
+        status = d.reply_to.get("status")
+        batch = d.payload.get("batch_id")
+        async with self._lock(chat_id):
+            if batch is None and status is not None:
+                key = (chat_id, int(status))
+                self._final.add(key)
+                self._dirty.pop(key, None)
+                try:
+                    await self._edit_status(chat_id, int(status), text)
+                except BadRequest as exc:
+                    if is_gone(exc):
+                        raise DeliveryGone(str(exc)) from exc
+                    raise
+            if d.kind == "failed" or (batch is None and status is None):
+                reply = d.reply_to.get("message")
+                await self.pacer.deliver(
+                    chat_id,
+                    lambda cid: self.bot.send_message(
+                        cid,
+                        _clip(text, MAX_TEXT),
+                        reply_parameters=ReplyParameters(
+                            int(reply), allow_sending_without_reply=True
+                        )
+                        if reply
+                        else None,
+                        message_thread_id=d.reply_to.get("thread"),
+                    ),
+                )
+        if batch is not None and status is not None:
+            self._mark_dirty(
+                Progress(d.job_id, 100, d.kind, reply_to=d.reply_to, batch_id=int(batch))
+            )
+
+    # --- progress ------------------------------------------------------------------------
+
+    async def progress(self, update: Progress) -> None:
+        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+            return  # the outbox event says it, with the details
+        self._mark_dirty(update)
+
+    def _mark_dirty(self, update: Progress) -> None:
+        status = update.reply_to.get("status")
+        chat = update.reply_to.get("chat")
+        if status is None or chat is None:
+            return
+        key = (int(chat), int(status))
+        if key in self._final:
+            return
+        self._dirty[key] = update
+        self._edit_wake.set()
+
+    async def _editor(self) -> None:
+        """Send the newest state of each status message, at most one edit per chat every
+        ``progress_edit_s``; several updates in between become one edit."""
+        interval = self.cfg.progress_edit_s
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            if not self._dirty:
+                self._edit_wake.clear()
+                await self._edit_wake.wait()
+            now = time.monotonic()
+            busy: set[int] = set()
+            wait = interval
+            for key in list(self._dirty):
+                chat = key[0]
+                ready_at = self._last_edit.get(chat, 0.0) + interval
+                if ready_at > now or chat in busy:
+                    wait = min(wait, max(0.01, ready_at - now))
+                    continue
+                update = self._dirty.pop(key)
+                busy.add(chat)
+                self._last_edit[chat] = now
+                task = asyncio.create_task(self._render_progress(key, update))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if self._dirty:
+                self._edit_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._edit_wake.wait(), wait)
+
+    async def _render_progress(self, key: tuple[int, int], update: Progress) -> None:
+        chat_id, status = key
+        lang = update.reply_to.get("lang") or self.cfg.default_lang
+        try:
+            if update.batch_id is not None:
+                counts = await self.results.batch_counts(update.batch_id)
+                text = format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
+            else:
+                view = await self.app.jobs.job(None, update.job_id)
+                if view.status not in ("queued", "running"):
+                    return
+                text = format_status(view, lang)
+            async with self._lock(chat_id):
+                if key in self._final:
+                    return
+                if not self.pacer.has_room(chat_id):
+                    # the chat's budget is spoken for (pictures first): try again later,
+                    # unless a newer state has come in meanwhile
+                    self._dirty.setdefault(key, update)
+                    self._edit_wake.set()
+                    return
+                await self._edit_status(chat_id, status, text)
+        except Exception as exc:
+            if not is_gone(exc):
+                log.info("telegram: progress edit in chat %s failed: %s", chat_id, exc)
+
+
+def _parse_data(data: object) -> tuple[str, int, int] | None:
+    if not isinstance(data, str):
+        return None
+    parts = data.split(":")
+    if len(parts) != 3 or parts[0] not in ACTIONS:
+        return None
+    if not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return ACTIONS[parts[0]], int(parts[1]), int(parts[2])
+
+
+def _take_album(queue: list[_Outgoing]) -> list[_Outgoing]:
+    """The next send: one item, or up to ten photos for the same message as an album."""
+    first = queue.pop(0)
+    if first.data is None or not first.as_photo:
+        return [first]
+    batch = [first]
+    rest: list[_Outgoing] = []
+    for item in queue:
+        if (
+            len(batch) < ALBUM_MAX
+            and item.data is not None
+            and item.as_photo
+            and item.reply_message == first.reply_message
+            and item.thread == first.thread
+        ):
+            batch.append(item)
+        else:
+            rest.append(item)
+    queue[:] = rest
+    return batch
+
+
+async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
+    with contextlib.suppress(Exception):  # an old query (>15 min) cannot be answered: fine
+        await query.answer(text=_clip(text, 200) if text else None, show_alert=alert)

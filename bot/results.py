@@ -1,0 +1,124 @@
+"""What a chat can do with a finished picture: find it again, reroll it, vary it.
+
+Chat buttons carry only ``job id`` and ``picture index`` (Telegram allows 64 bytes of
+callback data, Discord 100 characters of custom id); everything else is read back from the
+database and the file store here, so a button keeps working after any restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from bot.chat import UserRef
+from bot.errors import NotFound
+from bot.jobs import JobService, JobView, Receipt
+from bot.params import GenerationParams
+from storage import repos
+
+VARY_STRENGTH = 0.55
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    job: JobView
+    image: dict[str, Any]  # idx, sha256, width, height, seed, path
+
+    @property
+    def sha256(self) -> str:
+        return str(self.image["sha256"])
+
+
+class Results:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def picture(self, job_id: int, idx: int) -> Picture:
+        """Any finished picture, by job and index (pictures are shared in chats, so no owner
+        check: whoever sees one may reroll or vary it, at their own cost)."""
+        try:
+            view = await self.jobs.job(None, job_id)
+        except NotFound:
+            raise NotFound(f"picture {idx + 1} of job #{job_id} no longer exists") from None
+        for image in view.images:
+            if image["idx"] == idx:
+                return Picture(view, image)
+        raise NotFound(f"picture {idx + 1} of job #{job_id} no longer exists")
+
+    async def picture_bytes(self, picture: Picture) -> bytes:
+        try:
+            return await asyncio.to_thread(self.jobs.files.get, picture.sha256)
+        except FileNotFoundError:
+            raise NotFound(
+                f"the file of job #{picture.job.id} picture {picture.image['idx'] + 1} is gone "
+                "from this bot's storage"
+            ) from None
+
+    async def reroll(
+        self,
+        ref: UserRef,
+        job_id: int,
+        idx: int,
+        reply_to: dict[str, Any],
+        *,
+        idem_key: str | None = None,
+    ) -> Receipt:
+        """The same request with a new seed: one picture, charged like a command."""
+        picture = await self.picture(job_id, idx)
+        params = GenerationParams.from_dict(picture.job.params).with_(seed=None, n=1)
+        job = await self.jobs.db.run_read(repos.get_job, job_id)
+        init = None
+        if job is not None and job.input_sha256:
+            init = await asyncio.to_thread(
+                self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
+            )
+        kind = "img2img" if init is not None else "txt2img"
+        return await self.jobs.submit(
+            ref,
+            kind,
+            [params],
+            reply_to,
+            init_image=init,
+            init_size=(picture.image["width"], picture.image["height"]) if init else None,
+            idem_key=idem_key,
+            notes=(f"reroll of job #{job_id} picture {idx + 1}",),
+        )
+
+    async def vary(
+        self,
+        ref: UserRef,
+        job_id: int,
+        idx: int,
+        reply_to: dict[str, Any],
+        *,
+        idem_key: str | None = None,
+        strength: float | None = None,
+        prompt: str | None = None,
+    ) -> Receipt:
+        """img2img of the picture itself, with its prompt (or a new one) and a new seed."""
+        picture = await self.picture(job_id, idx)
+        data = await self.picture_bytes(picture)
+        old = GenerationParams.from_dict(picture.job.params)
+        params = old.with_(
+            prompt=prompt or old.prompt,
+            seed=None,
+            n=1,
+            width=None,
+            height=None,
+            aspect=None,
+            strength=strength if strength is not None else old.strength or VARY_STRENGTH,
+        )
+        return await self.jobs.submit(
+            ref,
+            "img2img",
+            [params],
+            reply_to,
+            init_image=data,
+            init_size=(picture.image["width"], picture.image["height"]),
+            idem_key=idem_key,
+            notes=(f"variation of job #{job_id} picture {idx + 1}",),
+        )
+
+    async def batch_counts(self, batch_id: int) -> dict[str, int]:
+        return await self.jobs.db.run_read(repos.batch_counts, batch_id)
