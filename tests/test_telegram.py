@@ -34,6 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ANN = 1001  # a person, in a private chat with the bot (chat id == user id)
 BOB = 1002
+CAT = 1003
 GROUP = -2001
 
 
@@ -404,16 +405,22 @@ async def test_blocked_user_and_vanished_chat_do_not_stop_the_bot(env: Env) -> N
     await env.start(latency_s=0.3)
     tg = env.tg
     tg.inject_message(ANN, ANN, "/imagine a secret")
+    tg.inject_message(CAT, CAT, "/imagine a lost island")
     await env.until(lambda: [t for t in env.texts(ANN) if "queued" in t])
+    await env.until(lambda: [t for t in env.texts(CAT) if "queued" in t])
     tg.block_user(ANN)
+    tg.vanish_chat(CAT)
     tg.inject_message(BOB, BOB, "/imagine a public square")
     await env.until(lambda: env.photos(BOB))
     assert env.app is not None
     async with asyncio.timeout(10):
-        while len(await env.app.jobs.all_jobs(status="succeeded")) < 2:
+        while len(await env.app.jobs.all_jobs(status="succeeded")) < 3:
             await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
-    assert env.photos(ANN) == []
+    assert env.photos(ANN) == [] and env.photos(CAT) == []
+    refused = [c for c in tg.calls_of("sendPhoto") if c.params.get("chat_id") in (ANN, CAT)]
+    assert len(refused) == 2 and all(not c.ok for c in refused)  # dropped, not retried
+    assert env.adapter is not None and env.adapter.updates_handled == 3
     assert await env.balance(ANN) == 19  # the picture was made and paid for
 
 
