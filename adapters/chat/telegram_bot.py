@@ -74,6 +74,7 @@ MAX_UPLOAD_MB = 50
 MAX_DOWNLOAD_MB = 20
 LOCAL_MAX_MB = 2000  # a local Bot API server
 ALBUM_MAX = 10
+MAX_REMEMBERED = 20_000  # finished status messages kept in mind
 GENERATION = {"imagine", "draw", "txt2img", "img2img", "i2i", "batch", "retry"}  # start jobs
 IMG2IMG = {"img2img", "i2i"}
 # The console's tag line says what happened; here a mark does (the Chinese text has the word).
@@ -147,7 +148,9 @@ class TelegramAdapter(ChatAdapter):
         self._outgoing: dict[int, list[_Outgoing]] = {}
         # progress edits: latest state per status message, sent at most every N s per chat
         self._dirty: dict[tuple[int, int], Progress] = {}
-        self._final: set[tuple[int, int]] = set()
+        # status messages that show their outcome; progress must not overwrite them (an
+        # insertion-ordered dict used as a bounded set)
+        self._final: dict[tuple[int, int], None] = {}
         self._last_edit: dict[int, float] = {}
         self._edit_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -840,7 +843,10 @@ class TelegramAdapter(ChatAdapter):
         async with self._lock(chat_id):
             if batch is None and status is not None:
                 key = (chat_id, int(status))
-                self._final.add(key)
+                self._final[key] = None
+                if len(self._final) > MAX_REMEMBERED:
+                    for old in list(self._final)[: MAX_REMEMBERED // 2]:
+                        del self._final[old]
                 self._dirty.pop(key, None)
                 try:
                     await self._edit_status(chat_id, int(status), text)
