@@ -89,6 +89,10 @@ class App:
             from adapters.chat.telegram_bot import TelegramAdapter
 
             self.add_adapter(TelegramAdapter(self))
+        if self.config.discord.enabled:
+            from adapters.chat.discord_bot import DiscordAdapter
+
+            self.add_adapter(DiscordAdapter(self))
 
     def add_adapter(self, adapter: ChatAdapter) -> None:
         self.adapters[adapter.platform] = adapter

@@ -151,6 +151,31 @@ async def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _discord(args: argparse.Namespace) -> int:
+    """Publish the slash commands now (to discord.guild_ids, else globally)."""
+    config = _load(args)
+    if not config.discord.enabled:
+        raise UserError("set discord.token (or SDHOST_DISCORD__TOKEN) first")
+    from adapters.chat.discord_bot import DiscordAdapter
+
+    app = App(config, run_workers=False)
+    adapter = DiscordAdapter(app)
+    adapter.cfg = adapter.cfg.model_copy(update={"sync_commands": False})
+    try:
+        await adapter.connect()
+        names = await adapter.sync()
+        where = (
+            "guilds " + ", ".join(str(g) for g in config.discord.guild_ids)
+            if config.discord.guild_ids
+            else "everywhere (global; Discord may take up to an hour to show changes)"
+        )
+        print(f"synced {len(names)} commands to {where}: {', '.join(sorted(names))}")
+    finally:
+        await adapter.disconnect()
+        await app.stop()
+    return 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -160,7 +185,8 @@ def _redact(url: str) -> str:
 def _config_check(args: argparse.Namespace) -> int:
     path = args.file or args.config or DEFAULT_CONFIG
     config = load_config(path)
-    chats = ", ".join(n for n, on in (("telegram", config.telegram.enabled),) if on) or "none"
+    platforms = (("telegram", config.telegram.enabled), ("discord", config.discord.enabled))
+    chats = ", ".join(n for n, on in platforms if on) or "none"
     print(
         f"{path}: ok (database {_redact(config.database_url)}, providers: "
         f"{', '.join(n for n in ('demo',) if getattr(config.providers, n).enabled) or 'none'}, "
@@ -231,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", required=True)
     db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
 
+    dc = sub.add_parser("discord", help="Discord maintenance")
+    dc_sub = dc.add_subparsers(dest="action", required=True)
+    dc_sub.add_parser("sync", help="publish the slash commands now")
+
     cf = sub.add_parser("config", help="configuration")
     cf_sub = cf.add_subparsers(dest="action", required=True)
     ck = cf_sub.add_parser("check", help="validate a config file")
@@ -243,9 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "config":
             return _config_check(args)
-        runner = {"chat": _chat, "run": _run, "credits": _credits, "jobs": _jobs, "db": _db}[
-            args.command
-        ]
+        runner = {
+            "chat": _chat,
+            "run": _run,
+            "credits": _credits,
+            "jobs": _jobs,
+            "db": _db,
+            "discord": _discord,
+        }[args.command]
         return asyncio.run(runner(args))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

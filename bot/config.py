@@ -172,6 +172,41 @@ class TelegramConfig(_Section):
         return bool(self.token)
 
 
+class DiscordConfig(_Section):
+    """The Discord bot. It runs when a token is set (here or in SDHOST_DISCORD__TOKEN)."""
+
+    token: str = ""
+    # Discord's REST API and gateway, or a proxy standing in for them.
+    api_base_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    # Publish the slash commands at start-up: to these guilds at once (development), or
+    # globally when the list is empty (Discord takes up to an hour to show global changes).
+    sync_commands: bool = True
+    guild_ids: list[int] = []
+    # Who may use the bot; empty lists: everyone. With any set, a command is taken when
+    # its guild, its channel or one of the member's roles is listed (admins always).
+    allowed_guilds: list[int] = []
+    allowed_channels: list[int] = []
+    allowed_roles: list[int] = []
+    # Discord user ids that may run /grant, /ban, /unban, /stats (also [admin] users).
+    admin_ids: list[int] = []
+    # Pictures flagged NSFW, in channels not marked NSFW (and in DMs): "spoiler", "block",
+    # or "allow". Channels marked NSFW always get them as they are.
+    nsfw: Literal["allow", "spoiler", "block"] = "spoiler"
+    # One gateway connection per shard, as Discord asks of bots in many servers.
+    sharded: bool = False
+    # At most one progress edit of a response this often, in seconds.
+    progress_edit_s: float = Field(2.0, ge=0)
+    # Stop using an interaction's token this long before its 15 minutes run out; later
+    # results are posted in the channel with a mention.
+    token_margin_s: float = Field(60, ge=0, le=600)
+    default_lang: Literal["en", "zh"] = "en"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+
 class AdminConfig(_Section):
     # "platform:user_id" of people allowed to run admin commands from a chat
     users: list[str] = []
@@ -190,6 +225,7 @@ class Config(_Section):
     providers: ProvidersConfig = ProvidersConfig()
     console: ConsoleConfig = ConsoleConfig()
     telegram: TelegramConfig = TelegramConfig()
+    discord: DiscordConfig = DiscordConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -1,0 +1,900 @@
+"""Discord, through discord.py: slash commands, "Remix" on any picture, persistent buttons.
+
+How it keeps the core's promises on Discord:
+
+* Every interaction is acknowledged at once (deferred), well inside Discord's 3 seconds;
+  the original response becomes the job's status message and its id is stored with the job.
+* Pictures arrive through the outbox as follow-ups on the interaction's webhook while its
+  token is fresh; past ``15 min - token_margin_s`` (or when Discord says the token is no
+  longer valid) they are posted in the channel with a mention, with the bot's own token:
+  a long queue never loses a result.
+* Button custom ids are ``sd:action:job:index`` and are handled by a ``DynamicItem``, so
+  buttons on old messages work after any restart; the rest is read back from the database.
+* Uploads respect the limit the interaction reported (``attachment_size_limit``): a picture
+  over it is re-encoded as JPEG, smaller if need be.
+* discord.py waits out 429s itself (per route and global), so rate limits delay, never drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from typing import Any, ClassVar
+
+import discord
+from discord import app_commands
+from PIL import Image
+
+from adapters.chat.discord_text import Translator
+from bot.app import App
+from bot.chat import ChatAdapter, Delivery, DeliveryGone, Progress, UserRef
+from bot.commands import (
+    Incoming,
+    format_batch_status,
+    format_image_info,
+    format_outcome,
+    format_receipt,
+    format_status,
+)
+from bot.config import DiscordConfig
+from bot.errors import UserError
+from bot.i18n import normalize, t
+from bot.results import Results
+
+log = logging.getLogger(__name__)
+
+MAX_CONTENT = 2000
+TOKEN_LIFETIME_S = 15 * 60
+DEFAULT_LIMIT = 10 * 1024 * 1024
+ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
+OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
+# Webhook errors that mean "this interaction token can no longer be used".
+TOKEN_GONE = {10015, 50027}
+MAX_REMEMBERED = 20_000
+
+
+def _clip(text: str, limit: int = MAX_CONTENT) -> str:
+    text = text or "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', "'") + '"'
+
+
+def fit_upload(data: bytes, limit: int) -> tuple[bytes, str] | None:
+    """The picture as PNG if it fits, else as a JPEG small enough, else None."""
+    if len(data) <= limit:
+        return data, "png"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    img = img.convert("RGB")
+    for quality in (92, 85, 75):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality, optimize=True)
+        if buf.tell() <= limit:
+            return buf.getvalue(), "jpg"
+    while min(img.size) > 64:
+        img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85, optimize=True)
+        if buf.tell() <= limit:
+            return buf.getvalue(), "jpg"
+    return None
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"sd:(?P<action>[rvoid]):(?P<job>\d+):(?P<idx>\d+)",
+):
+    """A button under a picture. Everything it needs is in its custom id."""
+
+    STYLES: ClassVar[dict[str, discord.ButtonStyle]] = {
+        "r": discord.ButtonStyle.primary,
+        "v": discord.ButtonStyle.secondary,
+        "o": discord.ButtonStyle.secondary,
+        "i": discord.ButtonStyle.secondary,
+        "d": discord.ButtonStyle.danger,
+    }
+
+    def __init__(self, action: str, job: int, idx: int, label: str = "", row: int | None = None):
+        super().__init__(
+            discord.ui.Button(
+                label=label or action,
+                style=self.STYLES[action],
+                custom_id=f"sd:{action}:{job}:{idx}",
+                row=row,
+            )
+        )
+        self.action, self.job, self.idx = action, job, idx
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> ResultButton:
+        return cls(match["action"], int(match["job"]), int(match["idx"]), item.label or "")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        adapter: DiscordAdapter = interaction.client.sdhost_adapter  # type: ignore[attr-defined]
+        await adapter.on_button(interaction, self.action, self.job, self.idx)
+
+
+class _PromptModal(discord.ui.Modal):
+    """A modal whose fields go back to the adapter as text (Remix, Batch)."""
+
+    def __init__(
+        self, name: str, title: str, fields: list[discord.ui.TextInput[Any]], done: Any
+    ) -> None:
+        super().__init__(title=title[:45], timeout=900, custom_id=f"sdhost:{name}")
+        self.fields = fields
+        for f in fields:
+            self.add_item(f)
+        self._done = done
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self._done(interaction, [str(f.value or "") for f in self.fields])
+
+
+class DiscordAdapter(ChatAdapter):
+    platform = "discord"
+    max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
+
+    def __init__(self, app: App, cfg: DiscordConfig | None = None) -> None:
+        self.app = app
+        self.cfg = cfg or app.config.discord
+        self.results = Results(app.jobs)
+        client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
+        self.client: discord.Client = client_cls(intents=discord.Intents.default())
+        self.client.sdhost_adapter = self  # type: ignore[attr-defined]
+        self.tree = app_commands.CommandTree(self.client)
+        self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
+        self._define_commands()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._dirty: dict[int, Progress] = {}  # status message id -> newest progress
+        self._last_edit: dict[int, float] = {}
+        self._final: dict[int, None] = {}
+        self._edit_wake = asyncio.Event()
+        self._editor_task: asyncio.Task[None] | None = None
+        self.interactions_handled = 0
+
+        @self.client.event
+        async def on_ready() -> None:
+            self._ready.set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _point_at_endpoints(self) -> None:
+        import discord.gateway
+        import discord.http
+        import yarl
+
+        discord.http.Route.BASE = self.cfg.api_base_url.rstrip("/")
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.cfg.gateway_url)
+
+    async def connect(self) -> None:
+        self._point_at_endpoints()
+        try:
+            await self.client.login(self.cfg.token)
+        except discord.LoginFailure:
+            raise UserError(
+                "Discord rejected discord.token: copy it again from the Developer Portal "
+                "(your application > Bot > Reset Token)"
+            ) from None
+        except (discord.HTTPException, OSError) as exc:
+            raise UserError(f"cannot reach Discord at {self.cfg.api_base_url}: {exc}") from None
+        self.client.add_dynamic_items(ResultButton)
+        await self.tree.set_translator(Translator())
+        if self.cfg.sync_commands:
+            await self.sync()
+
+    async def sync(self) -> list[str]:
+        """Publish the slash commands: to the configured guilds at once, else globally."""
+        names: list[str] = []
+        if self.cfg.guild_ids:
+            for gid in self.cfg.guild_ids:
+                guild = discord.Object(id=gid)
+                self.tree.copy_global_to(guild=guild)
+                names = [c.name for c in await self.tree.sync(guild=guild)]
+        else:
+            names = [c.name for c in await self.tree.sync()]
+        return names
+
+    async def listen(self) -> None:
+        self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
+        self._editor_task = asyncio.create_task(self._editor(), name="discord-progress")
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({self._task, ready}, timeout=60, return_when="FIRST_COMPLETED")
+        if ready not in done:
+            ready.cancel()
+            if self._task in done:
+                self._task.result()  # the gateway refused us: say why
+            log.warning("discord: not ready after 60 s; still trying in the background")
+
+    async def stop_listening(self) -> None:
+        self._closing = True  # new interactions are left alone from here on
+        if self._editor_task is not None:
+            self._editor_task.cancel()
+            await asyncio.gather(self._editor_task, return_exceptions=True)
+
+    async def disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # --- who and where -------------------------------------------------------------------
+
+    def _user(self, who: discord.abc.User) -> UserRef:
+        return UserRef("discord", str(who.id), who.name, None)
+
+    def _is_admin(self, user_id: int) -> bool:
+        return user_id in self.cfg.admin_ids or f"discord:{user_id}" in self.app.config.admin.users
+
+    def _allowed(self, interaction: discord.Interaction[Any]) -> bool:
+        cfg = self.cfg
+        if not (cfg.allowed_guilds or cfg.allowed_channels or cfg.allowed_roles):
+            return True
+        if self._is_admin(interaction.user.id):
+            return True
+        if interaction.guild_id in cfg.allowed_guilds:
+            return True
+        if interaction.channel_id in cfg.allowed_channels:
+            return True
+        roles = getattr(interaction.user, "roles", [])
+        return any(r.id in cfg.allowed_roles for r in roles)
+
+    async def _lang(self, interaction: discord.Interaction[Any]) -> str:
+        stored = await self.app.jobs.user_lang(self._user(interaction.user))
+        return stored or normalize(str(interaction.locale)) or self.cfg.default_lang
+
+    def _nsfw_channel(self, interaction: discord.Interaction[Any]) -> bool:
+        channel = interaction.channel
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw()) if callable(is_nsfw) else False
+
+    def _reply_to(
+        self, interaction: discord.Interaction[Any], lang: str, status: int | None
+    ) -> dict[str, Any]:
+        return {
+            "platform": "discord",
+            "channel": interaction.channel_id,
+            "guild": interaction.guild_id,
+            "user": interaction.user.id,
+            "app": interaction.application_id,
+            "token": interaction.token,
+            "token_until": interaction.created_at.timestamp()
+            + TOKEN_LIFETIME_S
+            - self.cfg.token_margin_s,
+            "message": status,
+            "limit": int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT),
+            "nsfw_ok": self._nsfw_channel(interaction),
+            "lang": lang,
+        }
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _define_commands(self) -> None:
+        tree, L = self.tree, app_commands.locale_str
+        providers = list(self.app.providers)
+
+        async def model_choices(
+            interaction: discord.Interaction[Any], current: str
+        ) -> list[app_commands.Choice[str]]:
+            names = []
+            for pname, provider in self.app.providers.items():
+                for mi in provider.capabilities().models:
+                    names.append(f"{pname}:{mi.name}")
+            current = current.lower()
+            return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+        @tree.command(name=L("imagine"), description=L("Make pictures from a prompt"))
+        @app_commands.describe(
+            prompt=L("What to draw; flags like --ar 16:9 work too"),
+            negative=L("What to leave out"),
+            aspect=L("Aspect ratio"),
+            seed=L("Seed (-1: random)"),
+            steps=L("Sampling steps"),
+            cfg=L("Prompt guidance (CFG)"),
+            count=L("Pictures, 1-4"),
+            model=L("Model (see /models)"),
+            provider=L("Provider"),
+        )
+        @app_commands.rename(
+            prompt=L("prompt"),
+            negative=L("negative"),
+            aspect=L("aspect"),
+            seed=L("seed"),
+            steps=L("steps"),
+            cfg=L("cfg"),
+            count=L("count"),
+            model=L("model"),
+            provider=L("provider"),
+        )
+        @app_commands.choices(
+            aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+            provider=[app_commands.Choice(name=p, value=p) for p in providers]
+            or [app_commands.Choice(name="none", value="none")],
+        )
+        @app_commands.autocomplete(model=model_choices)
+        async def imagine(
+            interaction: discord.Interaction[Any],
+            prompt: str,
+            negative: str | None = None,
+            aspect: str | None = None,
+            seed: app_commands.Range[int, -1, 4294967295] | None = None,
+            steps: app_commands.Range[int, 1, 150] | None = None,
+            cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+            count: app_commands.Range[int, 1, 4] | None = None,
+            model: str | None = None,
+            provider: str | None = None,
+        ) -> None:
+            flags = []
+            if negative:
+                flags.append(f"--no {_quote(negative)}")
+            for name, value in (
+                ("ar", aspect),
+                ("seed", seed),
+                ("steps", steps),
+                ("cfg", cfg),
+                ("n", count),
+                ("model", model),
+                ("provider", provider),
+            ):
+                if value is not None:
+                    flags.append(f"--{name} {_quote(str(value))}")
+            await self._command(interaction, " ".join(["/imagine", prompt, *flags]), job=True)
+
+        @tree.command(name=L("img2img"), description=L("Redraw a picture"))
+        @app_commands.describe(
+            image=L("The picture to redraw"),
+            prompt=L("What to draw; flags like --ar 16:9 work too"),
+            strength=L("How much may change, 0-1"),
+        )
+        @app_commands.rename(image=L("image"), prompt=L("prompt"), strength=L("strength"))
+        async def img2img(
+            interaction: discord.Interaction[Any],
+            image: discord.Attachment,
+            prompt: str,
+            strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        ) -> None:
+            text = f"/img2img {prompt}" + (
+                f" --strength {strength}" if strength is not None else ""
+            )
+            await self._command(interaction, text, job=True, attachment=image)
+
+        @tree.command(name=L("batch"), description=L("Several prompts at once, one per line"))
+        async def batch(interaction: discord.Interaction[Any]) -> None:
+            lang = await self._lang(interaction)
+            field = discord.ui.TextInput(
+                label=t(lang, "dc.batch.prompts")[:45],
+                style=discord.TextStyle.paragraph,
+                max_length=4000,
+                custom_id="prompts",
+            )
+
+            async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
+                await self._command(inter, "/batch " + values[0], job=True)
+
+            await interaction.response.send_modal(
+                _PromptModal("batch", t(lang, "dc.batch.title"), [field], done)
+            )
+
+        async def my_jobs(
+            interaction: discord.Interaction[Any], current: str
+        ) -> list[app_commands.Choice[int]]:
+            views = await self.app.jobs.jobs(self._user(interaction.user), limit=25)
+            out = []
+            for v in views:
+                if v.status in ("queued", "running") and current in str(v.id):
+                    prompt = str(v.params.get("prompt", ""))[:60]
+                    out.append(app_commands.Choice(name=f"#{v.id} {v.status} {prompt}", value=v.id))
+            return out[:25]
+
+        def simple(name: str, description: str, text: str) -> None:
+            async def run(interaction: discord.Interaction[Any]) -> None:
+                await self._command(interaction, text)
+
+            tree.command(name=L(name), description=L(description))(run)
+
+        simple("credits", "Your balance and the prices", "/credits")
+        simple("jobs", "Your recent jobs", "/jobs")
+        simple("models", "Providers, models and prices", "/models")
+        simple("help", "What this bot does", "/help")
+
+        @tree.command(name=L("job"), description=L("One job in detail"))
+        @app_commands.describe(id=L("Job number"))
+        async def job(interaction: discord.Interaction[Any], id: int) -> None:
+            await self._command(interaction, f"/job {id}")
+
+        @tree.command(name=L("cancel"), description=L("Cancel a job"))
+        @app_commands.describe(id=L("Job number"))
+        @app_commands.autocomplete(id=my_jobs)
+        async def cancel(interaction: discord.Interaction[Any], id: int) -> None:
+            await self._command(interaction, f"/cancel {id}")
+
+        @tree.command(name=L("retry"), description=L("Run a failed job again"))
+        @app_commands.describe(id=L("Job number"))
+        async def retry(interaction: discord.Interaction[Any], id: int) -> None:
+            await self._command(interaction, f"/retry {id}", job=True)
+
+        @tree.command(name=L("lang"), description=L("Reply language"))
+        @app_commands.rename(language=L("language"))
+        @app_commands.choices(
+            language=[
+                app_commands.Choice(name="English", value="en"),
+                app_commands.Choice(name="简体中文", value="zh"),
+                app_commands.Choice(name="auto", value="auto"),
+            ]
+        )
+        async def lang(interaction: discord.Interaction[Any], language: str) -> None:
+            await self._command(interaction, f"/lang {language}")
+
+        @tree.command(
+            name=L("settings"), description=L("Your defaults: model, aspect, negative prompt")
+        )
+        @app_commands.describe(
+            model=L("Model (see /models)"),
+            aspect=L("Aspect ratio"),
+            negative=L("What to leave out"),
+            clear=L("Forget all your defaults"),
+        )
+        @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+        @app_commands.autocomplete(model=model_choices)
+        async def settings(
+            interaction: discord.Interaction[Any],
+            model: str | None = None,
+            aspect: str | None = None,
+            negative: str | None = None,
+            clear: bool = False,
+        ) -> None:
+            texts = []
+            if clear:
+                texts.append("/settings clear")
+            for key, value in (("model", model), ("aspect", aspect), ("negative", negative)):
+                if value:
+                    texts.append(f"/settings {key} {value}")
+            await self._command(interaction, texts or ["/settings"])
+
+        admin = app_commands.default_permissions(administrator=True)
+
+        @tree.command(name=L("grant"), description=L("Give or take credits (admins)"))
+        @app_commands.describe(
+            user=L("Who"), amount=L("Credits (negative takes back)"), note=L("Why")
+        )
+        @admin
+        async def grant(
+            interaction: discord.Interaction[Any],
+            user: discord.User,
+            amount: int,
+            note: str | None = None,
+        ) -> None:
+            await self._command(
+                interaction, f"/grant discord:{user.id} {amount} {note or ''}".strip()
+            )
+
+        @tree.command(name=L("ban"), description=L("Stop someone using the bot (admins)"))
+        @app_commands.describe(user=L("Who"))
+        @admin
+        async def ban(interaction: discord.Interaction[Any], user: discord.User) -> None:
+            await self._command(interaction, f"/ban discord:{user.id}")
+
+        @tree.command(name=L("unban"), description=L("Let someone use the bot again (admins)"))
+        @app_commands.describe(user=L("Who"))
+        @admin
+        async def unban(interaction: discord.Interaction[Any], user: discord.User) -> None:
+            await self._command(interaction, f"/unban discord:{user.id}")
+
+        @tree.command(
+            name=L("stats"), description=L("Queue, jobs and credits of the last day (admins)")
+        )
+        @admin
+        async def stats(interaction: discord.Interaction[Any]) -> None:
+            await self._command(interaction, "/stats")
+
+        @tree.context_menu(name=L("Remix"))
+        async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
+            await self._remix_modal(interaction, message)
+
+    async def _command(
+        self,
+        interaction: discord.Interaction[Any],
+        text: str | list[str],
+        *,
+        job: bool = False,
+        attachment: discord.Attachment | None = None,
+        image: bytes | None = None,
+    ) -> None:
+        """Acknowledge at once, run the shared command(s), answer by editing the response."""
+        if self._closing:
+            return
+        self.interactions_handled += 1
+        if not self._allowed(interaction):
+            lang = await self._lang(interaction)
+            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
+            return
+        if not interaction.response.is_done():
+            await interaction.response.defer(thinking=True)
+        lang = await self._lang(interaction)
+        status = None
+        if job:
+            original = await interaction.original_response()
+            status = original.id
+        reply_to = self._reply_to(interaction, lang, status)
+        user = self._user(interaction.user)
+        try:
+            if attachment is not None:
+                image = await self._read_attachment(attachment)
+        except UserError as exc:
+            await self._respond(interaction, exc.render(lang))
+            return
+        replies = []
+        for one in [text] if isinstance(text, str) else text:
+            reply = await self.app.commands.handle(
+                Incoming(
+                    user=user,
+                    text=one,
+                    reply_to=reply_to,
+                    image=image,
+                    message_key=f"discord:{interaction.id}",
+                    is_admin=self._is_admin(interaction.user.id),
+                    lang=str(interaction.locale),
+                )
+            )
+            replies.append(reply.text)
+        await self._respond(interaction, "\n".join(replies))
+
+    async def _respond(self, interaction: discord.Interaction[Any], text: str) -> None:
+        try:
+            await interaction.edit_original_response(content=_clip(text))
+        except discord.HTTPException as exc:
+            log.warning("discord: answering interaction %s failed: %s", interaction.id, exc)
+
+    async def _read_attachment(self, attachment: discord.Attachment) -> bytes:
+        limit = self.app.config.images.max_input_bytes
+        if attachment.size > limit:
+            raise UserError.of(
+                "tg.too_big_input", mb=attachment.size / 1024 / 1024, limit=limit / 1024 / 1024
+            )
+        try:
+            return await attachment.read()
+        except (discord.HTTPException, discord.NotFound):
+            raise UserError.of("dc.picture_gone") from None
+
+    async def _remix_modal(
+        self, interaction: discord.Interaction[Any], message: discord.Message
+    ) -> None:
+        lang = await self._lang(interaction)
+        if not self._allowed(interaction):
+            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
+            return
+        if not any(_is_picture(a) for a in message.attachments):
+            await interaction.response.send_message(t(lang, "dc.no_picture"), ephemeral=True)
+            return
+        channel_id, message_id = message.channel.id, message.id
+        prompt = discord.ui.TextInput(
+            label=t(lang, "dc.remix.prompt")[:45], max_length=1000, custom_id="prompt"
+        )
+        strength = discord.ui.TextInput(
+            label=t(lang, "dc.remix.strength")[:45],
+            required=False,
+            default="0.6",
+            max_length=4,
+            custom_id="strength",
+        )
+
+        async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
+            await inter.response.defer(thinking=True)
+            try:
+                # Attachment URLs expire: read the message again for fresh ones.
+                channel = self.client.get_partial_messageable(channel_id)
+                fresh = await channel.fetch_message(message_id)
+                picture = next(a for a in fresh.attachments if _is_picture(a))
+                data = await self._read_attachment(picture)
+            except (discord.HTTPException, StopIteration):
+                await self._respond(inter, t(await self._lang(inter), "dc.picture_gone"))
+                return
+            except UserError as exc:
+                await self._respond(inter, exc.render(await self._lang(inter)))
+                return
+            text = f"/img2img {values[0]}"
+            if values[1].strip():
+                text += f" --strength {values[1].strip()}"
+            await self._command(inter, text, job=True, image=data)
+
+        await interaction.response.send_modal(
+            _PromptModal("remix", t(lang, "dc.remix.title"), [prompt, strength], done)
+        )
+
+    async def _on_tree_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        log.error("discord: command failed", exc_info=error)
+        lang = self.cfg.default_lang
+        with contextlib.suppress(Exception):
+            lang = await self._lang(interaction)
+        text = t(lang, "error.internal", ref=str(interaction.id)[-8:])
+        with contextlib.suppress(Exception):
+            if interaction.response.is_done():
+                await interaction.edit_original_response(content=text)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+
+    # --- buttons -------------------------------------------------------------------------
+
+    async def on_button(
+        self, interaction: discord.Interaction[Any], action: str, job_id: int, idx: int
+    ) -> None:
+        lang = await self._lang(interaction)
+        if not self._allowed(interaction):
+            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
+            return
+        try:
+            if action == "i":
+                picture = await self.results.picture(job_id, idx)
+                await interaction.response.send_message(
+                    _clip(format_image_info(picture.job, picture.image, lang)), ephemeral=True
+                )
+            elif action == "d":
+                picture = await self.results.picture(job_id, idx)
+                me = await self.app.jobs.user(self._user(interaction.user))
+                if me.id != picture.job.user_id:
+                    await interaction.response.send_message(t(lang, "dc.not_yours"), ephemeral=True)
+                    return
+                await interaction.response.defer(ephemeral=True, thinking=True)
+                if interaction.message is not None:
+                    await interaction.message.delete()
+                await interaction.edit_original_response(content=t(lang, "dc.deleted"))
+            elif action == "o":
+                await interaction.response.defer(thinking=True)
+                picture = await self.results.picture(job_id, idx)
+                data = await self.results.picture_bytes(picture)
+                limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
+                if len(data) > limit:
+                    await self._respond(
+                        interaction,
+                        t(
+                            lang,
+                            "dc.original_too_big",
+                            mb=len(data) / 1024 / 1024,
+                            limit=limit // 1024 // 1024,
+                        ),
+                    )
+                    return
+                await interaction.edit_original_response(
+                    content=t(lang, "tg.original_caption", job=job_id, k=idx + 1),
+                    attachments=[discord.File(io.BytesIO(data), f"sdhost-{job_id}-{idx + 1}.png")],
+                )
+            else:
+                await interaction.response.defer(thinking=True)
+                original = await interaction.original_response()
+                reply_to = self._reply_to(interaction, lang, original.id)
+                run = self.results.reroll if action == "r" else self.results.vary
+                try:
+                    receipt = await run(
+                        self._user(interaction.user),
+                        job_id,
+                        idx,
+                        reply_to,
+                        idem_key=f"discord:{interaction.id}",
+                    )
+                    text = format_receipt(receipt, lang)
+                except UserError as exc:
+                    text = exc.render(lang)
+                await self._respond(interaction, text)
+        except UserError as exc:
+            if interaction.response.is_done():
+                await self._respond(interaction, exc.render(lang))
+            else:
+                await interaction.response.send_message(exc.render(lang), ephemeral=True)
+
+    # --- delivering ----------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if delivery.kind == "image":
+            await self._send_pictures([delivery])
+        else:
+            await self._send_outcome(delivery)
+
+    async def deliver_group(self, deliveries: list[Delivery]) -> None:
+        await self._send_pictures(deliveries)
+
+    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
+        return bool(reply_to.get("token")) and time.time() < float(reply_to.get("token_until", 0))
+
+    async def _post(self, reply_to: dict[str, Any], content: str, **kw: Any) -> None:
+        """A follow-up on the interaction while its token lives, else a channel message
+        that mentions the person (with the bot's token: it never expires)."""
+        if self._token_fresh(reply_to):
+            hook = discord.Webhook.partial(
+                int(reply_to["app"]), str(reply_to["token"]), client=self.client
+            )
+            try:
+                await hook.send(content=_clip(content), wait=True, **kw)
+                return
+            except discord.HTTPException as exc:
+                if exc.code not in TOKEN_GONE and exc.status != 401:
+                    raise _delivery_error(exc) from exc
+                log.info("discord: interaction token gone; posting in the channel instead")
+        channel = self.client.get_partial_messageable(int(reply_to["channel"]))
+        mention = f"<@{int(reply_to['user'])}> "
+        try:
+            await channel.send(
+                content=_clip(mention + content),
+                allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+                **kw,
+            )
+        except discord.HTTPException as exc:
+            raise _delivery_error(exc) from exc
+
+    async def _send_pictures(self, deliveries: list[Delivery]) -> None:
+        reply_to = deliveries[0].reply_to
+        lang = reply_to.get("lang") or self.cfg.default_lang
+        limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
+        nsfw_ok = bool(reply_to.get("nsfw_ok")) or self.cfg.nsfw == "allow"
+        files: list[discord.File] = []
+        lines: list[str] = []
+        view = discord.ui.View(timeout=None)
+        labels = [
+            ("r", t(lang, "dc.btn.reroll")),
+            ("v", t(lang, "dc.btn.vary")),
+            ("o", t(lang, "dc.btn.original")),
+            ("i", t(lang, "dc.btn.info")),
+            ("d", t(lang, "dc.btn.delete")),
+        ]
+        for row, d in enumerate(deliveries):
+            p = d.payload
+            k = int(p["index"]) + 1
+            line = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
+            if p.get("batch_id") is not None:
+                line += f" · {_clip(str(p.get('prompt', '')), 200)}"
+            if p.get("nsfw") and not nsfw_ok and self.cfg.nsfw == "block":
+                lines.append(t(lang, "dc.nsfw_blocked", k=k, job=d.job_id))
+                continue
+            try:
+                data = await asyncio.to_thread(_read, p["path"])
+            except FileNotFoundError:
+                raise DeliveryGone(f"the picture file {p['path']} is gone") from None
+            fitted = await asyncio.to_thread(fit_upload, data, limit)
+            if fitted is None:
+                lines.append(t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024))
+                continue
+            body, ext = fitted
+            if ext != "png":
+                line += " " + t(lang, "dc.reencoded", k=k, limit=limit // 1024 // 1024)
+            spoiler = bool(p.get("nsfw")) and not nsfw_ok
+            files.append(
+                discord.File(io.BytesIO(body), f"sdhost-{d.job_id}-{k}.{ext}", spoiler=spoiler)
+            )
+            lines.append(line)
+            for action, label in labels:
+                short = label if len(deliveries) == 1 else f"{label} {k}"
+                view.add_item(ResultButton(action, d.job_id, int(p["index"]), short, row=row))
+        kw: dict[str, Any] = {"files": files} if files else {}
+        if view.children:
+            kw["view"] = view
+        await self._post(reply_to, "\n".join(lines), **kw)
+
+    async def _send_outcome(self, d: Delivery) -> None:
+        reply_to = d.reply_to
+        lang = reply_to.get("lang") or self.cfg.default_lang
+        text = format_outcome(d.kind, d.job_id, d.payload, lang)
+        if d.kind == "cancelled" and lang == "en":
+            text = f"cancelled: {text}"
+        text = OUTCOME_MARK.get(d.kind, "") + text
+        status = reply_to.get("message")
+        batch = d.payload.get("batch_id")
+        if status is not None and batch is None:
+            self._final[int(status)] = None
+            if len(self._final) > MAX_REMEMBERED:
+                for old in list(self._final)[: MAX_REMEMBERED // 2]:
+                    del self._final[old]
+            self._dirty.pop(int(status), None)
+            await self._edit_status(reply_to, int(status), text)
+        if d.kind == "failed" or status is None:
+            await self._post(reply_to, text)
+        if batch is not None and status is not None:
+            self._mark_dirty(
+                Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch))
+            )
+
+    async def _edit_status(self, reply_to: dict[str, Any], message_id: int, text: str) -> None:
+        """Edit the status message: through the interaction while its token lives, then
+        with the bot's token (the bot wrote the message, so it may)."""
+        try:
+            if self._token_fresh(reply_to):
+                hook = discord.Webhook.partial(
+                    int(reply_to["app"]), str(reply_to["token"]), client=self.client
+                )
+                try:
+                    await hook.edit_message(message_id, content=_clip(text))
+                    return
+                except discord.HTTPException as exc:
+                    if exc.code not in TOKEN_GONE and exc.status != 401:
+                        raise
+            channel = self.client.get_partial_messageable(int(reply_to["channel"]))
+            await channel.get_partial_message(message_id).edit(content=_clip(text))
+        except discord.NotFound:
+            return  # the message was deleted: nothing to show progress on
+        except discord.HTTPException as exc:
+            raise _delivery_error(exc) from exc
+
+    # --- progress ------------------------------------------------------------------------
+
+    async def progress(self, update: Progress) -> None:
+        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+            return
+        self._mark_dirty(update)
+
+    def _mark_dirty(self, update: Progress) -> None:
+        status = update.reply_to.get("message")
+        if status is None or int(status) in self._final:
+            return
+        self._dirty[int(status)] = update
+        self._edit_wake.set()
+
+    async def _editor(self) -> None:
+        interval = self.cfg.progress_edit_s
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            if not self._dirty:
+                self._edit_wake.clear()
+                await self._edit_wake.wait()
+            now = time.monotonic()
+            wait = interval
+            for key in list(self._dirty):
+                ready_at = self._last_edit.get(key, 0.0) + interval
+                if ready_at > now:
+                    wait = min(wait, max(0.01, ready_at - now))
+                    continue
+                update = self._dirty.pop(key)
+                self._last_edit[key] = now
+                task = asyncio.create_task(self._render_progress(key, update))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if self._dirty:
+                self._edit_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._edit_wake.wait(), wait)
+
+    async def _render_progress(self, status: int, update: Progress) -> None:
+        lang = update.reply_to.get("lang") or self.cfg.default_lang
+        try:
+            if update.batch_id is not None:
+                counts = await self.results.batch_counts(update.batch_id)
+                text = format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
+            else:
+                view = await self.app.jobs.job(None, update.job_id)
+                if view.status not in ("queued", "running"):
+                    return
+                text = format_status(view, lang)
+            if status in self._final:
+                return
+            await self._edit_status(update.reply_to, status, text)
+        except Exception as exc:
+            log.info("discord: progress edit failed: %s", exc)
+
+
+def _is_picture(attachment: discord.Attachment) -> bool:
+    kind = attachment.content_type or ""
+    name = attachment.filename.lower()
+    return kind.startswith("image/") or name.endswith((".png", ".jpg", ".jpeg", ".webp"))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _delivery_error(exc: discord.HTTPException) -> Exception:
+    """What an outbox delivery should do after Discord said no."""
+    if isinstance(exc, discord.Forbidden | discord.NotFound):
+        return DeliveryGone(f"discord: {exc.status} {exc.text}")
+    return exc
