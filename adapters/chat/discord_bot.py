@@ -163,7 +163,7 @@ class DiscordAdapter(ChatAdapter):
         self._final: dict[int, None] = {}
         self._edit_wake = asyncio.Event()
         self._editor_task: asyncio.Task[None] | None = None
-        self.interactions_handled = 0
+        self.interactions_handled = 0  # answered (the response edited), for benchmarks
 
         @self.client.event
         async def on_ready() -> None:
@@ -515,7 +515,6 @@ class DiscordAdapter(ChatAdapter):
         """Acknowledge at once, run the shared command(s), answer by editing the response."""
         if self._closing:
             return
-        self.interactions_handled += 1
         if not self._allowed(interaction):
             lang = await self._lang(interaction)
             await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
@@ -556,6 +555,7 @@ class DiscordAdapter(ChatAdapter):
             await interaction.edit_original_response(content=_clip(text))
         except discord.HTTPException as exc:
             log.warning("discord: answering interaction %s failed: %s", interaction.id, exc)
+        self.interactions_handled += 1
 
     async def _read_attachment(self, attachment: discord.Attachment) -> bytes:
         limit = self.app.config.images.max_input_bytes
