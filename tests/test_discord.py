@@ -384,3 +384,31 @@ async def test_sdhost_discord_sync_publishes_the_commands(tmp_path: Path) -> Non
         assert proc.returncode == 0, err.decode()
         assert b"synced" in out and str(GUILD_ID).encode() in out
         assert {c["name"] for c in dc.registered_commands(GUILD_ID)} >= {"imagine", "Remix"}
+
+
+async def test_cancel_autocompletes_your_running_jobs_and_model_autocompletes(env: Env) -> None:
+    await env.start(latency_s=5.0)
+    dc = env.dc
+    inter = dc.slash("imagine", {"prompt": "a slow sunrise demo:slow"})
+    await env.until(lambda: "#1" in env.original_text(inter["token"]))
+    typing = dc.autocomplete("cancel", {"id": ""}, "id")
+    choices = await env.until(lambda: dc.autocomplete_choices(typing["token"]))
+    assert [c["value"] for c in choices] == [1] and "#1" in choices[0]["name"]
+    models = dc.autocomplete("imagine", {"prompt": "x", "model": "mon"}, "model")
+    got = await env.until(lambda: dc.autocomplete_choices(models["token"]))
+    assert [c["value"] for c in got] == ["demo:mono"]
+    cancel = dc.slash("cancel", {"id": 1})
+    await env.until(lambda: "cancel" in env.original_text(cancel["token"]))
+    await env.until(lambda: "cancelled" in env.original_text(inter["token"]))
+
+
+async def test_sharded_client(tmp_path: Path, db_url: str) -> None:
+    async with FakeDiscord(shard_count=2) as dc:
+        e = Env(dc, tmp_path, db_url)
+        try:
+            await e.start(sharded=True)
+            assert e.adapter is not None and e.adapter.client.shard_count == 2
+            e.dc.slash("imagine", {"prompt": "two shards"})
+            await e.until(e.pictures)
+        finally:
+            await e.stop()
