@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
 SEND_LEASE_S = 120.0
 CLAIM_BATCH = 100
+STOP_GRACE_S = 10.0  # how long stopping waits for deliveries under way
 
 
 class Deliverer:
@@ -72,7 +73,12 @@ class Deliverer:
     async def stop(self) -> None:
         """Stop sending; record what was sent; give back what was not."""
         # In order: no new claims, then no deliveries in flight, then no background marks.
+        # A send cut off mid-request may have arrived without being recorded, and would be
+        # sent again after the restart; so what is under way may finish, for a while.
         await _cancel([self._loop_task])
+        chains = list(self._chains.values())
+        if chains:
+            await asyncio.wait(chains, timeout=STOP_GRACE_S)
         await _cancel(list(self._chains.values()))
         await _cancel([self._marker_task])
         self._chains.clear()

@@ -29,16 +29,10 @@ from discord import app_commands
 from PIL import Image
 
 from adapters.chat.discord_text import Translator
+from adapters.chat.status import ProgressEditor, outcome_text, progress_text
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, DeliveryGone, Progress, UserRef
-from bot.commands import (
-    Incoming,
-    format_batch_status,
-    format_image_info,
-    format_outcome,
-    format_receipt,
-    format_status,
-)
+from bot.commands import Incoming, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.i18n import normalize, t
@@ -50,10 +44,8 @@ MAX_CONTENT = 2000
 TOKEN_LIFETIME_S = 15 * 60
 DEFAULT_LIMIT = 10 * 1024 * 1024
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
-OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
 # Webhook errors that mean "this interaction token can no longer be used".
 TOKEN_GONE = {10015, 50027}
-MAX_REMEMBERED = 20_000
 
 
 def _clip(text: str, limit: int = MAX_CONTENT) -> str:
@@ -158,11 +150,9 @@ class DiscordAdapter(ChatAdapter):
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
-        self._dirty: dict[int, Progress] = {}  # status message id -> newest progress
-        self._last_edit: dict[int, float] = {}
-        self._final: dict[int, None] = {}
-        self._edit_wake = asyncio.Event()
-        self._editor_task: asyncio.Task[None] | None = None
+        # progress edits: the newest state per status message, one edit per message
+        # every progress_edit_s
+        self.edits = ProgressEditor(self.cfg.progress_edit_s, lambda key: key, self._edit_progress)
         self.interactions_handled = 0  # answered (the response edited), for benchmarks
 
         @self.client.event
@@ -209,7 +199,7 @@ class DiscordAdapter(ChatAdapter):
 
     async def listen(self) -> None:
         self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
-        self._editor_task = asyncio.create_task(self._editor(), name="discord-progress")
+        self.edits.start()
         ready = asyncio.create_task(self._ready.wait())
         done, _ = await asyncio.wait({self._task, ready}, timeout=60, return_when="FIRST_COMPLETED")
         if ready not in done:
@@ -220,9 +210,7 @@ class DiscordAdapter(ChatAdapter):
 
     async def stop_listening(self) -> None:
         self._closing = True  # new interactions are left alone from here on
-        if self._editor_task is not None:
-            self._editor_task.cancel()
-            await asyncio.gather(self._editor_task, return_exceptions=True)
+        await self.edits.stop()
 
     async def disconnect(self) -> None:
         with contextlib.suppress(Exception):
@@ -785,18 +773,11 @@ class DiscordAdapter(ChatAdapter):
     async def _send_outcome(self, d: Delivery) -> None:
         reply_to = d.reply_to
         lang = reply_to.get("lang") or self.cfg.default_lang
-        text = format_outcome(d.kind, d.job_id, d.payload, lang)
-        if d.kind == "cancelled" and lang == "en":
-            text = f"cancelled: {text}"
-        text = OUTCOME_MARK.get(d.kind, "") + text
+        text = outcome_text(d.kind, d.job_id, d.payload, lang)
         status = reply_to.get("message")
         batch = d.payload.get("batch_id")
         if status is not None and batch is None:
-            self._final[int(status)] = None
-            if len(self._final) > MAX_REMEMBERED:
-                for old in list(self._final)[: MAX_REMEMBERED // 2]:
-                    del self._final[old]
-            self._dirty.pop(int(status), None)
+            self.edits.finish(int(status))
             await self._edit_status(reply_to, int(status), text)
         if d.kind == "failed" or status is None:
             await self._post(reply_to, text)
@@ -835,47 +816,14 @@ class DiscordAdapter(ChatAdapter):
 
     def _mark_dirty(self, update: Progress) -> None:
         status = update.reply_to.get("message")
-        if status is None or int(status) in self._final:
-            return
-        self._dirty[int(status)] = update
-        self._edit_wake.set()
+        if status is not None:
+            self.edits.update(int(status), update)
 
-    async def _editor(self) -> None:
-        interval = self.cfg.progress_edit_s
-        running: set[asyncio.Task[None]] = set()
-        while True:
-            if not self._dirty:
-                self._edit_wake.clear()
-                await self._edit_wake.wait()
-            now = time.monotonic()
-            wait = interval
-            for key in list(self._dirty):
-                ready_at = self._last_edit.get(key, 0.0) + interval
-                if ready_at > now:
-                    wait = min(wait, max(0.01, ready_at - now))
-                    continue
-                update = self._dirty.pop(key)
-                self._last_edit[key] = now
-                task = asyncio.create_task(self._render_progress(key, update))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            if self._dirty:
-                self._edit_wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._edit_wake.wait(), wait)
-
-    async def _render_progress(self, status: int, update: Progress) -> None:
+    async def _edit_progress(self, status: int, update: Progress) -> None:
         lang = update.reply_to.get("lang") or self.cfg.default_lang
         try:
-            if update.batch_id is not None:
-                counts = await self.results.batch_counts(update.batch_id)
-                text = format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
-            else:
-                view = await self.app.jobs.job(None, update.job_id)
-                if view.status not in ("queued", "running"):
-                    return
-                text = format_status(view, lang)
-            if status in self._final:
+            text = await progress_text(self.results, update, lang)
+            if text is None or self.edits.is_final(status):
                 return
             await self._edit_status(update.reply_to, status, text)
         except Exception as exc:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +44,12 @@ from telegram.ext import (
     filters,
 )
 
+from adapters.chat.status import ProgressEditor, outcome_text, progress_text
 from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
 from adapters.chat.telegram_text import MENU
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
-from bot.commands import (
-    Incoming,
-    format_batch_status,
-    format_image_info,
-    format_outcome,
-    format_receipt,
-    format_status,
-)
+from bot.commands import Incoming, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
@@ -74,11 +67,8 @@ MAX_UPLOAD_MB = 50
 MAX_DOWNLOAD_MB = 20
 LOCAL_MAX_MB = 2000  # a local Bot API server
 ALBUM_MAX = 10
-MAX_REMEMBERED = 20_000  # finished status messages kept in mind
 GENERATION = {"imagine", "draw", "txt2img", "img2img", "i2i", "batch", "retry"}  # start jobs
 IMG2IMG = {"img2img", "i2i"}
-# The console's tag line says what happened; here a mark does (the Chinese text has the word).
-OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
 _CAPTION_REF = re.compile(r"^#(\d+)(?: · (\d+)/\d+)?")
 
@@ -146,13 +136,11 @@ class TelegramAdapter(ChatAdapter):
         self.username = ""
         self._chat_locks: dict[int, asyncio.Lock] = {}
         self._outgoing: dict[int, list[_Outgoing]] = {}
-        # progress edits: latest state per status message, sent at most every N s per chat
-        self._dirty: dict[tuple[int, int], Progress] = {}
-        # status messages that show their outcome; progress must not overwrite them (an
-        # insertion-ordered dict used as a bounded set)
-        self._final: dict[tuple[int, int], None] = {}
-        self._last_edit: dict[int, float] = {}
-        self._edit_wake = asyncio.Event()
+        # progress edits: the newest state per status message, at most one edit per chat
+        # every progress_edit_s, keyed (chat, message)
+        self.edits = ProgressEditor(
+            self.cfg.progress_edit_s, lambda key: key[0], self._edit_progress
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._offset: int | None = None
         self._webhook_runner: Any = None
@@ -206,7 +194,7 @@ class TelegramAdapter(ChatAdapter):
     async def listen(self) -> None:
         """Start taking updates (after the core has started)."""
         await self.application.start()
-        self._tasks.append(asyncio.create_task(self._editor(), name="telegram-progress"))
+        self.edits.start()
         if self.cfg.mode == "webhook":
             await self._start_webhook()
         else:
@@ -215,6 +203,7 @@ class TelegramAdapter(ChatAdapter):
         log.info("telegram: @%s is %s", self.username, self.cfg.mode)
 
     async def stop_listening(self) -> None:
+        await self.edits.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -834,20 +823,12 @@ class TelegramAdapter(ChatAdapter):
     async def _send_outcome(self, d: Delivery) -> None:
         chat_id = int(d.reply_to["chat"])
         lang = d.reply_to.get("lang") or self.cfg.default_lang
-        text = format_outcome(d.kind, d.job_id, d.payload, lang)
-        if d.kind == "cancelled" and lang == "en":
-            text = f"cancelled: {text}"
-        text = OUTCOME_MARK.get(d.kind, "") + text
+        text = outcome_text(d.kind, d.job_id, d.payload, lang)
         status = d.reply_to.get("status")
         batch = d.payload.get("batch_id")
         async with self._lock(chat_id):
             if batch is None and status is not None:
-                key = (chat_id, int(status))
-                self._final[key] = None
-                if len(self._final) > MAX_REMEMBERED:
-                    for old in list(self._final)[: MAX_REMEMBERED // 2]:
-                        del self._final[old]
-                self._dirty.pop(key, None)
+                self.edits.finish((chat_id, int(status)))
                 try:
                     await self._edit_status(chat_id, int(status), text)
                 except BadRequest as exc:
@@ -884,63 +865,22 @@ class TelegramAdapter(ChatAdapter):
     def _mark_dirty(self, update: Progress) -> None:
         status = update.reply_to.get("status")
         chat = update.reply_to.get("chat")
-        if status is None or chat is None:
-            return
-        key = (int(chat), int(status))
-        if key in self._final:
-            return
-        self._dirty[key] = update
-        self._edit_wake.set()
+        if status is not None and chat is not None:
+            self.edits.update((int(chat), int(status)), update)
 
-    async def _editor(self) -> None:
-        """Send the newest state of each status message, at most one edit per chat every
-        ``progress_edit_s``; several updates in between become one edit."""
-        interval = self.cfg.progress_edit_s
-        running: set[asyncio.Task[None]] = set()
-        while True:
-            if not self._dirty:
-                self._edit_wake.clear()
-                await self._edit_wake.wait()
-            now = time.monotonic()
-            busy: set[int] = set()
-            wait = interval
-            for key in list(self._dirty):
-                chat = key[0]
-                ready_at = self._last_edit.get(chat, 0.0) + interval
-                if ready_at > now or chat in busy:
-                    wait = min(wait, max(0.01, ready_at - now))
-                    continue
-                update = self._dirty.pop(key)
-                busy.add(chat)
-                self._last_edit[chat] = now
-                task = asyncio.create_task(self._render_progress(key, update))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            if self._dirty:
-                self._edit_wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._edit_wake.wait(), wait)
-
-    async def _render_progress(self, key: tuple[int, int], update: Progress) -> None:
+    async def _edit_progress(self, key: tuple[int, int], update: Progress) -> None:
         chat_id, status = key
         lang = update.reply_to.get("lang") or self.cfg.default_lang
         try:
-            if update.batch_id is not None:
-                counts = await self.results.batch_counts(update.batch_id)
-                text = format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
-            else:
-                view = await self.app.jobs.job(None, update.job_id)
-                if view.status not in ("queued", "running"):
-                    return
-                text = format_status(view, lang)
+            text = await progress_text(self.results, update, lang)
+            if text is None:
+                return
             async with self._lock(chat_id):
-                if key in self._final:
+                if self.edits.is_final(key):
                     return
                 if not self.pacer.has_room(chat_id):
-                    # the chat's budget is spoken for (pictures first): try again later,
-                    # unless a newer state has come in meanwhile
-                    self._dirty.setdefault(key, update)
-                    self._edit_wake.set()
+                    # the chat's budget is spoken for (pictures first): try again later
+                    self.edits.retry_later(key, update)
                     return
                 await self._edit_status(chat_id, status, text)
         except Exception as exc:

@@ -1,0 +1,118 @@
+"""What chat adapters share about status messages: their text and their paced edits.
+
+A job's status message is edited as it runs. Platforms limit edits, so only the newest
+state of each message is kept and sent at most once per ``interval`` per lane (a chat on
+Telegram, a message on Discord); several updates in between become one edit. Once the
+outbox has written a message's outcome it is final, and older progress never overwrites it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from bot.chat import Progress
+from bot.commands import format_batch_status, format_outcome, format_status
+from bot.results import Results
+
+# The console's tag line says what happened; in a chat a mark does (zh text has the word).
+OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
+MAX_REMEMBERED = 20_000  # final status messages kept in mind
+
+
+def outcome_text(kind: str, job_id: int, payload: dict[str, Any], lang: str) -> str:
+    text = format_outcome(kind, job_id, payload, lang)
+    if kind == "cancelled" and lang == "en":
+        text = f"cancelled: {text}"
+    return OUTCOME_MARK.get(kind, "") + text
+
+
+async def progress_text(results: Results, update: Progress, lang: str) -> str | None:
+    """The status text for a progress update; None when the job is over (the outcome says
+    it)."""
+    if update.batch_id is not None:
+        counts = await results.batch_counts(update.batch_id)
+        return format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
+    view = await results.jobs.job(None, update.job_id)
+    if view.status not in ("queued", "running"):
+        return None
+    return format_status(view, lang)
+
+
+class ProgressEditor:
+    def __init__(
+        self,
+        interval: float,
+        lane: Callable[[Hashable], Hashable],
+        send: Callable[[Any, Progress], Awaitable[None]],
+    ) -> None:
+        self.interval = interval
+        self.lane = lane
+        self.send = send
+        self.dirty: dict[Any, Progress] = {}
+        self._final: dict[Any, None] = {}
+        self._last: dict[Hashable, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="status-edits")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+
+    def update(self, key: Any, progress: Progress) -> None:
+        """The newest state of a status message; sent when its lane's turn comes."""
+        if key in self._final:
+            return
+        self.dirty[key] = progress
+        self._wake.set()
+
+    def retry_later(self, key: Any, progress: Progress) -> None:
+        """Could not send now: keep it, unless something newer came in meanwhile."""
+        if key not in self._final:
+            self.dirty.setdefault(key, progress)
+            self._wake.set()
+
+    def finish(self, key: Any) -> None:
+        self._final[key] = None
+        self.dirty.pop(key, None)
+        if len(self._final) > MAX_REMEMBERED:
+            for old in list(self._final)[: MAX_REMEMBERED // 2]:
+                del self._final[old]
+
+    def is_final(self, key: Any) -> bool:
+        return key in self._final
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.dirty:
+                self._wake.clear()
+                await self._wake.wait()
+            now = time.monotonic()
+            wait = self.interval
+            busy: set[Hashable] = set()
+            for key in list(self.dirty):
+                lane = self.lane(key)
+                ready_at = self._last.get(lane, 0.0) + self.interval
+                if ready_at > now or lane in busy:
+                    wait = min(wait, max(0.01, ready_at - now))
+                    continue
+                progress = self.dirty.pop(key)
+                busy.add(lane)
+                self._last[lane] = now
+                task = asyncio.create_task(self.send(key, progress))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            if self.dirty:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
