@@ -14,6 +14,8 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from bot.grammar import (
 from bot.i18n import t, tn
 from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
-from bot.jobs import JobService, JobView, Receipt
+from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
 from bot.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ _HELP = [
     ("retry", "usage.retry"),
     ("models", "usage.models"),
     ("lang", "usage.lang"),
+    ("settings", "usage.settings"),
     ("help", "usage.help"),
 ]
 _ADMIN_HELP = [
@@ -104,6 +107,21 @@ ALIASES = {
 
 _MAX_GRANT = 1_000_000_000
 
+# What people may call a setting after /settings (the flag names work too).
+_SETTING_NAMES = {
+    "model": "model",
+    "aspect": "aspect",
+    "ar": "aspect",
+    "negative": "negative",
+    "no": "negative",
+}
+
+# The person a command is being handled for and their /settings defaults, read together
+# with their language at the start of ``handle``, so generation commands need no extra read.
+_DEFAULTS: ContextVar[tuple[UserRef, dict[str, str]] | None] = ContextVar(
+    "sdhost_defaults", default=None
+)
+
 
 class Commands:
     def __init__(self, config: Config, jobs: JobService) -> None:
@@ -112,8 +130,11 @@ class Commands:
 
     async def handle(self, msg: Incoming) -> Reply:
         lang = i18n.DEFAULT_LANG
+        token = None
         try:
-            lang = await self.lang_for(msg)
+            stored, defaults = await self.jobs.user_prefs(msg.user)
+            lang = i18n.pick(stored, msg.lang, msg.user.locale)
+            token = _DEFAULTS.set((msg.user, defaults))
             return await self._dispatch(msg, lang)
         except UserError as exc:
             return Reply(exc.render(lang), error=True, lang=lang)
@@ -121,6 +142,9 @@ class Commands:
             ref = uuid.uuid4().hex[:8]
             log.exception("command failed (ref %s): %r", ref, msg.text[:200])
             return Reply(t(lang, "error.internal", ref=ref), error=True, lang=lang)
+        finally:
+            if token is not None:
+                _DEFAULTS.reset(token)
 
     async def lang_for(self, msg: Incoming) -> str:
         """The language to answer in: the person's /lang choice, else their app's."""
@@ -141,15 +165,16 @@ class Commands:
 
     async def cmd_imagine(self, msg: Incoming, rest: str, lang: str) -> Reply:
         params = parse_generation(rest)
+        [params], notes = await self._with_defaults(msg, "txt2img", [params])
         receipt = await self.jobs.submit(
-            msg.user, "txt2img", [params], msg.reply_to, idem_key=msg.message_key
+            msg.user, "txt2img", [params], msg.reply_to, idem_key=msg.message_key, notes=notes
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_batch(self, msg: Incoming, rest: str, lang: str) -> Reply:
-        tasks = parse_batch(rest)
+        tasks, notes = await self._with_defaults(msg, "batch", parse_batch(rest))
         receipt = await self.jobs.submit(
-            msg.user, "batch", tasks, msg.reply_to, idem_key=msg.message_key
+            msg.user, "batch", tasks, msg.reply_to, idem_key=msg.message_key, notes=notes
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
@@ -177,6 +202,8 @@ class Commands:
         params, notes = _merge_embedded(params, image)
         if not params.prompt:
             raise BadInput.of("error.img2img_empty_prompt")
+        [params], used = await self._with_defaults(msg, "img2img", [params])
+        notes += used
         receipt = await self.jobs.submit(
             msg.user,
             "img2img",
@@ -188,6 +215,42 @@ class Commands:
             notes=notes,
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
+
+    async def _with_defaults(
+        self, msg: Incoming, kind: str, tasks: Sequence[GenerationParams]
+    ) -> tuple[list[GenerationParams], list[str]]:
+        """The tasks with the person's /settings defaults filled in where the text gave no
+        such flag, and the receipt note saying which were used (none: no note)."""
+        got = _DEFAULTS.get()
+        if got is not None and got[0] == msg.user:
+            defaults = got[1]
+        else:  # called other than through ``handle``
+            defaults = await self.jobs.settings(msg.user)
+        if not defaults:
+            return list(tasks), []
+        model = defaults.get("model")
+        if model and not self._default_model_fits(model, kind):
+            # e.g. a txt2img-only model for img2img: the usual routing, not a refusal
+            defaults = {k: v for k, v in defaults.items() if k != "model"}
+        out: list[GenerationParams] = []
+        used: dict[str, str] = {}
+        for params in tasks:
+            # img2img keeps the input picture's shape: no default aspect there
+            params, applied = apply_defaults(params, defaults, size=kind != "img2img")
+            out.append(params)
+            used.update(applied)
+        return out, [_defaults_note(used)] if used else []
+
+    def _default_model_fits(self, model: str, kind: str) -> bool:
+        try:
+            self.jobs.router.resolve(
+                _model_params(model, GenerationParams(prompt="x")),
+                kind,
+                (512, 512) if kind == "img2img" else None,
+            )
+        except BadInput:
+            return False
+        return True
 
     async def _load_source(self, source: str, allow_local: bool) -> bytes:
         cfg = self.config.images
@@ -312,6 +375,32 @@ class Commands:
             raise BadInput.of("error.lang_unknown", code=arg[:20])
         await self.jobs.set_lang(msg.user, chosen)
         return Reply(t(chosen, "lang.set"), lang=chosen)
+
+    # --- personal defaults ------------------------------------------------------------------
+
+    async def cmd_settings(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """/settings shows the person's defaults; /settings KEY VALUE sets one, KEY off
+        clears it, /settings clear clears them all."""
+        parts = rest.split(maxsplit=1)
+        if not parts:
+            return Reply(format_settings(await self.jobs.settings(msg.user), lang), lang=lang)
+        word = parts[0].lower()
+        value = parts[1].strip() if len(parts) > 1 else ""
+        if word == "clear" and not value:
+            await self.jobs.clear_settings(msg.user)
+            return Reply(t(lang, "settings.cleared"), lang=lang)
+        key = _SETTING_NAMES.get(word.removeprefix("--"))
+        if key is None:
+            shown = parts[0] if len(parts[0]) <= 20 else parts[0][:19] + "…"
+            raise BadInput.of("error.settings_key", setting=shown)
+        if not value:
+            raise BadInput.of("error.settings_value", setting=key)
+        name = t(lang, f"settings.name.{key}")
+        if value.lower() == "off":
+            await self.jobs.set_setting(msg.user, key, None)
+            return Reply(t(lang, "settings.unset", name=name), lang=lang)
+        stored = await self.jobs.set_setting(msg.user, key, value)
+        return Reply(t(lang, "settings.set", name=name, value=stored[key]), lang=lang)
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -651,6 +740,80 @@ def format_image_info(view: JobView, image: dict[str, Any], lang: str = i18n.DEF
         )
     )
     return "\n".join(lines)
+
+
+def format_settings(settings: Mapping[str, str], lang: str = i18n.DEFAULT_LANG) -> str:
+    """What /settings shows: the person's defaults (or that there are none) and how to
+    change them."""
+    lines = [t(lang, "settings.head") if settings else t(lang, "settings.none")]
+    for key in SETTING_KEYS:
+        if settings.get(key):
+            name = t(lang, f"settings.name.{key}")
+            lines.append(t(lang, "settings.line", name=name, value=settings[key]))
+    lines.append(t(lang, "settings.how"))
+    return "\n".join(lines)
+
+
+def _model_params(model: str, params: GenerationParams) -> GenerationParams:
+    """``params`` routed to a stored default model: ``provider:model``, or a provider."""
+    if ":" in model:
+        return params.with_(model=model)
+    return params.with_(provider=model)
+
+
+def apply_defaults(
+    params: GenerationParams, defaults: Mapping[str, str], *, size: bool = True
+) -> tuple[GenerationParams, dict[str, str]]:
+    """Fill in a person's /settings defaults for what the command did not say.
+
+    The model applies when neither --model nor --provider was given; the aspect when
+    neither --ar nor --size was (and only with ``size``: img2img follows its picture); the
+    negative prompt when --no was not given. Returns the params and the defaults used.
+    """
+    used: dict[str, str] = {}
+    model = defaults.get("model")
+    if model and params.model is None and params.provider is None:
+        params = _model_params(model, params)
+        used["model"] = model
+    aspect = defaults.get("aspect")
+    sized = params.aspect is not None or params.width is not None or params.height is not None
+    if size and aspect and not sized:
+        params = params.with_(aspect=aspect)
+        used["aspect"] = aspect
+    negative = defaults.get("negative")
+    if negative and not params.negative:
+        params = params.with_(negative=negative)
+        used["negative"] = negative
+    return params, used
+
+
+class _Joined(i18n.Message):
+    """Messages joined with the list separator of the language they are said in."""
+
+    parts: tuple[i18n.Message, ...]
+
+    def __new__(cls, parts: Sequence[i18n.Message]) -> _Joined:
+        obj = str.__new__(cls, t(i18n.DEFAULT_LANG, "list.sep").join(parts))
+        obj.key, obj.kw, obj.parts = "list.sep", {}, tuple(parts)
+        return obj
+
+    def render(self, lang: str) -> str:
+        return t(lang, "list.sep").join(p.render(lang) for p in self.parts)
+
+    def __reduce__(self) -> Any:
+        return (_Joined, (self.parts,))
+
+
+def _defaults_note(used: Mapping[str, str]) -> i18n.Message:
+    """``your defaults: model demo:mono, aspect 16:9`` (in the person's language)."""
+    items = []
+    for key in SETTING_KEYS:
+        if key in used:
+            value = used[key]
+            if key == "negative":
+                value = repr(value if len(value) <= 40 else value[:39] + "…")
+            items.append(i18n.Message(f"note.default.{key}", value=value))
+    return i18n.Message("note.defaults", items=_Joined(items))
 
 
 def _job_id(rest: str, cmd: str) -> int:

@@ -107,6 +107,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "这张图自带生成参数：{prompt}，种子 {seed}",
     },
     "note.retry_of": {"en": "retry of job #{job_id}", "zh": "重试任务 #{job_id}"},
+    "note.defaults": {"en": "your defaults: {items}", "zh": "用了你的默认设置：{items}"},
+    "note.default.model": {"en": "model {value}", "zh": "模型 {value}"},
+    "note.default.aspect": {"en": "aspect {value}", "zh": "宽高比 {value}"},
+    "note.default.negative": {"en": "negative {value}", "zh": "反向提示词 {value}"},
     # --- /jobs and /job --------------------------------------------------------------------
     "jobs.none": {
         "en": "no jobs yet; try /imagine a lighthouse at dusk",
@@ -228,6 +232,10 @@ CATALOG: dict[str, dict[str, str]] = {
     "usage.retry": {"en": "retry ID", "zh": "retry 编号"},
     "usage.models": {"en": "models", "zh": "models"},
     "usage.lang": {"en": "lang [en|zh|auto]", "zh": "lang [en|zh|auto]"},
+    "usage.settings": {
+        "en": "settings [model|aspect|negative VALUE|off]",
+        "zh": "settings [model|aspect|negative 值|off]",
+    },
     "usage.help": {"en": "help", "zh": "help"},
     "usage.grant": {"en": "grant @name|ID N [note]", "zh": "grant @用户名|ID 数量 [备注]"},
     "usage.ban": {"en": "ban @name|ID", "zh": "ban @用户名|ID"},
@@ -262,6 +270,11 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "用 English 或简体中文回复（auto：跟随应用的语言）",
     },
     "help.help": {"en": "this text", "zh": "显示这段帮助"},
+    "help.settings": {
+        "en": "your own default model, aspect ratio and negative prompt "
+        "(/settings clear forgets them)",
+        "zh": "设置你自己的默认模型、宽高比和反向提示词（/settings clear 全部清除）",
+    },
     "help.grant": {
         "en": "give credits (a negative N takes them back)",
         "zh": "发放积分（数量为负数时扣回）",
@@ -291,6 +304,37 @@ CATALOG: dict[str, dict[str, str]] = {
     "lang.auto": {
         "en": "OK, I will follow your app's language (now: {name}).",
         "zh": "好的，之后跟随你的应用语言（当前：{name}）。",
+    },
+    # --- /settings -------------------------------------------------------------------------
+    "settings.name.model": {"en": "model", "zh": "模型"},
+    "settings.name.aspect": {"en": "aspect ratio", "zh": "宽高比"},
+    "settings.name.negative": {"en": "negative prompt", "zh": "反向提示词"},
+    "settings.none": {
+        "en": "you have no defaults of your own: commands use the bot's.",
+        "zh": "你还没有自己的默认设置：命令会用机器人的默认值。",
+    },
+    "settings.head": {
+        "en": "your defaults, used when a command does not give that flag:",
+        "zh": "你的默认设置（命令里没写对应参数时使用）：",
+    },
+    "settings.line": {"en": "  {name}: {value}", "zh": "  {name}：{value}"},
+    "settings.how": {
+        "en": "Set one with /settings model NAME (see /models), /settings aspect W:H or "
+        "/settings negative TEXT; /settings model off clears one, /settings clear all.",
+        "zh": "设置方法：/settings model 模型名（见 /models）、/settings aspect 宽:高、"
+        "/settings negative 文字；/settings model off 清除一项，/settings clear 全部清除。",
+    },
+    "settings.set": {
+        "en": "OK, your default {name} is now {value}.",
+        "zh": "好的，你的默认{name}现在是 {value}。",
+    },
+    "settings.unset": {
+        "en": "OK, you no longer have a default {name}.",
+        "zh": "好的，已清除你的默认{name}。",
+    },
+    "settings.cleared": {
+        "en": "OK, all your defaults are cleared.",
+        "zh": "好的，你的默认设置已全部清除。",
     },
     # --- cancel ----------------------------------------------------------------------------
     "cancel.done": {
@@ -433,6 +477,30 @@ CATALOG: dict[str, dict[str, str]] = {
     "error.lang_unknown": {
         "en": "unknown language {code}; choose /lang en, /lang zh or /lang auto",
         "zh": "不支持 {code} 这种语言；可以选 /lang en、/lang zh 或 /lang auto",
+    },
+    "error.settings_key": {
+        "en": "unknown setting {setting}: choose model, aspect or negative, "
+        "e.g. /settings aspect 16:9 (/settings shows yours)",
+        "zh": "没有 {setting} 这个设置项：可以设置 model、aspect 或 negative，"
+        "例如 /settings aspect 16:9（/settings 查看你的设置）",
+    },
+    "error.settings_value": {
+        "en": "give a value: /settings {setting} VALUE, or /settings {setting} off to clear it",
+        "zh": "请给出值：/settings {setting} 值，或者用 /settings {setting} off 清除",
+    },
+    "error.settings_model": {
+        "en": "cannot make {model} your default model: {reason}",
+        "zh": "不能把 {model} 设为默认模型：{reason}",
+    },
+    "error.settings_aspect": {
+        "en": "a default aspect ratio is W:H between 1:4 and 4:1, e.g. /settings aspect 16:9 "
+        "(got {value})",
+        "zh": "默认宽高比要写成 宽:高，在 1:4 到 4:1 之间，例如 /settings aspect 16:9"
+        "（你写的是 {value}）",
+    },
+    "error.settings_negative_long": {
+        "en": "a default negative prompt can be at most {limit} characters; yours has {length}",
+        "zh": "默认反向提示词最多 {limit} 个字符，你的有 {length} 个",
     },
 }
 

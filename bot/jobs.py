@@ -28,6 +28,7 @@ from bot.errors import (
     NotFound,
     UserError,
 )
+from bot.grammar import OPENERS, parse_generation
 from bot.params import MAX_BATCH_TASKS, GenerationParams
 from bot.routing import Route, Router
 from storage import repos
@@ -35,6 +36,10 @@ from storage.db import Database
 from storage.files import FileStore
 
 KINDS = ("txt2img", "img2img", "batch")
+
+# The personal defaults /settings keeps (users.settings), in the order they are shown.
+SETTING_KEYS = ("model", "aspect", "negative")
+MAX_DEFAULT_NEGATIVE = 500
 
 
 def now() -> float:
@@ -402,6 +407,121 @@ class JobService:
             repos.set_locale(conn, self._ensure(conn, ref, now()).id, lang)
 
         await self.db.run_write(tx)
+
+    # --- personal defaults (/settings) ------------------------------------------------------
+
+    async def user_prefs(self, ref: UserRef) -> tuple[str | None, dict[str, str]]:
+        """The person's /lang choice (None: follow their app) and their /settings defaults,
+        in one read (both come from their row; nothing is created)."""
+        row = await self.db.run_read(repos.get_user, ref.platform, ref.id)
+        if row is None:
+            return None, {}
+        return i18n.normalize(row.locale), self._settings_of(row.settings)
+
+    async def settings(self, ref: UserRef) -> dict[str, str]:
+        """The person's defaults: any of ``SETTING_KEYS`` they set, as stored."""
+        return (await self.user_prefs(ref))[1]
+
+    async def set_setting(self, ref: UserRef, key: str, value: str | None) -> dict[str, str]:
+        """Check and store one default (``value=None`` clears it); returns all of them.
+
+        The value is stored as the core will use it: a model as ``provider:model`` (or a
+        provider name), an aspect as ``W:H``, a negative prompt on one line. Anything that
+        would not be accepted is refused (BadInput) and nothing is stored.
+        """
+        if key not in SETTING_KEYS:
+            raise BadInput.of("error.settings_key", setting=key[:30])
+        stored = None if value is None else self.check_setting(key, value)
+
+        def tx(conn: Connection) -> dict[str, str]:
+            if stored is None:
+                row = repos.get_user(conn, ref.platform, ref.id)
+                if row is None:
+                    return {}  # nobody to clear anything for: create no one
+                uid = int(row.id)
+            else:
+                uid = int(self._ensure(conn, ref, now()).id)
+            current = self._settings_of(repos.lock_settings(conn, uid))
+            if stored is None:
+                if key not in current:
+                    return current
+                del current[key]
+            else:
+                current[key] = stored
+            repos.set_settings(conn, uid, current)
+            return current
+
+        return await self.db.run_write(tx)
+
+    async def clear_settings(self, ref: UserRef) -> None:
+        """Forget all of the person's defaults."""
+
+        def tx(conn: Connection) -> None:
+            row = repos.get_user(conn, ref.platform, ref.id)
+            if row is not None and row.settings is not None:
+                repos.set_settings(conn, row.id, None)
+
+        await self.db.run_write(tx)
+
+    def check_setting(self, key: str, value: str) -> str:
+        """``value`` as it would be stored for ``key``, or BadInput saying what is wrong."""
+        text = " ".join(value.split())
+        closer = OPENERS.get(text[:1])
+        if closer is not None and len(text) >= 2 and text[-1] == closer:
+            if closer not in text[1:-1]:
+                text = text[1:-1].strip()  # one quoted group, read as flag values are
+        if not text:
+            raise BadInput.of("error.settings_value", setting=key)
+        if key == "negative":
+            if len(text) > MAX_DEFAULT_NEGATIVE:
+                raise BadInput.of(
+                    "error.settings_negative_long", limit=MAX_DEFAULT_NEGATIVE, length=len(text)
+                )
+            return text
+        if key == "model":
+            return self._check_model(text)
+        if key == "aspect":
+            return self._check_aspect(text)
+        raise BadInput.of("error.settings_key", setting=key[:30])
+
+    def _check_model(self, name: str) -> str:
+        """A default model must route, with the router's own rules: ``provider:model``, a
+        model name, or a provider name (its default model). Stored as ``provider:model``
+        so it keeps meaning the same model; a provider name is kept as it is."""
+        shown = name if len(name) <= 60 else name[:59] + "…"
+        is_provider = name in self.router.providers
+        params = GenerationParams(prompt="x", **{"provider" if is_provider else "model": name})
+        refusal: BadInput | None = None
+        for kind, init_size in (("txt2img", None), ("img2img", (512, 512))):
+            try:
+                route = self.router.resolve(params, kind, init_size)
+            except BadInput as err:
+                refusal = refusal or err
+                continue
+            return name if is_provider else f"{route.provider}:{route.model}"
+        reason = refusal.message if refusal is not None else "not available"
+        raise BadInput.of("error.settings_model", model=shown, reason=reason)
+
+    @staticmethod
+    def _check_aspect(text: str) -> str:
+        """A default aspect ratio must be what ``--ar`` accepts (stored as ``--ar`` reads it)."""
+        aspect = None
+        if not any(c.isspace() for c in text):
+            try:
+                aspect = parse_generation(f"x --ar {text}").aspect
+            except BadInput:
+                aspect = None
+        if aspect is None:
+            shown = text if len(text) <= 30 else text[:29] + "…"
+            raise BadInput.of("error.settings_aspect", value=shown)
+        return aspect
+
+    @staticmethod
+    def _settings_of(raw: Any) -> dict[str, str]:
+        """The stored defaults, keeping only known keys with text values."""
+        if not isinstance(raw, dict):
+            return {}
+        return {k: raw[k] for k in SETTING_KEYS if isinstance(raw.get(k), str) and raw[k]}
 
     async def find_user(self, platform: str, name_or_id: str) -> UserRef | None:
         """A person the bot knows: ``@name`` (their stored name, any case, on ``platform``),

@@ -41,6 +41,9 @@ class User(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     locale: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Personal defaults from /settings ({"model": ..., "aspect": ..., "negative": ...});
+    # NULL (not JSON null) when the person has none.
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # When a job of theirs last started: the scheduler serves whoever waited longest first.
     last_served_at: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)

@@ -68,6 +68,7 @@ _USER = select(
     users.c.banned,
     users.c.name,
     users.c.locale,
+    users.c.settings,
     users.c.platform,
     users.c.platform_user_id,
 )
@@ -89,6 +90,12 @@ _ADD = (
 _BAN = update(users).where(users.c.id == bindparam("uid")).values(banned=bindparam("flag"))
 _SET_LOCALE = (
     update(users).where(users.c.id == bindparam("uid")).values(locale=bindparam("new_locale"))
+)
+_USER_SETTINGS_FOR_UPDATE = (
+    select(users.c.settings).where(users.c.id == bindparam("uid")).with_for_update()
+)
+_SET_SETTINGS = (
+    update(users).where(users.c.id == bindparam("uid")).values(settings=bindparam("new_settings"))
 )
 _USERS_NAMED = (
     _USER.where(
@@ -164,6 +171,19 @@ def set_banned(conn: Connection, user_id: int, banned: bool) -> None:
 def set_locale(conn: Connection, user_id: int, locale: str | None) -> None:
     """The person's chosen language (None: follow what their platform says)."""
     conn.execute(_SET_LOCALE, {"uid": user_id, "new_locale": locale})
+
+
+def lock_settings(conn: Connection, user_id: int) -> dict[str, Any] | None:
+    """The person's stored defaults, locked until the transaction ends (PostgreSQL; SQLite
+    holds the write lock), so a read-modify-write of them loses nothing."""
+    return conn.execute(_USER_SETTINGS_FOR_UPDATE, {"uid": user_id}).scalar_one_or_none()
+
+
+def set_settings(conn: Connection, user_id: int, settings: Mapping[str, Any] | None) -> None:
+    """Store the person's defaults; empty or None stores NULL (no defaults)."""
+    conn.execute(
+        _SET_SETTINGS, {"uid": user_id, "new_settings": dict(settings) if settings else None}
+    )
 
 
 def users_named(conn: Connection, platform: str, name: str, *, limit: int = 2) -> list[Row[Any]]:
