@@ -412,3 +412,16 @@ async def test_sharded_client(tmp_path: Path, db_url: str) -> None:
             await e.until(e.pictures)
         finally:
             await e.stop()
+
+
+async def test_settings_become_the_defaults_of_imagine(env: Env) -> None:
+    await env.start()
+    dc = env.dc
+    saved = dc.slash("settings", {"model": "demo:mono", "aspect": "9:16"})
+    await env.until(lambda: "mono" in env.original_text(saved["token"]))
+    dc.slash("imagine", {"prompt": "a tall tree"})
+    msg = (await env.until(env.pictures))[0]
+    img = decoded(next(iter(env.files(msg).values()))).convert("RGB")
+    assert img.height > img.width
+    r, g, b = img.getpixel((img.width // 2, img.height // 3))
+    assert r == g == b  # the mono model draws in black and white

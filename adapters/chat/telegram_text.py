@@ -79,6 +79,10 @@ TEXT: dict[str, dict[str, str]] = {
     "tg.cmd.retry": {"en": "run a failed job again", "zh": "重试失败的任务"},
     "tg.cmd.models": {"en": "providers, models and prices", "zh": "服务商、模型和价格"},
     "tg.cmd.lang": {"en": "reply language: en or zh", "zh": "回复语言：en 或 zh"},
+    "tg.cmd.settings": {
+        "en": "your default model, aspect, negative prompt",
+        "zh": "个人默认模型、宽高比、反向提示词",
+    },
     "tg.cmd.help": {"en": "what this bot does", "zh": "使用说明"},
 }
 
