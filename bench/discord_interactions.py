@@ -26,31 +26,14 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
 
 from adapters.chat.discord_bot import DiscordAdapter
+from bench.chat_common import sent_pictures, start_fake
 from bot.app import App
 from bot.config import Config
 from tests.fakes.discord_api import DEFAULT_TOKEN, FakeDiscordRemote
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def start_fake() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakes.discord_api",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
-    )
-    assert proc.stdout is not None
-    line = (await proc.stdout.readline()).decode().strip()
-    if not line.startswith("READY "):
-        raise RuntimeError(f"the fake did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
 
 
 def config(tmp: Path, url: str) -> Config:
@@ -72,7 +55,7 @@ def config(tmp: Path, url: str) -> Config:
 
 async def scenario(name: str, n: int, options: dict[str, Any] | None) -> dict[str, Any]:
     command = "imagine" if options else "credits"
-    proc, url = await start_fake()
+    proc, url = await start_fake("tests.fakes.discord_api")
     try:
         async with FakeDiscordRemote(url) as fake:
             with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +80,7 @@ async def scenario(name: str, n: int, options: dict[str, Any] | None) -> dict[st
                     handled = time.perf_counter() - t0
                     delivered = None
                     if options:
-                        while await _sent_pictures(app) < n:
+                        while await sent_pictures(app) < n:
                             await asyncio.sleep(0.05)
                         delivered = time.perf_counter() - t0
                 finally:
@@ -113,17 +96,6 @@ async def scenario(name: str, n: int, options: dict[str, Any] | None) -> dict[st
         "per_s": n / handled,
         "delivered_s": delivered,
     }
-
-
-async def _sent_pictures(app: App) -> int:
-    def count(conn: Any) -> int:
-        return int(
-            conn.execute(
-                text("SELECT count(*) FROM outbox WHERE kind = 'image' AND status = 'sent'")
-            ).scalar_one()
-        )
-
-    return await app.db.run_read(count)
 
 
 async def main() -> None:

@@ -29,29 +29,12 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
 
 from adapters.chat.telegram_bot import TelegramAdapter
+from bench.chat_common import sent_pictures, start_fake
 from bot.app import App
 from bot.config import Config
 from tests.fakes.telegram import DEFAULT_TOKEN, FakeTelegramRemote
-
-
-async def start_fake() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakes.telegram",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parents[1]),
-    )
-    assert proc.stdout is not None
-    line = (await proc.stdout.readline()).decode().strip()
-    if not line.startswith("READY "):
-        raise RuntimeError(f"the fake did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
 
 
 def config(tmp: Path, url: str, *, paced: bool) -> Config:
@@ -80,7 +63,7 @@ def config(tmp: Path, url: str, *, paced: bool) -> Config:
 async def scenario(
     name: str, command: str, n: int, chats: int, *, paced: bool, pictures: bool
 ) -> dict[str, Any]:
-    proc, url = await start_fake()
+    proc, url = await start_fake("tests.fakes.telegram")
     try:
         async with FakeTelegramRemote(url) as fake:
             for i in range(n):
@@ -99,7 +82,7 @@ async def scenario(
                     handled = time.perf_counter() - t0
                     delivered = None
                     if pictures:
-                        while await _sent_pictures(app) < n:
+                        while await sent_pictures(app) < n:
                             await asyncio.sleep(0.05)
                         delivered = time.perf_counter() - t0
                 finally:
@@ -115,17 +98,6 @@ async def scenario(
         "per_s": n / handled,
         "delivered_s": delivered,
     }
-
-
-async def _sent_pictures(app: App) -> int:
-    def count(conn: Any) -> int:
-        return int(
-            conn.execute(
-                text("SELECT count(*) FROM outbox WHERE kind = 'image' AND status = 'sent'")
-            ).scalar_one()
-        )
-
-    return await app.db.run_read(count)
 
 
 async def main() -> None:

@@ -8,7 +8,10 @@ Storage and scheduler tests run on SQLite always and on PostgreSQL too when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -160,3 +163,27 @@ async def app_factory(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[...
     yield make
     for app in reversed(apps):
         await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def sdhost_run(config: Path, environ: dict[str, str]) -> AsyncIterator[bytes]:
+    """``sdhost run --config FILE`` as a person starts it; yields its first line of output
+    (printed once it serves) and stops it with SIGTERM, which must end it cleanly."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **environ},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        yield await asyncio.wait_for(proc.stdout.readline(), 60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0, (await proc.stderr.read()).decode()

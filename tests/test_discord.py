@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from PIL import Image
 from adapters.chat.discord_bot import DiscordAdapter, fit_upload
 from bot.app import App
 from bot.chat import UserRef
-from tests.conftest import make_config
+from tests.conftest import make_config, sdhost_run
 from tests.fakes.discord_api import (
     CHANNEL_ID,
     DEFAULT_TOKEN,
@@ -339,21 +338,7 @@ gateway_url = "{dc.gateway_url}"
 """,
             encoding="utf-8",
         )
-        environ = {**os.environ, "SDHOST_DISCORD__TOKEN": DEFAULT_TOKEN}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "run",
-            "--config",
-            str(cfg),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environ,
-        )
-        try:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        async with sdhost_run(cfg, {"SDHOST_DISCORD__TOKEN": DEFAULT_TOKEN}) as line:
             assert b"discord" in line
             dc.slash("imagine", {"prompt": "a windmill", "aspect": "3:2"})
             async with asyncio.timeout(30):
@@ -362,10 +347,6 @@ gateway_url = "{dc.gateway_url}"
             msg = next(m for m in dc.channel_messages(CHANNEL_ID) if m.get("attachments"))
             img = decoded(next(iter(dc.message_files(int(msg["id"])).values())))
             assert img.width > img.height
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(proc.wait(), 30)
-        assert code == 0, (await proc.stderr.read()).decode() if proc.stderr else ""
 
 
 async def test_sdhost_discord_sync_publishes_the_commands(tmp_path: Path) -> None:

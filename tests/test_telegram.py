@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import os
-import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from adapters.providers.demo import DemoProvider
 from bot.app import App
 from bot.config import DemoProviderConfig
 from bot.providers import ProviderRun
-from tests.conftest import make_config
+from tests.conftest import make_config, sdhost_run
 from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -538,21 +535,7 @@ poll_timeout_s = 1
 """,
             encoding="utf-8",
         )
-        env = {**os.environ, "SDHOST_TELEGRAM__TOKEN": tg.token}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "run",
-            "--config",
-            str(cfg),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        try:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        async with sdhost_run(cfg, {"SDHOST_TELEGRAM__TOKEN": tg.token}) as line:
             assert b"telegram" in line
             tg.inject_message(ANN, ANN, "/imagine a windmill --ar 3:2")
             async with asyncio.timeout(30):
@@ -560,10 +543,6 @@ poll_timeout_s = 1
                     await asyncio.sleep(0.05)
             photo = next(m for m in tg.sent_messages(ANN) if m.photo_bytes)
             assert decoded(photo.photo_bytes).size[0] > decoded(photo.photo_bytes).size[1]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(proc.wait(), 30)
-        assert code == 0, (await proc.stderr.read()).decode() if proc.stderr else ""
         # the last update was confirmed on the way out: a restart would not see it again
         assert tg.pending_updates() == []
 

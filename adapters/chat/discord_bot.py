@@ -29,9 +29,9 @@ from discord import app_commands
 from PIL import Image
 
 from adapters.chat.discord_text import Translator
-from adapters.chat.status import ProgressEditor, outcome_text, progress_text
+from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
 from bot.app import App
-from bot.chat import ChatAdapter, Delivery, DeliveryGone, Progress, UserRef
+from bot.chat import Delivery, DeliveryGone, Progress, UserRef
 from bot.commands import Incoming, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
@@ -133,7 +133,7 @@ class _PromptModal(discord.ui.Modal):
         await self._done(interaction, [str(f.value or "") for f in self.fields])
 
 
-class DiscordAdapter(ChatAdapter):
+class DiscordAdapter(ResultsAdapter):
     platform = "discord"
     max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
 
@@ -685,15 +685,6 @@ class DiscordAdapter(ChatAdapter):
 
     # --- delivering ----------------------------------------------------------------------
 
-    async def deliver(self, delivery: Delivery) -> None:
-        if delivery.kind == "image":
-            await self._send_pictures([delivery])
-        else:
-            await self._send_outcome(delivery)
-
-    async def deliver_group(self, deliveries: list[Delivery]) -> None:
-        await self._send_pictures(deliveries)
-
     def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
         return bool(reply_to.get("token")) and time.time() < float(reply_to.get("token_until", 0))
 
@@ -722,7 +713,7 @@ class DiscordAdapter(ChatAdapter):
         except discord.HTTPException as exc:
             raise _delivery_error(exc) from exc
 
-    async def _send_pictures(self, deliveries: list[Delivery]) -> None:
+    async def send_pictures(self, deliveries: list[Delivery]) -> None:
         reply_to = deliveries[0].reply_to
         lang = reply_to.get("lang") or self.cfg.default_lang
         limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
@@ -770,7 +761,7 @@ class DiscordAdapter(ChatAdapter):
             kw["view"] = view
         await self._post(reply_to, "\n".join(lines), **kw)
 
-    async def _send_outcome(self, d: Delivery) -> None:
+    async def send_outcome(self, d: Delivery) -> None:
         reply_to = d.reply_to
         lang = reply_to.get("lang") or self.cfg.default_lang
         text = outcome_text(d.kind, d.job_id, d.payload, lang)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-from bot.chat import Progress
+from bot.chat import ChatAdapter, Delivery, Progress
 from bot.commands import format_batch_status, format_outcome, format_status
 from bot.results import Results
 
@@ -116,3 +116,22 @@ class ProgressEditor:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
+
+
+class ResultsAdapter(ChatAdapter):
+    """A chat adapter that posts pictures (several at once where it can) and outcomes."""
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if delivery.kind == "image":
+            await self.send_pictures([delivery])
+        else:
+            await self.send_outcome(delivery)
+
+    async def deliver_group(self, deliveries: list[Delivery]) -> None:
+        await self.send_pictures(deliveries)
+
+    async def send_pictures(self, deliveries: list[Delivery]) -> None:
+        raise NotImplementedError
+
+    async def send_outcome(self, delivery: Delivery) -> None:
+        raise NotImplementedError

@@ -44,11 +44,11 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.chat.status import ProgressEditor, outcome_text, progress_text
+from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
 from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
 from adapters.chat.telegram_text import MENU
 from bot.app import App
-from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
+from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
 from bot.commands import Incoming, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
@@ -123,7 +123,7 @@ class _Outgoing:
         return int(value) if value is not None else None
 
 
-class TelegramAdapter(ChatAdapter):
+class TelegramAdapter(ResultsAdapter):
     platform = "telegram"
     max_group = ALBUM_MAX
 
@@ -613,22 +613,13 @@ class TelegramAdapter(ChatAdapter):
 
     # --- delivering ----------------------------------------------------------------------
 
-    async def deliver(self, delivery: Delivery) -> None:
-        if delivery.kind == "image":
-            await self._send_pictures([delivery])
-        else:
-            await self._send_outcome(delivery)
-
-    async def deliver_group(self, deliveries: list[Delivery]) -> None:
-        await self._send_pictures(deliveries)
-
     def _lock(self, chat_id: int) -> asyncio.Lock:
         lock = self._chat_locks.get(chat_id)
         if lock is None:
             lock = self._chat_locks[chat_id] = asyncio.Lock()
         return lock
 
-    async def _send_pictures(self, deliveries: list[Delivery]) -> None:
+    async def send_pictures(self, deliveries: list[Delivery]) -> None:
         chat_id = int(deliveries[0].reply_to["chat"])
         items = [await self._prepare(d, chat_id) for d in deliveries]
         queue = self._outgoing.setdefault(chat_id, [])
@@ -820,7 +811,7 @@ class TelegramAdapter(ChatAdapter):
             ),
         )
 
-    async def _send_outcome(self, d: Delivery) -> None:
+    async def send_outcome(self, d: Delivery) -> None:
         chat_id = int(d.reply_to["chat"])
         lang = d.reply_to.get("lang") or self.cfg.default_lang
         text = outcome_text(d.kind, d.job_id, d.payload, lang)
