@@ -179,6 +179,8 @@ class DiscordConfig(_Section):
     # Discord's REST API and gateway, or a proxy standing in for them.
     api_base_url: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg/"
+    # The application's id (General Information in the Developer Portal); 0: ask Discord.
+    application_id: int = Field(0, ge=0)
     # Publish the slash commands at start-up: to these guilds at once (development), or
     # globally when the list is empty (Discord takes up to an hour to show global changes).
     sync_commands: bool = True

@@ -142,7 +142,9 @@ class DiscordAdapter(ResultsAdapter):
         self.cfg = cfg or app.config.discord
         self.results = Results(app.jobs)
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
-        self.client: discord.Client = client_cls(intents=discord.Intents.default())
+        self.client: discord.Client = client_cls(
+            intents=discord.Intents.default(), application_id=self.cfg.application_id or None
+        )
         self.client.sdhost_adapter = self  # type: ignore[attr-defined]
         self.tree = app_commands.CommandTree(self.client)
         self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
