@@ -31,6 +31,18 @@ def build_providers(config: Config) -> dict[str, Provider]:
         from adapters.providers.demo import DemoProvider
 
         providers["demo"] = DemoProvider(config.providers.demo)
+    if config.providers.dashscope.active:
+        from adapters.providers.dashscope import DashScopeProvider
+
+        providers["dashscope"] = DashScopeProvider(config.providers.dashscope)
+    if config.providers.liblib.active:
+        from adapters.providers.liblib import LiblibProvider
+
+        providers["liblib"] = LiblibProvider(config.providers.liblib)
+    if config.providers.bfl.active:
+        from adapters.providers.bfl import BflProvider
+
+        providers["bfl"] = BflProvider(config.providers.bfl)
     return providers
 
 

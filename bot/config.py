@@ -115,9 +115,79 @@ class DemoProviderConfig(ProviderSection):
     max_size: int = Field(1536, ge=64)
 
 
+class ApiKeyConfig(_Section):
+    """One API key of a hosted provider, with how many tasks it may run at once."""
+
+    key: str
+    secret: str = ""  # LiblibAI: the SecretKey that signs requests (key is the AccessKey)
+    concurrency: int = Field(2, ge=1)
+    name: str = ""  # shown in logs and stored with tasks; default key1, key2, ...
+
+
+class CloudProviderSection(ProviderSection):
+    """What every hosted provider's section has. It runs when it has at least one key; the
+    jobs it runs at once are the sum of its keys' concurrency (and at most ``concurrency``)."""
+
+    base_url: str = ""
+    keys: list[ApiKeyConfig] = []
+    concurrency: int = Field(16, ge=1)
+    request_timeout_s: float = Field(30, gt=0)
+    # Polling a task: the first wait, growing by poll_factor up to poll_max_interval_s.
+    poll_first_s: float = Field(1.0, gt=0)
+    poll_factor: float = Field(1.5, ge=1)
+    poll_max_interval_s: float = Field(5.0, gt=0)
+    # Throttled or failing calls are retried this many times, honouring Retry-After.
+    max_retries: int = Field(4, ge=0)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.keys)
+
+
+class DashScopeConfig(CloudProviderSection):
+    base_url: str = "https://dashscope.aliyuncs.com"  # international: dashscope-intl
+    default_model: str = "wanx2.1-t2i-turbo"
+    edit_model: str = "wanx2.1-imageedit"
+    edit_function: str = "stylization_all"
+    prompt_extend: bool = False
+    watermark: bool = False
+
+
+class LiblibModelConfig(_Section):
+    """A custom LiblibAI model: a checkpoint and LoRAs, named for /models and --model."""
+
+    checkpoint_id: str
+    loras: list[dict[str, Any]] = []  # [{model_id = "...", weight = 0.8}]
+    sampler: int = 15  # LiblibAI's sampler number
+    description: str = ""
+
+
+class LiblibConfig(CloudProviderSection):
+    base_url: str = "https://openapi.liblibai.cloud"
+    star3_template_uuid: str = "5d7e67009b344550bc1aa6ccbfa1d7f4"
+    star3_img2img_template_uuid: str = "07e00af4fc464c7ab55ff906f8acf1b7"
+    custom_template_uuid: str = "e10adc3949ba59abbe56e057f20f883e"
+    models: dict[str, LiblibModelConfig] = {}
+
+
+class BflConfig(CloudProviderSection):
+    base_url: str = "https://api.bfl.ai/v1"
+    default_model: str = "flux-pro-1.1"
+    output_format: Literal["png", "jpeg"] = "png"
+    safety_tolerance: int = Field(2, ge=0, le=6)
+
+
 class ProvidersConfig(_Section):
     default: str = "demo"
+    # When a provider is down or throttled past its retries, jobs that have not reached it
+    # move to the next one in its chain: { dashscope = ["bfl", "demo"] }. Never charged twice.
+    failover: dict[str, list[str]] = {}
+    # Short names for models: { fast = "dashscope:wanx2.1-t2i-turbo" }
+    aliases: dict[str, str] = {}
     demo: DemoProviderConfig = DemoProviderConfig()
+    dashscope: DashScopeConfig = DashScopeConfig()
+    liblib: LiblibConfig = LiblibConfig()
+    bfl: BflConfig = BflConfig()
 
 
 class ConsoleConfig(_Section):
