@@ -75,6 +75,8 @@ class Router:
     def _pick_provider(self, params: GenerationParams) -> tuple[str, str | None]:
         model = params.model
         name = params.provider
+        if model and model in self.config.providers.aliases:
+            model = self.config.providers.aliases[model]  # "fast" -> "dashscope:wanx..."
         if model and ":" in model:
             prefix, _, rest = model.partition(":")
             if prefix in self.providers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,13 +29,14 @@ from sqlalchemy import Connection, Row
 
 from bot.chat import Progress
 from bot.config import Config
-from bot.errors import FailureClass, ProviderFailure
+from bot.errors import FailureClass, ProviderFailure, UserError
 from bot.imaging import encode_output_png, thumbnail_of
 from bot.infotext import format_infotext
 from bot.jobs import finish_job, now
 from bot.owners import make_owner, owner_is_dead
 from bot.params import GenerationParams
 from bot.providers import Provider, ResolvedRequest, ResultImage
+from bot.routing import Router
 from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
@@ -43,6 +45,7 @@ from storage.files import FileStore
 log = logging.getLogger(__name__)
 
 PROGRESS_DB_INTERVAL = 2.0  # seconds between progress writes for one job
+FAILOVER_COOLDOWN_S = 30.0  # a provider that failed transiently is skipped this long
 
 
 class LeaseLost(BaseException):
@@ -132,6 +135,10 @@ class Scheduler:
         self._settling: set[int] = set()  # their final write is under way: leave them be
         self._stopping = False
         self._lease_task: asyncio.Task[None] | None = None
+        self.router = Router(config, providers)
+        # providers that failed transiently: jobs that have not reached them fail over
+        # straight away until then (a circuit breaker, per process)
+        self._down_until: dict[str, float] = {}
 
     def limits(self, provider: str) -> tuple[int, int | None]:
         """(jobs this process runs at once, cap across all processes or None)."""
@@ -350,11 +357,22 @@ class Scheduler:
             have = {im.idx for im in await self.db.run_read(repos.images_for_job, job.id)}
         run = _Run(self, job, request, have)
         holder.append(run)
+        if (
+            not job.provider_task_id
+            and self._down_until.get(job.provider, 0.0) > time.monotonic()
+            and await self._fail_over(job, run, f"{job.provider} is unavailable")
+        ):
+            return
         await self._progress(job, 30 if job.provider_task_id else 10, "received")
         try:
             async with asyncio.timeout(remaining) as deadline:
                 await provider.generate(run)
         except ProviderFailure as exc:
+            if exc.retry_after is not None and run.task_id is None and not run.images:
+                # down or throttled past its retries, before it took the job: next in chain
+                self._down_until[job.provider] = time.monotonic() + FAILOVER_COOLDOWN_S
+                if await self._fail_over(job, run, exc.message):
+                    return
             await self._finish(job, "failed", exc.failure, exc.message, run=run)
         except TimeoutError:
             if not deadline.expired():  # a timeout inside the provider, not our deadline
@@ -382,6 +400,57 @@ class Scheduler:
                 )
             else:
                 await self._finish(job, "succeeded", None, None, run=run)
+
+    async def _fail_over(self, job: Row[Any], run: _Run, reason: str) -> bool:
+        """Move a job that never reached its provider to the next one in the configured
+        chain that can make it; True if it moved. The job keeps its charge: the person
+        pays once, at the price they were quoted."""
+        chain = self.config.providers.failover.get(job.provider, [])
+        params = GenerationParams.from_dict(job.params)
+        tried = [*job.params.get("failed_over", []), job.provider]
+        init_size = (params.width, params.height) if job.kind == "img2img" else None
+        for name in chain:
+            if name in tried or name not in self.providers:
+                continue
+            if self._down_until.get(name, 0.0) > time.monotonic():
+                continue
+            kind = "img2img" if job.kind == "img2img" else "txt2img"
+            w, h = params.width or 1, params.height or 1
+            g = math.gcd(w, h)
+            moved = params.with_(provider=name, model=None, width=None, height=None)
+            if init_size is None:
+                moved = moved.with_(aspect=f"{w // g}:{h // g}")
+            try:
+                route = self.router.resolve(moved, kind, init_size)
+            except UserError:
+                continue
+            new_params = {
+                **params.with_(
+                    provider=name, model=route.model, width=route.width, height=route.height
+                ).to_dict(),
+                "failed_over": tried,
+            }
+            note = f"{job.provider} failed ({reason}); moved to {name}"
+            log.warning("job %s: %s", job.id, note)
+            await self._update(
+                job,
+                run,
+                status="queued",
+                provider=name,
+                model=route.model,
+                params=new_params,
+                provider_state=None,
+                lease_owner=None,
+                lease_until=None,
+                run_after=0.0,
+                attempts=max(0, job.attempts - 1),  # moving is not a crash
+                stage="received",
+                progress=0,
+                error=note[:2000],
+            )
+            self.wake(name)
+            return True
+        return False
 
     async def _crashed(self, job: Row[Any], run: _Run, error: str) -> None:
         q = self.config.queue
