@@ -226,6 +226,9 @@ class Commands:
             defaults = got[1]
         else:  # called other than through ``handle``
             defaults = await self.jobs.settings(msg.user)
+        chat_model = self._chat_model(msg.reply_to)
+        if chat_model and "model" not in defaults:
+            defaults = {**defaults, "model": chat_model}
         if not defaults:
             return list(tasks), []
         model = defaults.get("model")
@@ -240,6 +243,16 @@ class Commands:
             out.append(params)
             used.update(applied)
         return out, [_defaults_note(used)] if used else []
+
+    def _chat_model(self, reply_to: Mapping[str, Any]) -> str | None:
+        """The model the operator set for this chat (or Discord channel or server)."""
+        models = self.config.providers.chat_models
+        platform = reply_to.get("platform", "")
+        for where in ("chat", "channel", "guild"):
+            value = reply_to.get(where)
+            if value is not None and f"{platform}:{value}" in models:
+                return models[f"{platform}:{value}"]
+        return None
 
     def _default_model_fits(self, model: str, kind: str) -> bool:
         try:

@@ -184,6 +184,9 @@ class ProvidersConfig(_Section):
     failover: dict[str, list[str]] = {}
     # Short names for models: { fast = "dashscope:wanx2.1-t2i-turbo" }
     aliases: dict[str, str] = {}
+    # A chat's default model (below a person's own /settings), by "platform:id" of the chat,
+    # Discord channel or Discord server: { "telegram:-1001234567890" = "bfl:flux-pro-1.1" }
+    chat_models: dict[str, str] = {}
     demo: DemoProviderConfig = DemoProviderConfig()
     dashscope: DashScopeConfig = DashScopeConfig()
     liblib: LiblibConfig = LiblibConfig()

@@ -15,7 +15,15 @@ EXAMPLE = ROOT / "config.example.toml"
 
 
 # Keys whose value is a table of the operator's own choosing, not a section.
-MAPS = {"credits.prices", "credits.provider_prices", "telegram.nsfw_chats"}
+MAPS = {
+    "credits.prices",
+    "credits.provider_prices",
+    "telegram.nsfw_chats",
+    "providers.failover",
+    "providers.aliases",
+    "providers.chat_models",
+    "providers.liblib.models",
+}
 
 
 def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:

@@ -92,3 +92,28 @@ async def test_model_aliases(app_factory) -> None:
     app = await app_factory(providers={"aliases": {"bw": "demo:mono"}})
     receipt = await app.jobs.submit(user(), "txt2img", [GenerationParams("x", model="bw")], REPLY)
     assert (receipt.jobs[0].provider, receipt.jobs[0].model) == ("demo", "mono")
+
+
+async def test_a_chats_default_model_sits_below_a_persons_own(app_factory) -> None:
+    from bot.commands import Incoming
+
+    app = await app_factory(providers={"chat_models": {"test:c1": "demo:mono"}})
+    reply = await app.commands.handle(Incoming(user(), "/imagine a kite", dict(REPLY)))
+    assert (reply.receipt.jobs[0].model) == "mono"
+    elsewhere = await app.commands.handle(
+        Incoming(user(), "/imagine a kite", {"platform": "test", "chat": "c2"})
+    )
+    assert elsewhere.receipt.jobs[0].model == "shapes"
+    await app.commands.handle(Incoming(user(), "/settings model demo:shapes", dict(REPLY)))
+    mine = await app.commands.handle(Incoming(user(), "/imagine a kite", dict(REPLY)))
+    assert mine.receipt.jobs[0].model == "shapes"
+
+
+def test_keys_from_the_environment_turn_a_provider_on() -> None:
+    from bot.config import load_config
+
+    config = load_config(
+        None, environ={"SDHOST_PROVIDERS__BFL__KEYS": '[{key = "k1", concurrency = 3}]'}
+    )
+    assert config.providers.bfl.active and config.providers.bfl.keys[0].concurrency == 3
+    assert not config.providers.dashscope.active
