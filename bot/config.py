@@ -167,6 +167,7 @@ class LiblibConfig(CloudProviderSection):
     star3_template_uuid: str = "5d7e67009b344550bc1aa6ccbfa1d7f4"
     star3_img2img_template_uuid: str = "07e00af4fc464c7ab55ff906f8acf1b7"
     custom_template_uuid: str = "e10adc3949ba59abbe56e057f20f883e"
+    custom_img2img_template_uuid: str = "9c7d531dc75f476aa833b3d452b8f7ad"
     models: dict[str, LiblibModelConfig] = {}
 
 

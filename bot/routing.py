@@ -105,7 +105,11 @@ class Router:
         need = "img2img" if kind == "img2img" else "txt2img"
         if need not in caps.kinds:
             raise BadInput(f"{name} cannot do {need}; try another --provider (see /models)")
-        model = model or caps.default_model
+        if model is None:
+            # the default model, or the first that can do this kind (an img2img-only
+            # edit model next to text-to-image ones)
+            fits = [mi.name for mi in caps.models if need in mi.kinds]
+            model = caps.default_model if caps.default_model in fits or not fits else fits[0]
         info = next((mi for mi in caps.models if mi.name == model), None)
         if info is None:
             names = ", ".join(mi.name for mi in caps.models)

@@ -1,0 +1,660 @@
+"""LiblibAI (星流, liblib.art) open API: Star-3 Alpha and custom checkpoints with LoRAs.
+
+What the official documentation says (Feishu wiki UAMVw67NcifQHukf8fpccgS5n6d, file upload
+A9M2whHxsiKtu8kpIn3cZp0PnVw), and how this adapter follows it:
+
+* Every request carries ``AccessKey``, ``Signature``, ``Timestamp`` (ms, valid 5 minutes) and
+  ``SignatureNonce`` as query parameters; ``Signature`` is the URL-safe base64, without
+  padding, of HMAC-SHA1(SecretKey, ``"<path>&<Timestamp>&<SignatureNonce>"``). Each attempt is
+  signed afresh (a retry never reuses a timestamp or nonce).
+* Star-3 Alpha: ``/api/generate/webui/text2img/ultra`` (``prompt``, ``imageSize`` 512-2048,
+  ``imgCount`` 1-4, ``steps``) and ``/api/generate/webui/img2img/ultra`` (``prompt``,
+  ``sourceImage``, ``imgCount``). It takes no negative prompt, seed, sampler or CFG scale.
+* Custom models: ``/api/generate/webui/text2img`` and ``/img2img`` with ``checkPointId``,
+  ``prompt``, ``negativePrompt``, ``sampler`` (a number), ``steps``, ``cfgScale``, ``width`` and
+  ``height`` (img2img: ``resizedWidth``/``resizedHeight``), ``imgCount``, ``seed``,
+  ``randnSource``, ``additionalNetwork`` (LoRAs), and for img2img ``sourceImage`` and
+  ``denoisingStrength``. The img2img template is not the text2img one (see
+  ``CUSTOM_IMG2IMG_TEMPLATE_UUID``).
+* ``sourceImage`` must be "a complete URL reachable from the internet"; data URLs are not
+  accepted. The input picture is therefore uploaded first through the documented upload
+  flow: ``/api/generate/upload/signature`` gives an OSS form policy, the picture is posted to
+  its ``postUrl``, and ``postUrl/key`` is the URL handed to the generation call.
+* ``POST /api/generate/webui/status`` -> ``generateStatus`` 1 waiting, 2 running, 3 generated,
+  4 auditing, 5 succeeded, 6 failed, 7 timed out; ``percentCompleted``, ``generateMsg``,
+  ``pointsCost``, ``accountBalance``, ``images[{imageUrl, seed, auditStatus}]`` (auditStatus 3
+  is "passed"; the rest is withheld). Result URLs expire, so pictures are fetched at once.
+* The submit endpoints allow one call per second per account: submissions on one key are
+  spaced by ``submit_interval_s``. LiblibAI does not publish its error codes, so failures are
+  classified from the HTTP status and the message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from adapters.providers.cloud import (
+    ApiKey,
+    KeyPool,
+    download,
+    http_client,
+    poll_delays,
+    retry_after_s,
+    transport_failure,
+    with_retries,
+)
+from bot.config import LiblibConfig, LiblibModelConfig
+from bot.errors import FailureClass, ProviderFailure
+from bot.providers import Capabilities, ModelInfo, Provider, ProviderRun, ResultImage
+
+log = logging.getLogger(__name__)
+
+STAR3 = "star3"
+
+STAR3_TXT2IMG_PATH = "/api/generate/webui/text2img/ultra"
+STAR3_IMG2IMG_PATH = "/api/generate/webui/img2img/ultra"
+CUSTOM_TXT2IMG_PATH = "/api/generate/webui/text2img"
+CUSTOM_IMG2IMG_PATH = "/api/generate/webui/img2img"
+STATUS_PATH = "/api/generate/webui/status"
+UPLOAD_SIGNATURE_PATH = "/api/generate/upload/signature"
+
+# The documented "1.5和XL图生图 - 自定义完整参数" template. LiblibConfig has one
+# ``custom_template_uuid`` (the text2img template, e10adc39...); a config key
+# ``custom_img2img_template_uuid`` is read when it exists.
+CUSTOM_IMG2IMG_TEMPLATE_UUID = "9c7d531dc75f476aa833b3d452b8f7ad"
+
+# LiblibAI's sampler numbers (the WebUI's sampler list, in its order; 15 is the documented
+# default, "DPM++ 2M Karras").
+SAMPLERS: dict[str, int] = {
+    "Euler a": 0,
+    "Euler": 1,
+    "LMS": 2,
+    "Heun": 3,
+    "DPM2": 4,
+    "DPM2 a": 5,
+    "DPM++ 2S a": 6,
+    "DPM++ 2M": 7,
+    "DPM++ SDE": 8,
+    "DPM fast": 9,
+    "DPM adaptive": 10,
+    "LMS Karras": 11,
+    "DPM2 Karras": 12,
+    "DPM2 a Karras": 13,
+    "DPM++ 2S a Karras": 14,
+    "DPM++ 2M Karras": 15,
+    "DPM++ SDE Karras": 16,
+    "DDIM": 17,
+    "PLMS": 18,
+    "UniPC": 19,
+}
+_SAMPLER_KEYS = {" ".join(name.lower().split()): number for name, number in SAMPLERS.items()}
+
+WAITING, RUNNING, GENERATED, AUDITING, SUCCEEDED, FAILED, TIMED_OUT = 1, 2, 3, 4, 5, 6, 7
+AUDIT_PASSED = 3
+
+MIN_SIZE, MAX_SIZE = 512, 2048
+MAX_IMAGES = 4
+MAX_PROMPT = 2000
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the upload flow's limit per picture
+DEFAULT_STAR3_STEPS = 30  # the documentation's recommendation
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 7.0
+DEFAULT_STRENGTH = 0.75
+RESIZE_CROP = 1  # resizeMode: 0 stretch, 1 crop, 2 fill
+
+# Progress while LiblibAI's own percentCompleted stays at 0 (it is documented as "not yet
+# implemented"): a floor per status.
+_STATUS_FLOOR = {WAITING: 0.02, RUNNING: 0.1, GENERATED: 0.85, AUDITING: 0.9}
+
+# Failure classification from the message text (LiblibAI answers in Chinese or English).
+_AUTH_WORDS = (
+    "signature",
+    "签名",
+    "accesskey",
+    "access key",
+    "secretkey",
+    "timestamp",
+    "时间戳",
+    "nonce",
+    "鉴权",
+    "认证",
+    "密钥",
+    "unauthori",
+    "无权限",
+)
+_POINTS_WORDS = ("积分", "余额", "欠费", "points", "balance", "quota", "额度", "insufficient")
+_RATE_WORDS = ("频繁", "限流", "qps", "rate limit", "too many", "并发", "concurren", "throttl")
+_REFUSED_WORDS = (
+    "审核",
+    "敏感",
+    "违规",
+    "违禁",
+    "不合规",
+    "moderat",
+    "sensitive",
+    "nsfw",
+    "content policy",
+)
+_PARAM_WORDS = (
+    "参数",
+    "param",
+    "invalid",
+    "不能为空",
+    "格式",
+    "不支持",
+    "范围",
+    "missing",
+    "required",
+    "模板",
+    "template",
+)
+
+
+def signature(secret: str, uri: str, timestamp: str, nonce: str) -> str:
+    """LiblibAI's request signature: URL-safe base64 without padding of
+    HMAC-SHA1(SecretKey, ``uri&timestamp&nonce``)."""
+    digest = hmac.new(secret.encode(), f"{uri}&{timestamp}&{nonce}".encode(), hashlib.sha1).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def signed_query(key: ApiKey, uri: str) -> dict[str, str]:
+    """The four query parameters every request carries, freshly signed."""
+    timestamp = str(int(time.time() * 1000))
+    nonce = secrets.token_hex(16)
+    return {
+        "AccessKey": key.key,
+        "Signature": signature(key.secret, uri, timestamp, nonce),
+        "Timestamp": timestamp,
+        "SignatureNonce": nonce,
+    }
+
+
+def sampler_number(name: str) -> int | None:
+    """LiblibAI's number for a sampler name (case and spacing do not matter), or None."""
+    text = " ".join(name.lower().split())
+    if text.isdigit() and int(text) in SAMPLERS.values():
+        return int(text)
+    return _SAMPLER_KEYS.get(text)
+
+
+@dataclass(slots=True)
+class _Plan:
+    path: str
+    body: dict[str, Any]
+    needs_source: bool
+
+
+def _has(text: str, words: tuple[str, ...]) -> bool:
+    return any(w in text for w in words)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _upload_bytes(png: bytes) -> tuple[bytes, str, str]:
+    """The input picture as LiblibAI's upload takes it (png/jpg, at most 10 MB)."""
+    if len(png) <= MAX_UPLOAD_BYTES:
+        return png, "png", "image/png"
+    with Image.open(io.BytesIO(png)) as img:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ProviderFailure(
+            FailureClass.BAD_INPUT, "the input picture is too large for LiblibAI (10 MB at most)"
+        )
+    return data, "jpg", "image/jpeg"
+
+
+class LiblibProvider(Provider):
+    name = "liblib"
+
+    def __init__(self, config: LiblibConfig) -> None:
+        self.config = config
+        self.pool = KeyPool.from_config(config)
+        for key in self.pool.keys.values():
+            if not key.secret:
+                raise ValueError(
+                    f"providers.liblib key {key.name!r} has no secret (LiblibAI's SecretKey)"
+                )
+        if STAR3 in config.models:
+            raise ValueError(f"providers.liblib.models: {STAR3!r} is the built-in Star-3 model")
+        for name, model in config.models.items():
+            for lora in model.loras:
+                if not (lora.get("model_id") or lora.get("modelId")):
+                    raise ValueError(f"providers.liblib.models.{name}: a LoRA has no model_id")
+        self._base = config.base_url.rstrip("/")
+        self._client = http_client(config)
+        self._secrets = [s for k in self.pool.keys.values() for s in (k.key, k.secret) if s]
+        # Submissions per key are spaced this far apart (LiblibAI: 1 per second).
+        self.submit_interval_s = 1.0
+        self._submit_locks: dict[str, asyncio.Lock] = {}
+        self._last_submit: dict[str, float] = {}
+        self.polls: list[int] = []  # status polls each job took, in the order jobs ended
+
+    # --- what it offers -------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        models = [
+            ModelInfo(
+                STAR3,
+                "LiblibAI Star-3 Alpha (星流): photoreal, picks its own LoRAs and sampler; "
+                "no negative prompt, seed or strength",
+            )
+        ]
+        for name, model in self.config.models.items():
+            loras = f" + {len(model.loras)} LoRA" if model.loras else ""
+            models.append(
+                ModelInfo(name, model.description or f"LiblibAI custom checkpoint{loras}")
+            )
+        return Capabilities(
+            kinds=frozenset({"txt2img", "img2img"}),
+            models=tuple(models),
+            default_model=STAR3,
+            max_images=MAX_IMAGES,
+            min_size=MIN_SIZE,
+            max_size=MAX_SIZE,
+            size_multiple=8,
+            description="LiblibAI (星流): Star-3 Alpha and custom checkpoints with LoRAs",
+        )
+
+    # --- one job --------------------------------------------------------------------------
+
+    async def generate(self, run: ProviderRun) -> None:
+        polls = [0]
+        try:
+            if run.task_id is None:
+                plan = self._plan(run.request)  # refuses bad requests before any call
+                async with self.pool.use() as key:
+                    if plan.needs_source:
+                        source = await self._upload(key, run.request)
+                        plan.body["generateParams"]["sourceImage"] = source
+                    task_id = await self._submit(key, plan)
+                    await run.submitted(task_id, {"key": key.name})
+                    await self._follow(run, key, task_id, polls)
+            else:
+                wanted = run.state.get("key")
+                if wanted is not None and wanted not in self.pool.keys:
+                    log.warning("liblib task %s: its key %r is gone", run.task_id, wanted)
+                async with self.pool.use(wanted) as key:
+                    await self._follow(run, key, run.task_id, polls)
+        finally:
+            self.polls.append(polls[0])
+
+    def _plan(self, req: Any) -> _Plan:
+        number = None
+        if req.sampler:
+            number = sampler_number(req.sampler)
+            if number is None:
+                known = ", ".join(SAMPLERS)
+                raise ProviderFailure(
+                    FailureClass.BAD_INPUT,
+                    f"LiblibAI has no sampler {req.sampler!r}; use one of: {known}",
+                )
+        if not (1 <= req.n <= MAX_IMAGES):
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI makes 1 to {MAX_IMAGES} pictures per job"
+            )
+        if not (MIN_SIZE <= req.width <= MAX_SIZE and MIN_SIZE <= req.height <= MAX_SIZE):
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT,
+                f"LiblibAI makes pictures {MIN_SIZE} to {MAX_SIZE} pixels on each side",
+            )
+        if len(req.prompt) > MAX_PROMPT:
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI takes prompts of at most {MAX_PROMPT} characters"
+            )
+        img2img = req.kind == "img2img"
+        if img2img and not req.init_image:
+            raise ProviderFailure(FailureClass.BAD_INPUT, "img2img needs an input picture")
+        model = req.model or STAR3
+        if model == STAR3:
+            return self._star3(req, img2img)
+        custom = self.config.models.get(model)
+        if custom is None:
+            names = ", ".join([STAR3, *self.config.models])
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI has no model {model!r}; available: {names}"
+            )
+        return self._custom(req, custom, number, img2img)
+
+    def _star3(self, req: Any, img2img: bool) -> _Plan:
+        if img2img:
+            params: dict[str, Any] = {"prompt": req.prompt, "sourceImage": "", "imgCount": req.n}
+            body = {"templateUuid": self.config.star3_img2img_template_uuid}
+            return _Plan(STAR3_IMG2IMG_PATH, {**body, "generateParams": params}, True)
+        params = {
+            "prompt": req.prompt,
+            "imageSize": {"width": req.width, "height": req.height},
+            "imgCount": req.n,
+            "steps": req.steps or DEFAULT_STAR3_STEPS,
+        }
+        body = {"templateUuid": self.config.star3_template_uuid, "generateParams": params}
+        return _Plan(STAR3_TXT2IMG_PATH, body, False)
+
+    def _custom(
+        self, req: Any, model: LiblibModelConfig, sampler: int | None, img2img: bool
+    ) -> _Plan:
+        params: dict[str, Any] = {
+            "checkPointId": model.checkpoint_id,
+            "prompt": req.prompt,
+            "negativePrompt": req.negative,
+            "sampler": model.sampler if sampler is None else sampler,
+            "steps": req.steps or DEFAULT_STEPS,
+            "cfgScale": req.cfg if req.cfg is not None else DEFAULT_CFG,
+        }
+        if img2img:
+            params |= {
+                "sourceImage": "",
+                "resizeMode": RESIZE_CROP,
+                "resizedWidth": req.width,
+                "resizedHeight": req.height,
+                "mode": 0,
+                "denoisingStrength": (
+                    req.strength if req.strength is not None else DEFAULT_STRENGTH
+                ),
+            }
+        else:
+            params |= {"width": req.width, "height": req.height}
+        params |= {"imgCount": req.n, "seed": req.seed, "randnSource": 0}
+        if model.loras:
+            params["additionalNetwork"] = [
+                {
+                    "modelId": lora.get("model_id") or lora.get("modelId"),
+                    "weight": lora.get("weight", 0.8),
+                }
+                for lora in model.loras
+            ]
+        if img2img:
+            template = getattr(
+                self.config, "custom_img2img_template_uuid", CUSTOM_IMG2IMG_TEMPLATE_UUID
+            )
+            body = {"templateUuid": template, "generateParams": params}
+            return _Plan(CUSTOM_IMG2IMG_PATH, body, True)
+        body = {"templateUuid": self.config.custom_template_uuid, "generateParams": params}
+        return _Plan(CUSTOM_TXT2IMG_PATH, body, False)
+
+    # --- calls ----------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        key: ApiKey,
+        path: str,
+        body: dict[str, Any],
+        *,
+        what: str,
+        submit: bool = False,
+    ) -> dict[str, Any]:
+        """One signed POST; the envelope's ``data``, or a classified ProviderFailure."""
+        try:
+            response = await self._client.post(
+                self._base + path, params=signed_query(key, path), json=body
+            )
+        except httpx.HTTPError as exc:
+            sent = not isinstance(
+                exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+            )
+            if submit and sent:
+                # It may have reached LiblibAI: sending it again could pay for it twice.
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR,
+                    f"{what}: no answer from LiblibAI ({type(exc).__name__}); "
+                    "not sent again so the task is not paid for twice",
+                ) from exc
+            raise transport_failure(exc, what) from exc
+        envelope: Any = None
+        try:
+            envelope = response.json()
+        except ValueError:
+            pass
+        if not isinstance(envelope, dict):
+            envelope = {}
+        code = envelope.get("code")
+        if response.status_code >= 400 or code not in (0, "0"):
+            if response.status_code < 400 and code is None:
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR,
+                    f"{what}: LiblibAI sent an answer that is not its API's",
+                    retry_after=0.0,
+                )
+            raise self._failure(response, code, str(envelope.get("msg") or ""), what)
+        data = envelope.get("data")
+        return data if isinstance(data, dict) else {}
+
+    def _failure(self, response: httpx.Response, code: Any, msg: str, what: str) -> ProviderFailure:
+        status = response.status_code
+        text = msg.lower()
+        shown = self._clean(msg)
+        detail = f" ({shown})" if shown else (f" (code {code})" if code is not None else "")
+        if status == 429:
+            wait = retry_after_s(response)
+            return ProviderFailure(
+                FailureClass.PROVIDER_ERROR,
+                f"{what}: LiblibAI is throttling requests{detail}",
+                retry_after=0.0 if wait is None else wait,
+            )
+        if status >= 500:
+            return ProviderFailure(
+                FailureClass.PROVIDER_ERROR,
+                f"{what}: LiblibAI had a server error (HTTP {status}){detail}",
+                retry_after=retry_after_s(response) or 0.0,
+            )
+        if status in (401, 403) or _has(text, _AUTH_WORDS):
+            return ProviderFailure(
+                FailureClass.PROVIDER_ERROR, f"the LiblibAI key was rejected{detail}"
+            )
+        if status == 402 or _has(text, _POINTS_WORDS):
+            return ProviderFailure(
+                FailureClass.PROVIDER_ERROR, f"the LiblibAI account is out of points{detail}"
+            )
+        if _has(text, _RATE_WORDS):
+            return ProviderFailure(
+                FailureClass.PROVIDER_ERROR,
+                f"{what}: LiblibAI is throttling requests{detail}",
+                retry_after=retry_after_s(response) or 0.0,
+            )
+        if _has(text, _REFUSED_WORDS):
+            return ProviderFailure(FailureClass.REFUSED, f"LiblibAI refused the request{detail}")
+        if status in (400, 404, 422) or _has(text, _PARAM_WORDS):
+            return ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI did not accept the request{detail}"
+            )
+        return ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: LiblibAI failed{detail}")
+
+    def _clean(self, msg: str) -> str:
+        """LiblibAI's message made safe for a chat: one line, short, never a key."""
+        text = " ".join(msg.split())
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text[:160]
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        return await with_retries(self.config, call, what=what)
+
+    async def _pace(self, key: ApiKey) -> None:
+        lock = self._submit_locks.setdefault(key.name, asyncio.Lock())
+        async with lock:
+            last = self._last_submit.get(key.name)
+            if last is not None:
+                wait = last + self.submit_interval_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._last_submit[key.name] = time.monotonic()
+
+    async def _submit(self, key: ApiKey, plan: _Plan) -> str:
+        async def attempt() -> dict[str, Any]:
+            await self._pace(key)
+            return await self._call(key, plan.path, plan.body, what="LiblibAI", submit=True)
+
+        data = await self._retrying(attempt, "liblib submit")
+        task_id = data.get("generateUuid")
+        if not task_id or not isinstance(task_id, str):
+            raise ProviderFailure(
+                FailureClass.PROVIDER_ERROR, "LiblibAI accepted the task but sent no task id"
+            )
+        log.info("liblib: task %s submitted with key %s", task_id, key.name)
+        return task_id
+
+    async def _upload(self, key: ApiKey, req: Any) -> str:
+        """Upload the input picture through LiblibAI's upload flow; its public URL."""
+        data, ext, mime = await asyncio.to_thread(_upload_bytes, req.init_image)
+        name = f"sdhost-{req.job_id}-{secrets.token_hex(4)}"
+        sig = await self._retrying(
+            lambda: self._call(
+                key,
+                UPLOAD_SIGNATURE_PATH,
+                {"name": name, "extension": ext},
+                what="LiblibAI upload",
+            ),
+            "liblib upload signature",
+        )
+        fields = {
+            "key": "key",
+            "policy": "policy",
+            "x-oss-date": "xOssDate",
+            "x-oss-expires": "xOssExpires",
+            "x-oss-signature": "xOssSignature",
+            "x-oss-credential": "xOssCredential",
+            "x-oss-signature-version": "xOssSignatureVersion",
+        }
+        missing = [src for src in [*fields.values(), "postUrl"] if sig.get(src) in (None, "")]
+        if missing:
+            raise ProviderFailure(
+                FailureClass.PROVIDER_ERROR,
+                f"LiblibAI's upload answer lacks {', '.join(missing)}",
+            )
+        form = {field: str(sig[src]) for field, src in fields.items()}
+        post_url = str(sig["postUrl"])
+
+        async def post() -> None:
+            try:
+                # httpx sends form fields before the file, as OSS requires ("file" last).
+                response = await self._client.post(
+                    post_url, data=form, files={"file": (f"{name}.{ext}", data, mime)}
+                )
+            except httpx.HTTPError as exc:
+                raise transport_failure(exc, "LiblibAI upload") from exc
+            if response.status_code >= 400:
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR,
+                    "the input picture could not be uploaded to LiblibAI "
+                    f"(HTTP {response.status_code})",
+                    retry_after=0.0 if response.status_code >= 500 else None,
+                )
+
+        await self._retrying(post, "liblib upload")
+        return f"{post_url.rstrip('/')}/{str(sig['key']).lstrip('/')}"
+
+    # --- following a task -----------------------------------------------------------------
+
+    async def _follow(self, run: ProviderRun, key: ApiKey, task_id: str, polls: list[int]) -> None:
+        shown = 0.0
+        body = {"generateUuid": task_id}
+        async for n in poll_delays(self.config):
+            polls[0] = n
+            data = await self._retrying(
+                lambda: self._call(key, STATUS_PATH, body, what="LiblibAI status"),
+                "liblib status",
+            )
+            status = _as_int(data.get("generateStatus"))
+            if status == SUCCEEDED:
+                await self._deliver(run, task_id, data)
+                return
+            if status == FAILED:
+                msg = self._clean(str(data.get("generateMsg") or ""))
+                failure = (
+                    FailureClass.REFUSED
+                    if _has(msg.lower(), _REFUSED_WORDS)
+                    else FailureClass.PROVIDER_ERROR
+                )
+                raise ProviderFailure(
+                    failure, f"LiblibAI could not make the picture: {msg or 'the task failed'}"
+                )
+            if status == TIMED_OUT:
+                msg = self._clean(str(data.get("generateMsg") or ""))
+                raise ProviderFailure(
+                    FailureClass.TIMEOUT,
+                    "LiblibAI timed out making the picture" + (f" ({msg})" if msg else ""),
+                )
+            fraction = _STATUS_FLOOR.get(status or 0, 0.0)
+            reported = data.get("percentCompleted")
+            if isinstance(reported, int | float) and status in (RUNNING, GENERATED, AUDITING):
+                value = float(reported) / (100.0 if reported > 1 else 1.0)
+                fraction = max(fraction, min(value, 1.0) * 0.9)
+            fraction = min(fraction, 0.95)
+            if fraction > shown:
+                shown = fraction
+                await run.progress(fraction)
+
+    async def _deliver(self, run: ProviderRun, task_id: str, data: dict[str, Any]) -> None:
+        req = run.request
+        extra = {
+            "points_cost": data.get("pointsCost"),
+            "account_balance": data.get("accountBalance"),
+        }
+        log.info(
+            "liblib task %s (job %s) succeeded: %s points, account balance %s",
+            task_id,
+            req.job_id,
+            extra["points_cost"],
+            extra["account_balance"],
+        )
+        images = data.get("images")
+        passed = withheld = 0
+        for index, image in enumerate(images if isinstance(images, list) else []):
+            if not isinstance(image, dict):
+                continue
+            url = image.get("imageUrl")
+            if _as_int(image.get("auditStatus")) != AUDIT_PASSED or not url:
+                withheld += 1
+                continue
+            passed += 1
+            if run.has_image(index):
+                continue
+            blob = await self._retrying(
+                lambda url=url: download(self._client, str(url), what="LiblibAI"),
+                "liblib download",
+            )
+            seed = _as_int(image.get("seed"))
+            await run.image(
+                index,
+                ResultImage(
+                    data=blob,
+                    seed=seed if seed is not None and seed >= 0 else req.seed + index,
+                    extra=dict(extra),
+                ),
+            )
+        if withheld:
+            log.info("liblib task %s: %d picture(s) withheld by review", task_id, withheld)
+        if not passed:
+            raise ProviderFailure(
+                FailureClass.REFUSED,
+                "the picture did not pass LiblibAI's review"
+                if req.n == 1
+                else "the pictures did not pass LiblibAI's review",
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

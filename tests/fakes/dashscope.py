@@ -1,0 +1,612 @@
+"""A loopback fake of Alibaba Cloud DashScope's image-synthesis task API (Tongyi Wanxiang).
+
+It speaks the wire protocol the official ``dashscope`` SDK and sdhost's provider use:
+
+* ``POST /api/v1/services/aigc/text2image/image-synthesis`` (wanx2.x text-to-image) and
+  ``POST /api/v1/services/aigc/image2image/image-synthesis`` (``wanx2.1-imageedit``), each
+  needing ``Authorization: Bearer <key>`` and ``X-DashScope-Async: enable``;
+* ``GET /api/v1/tasks/{task_id}``: PENDING -> RUNNING -> SUCCEEDED (or FAILED), with
+  ``output.results[]`` pointing at signed links on a *second* origin standing in for OSS;
+* ``POST /api/v1/tasks/{task_id}/cancel``: only a PENDING task can be cancelled.
+
+Errors are DashScope's envelope ``{"code", "message", "request_id"}`` with its HTTP status;
+the OSS origin answers OSS's XML errors (403 once a link's ``Expires`` has passed).
+
+Use::
+
+    async with FakeDashScope(keys={"sk-a", "sk-b"}) as fake:
+        ...  # point the client at fake.base_url (the SDK at fake.base_url + "/api/v1")
+
+Deliberate deviations (kept small so tests are not misled):
+
+* A task is visible only to the key that submitted it (as with keys of different accounts;
+  keys of one account would share tasks); other keys see ``UNKNOWN``.
+* ``base_image_url`` must be a ``data:`` URL for the output to derive from the input; any
+  other URL gives a 1024x1024 picture without being fetched.
+* Pictures are drawn, not generated; img2img output is the input posterized and tinted.
+* Some messages are the fake's own wording where the real text is not documented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import io
+import re
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+from aiohttp import web
+from PIL import Image, ImageDraw, ImageOps
+
+Json = dict[str, Any]
+
+T2I_MODELS = {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"}
+EDIT_MODELS = {"wanx2.1-imageedit"}
+EDIT_FUNCTIONS = {
+    "stylization_all",
+    "stylization_local",
+    "description_edit",
+    "description_edit_with_mask",
+    "remove_watermark",
+    "expand",
+    "super_resolution",
+    "colorization",
+    "doodle",
+    "control_cartoon_feature",
+}
+T2I_SIDE = (512, 1440)
+EDIT_SIDE = (512, 4096)
+MAX_SEED = 2147483647
+
+ERR_SYNC = "current user api does not support synchronous calls"
+ERR_KEY = "Invalid API-key provided."
+ERR_CANCEL = "Failed to cancel the task, please confirm if the task is in PENDING status."
+ERR_THROTTLE = "Requests rate limit exceeded, please try again later."
+DEFAULT_MESSAGES = {
+    "InvalidApiKey": ERR_KEY,
+    "Arrearage": "Access denied, please make sure your account is in good standing.",
+    "DataInspectionFailed": "Input data may contain inappropriate content.",
+    "InvalidParameter": "Required parameter(s) missing or invalid, please check the request "
+    "parameters.",
+    "Throttling": "Requests throttling triggered.",
+    "Throttling.RateQuota": ERR_THROTTLE,
+    "Throttling.AllocationQuota": "Allocated quota exceeded, please increase your quota limit.",
+    "InternalError": "An internal error has occured, please try again later or contact service "
+    "support.",
+    "InternalError.Algo": "An internal error has occured during execution, please try again "
+    "later or contact service support.",
+}
+
+OSS_BUCKET = "dashscope-result-fake"
+OSS_ACCESS_KEY_ID = "LTAI5tFakeAccessKeyId"
+_OSS_SECRET = b"fake-oss-secret"
+
+
+def _now_cn() -> str:
+    """DashScope's timestamps: UTC+8, millisecond precision."""
+    t = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+@dataclasses.dataclass
+class Call:
+    """One request as the fake saw it. ``headers`` has the key replaced by ``***``;
+    ``key`` is the key itself (the fake's own test keys) so tests can check which was used."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    key: str | None
+    status: int = 0
+    time: float = 0.0
+
+
+@dataclasses.dataclass
+class Failure:
+    code: str
+    status: int
+    message: str
+    on: str  # submit | task | cancel | any
+    retry_after: float | str | None = None
+
+
+@dataclasses.dataclass
+class Task:
+    id: str
+    key: str
+    model: str
+    kind: str  # txt2img | img2img
+    prompt: str
+    negative: str
+    width: int
+    height: int
+    n: int
+    seed: int
+    parameters: Json
+    prompt_extend: bool
+    created: float
+    queue_delay: float
+    run_delay: float
+    submit_time: str
+    base_image: bytes | None = None  # img2img input, decoded from its data URL
+    fail: tuple[str, str] | None = None  # the whole task FAILED with (code, message)
+    result_failures: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    canceled: bool = False
+    forgotten: bool = False
+    end_wall: float | None = None
+    end_time: str | None = None
+    scheduled_time: str | None = None
+
+    def status(self, now: float) -> str:
+        if self.forgotten:
+            return "UNKNOWN"
+        if self.canceled:
+            return "CANCELED"
+        if now < self.created + self.queue_delay:
+            return "PENDING"
+        if self.scheduled_time is None:
+            self.scheduled_time = _now_cn()
+        if now < self.created + self.queue_delay + self.run_delay:
+            return "RUNNING"
+        if self.end_time is None:
+            self.end_time = _now_cn()
+            self.end_wall = time.time()
+        return "FAILED" if self.fail else "SUCCEEDED"
+
+
+def _err(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    return web.json_response(
+        {"code": code, "message": message, "request_id": str(uuid.uuid4())},
+        status=status,
+        headers=headers,
+    )
+
+
+def _oss_error(status: int, code: str, message: str) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+        f"  <Code>{code}</Code>\n  <Message>{message}</Message>\n"
+        f"  <RequestId>{uuid.uuid4().hex[:24].upper()}</RequestId>\n"
+        f"  <HostId>{OSS_BUCKET}.oss-cn-fake.aliyuncs.com</HostId>\n</Error>\n"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+def _draw(task: Task, index: int) -> bytes:
+    seed = task.seed + index
+    if task.base_image is not None:
+        with Image.open(io.BytesIO(task.base_image)) as src:
+            im = ImageOps.posterize(src.convert("RGB"), 3)
+        tint = Image.new("RGB", im.size, ((seed * 37) % 256, (seed * 91) % 256, 128))
+        im = Image.blend(im, tint, 0.15)
+    else:
+        w, h = task.width, task.height
+        bg = ((seed * 53) % 256, (seed * 97) % 256, (seed * 31 + len(task.prompt)) % 256)
+        im = Image.new("RGB", (w, h), bg)
+        draw = ImageDraw.Draw(im)
+        for k in range(4):
+            x0 = (seed * (k + 3) * 7919) % max(1, w - 64)
+            y0 = (seed * (k + 5) * 104729) % max(1, h - 64)
+            fg = tuple(255 - c for c in bg)
+            draw.ellipse((x0, y0, x0 + 64 + k * 40, y0 + 64 + k * 30), fill=fg)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class FakeDashScope:
+    def __init__(
+        self,
+        keys: set[str] | frozenset[str] | list[str] = frozenset({"sk-test"}),
+        *,
+        queue_delay_s: float = 0.05,
+        run_delay_s: float = 0.1,
+        result_ttl_s: float = 24 * 3600.0,
+    ) -> None:
+        self.keys = set(keys)
+        self.queue_delay_s = queue_delay_s
+        self.run_delay_s = run_delay_s
+        self.result_ttl_s = result_ttl_s
+        self.calls: list[Call] = []
+        self.downloads: list[tuple[str, int]] = []  # (path, status) on the OSS origin
+        self.tasks: dict[str, Task] = {}
+        self.max_running_per_key: dict[str, int] = collections.defaultdict(int)
+        self._failures: list[Failure] = []
+        self._next_task_fail: tuple[str, str] | None = None
+        self._next_result_failures: dict[int, tuple[str, str]] = {}
+        self._images: dict[tuple[str, int], bytes] = {}
+        self._runners: list[web.AppRunner] = []
+        self.base_url = ""
+        self.oss_url = ""
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1") -> FakeDashScope:
+        api = web.Application(client_max_size=32 * 1024 * 1024)
+        api.router.add_post(
+            "/api/v1/services/aigc/{group}/image-synthesis", self._submit, name="submit"
+        )
+        api.router.add_get("/api/v1/tasks/{task_id}", self._task)
+        api.router.add_post("/api/v1/tasks/{task_id}/cancel", self._cancel)
+        oss = web.Application()
+        oss.router.add_get("/{task_id}/{name}", self._oss_get)
+        urls = []
+        for app in (api, oss):
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            await web.TCPSite(runner, host, 0).start()
+            self._runners.append(runner)
+            urls.append(f"http://{host}:{runner.addresses[0][1]}")
+        self.base_url, self.oss_url = urls
+        return self
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> FakeDashScope:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- control -----------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        code: str,
+        status: int = 400,
+        message: str | None = None,
+        *,
+        on: str = "submit",
+        times: int = 1,
+        retry_after: float | str | None = None,
+    ) -> None:
+        """The next ``times`` requests of kind ``on`` (submit, task, cancel, any) get this
+        error instead of an answer."""
+        msg = message if message is not None else DEFAULT_MESSAGES.get(code, code)
+        for _ in range(times):
+            self._failures.append(Failure(code, status, msg, on, retry_after))
+
+    def throttle(
+        self,
+        times: int = 1,
+        *,
+        retry_after: float | str | None = None,
+        code: str = "Throttling.RateQuota",
+        on: str = "submit",
+    ) -> None:
+        """429 Throttling.RateQuota (optionally with Retry-After) for the next requests."""
+        self.fail_next(code, 429, on=on, times=times, retry_after=retry_after)
+
+    def fail_task(self, code: str = "DataInspectionFailed", message: str | None = None) -> None:
+        """The next task submitted ends FAILED with ``output.code`` / ``output.message``."""
+        self._next_task_fail = (code, message or DEFAULT_MESSAGES.get(code, code))
+
+    def fail_results(
+        self, indexes: set[int] | list[int], code: str = "InternalError.Algo", message: str = ""
+    ) -> None:
+        """In the next task, these pictures fail (their result carries code/message)."""
+        msg = message or DEFAULT_MESSAGES.get(code, code)
+        self._next_result_failures = {i: (code, msg) for i in indexes}
+
+    def forget(self, task_id: str | None = None) -> None:
+        """The task (default: every task) is answered UNKNOWN, as an expired one is."""
+        for task in self.tasks.values():
+            if task_id is None or task.id == task_id:
+                task.forgotten = True
+
+    def running(self, key: str) -> int:
+        """Tasks of ``key`` not yet ended."""
+        now = time.monotonic()
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.key == key and t.status(now) in ("PENDING", "RUNNING")
+        )
+
+    def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
+        return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
+
+    @property
+    def submits(self) -> list[Call]:
+        return self.calls_to("POST", "/api/v1/services/")
+
+    @property
+    def polls(self) -> list[Call]:
+        return self.calls_to("GET", "/api/v1/tasks/")
+
+    # --- the API -------------------------------------------------------------------------------
+
+    def _record(self, request: web.Request, body: Any) -> tuple[Call, str | None]:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth.startswith("Bearer ") else None
+        headers = {k: v for k, v in request.headers.items()}
+        if "Authorization" in headers:
+            headers["Authorization"] = "Bearer ***"
+        call = Call(request.method, request.path, headers, body, key, time=time.monotonic())
+        self.calls.append(call)
+        return call, key
+
+    def _injected(self, kind: str) -> web.Response | None:
+        for f in self._failures:
+            if f.on in (kind, "any"):
+                self._failures.remove(f)
+                headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else None
+                return _err(f.status, f.code, f.message, headers)
+        return None
+
+    async def _answer(self, call: Call, response: web.StreamResponse) -> web.StreamResponse:
+        call.status = response.status
+        return response
+
+    def _auth(self, key: str | None) -> web.Response | None:
+        if key is None or key not in self.keys:
+            return _err(401, "InvalidApiKey", ERR_KEY)
+        return None
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        call, key = self._record(request, body)
+        denied = self._auth(key)
+        if denied is not None:
+            return await self._answer(call, denied)
+        if request.headers.get("X-DashScope-Async", "").lower() != "enable":
+            return await self._answer(call, _err(403, "AccessDenied", ERR_SYNC))
+        injected = self._injected("submit")
+        if injected is not None:
+            return await self._answer(call, injected)
+        assert key is not None
+        group = request.match_info["group"]
+        try:
+            task = self._task_from(group, body, key)
+        except _Invalid as exc:
+            return await self._answer(call, _err(400, exc.code, str(exc)))
+        self.tasks[task.id] = task
+        running = self.running(key)
+        self.max_running_per_key[key] = max(self.max_running_per_key[key], running)
+        return await self._answer(
+            call,
+            web.json_response(
+                {
+                    "output": {"task_status": "PENDING", "task_id": task.id},
+                    "request_id": str(uuid.uuid4()),
+                }
+            ),
+        )
+
+    def _task_from(self, group: str, body: Any, key: str) -> Task:
+        if not isinstance(body, dict):
+            raise _Invalid("InvalidParameter", "The request body is not valid JSON.")
+        model = body.get("model")
+        if not model:
+            raise _Invalid("BadRequest.EmptyModel", 'Required parameter "model" missing.')
+        inp = body.get("input")
+        if not isinstance(inp, dict):
+            raise _Invalid("BadRequest.EmptyInput", "Required input parameter missing.")
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise _Invalid("InvalidParameter", "parameters must be an object")
+        if model not in T2I_MODELS | EDIT_MODELS:
+            raise _Invalid("InvalidParameter", "Model not exist.")
+        kind = "txt2img" if group == "text2image" else "img2img"
+        if (group == "text2image") != (model in T2I_MODELS) or group not in (
+            "text2image",
+            "image2image",
+        ):
+            raise _Invalid("InvalidParameter", "url error, please check url!")
+        prompt = inp.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _Invalid("InvalidParameter", "Field required: input.prompt")
+        n = params.get("n", 4 if kind == "txt2img" else 1)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4:
+            raise _Invalid("InvalidParameter", "n must be an integer in [1, 4]")
+        seed = params.get("seed")
+        if seed is None:
+            seed = int.from_bytes(hashlib.sha256(uuid.uuid4().bytes).digest()[:4]) & MAX_SEED
+        if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise _Invalid("InvalidParameter", "seed must be an integer in [0, 2147483647]")
+        base_image: bytes | None = None
+        width = height = 1024
+        if kind == "txt2img":
+            size = params.get("size", "1024*1024")
+            m = re.fullmatch(r"(\d+)\*(\d+)", str(size))
+            lo, hi = T2I_SIDE
+            if not m or not all(lo <= int(v) <= hi for v in m.groups()):
+                raise _Invalid(
+                    "InvalidParameter",
+                    f"size must be WIDTH*HEIGHT with each side in [{lo}, {hi}], got {size!r}",
+                )
+            width, height = int(m.group(1)), int(m.group(2))
+        else:
+            function = inp.get("function")
+            if function not in EDIT_FUNCTIONS:
+                raise _Invalid("InvalidParameter", f"function {function!r} is not supported")
+            url = inp.get("base_image_url")
+            if not isinstance(url, str) or not url:
+                raise _Invalid("InvalidParameter", "Field required: input.base_image_url")
+            strength = params.get("strength")
+            if strength is not None and not (
+                isinstance(strength, int | float) and 0.0 <= strength <= 1.0
+            ):
+                raise _Invalid("InvalidParameter", "strength must be in [0.0, 1.0]")
+            if url.startswith("data:"):
+                base_image, (width, height) = _decode_data_url(url)
+        task_id = str(uuid.uuid4())
+        fail, self._next_task_fail = self._next_task_fail, None
+        result_failures, self._next_result_failures = self._next_result_failures, {}
+        return Task(
+            id=task_id,
+            key=key,
+            model=model,
+            kind=kind,
+            prompt=prompt,
+            negative=str(inp.get("negative_prompt") or ""),
+            width=width,
+            height=height,
+            n=n,
+            seed=seed,
+            parameters=params,
+            prompt_extend=bool(params.get("prompt_extend", True)) and kind == "txt2img",
+            created=time.monotonic(),
+            queue_delay=self.queue_delay_s,
+            run_delay=self.run_delay_s,
+            submit_time=_now_cn(),
+            base_image=base_image,
+            fail=fail,
+            result_failures=result_failures,
+        )
+
+    async def _task(self, request: web.Request) -> web.StreamResponse:
+        call, key = self._record(request, None)
+        denied = self._auth(key)
+        if denied is not None:
+            return await self._answer(call, denied)
+        injected = self._injected("task")
+        if injected is not None:
+            return await self._answer(call, injected)
+        task_id = request.match_info["task_id"]
+        task = self.tasks.get(task_id)
+        if task is None or task.key != key or task.forgotten:
+            return await self._answer(
+                call,
+                web.json_response(
+                    {
+                        "request_id": str(uuid.uuid4()),
+                        "output": {"task_id": task_id, "task_status": "UNKNOWN"},
+                    }
+                ),
+            )
+        status = task.status(time.monotonic())
+        out: Json = {"task_id": task.id, "task_status": status, "submit_time": task.submit_time}
+        if task.scheduled_time:
+            out["scheduled_time"] = task.scheduled_time
+        body: Json = {"request_id": str(uuid.uuid4()), "output": out}
+        if status in ("PENDING", "RUNNING"):
+            out["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": 0, "FAILED": 0}
+        elif status == "FAILED":
+            assert task.fail is not None
+            out["end_time"] = task.end_time
+            out["code"], out["message"] = task.fail
+        elif status == "SUCCEEDED":
+            out["end_time"] = task.end_time
+            results = []
+            for i in range(task.n):
+                if i in task.result_failures:
+                    code, message = task.result_failures[i]
+                    results.append({"code": code, "message": message})
+                    continue
+                result: Json = {"url": self._sign(task, i)}
+                if task.kind == "txt2img":
+                    result["orig_prompt"] = task.prompt
+                    if task.prompt_extend:
+                        result["actual_prompt"] = f"{task.prompt}, highly detailed, soft light"
+                results.append(result)
+            ok = task.n - len(task.result_failures)
+            out["results"] = results
+            out["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": ok, "FAILED": task.n - ok}
+            body["usage"] = {"image_count": ok}
+        return await self._answer(call, web.json_response(body))
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        call, key = self._record(request, None)
+        denied = self._auth(key)
+        if denied is not None:
+            return await self._answer(call, denied)
+        injected = self._injected("cancel")
+        if injected is not None:
+            return await self._answer(call, injected)
+        task = self.tasks.get(request.match_info["task_id"])
+        if task is None or task.key != key or task.status(time.monotonic()) != "PENDING":
+            return await self._answer(call, _err(400, "UnsupportedOperation", ERR_CANCEL))
+        task.canceled = True
+        return await self._answer(call, web.json_response({"request_id": str(uuid.uuid4())}))
+
+    # --- the OSS origin ----------------------------------------------------------------------
+
+    def _string_to_sign(self, path: str, expires: str) -> bytes:
+        return f"GET\n\n\n{expires}\n/{OSS_BUCKET}{path}".encode()
+
+    def _sign(self, task: Task, index: int) -> str:
+        path = f"/{task.id}/{index}.png"
+        expires = str(int((task.end_wall or time.time()) + self.result_ttl_s))
+        digest = hmac.new(_OSS_SECRET, self._string_to_sign(path, expires), hashlib.sha1)
+        query = urllib.parse.urlencode(
+            {
+                "Expires": expires,
+                "OSSAccessKeyId": OSS_ACCESS_KEY_ID,
+                "Signature": base64.b64encode(digest.digest()).decode(),
+            }
+        )
+        return f"{self.oss_url}{path}?{query}"
+
+    async def _oss_get(self, request: web.Request) -> web.StreamResponse:
+        response = await self._oss_answer(request)
+        self.downloads.append((request.path, response.status))
+        return response
+
+    async def _oss_answer(self, request: web.Request) -> web.StreamResponse:
+        expires = request.query.get("Expires", "")
+        signature = request.query.get("Signature", "")
+        if not expires or not signature:
+            return _oss_error(403, "AccessDenied", "You have no right to access this object.")
+        digest = hmac.new(
+            _OSS_SECRET, self._string_to_sign(request.path, expires), hashlib.sha1
+        ).digest()
+        if not hmac.compare_digest(base64.b64encode(digest).decode(), signature):
+            return _oss_error(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
+        if not expires.isdigit() or int(expires) < time.time():
+            return _oss_error(403, "AccessDenied", "Request has expired.")
+        task = self.tasks.get(request.match_info["task_id"])
+        m = re.fullmatch(r"(\d+)\.png", request.match_info["name"])
+        if task is None or m is None or int(m.group(1)) >= task.n:
+            return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
+        index = int(m.group(1))
+        cache_key = (task.id, index)
+        if cache_key not in self._images:
+            self._images[cache_key] = await asyncio.to_thread(_draw, task, index)
+        return web.Response(body=self._images[cache_key], content_type="image/png")
+
+
+class _Invalid(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _decode_data_url(url: str) -> tuple[bytes, tuple[int, int]]:
+    head, _, data = url.partition(",")
+    if not head.startswith("data:image/") or ";base64" not in head:
+        raise _Invalid("InvalidParameter", "base_image_url is not a base64 image data URL")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as im:
+            size = im.size
+    except (binascii.Error, ValueError, OSError):
+        raise _Invalid("InvalidParameter", "base_image_url could not be decoded") from None
+    lo, hi = EDIT_SIDE
+    if not all(lo <= v <= hi for v in size):
+        raise _Invalid(
+            "InvalidParameter", f"the input picture's sides must be in [{lo}, {hi}], got {size}"
+        )
+    return raw, size

@@ -1,0 +1,610 @@
+"""The DashScope (Tongyi Wanxiang) provider against a loopback fake, and the fake against the
+official ``dashscope`` SDK (which proves the fake speaks the real protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from adapters.providers.dashscope import DashScopeProvider, classify
+from bot.config import ApiKeyConfig, Config, DashScopeConfig, ProvidersConfig
+from bot.errors import BadInput, FailureClass, ProviderFailure
+from bot.params import GenerationParams
+from bot.providers import ResolvedRequest, ResultImage
+from bot.routing import Router
+from tests.fakes.dashscope import ERR_SYNC, FakeDashScope
+
+KEYS = {"sk-a": "k1", "sk-b": "k2"}
+
+
+class Recorder:
+    """The core's side of a run: records what the provider hands back."""
+
+    def __init__(
+        self,
+        request: ResolvedRequest,
+        *,
+        task_id: str | None = None,
+        state: dict[str, Any] | None = None,
+        have: set[int] | None = None,
+    ) -> None:
+        self.request = request
+        self.task_id = task_id
+        self.state: dict[str, Any] = dict(state or {})
+        self.images: dict[int, ResultImage] = {}
+        self.have = set(have or ())
+        self.submits: list[tuple[str, dict[str, Any]]] = []
+        self.fractions: list[float] = []
+        self.on_submitted: Any = None
+
+    async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
+        self.task_id = task_id
+        self.state = dict(state or {})
+        self.submits.append((task_id, self.state))
+        if self.on_submitted is not None:
+            self.on_submitted(task_id)
+
+    async def progress(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    async def image(self, index: int, result: ResultImage) -> None:
+        self.images[index] = result
+
+    def has_image(self, index: int) -> bool:
+        return index in self.images or index in self.have
+
+
+def make_config(fake: FakeDashScope, keys: dict[str, int] | None = None, **kw: Any):
+    keys = keys if keys is not None else {"sk-a": 2}
+    defaults: dict[str, Any] = {
+        "base_url": fake.base_url,
+        "keys": [ApiKeyConfig(key=k, concurrency=c, name=KEYS[k]) for k, c in keys.items()],
+        "poll_first_s": 0.02,
+        "poll_factor": 1.5,
+        "poll_max_interval_s": 0.1,
+        "max_retries": 3,
+    }
+    return DashScopeConfig(**(defaults | kw))
+
+
+def request(**kw: Any) -> ResolvedRequest:
+    base: dict[str, Any] = {
+        "job_id": 1,
+        "kind": "txt2img",
+        "prompt": "a red fox in the snow",
+        "negative": "blurry",
+        "width": 768,
+        "height": 512,
+        "seed": 42,
+        "n": 1,
+        "model": "wanx2.1-t2i-turbo",
+    }
+    return ResolvedRequest(**(base | kw))
+
+
+def png(width: int, height: int, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    im = Image.new("RGB", (width, height), color)
+    im.paste((250, 250, 0), (0, 0, width // 2, height // 2))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def size_of(data: bytes | None) -> tuple[int, int]:
+    assert data is not None
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+async def run_job(provider: DashScopeProvider, rec: Recorder) -> Recorder:
+    await asyncio.wait_for(provider.generate(rec), 10)
+    return rec
+
+
+async def failure_of(provider: DashScopeProvider, rec: Recorder) -> ProviderFailure:
+    with pytest.raises(ProviderFailure) as info:
+        await run_job(provider, rec)
+    assert "sk-" not in info.value.message  # never the key
+    return info.value
+
+
+@pytest.fixture
+async def fake():
+    async with FakeDashScope(keys=set(KEYS), queue_delay_s=0.02, run_delay_s=0.05) as f:
+        yield f
+
+
+@pytest.fixture
+async def provider(fake: FakeDashScope):
+    p = DashScopeProvider(make_config(fake))
+    yield p
+    await p.aclose()
+
+
+# --- what it offers -------------------------------------------------------------------------------
+
+
+def test_capabilities(fake: FakeDashScope) -> None:
+    caps = DashScopeProvider(make_config(fake)).capabilities()
+    assert caps.kinds == {"txt2img", "img2img"}
+    assert (caps.max_images, caps.min_size, caps.max_size, caps.size_multiple) == (4, 512, 1440, 8)
+    assert "Tongyi Wanxiang" in caps.description
+    assert not caps.is_demo
+    kinds = {m.name: set(m.kinds) for m in caps.models}
+    assert kinds == {
+        "wanx2.1-t2i-turbo": {"txt2img", "img2img"},  # the default: img2img goes to the editor
+        "wanx2.1-t2i-plus": {"txt2img"},
+        "wanx2.0-t2i-turbo": {"txt2img"},
+        "wanx2.1-imageedit": {"img2img"},
+    }
+    assert caps.default_model == "wanx2.1-t2i-turbo"
+
+
+def test_router_sends_img2img_without_model_to_dashscope(fake: FakeDashScope) -> None:
+    """The router picks the default model when no --model is given, for img2img too."""
+    config = Config(providers=ProvidersConfig(default="dashscope"))
+    router = Router(config, {"dashscope": DashScopeProvider(make_config(fake))})
+    route = router.resolve(GenerationParams(prompt="x"), "img2img", init_size=(3000, 2000))
+    assert route.model == "wanx2.1-t2i-turbo"
+    assert (route.width, route.height) == (1440, 960)  # fitted into 512..1440
+    plus = GenerationParams(prompt="x", model="wanx2.1-t2i-plus")
+    with pytest.raises(BadInput):
+        router.resolve(plus, "img2img", init_size=(800, 800))
+    edit = router.resolve(plus.with_(model="wanx2.1-imageedit"), "img2img", init_size=(800, 800))
+    assert edit.model == "wanx2.1-imageedit"
+    with pytest.raises(BadInput):
+        router.resolve(GenerationParams(prompt="x", width=2048, height=2048), "txt2img")
+
+
+# --- txt2img / img2img -----------------------------------------------------------------------
+
+
+async def test_txt2img_happy_path(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    rec = await run_job(provider, Recorder(request(n=2)))
+    assert sorted(rec.images) == [0, 1]
+    assert [size_of(rec.images[i].data) for i in (0, 1)] == [(768, 512), (768, 512)]
+    assert [rec.images[i].seed for i in (0, 1)] == [42, 43]
+    assert rec.images[0].data != rec.images[1].data
+    assert rec.images[0].extra == {"model": "wanx2.1-t2i-turbo"}  # no prompt rewriting asked
+
+    [submit] = fake.submits
+    assert submit.path == "/api/v1/services/aigc/text2image/image-synthesis"
+    assert submit.headers["X-DashScope-Async"] == "enable"
+    assert submit.headers["Authorization"] == "Bearer ***" and submit.key == "sk-a"
+    assert submit.headers["Content-Type"].startswith("application/json")
+    assert submit.json == {
+        "model": "wanx2.1-t2i-turbo",
+        "input": {"prompt": "a red fox in the snow", "negative_prompt": "blurry"},
+        "parameters": {
+            "size": "768*512",
+            "n": 2,
+            "seed": 42,
+            "prompt_extend": False,
+            "watermark": False,
+        },
+    }
+    task_id = next(iter(fake.tasks))
+    assert rec.submits == [(task_id, {"key": "k1"})]
+    assert all(c.path == f"/api/v1/tasks/{task_id}" and c.key == "sk-a" for c in fake.polls)
+    assert "X-DashScope-Async" not in fake.polls[0].headers
+    assert rec.fractions and rec.fractions == sorted(rec.fractions) and max(rec.fractions) <= 0.9
+    assert provider.polls == [len(fake.polls)]
+    assert len(fake.downloads) == 2 and all(status == 200 for _, status in fake.downloads)
+
+
+async def test_txt2img_options_from_config(fake: FakeDashScope) -> None:
+    p = DashScopeProvider(make_config(fake, prompt_extend=True, watermark=True))
+    try:
+        rec = await run_job(p, Recorder(request(negative="", model="wanx2.1-t2i-plus", seed=7)))
+    finally:
+        await p.aclose()
+    body = fake.submits[0].json
+    assert body["model"] == "wanx2.1-t2i-plus"
+    assert body["input"] == {"prompt": "a red fox in the snow"}  # no empty negative
+    assert body["parameters"]["prompt_extend"] is True
+    assert body["parameters"]["watermark"] is True
+    assert rec.images[0].seed == 7
+    assert rec.images[0].extra["actual_prompt"].startswith("a red fox in the snow")
+
+
+async def test_seed_kept_in_dashscope_range(fake: FakeDashScope, provider: DashScopeProvider):
+    rec = await run_job(provider, Recorder(request(seed=2**32 - 5, n=4)))
+    sent = fake.submits[0].json["parameters"]["seed"]
+    assert 0 <= sent and sent + 3 <= 2**31 - 1
+    assert [rec.images[i].seed for i in range(4)] == [sent + i for i in range(4)]
+
+
+async def test_img2img_with_default_model_goes_to_the_editor(
+    fake: FakeDashScope, provider: DashScopeProvider
+) -> None:
+    init = png(600, 400)
+    req = request(kind="img2img", init_image=init, width=768, height=512, strength=0.7)
+    rec = await run_job(provider, Recorder(req))
+    [submit] = fake.submits
+    assert submit.path == "/api/v1/services/aigc/image2image/image-synthesis"
+    body = submit.json
+    data_url = body["input"].pop("base_image_url")
+    assert body == {
+        "model": "wanx2.1-imageedit",
+        "input": {"function": "stylization_all", "prompt": "a red fox in the snow"},
+        "parameters": {"n": 1, "seed": 42, "watermark": False, "strength": 0.7},
+    }
+    assert data_url.startswith("data:image/png;base64,")
+    sent = base64.b64decode(data_url.partition(",")[2])
+    with Image.open(io.BytesIO(sent)) as im, Image.open(io.BytesIO(init)) as orig:
+        assert im.size == (768, 512)  # resized to what the core resolved
+        expected = orig.convert("RGB").resize((768, 512), Image.Resampling.LANCZOS)
+        assert im.convert("RGB").getpixel((100, 100)) == expected.getpixel((100, 100))
+        assert im.convert("RGB").getpixel((700, 450)) == expected.getpixel((700, 450))
+    assert size_of(rec.images[0].data) == (768, 512)
+
+
+async def test_img2img_with_edit_model_and_no_strength(fake: FakeDashScope) -> None:
+    p = DashScopeProvider(make_config(fake, edit_function="remove_watermark"))
+    try:
+        req = request(kind="img2img", model="wanx2.1-imageedit", init_image=png(512, 512))
+        await run_job(p, Recorder(req))
+    finally:
+        await p.aclose()
+    body = fake.submits[0].json
+    assert body["input"]["function"] == "remove_watermark"
+    assert "strength" not in body["parameters"]  # that function takes none
+
+
+async def test_edit_model_cannot_do_txt2img(fake: FakeDashScope, provider: DashScopeProvider):
+    exc = await failure_of(provider, Recorder(request(model="wanx2.1-imageedit")))
+    assert exc.failure is FailureClass.BAD_INPUT and exc.retry_after is None
+    assert fake.submits == []
+
+
+# --- polling, resuming, keys ----------------------------------------------------------------------
+
+
+async def test_polls_back_off(fake: FakeDashScope) -> None:
+    fake.queue_delay_s, fake.run_delay_s = 0.2, 1.0  # a 1.2 s job
+    p = DashScopeProvider(
+        make_config(fake, poll_first_s=0.1, poll_factor=2.0, poll_max_interval_s=1.0)
+    )
+    try:
+        rec = await run_job(p, Recorder(request()))
+    finally:
+        await p.aclose()
+    # waits of about 0.1, 0.2, 0.4, 0.8 s: four or five polls, not a dozen at a fixed 0.1 s
+    assert 3 <= p.polls[0] <= 5
+    assert p.polls == [len(fake.polls)]
+    assert 0.35 in rec.fractions  # seen PENDING
+    assert any(0.4 < f <= 0.9 for f in rec.fractions)  # and RUNNING
+
+
+async def test_resume_polls_the_stored_task_with_its_key(fake: FakeDashScope) -> None:
+    fake.queue_delay_s = 0.3
+    cfg = make_config(fake, keys={"sk-a": 1, "sk-b": 1})
+    first = DashScopeProvider(cfg)
+    first.pool.used["k1"] = 5  # k1 has done more work: this job goes to k2
+    rec = Recorder(request(n=2))
+    job = asyncio.create_task(first.generate(rec))
+    try:
+        while not rec.submits:
+            await asyncio.sleep(0.01)
+        job.cancel()  # the process stops before the task ends
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    finally:
+        await first.aclose()
+    task_id, state = rec.submits[0]
+    assert state == {"key": "k2"}
+
+    # restarted: a new provider, given the stored task id and state, one picture already kept;
+    # a new task would get k1 now, the resumed one must keep k2 (k1 cannot see its task)
+    again = DashScopeProvider(cfg)
+    again.pool.used["k2"] = 50
+    try:
+        resumed = Recorder(request(n=2), task_id=task_id, state=state, have={0})
+        await run_job(again, resumed)
+    finally:
+        await again.aclose()
+    assert len(fake.submits) == 1  # nothing new was paid for
+    assert resumed.submits == []
+    assert sorted(resumed.images) == [1]  # the picture it already had is not fetched again
+    assert [path for path, _ in fake.downloads] == [f"/{task_id}/1.png"]
+    assert fake.submits[0].key == "sk-b"
+    assert fake.polls and all(c.key == "sk-b" for c in fake.polls)
+
+
+async def test_resume_with_everything_delivered_does_nothing(fake: FakeDashScope, provider):
+    rec = Recorder(request(n=2), task_id="t-done", state={"key": "k1"}, have={0, 1})
+    await run_job(provider, rec)
+    assert fake.calls == []
+
+
+async def test_pool_honours_each_keys_concurrency(fake: FakeDashScope) -> None:
+    p = DashScopeProvider(make_config(fake, keys={"sk-a": 1, "sk-b": 1}))
+    try:
+        recs = [Recorder(request(job_id=i, seed=i)) for i in range(4)]
+        await asyncio.wait_for(asyncio.gather(*(p.generate(r) for r in recs)), 10)
+    finally:
+        await p.aclose()
+    assert all(len(r.images) == 1 for r in recs)
+    assert len(fake.submits) == 4
+    assert dict(fake.max_running_per_key) == {"sk-a": 1, "sk-b": 1}
+    assert p.pool.used == {"k1": 2, "k2": 2}
+    assert len(p.polls) == 4
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "failure", "words"),
+    [
+        ("InvalidApiKey", 401, FailureClass.PROVIDER_ERROR, "key was rejected"),
+        ("Arrearage", 400, FailureClass.PROVIDER_ERROR, "out of credit"),
+        ("AllocationQuota.FreeTierOnly", 403, FailureClass.PROVIDER_ERROR, "quota"),
+        ("DataInspectionFailed", 400, FailureClass.REFUSED, "refused"),
+        ("IPInfringementSuspect", 400, FailureClass.REFUSED, "refused"),
+        ("InvalidParameter", 400, FailureClass.BAD_INPUT, "did not accept"),
+        ("BadRequest.EmptyInput", 400, FailureClass.BAD_INPUT, "did not accept"),
+        ("AccessDenied.Unpurchased", 403, FailureClass.PROVIDER_ERROR, "denied access"),
+    ],
+)
+async def test_permanent_submit_errors(
+    fake: FakeDashScope, provider: DashScopeProvider, code, status, failure, words
+) -> None:
+    fake.fail_next(code, status)
+    exc = await failure_of(provider, Recorder(request()))
+    assert exc.failure is failure
+    assert exc.retry_after is None  # not retried, no failover
+    assert words in exc.message
+    assert "\n" not in exc.message
+    assert len(fake.submits) == 1 and fake.tasks == {}
+
+
+async def test_a_key_dashscope_does_not_know_is_rejected(fake: FakeDashScope) -> None:
+    cfg = DashScopeConfig(base_url=fake.base_url, keys=[ApiKeyConfig(key="sk-wrong-123")])
+    p = DashScopeProvider(cfg)
+    try:
+        exc = await failure_of(p, Recorder(request()))
+    finally:
+        await p.aclose()
+    assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after is None
+    assert exc.message.startswith("the DashScope key was rejected")
+
+
+async def test_invalid_size_is_bad_input(fake: FakeDashScope, provider: DashScopeProvider):
+    exc = await failure_of(provider, Recorder(request(width=2048, height=2048)))
+    assert exc.failure is FailureClass.BAD_INPUT
+    assert "size" in exc.message
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("InternalError", 500), ("InternalError.Algo", 500), ("ServiceUnavailable", 503)],
+)
+async def test_server_errors_are_transient(fake: FakeDashScope, code: str, status: int) -> None:
+    p = DashScopeProvider(make_config(fake, max_retries=0))
+    fake.fail_next(code, status)
+    try:
+        exc = await failure_of(p, Recorder(request()))
+    finally:
+        await p.aclose()
+    assert exc.failure is FailureClass.PROVIDER_ERROR
+    assert exc.retry_after == 0.0  # retryable: back off, or fail over
+
+
+async def test_throttle_retried_then_succeeds(fake: FakeDashScope, provider) -> None:
+    fake.throttle(times=2, retry_after=0.2)
+    fake.throttle(on="task", retry_after="0.05")
+    started = time.monotonic()
+    rec = await run_job(provider, Recorder(request()))
+    assert rec.images
+    assert [c.status for c in fake.submits] == [429, 429, 200]
+    assert time.monotonic() - started >= 0.4  # Retry-After honoured
+    assert 429 in [c.status for c in fake.polls]
+
+
+async def test_throttle_past_retries_is_transient(fake: FakeDashScope) -> None:
+    p = DashScopeProvider(make_config(fake, max_retries=1))
+    fake.throttle(times=5, retry_after="0.01", code="Throttling.AllocationQuota")
+    try:
+        exc = await failure_of(p, Recorder(request()))
+    finally:
+        await p.aclose()
+    assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after is not None
+    assert "rate-limiting" in exc.message
+    assert len(fake.submits) == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "failure", "transient"),
+    [
+        ("DataInspectionFailed", FailureClass.REFUSED, False),
+        ("InvalidParameter", FailureClass.BAD_INPUT, False),
+        ("InternalError.Algo", FailureClass.PROVIDER_ERROR, True),
+        ("Arrearage", FailureClass.PROVIDER_ERROR, False),
+    ],
+)
+async def test_failed_task_is_mapped(fake: FakeDashScope, provider, code, failure, transient):
+    fake.fail_task(code)
+    rec = Recorder(request())
+    exc = await failure_of(provider, rec)
+    assert exc.failure is failure
+    assert (exc.retry_after is not None) is transient
+    assert rec.submits and rec.images == {}
+    assert len(fake.submits) == 1  # a failed task is not paid for again
+
+
+async def test_unknown_task(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    rec = Recorder(request())
+    rec.on_submitted = fake.forget
+    exc = await failure_of(provider, rec)
+    assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after is None
+    assert "expire" in exc.message
+
+
+async def test_cancelled_on_dashscope(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    rec = Recorder(request())
+
+    def cancel(task_id: str) -> None:
+        fake.tasks[task_id].canceled = True
+
+    rec.on_submitted = cancel
+    exc = await failure_of(provider, rec)
+    assert exc.failure is FailureClass.PROVIDER_ERROR and "cancelled" in exc.message
+
+
+async def test_some_pictures_failed(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    fake.fail_results({1, 2})
+    rec = await run_job(provider, Recorder(request(n=4)))
+    assert sorted(rec.images) == [0, 3]  # the core refunds the missing two
+
+
+async def test_every_picture_failed(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    fake.fail_results({0, 1}, code="DataInspectionFailed")
+    exc = await failure_of(provider, Recorder(request(n=2)))
+    assert exc.failure is FailureClass.REFUSED
+
+
+async def test_expired_result_link(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    fake.result_ttl_s = -1.0
+    exc = await failure_of(provider, Recorder(request()))
+    assert exc.failure is FailureClass.PROVIDER_ERROR
+    assert "HTTP 403" in exc.message and "expired" in exc.message
+    assert fake.downloads == [(f"/{next(iter(fake.tasks))}/0.png", 403)]  # not retried
+
+
+async def test_unreachable_service_is_transient(fake: FakeDashScope) -> None:
+    cfg = make_config(fake, max_retries=0, base_url="http://127.0.0.1:9")
+    p = DashScopeProvider(cfg)
+    try:
+        exc = await failure_of(p, Recorder(request()))
+    finally:
+        await p.aclose()
+    assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after == 0.0
+    assert exc.message.startswith("DashScope could not be reached")
+
+
+def test_classify_never_leaks_more_than_a_line() -> None:
+    exc = classify(400, "InvalidParameter", "bad\nthing " + "x" * 500)
+    assert "\n" not in exc.message and len(exc.message) < 220
+    assert classify(None, "", "").failure is FailureClass.PROVIDER_ERROR
+
+
+# --- cancel ---------------------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_task(fake: FakeDashScope) -> None:
+    fake.queue_delay_s = 5.0
+    p = DashScopeProvider(make_config(fake, keys={"sk-a": 1, "sk-b": 1}))
+    p.pool.used["k1"] = 3  # so it goes to k2, not the first key
+    rec = Recorder(request())
+    job = asyncio.create_task(p.generate(rec))
+    try:
+        while not rec.submits:
+            await asyncio.sleep(0.01)
+        job.cancel()  # as the core does: stop waiting, then cancel
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        task_id = rec.task_id
+        assert task_id is not None
+        await p.cancel(task_id)
+    finally:
+        await p.aclose()
+    [cancel] = fake.calls_to("POST", "/api/v1/tasks/")
+    assert cancel.path == f"/api/v1/tasks/{task_id}/cancel"
+    assert cancel.key == "sk-b" and cancel.status == 200
+    assert fake.tasks[task_id].status(time.monotonic()) == "CANCELED"
+    assert p.pool.busy == {"k1": 0, "k2": 0}
+
+
+async def test_cancel_after_it_started_is_harmless(fake: FakeDashScope, provider) -> None:
+    rec = await run_job(provider, Recorder(request()))
+    assert rec.task_id is not None
+    await provider.cancel(rec.task_id)  # finished: DashScope says no, quietly ignored
+    [cancel] = fake.calls_to("POST", "/api/v1/tasks/")
+    assert cancel.status == 400
+
+
+# --- the fake itself ------------------------------------------------------------------------------
+
+
+async def test_fake_refuses_synchronous_calls(fake: FakeDashScope) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            fake.base_url + "/api/v1/services/aigc/text2image/image-synthesis",
+            headers={"Authorization": "Bearer sk-a"},
+            json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": "x"}},
+        )
+    assert r.status_code == 403
+    assert r.json()["code"] == "AccessDenied" and r.json()["message"] == ERR_SYNC
+
+
+async def test_official_sdk_against_the_fake(fake: FakeDashScope, monkeypatch) -> None:
+    dashscope = pytest.importorskip("dashscope")
+    from dashscope import ImageSynthesis
+
+    monkeypatch.setattr(dashscope, "base_http_api_url", fake.base_url + "/api/v1")
+    fake.queue_delay_s = 0.3
+
+    def sdk_flow() -> tuple[Any, Any, Any]:
+        task = ImageSynthesis.async_call(
+            model="wanx2.1-t2i-turbo",
+            prompt="a lighthouse at dusk",
+            negative_prompt="text",
+            n=2,
+            size="640*512",
+            seed=9,
+            prompt_extend=False,
+            api_key="sk-a",
+        )
+        first = ImageSynthesis.fetch(task, api_key="sk-a")
+        done = ImageSynthesis.wait(task, api_key="sk-a")
+        return task, first, done
+
+    task, first, done = await asyncio.to_thread(sdk_flow)
+    assert task.status_code == 200, task
+    assert task.output.task_status == "PENDING" and task.output.task_id
+    assert first.status_code == 200 and first.output.task_status in ("PENDING", "RUNNING")
+    assert done.status_code == 200 and done.output.task_status == "SUCCEEDED"
+    assert len(done.output.results) == 2
+    assert done.usage.image_count == 2
+    submit = fake.submits[0]
+    assert submit.headers["X-DashScope-Async"] == "enable"
+    assert submit.json["parameters"] == {
+        "n": 2,
+        "size": "640*512",
+        "seed": 9,
+        "prompt_extend": False,
+    }
+    assert submit.json["input"] == {"prompt": "a lighthouse at dusk", "negative_prompt": "text"}
+    async with httpx.AsyncClient() as client:
+        r = await client.get(done.output.results[0].url)
+    assert r.status_code == 200 and size_of(r.content) == (640, 512)
+
+    def sdk_errors() -> tuple[Any, Any, Any]:
+        bad_key = ImageSynthesis.async_call(
+            model="wanx2.1-t2i-turbo", prompt="x", api_key="sk-nope"
+        )
+        edit = ImageSynthesis.async_call(
+            model="wanx2.1-imageedit",
+            function="description_edit",
+            prompt="make it night",
+            base_image_url="data:image/png;base64," + base64.b64encode(png(512, 640)).decode(),
+            n=1,
+            api_key="sk-b",
+        )
+        cancelled = ImageSynthesis.cancel(edit, api_key="sk-b")
+        return bad_key, edit, cancelled
+
+    bad_key, edit, cancelled = await asyncio.to_thread(sdk_errors)
+    assert bad_key.status_code == 401 and bad_key.code == "InvalidApiKey"
+    assert edit.status_code == 200
+    assert fake.submits[-1].path.endswith("/image2image/image-synthesis")
+    assert cancelled.status_code == 200
+    assert fake.tasks[edit.output.task_id].canceled
