@@ -74,8 +74,12 @@ class _Run:
         return index in self.images
 
     async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
+        first = self.task_id is None
         self.task_id = task_id
         self.state = dict(state or {})
+        if not first:  # another task of the same job (one per picture): keep the progress
+            await self.sched._update(self.job, provider_task_id=task_id, provider_state=self.state)
+            return
         await self.sched._update(
             self.job,
             provider_task_id=task_id,

@@ -159,7 +159,8 @@ async def download(
 ) -> bytes:
     """Fetch a result picture now (the provider's URL expires), with a size cap."""
     try:
-        async with client.stream("GET", url) as response:
+        # Result links often redirect to a CDN; httpx drops Authorization when it does.
+        async with client.stream("GET", url, follow_redirects=True) as response:
             if response.status_code >= 400:
                 retry = None if response.status_code in (403, 404, 410) else 0.0
                 raise ProviderFailure(

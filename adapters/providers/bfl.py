@@ -1,0 +1,420 @@
+"""Black Forest Labs FLUX (api.bfl.ai): the hosted service behind seed 003.
+
+The API is asynchronous: ``POST /v1/{model}`` with the key in ``x-key`` answers
+``{"id", "polling_url"}``; the task is polled at ``polling_url`` (which may name a regional
+host: the docs say to poll it as given) until its status is ``Ready``, and ``result.sample``
+is a signed URL that expires after about ten minutes, so the picture is fetched at once.
+
+Models and sizes. ``flux-pro-1.1`` and ``flux-dev`` take ``width``/``height`` (multiples of
+32, 256..1440); ``flux-pro-1.1-ultra`` and ``flux-kontext-pro`` take an ``aspect_ratio``
+string instead (21:9 .. 9:21), mapped from the size the core resolved to the nearest common
+ratio. img2img sends the input picture as base64: ``image_prompt`` (Redux-style remix) for
+the pro/dev/ultra models, ``input_image`` (an edit) for Kontext. Only ultra documents
+``image_prompt_strength``, which weighs the *input picture* (1 keeps it), while sdhost's
+``--strength`` says how much the picture may *change* (1 changes it completely): it is sent
+as ``1 - strength``.
+
+Several pictures per job. The API makes one picture per task, so a job of n pictures is n
+tasks, run one after another under the one key slot the job holds (so a job never has more
+tasks active on a key than the pool accounts for). Each task is stored with ``submitted``
+the moment it exists (``{"key", "polling_url", "ids", "polling_urls"}``, lists indexed by
+picture), and each picture is handed over as soon as it is downloaded. A resumed job polls
+the tasks it already has and submits only the pictures that never had one.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from adapters.providers.cloud import (
+    ApiKey,
+    KeyPool,
+    download,
+    http_client,
+    poll_delays,
+    retry_after_s,
+    transport_failure,
+    with_retries,
+)
+from bot.config import BflConfig
+from bot.errors import FailureClass, ProviderFailure
+from bot.providers import (
+    Capabilities,
+    ModelInfo,
+    Provider,
+    ProviderRun,
+    ResolvedRequest,
+    ResultImage,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 1440, 32
+
+# Models that take width/height, and those that take an aspect_ratio string.
+SIZED_MODELS = ("flux-pro-1.1", "flux-dev")
+RATIO_MODELS = ("flux-pro-1.1-ultra", "flux-kontext-pro")
+MODEL_NOTES = {
+    "flux-pro-1.1": "FLUX1.1 [pro]: fast, strong prompt adherence (256..1440 px)",
+    "flux-pro-1.1-ultra": "FLUX1.1 [pro] Ultra: up to 4 MP; the size sets only the aspect ratio",
+    "flux-dev": "FLUX.1 [dev]: open-weights model; honours --steps and --cfg (guidance)",
+    "flux-kontext-pro": "FLUX.1 Kontext [pro]: edits a picture from an instruction (~1 MP)",
+}
+# The documented range is 21:9 .. 9:21; these are the usual ratios inside it.
+ASPECT_RATIOS = ("21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16", "9:21")
+# Only these models document image_prompt_strength.
+STRENGTH_MODELS = frozenset({"flux-pro-1.1-ultra"})
+# API fields a person sets with a flag: named by the flag in error messages.
+FIELD_FLAGS = {
+    "width": "--size",
+    "height": "--size",
+    "aspect_ratio": "--ar",
+    "steps": "--steps",
+    "guidance": "--cfg",
+    "image_prompt_strength": "--strength",
+    "seed": "--seed",
+    "prompt": "the prompt",
+    "image_prompt": "the input picture",
+    "input_image": "the input picture",
+}
+
+MODERATED = {
+    "Request Moderated": "FLUX refused the prompt (Request Moderated)",
+    "Content Moderated": "FLUX refused to deliver the picture it made (Content Moderated)",
+}
+# Submission failures that cannot have reached the server: safe to send again.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def fit_side(value: int) -> int:
+    """A side the width/height models accept: the nearest multiple of 32 in 256..1440."""
+    side = round(value / SIDE_MULTIPLE) * SIDE_MULTIPLE
+    return min(max(side, MIN_SIDE), MAX_SIDE)
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    """The allowed aspect ratio closest to width:height (compared on a log scale)."""
+    target = math.log(max(width, 1) / max(height, 1))
+
+    def distance(ratio: str) -> float:
+        a, _, b = ratio.partition(":")
+        return abs(math.log(int(a) / int(b)) - target)
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+def _describe_details(details: Any) -> str:
+    """A short human text from a task's ``details`` (moderation reasons, an error)."""
+    if not details:
+        return ""
+    if isinstance(details, str):
+        return details[:200]
+    if isinstance(details, dict):
+        parts = []
+        for key, value in details.items():
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            parts.append(f"{key}: {value}")
+        return "; ".join(parts)[:200]
+    if isinstance(details, list):
+        return ", ".join(str(v) for v in details)[:200]
+    return str(details)[:200]
+
+
+def _validation_message(body: Any) -> str:
+    """FastAPI's 422 ``{"detail": [{"loc": ["body", field], "msg": ...}]}`` as one line."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail[:200]
+    if not isinstance(detail, list):
+        return "the request was invalid"
+    parts = []
+    for item in detail[:3]:
+        if not isinstance(item, dict):
+            continue
+        loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+        field = ".".join(loc) or "request"
+        flag = FIELD_FLAGS.get(loc[0]) if loc else None
+        name = f"{field} ({flag})" if flag else field
+        parts.append(f"{name}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request was invalid"
+
+
+def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ProviderFailure(
+            FailureClass.PROVIDER_ERROR, f"{what}: BFL sent an answer that is not JSON"
+        ) from exc
+    if not isinstance(body, dict):
+        raise ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: BFL sent an unexpected answer")
+    return body
+
+
+def _http_failure(response: httpx.Response, what: str) -> ProviderFailure:
+    """An HTTP error from the API, classified for the refund policy and for retries."""
+    status = response.status_code
+    if status in (401, 403):
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR, f"{what}: the BFL key was rejected (HTTP {status})"
+        )
+    if status == 402:
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR, f"{what}: the BFL account is out of credits (HTTP 402)"
+        )
+    if status == 429:
+        wait = retry_after_s(response)
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR,
+            f"{what}: BFL is throttling (too many active tasks, HTTP 429)",
+            retry_after=wait if wait is not None else 0.0,
+        )
+    if status in (400, 422):
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        return ProviderFailure(
+            FailureClass.BAD_INPUT, f"BFL rejected the request: {_validation_message(body)}"
+        )
+    if status == 404:
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR, f"{what}: BFL does not know this endpoint (HTTP 404)"
+        )
+    if status >= 500:
+        wait = retry_after_s(response)
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR,
+            f"{what}: BFL had a server error (HTTP {status})",
+            retry_after=wait if wait is not None else 0.0,
+        )
+    return ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: unexpected HTTP {status}")
+
+
+class BflProvider(Provider):
+    name = "bfl"
+
+    def __init__(self, config: BflConfig) -> None:
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self.pool = KeyPool.from_config(config)
+        self.client = http_client(config)  # API calls: never follows redirects
+        # Result pictures come from a delivery host with signed URLs; no key is ever sent
+        # there, so following its redirects is safe.
+        self.downloads = http_client(config, follow_redirects=True)
+        self.polls: list[int] = []  # polls each job took (all its tasks), for tests and stats
+
+    def _models(self) -> tuple[str, ...]:
+        known = (*SIZED_MODELS, *RATIO_MODELS)
+        extra = () if self.config.default_model in known else (self.config.default_model,)
+        return (*known, *extra)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            kinds=frozenset({"txt2img", "img2img"}),
+            models=tuple(
+                ModelInfo(m, MODEL_NOTES.get(m, "FLUX via the BFL API")) for m in self._models()
+            ),
+            default_model=self.config.default_model,
+            max_images=4,  # one task per picture, run one after another (see module doc)
+            min_size=MIN_SIDE,
+            max_size=MAX_SIDE,
+            size_multiple=SIDE_MULTIPLE,
+            description="Black Forest Labs FLUX (hosted API)",
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.downloads.aclose()
+
+    # --- the request body ------------------------------------------------------------------
+
+    def body(self, req: ResolvedRequest, model: str, index: int) -> dict[str, Any]:
+        """The documented JSON body for picture ``index`` of a request on ``model``."""
+        body: dict[str, Any] = {"prompt": req.prompt, "seed": req.seed + index}
+        if model in RATIO_MODELS:
+            body["aspect_ratio"] = nearest_ratio(req.width, req.height)
+        else:
+            body["width"] = fit_side(req.width)
+            body["height"] = fit_side(req.height)
+        if model == "flux-dev":
+            if req.steps is not None:
+                body["steps"] = req.steps
+            if req.cfg is not None:
+                body["guidance"] = req.cfg
+        if req.kind == "img2img" and req.init_image is not None:
+            encoded = base64.b64encode(req.init_image).decode("ascii")
+            if model == "flux-kontext-pro":
+                body["input_image"] = encoded
+            else:
+                body["image_prompt"] = encoded
+                if model in STRENGTH_MODELS and req.strength is not None:
+                    body["image_prompt_strength"] = round(1.0 - req.strength, 4)
+        body["output_format"] = self.config.output_format
+        body["safety_tolerance"] = self.config.safety_tolerance
+        return body
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def _check_polling_url(self, url: Any) -> str:
+        """Poll where BFL says (regional hosts included), but only over http(s), and never
+        over plain http when the API itself is https: the key travels with every poll."""
+        parts = urlsplit(url) if isinstance(url, str) else None
+        base_scheme = urlsplit(self.base_url).scheme
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or (base_scheme == "https" and parts.scheme != "https")
+        ):
+            raise ProviderFailure(
+                FailureClass.PROVIDER_ERROR, "BFL returned a polling URL sdhost will not use"
+            )
+        return url
+
+    async def _submit(self, key: ApiKey, model: str, body: dict[str, Any]) -> tuple[str, str]:
+        what = "BFL submit"
+        url = f"{self.base_url}/{quote(model, safe='')}"
+
+        async def call() -> tuple[str, str]:
+            try:
+                response = await self.client.post(
+                    url, json=body, headers={"x-key": key.key, "accept": "application/json"}
+                )
+            except _UNSENT as exc:
+                raise transport_failure(exc, what) from exc
+            except httpx.HTTPError as exc:
+                # It may have been received: sending it again could start (and bill) a
+                # second task, so this is not retried.
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR,
+                    f"{what}: no answer from BFL ({type(exc).__name__})",
+                ) from exc
+            if response.status_code >= 400:
+                raise _http_failure(response, what)
+            answer = _json(response, what)
+            task_id = answer.get("id")
+            if not isinstance(task_id, str) or not task_id:
+                raise ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: BFL sent no task id")
+            polling = answer.get("polling_url") or self._result_url(task_id)
+            return task_id, self._check_polling_url(polling)
+
+        return await with_retries(self.config, call, what=what)
+
+    def _result_url(self, task_id: str) -> str:
+        return f"{self.base_url}/get_result?id={quote(task_id, safe='')}"
+
+    async def _poll_once(self, key: ApiKey, url: str) -> dict[str, Any]:
+        what = "BFL poll"
+
+        async def call() -> dict[str, Any]:
+            try:
+                response = await self.client.get(
+                    url, headers={"x-key": key.key, "accept": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                raise transport_failure(exc, what) from exc
+            if response.status_code >= 400:
+                raise _http_failure(response, what)
+            return _json(response, what)
+
+        return await with_retries(self.config, call, what=what)
+
+    async def _fetch(self, url: Any) -> bytes:
+        what = "BFL result"
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ProviderFailure(
+                FailureClass.PROVIDER_ERROR, f"{what}: BFL marked the task Ready with no picture"
+            )
+        return await with_retries(
+            self.config, lambda: download(self.downloads, url, what=what), what=what
+        )
+
+    # --- one task --------------------------------------------------------------------------
+
+    async def _wait(self, run: ProviderRun, key: ApiKey, url: str, index: int, seed: int) -> int:
+        """Poll one task to its end and hand over its picture; returns the polls it took."""
+        n = run.request.n
+        polls = 0
+        async for _ in poll_delays(self.config):
+            polls += 1
+            answer = await self._poll_once(key, url)
+            status = answer.get("status")
+            if status == "Pending":
+                progress = answer.get("progress")
+                if isinstance(progress, int | float) and not isinstance(progress, bool):
+                    fraction = progress / 100 if progress > 1 else progress
+                    await run.progress((index + min(max(fraction, 0.0), 1.0)) / n)
+                continue
+            if status == "Ready":
+                result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+                data = await self._fetch(result.get("sample"))
+                got = result.get("seed")
+                real_seed = got if isinstance(got, int) and not isinstance(got, bool) else seed
+                await run.image(index, ResultImage(data=data, seed=real_seed))
+                await run.progress((index + 1) / n)
+                return polls
+            details = _describe_details(answer.get("details"))
+            suffix = f": {details}" if details else ""
+            if status in MODERATED:
+                raise ProviderFailure(FailureClass.REFUSED, MODERATED[status] + suffix)
+            if status == "Error":
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR, f"FLUX failed to make the picture (Error){suffix}"
+                )
+            if status == "Task not found":
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR,
+                    "BFL no longer knows this task (Task not found; it may have expired)",
+                )
+            # Statuses the docs do not list: keep polling, the job's deadline bounds it.
+            log.info("BFL task for job %s: unexpected status %r", run.request.job_id, status)
+        raise AssertionError("poll_delays never ends")  # pragma: no cover
+
+    # --- the job ---------------------------------------------------------------------------
+
+    async def generate(self, run: ProviderRun) -> None:
+        req = run.request
+        model = req.model or self.config.default_model
+        state = run.state or {}
+        ids: list[str | None] = list(state.get("ids") or [])
+        urls: list[str | None] = list(state.get("polling_urls") or [])
+        if not ids and run.task_id:  # stored as {"key", "polling_url"} for one task
+            ids = [run.task_id]
+            urls = [state.get("polling_url") or self._result_url(run.task_id)]
+        polls = 0
+        try:
+            async with self.pool.use(state.get("key")) as key:
+                for index in range(req.n):
+                    if run.has_image(index):
+                        continue
+                    seed = req.seed + index
+                    stored = ids[index] if index < len(ids) else None
+                    if stored:
+                        known = urls[index] if index < len(urls) else None
+                        url = self._check_polling_url(known or self._result_url(stored))
+                    else:
+                        task_id, url = await self._submit(key, model, self.body(req, model, index))
+                        while len(ids) <= index:
+                            ids.append(None)
+                            urls.append(None)
+                        ids[index], urls[index] = task_id, url
+                        await run.submitted(
+                            task_id,
+                            {
+                                "key": key.name,
+                                "polling_url": url,
+                                "ids": list(ids),
+                                "polling_urls": list(urls),
+                            },
+                        )
+                    polls += await self._wait(run, key, url, index, seed)
+        finally:
+            self.polls.append(polls)

@@ -1,0 +1,127 @@
+"""Hosted providers through the whole core, against their loopback fakes.
+
+    python bench/providers.py [--queue 0.5] [--run 2.0]
+
+For each provider fake (tasks wait ``--queue`` s, then run ``--run`` s) it runs a batch of
+ten with two API keys (two tasks each at once) and the same batch one task after another
+(one key, one task at a time), with the default polling settings (first poll after 1 s,
+x1.5, at most 5 s apart), and prints the wall time of each and the polls per job.
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+from rich.console import Console
+from rich.table import Table
+
+from bot.app import App
+from bot.chat import ChatAdapter, Delivery, UserRef
+from bot.config import Config
+from bot.params import GenerationParams
+
+
+class Outcomes(ChatAdapter):
+    platform = "bench"
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    async def deliver(self, d: Delivery) -> None:
+        if d.kind != "image":
+            self.done += 1
+
+
+def fakes(queue: float, run: float) -> dict[str, tuple[AbstractAsyncContextManager[Any], Any]]:
+    out: dict[str, tuple[AbstractAsyncContextManager[Any], Any]] = {}
+    from tests.fakes.dashscope import FakeDashScope
+
+    out["dashscope"] = (
+        FakeDashScope(keys={"k1", "k2"}, queue_delay_s=queue, run_delay_s=run),
+        [{"key": "k1"}, {"key": "k2"}],
+    )
+    from tests.fakes.liblib import FakeLiblib
+
+    out["liblib"] = (
+        FakeLiblib(keys={"k1": "s1", "k2": "s2"}, wait_s=queue, run_s=run),
+        [{"key": "k1", "secret": "s1"}, {"key": "k2", "secret": "s2"}],
+    )
+    try:
+        from tests.fakes.bfl import FakeBfl
+    except ImportError:
+        return out
+    out["bfl"] = (FakeBfl(keys={"k1", "k2"}, delay_s=queue + run), [{"key": "k1"}, {"key": "k2"}])
+    return out
+
+
+async def batch(name: str, base_url: str, keys: list[dict[str, Any]], per_key: int) -> tuple:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config.model_validate(
+            {
+                "data": {"dir": str(Path(tmp) / "data")},
+                "queue": {"max_running_per_user": 10, "poll_idle_s": 0.05},
+                "providers": {
+                    "default": name,
+                    name: {
+                        "base_url": base_url,
+                        "keys": [{**k, "concurrency": per_key} for k in keys],
+                    },
+                },
+                "logging": {"level": "ERROR"},
+            }
+        )
+        app = App(config)
+        counter = Outcomes()
+        app.add_adapter(counter)
+        await app.start()
+        try:
+            tasks = [GenerationParams(f"tile {i}", width=512, height=512) for i in range(10)]
+            t0 = time.perf_counter()
+            await app.jobs.submit(UserRef("bench", "b"), "batch", tasks, {"platform": "bench"})
+            while counter.done < 10:
+                await asyncio.sleep(0.02)
+            took = time.perf_counter() - t0
+            polls = list(getattr(app.providers[name], "polls", []))
+        finally:
+            await app.stop()
+    return took, polls
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--queue", type=float, default=0.5)
+    parser.add_argument("--run", type=float, default=2.0)
+    args = parser.parse_args()
+    table = Table(title=f"Batch of 10 against the fakes (queue {args.queue}s + run {args.run}s)")
+    for col in ("provider", "2 keys x 2 at once", "one after another", "speed-up", "polls/job"):
+        table.add_column(col, justify="left" if col == "provider" else "right")
+    for name, (fake, keys) in fakes(args.queue, args.run).items():
+        async with fake as server:
+            base = server.base_url
+            parallel, polls = await batch(name, base, keys, 2)
+            serial, _ = await batch(name, base, keys[:1], 1)
+        table.add_row(
+            name,
+            f"{parallel:.1f} s",
+            f"{serial:.1f} s",
+            f"{serial / parallel:.1f}x",
+            f"{statistics.mean(polls):.1f} (max {max(polls)})" if polls else "-",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,561 @@
+"""A loopback fake of the Black Forest Labs FLUX API (api.bfl.ai), for the BFL provider.
+
+It speaks the wire format of the real service (see shared/api/providers.md and the BFL API
+reference): ``POST /v1/{model}`` with the key in ``x-key`` answers ``{"id", "polling_url"}``;
+``GET <polling_url>`` answers ``{"id", "status", "result", "progress", "details"}`` with the
+documented statuses (``Pending``, ``Ready``, ``Request Moderated``, ``Content Moderated``,
+``Error``, ``Task not found``); ``result.sample`` is a signed URL on a separate delivery
+origin that stops working (HTTP 403) ``result_ttl_s`` after the picture is ready.
+
+Three origins, as with the real service: the API (``base_url``, ending in ``/v1``), a
+"regional" API host the polling URLs point at (another port serving the same API, like
+``api.us1.bfl.ai`` behind the global ``api.bfl.ai``), and the delivery host for results.
+
+Usage::
+
+    async with FakeBfl(keys={"k1", "k2"}, max_active_per_key=2) as fake:
+        config = BflConfig(base_url=fake.base_url, keys=[...])
+        ...
+        fake.submits, fake.calls, fake.max_running_per_key
+
+Failure switches: :meth:`fail_next` (any status and body, on submit, poll or result),
+:meth:`next_outcome` (the next task ends ``Request Moderated``, ``Content Moderated``,
+``Error`` or ``Task not found``), :attr:`no_credits` (keys answered with 402), and
+:meth:`forget` (a task vanishes).
+
+Deliberate deviations from the real service (small, and written down so tests are not misled):
+
+* Request bodies are validated with ``extra="forbid"``: a field a model does not document is
+  a 422 here, so tests catch the provider sending one. The real API may ignore it.
+* Missing ``x-key`` is 401 and an unknown key 403 (``{"detail": ...}``, fake wording).
+* Polling another key's task answers ``Task not found`` (what the real API does there is
+  not documented).
+* ``progress`` while Pending is a fraction 0..1.
+* Ratio models (ultra, Kontext) return about 1 MP (ultra really makes about 4 MP); pictures are
+  flat colours derived from the seed. The 429 and 403 texts are fake wording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import json
+import math
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from PIL import Image
+
+Json = dict[str, Any]
+
+MIN_SIDE, MAX_SIDE, MULTIPLE = 256, 1440, 32
+OUTCOMES = ("Ready", "Request Moderated", "Content Moderated", "Error", "Task not found")
+
+# Field specs: (kind, constraints). kinds: str, int, num, bool, enum, image, ratio, url
+_COMMON: dict[str, tuple[str, dict[str, Any]]] = {
+    "prompt": ("str", {"nullable": True}),
+    "seed": ("int", {"nullable": True}),
+    "safety_tolerance": ("int", {"ge": 0, "le": 6}),
+    "output_format": ("enum", {"values": ("jpeg", "png"), "nullable": True}),
+    "prompt_upsampling": ("bool", {}),
+    "webhook_url": ("str", {"nullable": True}),
+    "webhook_secret": ("str", {"nullable": True}),
+}
+_SIZE = {
+    "width": ("int", {"ge": MIN_SIDE, "le": MAX_SIDE, "multiple_of": MULTIPLE}),
+    "height": ("int", {"ge": MIN_SIDE, "le": MAX_SIDE, "multiple_of": MULTIPLE}),
+}
+SCHEMAS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "flux-pro-1.1": {**_COMMON, **_SIZE, "image_prompt": ("image", {"nullable": True})},
+    "flux-dev": {
+        **_COMMON,
+        **_SIZE,
+        "image_prompt": ("image", {"nullable": True}),
+        "steps": ("int", {"ge": 1, "le": 50, "nullable": True}),
+        "guidance": ("num", {"ge": 1.5, "le": 5, "nullable": True}),
+    },
+    "flux-pro-1.1-ultra": {
+        **_COMMON,
+        "aspect_ratio": ("ratio", {}),
+        "raw": ("bool", {}),
+        "image_prompt": ("image", {"nullable": True}),
+        "image_prompt_strength": ("num", {"ge": 0, "le": 1}),
+    },
+    "flux-kontext-pro": {
+        **_COMMON,
+        "prompt": ("str", {"required": True}),
+        "input_image": ("image", {"nullable": True}),
+        "aspect_ratio": ("ratio", {"nullable": True}),
+    },
+}
+DEFAULT_FORMAT = {"flux-kontext-pro": "png"}  # the others default to jpeg
+
+
+def _err(kind: str, field_name: str, msg: str, value: Any, **ctx: Any) -> Json:
+    item: Json = {"type": kind, "loc": ["body", field_name], "msg": msg, "input": value}
+    if ctx:
+        item["ctx"] = ctx
+    return item
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _decode_image(value: str) -> bytes | None:
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    magic = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+    return data if data.startswith(magic) else None
+
+
+def validate(model: str, body: Any) -> tuple[list[Json], Json]:
+    """FastAPI-style validation errors for ``body`` on ``model``, and decoded images."""
+    schema = SCHEMAS[model]
+    if not isinstance(body, dict):
+        return [
+            {
+                "type": "model_attributes_type",
+                "loc": ["body"],
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+                "input": body,
+            }
+        ], {}
+    errors: list[Json] = []
+    images: Json = {}
+    for name in body:
+        if name not in schema:
+            errors.append(
+                _err("extra_forbidden", name, "Extra inputs are not permitted", body[name])
+            )
+    for name, (kind, rules) in schema.items():
+        if name not in body:
+            if rules.get("required"):
+                errors.append(_err("missing", name, "Field required", None))
+            continue
+        value = body[name]
+        if value is None:
+            if not rules.get("nullable"):
+                errors.append(_err(f"{kind}_type", name, "Input should not be None", value))
+            continue
+        if kind in ("str", "image", "ratio") and not isinstance(value, str):
+            errors.append(_err("string_type", name, "Input should be a valid string", value))
+            continue
+        if kind == "bool" and not isinstance(value, bool):
+            errors.append(_err("bool_type", name, "Input should be a valid boolean", value))
+            continue
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            errors.append(_err("int_type", name, "Input should be a valid integer", value))
+            continue
+        if kind == "num" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            errors.append(_err("float_type", name, "Input should be a valid number", value))
+            continue
+        if kind == "enum" and value not in rules["values"]:
+            expected = " or ".join(f"'{v}'" for v in rules["values"])
+            errors.append(
+                _err("enum", name, f"Input should be {expected}", value, expected=expected)
+            )
+            continue
+        if kind in ("int", "num"):
+            if "ge" in rules and value < rules["ge"]:
+                msg = f"Input should be greater than or equal to {_fmt(rules['ge'])}"
+                errors.append(_err("greater_than_equal", name, msg, value, ge=rules["ge"]))
+            elif "le" in rules and value > rules["le"]:
+                msg = f"Input should be less than or equal to {_fmt(rules['le'])}"
+                errors.append(_err("less_than_equal", name, msg, value, le=rules["le"]))
+            elif "multiple_of" in rules and value % rules["multiple_of"]:
+                m = rules["multiple_of"]
+                errors.append(
+                    _err(
+                        "multiple_of",
+                        name,
+                        f"Input should be a multiple of {m}",
+                        value,
+                        multiple_of=m,
+                    )
+                )
+        if kind == "ratio":
+            a, _, b = value.partition(":")
+            ok = a.isdigit() and b.isdigit() and int(a) > 0 and int(b) > 0
+            if not ok or not (9 / 21 - 1e-9 <= int(a) / int(b) <= 21 / 9 + 1e-9):
+                msg = "Value error, Aspect ratio must be between 21:9 and 9:21"
+                errors.append(_err("value_error", name, msg, value))
+        if kind == "image":
+            data = _decode_image(value)
+            if data is None:
+                msg = f"Value error, {name} is not a base64-encoded picture"  # fake wording
+                errors.append(_err("value_error", name, msg, value[:32]))
+            else:
+                images[name] = data
+    return errors, images
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    origin: str  # api | regional | delivery
+    key: str | None
+    body: Any
+    status: int = 0
+    at: float = 0.0
+
+
+@dataclass
+class Task:
+    id: str
+    model: str
+    key: str
+    body: Json
+    images: Json
+    created: float  # time.monotonic()
+    created_wall: float  # time.time()
+    delay_s: float
+    outcome: str = "Ready"
+    details: Any = None
+    seed: int = 0
+    polls: int = 0
+    forgotten: bool = False
+    picture: bytes | None = field(default=None, repr=False)
+
+    @property
+    def done_at(self) -> float:
+        return self.created + (0.0 if self.outcome == "Request Moderated" else self.delay_s)
+
+    def active(self, now: float) -> bool:
+        return now < self.done_at
+
+    def status(self, now: float) -> str:
+        return "Pending" if self.active(now) else self.outcome
+
+
+class FakeBfl:
+    def __init__(
+        self,
+        keys: Iterable[str] = ("k1",),
+        *,
+        max_active_per_key: int = 24,
+        delay_s: float = 0.2,
+        result_ttl_s: float = 600.0,
+        retry_after_s: float | None = 1.0,
+        regional: bool = True,
+    ) -> None:
+        self.keys = set(keys)
+        self.max_active_per_key = max_active_per_key
+        self.delay_s = delay_s  # how long a new task stays Pending
+        self.result_ttl_s = result_ttl_s  # how long a result URL works after Ready
+        self.retry_after_s = retry_after_s  # Retry-After sent with 429 (None: no header)
+        self.regional = regional  # polling URLs on the "regional" origin
+        self.polling_base: str | None = None  # overrides the polling URL (tests of bad ones)
+        self.no_credits: set[str] = set()  # keys answered with 402
+        self.calls: list[Call] = []
+        self.tasks: dict[str, Task] = {}
+        self.max_running_per_key: dict[str, int] = {}
+        self._failures: list[tuple[str, int, Any, dict[str, str]]] = []
+        self._outcomes: list[tuple[str, Any]] = []
+        self._secret = secrets.token_bytes(16)
+        self._runner: web.AppRunner | None = None
+        self._delivery_runner: web.AppRunner | None = None
+        self._ports: dict[str, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> FakeBfl:
+        api = web.Application(client_max_size=64 * 1024 * 1024)
+        api.router.add_get("/v1/get_result", self._get_result)
+        api.router.add_post("/v1/{model}", self._submit)
+        self._runner = web.AppRunner(api, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        for origin in ("api", "regional"):
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self._ports[origin] = int(self._runner.addresses[-1][1])
+        delivery = web.Application()
+        delivery.router.add_get("/results/{task_id}/sample.{ext}", self._result)
+        self._delivery_runner = web.AppRunner(delivery, access_log=None, shutdown_timeout=1.0)
+        await self._delivery_runner.setup()
+        site = web.TCPSite(self._delivery_runner, "127.0.0.1", 0)
+        await site.start()
+        self._ports["delivery"] = int(self._delivery_runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        for runner in (self._runner, self._delivery_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._delivery_runner = None
+
+    async def __aenter__(self) -> FakeBfl:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['api']}/v1"
+
+    @property
+    def regional_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['regional']}/v1"
+
+    @property
+    def delivery_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['delivery']}"
+
+    # --- control -------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        body: Any = None,
+        *,
+        on: str = "submit",
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` requests of kind ``on`` (submit | poll | result) with
+        ``status`` and ``body`` (JSON; default ``{"detail": "<reason>"}``)."""
+        assert on in ("submit", "poll", "result")
+        for _ in range(times):
+            self._failures.append((on, status, body, dict(headers or {})))
+
+    def next_outcome(self, outcome: str, details: Any = None) -> None:
+        """The next task submitted ends with ``outcome`` instead of ``Ready``."""
+        assert outcome in OUTCOMES
+        self._outcomes.append((outcome, details))
+
+    def forget(self, task_id: str) -> None:
+        self.tasks[task_id].forgotten = True
+
+    def submit_direct(
+        self, key: str, model: str = "flux-pro-1.1", body: Json | None = None, **kw: Any
+    ) -> tuple[str, str]:
+        """A task as if ``key`` had submitted it (another client, or before a restart)."""
+        body = body or {"prompt": "direct", "width": 512, "height": 512, "seed": 7}
+        task = self._create(key, model, body, {}, **kw)
+        return task.id, self._polling_url(task.id)
+
+    @property
+    def submits(self) -> list[Call]:
+        return [c for c in self.calls if c.method == "POST"]
+
+    @property
+    def polls(self) -> list[Call]:
+        return [c for c in self.calls if c.path.endswith("/get_result")]
+
+    @property
+    def downloads(self) -> list[Call]:
+        return [c for c in self.calls if c.origin == "delivery"]
+
+    def active(self, key: str) -> int:
+        now = time.monotonic()
+        return sum(1 for t in self.tasks.values() if t.key == key and t.active(now))
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _origin(self, request: web.Request) -> str:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        port = sock[1] if sock else 0
+        return next((o for o, p in self._ports.items() if p == port), "?")
+
+    def _record(self, request: web.Request, body: Any = None) -> Call:
+        call = Call(
+            request.method,
+            request.path,
+            self._origin(request),
+            request.headers.get("x-key"),
+            body,
+            at=time.monotonic(),
+        )
+        self.calls.append(call)
+        return call
+
+    def _reply(self, call: Call, status: int, body: Any, headers: dict[str, str] | None = None):
+        call.status = status
+        return web.json_response(body, status=status, headers=headers)
+
+    def _injected(self, on: str) -> tuple[int, Any, dict[str, str]] | None:
+        for i, (kind, status, body, headers) in enumerate(self._failures):
+            if kind == on:
+                del self._failures[i]
+                if body is None:
+                    body = {"detail": f"injected failure (HTTP {status})"}
+                return status, body, headers
+        return None
+
+    def _auth(self, call: Call) -> web.Response | None:
+        if call.key is None:
+            return self._reply(call, 401, {"detail": "Not authenticated"})
+        if call.key not in self.keys:
+            return self._reply(call, 403, {"detail": "Not authenticated - Invalid Authentication"})
+        return None
+
+    def _polling_url(self, task_id: str) -> str:
+        if self.polling_base is not None:
+            return f"{self.polling_base}?id={task_id}"
+        base = self.regional_url if self.regional else self.base_url
+        return f"{base}/get_result?id={task_id}"
+
+    def _create(
+        self, key: str, model: str, body: Json, images: Json, delay_s: float | None = None
+    ) -> Task:
+        outcome, details = self._outcomes.pop(0) if self._outcomes else ("Ready", None)
+        if details is None and outcome in ("Request Moderated", "Content Moderated"):
+            details = {"Moderation Reasons": ["Derivative Works"]}
+        seed = body.get("seed")
+        task = Task(
+            id=str(uuid.UUID(int=random.getrandbits(128))),
+            model=model,
+            key=key,
+            body=body,
+            images=images,
+            created=time.monotonic(),
+            created_wall=time.time(),
+            delay_s=self.delay_s if delay_s is None else delay_s,
+            outcome=outcome,
+            details=details,
+            seed=seed if isinstance(seed, int) else random.randrange(2**32),
+        )
+        self.tasks[task.id] = task
+        self.max_running_per_key[key] = max(self.max_running_per_key.get(key, 0), self.active(key))
+        return task
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        try:
+            body: Any = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        call = self._record(request, body)
+        injected = self._injected("submit")
+        if injected:
+            return self._reply(call, injected[0], injected[1], injected[2])
+        denied = self._auth(call)
+        if denied:
+            return denied
+        assert call.key is not None
+        if call.key in self.no_credits:
+            return self._reply(
+                call, 402, {"detail": "Insufficient credits. Add credits to continue."}
+            )
+        if model not in SCHEMAS:
+            return self._reply(call, 404, {"detail": "Not Found"})
+        errors, images = validate(model, body)
+        if errors:
+            return self._reply(call, 422, {"detail": errors})
+        if self.active(call.key) >= self.max_active_per_key:
+            headers = {}
+            if self.retry_after_s is not None:
+                headers["Retry-After"] = _fmt(self.retry_after_s)
+            detail = f"You have reached the limit of {self.max_active_per_key} active tasks"
+            return self._reply(call, 429, {"detail": detail}, headers)
+        task = self._create(call.key, model, body, images)
+        return self._reply(call, 200, {"id": task.id, "polling_url": self._polling_url(task.id)})
+
+    def _sample_url(self, task: Task) -> str:
+        ext = "png" if self._format(task) == "png" else "jpg"
+        expires = int((task.created_wall + task.delay_s + self.result_ttl_s) * 1000)
+        sig = self._sign(task.id, expires)
+        return f"{self.delivery_url}/results/{task.id}/sample.{ext}?se={expires}&sig={sig}"
+
+    def _sign(self, task_id: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{task_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _format(self, task: Task) -> str:
+        return task.body.get("output_format") or DEFAULT_FORMAT.get(task.model, "jpeg")
+
+    async def _get_result(self, request: web.Request) -> web.Response:
+        call = self._record(request)
+        injected = self._injected("poll")
+        if injected:
+            return self._reply(call, injected[0], injected[1], injected[2])
+        denied = self._auth(call)
+        if denied:
+            return denied
+        task_id = request.query.get("id", "")
+        task = self.tasks.get(task_id)
+        base: Json = {"id": task_id, "result": None, "progress": None, "details": None}
+        if task is None or task.forgotten or task.key != call.key:
+            return self._reply(call, 200, {**base, "status": "Task not found"})
+        task.polls += 1
+        now = time.monotonic()
+        status = task.status(now)
+        if status == "Task not found":
+            task.forgotten = True
+        answer: Json = {**base, "status": status}
+        if status == "Pending":
+            elapsed = now - task.created
+            answer["progress"] = round(min(elapsed / task.delay_s, 0.99), 2)
+        elif status == "Ready":
+            answer["result"] = {
+                "sample": self._sample_url(task),
+                "prompt": task.body.get("prompt"),
+                "seed": task.seed,
+                "start_time": task.created_wall,
+                "end_time": task.created_wall + task.delay_s,
+                "duration": task.delay_s,
+            }
+        elif status in ("Request Moderated", "Content Moderated", "Error"):
+            answer["details"] = task.details
+        return self._reply(call, 200, answer)
+
+    async def _result(self, request: web.Request) -> web.StreamResponse:
+        call = self._record(request)
+        injected = self._injected("result")
+        if injected:
+            return self._reply(call, injected[0], injected[1], injected[2])
+        task = self.tasks.get(request.match_info["task_id"])
+        try:
+            expires = int(request.query.get("se", ""))
+        except ValueError:
+            expires = -1
+        sig = request.query.get("sig", "")
+        denied = (
+            task is None
+            or task.status(time.monotonic()) != "Ready"
+            or not hmac.compare_digest(sig, self._sign(task.id, expires))
+        )
+        if denied or time.time() * 1000 > expires:
+            call.status = 403
+            text = (
+                "<?xml version='1.0' encoding='utf-8'?><Error><Code>AuthenticationFailed</Code>"
+                "<Message>Signature not valid in the specified time frame</Message></Error>"
+            )
+            return web.Response(status=403, text=text, content_type="application/xml")
+        assert task is not None
+        if task.picture is None:
+            task.picture = await asyncio.to_thread(self._draw, task)
+        call.status = 200
+        ctype = "image/png" if self._format(task) == "png" else "image/jpeg"
+        return web.Response(body=task.picture, content_type=ctype)
+
+    def _draw(self, task: Task) -> bytes:
+        body = task.body
+        if "width" in body:
+            w, h = int(body["width"]), int(body["height"])
+        else:
+            a, _, b = str(body.get("aspect_ratio") or "1:1").partition(":")
+            ratio = int(a) / int(b)
+            w = round(math.sqrt(1024 * 1024 * ratio) / MULTIPLE) * MULTIPLE
+            h = round(math.sqrt(1024 * 1024 / ratio) / MULTIPLE) * MULTIPLE
+        rng = random.Random(task.seed)
+        color = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        out = io.BytesIO()
+        fmt = "PNG" if self._format(task) == "png" else "JPEG"
+        Image.new("RGB", (w, h), color).save(out, format=fmt)
+        return out.getvalue()
