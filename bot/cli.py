@@ -189,10 +189,16 @@ def _config_check(args: argparse.Namespace) -> int:
     chats = ", ".join(n for n, on in platforms if on) or "none"
     print(
         f"{path}: ok (database {_redact(config.database_url)}, providers: "
-        f"{', '.join(n for n in ('demo',) if getattr(config.providers, n).enabled) or 'none'}, "
+        f"{', '.join(_configured_providers(config)) or 'none'}, "
         f"chats: {chats})"
     )
     return 0
+
+
+def _configured_providers(config: Config) -> list[str]:
+    p = config.providers
+    names = ["demo"] if p.demo.enabled else []
+    return names + [n for n in ("dashscope", "liblib", "bfl") if getattr(p, n).active]
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
