@@ -23,53 +23,9 @@ from bot.providers import ResolvedRequest, ResultImage
 from bot.routing import resolve_size
 from tests.conftest import REPLY, user
 from tests.fakes.bfl import FakeBfl
+from tests.fakes.provider_run import Recorder, Restart
 
 FAST_POLLS = {"poll_first_s": 0.02, "poll_factor": 1.5, "poll_max_interval_s": 0.08}
-
-
-class Restart(BaseException):
-    """Stands in for the process dying right after a task was stored."""
-
-
-class Recorder:
-    """A ProviderRun that writes down what the provider told the core."""
-
-    def __init__(
-        self,
-        request: ResolvedRequest,
-        *,
-        task_id: str | None = None,
-        state: dict[str, Any] | None = None,
-        images: dict[int, ResultImage] | None = None,
-        restart_after_submits: int | None = None,
-    ) -> None:
-        self.request = request
-        self.task_id = task_id
-        self.state: dict[str, Any] = dict(state or {})
-        self.images: dict[int, ResultImage] = dict(images or {})
-        self.submissions: list[tuple[str, dict[str, Any]]] = []
-        self.fractions: list[float] = []
-        self.restart_after_submits = restart_after_submits
-
-    async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
-        self.task_id = task_id
-        self.state = dict(state or {})
-        self.submissions.append((task_id, self.state))
-        if self.restart_after_submits == len(self.submissions):
-            raise Restart
-
-    async def progress(self, fraction: float) -> None:
-        self.fractions.append(fraction)
-
-    async def image(self, index: int, result: ResultImage) -> None:
-        self.images[index] = result
-
-    def has_image(self, index: int) -> bool:
-        return index in self.images
-
-    def resumed(self) -> Recorder:
-        """The same job after a restart: the stored task and the pictures already kept."""
-        return Recorder(self.request, task_id=self.task_id, state=self.state, images=self.images)
 
 
 def request(**kw: Any) -> ResolvedRequest:
@@ -271,7 +227,7 @@ async def test_polls_back_off_and_report_progress() -> None:
 
 async def test_resume_polls_the_stored_url_and_never_resubmits() -> None:
     async with FakeBfl(delay_s=0.15) as fake, bfl(config(fake)) as first:
-        run = Recorder(request(), restart_after_submits=1)
+        run = Recorder(request(), restart_after_submissions=1)
         with pytest.raises(Restart):
             await first.generate(run)
         assert len(fake.submits) == 1 and not fake.polls
@@ -339,7 +295,7 @@ async def test_several_pictures_are_one_task_each_run_in_turn() -> None:
 
 async def test_a_job_resumed_midway_polls_its_open_task_and_keeps_its_pictures() -> None:
     async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
-        run = Recorder(request(n=3), restart_after_submits=2)
+        run = Recorder(request(n=3), restart_after_submissions=2)
         with pytest.raises(Restart):
             await provider.generate(run)
         assert sorted(run.images) == [0] and len(fake.submits) == 2

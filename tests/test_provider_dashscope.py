@@ -20,45 +20,9 @@ from bot.params import GenerationParams
 from bot.providers import ResolvedRequest, ResultImage
 from bot.routing import Router
 from tests.fakes.dashscope import ERR_SYNC, FakeDashScope
+from tests.fakes.provider_run import Recorder
 
 KEYS = {"sk-a": "k1", "sk-b": "k2"}
-
-
-class Recorder:
-    """The core's side of a run: records what the provider hands back."""
-
-    def __init__(
-        self,
-        request: ResolvedRequest,
-        *,
-        task_id: str | None = None,
-        state: dict[str, Any] | None = None,
-        have: set[int] | None = None,
-    ) -> None:
-        self.request = request
-        self.task_id = task_id
-        self.state: dict[str, Any] = dict(state or {})
-        self.images: dict[int, ResultImage] = {}
-        self.have = set(have or ())
-        self.submits: list[tuple[str, dict[str, Any]]] = []
-        self.fractions: list[float] = []
-        self.on_submitted: Any = None
-
-    async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
-        self.task_id = task_id
-        self.state = dict(state or {})
-        self.submits.append((task_id, self.state))
-        if self.on_submitted is not None:
-            self.on_submitted(task_id)
-
-    async def progress(self, fraction: float) -> None:
-        self.fractions.append(fraction)
-
-    async def image(self, index: int, result: ResultImage) -> None:
-        self.images[index] = result
-
-    def has_image(self, index: int) -> bool:
-        return index in self.images or index in self.have
 
 
 def make_config(fake: FakeDashScope, keys: dict[str, int] | None = None, **kw: Any):
@@ -191,7 +155,7 @@ async def test_txt2img_happy_path(fake: FakeDashScope, provider: DashScopeProvid
         },
     }
     task_id = next(iter(fake.tasks))
-    assert rec.submits == [(task_id, {"key": "k1"})]
+    assert rec.submissions == [(task_id, {"key": "k1"})]
     assert all(c.path == f"/api/v1/tasks/{task_id}" and c.key == "sk-a" for c in fake.polls)
     assert "X-DashScope-Async" not in fake.polls[0].headers
     assert rec.fractions and rec.fractions == sorted(rec.fractions) and max(rec.fractions) <= 0.9
@@ -291,14 +255,14 @@ async def test_resume_polls_the_stored_task_with_its_key(fake: FakeDashScope) ->
     rec = Recorder(request(n=2))
     job = asyncio.create_task(first.generate(rec))
     try:
-        while not rec.submits:
+        while not rec.submissions:
             await asyncio.sleep(0.01)
         job.cancel()  # the process stops before the task ends
         with pytest.raises(asyncio.CancelledError):
             await job
     finally:
         await first.aclose()
-    task_id, state = rec.submits[0]
+    task_id, state = rec.submissions[0]
     assert state == {"key": "k2"}
 
     # restarted: a new provider, given the stored task id and state, one picture already kept;
@@ -306,20 +270,23 @@ async def test_resume_polls_the_stored_task_with_its_key(fake: FakeDashScope) ->
     again = DashScopeProvider(cfg)
     again.pool.used["k2"] = 50
     try:
-        resumed = Recorder(request(n=2), task_id=task_id, state=state, have={0})
+        kept = ResultImage(data=b"kept")
+        resumed = Recorder(request(n=2), task_id=task_id, state=state, images={0: kept})
         await run_job(again, resumed)
     finally:
         await again.aclose()
     assert len(fake.submits) == 1  # nothing new was paid for
-    assert resumed.submits == []
-    assert sorted(resumed.images) == [1]  # the picture it already had is not fetched again
+    assert resumed.submissions == []
+    # the picture it already had is not fetched again
+    assert sorted(resumed.images) == [0, 1] and resumed.images[0] is kept
     assert [path for path, _ in fake.downloads] == [f"/{task_id}/1.png"]
     assert fake.submits[0].key == "sk-b"
     assert fake.polls and all(c.key == "sk-b" for c in fake.polls)
 
 
 async def test_resume_with_everything_delivered_does_nothing(fake: FakeDashScope, provider):
-    rec = Recorder(request(n=2), task_id="t-done", state={"key": "k1"}, have={0, 1})
+    kept = {i: ResultImage(data=b"kept") for i in range(2)}
+    rec = Recorder(request(n=2), task_id="t-done", state={"key": "k1"}, images=kept)
     await run_job(provider, rec)
     assert fake.calls == []
 
@@ -436,25 +403,22 @@ async def test_failed_task_is_mapped(fake: FakeDashScope, provider, code, failur
     exc = await failure_of(provider, rec)
     assert exc.failure is failure
     assert (exc.retry_after is not None) is transient
-    assert rec.submits and rec.images == {}
+    assert rec.submissions and rec.images == {}
     assert len(fake.submits) == 1  # a failed task is not paid for again
 
 
 async def test_unknown_task(fake: FakeDashScope, provider: DashScopeProvider) -> None:
-    rec = Recorder(request())
-    rec.on_submitted = fake.forget
+    rec = Recorder(request(), on_submitted=fake.forget)
     exc = await failure_of(provider, rec)
     assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after is None
     assert "expire" in exc.message
 
 
 async def test_cancelled_on_dashscope(fake: FakeDashScope, provider: DashScopeProvider) -> None:
-    rec = Recorder(request())
-
     def cancel(task_id: str) -> None:
         fake.tasks[task_id].canceled = True
 
-    rec.on_submitted = cancel
+    rec = Recorder(request(), on_submitted=cancel)
     exc = await failure_of(provider, rec)
     assert exc.failure is FailureClass.PROVIDER_ERROR and "cancelled" in exc.message
 
@@ -506,7 +470,7 @@ async def test_cancel_a_queued_task(fake: FakeDashScope) -> None:
     rec = Recorder(request())
     job = asyncio.create_task(p.generate(rec))
     try:
-        while not rec.submits:
+        while not rec.submissions:
             await asyncio.sleep(0.01)
         job.cancel()  # as the core does: stop waiting, then cancel
         with pytest.raises(asyncio.CancelledError):

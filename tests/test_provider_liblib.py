@@ -28,39 +28,7 @@ from bot.errors import FailureClass, ProviderFailure
 from bot.providers import ResolvedRequest, ResultImage
 from tests.fakes import liblib as fl
 from tests.fakes.liblib import FakeLiblib
-
-
-class Run:
-    """Records what the provider tells the core (the ProviderRun protocol)."""
-
-    def __init__(
-        self,
-        request: ResolvedRequest,
-        task_id: str | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> None:
-        self.request = request
-        self.task_id = task_id
-        self.state: dict[str, Any] = dict(state or {})
-        self.images: dict[int, ResultImage] = {}
-        self.fractions: list[float] = []
-        self.submitted_ids: list[str] = []
-        self.task_known = asyncio.Event()
-
-    async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
-        self.task_id = task_id
-        self.state = dict(state or {})
-        self.submitted_ids.append(task_id)
-        self.task_known.set()
-
-    async def progress(self, fraction: float) -> None:
-        self.fractions.append(fraction)
-
-    async def image(self, index: int, result: ResultImage) -> None:
-        self.images[index] = result
-
-    def has_image(self, index: int) -> bool:
-        return index in self.images
+from tests.fakes.provider_run import Recorder
 
 
 def request(**kw: Any) -> ResolvedRequest:
@@ -126,15 +94,15 @@ async def provider_for(fake: FakeLiblib, **kw: Any) -> LiblibProvider:
     return p
 
 
-async def run_job(p: LiblibProvider, req: ResolvedRequest, **kw: Any) -> Run:
-    run = Run(req, **kw)
+async def run_job(p: LiblibProvider, req: ResolvedRequest, **kw: Any) -> Recorder:
+    run = Recorder(req, **kw)
     await p.generate(run)
     return run
 
 
 async def failure_of(p: LiblibProvider, req: ResolvedRequest) -> ProviderFailure:
     with pytest.raises(ProviderFailure) as info:
-        await p.generate(Run(req))
+        await p.generate(Recorder(req))
     return info.value
 
 
@@ -266,7 +234,7 @@ async def test_star3_txt2img(fake: FakeLiblib) -> None:
         },
     }
     task = fake.tasks[run.task_id]
-    assert run.submitted_ids == [task.uuid] and run.state == {"key": "k1"}
+    assert [task_id for task_id, _ in run.submissions] == [task.uuid] and run.state == {"key": "k1"}
     assert sorted(run.images) == [0, 1]
     for i, result in run.images.items():
         with Image.open(io.BytesIO(result.data)) as img:
@@ -381,7 +349,7 @@ async def test_custom_img2img(fake: FakeLiblib) -> None:
 
 async def test_unknown_sampler_is_refused_before_any_request(fake: FakeLiblib) -> None:
     p = await provider_for(fake)
-    run = Run(request(model="anime", sampler="Restart"))
+    run = Recorder(request(model="anime", sampler="Restart"))
     try:
         with pytest.raises(ProviderFailure) as info:
             await p.generate(run)
@@ -424,7 +392,7 @@ async def test_resume_polls_the_stored_task_with_its_own_key(fake: FakeLiblib) -
     keys = [("k1", "ak1", "sk1", 1), ("k2", "ak2", "sk2", 1)]
     fake.wait_s, fake.run_s = 0.3, 0.2
     first = await provider_for(fake, keys=keys)
-    run = Run(request(n=2))
+    run = Recorder(request(n=2))
     try:
         async with first.pool.use("k1"):  # k1 busy: the task goes to k2
             job = asyncio.create_task(first.generate(run))
@@ -436,13 +404,13 @@ async def test_resume_polls_the_stored_task_with_its_own_key(fake: FakeLiblib) -
         await first.aclose()
     assert run.state == {"key": "k2"}
     second = await provider_for(fake, keys=keys)  # a fresh process: k1 would be picked
-    resumed = Run(run.request, task_id=run.task_id, state=run.state)
+    resumed = Recorder(run.request, task_id=run.task_id, state=run.state)
     resumed.images[0] = ResultImage(data=b"kept")  # delivered before the restart
     try:
         await second.generate(resumed)
     finally:
         await second.aclose()
-    assert len(fake.submits()) == 1 and resumed.submitted_ids == []
+    assert len(fake.submits()) == 1 and resumed.submissions == []
     statuses = fake.calls_to(fl.STATUS)
     assert statuses and {c.access_key for c in statuses} == {"ak2"}
     assert all(c.code == 0 for c in statuses)
@@ -557,7 +525,7 @@ async def test_submit_errors_are_classified(
     wait = None if status == 502 else 0.01
     fake.fail_next(code, msg, status, times=10, retry_after=wait)
     p = await provider_for(fake, max_retries=1)
-    run = Run(request())
+    run = Recorder(request())
     try:
         with pytest.raises(ProviderFailure) as info:
             await p.generate(run)
@@ -635,7 +603,7 @@ async def test_throttled_then_ok(fake: FakeLiblib) -> None:
 async def test_status_errors_keep_the_task(fake: FakeLiblib) -> None:
     fake.fail_next(fl.CODE_NOT_FOUND, fl.MSG_NOT_FOUND, path=fl.STATUS)
     p = await provider_for(fake)
-    run = Run(request())
+    run = Recorder(request())
     try:
         with pytest.raises(ProviderFailure) as info:
             await p.generate(run)
