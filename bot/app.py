@@ -92,6 +92,10 @@ class App:
             on_event=self.deliverer.wake,
         )
         self.commands = Commands(config, self.jobs)
+        if config.civitai.enabled:
+            from adapters.civitai.commands import build as build_civitai
+
+            self.commands.extensions["civitai"] = build_civitai(config, self.jobs)
         self.run_workers = run_workers and config.queue.run_workers
         self._started = False
 
@@ -140,6 +144,11 @@ class App:
                 await adapter.disconnect()
             except Exception:
                 log.exception("disconnecting %s failed", adapter.platform)
+        for extension in self.commands.extensions.values():
+            try:
+                await extension.aclose()
+            except Exception:
+                log.exception("closing an extension failed")
         for provider in self.providers.values():
             try:
                 await provider.aclose()

@@ -51,6 +51,7 @@ class Incoming:
     message_key: str | None = None  # platform message id: the same message never runs twice
     allow_local_paths: bool = False  # only the console may read files from this machine
     is_admin: bool = False
+    nsfw_ok: bool = False  # the chat may see NSFW lookups (the console, NSFW channels)
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
 
 
@@ -127,6 +128,9 @@ class Commands:
     def __init__(self, config: Config, jobs: JobService) -> None:
         self.config = config
         self.jobs = jobs
+        # Commands that live outside the core (``/civitai``): name -> an object with
+        # ``async run(msg, rest, lang) -> Reply``, added by the composition root.
+        self.extensions: dict[str, Any] = {}
 
     async def handle(self, msg: Incoming) -> Reply:
         lang = i18n.DEFAULT_LANG
@@ -157,6 +161,8 @@ class Commands:
         if not name:
             raise BadInput.of("error.not_a_command")
         handler = getattr(self, f"cmd_{name}", None)
+        if handler is None and name in self.extensions:
+            handler = self.extensions[name].run
         if handler is None:
             raise BadInput.of("error.unknown_command", name=cmd.name)
         return await handler(msg, cmd.rest, lang)

@@ -283,6 +283,15 @@ class DiscordConfig(_Section):
         return bool(self.token)
 
 
+class CivitaiConfig(_Section):
+    """Civitai lookups (/civitai). Works without a key; some models need one."""
+
+    enabled: bool = True
+    base_url: str = "https://civitai.com"
+    api_key: str = ""  # or SDHOST_CIVITAI__API_KEY; sent only in the Authorization header
+    timeout_s: float = Field(30, gt=0)
+
+
 class AdminConfig(_Section):
     # "platform:user_id" of people allowed to run admin commands from a chat
     users: list[str] = []
@@ -302,6 +311,7 @@ class Config(_Section):
     console: ConsoleConfig = ConsoleConfig()
     telegram: TelegramConfig = TelegramConfig()
     discord: DiscordConfig = DiscordConfig()
+    civitai: CivitaiConfig = CivitaiConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -46,6 +46,7 @@ class Env:
         self.app: App | None = None
         self.adapter: DiscordAdapter | None = None
         self.provider: RecordingDemo | None = None
+        self.civitai_url = "http://127.0.0.1:9"  # nothing listens: no test reaches Civitai
 
     async def start(self, *, latency_s: float = 0.05, **discord: Any) -> DiscordAdapter:
         section = {
@@ -56,7 +57,9 @@ class Env:
             "admin_ids": [OWNER_ID],
         }
         section.update(discord)
-        config = make_config(self.tmp_path, self.db_url, discord=section)
+        config = make_config(
+            self.tmp_path, self.db_url, discord=section, civitai={"base_url": self.civitai_url}
+        )
         config.providers.demo.latency_s = latency_s
         config.database.auto_migrate = False
         self.provider = RecordingDemo(config.providers.demo)
@@ -406,3 +409,16 @@ async def test_settings_become_the_defaults_of_imagine(env: Env) -> None:
     assert img.height > img.width
     r, g, b = img.getpixel((img.width // 2, img.height // 3))
     assert r == g == b  # the mono model draws in black and white
+
+
+async def test_civitai_from_discord(env: Env) -> None:
+    from tests.fakes.civitai import FakeCivitai
+
+    async with FakeCivitai() as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        inter = env.dc.slash("civitai", {"query": "image 90013"})
+        await env.until(lambda: "Seed: 730091" in env.original_text(inter["token"]))
+        env.dc.slash("civitai", {"query": "use 90013"})
+        msg = (await env.until(env.pictures))[0]
+        assert "seed 730091" in msg["content"]

@@ -56,6 +56,7 @@ class Env:
         self.app: App | None = None
         self.adapter: TelegramAdapter | None = None
         self.provider: RecordingDemo | None = None
+        self.civitai_url = "http://127.0.0.1:9"  # nothing listens: no test reaches Civitai
 
     def config(self, **telegram: Any) -> Any:
         tg_section = {
@@ -74,6 +75,7 @@ class Env:
             self.db_url,
             telegram=tg_section,
             providers={"demo": {"latency_s": 0.05}},
+            civitai={"base_url": self.civitai_url},
         )
 
     async def start(self, *, latency_s: float = 0.05, **telegram: Any) -> TelegramAdapter:
@@ -567,3 +569,18 @@ async def test_progress_edits_are_throttled_per_chat(env: Env) -> None:
     assert len(progress) >= 2, [c.params.get("text") for c in edits]
     gaps = [b.time - a.time for a, b in itertools.pairwise(progress)]
     assert min(gaps) >= 0.85  # progress comes every 0.5 s
+
+
+async def test_civitai_lookups_and_use_from_telegram(env: Env) -> None:
+    from tests.fakes.civitai import FakeCivitai
+
+    async with FakeCivitai() as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        tg = env.tg
+        tg.inject_message(ANN, ANN, "/civitai models --type LORA")
+        found = await env.until(lambda: [t for t in env.texts(ANN) if "Anime Lines" in t])
+        assert "downloads" in found[0]
+        tg.inject_message(ANN, ANN, "/civitai use 90013")
+        photo = (await env.until(lambda: env.photos(ANN)))[0]
+        assert "seed 730091" in photo.caption

@@ -83,7 +83,13 @@ class ConsoleAdapter(ChatAdapter):
         if not line:
             return
         reply = await self.app.commands.handle(
-            Incoming(user=self.user, text=line, reply_to=self.reply_to, allow_local_paths=True)
+            Incoming(
+                user=self.user,
+                text=line,
+                reply_to=self.reply_to,
+                allow_local_paths=True,
+                nsfw_ok=True,  # the operator's own terminal
+            )
         )
         self.lang = reply.lang
         tag = "error" if reply.error else "receipt" if reply.receipt else "info"

@@ -489,6 +489,16 @@ class DiscordAdapter(ResultsAdapter):
         async def stats(interaction: discord.Interaction[Any]) -> None:
             await self._command(interaction, "/stats")
 
+        if "civitai" in self.app.commands.extensions:
+
+            @tree.command(name=L("civitai"), description=L("Look up Civitai models and images"))
+            @app_commands.describe(
+                query=L("models QUERY, model ID, images, image ID, use ID or hash HASH")
+            )
+            async def civitai(interaction: discord.Interaction[Any], query: str) -> None:
+                starts_job = query.strip().lower().startswith("use")
+                await self._command(interaction, f"/civitai {query}", job=starts_job)
+
         @tree.context_menu(name=L("Remix"))
         async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
             await self._remix_modal(interaction, message)
@@ -535,6 +545,7 @@ class DiscordAdapter(ResultsAdapter):
                     message_key=f"discord:{interaction.id}",
                     is_admin=self._is_admin(interaction.user.id),
                     lang=str(interaction.locale),
+                    nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
                 )
             )
             replies.append(reply.text)

@@ -99,6 +99,12 @@ ZH: dict[str, str] = {
     "stats": "统计",
     "Queue, jobs and credits of the last day (admins)": "队列、任务和最近一天的积分（管理员）",
     "Remix": "重绘",
+    "civitai": "civitai",
+    "Look up Civitai models and images": "查询 Civitai 的模型和图片",
+    "models QUERY, model ID, images, image ID, use ID or hash HASH": (
+        "models 关键词、model 编号、images、image 编号、use 编号 或 hash 哈希"
+    ),
+    "query": "查询",
     "prompt": "提示词",
     "What to draw; flags like --ar 16:9 work too": "要画的内容；也可以写 --ar 16:9 等参数",
     "negative": "反向提示词",

@@ -406,8 +406,9 @@ class TelegramAdapter(ResultsAdapter):
             message_key=f"telegram:{chat.id}:{msg.message_id}",
             is_admin=self._is_admin(tg_user.id),
             lang=tg_user.language_code,
+            nsfw_ok=self._nsfw_policy(chat.id) == "allow",
         )
-        if name in GENERATION:
+        if name in GENERATION or (name == "civitai" and cmd.rest.lower().startswith("use")):
             lang = await self._lang(user)
             base_reply_to["lang"] = lang
             status = await self._say(msg, t(lang, "tg.working"))
