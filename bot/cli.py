@@ -151,6 +151,19 @@ async def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _civitai(args: argparse.Namespace) -> int:
+    from adapters.civitai import downloads, harvest
+
+    runner = harvest.run_cli if args.action == "images" else downloads.run_cli
+    return await runner(args, _load(args))
+
+
+async def _models(args: argparse.Namespace) -> int:
+    from adapters.civitai import downloads
+
+    return await downloads.run_scan_cli(args, _load(args))
+
+
 async def _discord(args: argparse.Namespace) -> int:
     """Publish the slash commands now (to discord.guild_ids, else globally)."""
     config = _load(args)
@@ -263,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", required=True)
     db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
 
+    cv = sub.add_parser("civitai", help="Civitai: harvest images, download models")
+    cv_sub = cv.add_subparsers(dest="action", required=True)
+    from adapters.civitai import downloads
+
+    downloads.add_arguments(cv_sub.add_parser("download", help="download a model file"))
+    from adapters.civitai import harvest
+
+    harvest.add_arguments(cv_sub.add_parser("images", help="harvest images with their metadata"))
+    md = sub.add_parser("models", help="the local model registry")
+    md_sub = md.add_subparsers(dest="action", required=True)
+    downloads.add_scan_arguments(
+        md_sub.add_parser("scan", help="hash the model folders and look the files up on Civitai")
+    )
+
     dc = sub.add_parser("discord", help="Discord maintenance")
     dc_sub = dc.add_subparsers(dest="action", required=True)
     dc_sub.add_parser("sync", help="publish the slash commands now")
@@ -286,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs": _jobs,
             "db": _db,
             "discord": _discord,
+            "civitai": _civitai,
+            "models": _models,
         }[args.command]
         return asyncio.run(runner(args))
     except ConfigError as exc:

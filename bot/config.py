@@ -290,6 +290,23 @@ class CivitaiConfig(_Section):
     base_url: str = "https://civitai.com"
     api_key: str = ""  # or SDHOST_CIVITAI__API_KEY; sent only in the Authorization header
     timeout_s: float = Field(30, gt=0)
+    # Model downloads (`sdhost civitai download`) and the registry (`sdhost models scan`).
+    models_dir: str = ""  # empty: <data.dir>/models
+    # The folder of each kind of model: relative to models_dir, or absolute (an A1111 or
+    # ComfyUI install's own folders). Kinds left out keep these defaults.
+    folders: dict[str, str] = {
+        "checkpoint": "checkpoints",
+        "lora": "loras",
+        "vae": "vae",
+        "embedding": "embeddings",
+        "controlnet": "controlnet",
+        "upscaler": "upscale_models",
+        "other": "other",
+    }
+    download_concurrency: int = Field(2, ge=1)  # files downloading at once
+    download_attempts: int = Field(8, ge=1)  # tries in a row without progress before failing
+    on_name_clash: Literal["suffix", "refuse"] = "suffix"  # a different file has the name
+    hash_mismatch: Literal["fail", "keep"] = "fail"  # the bytes differ from Civitai's SHA256
 
 
 class AdminConfig(_Section):

@@ -161,3 +161,83 @@ class OutboxEvent(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DownloadTask(Base):
+    """A model file downloaded from Civitai (seed 002's DownloadTask).
+
+    ``status``: queued | running | paused | done | failed | cancelled. The file streams to
+    ``path + ".part"`` and is renamed to ``path`` once checked. A running task belongs to
+    ``owner`` (one process) and its ``updated_at`` moves with every progress write, so a task
+    whose process died can be taken over.
+    """
+
+    __tablename__ = "download_tasks"
+    __table_args__ = (
+        Index("ix_download_tasks_status", "status", "id"),
+        Index("ix_download_tasks_version", "version_id", "file_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    version_id: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    file_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    model_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # checkpoint | lora | vae | embedding | controlnet | upscaler | other
+    model_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    file_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # what was asked for: {"type": "Model", "format": "SafeTensor", "fp": "fp16", ...}
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    speed: Mapped[float | None] = mapped_column(Float, nullable=True)  # bytes per second
+    eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expected_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ModelRecord(Base):
+    """The model registry: one row per model file content (its SHA256)."""
+
+    __tablename__ = "models"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # lower-case hex
+    name: Mapped[str] = mapped_column(String(256))
+    # checkpoint | lora | vae | embedding | controlnet | upscaler | other
+    type: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16))  # civitai | local
+    source_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    civitai_model_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    civitai_version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    version_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    cover_image_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # ready | missing
+    # When Civitai was last asked about this hash (a scan asks once, unless told to refresh).
+    enriched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelFileRecord(Base):
+    """The hash cache of ``sdhost models scan``: a file is hashed again only when its size
+    or modification time changed."""
+
+    __tablename__ = "model_files"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    hashed_at: Mapped[float] = mapped_column(Float)

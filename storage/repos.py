@@ -21,6 +21,7 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
+    delete,
     exists,
     func,
     insert,
@@ -30,7 +31,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.models import Batch, Job, LedgerEntry, OutboxEvent, StoredImage, User
+from storage.models import (
+    Batch,
+    DownloadTask,
+    Job,
+    LedgerEntry,
+    ModelFileRecord,
+    ModelRecord,
+    OutboxEvent,
+    StoredImage,
+    User,
+)
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled", "quarantined")
@@ -845,3 +856,195 @@ def stats(conn: Connection, since: float) -> dict[str, Any]:
         "refunded": money.get("refund", 0),
         "people": int(conn.execute(_PEOPLE).scalar_one()),
     }
+
+
+# --- model downloads and the model registry ---------------------------------------------------
+
+download_tasks = DownloadTask.__table__
+model_records = ModelRecord.__table__
+model_files = ModelFileRecord.__table__
+
+DOWNLOAD_ACTIVE = ("queued", "running", "paused")
+DOWNLOAD_TERMINAL = ("done", "failed", "cancelled")
+
+_DOWNLOAD = select(download_tasks).where(download_tasks.c.id == bindparam("tid"))
+_DOWNLOADS_FOR_FILE = (
+    select(download_tasks)
+    .where(download_tasks.c.version_id == bindparam("vid"))
+    .order_by(download_tasks.c.id.desc())
+)
+_CLAIM_DOWNLOAD = (
+    update(download_tasks)
+    .where(
+        download_tasks.c.id == bindparam("tid"),
+        or_(
+            download_tasks.c.status == "queued",
+            and_(
+                download_tasks.c.status == "running",
+                or_(
+                    download_tasks.c.owner == bindparam("me"),
+                    download_tasks.c.updated_at < bindparam("stale_before"),
+                ),
+            ),
+        ),
+    )
+    .values(
+        status="running",
+        owner=bindparam("me"),
+        error=None,
+        started_at=func.coalesce(download_tasks.c.started_at, bindparam("now")),
+        updated_at=bindparam("now"),
+    )
+)
+_INTERRUPTED_DOWNLOADS = (
+    select(download_tasks.c.id)
+    .where(
+        or_(
+            download_tasks.c.status == "queued",
+            and_(
+                download_tasks.c.status == "running",
+                download_tasks.c.updated_at < bindparam("stale_before"),
+            ),
+        )
+    )
+    .order_by(download_tasks.c.id)
+)
+_ACTIVE_DOWNLOAD_PATHS = select(download_tasks.c.id, download_tasks.c.path).where(
+    download_tasks.c.status.in_(DOWNLOAD_ACTIVE), download_tasks.c.path.is_not(None)
+)
+_MODEL = select(model_records).where(model_records.c.sha256 == bindparam("sha"))
+_MODELS_BY_SHA = select(model_records).where(model_records.c.sha256.in_(_ids("shas")))
+_MODEL_FILES = select(model_files)
+
+
+def insert_download_task(conn: Connection, values: Mapping[str, Any]) -> int:
+    """A new download task (``status`` queued unless given); its id."""
+    row = {"bytes_done": 0, "attempts": 0, "status": "queued", "options": {}, **values}
+    return int(
+        conn.execute(insert(download_tasks).returning(download_tasks.c.id), row).scalar_one()
+    )
+
+
+def get_download_task(conn: Connection, task_id: int) -> Row[Any] | None:
+    return conn.execute(_DOWNLOAD, {"tid": task_id}).first()
+
+
+def download_tasks_for_version(
+    conn: Connection, version_id: int, file_id: int | None = None
+) -> list[Row[Any]]:
+    """Every task for a model version (of one file, if given), newest first."""
+    rows = conn.execute(_DOWNLOADS_FOR_FILE, {"vid": version_id}).all()
+    return [r for r in rows if file_id is None or r.file_id == file_id]
+
+
+def list_download_tasks(
+    conn: Connection, *, statuses: Sequence[str] | None = None, limit: int = 50
+) -> list[Row[Any]]:
+    """The newest tasks first, optionally only those in ``statuses``."""
+    stmt = select(download_tasks).order_by(download_tasks.c.id.desc()).limit(limit)
+    if statuses:
+        stmt = stmt.where(download_tasks.c.status.in_(list(statuses)))
+    return list(conn.execute(stmt).all())
+
+
+def claim_download_task(
+    conn: Connection, task_id: int, owner: str, now: float, stale_before: float
+) -> Row[Any] | None:
+    """Make a queued task (or a running one whose owner stopped writing progress before
+    ``stale_before``) running under ``owner``; the row, or ``None`` if it was not claimable."""
+    claimed = conn.execute(
+        _CLAIM_DOWNLOAD, {"tid": task_id, "me": owner, "now": now, "stale_before": stale_before}
+    ).rowcount
+    return get_download_task(conn, task_id) if claimed else None
+
+
+def update_download_task(
+    conn: Connection,
+    task_id: int,
+    *,
+    if_owner: str | None = None,
+    if_status: Sequence[str] | None = None,
+    **values: Any,
+) -> bool:
+    """Set ``values`` on a task; only while it belongs to ``if_owner`` and/or is in one of
+    ``if_status`` when those are given. Whether a row changed."""
+    stmt = update(download_tasks).where(download_tasks.c.id == task_id)
+    if if_owner is not None:
+        stmt = stmt.where(download_tasks.c.owner == if_owner)
+    if if_status is not None:
+        stmt = stmt.where(download_tasks.c.status.in_(list(if_status)))
+    return bool(conn.execute(stmt.values(**values)).rowcount)
+
+
+def interrupted_download_ids(conn: Connection, stale_before: float) -> list[int]:
+    """Tasks waiting to run: queued ones, and running ones whose process went quiet."""
+    return [
+        int(i)
+        for i in conn.execute(_INTERRUPTED_DOWNLOADS, {"stale_before": stale_before}).scalars()
+    ]
+
+
+def active_download_paths(conn: Connection) -> dict[str, int]:
+    """Target paths of unfinished tasks (queued, running, paused) -> their task id."""
+    return {str(path): int(tid) for tid, path in conn.execute(_ACTIVE_DOWNLOAD_PATHS).all()}
+
+
+def _upsert_on(
+    conn: Connection, table: Any, key: str, row: Mapping[str, Any], keep: Sequence[str]
+) -> None:
+    make = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = make(table).values(**row)
+    changes = {k: stmt.excluded[k] for k in row if k != key and k not in keep}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes))
+
+
+def upsert_model(conn: Connection, values: Mapping[str, Any]) -> None:
+    """Insert a registry row, or update the one with this ``sha256`` (``created_at`` kept)."""
+    _upsert_on(conn, model_records, "sha256", values, keep=("created_at",))
+
+
+def get_model(conn: Connection, sha256: str) -> Row[Any] | None:
+    return conn.execute(_MODEL, {"sha": sha256.lower()}).first()
+
+
+def models_by_sha(conn: Connection, shas: Iterable[str]) -> dict[str, Row[Any]]:
+    wanted = sorted({s.lower() for s in shas})
+    out: dict[str, Row[Any]] = {}
+    for start in range(0, len(wanted), 500):
+        for row in conn.execute(_MODELS_BY_SHA, {"shas": wanted[start : start + 500]}).all():
+            out[row.sha256] = row
+    return out
+
+
+def list_models(
+    conn: Connection, *, type: str | None = None, status: str | None = None
+) -> list[Row[Any]]:
+    """Registry rows by name, optionally of one ``type`` and/or ``status``."""
+    stmt = select(model_records).order_by(model_records.c.name, model_records.c.sha256)
+    if type is not None:
+        stmt = stmt.where(model_records.c.type == type)
+    if status is not None:
+        stmt = stmt.where(model_records.c.status == status)
+    return list(conn.execute(stmt).all())
+
+
+def update_model(conn: Connection, sha256: str, **values: Any) -> bool:
+    stmt = update(model_records).where(model_records.c.sha256 == sha256.lower()).values(**values)
+    return bool(conn.execute(stmt).rowcount)
+
+
+def all_model_files(conn: Connection) -> list[Row[Any]]:
+    """The scan's hash cache: (path, sha256, size_bytes, mtime_ns, hashed_at) rows."""
+    return list(conn.execute(_MODEL_FILES).all())
+
+
+def upsert_model_files(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    for row in rows:
+        _upsert_on(conn, model_files, "path", row, keep=())
+
+
+def delete_model_files(conn: Connection, paths: Iterable[str]) -> int:
+    wanted = list(paths)
+    if not wanted:
+        return 0
+    return conn.execute(delete(model_files).where(model_files.c.path.in_(wanted))).rowcount

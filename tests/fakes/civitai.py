@@ -38,6 +38,16 @@ Origins: the API is the ``"api"`` origin (``base_url``). :meth:`FakeCivitai._bui
 returns ``{name: aiohttp app}``; a subclass (the download/storage fake) adds a ``"storage"``
 app there and routes on the API app, and gets ``self.urls["storage"]`` after start.
 
+Image CDN (opt-in, ``FakeCivitai(image_cdn=True)``): an ``"images"`` origin serving
+``/<key>/<uuid>/<params>/<id>.jpeg`` as ``image.civitai.com`` does, and image URLs in every
+reply pointing at it instead of ``https://image.civitai.com``. ``<params>`` is comma-joined
+``k=v``: ``original=true`` gives the original bytes, ``width=N`` a smaller picture (never
+wider than the original); :meth:`FakeCivitai.image_bytes` gives the exact bytes served. Its
+route is the ``"image"`` endpoint, so :meth:`fail_next`, :meth:`throttle`, :meth:`drop_next`
+and :attr:`latency_s` apply to it with ``on="image"``. ``bandwidth_bps`` caps the bytes per
+second of its bodies, all connections together (a shared token bucket). ``extra_images=N``
+adds a model ("Bulk Gallery", 4299) with N PG images, for benchmarks.
+
 Deliberate deviations (so tests are not misled):
 
 * ``limit=0`` is treated as the default; text search is a case-insensitive substring match on
@@ -54,6 +64,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import random
 import re
 import urllib.parse
 import uuid
@@ -354,7 +365,7 @@ class Catalogue:
     """The fake's data: a few models (Checkpoint, LORA, Wildcards) with versions, files with
     sizes and hashes, ~80 images with meta (some string-typed, some null) at every level."""
 
-    def __init__(self, *, extra_tags: int = 0) -> None:
+    def __init__(self, *, extra_tags: int = 0, extra_images: int = 0) -> None:
         self.users = {
             u.username: u
             for u in (
@@ -478,6 +489,16 @@ class Catalogue:
         older = self.models[4204].versions[1].files[0]
         newer = self.models[4207].versions[0].files[0]
         newer.hashes["AutoV1"] = older.hashes["AutoV1"]
+        if extra_images:  # a big PG gallery, for benchmarks
+            self._add(
+                4299,
+                "Bulk Gallery",
+                "LORA",
+                "dave",
+                ["photography"],
+                [("v1", "SDXL 1.0", d(2026, 1, 1, tzinfo=UTC), [1] * extra_images)],
+                downloads=1000,
+            )
 
     def _add(
         self,
@@ -823,6 +844,25 @@ def _remove_empty(data: Json) -> Json:
     return {k: v for k, v in data.items() if v is not None and v != []}
 
 
+CDN_ORIGIN = "https://image.civitai.com"
+
+
+class _Bucket:
+    """A bandwidth cap shared by every connection: each chunk reserves the next
+    ``n / rate`` seconds of the line and is sent when its slot ends. Line time left idle in
+    the last ``slack_s`` (a late wake-up of this loop) can still be used, as a link's buffer
+    would; idle time before that is lost."""
+
+    def __init__(self, slack_s: float = 0.025) -> None:
+        self._free_at = 0.0
+        self.slack_s = slack_s
+
+    async def take(self, n: int, rate: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self._free_at = max(now - self.slack_s, self._free_at) + n / rate
+        await asyncio.sleep(max(0.0, self._free_at - now))
+
+
 # --- switches -------------------------------------------------------------------------------------
 
 
@@ -878,10 +918,17 @@ class FakeCivitai:
         *,
         extra_tags: int = 0,
         latency_s: float = 0.0,
+        extra_images: int = 0,
+        image_cdn: bool = False,
+        bandwidth_bps: float | None = None,
     ) -> None:
         self.keys: dict[str, str] = dict(keys or {"civitai-test-key": "alice"})
-        self.catalogue = Catalogue(extra_tags=extra_tags)
+        self.catalogue = Catalogue(extra_tags=extra_tags, extra_images=extra_images)
         self.latency_s = latency_s
+        self.image_cdn = image_cdn  # serve images on an "images" origin; URLs point at it
+        self.bandwidth_bps = bandwidth_bps  # cap on the image CDN's body bytes per second
+        self._bucket = _Bucket()
+        self._image_index: dict[int, FakeImage] = {}
         self.ignore_nsfw = False  # the server forgets to filter images by level
         self.calls: list[Call] = []
         self.urls: dict[str, str] = {}
@@ -906,7 +953,12 @@ class FakeCivitai:
         r.add_get("/api/v1/tags", self._tags, name="tags")
         r.add_get("/api/v1/creators", self._creators, name="creators")
         r.add_get("/api/v1/enums", self._enums, name="enums")
-        return {"api": api}
+        apps = {"api": api}
+        if self.image_cdn:
+            cdn = web.Application(middlewares=[self._middleware()])
+            cdn.router.add_get("/{key}/{uuid}/{params}/{name}", self._cdn_image, name="image")
+            apps["images"] = cdn
+        return apps
 
     async def start(self, host: str = "127.0.0.1") -> FakeCivitai:
         for name, app in self._build_apps().items():
@@ -1258,7 +1310,7 @@ class FakeCivitai:
             meta = {"id": image.id, "meta": image.meta} if nested else image.meta
         out: Json = {
             "id": image.id,
-            "url": image.url,
+            "url": self._image_url(image),
             "hash": image.blurhash,
             "width": image.width,
             "height": image.height,
@@ -1284,6 +1336,64 @@ class FakeCivitai:
         if tags:
             out["tags"] = [{"id": t, "name": IMAGE_TAGS[t]} for t in image.tags]
         return out
+
+    # --- the image CDN (image_cdn=True) -----------------------------------------------------
+
+    def _image_url(self, image: FakeImage) -> str:
+        if self.image_cdn and "images" in self.urls:
+            return image.url.replace(CDN_ORIGIN, self.urls["images"], 1)
+        return image.url
+
+    def _find_image(self, image_id: int) -> FakeImage | None:
+        index = self._image_index
+        if image_id not in index:
+            index.clear()
+            index.update((i.id, i) for i in self.catalogue.images)
+        return index.get(image_id)
+
+    def image_bytes(self, image_id: int, width: int | None = None) -> bytes:
+        """The exact body the CDN serves for an image: ``width=None`` is ``original=true``."""
+        image = self._find_image(image_id)
+        if image is None:
+            raise KeyError(f"no image {image_id}")
+        size = 20_000 + (image_id * 7919) % 60_000
+        if width is not None and width < image.width:
+            size = max(1_000, int(size * (width / image.width) ** 2))
+        seed = image_id if width is None else image_id * 100_003 + width
+        body = random.Random(seed).randbytes(size - 6)
+        return b"\xff\xd8\xff\xe0" + body + b"\xff\xd9"  # looks like a JPEG at both ends
+
+    async def _cdn_image(self, request: web.Request) -> web.StreamResponse:
+        m = re.fullmatch(r"(\d+)\.[A-Za-z0-9]+", request.match_info["name"])
+        image = self._find_image(int(m.group(1))) if m else None
+        if image is None or image.url.split("/")[4] != request.match_info["uuid"]:
+            return web.Response(status=404, text="Not Found")
+        params = dict(p.partition("=")[::2] for p in request.match_info["params"].split(",") if p)
+        width = None
+        if params.get("original") != "true" and "width" in params:
+            if not params["width"].isdigit() or int(params["width"]) < 1:
+                return web.Response(status=400, text="bad width")
+            width = int(params["width"])
+        body = self.image_bytes(image.id, width)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "image/jpeg",
+                "Content-Length": str(len(body)),
+                "Cache-Control": "public, max-age=31536000, immutable",
+            }
+        )
+        await response.prepare(request)
+        step = 16_384
+        try:
+            for start in range(0, len(body), step):
+                chunk = body[start : start + step]
+                if self.bandwidth_bps:
+                    await self._bucket.take(len(chunk), self.bandwidth_bps)
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-picture (a cancelled harvest)
+        return response
 
     # --- /models -------------------------------------------------------------------------------
 
@@ -1490,7 +1600,7 @@ class FakeCivitai:
             "images": [
                 {
                     "id": i.id,
-                    "url": i.url,
+                    "url": self._image_url(i),
                     "nsfwLevel": i.level,
                     "width": i.width,
                     "height": i.height,
@@ -1598,7 +1708,7 @@ class FakeCivitai:
             "files": [self._file_json(version, f, always_primary=True) for f in files],
             "images": [
                 {
-                    "url": i.url,
+                    "url": self._image_url(i),
                     "nsfwLevel": i.level,
                     "width": i.width,
                     "height": i.height,
@@ -1799,3 +1909,479 @@ def _model_tokens(sort: str) -> Callable[[FakeModel], list[int]]:
         return lambda m: [_ms(m.last_version_at), m.id]
     fn = metric[sort]
     return lambda m: [fn(m), _ms(m.last_version_at), m.id]
+
+
+# --- downloads: /api/download/models/{id} and the signed storage origin ---------------------------
+#
+# (Additions for the model download manager; see FakeCivitaiDownloads.)
+
+ERR_DOWNLOAD_QUOTA = (
+    "We've noticed an unusual amount of downloading from your account. "
+    "Contact support@civitai.com or come back later."
+)
+ERR_LOGIN_REQUIRED = "The creator of this asset requires you to be logged in to download it"
+ERR_DOWNLOADS_DISABLED = "The creator of this asset has disabled downloads on this file"
+ERR_EARLY_ACCESS = "This asset is in Early Access. You can use Buzz access it now!"
+ERR_ARCHIVED = "Model archived, not available for download"
+ERR_NO_ACCESS = "You do not have access to download this file"
+FILE_FORMATS = ("SafeTensor", "PickleTensor", "GGUF", "Diffusers", "Core ML", "ONNX", "Other")
+FILE_SIZES = ("full", "pruned")
+FILE_FPS = (
+    "fp32",
+    "fp16",
+    "bf16",
+    "mxfp8",
+    "fp8_mixed",
+    "fp8_scaled",
+    "fp8",
+    "int8",
+    "nf4",
+    "nvfp4",
+    "int4",
+)
+MAIN_WEIGHT_FILE_TYPES = ("Model", "Pruned Model", "UNet", "Diffusion Model")
+BROWSER_UA_WORDS = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
+# What R2 answers a presigned URL that also carries an Authorization header.
+R2_TWO_AUTHS = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidRequest</Code><Message>Only one '
+    "auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string "
+    "parameter or the Authorization header should be specified</Message></Error>"
+)
+R2_EXPIRED = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    "<Message>Request has expired</Message></Error>"
+)
+R2_BAD_SIGNATURE = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code>'
+    "<Message>The request signature we calculated does not match the signature you provided."
+    "</Message></Error>"
+)
+_CONTENT_BLOCK = 64 * 1024
+
+
+@dataclasses.dataclass
+class FileContent:
+    """The bytes storage serves for one file: ``data`` itself, or (for big files that should
+    not sit in memory) a 64 KiB pseudo-random block repeated up to ``size``."""
+
+    size: int
+    seed: int
+    data: bytes | None = None
+    sha256: str = ""  # upper-case hex, as Civitai lists it
+    _block: bytes | None = dataclasses.field(default=None, repr=False)
+
+    def block(self) -> bytes:
+        if self._block is None:
+            seed = f"civitai-fake-content-{self.seed}".encode()
+            self._block = hashlib.shake_256(seed).digest(_CONTENT_BLOCK)
+        return self._block
+
+    def chunks(self, start: int, end: int, step: int = _CONTENT_BLOCK) -> Any:
+        """The bytes ``[start, end)`` in pieces of at most ``step``."""
+        if self.data is not None:
+            for pos in range(start, end, step):
+                yield self.data[pos : min(end, pos + step)]
+            return
+        block = self.block()
+        doubled = block + block
+        pos = start
+        while pos < end:
+            offset = pos % _CONTENT_BLOCK
+            n = min(end - pos, _CONTENT_BLOCK, step)
+            yield doubled[offset : offset + n]
+            pos += n
+
+    def read(self, start: int = 0, end: int | None = None) -> bytes:
+        return b"".join(self.chunks(start, self.size if end is None else end))
+
+
+@dataclasses.dataclass
+class StorageHit:
+    """One request to the storage origin, as it arrived."""
+
+    path: str
+    range: str | None
+    authorization: bool  # an Authorization header was present (the answer is then a 400)
+    user_agent: str | None
+    file_id: int | None = None
+    status: int = 0
+    sent: int = 0  # body bytes written before the end (or the drop)
+
+
+@dataclasses.dataclass
+class _Link:
+    file_id: int
+    disposition: str
+    expired: bool = False
+
+
+class FakeCivitaiDownloads(FakeCivitai):
+    """:class:`FakeCivitai` plus ``GET /api/download/models/{modelVersionId}`` (route
+    ``"download"``) and a second origin, ``"storage"`` (route ``"storage"``), playing the signed
+    R2/B2 host, after §4 of ``../shared/api/civitai.md``:
+
+    * the download endpoint checks, in order: blocklist (403), the 24 h quota (429 with the
+      quota text, every hit counts), params (400), missing/unpublished (404 ``File not
+      found``), archived (410), downloads disabled (401), login required (401), Early Access
+      (403 with ``deadline``); then picks the file (``fileId``, else scored against SafeTensor,
+      pruned, fp16, main-weight types +1000, overridden by ``type``/``format``/``size``/``fp``;
+      a requested format the chosen file lacks is 404) and answers **307** to a fresh signed
+      URL (``Cache-Control: no-store``). A browser ``User-Agent`` gets plain-text errors and
+      redirects to ``/login`` or the version page instead, as the real site does;
+    * storage serves the file with ``Content-Disposition`` (from the link, as R2's
+      ``response-content-disposition``), ``Accept-Ranges``, ``Range`` -> 206 with
+      ``Content-Range``, a range past the end -> 416 ``bytes */size``, and **400** (R2's
+      InvalidRequest) whenever an ``Authorization`` header arrives; an unknown or expired
+      signature is 403. Links alternate between an R2-like and a B2-like path.
+
+    Every file gets real content (``file_size`` bytes, a little more per file id) and the
+    catalogue's ``SHA256``/``AutoV2``/``CRC32`` hashes and ``sizeKB`` are rewritten to match it,
+    so by-hash lookups find downloaded files. :meth:`set_content` changes one file.
+
+    Switches: :meth:`drop_mid_file` (the connection closes part-way through a body),
+    :meth:`corrupt_next` (wrong bytes, right length), :meth:`ignore_range` (a 200 with the
+    whole file to a ranged request), :meth:`expire_links`, :attr:`single_use_links`,
+    :attr:`download_quota`, :attr:`blocked`, :attr:`require_auth`,
+    :attr:`downloads_disabled`, :attr:`early_access` (+ :attr:`purchases`),
+    :attr:`disposition` (a raw ``Content-Disposition`` per file id), :attr:`storage_bps` (a
+    bandwidth cap on storage bodies, all connections together). ``fail_next(on="download")``
+    / ``fail_next(on="storage")`` and :attr:`latency_s` apply too.
+    ``storage_hits`` records every storage request; ``download_hits`` counts API hits.
+    """
+
+    def __init__(
+        self,
+        keys: dict[str, str] | None = None,
+        *,
+        file_size: int = 200_000,
+        storage_bps: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, **kwargs)
+        self.storage_bps = storage_bps
+        self.contents: dict[int, FileContent] = {}
+        for model in self.catalogue.models.values():
+            for version in model.versions:
+                for file in version.files:
+                    self.set_content(file.id, size=file_size + (file.id % 100) * 1_003)
+        self.blocked = False
+        self.download_quota: int | None = None  # hits left before the 24 h quota's 429
+        self.require_auth: set[int] = set()  # version ids whose creator requires a login
+        self.downloads_disabled: set[int] = set()  # version ids with downloads turned off
+        self.early_access: dict[int, dt.datetime] = {}  # version id -> Early Access deadline
+        self.purchases: dict[str, set[int]] = {}  # username -> version ids bought early
+        self.disposition: dict[int, str] = {}  # file id -> raw Content-Disposition
+        self.single_use_links = False  # a signed URL works once (proves fresh links)
+        self.download_hits = 0
+        self.storage_hits: list[StorageHit] = []
+        self._links: dict[str, _Link] = {}
+        self._drops: list[int | None] = []
+        self._corrupt = 0
+        self._ignore_range = 0
+        self._storage_free_at = 0.0
+
+    def _build_apps(self) -> dict[str, web.Application]:
+        apps = super()._build_apps()
+        apps["api"].router.add_get(
+            "/api/download/models/{modelVersionId}", self._download, name="download"
+        )
+        storage = web.Application(middlewares=[self._middleware()])
+        storage.router.add_route("*", "/{tail:.+}", self._storage, name="storage")
+        apps["storage"] = storage
+        return apps
+
+    # --- content ---------------------------------------------------------------------------
+
+    def file(self, file_id: int) -> FakeFile:
+        for model in self.catalogue.models.values():
+            for version in model.versions:
+                for file in version.files:
+                    if file.id == file_id:
+                        return file
+        raise KeyError(f"no file {file_id}")
+
+    def primary_file(self, version_id: int) -> FakeFile:
+        found = self.catalogue.version(version_id)
+        if found is None:
+            raise KeyError(f"no version {version_id}")
+        return next(f for f in found[1].files if f.primary)
+
+    def set_content(
+        self, file_id: int, *, size: int | None = None, data: bytes | None = None
+    ) -> str:
+        """Give a file new content (``data``, or ``size`` generated bytes) and make the
+        catalogue list its real SHA256, AutoV2, CRC32 and sizeKB. Returns the SHA256."""
+        file = self.file(file_id)
+        if data is None and size is None:
+            raise ValueError("give size or data")
+        content = FileContent(size=len(data) if data is not None else int(size or 0), seed=file_id)
+        content.data = data
+        sha = hashlib.sha256()
+        crc = 0
+        for chunk in content.chunks(0, content.size, 1 << 20):
+            sha.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+        content.sha256 = sha.hexdigest().upper()
+        self.contents[file_id] = content
+        file.size_kb = round(content.size / 1024, 2)
+        file.hashes["SHA256"] = content.sha256
+        file.hashes["AutoV2"] = content.sha256[:10]
+        file.hashes["CRC32"] = f"{crc:08X}"
+        return content.sha256
+
+    def content(self, file_id: int) -> bytes:
+        """The exact bytes storage serves for a file."""
+        return self.contents[file_id].read()
+
+    # --- switches ----------------------------------------------------------------------------
+
+    def drop_mid_file(self, times: int = 1, *, after: int | None = None) -> None:
+        """The next ``times`` storage bodies stop after ``after`` bytes (default: half of what
+        was to be sent) and the connection is closed."""
+        self._drops.extend([after] * times)
+
+    def corrupt_next(self, times: int = 1) -> None:
+        """The next ``times`` storage bodies have one byte changed (same length)."""
+        self._corrupt += times
+
+    def ignore_range(self, times: int = 1) -> None:
+        """The next ``times`` ranged storage requests get a 200 with the whole file."""
+        self._ignore_range += times
+
+    def expire_links(self) -> None:
+        """Every signed URL handed out so far now answers 403 (expired)."""
+        for link in self._links.values():
+            link.expired = True
+
+    # --- the download endpoint ---------------------------------------------------------------
+
+    def _dl_error(self, status: int, body: Json, browser: bool) -> web.Response:
+        headers = {"Cache-Control": "no-store, max-age=0"}
+        if browser:  # the real site answers browsers in plain text
+            text = str(body.get("message") or body.get("error") or "Error")
+            return web.Response(status=status, text=text, headers=headers)
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        self.download_hits += 1
+        ua = request.headers.get("User-Agent", "").lower()
+        browser = any(word in ua for word in BROWSER_UA_WORDS)
+        version_id = _path_int(request.match_info["modelVersionId"])
+        if version_id is None:
+            return _pretty_error(
+                [
+                    _issue(
+                        "modelVersionId",
+                        "invalid_type",
+                        "Invalid input: expected number, received NaN",
+                    )
+                ]
+            )
+        token = _token(request)
+        user = self.keys.get(token) if token else None
+        if self.blocked:
+            return self._dl_error(403, {"error": "Forbidden"}, browser)
+        if self.download_quota is not None:
+            if self.download_quota <= 0:
+                return self._dl_error(429, {"error": ERR_DOWNLOAD_QUOTA}, browser)
+            self.download_quota -= 1
+        q = _Query(request)
+        type_ = q.enum("type", MODEL_FILE_TYPES)
+        fmt = q.enum("format", FILE_FORMATS)
+        size = q.enum("size", FILE_SIZES)
+        fp = q.enum("fp", FILE_FPS)
+        quant = q.string("quantType")
+        if quant is not None and len(quant) > 64:
+            q.issues.append(_issue("quantType", "too_big", "Too big: expected string <=64"))
+        file_id = q.number("fileId")
+        if q.issues:
+            return _pretty_error(q.issues)
+        found = self.catalogue.version(version_id)
+        if found is None or not found[1].published:
+            return self._dl_error(404, {"error": "File not found"}, browser)
+        model, version = found
+        if model.mode == "Archived":
+            return self._dl_error(410, {"error": ERR_ARCHIVED}, browser)
+        if version_id in self.downloads_disabled:
+            body = {"error": "Unauthorized", "message": ERR_DOWNLOADS_DISABLED}
+            return self._dl_error(401, body, browser)
+        if version_id in self.require_auth and user is None:
+            if browser:
+                target = f"/login?reason=download-auth&returnUrl=/api/download/models/{version_id}"
+                return web.Response(status=307, headers={"Location": target})
+            body = {"error": "Unauthorized", "message": ERR_LOGIN_REQUIRED}
+            return self._dl_error(401, body, browser)
+        deadline = self.early_access.get(version_id)
+        if deadline is not None and version_id not in self.purchases.get(user or "", set()):
+            if browser:
+                return web.Response(
+                    status=307, headers={"Location": f"/model-versions/{version_id}"}
+                )
+            body = {
+                "error": "Early Access",
+                "deadline": _iso(deadline),
+                "message": ERR_EARLY_ACCESS,
+            }
+            return self._dl_error(403, body, browser)
+        file = self._choose_file(version, type_, fmt, size, fp, file_id)
+        if file is None or (fmt and file.format != fmt) or (size and file.size != size):
+            return self._dl_error(404, {"error": "File not found"}, browser)
+        if fp and file.fp != fp:
+            return self._dl_error(404, {"error": "File not found"}, browser)
+        return web.Response(
+            status=307,
+            headers={"Location": self._sign(file), "Cache-Control": "no-store, max-age=0"},
+        )
+
+    @staticmethod
+    def _choose_file(
+        version: FakeVersion,
+        type_: str | None,
+        fmt: str | None,
+        size: str | None,
+        fp: str | None,
+        file_id: int | None,
+    ) -> FakeFile | None:
+        if file_id is not None:
+            return next((f for f in version.files if f.id == file_id), None)
+        files = [f for f in version.files if not type_ or f.type == type_]
+        want = (fmt or "SafeTensor", size or "pruned", fp or "fp16")
+
+        def score(f: FakeFile) -> float:
+            s = 1000.0 if f.type in MAIN_WEIGHT_FILE_TYPES else 0.0
+            return s + 100 * (f.format == want[0]) + 10 * (f.size == want[1]) + (f.fp == want[2])
+
+        return max(files, key=score, default=None)
+
+    def _sign(self, file: FakeFile) -> str:
+        signature = uuid.uuid4().hex + uuid.uuid4().hex
+        disposition = self.disposition.get(file.id) or f'attachment; filename="{file.name}"'
+        self._links[signature] = _Link(file.id, disposition)
+        if len(self._links) % 2:
+            prefix = "civitai-delivery-worker-prod/model/fake"
+        else:
+            prefix = "file/civitai-modelfiles/model/fake"
+        query = urllib.parse.urlencode(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Expires": "86400",
+                "response-content-disposition": disposition,
+                "X-Amz-Signature": signature,
+            },
+            quote_via=urllib.parse.quote,
+        )
+        name = urllib.parse.quote(file.name)
+        return f"{self.urls['storage']}/{prefix}/{file.id}/{name}?{query}"
+
+    # --- the storage origin ------------------------------------------------------------------
+
+    async def _pace(self, n: int) -> None:
+        if not self.storage_bps:
+            return
+        # a token bucket: a late wake-up is made up for (up to 50 ms of line time)
+        now = asyncio.get_running_loop().time()
+        self._storage_free_at = max(now - 0.05, self._storage_free_at) + n / self.storage_bps
+        if self._storage_free_at > now:
+            await asyncio.sleep(self._storage_free_at - now)
+
+    async def _storage(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization")
+        hit = StorageHit(
+            path=request.path,
+            range=request.headers.get("Range"),
+            authorization=auth is not None,
+            user_agent=request.headers.get("User-Agent"),
+        )
+        self.storage_hits.append(hit)
+        xml = "application/xml"
+        if auth is not None:
+            hit.status = 400
+            return web.Response(status=400, text=R2_TWO_AUTHS, content_type=xml)
+        link = self._links.get(request.query.get("X-Amz-Signature", ""))
+        if link is None or request.method not in ("GET", "HEAD"):
+            hit.status = 403
+            return web.Response(status=403, text=R2_BAD_SIGNATURE, content_type=xml)
+        if link.expired:
+            hit.status = 403
+            return web.Response(status=403, text=R2_EXPIRED, content_type=xml)
+        if self.single_use_links:
+            link.expired = True
+        hit.file_id = link.file_id
+        content = self.contents[link.file_id]
+        total = content.size
+        start, end, status = 0, total, 200
+        if hit.range and self._ignore_range:
+            self._ignore_range -= 1
+        elif hit.range:
+            parsed = _byte_range(hit.range, total)
+            if parsed == "unsatisfiable":
+                hit.status = 416
+                return web.Response(
+                    status=416,
+                    headers={"Content-Range": f"bytes */{total}", "Content-Type": xml},
+                    text='<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidRange'
+                    "</Code><Message>The requested range is not satisfiable</Message></Error>",
+                )
+            if parsed is not None:
+                start, end = parsed
+                status = 206
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(end - start),
+            "Content-Disposition": link.disposition,
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{content.sha256[:32].lower()}"',
+        }
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        response = web.StreamResponse(status=status, headers=headers)
+        hit.status = status
+        await response.prepare(request)
+        if request.method == "HEAD":
+            await response.write_eof()
+            return response
+        drop = self._drops.pop(0) if self._drops else -1
+        if drop is None:
+            drop = (end - start) // 2
+        corrupt_at = -1
+        if self._corrupt:
+            self._corrupt -= 1
+            corrupt_at = (end - start) // 2
+        for chunk in content.chunks(start, end):
+            if hit.sent <= corrupt_at < hit.sent + len(chunk):
+                i = corrupt_at - hit.sent
+                chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+            if 0 <= drop < hit.sent + len(chunk):
+                part = chunk[: drop - hit.sent]
+                if part:
+                    await response.write(part)
+                    hit.sent += len(part)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError
+            await self._pace(len(chunk))
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:  # the client went away (paused, cancelled)
+                return response
+            hit.sent += len(chunk)
+        await response.write_eof()
+        return response
+
+
+def _byte_range(header: str, total: int) -> tuple[int, int] | str | None:
+    """``[start, end)`` for one ``bytes=`` range, ``"unsatisfiable"``, or ``None`` (ignored,
+    as S3 ignores a malformed or multi-part range)."""
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):  # the last N bytes
+        n = int(m.group(2))
+        return (max(0, total - n), total) if n else "unsatisfiable"
+    start = int(m.group(1))
+    if start >= total:
+        return "unsatisfiable"
+    end = min(total, int(m.group(2)) + 1) if m.group(2) else total
+    if end <= start:
+        return None
+    return start, end

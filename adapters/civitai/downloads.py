@@ -1,0 +1,2163 @@
+"""Model downloads from Civitai, and the local model registry.
+
+:class:`DownloadManager` downloads model files (seed 002's DownloadTask), after §4 and §6 of
+``../shared/api/civitai.md``:
+
+* **Two hops, one key.** ``GET /api/download/models/{versionId}`` goes to the API host with
+  the key in ``Authorization`` and *without* following redirects; the 307's ``Location`` (a
+  signed R2/B2 URL) is fetched by a separate HTTP client that never has the key, so the key
+  only ever reaches the API host (storage answers 400 to an ``Authorization`` header).
+* **Checked before it is a file.** Bytes stream to ``<name>.part`` with their SHA256
+  computed on the way (in a worker thread, overlapping the next read); the size and the
+  hashes Civitai lists (SHA256, else AutoV2, else ``sizeKB``) are checked, then the file is
+  moved into place atomically and never over another file (a hard link, which fails if the
+  name is taken, then the ``.part`` is removed).
+* **Resume.** Every attempt asks the API for a fresh signed URL and sends
+  ``Range: bytes=<have>-``: a 206 continues, a 200 (range ignored) starts again from zero,
+  a 416 means the ``.part`` is already whole (or does not fit: start again). Dropped
+  connections, timeouts, 5xx and rate limits are retried with backoff and jitter; a
+  download that keeps making progress is never given up.
+* **Pause, resume, cancel** (:meth:`DownloadManager.pause` ...) work on this process's
+  downloads, and on another process's through the database: its next progress write sees
+  the new status and stops.
+* **State.** Every task is a ``download_tasks`` row (bytes, speed, ETA, status, error,
+  SHA256); a running row is leased to its process by ``owner`` and ``updated_at``, so a
+  download whose process died is taken over by :meth:`DownloadManager.resume_interrupted`
+  or by running the same download again.
+* **Clear refusals.** Login required, downloads disabled, Early Access (with its deadline),
+  archived, the 24-hour download quota: one line each, saying what to do.
+* **Where files go.** A folder per kind of model (``civitai.folders``: checkpoint, lora, vae,
+  embedding, controlnet, upscaler, other), relative to ``civitai.models_dir`` or absolute,
+  so they can be an A1111 or ComfyUI install's own. The name comes from
+  ``Content-Disposition``, sanitized (no directories, no traversal, no reserved names); a
+  different file already there gets a ``-2`` suffix, or the download is refused
+  (``civitai.on_name_clash``).
+
+On completion the model registry (``models``: SHA256, name, type, base model, size, source,
+Civitai ids, cover image, path, status) is updated. :func:`scan_models` (``sdhost models
+scan``) hashes the files in the model folders, with a cache by size and mtime
+(``model_files``), and looks the unknown ones up on Civitai by hash in bulk.
+
+CLI: :func:`add_arguments` / :func:`run_cli` (``sdhost civitai download``) and
+:func:`add_scan_arguments` / :func:`run_scan_cli` (``sdhost models scan``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import random
+import re
+import socket
+import sys
+import time
+import unicodedata
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from adapters.civitai.client import (
+    DEFAULT_BASE_URL,
+    USER_AGENT,
+    CivitaiBadRequest,
+    CivitaiBadResponse,
+    CivitaiChallenge,
+    CivitaiClient,
+    CivitaiError,
+    CivitaiForbidden,
+    CivitaiNotFound,
+    CivitaiRateLimited,
+    CivitaiUnauthorized,
+    CivitaiUnavailable,
+    ModelFile,
+    ModelVersion,
+    error_message,
+)
+from adapters.providers.cloud import retry_after_s
+from bot.errors import BadInput, NotFound
+from storage import repos
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from bot.config import Config
+
+log = logging.getLogger(__name__)
+
+# --- kinds of model and their folders -----------------------------------------------------------
+
+CATEGORIES = ("checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "other")
+DEFAULT_FOLDERS: dict[str, str] = {
+    "checkpoint": "checkpoints",
+    "lora": "loras",
+    "vae": "vae",
+    "embedding": "embeddings",
+    "controlnet": "controlnet",
+    "upscaler": "upscale_models",
+    "other": "other",
+}
+_CATEGORY_OF_MODEL_TYPE = {
+    "checkpoint": "checkpoint",
+    "lora": "lora",
+    "locon": "lora",
+    "lycoris": "lora",
+    "dora": "lora",
+    "vae": "vae",
+    "textualinversion": "embedding",
+    "controlnet": "controlnet",
+    "upscaler": "upscaler",
+}
+_CATEGORY_OF_FILE_TYPE = {
+    "vae": "vae",
+    "controlnet": "controlnet",
+    "upscaler": "upscaler",
+    "negative": "embedding",
+}
+# What `models scan` counts as a model file.
+MODEL_EXTENSIONS = frozenset(
+    {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx"}
+)
+PART_SUFFIX = ".part"
+
+
+def category_of(model_type: str | None, file_type: str | None = None) -> str:
+    """The folder kind for a Civitai model type (``LORA``...) and file type (``VAE``...)."""
+    by_file = _CATEGORY_OF_FILE_TYPE.get((file_type or "").replace(" ", "").lower())
+    if by_file:
+        return by_file
+    return _CATEGORY_OF_MODEL_TYPE.get((model_type or "").replace(" ", "").lower(), "other")
+
+
+def resolve_folders(models_dir: Path, folders: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Each kind's folder: ``folders`` over :data:`DEFAULT_FOLDERS`, relative ones under
+    ``models_dir``. Unknown kinds are ignored (with a warning)."""
+    merged = dict(DEFAULT_FOLDERS)
+    for kind, folder in (folders or {}).items():
+        if kind not in DEFAULT_FOLDERS:
+            log.warning(
+                "civitai.folders.%s is not a kind of model (use %s); ignored",
+                kind,
+                ", ".join(CATEGORIES),
+            )
+            continue
+        merged[kind] = folder
+    out = {}
+    for kind, folder in merged.items():
+        path = Path(folder).expanduser()
+        path = path if path.is_absolute() else Path(models_dir).expanduser() / path
+        out[kind] = Path(os.path.abspath(path))  # the registry and its cache key on it
+    return out
+
+
+def models_root(config: Config) -> Path:
+    """``civitai.models_dir``, or ``<data.dir>/models`` when it is empty."""
+    if config.civitai.models_dir:
+        return Path(config.civitai.models_dir).expanduser()
+    return Path(config.data.dir) / "models"
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class DownloadError(CivitaiError):
+    """A download that cannot go on; the message says why and what to do."""
+
+
+class DownloadDamaged(DownloadError):
+    """The bytes received are not the file Civitai lists (size or hash)."""
+
+
+class NameClash(DownloadError, BadInput):
+    """Another file already has the name, and ``civitai.on_name_clash`` is ``refuse``."""
+
+
+class CivitaiLoginRequired(CivitaiUnauthorized):
+    pass
+
+
+class CivitaiDownloadsDisabled(CivitaiForbidden):
+    pass
+
+
+class CivitaiEarlyAccess(CivitaiForbidden):
+    def __init__(self, message: str, *, deadline: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.deadline = deadline
+
+
+class CivitaiArchived(CivitaiNotFound):
+    pass
+
+
+class CivitaiQuotaExceeded(CivitaiRateLimited):
+    """The 24-hour download quota: not worth retrying today."""
+
+
+class _Transient(Exception):
+    """Worth another attempt (with a fresh signed URL)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _StopRequested(Exception):
+    """Someone else (another process, through the database) paused or cancelled the task."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _AlreadyThere(Exception):
+    """The very file is already in place under the chosen name."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+# --- views ----------------------------------------------------------------------------------------
+
+ACTIVE = ("queued", "running", "paused")
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadView:
+    """A download task as callers see it (a ``download_tasks`` row, or the live state)."""
+
+    id: int
+    version_id: int
+    model_id: int | None
+    file_id: int | None
+    model_name: str | None
+    model_type: str | None
+    file_name: str | None
+    path: str | None
+    bytes_total: int | None
+    bytes_done: int
+    speed: float | None
+    eta_s: float | None
+    status: str
+    error: str | None
+    sha256: str | None
+    expected_sha256: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> DownloadView:
+        m = row._mapping
+        return cls(**{f.name: m[f.name] for f in fields(cls)})
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.bytes_total:
+            return None
+        return min(1.0, self.bytes_done / self.bytes_total)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def describe(self) -> str:
+        """One line: ``#3 Photon Realism v2.0: running, 45% of 2.0 GB, 12.3 MB/s, 2m 10s left``."""
+        name = self.model_name or self.file_name or f"model version {self.version_id}"
+        parts = [self.status]
+        if self.status == "done" and self.path:
+            parts.append(f"{format_bytes(self.bytes_done)} in {self.path}")
+        elif self.bytes_total:
+            pct = 100 * (self.fraction or 0)
+            parts.append(f"{pct:.0f}% of {format_bytes(self.bytes_total)}")
+        elif self.bytes_done:
+            parts.append(format_bytes(self.bytes_done))
+        if self.status == "running" and self.speed:
+            parts.append(f"{format_bytes(self.speed)}/s")
+            if self.eta_s is not None:
+                parts.append(f"{format_duration(self.eta_s)} left")
+        if self.error and self.status in ("failed", "running", "queued"):
+            parts.append(self.error)
+        return f"#{self.id} {name}: " + ", ".join(parts)
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # pragma: no cover
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+# --- what to download ---------------------------------------------------------------------------
+
+_DOWNLOAD_PATH = re.compile(r"/api/download/models/(\d+)")
+_MODEL_PATH = re.compile(r"/models/(\d+)")
+_VERSION_PATH = re.compile(r"/model-versions/(\d+)")
+_AIR = re.compile(r"civitai:(\d+)@(\d+)")
+_OPTION_KEYS = ("type", "format", "size", "fp", "quantType")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRef:
+    """What a person pointed at: a version (or a model, meaning its newest version) and any
+    file options carried by a download URL."""
+
+    version_id: int | None
+    model_id: int | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_ref(text: str | int) -> DownloadRef:
+    """A version id (``130072``), a download URL (``https://civitai.com/api/download/models/
+    130072?type=VAE``), a model page (``https://civitai.com/models/4201?modelVersionId=130072``,
+    or without the version: its newest), or an AIR (``urn:air:sd1:checkpoint:civitai:
+    4201@130072``)."""
+    if isinstance(text, int):
+        return DownloadRef(text)
+    raw = str(text).strip()
+    if raw.isdigit():
+        return DownloadRef(int(raw))
+    air = _AIR.search(raw)
+    if air:
+        return DownloadRef(int(air.group(2)), int(air.group(1)))
+    url = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw)
+    query = dict(urllib.parse.parse_qsl(url.query))
+    options = {k: v for k, v in query.items() if k in _OPTION_KEYS and v}
+    if "fileId" in query and query["fileId"].isdigit():
+        options["fileId"] = query["fileId"]
+    m = _DOWNLOAD_PATH.search(url.path)
+    if m:
+        return DownloadRef(int(m.group(1)), None, options)
+    m = _VERSION_PATH.search(url.path)
+    if m:
+        return DownloadRef(int(m.group(1)), None, options)
+    m = _MODEL_PATH.search(url.path)
+    if m:
+        version = query.get("modelVersionId", "")
+        return DownloadRef(int(version) if version.isdigit() else None, int(m.group(1)), options)
+    raise BadInput(
+        f"{raw[:80]!r} is not a Civitai model version: give its id (the number after "
+        "modelVersionId=), a civitai.com/models/... page or a download link"
+    )
+
+
+def select_file(version: ModelVersion, options: Mapping[str, str]) -> ModelFile | None:
+    """The file of ``version`` that ``options`` (type, format, size, fp, fileId) ask for: the
+    primary file when none is given. Raises :class:`BadInput` naming what exists."""
+    files = list(version.files)
+    if not files:
+        return None
+    wanted_id = options.get("fileId")
+    if wanted_id:
+        found = next((f for f in files if str(f.id) == str(wanted_id)), None)
+        if found is None:
+            raise BadInput(f"model version {version.id} has no file {wanted_id}")
+        return found
+    if not any(options.get(k) for k in _OPTION_KEYS):
+        return version.primary_file
+
+    def meta(f: ModelFile, key: str) -> str:
+        m = f.metadata
+        value = getattr(m, {"quantType": "quant_type"}.get(key, key), None) if m else None
+        return str(value or "")
+
+    chosen = files
+    for key in _OPTION_KEYS:
+        want = options.get(key)
+        if not want:
+            continue
+        value: Callable[[ModelFile], str] = (
+            (lambda f: f.type or "") if key == "type" else (lambda f, k=key: meta(f, k))
+        )
+        matching = [f for f in chosen if value(f).lower() == want.lower()]
+        if not matching:
+            have = sorted({value(f) for f in chosen if value(f)})
+            listed = ", ".join(have) if have else "none listed"
+            raise BadInput(
+                f"model version {version.id} has no file with {key} {want!r} (it has: {listed})"
+            )
+        chosen = matching
+    primary = next((f for f in chosen if f.primary), None)
+    return primary or chosen[0]
+
+
+# --- file names ---------------------------------------------------------------------------------
+
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"com{i}" for i in range(1, 10)}
+    | {f"lpt{i}" for i in range(1, 10)}
+)
+MAX_NAME_BYTES = 200
+
+
+def filename_from_disposition(header: str | None) -> str | None:
+    """The file name in a ``Content-Disposition`` header (``filename*=UTF-8''...`` preferred
+    over ``filename="..."``), unsanitized; ``None`` if there is none."""
+    if not header:
+        return None
+    params: dict[str, str] = {}
+    for m in re.finditer(
+        r';\s*([A-Za-z0-9_.*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', ";" + header.split(";", 1)[-1]
+    ):
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params.setdefault(key, value)
+    extended = params.get("filename*")
+    if extended:
+        charset, _, rest = extended.partition("'")
+        _lang, _, encoded = rest.partition("'")
+        try:
+            return urllib.parse.unquote(encoded or extended, encoding=charset or "utf-8")
+        except LookupError:
+            return urllib.parse.unquote(encoded or extended)
+    return params.get("filename") or None
+
+
+def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
+    """A file name safe to create in a model folder: only the last path component (no
+    ``../``, no absolute paths, no drive letters), no control or reserved characters, no
+    leading dots, no Windows device names, at most 200 bytes (the extension kept), never
+    ending in ``.part``. Falls back to ``fallback`` (sanitized too) when nothing is left."""
+    name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
+    name = _UNSAFE_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
+    if not name or set(name) <= {"_", "."}:
+        if raw == fallback or not fallback:
+            return "model.bin"
+        return sanitize_filename(fallback, "model.bin")
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    if stem.lower() in _RESERVED or name.lower() in _RESERVED:
+        name = "_" + name
+    if name.lower().endswith(PART_SUFFIX):
+        name += "_"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        suffix = ("." + ext) if dot and len(ext.encode()) < 20 else ""
+        budget = MAX_NAME_BYTES - len(suffix.encode())
+        cut = name[: len(name) - len(suffix)] if suffix else name
+        while len(cut.encode()) > budget:
+            cut = cut[:-1]
+        name = cut.rstrip(". ") + suffix
+    return name
+
+
+def _suffixed(name: str, n: int) -> str:
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
+
+
+def part_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + PART_SUFFIX)
+
+
+# --- the .part file -----------------------------------------------------------------------------
+
+
+class _PartFile:
+    """A download's ``.part`` file with the SHA256 of what it holds so far. The methods
+    ending in ``_sync`` do file I/O and run on a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._file: Any = None
+
+    def open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # kept open across the download
+        size = os.fstat(self._file.fileno()).st_size
+        self._sha = hashlib.sha256()
+        if size:  # resuming: hash what is already there
+            with open(self.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    self._sha.update(chunk)
+        self.size = size
+
+    def write_sync(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._sha.update(chunk)
+        self.size += len(chunk)
+
+    def reset_sync(self) -> None:
+        self._file.flush()
+        self._file.truncate(0)
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def finish_sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def close_sync(self) -> None:
+        if self._file is not None and not self._file.closed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+    def discard_sync(self) -> None:
+        self.close_sync()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --- live state -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """A task's row, kept up to date in memory while this process runs it."""
+
+    id: int
+    version_id: int
+    model_id: int | None
+    file_id: int | None
+    model_name: str | None
+    model_type: str | None
+    file_name: str | None
+    path: str | None
+    options: dict[str, Any]
+    bytes_total: int | None
+    bytes_done: int
+    speed: float | None
+    eta_s: float | None
+    expected_sha256: str | None
+    sha256: str | None
+    status: str
+    error: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> _State:
+        m = dict(row._mapping)
+        m.pop("owner", None)
+        m["options"] = dict(m.get("options") or {})
+        return cls(**m)
+
+    def view(self) -> DownloadView:
+        data = asdict(self)
+        data.pop("options")
+        return DownloadView(**data)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.options.get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def label(self) -> str:
+        return self.model_name or self.file_name or f"model version {self.version_id}"
+
+
+class _Meter:
+    """Speed over the last few seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, t: float, done: int) -> float | None:
+        samples = self._samples
+        samples.append((t, done))
+        while len(samples) > 2 and t - samples[1][0] >= self.window_s:
+            samples.popleft()
+        t0, d0 = samples[0]
+        if t - t0 < 0.2 or done < d0:
+            return None
+        return (done - d0) / (t - t0)
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+
+@dataclass
+class _Run:
+    task_id: int
+    task: asyncio.Task[None] | None = None
+    state: _State | None = None
+    sink: _PartFile | None = None
+    stop_as: str | None = None  # paused | cancelled | queued, when we were told to stop
+    finishing: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Listener = Callable[[DownloadView], Any]
+
+
+# --- the manager --------------------------------------------------------------------------------
+
+
+class DownloadManager:
+    """Downloads model files from Civitai into the model folders; see the module docstring.
+
+    One per process. ``await enqueue(...)`` starts a download and returns at once;
+    ``await wait(id)`` (or ``download(...)``) waits for the end. Listeners added with
+    :meth:`add_listener` get a :class:`DownloadView` on every progress step (about every
+    ``progress_interval`` seconds) and state change. :meth:`aclose` stops what is running,
+    leaving it queued (or paused) to resume later.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        models_dir: str | Path,
+        folders: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        concurrency: int = 2,
+        max_attempts: int = 8,
+        backoff_base: float = 1.0,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 300.0,
+        timeout: float = 60.0,
+        chunk_size: int = 1 << 20,
+        progress_interval: float = 0.5,
+        stale_after: float = 120.0,
+        on_name_clash: str = "suffix",
+        hash_mismatch: str = "fail",
+        client: CivitaiClient | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        if on_name_clash not in ("suffix", "refuse"):
+            raise ValueError("on_name_clash is 'suffix' or 'refuse'")
+        if hash_mismatch not in ("fail", "keep"):
+            raise ValueError("hash_mismatch is 'fail' or 'keep'")
+        self.db = db
+        self.models_dir = Path(models_dir)
+        self.folders = resolve_folders(self.models_dir, folders)
+        self.base_url = base_url.rstrip("/")
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.chunk_size = chunk_size
+        self.progress_interval = progress_interval
+        self.stale_after = stale_after
+        self.on_name_clash = on_name_clash
+        self.hash_mismatch = hash_mismatch
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._api_key = (api_key or "").strip() or None
+        self._user_agent = user_agent
+        http_timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        # The API hop: the key goes here, and redirects are NOT followed.
+        self._api = httpx.AsyncClient(timeout=http_timeout, follow_redirects=False)
+        # The storage hop: a client that never has the key (nor the API's cookies).
+        self._storage = httpx.AsyncClient(
+            timeout=http_timeout,
+            follow_redirects=True,
+            max_redirects=5,
+            limits=httpx.Limits(max_connections=max(4, 2 * concurrency)),
+        )
+        self._own_client = client is None
+        self.client = client or CivitaiClient(
+            self._api_key, base_url=self.base_url, timeout=timeout, http=self._api
+        )
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._runs: dict[int, _Run] = {}
+        self._claimed_paths: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._background: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, db: Database, config: Config, **overrides: Any) -> DownloadManager:
+        cfg = config.civitai
+        kwargs: dict[str, Any] = {
+            "models_dir": models_root(config),
+            "folders": cfg.folders,
+            "api_key": cfg.api_key or None,
+            "base_url": cfg.base_url,
+            "concurrency": cfg.download_concurrency,
+            "max_attempts": cfg.download_attempts,
+            "timeout": max(cfg.timeout_s, 30.0),
+            "on_name_clash": cfg.on_name_clash,
+            "hash_mismatch": cfg.hash_mismatch,
+        }
+        kwargs.update(overrides)
+        return cls(db, **kwargs)
+
+    def __repr__(self) -> str:
+        key = "***" if self._api_key else None
+        return f"DownloadManager(base_url={self.base_url!r}, api_key={key!r})"
+
+    def folder_for(self, kind: str | None) -> Path:
+        return self.folders.get(kind or "other") or self.folders["other"]
+
+    # --- listeners -------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """``listener(view)`` on every progress step and state change (sync or async)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _notify(self, view: DownloadView) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(view)
+            except Exception:
+                log.exception("download listener failed")
+                continue
+            if inspect.isawaitable(result):
+                future = asyncio.ensure_future(result)
+                self._background.add(future)
+                future.add_done_callback(self._listener_done)
+
+    def _listener_done(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("download listener failed: %r", future.exception())
+
+    # --- public API ------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        ref: str | int | DownloadRef,
+        *,
+        file_type: str | None = None,
+        format: str | None = None,
+        fp: str | None = None,
+        size: str | None = None,
+        file_id: int | None = None,
+        start: bool = True,
+    ) -> DownloadView:
+        """Look the version up, pick the file and start downloading it (unless ``start`` is
+        false). An unfinished task for the same file is resumed instead of starting another;
+        a file already downloaded (or found by a scan, by its SHA256) is not fetched again.
+        Raises :class:`CivitaiError`/:class:`BadInput` for what cannot be downloaded."""
+        self._check_open()
+        parsed = ref if isinstance(ref, DownloadRef) else parse_ref(ref)
+        options: dict[str, Any] = dict(parsed.options)
+        given = {"type": file_type, "format": format, "fp": fp, "size": size}
+        options.update({k: v for k, v in given.items() if v})
+        if file_id is not None:
+            options["fileId"] = str(file_id)
+        version_id = parsed.version_id
+        if version_id is None:
+            assert parsed.model_id is not None
+            model = await self.client.model(parsed.model_id)
+            if model.mode == "Archived":
+                raise CivitaiArchived(
+                    f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
+                    "are no longer available for download"
+                )
+            latest = model.latest_version
+            if latest is None or latest.id is None:
+                raise CivitaiNotFound(f"Civitai model {parsed.model_id} has no published version")
+            version_id = latest.id
+        version = await self.client.model_version(version_id)
+        name = _version_label(version)
+        mode = version.model.mode if version.model else None
+        if mode == "Archived":
+            raise CivitaiArchived(
+                f"Civitai archived {name}: its files are no longer available for download"
+            )
+        file = select_file(version, options)
+        if file is None:
+            raise CivitaiNotFound(f"Civitai lists no files for {name}")
+        model_type = version.model.type if version.model else None
+        kind = category_of(model_type, file.type)
+        expected = (file.hash("SHA256") or "").lower() or None
+        now = time.time()
+
+        reuse = await self.db.run_read(repos.download_tasks_for_version, version_id, file.id)
+        for row in reuse:
+            if row.status in ACTIVE or row.status == "failed":
+                if start:
+                    if row.status in ("paused", "failed"):
+                        return await self.resume(row.id)
+                    self._start(row.id)
+                return self._live_view(row)
+            if row.status == "done" and row.path and Path(row.path).is_file():
+                return DownloadView.from_row(row)
+        if expected:
+            known = await self.db.run_read(repos.get_model, expected)
+            if known is not None and known.path and known.status == "ready":
+                with contextlib.suppress(OSError):
+                    if Path(known.path).stat().st_size == known.size_bytes:
+                        return await self._record_present(version, file, kind, known, options)
+
+        cover = _cover_image(version)
+        options["meta"] = {
+            "model_name": version.model.name if version.model else None,
+            "version_name": version.name,
+            "civitai_type": model_type,
+            "file_type": file.type,
+            "base_model": version.base_model,
+            "cover_image_url": cover,
+            "size_kb": file.size_kb,
+            "autov2": file.hash("AutoV2"),
+        }
+        values = {
+            "version_id": version_id,
+            "model_id": version.model_id,
+            "file_id": file.id,
+            "model_name": name[:256],
+            "model_type": kind,
+            "file_name": sanitize_filename(file.name, f"civitai-{version_id}.bin"),
+            "path": None,
+            "options": options,
+            "bytes_total": file.size_bytes,
+            "expected_sha256": expected,
+            "status": "queued",
+            "created_at": now,
+            "updated_at": now,
+        }
+        task_id = await self.db.run_write(repos.insert_download_task, values)
+        if start:
+            self._start(task_id)
+        return await self.get(task_id)
+
+    async def download(self, ref: str | int | DownloadRef, **kwargs: Any) -> DownloadView:
+        """:meth:`enqueue` and :meth:`wait`: the task as it ended (check ``status``)."""
+        view = await self.enqueue(ref, **kwargs)
+        return await self.wait(view.id)
+
+    async def wait(self, task_id: int) -> DownloadView:
+        """Until this process's run of the task ends; the task as it is then."""
+        run = self._runs.get(task_id)
+        if run is not None:
+            await run.done.wait()
+        return await self.get(task_id)
+
+    async def get(self, task_id: int) -> DownloadView:
+        row = await self.db.run_read(repos.get_download_task, task_id)
+        if row is None:
+            raise NotFound(f"there is no download #{task_id}")
+        return self._live_view(row)
+
+    def snapshot(self, task_id: int) -> DownloadView | None:
+        """The live state of a download running here (no database read), else ``None``."""
+        run = self._runs.get(task_id)
+        return run.state.view() if run is not None and run.state is not None else None
+
+    async def tasks(
+        self, *, statuses: Iterable[str] | None = None, limit: int = 50
+    ) -> list[DownloadView]:
+        rows = await self.db.run_read(
+            repos.list_download_tasks, statuses=list(statuses or []) or None, limit=limit
+        )
+        return [self._live_view(r) for r in rows]
+
+    async def pause(self, task_id: int) -> DownloadView:
+        """Stop a download, keeping its ``.part`` file; :meth:`resume` goes on from there."""
+        return await self._stop(task_id, "paused")
+
+    async def cancel(self, task_id: int) -> DownloadView:
+        """Stop a download for good and delete its ``.part`` file."""
+        return await self._stop(task_id, "cancelled")
+
+    async def resume(self, task_id: int) -> DownloadView:
+        """Go on with a paused or failed download (from its ``.part`` file)."""
+        self._check_open()
+        view = await self.get(task_id)
+        if view.status == "cancelled":
+            raise BadInput(f"download #{task_id} was cancelled; start it again instead")
+        if view.status == "done":
+            return view
+        if view.status in ("paused", "failed"):
+            await self.db.run_write(
+                repos.update_download_task,
+                task_id,
+                if_status=("paused", "failed"),
+                status="queued",
+                error=None,
+                updated_at=time.time(),
+            )
+        self._start(task_id)
+        return await self.get(task_id)
+
+    async def resume_interrupted(self) -> list[int]:
+        """Start the queued downloads, and the running ones whose process went quiet for
+        ``stale_after`` seconds (it died); their ids. Call once at start-up."""
+        ids = await self.db.run_read(repos.interrupted_download_ids, time.time() - self.stale_after)
+        for task_id in ids:
+            self._start(task_id)
+        return ids
+
+    async def scan(
+        self, *, enrich: bool = True, rehash: bool = False, refresh: bool = False
+    ) -> ScanReport:
+        """:func:`scan_models` over this manager's folders, with its Civitai client."""
+        return await scan_models(
+            self.db,
+            self.folders,
+            client=self.client if enrich else None,
+            rehash=rehash,
+            refresh=refresh,
+            base_url=self.base_url,
+        )
+
+    async def aclose(self, *, stop_as: str = "queued") -> None:
+        """Stop every running download (``queued``: resumed by the next
+        :meth:`resume_interrupted`; or ``paused``) and close the HTTP clients."""
+        self._closed = True
+        runs = list(self._runs.values())
+        for run in runs:
+            if run.stop_as is None and not run.finishing:
+                run.stop_as = stop_as
+                if run.task is not None:
+                    run.task.cancel()
+        for run in runs:
+            await run.done.wait()
+        for future in list(self._background):
+            future.cancel()
+        if self._own_client:
+            await self.client.aclose()
+        await self._api.aclose()
+        await self._storage.aclose()
+
+    async def __aenter__(self) -> DownloadManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the download manager is closed")
+
+    def _live_view(self, row: Any) -> DownloadView:
+        live = self.snapshot(row.id)
+        return live if live is not None else DownloadView.from_row(row)
+
+    def _start(self, task_id: int) -> None:
+        self._check_open()
+        run = self._runs.get(task_id)
+        if run is not None and not run.done.is_set():
+            return
+        run = _Run(task_id)
+        self._runs[task_id] = run
+        run.task = asyncio.create_task(self._run(run), name=f"civitai-download-{task_id}")
+
+    async def _stop(self, task_id: int, status: str) -> DownloadView:
+        run = self._runs.get(task_id)
+        if run is not None and not run.done.is_set():
+            if not run.finishing and run.stop_as is None:
+                run.stop_as = status
+                if run.task is not None:
+                    run.task.cancel()
+            await run.done.wait()
+            return await self.get(task_id)
+        view = await self.get(task_id)
+        now = time.time()
+        if status == "paused":
+            # queued here, or running in another process (which stops at its next write)
+            await self.db.run_write(
+                repos.update_download_task,
+                task_id,
+                if_status=("queued", "running"),
+                status="paused",
+                speed=None,
+                eta_s=None,
+                updated_at=now,
+            )
+        else:
+            changed = await self.db.run_write(
+                repos.update_download_task,
+                task_id,
+                if_status=("queued", "running", "paused", "failed"),
+                status="cancelled",
+                speed=None,
+                eta_s=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            if changed and view.status != "running" and view.path:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(part_path(view.path).unlink)
+        return await self.get(task_id)
+
+    async def _run(self, run: _Run) -> None:
+        try:
+            async with self._slots:
+                now = time.time()
+                row = await self.db.run_write(
+                    repos.claim_download_task,
+                    run.task_id,
+                    self.owner,
+                    now,
+                    now - self.stale_after,
+                )
+                if row is None:
+                    return  # paused, finished, or running in a live process
+                run.state = _State.from_row(row)
+                self._notify(run.state.view())
+                await self._download(run)
+        except asyncio.CancelledError:
+            if run.stop_as is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._stopped(run, run.stop_as, ours=True)
+        except _StopRequested as stop:
+            await self._stopped(run, stop.status, ours=False)
+        except (CivitaiError, BadInput) as exc:
+            await self._failed(run, str(exc), discard=isinstance(exc, DownloadDamaged))
+        except Exception as exc:
+            log.exception("download #%d failed", run.task_id)
+            await self._failed(run, f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            if run.sink is not None:
+                await asyncio.to_thread(run.sink.close_sync)
+            if run.state is not None and run.state.path:
+                self._claimed_paths.discard(run.state.path)
+            if self._runs.get(run.task_id) is run:
+                del self._runs[run.task_id]
+            run.done.set()
+            with contextlib.suppress(Exception):
+                self._notify(await self.get(run.task_id))
+
+    async def _stopped(self, run: _Run, status: str, *, ours: bool) -> None:
+        """Record a pause/cancel/requeue (``ours``), or go along with one made elsewhere."""
+        state = run.state
+        if status == "cancelled":
+            if run.sink is not None:
+                await asyncio.to_thread(run.sink.discard_sync)
+            elif state is not None and state.path:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(part_path(state.path).unlink)
+        if not ours:
+            return
+        now = time.time()
+        values: dict[str, Any] = {
+            "status": status,
+            "speed": None,
+            "eta_s": None,
+            "owner": None,
+            "updated_at": now,
+        }
+        if state is not None:
+            values["bytes_done"] = 0 if status == "cancelled" else state.bytes_done
+            values["attempts"] = state.attempts
+        if status == "cancelled":
+            values["finished_at"] = now
+        done = await self.db.run_write(
+            repos.update_download_task,
+            run.task_id,
+            if_owner=self.owner,
+            if_status=("running",),
+            **values,
+        )
+        if not done:  # never claimed: it was still waiting for a slot
+            await self.db.run_write(
+                repos.update_download_task, run.task_id, if_status=("queued",), **values
+            )
+
+    async def _failed(self, run: _Run, message: str, *, discard: bool = False) -> None:
+        log.warning("download #%d failed: %s", run.task_id, message)
+        if discard and run.sink is not None:
+            await asyncio.to_thread(run.sink.discard_sync)
+        now = time.time()
+        values: dict[str, Any] = {
+            "status": "failed",
+            "error": message,
+            "speed": None,
+            "eta_s": None,
+            "owner": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        if run.state is not None:
+            values["attempts"] = run.state.attempts
+            values["bytes_done"] = 0 if discard else run.state.bytes_done
+        changed = await self.db.run_write(
+            repos.update_download_task,
+            run.task_id,
+            if_owner=self.owner,
+            if_status=("running",),
+            **values,
+        )
+        if not changed:
+            await self.db.run_write(
+                repos.update_download_task, run.task_id, if_status=("queued",), **values
+            )
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after * random.uniform(1.0, 1.1)
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _download(self, run: _Run) -> None:
+        state = run.state
+        assert state is not None
+        if state.path:
+            run.sink = _PartFile(part_path(state.path))
+            await asyncio.to_thread(run.sink.open_sync)
+            state.bytes_done = run.sink.size
+        failures = 0
+        meter = _Meter()
+        while True:
+            before = run.sink.size if run.sink is not None else 0
+            state.attempts += 1
+            try:
+                await self._attempt(run, meter)
+                break
+            except _AlreadyThere as there:
+                await self._complete_existing(run, there.path)
+                return
+            except _Transient as exc:
+                progressed = (run.sink.size if run.sink is not None else 0) > before
+                failures = 1 if progressed else failures + 1
+                if failures >= self.max_attempts:
+                    raise DownloadError(
+                        f"could not download {state.label}: {exc} "
+                        f"({failures} tries in a row got nowhere; resume it later)"
+                    ) from None
+                if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
+                    raise DownloadError(
+                        f"could not download {state.label}: {exc}; try again later"
+                    ) from None
+                wait = self._backoff(failures, exc.retry_after)
+                log.info("download #%d: %s; retrying in %.1fs", state.id, exc, wait)
+                meter.reset()
+                state.speed = state.eta_s = None
+                state.error = f"{exc}; retrying"
+                await self._write_progress(run, force=True)
+                await asyncio.sleep(wait)
+        state.error = None
+        await self._finish(run)
+
+    # --- one attempt -----------------------------------------------------------------------
+
+    async def _signed_url(self, state: _State) -> str:
+        """A fresh signed storage URL from ``/api/download/models/{id}`` (not followed)."""
+        url = f"{self.base_url}/api/download/models/{state.version_id}"
+        if state.file_id is not None:
+            params: dict[str, Any] = {"fileId": state.file_id}
+        else:
+            params = {k: state.options[k] for k in _OPTION_KEYS if state.options.get(k)}
+        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        try:
+            response = await self._api.get(url, params=params, headers=headers)
+        except httpx.TimeoutException:
+            raise _Transient("Civitai did not answer in time") from None
+        except httpx.UnsupportedProtocol:
+            raise DownloadError(
+                f"civitai.base_url {self.base_url!r} is not an http(s) address"
+            ) from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"Civitai could not be reached ({type(exc).__name__})") from None
+        if response.status_code in (301, 302, 303, 307, 308):
+            location = response.headers.get("location")
+            if not location:
+                raise CivitaiBadResponse("Civitai redirected the download to nowhere")
+            target = urllib.parse.urljoin(str(response.url), location)
+            where = urllib.parse.urlsplit(target)
+            if where.path.startswith("/login"):
+                raise self._login_required(state)
+            if where.scheme not in ("http", "https"):
+                raise CivitaiBadResponse(f"Civitai redirected the download to {where.scheme}:")
+            return target
+        error = self._api_error(response, state)
+        if error.retryable:
+            raise _Transient(str(error), error.retry_after)
+        raise error
+
+    def _login_required(self, state: _State) -> CivitaiError:
+        if self._api_key:
+            return CivitaiLoginRequired(
+                f"Civitai requires a login to download {state.label} and did not accept "
+                "civitai.api_key: check the key (Civitai > Account settings > API keys)",
+                status=401,
+            )
+        return CivitaiLoginRequired(
+            f"Civitai requires a login to download {state.label}: set civitai.api_key "
+            "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
+            status=401,
+        )
+
+    def _api_error(self, response: httpx.Response, state: _State) -> CivitaiError:
+        status = response.status_code
+        raw = response.content
+        ctype = response.headers.get("content-type", "")
+        retry_after = retry_after_s(response) if status in (429, 503) else None
+        what = state.label
+        if raw and ("html" in ctype.lower() or raw[:64].lstrip().lower().startswith(b"<")):
+            message = (
+                f"Civitai answered the download of {what} with a web page (HTTP {status}), "
+                "probably a Cloudflare check or an outage; try again later"
+            )
+            if status == 429 or status >= 500:
+                return CivitaiUnavailable(
+                    message, status=status, retry_after=retry_after, retryable=True
+                )
+            return CivitaiChallenge(message, status=status)
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw[:300].decode("utf-8", "replace")
+        detail = error_message(body) or ""
+        text = detail.lower()
+        if 200 <= status < 300:
+            return CivitaiBadResponse(
+                f"Civitai answered the download of {what} without sending it elsewhere "
+                f"(HTTP {status}); expected a redirect to the file",
+                status=status,
+            )
+        if status == 400:
+            return CivitaiBadRequest(
+                f"Civitai rejected the download of {what}: {detail or 'bad request'}",
+                status=status,
+            )
+        if status == 401:
+            if "disabled downloads" in text:
+                return CivitaiDownloadsDisabled(
+                    f"the creator of {what} has disabled downloads on Civitai", status=status
+                )
+            return self._login_required(state)
+        if status == 403:
+            if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
+                deadline = body.get("deadline")
+                until = f" until {deadline}" if deadline else ""
+                return CivitaiEarlyAccess(
+                    f"{what} is in Early Access on Civitai{until}: only people who bought "
+                    "access (with Buzz, on civitai.com, as the owner of civitai.api_key) can "
+                    "download it before then",
+                    deadline=deadline if isinstance(deadline, str) else None,
+                    status=status,
+                )
+            return CivitaiForbidden(
+                f"Civitai refused the download of {what}: {detail or 'forbidden'}", status=status
+            )
+        if status == 404:
+            asked = ", ".join(
+                f"{k}={state.options[k]}" for k in _OPTION_KEYS if state.options.get(k)
+            )
+            which = f" matching {asked}" if asked else ""
+            return CivitaiNotFound(
+                f"Civitai has no downloadable file{which} for {what}", status=status
+            )
+        if status == 410:
+            return CivitaiArchived(
+                f"Civitai archived {what}: it is no longer available for download", status=status
+            )
+        if status == 429:
+            if "unusual amount of downloading" in text or "come back later" in text:
+                return CivitaiQuotaExceeded(
+                    "Civitai's 24-hour download quota for this account (or address) is used "
+                    "up: try again tomorrow, or contact support@civitai.com",
+                    status=status,
+                )
+            wait = f" (retry in {retry_after:g}s)" if retry_after else ""
+            return CivitaiRateLimited(
+                f"Civitai is rate limiting downloads{wait}",
+                status=status,
+                retry_after=retry_after,
+                retryable=True,
+            )
+        if status >= 500 or status == 408:
+            return CivitaiUnavailable(
+                f"Civitai is unavailable (HTTP {status})",
+                status=status,
+                retry_after=retry_after,
+                retryable=True,
+            )
+        return CivitaiError(
+            f"Civitai could not start the download of {what} (HTTP {status}"
+            f"{': ' + detail if detail else ''})",
+            status=status,
+        )
+
+    async def _attempt(self, run: _Run, meter: _Meter) -> None:
+        state = run.state
+        assert state is not None
+        url = await self._signed_url(state)
+        have = run.sink.size if run.sink is not None else 0
+        headers = {
+            "User-Agent": self._user_agent,
+            "Accept": "*/*",
+            "Accept-Encoding": "identity",
+        }
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            async with self._storage.stream("GET", url, headers=headers) as response:
+                await self._receive(run, response, have, meter)
+        except httpx.TimeoutException as exc:
+            raise _Transient(f"the file host stopped sending ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"the connection to the file host broke ({exc})") from None
+
+    async def _receive(self, run: _Run, response: httpx.Response, have: int, meter: _Meter) -> None:
+        state = run.state
+        assert state is not None
+        status = response.status_code
+        if status == 416:
+            total = _range_total(response.headers.get("content-range"))
+            if run.sink is not None and total is not None and run.sink.size == total:
+                state.bytes_total = total
+                return  # the .part already holds the whole file
+            if run.sink is not None:
+                await asyncio.to_thread(run.sink.reset_sync)
+            state.bytes_done = 0
+            raise _Transient("the partial file does not fit the file on Civitai; starting over")
+        if status in (401, 403):
+            raise _Transient(f"the file host refused the signed link (HTTP {status})")
+        if status == 400:
+            body = (await response.aread())[:300].decode("utf-8", "replace")
+            raise DownloadError(
+                f"the file host rejected the download request (HTTP 400: {_one_line(body)})"
+            )
+        if status == 429 or status >= 500 or status == 404:
+            raise _Transient(f"the file host answered HTTP {status}", retry_after_s(response))
+        if status not in (200, 206):
+            raise DownloadError(f"the file host answered HTTP {status}")
+        ctype = response.headers.get("content-type", "").lower()
+        if "text/html" in ctype and not (state.file_name or "").lower().endswith(".html"):
+            raise _Transient("the file host sent a web page instead of the file")
+        if status == 206:
+            span = _content_range(response.headers.get("content-range"))
+            if span is None or span[0] != have:
+                if run.sink is not None:
+                    await asyncio.to_thread(run.sink.reset_sync)
+                state.bytes_done = 0
+                raise _Transient("the file host sent another part of the file than asked")
+            total: int | None = span[2]
+        else:
+            if have and run.sink is not None:
+                log.info("download #%d: the file host ignored the range; from zero", state.id)
+                await asyncio.to_thread(run.sink.reset_sync)
+                state.bytes_done = 0
+                meter.reset()
+            length = response.headers.get("content-length", "")
+            total = int(length) if length.isdigit() else None
+        if run.sink is None:
+            path = await self._choose_path(
+                state, response.headers.get("content-disposition"), total
+            )
+            state.path = str(path)
+            state.file_name = path.name
+            await self.db.run_write(
+                repos.update_download_task,
+                state.id,
+                if_owner=self.owner,
+                path=state.path,
+                file_name=state.file_name,
+            )
+            run.sink = _PartFile(part_path(path))
+            await asyncio.to_thread(run.sink.open_sync)
+            if run.sink.size:  # a stray .part of that name: not ours to continue
+                await asyncio.to_thread(run.sink.reset_sync)
+        if total is not None:
+            state.bytes_total = total
+        sink = run.sink
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        last = loop.time()
+        meter.add(last, sink.size)
+        # Pieces as they arrive, written in chunks of about chunk_size; whatever arrived
+        # before a broken connection is still written (the next attempt starts after it).
+        pieces: list[bytes] = []
+        buffered = 0
+        start = sink.size
+        received = 0
+        try:
+            async for piece in response.aiter_bytes():
+                pieces.append(piece)
+                buffered += len(piece)
+                received += len(piece)
+                if buffered >= self.chunk_size:
+                    chunk = b"".join(pieces)
+                    pieces.clear()
+                    buffered = 0
+                    if pending is not None:
+                        await pending
+                    # write + hash on a worker thread while the next chunk arrives
+                    pending = loop.run_in_executor(None, sink.write_sync, chunk)
+                now = loop.time()
+                if now - last >= self.progress_interval:
+                    last = now
+                    state.bytes_done = start + received  # received; on disk a moment later
+                    self._measure(state, meter, now)
+                    await self._write_progress(run)
+        finally:
+            if pending is not None:
+                await pending
+            if pieces:
+                await asyncio.to_thread(sink.write_sync, b"".join(pieces))
+            state.bytes_done = sink.size
+        if total is not None and sink.size != total:
+            raise _Transient("the connection ended before the whole file arrived")
+
+    def _measure(self, state: _State, meter: _Meter, now: float) -> None:
+        state.speed = meter.add(now, state.bytes_done)
+        if state.speed and state.bytes_total:
+            state.eta_s = max(0.0, (state.bytes_total - state.bytes_done) / state.speed)
+        else:
+            state.eta_s = None
+
+    async def _write_progress(self, run: _Run, *, force: bool = False) -> None:
+        """Store the progress (it is also the lease's heartbeat) and tell the listeners. A
+        refused write means another process paused or cancelled the task: stop."""
+        state = run.state
+        assert state is not None
+        state.updated_at = time.time()
+        ok = await self.db.run_write(
+            repos.update_download_task,
+            state.id,
+            if_owner=self.owner,
+            if_status=("running",),
+            bytes_done=state.bytes_done,
+            bytes_total=state.bytes_total,
+            speed=state.speed,
+            eta_s=state.eta_s,
+            error=state.error,
+            attempts=state.attempts,
+            updated_at=state.updated_at,
+        )
+        if not ok:
+            row = await self.db.run_read(repos.get_download_task, state.id)
+            raise _StopRequested(row.status if row is not None else "cancelled")
+        self._notify(state.view())
+
+    async def _choose_path(self, state: _State, disposition: str | None, total: int | None) -> Path:
+        """Where the file goes: its kind's folder, the sanitized Content-Disposition name
+        (else Civitai's file name), with a suffix if a different file has that name."""
+        folder = self.folder_for(state.model_type)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        fallback = state.file_name or f"civitai-{state.version_id}.bin"
+        name = sanitize_filename(filename_from_disposition(disposition), fallback)
+        active = await self.db.run_read(repos.active_download_paths)
+        base = folder / name
+        candidate = base
+        for n in range(2, 10_000):
+            key = str(candidate)
+            owner = active.get(key)
+            busy = (owner is not None and owner != state.id) or key in self._claimed_paths
+            exists = candidate.exists()
+            if not busy and not exists and not part_path(candidate).exists():
+                break
+            if exists and not busy and await self._same_file(state, candidate, total):
+                raise _AlreadyThere(candidate)
+            if self.on_name_clash == "refuse":
+                raise NameClash(
+                    f"{candidate} already exists and is not {state.label}; move it away, or "
+                    'set civitai.on_name_clash = "suffix"'
+                )
+            candidate = folder / _suffixed(name, n)
+        else:  # pragma: no cover
+            raise NameClash(f"no free name for {name} in {folder}")
+        if candidate.resolve().parent != folder.resolve():  # belt and braces
+            raise DownloadError(f"refusing to write outside {folder}: {candidate}")
+        self._claimed_paths.add(str(candidate))
+        return candidate
+
+    async def _same_file(self, state: _State, path: Path, total: int | None) -> bool:
+        if not state.expected_sha256:
+            return False
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return False
+        if total is not None and size != total:
+            return False
+        return await asyncio.to_thread(_sha256_of, path) == state.expected_sha256
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def _verify(self, state: _State, sink: _PartFile) -> list[str]:
+        problems = []
+        actual = sink.hexdigest()
+        if state.bytes_total is not None and sink.size != state.bytes_total:
+            problems.append(f"{sink.size} bytes instead of {state.bytes_total}")
+        expected = state.expected_sha256
+        autov2 = str(state.meta.get("autov2") or "").lower()
+        size_kb = state.meta.get("size_kb")
+        if expected:
+            if actual != expected.lower():
+                problems.append(f"SHA256 {actual[:12]}… instead of Civitai's {expected[:12]}…")
+        elif autov2:
+            if actual[:10] != autov2:
+                problems.append(f"AutoV2 {actual[:10]} instead of Civitai's {autov2}")
+        elif isinstance(size_kb, int | float) and abs(sink.size - size_kb * 1024) > 1024:
+            problems.append(f"{sink.size} bytes where Civitai lists {size_kb * 1024:.0f}")
+        return problems
+
+    async def _finish(self, run: _Run) -> None:
+        state, sink = run.state, run.sink
+        assert state is not None and sink is not None
+        run.finishing = True
+        await asyncio.to_thread(sink.finish_sync)
+        problems = self._verify(state, sink)
+        if problems:
+            hash_only = all("SHA256" in p or "AutoV2" in p for p in problems)
+            if self.hash_mismatch == "keep" and hash_only:
+                log.warning(
+                    "download #%d: %s does not match Civitai (%s); kept (hash_mismatch=keep)",
+                    state.id,
+                    state.label,
+                    "; ".join(problems),
+                )
+            else:
+                await asyncio.to_thread(sink.discard_sync)
+                raise DownloadDamaged(
+                    f"the download of {state.label} is damaged ({'; '.join(problems)}); "
+                    "it was deleted: try again"
+                )
+        target = Path(state.path or "")
+        final = await asyncio.to_thread(self._place, sink.path, target, sink.hexdigest())
+        await self._complete(run, final, sink.hexdigest(), sink.size)
+
+    def _place(self, part: Path, target: Path, sha: str) -> Path:
+        """Move ``part`` to ``target`` atomically without replacing any file: a hard link
+        (which fails if the name exists), then the ``.part`` is removed."""
+        candidate = target
+        for n in range(2, 10_000):
+            try:
+                os.link(part, candidate)
+            except FileExistsError:
+                if candidate.stat().st_size == part.stat().st_size and _sha256_of(candidate) == sha:
+                    part.unlink()
+                    return candidate  # the very same file appeared meanwhile
+                if self.on_name_clash == "refuse":
+                    raise NameClash(
+                        f"{candidate} appeared while downloading; move it away and resume"
+                    ) from None
+                candidate = target.with_name(_suffixed(target.name, n))
+                continue
+            except OSError:
+                # no hard links here (some network or FAT file systems): check, then rename
+                if candidate.exists():
+                    candidate = target.with_name(_suffixed(target.name, n))
+                    continue
+                os.replace(part, candidate)
+                return candidate
+            part.unlink()
+            return candidate
+        raise NameClash(f"no free name for {target}")  # pragma: no cover
+
+    async def _complete(self, run: _Run, final: Path, sha: str, size: int) -> None:
+        state = run.state
+        assert state is not None
+        now = time.time()
+        mtime_ns = (await asyncio.to_thread(final.stat)).st_mtime_ns
+        state.path, state.file_name = str(final), final.name
+        state.sha256, state.bytes_done, state.bytes_total = sha, size, size
+        state.status, state.finished_at, state.speed, state.eta_s = "done", now, None, None
+        task_values = {
+            "status": "done",
+            "path": state.path,
+            "file_name": state.file_name,
+            "sha256": sha,
+            "bytes_done": size,
+            "bytes_total": size,
+            "speed": None,
+            "eta_s": None,
+            "error": None,
+            "owner": None,
+            "attempts": state.attempts,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        model_row = self._model_row(state, sha, size, final, now)
+        file_row = {
+            "path": str(final),
+            "sha256": sha,
+            "size_bytes": size,
+            "mtime_ns": mtime_ns,
+            "hashed_at": now,
+        }
+        owner = self.owner
+
+        def write(conn: Any) -> None:
+            repos.update_download_task(
+                conn, state.id, if_owner=owner, if_status=("running",), **task_values
+            )
+            repos.upsert_model(conn, model_row)
+            repos.upsert_model_files(conn, [file_row])
+
+        await self.db.run_write(write)
+        log.info("download #%d: %s saved as %s", state.id, state.label, final)
+
+    async def _complete_existing(self, run: _Run, path: Path) -> None:
+        """The file is already there under the chosen name: done, nothing downloaded."""
+        state = run.state
+        assert state is not None
+        run.finishing = True
+        size = (await asyncio.to_thread(path.stat)).st_size
+        await self._complete(run, path, state.expected_sha256 or "", size)
+
+    def _model_row(
+        self, state: _State, sha: str, size: int, path: Path, now: float
+    ) -> dict[str, Any]:
+        meta = state.meta
+        model_id = state.model_id
+        return {
+            "sha256": sha,
+            "name": (meta.get("model_name") or state.model_name or path.stem)[:256],
+            "type": state.model_type or "other",
+            "base_model": (meta.get("base_model") or None),
+            "size_bytes": size,
+            "source": "civitai",
+            "source_url": _source_url(self.base_url, model_id, state.version_id),
+            "civitai_model_id": model_id,
+            "civitai_version_id": state.version_id,
+            "version_name": meta.get("version_name"),
+            "cover_image_url": meta.get("cover_image_url"),
+            "path": str(path),
+            "status": "ready",
+            "enriched_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async def _record_present(
+        self,
+        version: ModelVersion,
+        file: ModelFile,
+        kind: str,
+        known: Any,
+        options: dict[str, Any],
+    ) -> DownloadView:
+        """A done task for a file the registry already has (found by a scan, or downloaded
+        for another task): nothing is fetched."""
+        now = time.time()
+        values = {
+            "version_id": version.id,
+            "model_id": version.model_id,
+            "file_id": file.id,
+            "model_name": _version_label(version)[:256],
+            "model_type": kind,
+            "file_name": Path(known.path).name,
+            "path": known.path,
+            "options": options,
+            "bytes_total": known.size_bytes,
+            "bytes_done": known.size_bytes,
+            "expected_sha256": known.sha256,
+            "sha256": known.sha256,
+            "status": "done",
+            "created_at": now,
+            "updated_at": now,
+            "started_at": now,
+            "finished_at": now,
+        }
+        task_id = await self.db.run_write(repos.insert_download_task, values)
+        return await self.get(task_id)
+
+
+def _version_label(version: ModelVersion) -> str:
+    model = version.model.name if version.model and version.model.name else None
+    if model and version.name:
+        return f"{model} {version.name}"
+    return model or version.name or f"model version {version.id}"
+
+
+def _cover_image(version: ModelVersion) -> str | None:
+    images = [i for i in version.images if i.url]
+    safe = [i for i in images if i.level == 1]
+    chosen = (safe or images or [None])[0]
+    return chosen.url if chosen is not None else None
+
+
+def _source_url(base_url: str, model_id: int | None, version_id: int | None) -> str | None:
+    if model_id is None:
+        return None
+    url = f"{base_url}/models/{model_id}"
+    return f"{url}?modelVersionId={version_id}" if version_id is not None else url
+
+
+def _content_range(header: str | None) -> tuple[int, int, int | None] | None:
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", header or "")
+    if not m:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+def _range_total(header: str | None) -> int | None:
+    m = re.fullmatch(r"\s*bytes\s+(?:\*|\d+-\d+)/(\d+)\s*", header or "")
+    return int(m.group(1)) if m else None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- the registry: scanning model folders -------------------------------------------------------
+
+
+@dataclass
+class ScanReport:
+    """What ``sdhost models scan`` found."""
+
+    files: int = 0  # model files in the folders
+    hashed: int = 0  # hashed now (new or changed)
+    cached: int = 0  # hash taken from the cache (same size and mtime)
+    new_models: int = 0  # registry rows created
+    enriched: int = 0  # found on Civitai by hash
+    unmatched: int = 0  # asked Civitai, unknown there
+    missing: int = 0  # registry rows whose file is gone
+    errors: list[str] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)  # path -> sha256
+
+
+def _walk(folders: Mapping[str, Path]) -> dict[str, str]:
+    """Every model file under the folders -> its kind (the deepest folder wins)."""
+    found: dict[str, str] = {}
+    ordered = sorted(folders.items(), key=lambda kv: -len(Path(os.path.abspath(kv[1])).parts))
+    for kind, folder in ordered:
+        root_dir = os.path.abspath(folder)
+        if not os.path.isdir(root_dir):
+            continue
+        for root, dirs, files in os.walk(root_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or Path(name).suffix.lower() not in MODEL_EXTENSIONS:
+                    continue
+                found.setdefault(os.path.join(root, name), kind)
+    return found
+
+
+def _hash_files(
+    found: Mapping[str, str], cache: Mapping[str, Any], rehash: bool, report: ScanReport
+) -> list[dict[str, Any]]:
+    """(path, sha256, size, mtime) for each file, hashing only what the cache cannot vouch
+    for. Runs on a worker thread."""
+    out = []
+    for path in found:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            report.errors.append(f"{path}: {exc.strerror or exc}")
+            continue
+        cached = cache.get(path)
+        if (
+            not rehash
+            and cached is not None
+            and cached.size_bytes == st.st_size
+            and cached.mtime_ns == st.st_mtime_ns
+        ):
+            sha = cached.sha256
+            report.cached += 1
+        else:
+            try:
+                sha = _sha256_of(Path(path))
+            except OSError as exc:
+                report.errors.append(f"{path}: {exc.strerror or exc}")
+                continue
+            report.hashed += 1
+        out.append(
+            {"path": path, "sha256": sha, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        )
+    return out
+
+
+async def scan_models(
+    db: Database,
+    folders: Mapping[str, Path],
+    *,
+    client: CivitaiClient | None = None,
+    rehash: bool = False,
+    refresh: bool = False,
+    base_url: str = DEFAULT_BASE_URL,
+) -> ScanReport:
+    """Hash the model files in ``folders`` (kind -> folder), cached by size and mtime; add
+    new ones to the registry (``source`` local, named after the file), mark registry rows
+    whose file is gone ``missing``, and, with a ``client``, look every file Civitai was not
+    yet asked about up by SHA256 (in bulk) to fill in its name, kind, base model, ids and
+    cover image. ``rehash`` ignores the cache; ``refresh`` asks Civitai again about files it
+    did not know."""
+    report = ScanReport()
+    found = await asyncio.to_thread(_walk, folders)
+    report.files = len(found)
+    cache = {row.path: row for row in await db.run_read(repos.all_model_files)}
+    hashed = await asyncio.to_thread(_hash_files, found, cache, rehash, report)
+    now = time.time()
+    by_sha: dict[str, dict[str, Any]] = {}
+    for entry in hashed:
+        report.paths[entry["path"]] = entry["sha256"]
+        by_sha.setdefault(entry["sha256"], entry)
+    gone_files = [p for p in cache if p not in found and not os.path.exists(p)]
+
+    def record(conn: Any) -> None:
+        repos.upsert_model_files(conn, [{**e, "hashed_at": now} for e in hashed])
+        repos.delete_model_files(conn, gone_files)
+        known = repos.models_by_sha(conn, by_sha)
+        for sha, entry in by_sha.items():
+            row = known.get(sha)
+            if row is None:
+                report.new_models += 1
+                repos.upsert_model(
+                    conn,
+                    {
+                        "sha256": sha,
+                        "name": Path(entry["path"]).stem[:256],
+                        "type": found[entry["path"]],
+                        "base_model": None,
+                        "size_bytes": entry["size_bytes"],
+                        "source": "local",
+                        "source_url": None,
+                        "civitai_model_id": None,
+                        "civitai_version_id": None,
+                        "version_name": None,
+                        "cover_image_url": None,
+                        "path": entry["path"],
+                        "status": "ready",
+                        "enriched_at": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                continue
+            keep_path = row.path in report.paths and report.paths[row.path] == sha
+            repos.update_model(
+                conn,
+                sha,
+                path=row.path if keep_path else entry["path"],
+                size_bytes=entry["size_bytes"],
+                status="ready",
+                updated_at=now,
+            )
+        for row in repos.list_models(conn, status="ready"):
+            if row.sha256 in by_sha:
+                continue
+            replaced = row.path in report.paths  # that path holds other content now
+            if replaced or not row.path or not os.path.exists(row.path):
+                repos.update_model(conn, row.sha256, status="missing", updated_at=now)
+                report.missing += 1
+
+    await db.run_write(record)
+    if client is not None and by_sha:
+        await _enrich(db, client, by_sha, found, refresh, base_url, report)
+    return report
+
+
+async def _enrich(
+    db: Database,
+    client: CivitaiClient,
+    by_sha: Mapping[str, Mapping[str, Any]],
+    found: Mapping[str, str],
+    refresh: bool,
+    base_url: str,
+    report: ScanReport,
+) -> None:
+    rows = await db.run_read(repos.models_by_sha, by_sha)
+    wanted = [
+        sha
+        for sha, row in rows.items()
+        if row.civitai_version_id is None and (refresh or row.enriched_at is None)
+    ]
+    if not wanted:
+        return
+    try:
+        matches = await client.versions_by_hashes(wanted)
+    except CivitaiError as exc:
+        report.errors.append(f"Civitai lookup by hash failed: {exc}")
+        return
+    now = time.time()
+
+    def record(conn: Any) -> None:
+        for sha in wanted:
+            version = matches.get(sha.upper())
+            if version is None:
+                report.unmatched += 1
+                repos.update_model(conn, sha, enriched_at=now)
+                continue
+            report.enriched += 1
+            file = version.file_with_hash(sha)
+            model_type = version.model.type if version.model else None
+            kind = category_of(model_type, file.type if file else None)
+            if kind == "other":
+                kind = found.get(by_sha[sha]["path"], "other")
+            values: dict[str, Any] = {
+                "type": kind,
+                "base_model": version.base_model,
+                "source": "civitai",
+                "source_url": _source_url(base_url, version.model_id, version.id),
+                "civitai_model_id": version.model_id,
+                "civitai_version_id": version.id,
+                "version_name": version.name,
+                "cover_image_url": _cover_image(version),
+                "enriched_at": now,
+                "updated_at": now,
+            }
+            if version.model and version.model.name:
+                values["name"] = version.model.name[:256]
+            repos.update_model(conn, sha, **values)
+
+    await db.run_write(record)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sdhost civitai download VERSION_ID|URL [--type] [--format] [--fp] [--size]``."""
+    parser.add_argument(
+        "ref",
+        metavar="VERSION_ID|URL",
+        help="a model version id, a civitai.com/models/... page (its newest version unless "
+        "the link names one) or a download link",
+    )
+    parser.add_argument(
+        "--type",
+        dest="file_type",
+        metavar="TYPE",
+        help="which file of the version: Model, VAE, Pruned Model, Config, Training Data, "
+        "... (default: the primary file)",
+    )
+    parser.add_argument("--format", metavar="FORMAT", help="SafeTensor, PickleTensor, GGUF, ...")
+    parser.add_argument("--fp", metavar="FP", help="fp16, bf16, fp32, fp8, ...")
+    parser.add_argument("--size", choices=("full", "pruned"), help="full or pruned weights")
+    parser.add_argument("--file-id", type=int, metavar="ID", help="one file, by its Civitai id")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, just the result"
+    )
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sdhost models scan [--no-enrich] [--rehash] [--refresh]``."""
+    parser.add_argument(
+        "--no-enrich", action="store_true", help="do not look the files up on Civitai"
+    )
+    parser.add_argument(
+        "--rehash", action="store_true", help="hash every file again (ignore the cache)"
+    )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask Civitai again about files it did not know last time",
+    )
+
+
+async def _open_db(config: Config) -> Database:
+    from storage.migrate import upgrade
+
+    db = Database(config.database_url, busy_timeout_ms=config.database.busy_timeout_ms)
+    try:
+        if config.database.auto_migrate:
+            await upgrade(config.database_url)
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
+
+
+async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) -> int:
+    """Download one file with a progress bar. 0 when the file is in place, 1 when it failed.
+    Ctrl-C pauses it: the same command later resumes from where it stopped."""
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
+    db = await _open_db(config)
+    manager = DownloadManager.from_config(db, config, **overrides)
+    view: DownloadView | None = None
+    try:
+        try:
+            view = await manager.enqueue(
+                args.ref,
+                file_type=getattr(args, "file_type", None),
+                format=getattr(args, "format", None),
+                fp=getattr(args, "fp", None),
+                size=getattr(args, "size", None),
+                file_id=getattr(args, "file_id", None),
+            )
+            if view.status != "done":
+                view = await _follow(manager, view, err, not getattr(args, "no_progress", False))
+        except (CivitaiError, BadInput) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except asyncio.CancelledError:
+            if view is not None:
+                await manager.pause(view.id)
+                done = format_bytes((await manager.get(view.id)).bytes_done)
+                err.print(
+                    f"download #{view.id} paused at {done}; run the same command again to resume",
+                    markup=False,
+                )
+            raise
+        if view.status == "done":
+            print(f"{view.path}\t{format_bytes(view.bytes_done)}\tsha256 {view.sha256}")
+            return 0
+        if view.status == "running":  # running in another process
+            print(f"download #{view.id} is running in another process", file=sys.stderr)
+            return 1
+        print(f"error: {view.error or view.status}", file=sys.stderr)
+        return 1
+    finally:
+        await manager.aclose(stop_as="paused")
+        await db.dispose()
+
+
+async def _follow(
+    manager: DownloadManager, view: DownloadView, console: Any, show: bool
+) -> DownloadView:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+    )
+
+    waiter = asyncio.ensure_future(manager.wait(view.id))
+    if not show:
+        return await waiter
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TextColumn("{task.fields[eta]}"),
+        TextColumn("{task.fields[note]}"),
+    )
+    label = (view.model_name or view.file_name or f"version {view.version_id}")[:40]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(
+            label, total=view.bytes_total, completed=view.bytes_done, speed="", eta="", note=""
+        )
+        try:
+            while not waiter.done():
+                await asyncio.wait([waiter], timeout=0.25)
+                live = manager.snapshot(view.id)
+                if live is None:
+                    continue
+                bar.update(
+                    task,
+                    total=live.bytes_total,
+                    completed=live.bytes_done,
+                    speed=f"{format_bytes(live.speed)}/s" if live.speed else "",
+                    eta=f"ETA {format_duration(live.eta_s)}" if live.eta_s is not None else "",
+                    note=(live.error or "")[:60],
+                )
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+        final = waiter.result()
+        bar.update(task, total=final.bytes_total, completed=final.bytes_done, note=final.status)
+    return final
+
+
+async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: Any) -> int:
+    """Scan the model folders and show the registry."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    db = await _open_db(config)
+    manager = DownloadManager.from_config(db, config, **overrides)
+    try:
+        report = await manager.scan(
+            enrich=not getattr(args, "no_enrich", False),
+            rehash=getattr(args, "rehash", False),
+            refresh=getattr(args, "refresh", False),
+        )
+        rows = await db.run_read(repos.list_models)
+        table = Table(title="models")
+        for column in ("name", "type", "base model", "size", "civitai", "status", "path"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            ids = (
+                f"{row.civitai_model_id}@{row.civitai_version_id}" if row.civitai_version_id else ""
+            )
+            table.add_row(
+                row.name,
+                row.type,
+                row.base_model or "",
+                format_bytes(row.size_bytes),
+                ids,
+                row.status,
+                row.path or "",
+            )
+        out.print(table)
+        print(
+            f"{report.files} files ({report.hashed} hashed, {report.cached} from the cache); "
+            f"{report.new_models} new; {report.enriched} found on Civitai, "
+            f"{report.unmatched} unknown there; {report.missing} missing",
+            flush=True,
+        )
+        for problem in report.errors:
+            print(f"warning: {problem}", file=sys.stderr)
+        return 0
+    finally:
+        await manager.aclose()
+        await db.dispose()
+
+
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_FOLDERS",
+    "CivitaiArchived",
+    "CivitaiDownloadsDisabled",
+    "CivitaiEarlyAccess",
+    "CivitaiLoginRequired",
+    "CivitaiQuotaExceeded",
+    "DownloadDamaged",
+    "DownloadError",
+    "DownloadManager",
+    "DownloadRef",
+    "DownloadView",
+    "NameClash",
+    "ScanReport",
+    "add_arguments",
+    "add_scan_arguments",
+    "category_of",
+    "filename_from_disposition",
+    "models_root",
+    "parse_ref",
+    "resolve_folders",
+    "run_cli",
+    "run_scan_cli",
+    "sanitize_filename",
+    "scan_models",
+    "select_file",
+]
