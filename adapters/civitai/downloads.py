@@ -86,6 +86,7 @@ from adapters.civitai.client import (
     error_message,
 )
 from adapters.providers.cloud import retry_after_s
+from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
 from storage import repos
 from storage.db import Database
@@ -97,16 +98,9 @@ log = logging.getLogger(__name__)
 
 # --- kinds of model and their folders -----------------------------------------------------------
 
-CATEGORIES = ("checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "other")
-DEFAULT_FOLDERS: dict[str, str] = {
-    "checkpoint": "checkpoints",
-    "lora": "loras",
-    "vae": "vae",
-    "embedding": "embeddings",
-    "controlnet": "controlnet",
-    "upscaler": "upscale_models",
-    "other": "other",
-}
+# The defaults live with the setting (civitai.folders); kinds are its keys, in its order.
+DEFAULT_FOLDERS: dict[str, str] = dict(CivitaiConfig.model_fields["folders"].default)
+CATEGORIES = tuple(DEFAULT_FOLDERS)
 _CATEGORY_OF_MODEL_TYPE = {
     "checkpoint": "checkpoint",
     "lora": "lora",
