@@ -95,7 +95,12 @@ class App:
         if config.civitai.enabled:
             from adapters.civitai.commands import build as build_civitai
 
-            self.commands.extensions["civitai"] = build_civitai(config, self.jobs)
+            self.commands.extensions["civitai"] = build_civitai(
+                config, self.jobs, db=self.db, notifier=self
+            )
+        # False only for one-shot CLI commands (`sdhost credits ...`): they start nothing in
+        # the background, such as resuming interrupted model downloads.
+        self.long_lived = run_workers
         self.run_workers = run_workers and config.queue.run_workers
         self._started = False
 
@@ -127,6 +132,10 @@ class App:
             await self.scheduler.start()
         await self.deliverer.start()
         self._started = True
+        for extension in self.commands.extensions.values():
+            start = getattr(extension, "start", None)
+            if start is not None:
+                await start(resume=self.long_lived)
         for adapter in self.adapters.values():
             await adapter.listen()
 
@@ -168,3 +177,23 @@ class App:
         adapter = self.adapters.get(update.reply_to.get("platform", ""))
         if adapter is not None:
             await adapter.progress(update)
+
+    # What extensions tell a chat about work that is not a job (a model download).
+
+    async def show_status(
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None:
+        adapter = self.adapters.get(reply_to.get("platform", ""))
+        if adapter is not None:
+            try:
+                await adapter.show_status(reply_to, text, final=final)
+            except Exception:
+                log.exception("showing a status on %s failed", adapter.platform)
+
+    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
+        adapter = self.adapters.get(reply_to.get("platform", ""))
+        if adapter is not None:
+            try:
+                await adapter.announce(reply_to, text)
+            except Exception:
+                log.exception("announcing on %s failed", adapter.platform)

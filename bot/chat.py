@@ -50,6 +50,9 @@ class Progress:
     stage: str  # received | submitted | generating | done
     reply_to: dict[str, Any] = field(default_factory=dict)
     batch_id: int | None = None
+    # A status text already written, shown as is: the state of something that is not a job
+    # (a model download), sent through the same paced edits as job progress.
+    text: str | None = None
 
 
 class DeliveryRetry(Exception):
@@ -101,3 +104,14 @@ class ChatAdapter(ABC):
         a message over the network records the latest state and sends it from a task of
         its own.
         """
+
+    async def show_status(  # noqa: B027 - optional
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None:
+        """Show ``text`` on the status message ``reply_to`` names, for something that is not a
+        job (a model download). Paced like job progress, so it must return quickly;
+        ``final`` is the last state: sent now, and nothing older may overwrite it."""
+
+    async def announce(self, reply_to: dict[str, Any], text: str) -> None:  # noqa: B027
+        """A new message in the chat of ``reply_to`` (news worth a notification, such as a
+        finished download, where an edit would go unnoticed). Best effort."""

@@ -324,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopped; queued jobs stay queued and resume on the next start", file=sys.stderr)
+        # the Civitai commands said where they stopped and how to go on
+        if args.command in ("chat", "run"):
+            print(
+                "\nstopped; queued jobs stay queued and resume on the next start", file=sys.stderr
+            )
         return 130
 
 

@@ -106,6 +106,9 @@ ALIASES = {
     "language": "lang",
 }
 
+# Commands that answer on a status message of their own, edited as their job runs.
+_STATUS_COMMANDS = frozenset({"imagine", "img2img", "batch", "retry"})
+
 _MAX_GRANT = 1_000_000_000
 
 # What people may call a setting after /settings (the flag names work too).
@@ -129,8 +132,29 @@ class Commands:
         self.config = config
         self.jobs = jobs
         # Commands that live outside the core (``/civitai``): name -> an object with
-        # ``async run(msg, rest, lang) -> Reply``, added by the composition root.
+        # ``async run(msg, rest, lang) -> Reply``, added by the composition root. Optional:
+        # ``wants_status(rest) -> bool`` (see ``wants_status``), ``help_entries(lang) ->
+        # [(usage, what, admin_only)]`` for /help, ``async start()`` and ``async aclose()``.
         self.extensions: dict[str, Any] = {}
+
+    async def busy(self, reply_to: Mapping[str, Any]) -> bool:
+        """Whether an extension still works for this chat (a download it started)."""
+        for extension in self.extensions.values():
+            busy = getattr(extension, "busy", None)
+            if busy is not None and await busy(dict(reply_to)):
+                return True
+        return False
+
+    def wants_status(self, text: str) -> bool:
+        """Whether the command reports on a status message of its own (it starts a job, or a
+        download): the adapter posts one first and puts its id in ``reply_to``; the reply
+        becomes its first text and later states are edited into it."""
+        cmd = parse_command(text)
+        name = ALIASES.get(cmd.name, cmd.name)
+        if name in _STATUS_COMMANDS:
+            return True
+        wants = getattr(self.extensions.get(name), "wants_status", None)
+        return bool(wants(cmd.rest)) if wants is not None else False
 
     async def handle(self, msg: Incoming) -> Reply:
         lang = i18n.DEFAULT_LANG
@@ -354,8 +378,10 @@ class Commands:
 
     async def cmd_help(self, msg: Incoming, rest: str, lang: str) -> Reply:
         balance = await self.jobs.balance(msg.user)
+        extra = [e for ext in self.extensions.values() for e in _extension_help(ext, lang)]
         lines = [t(lang, "help.intro")]
         lines += [f"  /{usage} — {what}" for usage, what in help_entries(lang)]
+        lines += [f"  /{usage} — {what}" for usage, what, admin in extra if not admin]
         lines.append(help_flags(lang))
         lines.append(t(lang, "help.a1111"))
         if msg.is_admin:
@@ -364,6 +390,7 @@ class Commands:
                 f"  /{usage} — {what}"
                 for usage, what in help_entries(lang, admin=True)[len(_HELP) :]
             ]
+            lines += [f"  /{usage} — {what}" for usage, what, admin in extra if admin]
         lines.append(t(lang, "help.balance", balance=balance))
         return Reply("\n".join(lines), lang=lang)
 
@@ -491,6 +518,11 @@ class Commands:
 
 
 _STATUS_ORDER = ("queued", "running", "succeeded", "failed", "cancelled", "quarantined")
+
+
+def _extension_help(extension: Any, lang: str) -> list[tuple[str, str, bool]]:
+    entries = getattr(extension, "help_entries", None)
+    return list(entries(lang)) if entries is not None else []
 
 
 def _admin_only(msg: Incoming, cmd: str) -> None:

@@ -3,6 +3,8 @@ from an image's settings."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from adapters.civitai.client import CivitaiClient
 from bot.commands import Incoming
 from tests.conftest import REPLY, user
-from tests.fakes.civitai import FakeCivitai
+from tests.fakes.civitai import FakeCivitai, FakeCivitaiDownloads
 
 
 @pytest.fixture
@@ -72,3 +74,108 @@ async def test_use_starts_a_job_with_the_images_settings(app_factory, civitai) -
     again = await ask(app, "/civitai use 90013", key="m1")
     assert again.receipt is not None and again.receipt.duplicate  # one message, one charge
     assert await app.jobs.balance(user()) == 19
+
+
+# --- model downloads from chat (admins) -------------------------------------------------------
+
+
+@pytest.fixture
+async def storage() -> AsyncIterator[FakeCivitaiDownloads]:
+    async with FakeCivitaiDownloads(file_size=300_000) as fake:
+        yield fake
+
+
+async def admin_ask(app: Any, text: str) -> Any:
+    return await app.commands.handle(Incoming(user("root"), text, dict(REPLY), is_admin=True))
+
+
+async def until_status(app: Any, task_id: int, *wanted: str) -> Any:
+    manager = app.commands.extensions["civitai"].downloads
+    async with asyncio.timeout(15):
+        while (view := await manager.get(task_id)).status not in wanted:
+            await asyncio.sleep(0.02)
+    return view
+
+
+async def test_downloads_are_for_admins_only(app_factory, storage: FakeCivitaiDownloads) -> None:
+    app = await app_factory(civitai={"base_url": storage.base_url})
+    for text in ("/civitai download 52013", "/civitai downloads", "/civitai cancel 1"):
+        reply = await ask(app, text)
+        assert reply.error and "admin" in reply.text.lower(), reply.text
+    assert storage.download_hits == 0
+    assert await app.commands.extensions["civitai"].downloads.tasks() == []
+    helped = await ask(app, "/help")
+    assert "/civitai download" not in helped.text  # not offered to those who may not
+    assert "/civitai download" in (await admin_ask(app, "/help")).text
+
+
+async def test_an_admin_downloads_a_model_from_chat(
+    app_factory, storage: FakeCivitaiDownloads, tmp_path: Path
+) -> None:
+    app = await app_factory(civitai={"base_url": storage.base_url})
+    file = storage.primary_file(52013)
+    reply = await admin_ask(app, "/civitai download 52013")
+    assert not reply.error and reply.text.startswith(("⏳ #1", "⬇️ #1", "✅ #1")), reply.text
+    view = await until_status(app, 1, "done")
+    path = Path(view.path or "")
+    assert path.parent == tmp_path / "data" / "models" / "checkpoints"
+    assert (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        == hashlib.sha256(storage.content(file.id)).hexdigest()
+    )
+    listed = await admin_ask(app, "/civitai downloads")
+    assert "#1 Photon Realism" in listed.text and "downloaded" in listed.text
+    again = await admin_ask(
+        app, "/civitai download https://civitai.com/models/4201?modelVersionId=52013"
+    )
+    assert "downloaded" in again.text and storage.download_hits == 1  # not fetched twice
+
+
+async def test_pause_resume_and_cancel_from_chat(app_factory, tmp_path: Path) -> None:
+    async with FakeCivitaiDownloads(file_size=2_000_000, storage_bps=500_000) as slow:
+        app = await app_factory(civitai={"base_url": slow.base_url})
+        await admin_ask(app, "/civitai download 52021")
+        manager = app.commands.extensions["civitai"].downloads
+        async with asyncio.timeout(10):
+            while not (await manager.get(1)).bytes_done:
+                await asyncio.sleep(0.02)
+        paused = await admin_ask(app, "/civitai pause 1")
+        assert "paused" in paused.text and "/civitai resume 1" in paused.text
+        have = (await manager.get(1)).bytes_done
+        assert 0 < have < 2_000_000
+        slow.storage_bps = None
+        resumed = await admin_ask(app, "/civitai resume 1")
+        assert not resumed.error, resumed.text
+        view = await until_status(app, 1, "done")
+        assert Path(view.path or "").read_bytes() == slow.content(slow.primary_file(52021).id)
+        ranged = [h for h in slow.storage_hits if h.range]
+        assert ranged and ranged[-1].range.startswith(f"bytes={have}-")  # went on, not over
+
+        await admin_ask(app, "/civitai download 52031")
+        gone = await admin_ask(app, "/civitai cancel 2")
+        assert "cancelled" in gone.text
+        assert not list((tmp_path / "data" / "models").rglob("*.part"))
+
+
+async def test_download_mistakes_get_one_clear_line(
+    app_factory, storage: FakeCivitaiDownloads
+) -> None:
+    app = await app_factory(civitai={"base_url": storage.base_url})
+    cases = {
+        "/civitai download": "needs a model version id",
+        "/civitai download not-a-model": "civitai",
+        "/civitai pause": "needs a number",
+        "/civitai pause 77": "#77",
+        "/civitai download 52013 --format Banana": "no file with format 'Banana'",
+        "/civitai download 999999": "no model version 999999",
+    }
+    for text, part in cases.items():
+        reply = await admin_ask(app, text)
+        assert reply.error and part.lower() in reply.text.lower(), (text, reply.text)
+        assert "Traceback" not in reply.text and "\n" not in reply.text.strip(), reply.text
+    storage.require_auth.add(52031)
+    await admin_ask(app, "/civitai download 52031")
+    view = await until_status(app, 1, "failed")
+    assert "civitai.api_key" in (view.error or "")
+    listed = await admin_ask(app, "/civitai downloads")
+    assert "civitai.api_key" in listed.text

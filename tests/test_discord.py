@@ -422,3 +422,34 @@ async def test_civitai_from_discord(env: Env) -> None:
         env.dc.slash("civitai", {"query": "use 90013"})
         msg = (await env.until(env.pictures))[0]
         assert "seed 730091" in msg["content"]
+
+
+async def test_an_admin_downloads_a_model_from_discord(env: Env) -> None:
+    from tests.fakes.civitai import FakeCivitaiDownloads
+
+    async with FakeCivitaiDownloads(file_size=2_000_000, storage_bps=1_000_000) as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        refused = env.dc.slash("civitai", {"query": "download 52013"})  # USER_ID: no admin
+        await env.until(lambda: "admin" in env.original_text(refused["token"]))
+        assert civitai.download_hits == 0
+
+        inter = env.dc.slash("civitai", {"query": "download 52013"}, user=OWNER_ID)
+        await env.until(lambda: "downloaded" in env.original_text(inter["token"]))
+        final = env.original_text(inter["token"])
+        assert "matches Civitai" in final and "checkpoints" in final, final
+        status = env.dc.message(int(env.dc.interaction(inter["token"])["original_message_id"]))
+        # progress went through the response, edited: a bar, bytes, speed and time left
+        edits = [c.json.get("content", "") for c in env.dc.calls("PATCH", r"/messages/")]
+        assert any("▰" in e and "MB/s" in e and "left" in e for e in edits), edits
+        notice = await env.until(
+            lambda: [
+                m
+                for m in env.messages()
+                if m["content"].startswith("✅ #1") and m["id"] != status["id"]
+            ]
+        )
+        assert len(notice) == 1
+        content = civitai.content(civitai.primary_file(52013).id)
+        files = list((env.tmp_path / "data" / "models" / "checkpoints").iterdir())
+        assert [f.read_bytes() == content for f in files] == [True]

@@ -591,3 +591,45 @@ async def test_civitai_lookups_and_use_from_telegram(env: Env) -> None:
         tg.inject_message(ANN, ANN, "/civitai use 90013")
         photo = (await env.until(lambda: env.photos(ANN)))[0]
         assert "seed 730091" in photo.caption
+
+
+async def test_an_admin_downloads_a_model_with_progress_that_survives_a_restart(
+    env: Env,
+) -> None:
+    from tests.fakes.civitai import FakeCivitaiDownloads
+
+    root = 999  # in telegram.admin_ids
+    async with FakeCivitaiDownloads(file_size=3_000_000, storage_bps=1_000_000) as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        tg = env.tg
+        tg.inject_message(ANN, ANN, "/civitai download 52013")
+        await env.until(lambda: [t for t in env.texts(ANN) if "admin" in t])
+        assert civitai.download_hits == 0  # refused before anything was asked of Civitai
+
+        tg.inject_message(root, root, "/civitai download 52013")
+        await env.until(lambda: env.edited(root, "/s,"))  # bytes are arriving: a speed
+        status = next(m for m in env.sent(root) if "Photon Realism" in (m.text or ""))
+        await env.stop()  # mid-file: the download stops as queued, to go on at the next start
+        have = next(iter(env.tmp_path.rglob("*.part"))).stat().st_size
+        assert 0 < have < 3_000_000
+
+        civitai.storage_bps = 4_000_000
+        await env.start()
+        await env.until(
+            lambda: "downloaded" in (tg.get_message(root, status.message_id) or {}).get("text", "")
+        )
+        final = tg.get_message(root, status.message_id)["text"]
+        assert "matches Civitai" in final and "checkpoints" in final, final
+        # progress went through that one message: a bar, bytes, speed and time left
+        assert any("MB/s" in t and "left" in t for t in env.edited(root, "▰"))
+        # the end is told in a new message too (an edit notifies no one), once
+        await asyncio.sleep(0.3)
+        notices = [m for m in env.sent(root) if (m.text or "").startswith("✅ #1")]
+        assert [m.message_id for m in notices if m.message_id != status.message_id] != []
+        assert len(notices) == 2, [m.text for m in notices]
+        ranged = [h for h in civitai.storage_hits if h.range]
+        assert ranged and ranged[0].range == f"bytes={have}-"  # went on, not over
+        files = list((env.tmp_path / "data" / "models" / "checkpoints").iterdir())
+        content = civitai.content(civitai.primary_file(52013).id)
+        assert [f.read_bytes() == content for f in files] == [True]

@@ -9,9 +9,10 @@ once input has ended and every job it knows about has finished and been reported
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef
@@ -37,6 +38,8 @@ class ConsoleAdapter(ChatAdapter):
         # this often; a script reading the output (0) gets every event.
         self.progress_every_s = progress_every_s
         self._last_progress: dict[int, tuple[int, str, float]] = {}
+        self._last_status: dict[str, tuple[str, float]] = {}  # headline -> (body, when)
+        self._status_said: str | None = None  # the last status text printed
         self.lang = DEFAULT_LANG  # the language of the last reply: results follow it
 
     def emit(self, tag: str, text: str) -> None:
@@ -78,6 +81,27 @@ class ConsoleAdapter(ChatAdapter):
         self._last_progress[update.job_id] = (update.percent, update.stage, t)
         self.emit("progress", f"job #{update.job_id} {update.percent}% {update.stage}")
 
+    async def show_status(
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None:
+        """One ``status:`` line per change worth a line: a new headline (a download that
+        started, paused, ended) or, in between, at most one every ``progress_every_s`` (a
+        script reading the output gets one per tenth of the way)."""
+        head, _, rest = text.partition("\n")
+        t = time.monotonic()
+        last = self._last_status.get(head)
+        if not final and last is not None:
+            said, when = last
+            if said == rest or t - when < self.progress_every_s:
+                return
+            if not self.progress_every_s and _tenth(said) == _tenth(rest):
+                return
+        self._last_status[head] = (rest, t)
+        if final:
+            self._last_status.pop(head, None)
+        self._status_said = text
+        self.emit("status", text)
+
     async def handle_line(self, line: str) -> None:
         line = line.strip()
         if not line:
@@ -88,15 +112,22 @@ class ConsoleAdapter(ChatAdapter):
                 text=line,
                 reply_to=self.reply_to,
                 allow_local_paths=True,
-                nsfw_ok=True,  # the operator's own terminal
+                is_admin=True,  # the operator's own terminal: `sdhost credits` is theirs too
+                nsfw_ok=True,
             )
         )
         self.lang = reply.lang
+        if not reply.error and reply.text == self._status_said:
+            return  # what it started printed this state already, as a status line
         tag = "error" if reply.error else "receipt" if reply.receipt else "info"
         self.emit(tag, reply.text)
 
     async def wait_until_done(self, poll: float = 0.1) -> None:
-        while not (await self.app.jobs.is_idle(self.user) and await self.app.deliverer.idle()):
+        while not (
+            await self.app.jobs.is_idle(self.user)
+            and await self.app.deliverer.idle()
+            and not await self.app.commands.busy(self.reply_to)
+        ):
             await asyncio.sleep(poll)
 
 
@@ -140,6 +171,12 @@ def _read_line(interactive: bool) -> str | None:
             return None
     line = sys.stdin.readline()
     return line if line else None
+
+
+def _tenth(text: str) -> int | None:
+    """Which tenth of the way a status text's percentage is in."""
+    m = re.search(r"(\d+)%", text)
+    return int(m.group(1)) // 10 if m else None
 
 
 def _where(job_id: int, payload: dict[str, object]) -> str:

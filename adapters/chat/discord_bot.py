@@ -496,8 +496,8 @@ class DiscordAdapter(ResultsAdapter):
                 query=L("models QUERY, model ID, images, image ID, use ID or hash HASH")
             )
             async def civitai(interaction: discord.Interaction[Any], query: str) -> None:
-                starts_job = query.strip().lower().startswith("use")
-                await self._command(interaction, f"/civitai {query}", job=starts_job)
+                text = f"/civitai {query}"
+                await self._command(interaction, text, job=self.app.commands.wants_status(text))
 
         @tree.context_menu(name=L("Remix"))
         async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
@@ -549,6 +549,9 @@ class DiscordAdapter(ResultsAdapter):
                 )
             )
             replies.append(reply.text)
+        if status is not None and self.edits.is_final(status):
+            self.interactions_handled += 1
+            return  # what it started has ended already, its outcome shown: that stays
         await self._respond(interaction, "\n".join(replies))
 
     async def _respond(self, interaction: discord.Interaction[Any], text: str) -> None:
@@ -817,6 +820,27 @@ class DiscordAdapter(ResultsAdapter):
         if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
             return
         self._mark_dirty(update)
+
+    async def show_status(
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None:
+        status = reply_to.get("message")
+        if status is None:
+            return
+        if not final:
+            self.edits.update(int(status), Progress(0, 0, "status", reply_to=reply_to, text=text))
+            return
+        self.edits.finish(int(status))
+        try:
+            await self._edit_status(reply_to, int(status), text)
+        except Exception as exc:
+            log.warning("discord: status edit failed: %s", exc)
+
+    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
+        try:
+            await self._post(reply_to, text)
+        except Exception as exc:
+            log.warning("discord: a notice failed: %s", exc)
 
     def _mark_dirty(self, update: Progress) -> None:
         status = update.reply_to.get("message")

@@ -33,6 +33,8 @@ def outcome_text(kind: str, job_id: int, payload: dict[str, Any], lang: str) -> 
 async def progress_text(results: Results, update: Progress, lang: str) -> str | None:
     """The status text for a progress update; None when the job is over (the outcome says
     it)."""
+    if update.text is not None:
+        return update.text
     if update.batch_id is not None:
         counts = await results.batch_counts(update.batch_id)
         return format_batch_status(update.batch_id, counts, sum(counts.values()), lang)

@@ -67,7 +67,6 @@ MAX_UPLOAD_MB = 50
 MAX_DOWNLOAD_MB = 20
 LOCAL_MAX_MB = 2000  # a local Bot API server
 ALBUM_MAX = 10
-GENERATION = {"imagine", "draw", "txt2img", "img2img", "i2i", "batch", "retry"}  # start jobs
 IMG2IMG = {"img2img", "i2i"}
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
 _CAPTION_REF = re.compile(r"^#(\d+)(?: · (\d+)/\d+)?")
@@ -408,7 +407,7 @@ class TelegramAdapter(ResultsAdapter):
             lang=tg_user.language_code,
             nsfw_ok=self._nsfw_policy(chat.id) == "allow",
         )
-        if name in GENERATION or (name == "civitai" and cmd.rest.lower().startswith("use")):
+        if self.app.commands.wants_status(text):
             lang = await self._lang(user)
             base_reply_to["lang"] = lang
             status = await self._say(msg, t(lang, "tg.working"))
@@ -416,7 +415,9 @@ class TelegramAdapter(ResultsAdapter):
                 return
             base_reply_to.update(message=msg.message_id, status=status.message_id)
             reply = await self.app.commands.handle(incoming)
-            await self._edit_status(chat.id, status.message_id, reply.text)
+            # what it started may have ended already, its outcome shown: that stays
+            if not self.edits.is_final((chat.id, status.message_id)):
+                await self._edit_status(chat.id, status.message_id, reply.text)
         else:
             reply = await self.app.commands.handle(incoming)
             await self._say(msg, reply.text)
@@ -853,6 +854,45 @@ class TelegramAdapter(ResultsAdapter):
         if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
             return  # the outbox event says it, with the details
         self._mark_dirty(update)
+
+    async def show_status(
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None:
+        chat, status = reply_to.get("chat"), reply_to.get("status")
+        if chat is None or status is None:
+            return
+        key = (int(chat), int(status))
+        if not final:
+            self.edits.update(key, Progress(0, 0, "status", reply_to=reply_to, text=text))
+            return
+        self.edits.finish(key)
+        async with self._lock(key[0]):
+            try:
+                await self._edit_status(key[0], key[1], text)
+            except Exception as exc:
+                if not is_gone(exc):
+                    log.warning("telegram: status edit in chat %s failed: %s", key[0], exc)
+
+    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
+        chat = reply_to.get("chat")
+        if chat is None:
+            return
+        reply = reply_to.get("status") or reply_to.get("message")
+        try:
+            await self.pacer.call(
+                int(chat),
+                lambda cid: self.bot.send_message(
+                    cid,
+                    _clip(text, MAX_TEXT),
+                    reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
+                    if reply
+                    else None,
+                    message_thread_id=reply_to.get("thread"),
+                ),
+            )
+        except Exception as exc:
+            if not is_gone(exc):
+                log.warning("telegram: a notice in chat %s failed: %s", chat, exc)
 
     def _mark_dirty(self, update: Progress) -> None:
         status = update.reply_to.get("status")

@@ -7,19 +7,42 @@
     /civitai use ID            start a txt2img job with that image's settings (charged)
     /civitai hash HASH         which model a file hash (AutoV2 or SHA256) belongs to
 
+Admins also download model files into the model folders (``downloads.DownloadManager``):
+
+    /civitai download VERSION_ID|URL [--type VAE] [--format SafeTensor] [--fp fp16]
+    /civitai downloads         the recent downloads
+    /civitai pause ID | resume ID | cancel ID
+
+A download answers on a status message of its own, edited as the bytes arrive (paced by the
+chat adapter like job progress), and a new message says when it is done or failed. Where
+to show it is stored with the task, so a download that resumes after a restart goes on
+editing the same message.
+
 What a chat may see follows its NSFW policy (``Incoming.nsfw_ok``): a chat that is not
 allowed NSFW only ever gets PG results, whatever ``--nsfw`` says.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
-from typing import Any
+from typing import Any, Protocol
 
 from adapters.civitai.client import CivitaiClient, Image, Model, browsing_level
+from adapters.civitai.downloads import (
+    ACTIVE,
+    DownloadManager,
+    DownloadView,
+    format_bytes,
+    format_duration,
+)
+from bot import i18n
 from bot.commands import Incoming, Reply, format_receipt
-from bot.errors import BadInput
+from bot.errors import BadInput, Forbidden
+from bot.i18n import t
 from bot.jobs import JobService
+
+log = logging.getLogger(__name__)
 
 TOP = 5
 USAGE = (
@@ -28,6 +51,86 @@ USAGE = (
     "or /civitai hash HASH"
 )
 FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw"}
+FLAGS |= {"format", "fp", "size"}  # which file /civitai download takes
+ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
+# Subcommands that answer on a status message of their own (a job, or a download).
+WITH_STATUS = ("use", "download", "resume")
+LISTED = 10  # downloads shown by /civitai downloads
+BAR = 10  # cells of the progress bar
+
+TEXT = {
+    "cv.help.lookup": {
+        "en": "look models and images up on Civitai; use ID draws with an image's settings",
+        "zh": "在 Civitai 上查模型和图片；use 编号 用该图片的参数画图",
+    },
+    "cv.usage.lookup": {
+        "en": "civitai models QUERY | model ID | images | image ID | use ID | hash HASH",
+        "zh": "civitai models 关键词 | model 编号 | images | image 编号 | use 编号 | hash 哈希",
+    },
+    "cv.help.download": {
+        "en": "download a model file from Civitai into the model folders, with progress here",
+        "zh": "从 Civitai 下载模型文件到模型目录，进度显示在这里",
+    },
+    "cv.usage.download": {
+        "en": "civitai download VERSION_ID|URL [--type T] [--format F] [--fp FP]",
+        "zh": "civitai download 版本编号|链接 [--type 类型] [--format 格式] [--fp 精度]",
+    },
+    "cv.help.downloads": {
+        "en": "recent downloads; pause, resume or cancel one",
+        "zh": "最近的下载；暂停、继续或取消",
+    },
+    "cv.usage.downloads": {
+        "en": "civitai downloads | pause ID | resume ID | cancel ID",
+        "zh": "civitai downloads | pause 编号 | resume 编号 | cancel 编号",
+    },
+    "cv.dl.queued": {
+        "en": "⏳ #{id} {name}: waiting to download",
+        "zh": "⏳ #{id} {name}：等待下载",
+    },
+    "cv.dl.running": {"en": "⬇️ #{id} {name}: downloading", "zh": "⬇️ #{id} {name}：下载中"},
+    "cv.dl.paused": {"en": "⏸ #{id} {name}: paused", "zh": "⏸ #{id} {name}：已暂停"},
+    "cv.dl.done": {"en": "✅ #{id} {name}: downloaded", "zh": "✅ #{id} {name}：下载完成"},
+    "cv.dl.failed": {"en": "⚠️ #{id} {name}: download failed", "zh": "⚠️ #{id} {name}：下载失败"},
+    "cv.dl.cancelled": {
+        "en": "🚫 #{id} {name}: download cancelled",
+        "zh": "🚫 #{id} {name}：下载已取消",
+    },
+    "cv.dl.speed": {"en": "{speed}/s, {eta} left", "zh": "{speed}/秒，剩余 {eta}"},
+    "cv.dl.of": {"en": "{done} of {total}", "zh": "{done} / {total}"},
+    "cv.dl.sha_checked": {
+        "en": "SHA256 {sha} (matches Civitai)",
+        "zh": "SHA256 {sha}（与 Civitai 一致）",
+    },
+    "cv.dl.sha": {"en": "SHA256 {sha}", "zh": "SHA256 {sha}"},
+    "cv.dl.hint_running": {
+        "en": "/civitai pause {id} · /civitai cancel {id}",
+        "zh": "/civitai pause {id} 暂停 · /civitai cancel {id} 取消",
+    },
+    "cv.dl.hint_resume": {
+        "en": "/civitai resume {id} goes on from {done}",
+        "zh": "/civitai resume {id} 从 {done} 处继续",
+    },
+    "cv.dl.moved": {
+        "en": "↪️ #{id} {name}: progress is shown on a newer message",
+        "zh": "↪️ #{id} {name}：进度改在较新的消息中显示",
+    },
+    "cv.dl.none": {"en": "no downloads yet", "zh": "还没有下载"},
+    "cv.dl.off": {
+        "en": "model downloads are not available in this process",
+        "zh": "此进程不提供模型下载",
+    },
+}
+i18n.register(TEXT)
+
+
+class Notifier(Protocol):
+    """Where download states go: the chat adapter of ``reply_to["platform"]``."""
+
+    async def show_status(
+        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+    ) -> None: ...
+
+    async def announce(self, reply_to: dict[str, Any], text: str) -> None: ...
 
 
 def _split(rest: str) -> tuple[list[str], dict[str, str]]:
@@ -71,18 +174,78 @@ def _count(n: int | None) -> str:
 
 
 class CivitaiCommands:
-    def __init__(self, client: CivitaiClient, jobs: JobService) -> None:
+    def __init__(
+        self,
+        client: CivitaiClient,
+        jobs: JobService,
+        downloads: DownloadManager | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.client = client
         self.jobs = jobs
+        self.downloads = downloads
+        self.notifier = notifier
+        # per download: the status message last shown (its reply_to), and the last final
+        # state said there, so each message gets each ending once
+        self._shown: dict[int, dict[str, Any]] = {}
+        self._ended: dict[int, str] = {}
+
+    # --- lifecycle (called by the App) ------------------------------------------------------
+
+    async def start(self, *, resume: bool = True) -> None:
+        """Listen to the downloads; with ``resume`` (a long-lived process), go on with those
+        a stop or a crash interrupted."""
+        if self.downloads is None:
+            return
+        self.downloads.add_listener(self._on_download)
+        if resume:
+            ids = await self.downloads.resume_interrupted()
+            if ids:
+                log.info("civitai: resuming downloads %s", ", ".join(f"#{i}" for i in ids))
 
     async def aclose(self) -> None:
+        if self.downloads is not None:
+            # nothing more is shown: the downloads stop as "queued" and go on next start
+            self.downloads.remove_listener(self._on_download)
+            await self.downloads.aclose(stop_as="queued")
         await self.client.aclose()
+
+    def wants_status(self, rest: str) -> bool:
+        first = rest.strip().split(maxsplit=1)
+        return bool(first) and first[0].lower() in WITH_STATUS
+
+    def help_entries(self, lang: str) -> list[tuple[str, str, bool]]:
+        entries = [(t(lang, "cv.usage.lookup"), t(lang, "cv.help.lookup"), False)]
+        if self.downloads is not None:
+            entries += [
+                (t(lang, "cv.usage.download"), t(lang, "cv.help.download"), True),
+                (t(lang, "cv.usage.downloads"), t(lang, "cv.help.downloads"), True),
+            ]
+        return entries
+
+    async def busy(self, reply_to: dict[str, Any]) -> bool:
+        """Whether a download that shows its progress at ``reply_to``'s chat is unfinished
+        (the console waits for them before it exits)."""
+        if self.downloads is None:
+            return False
+        where = (reply_to.get("platform"), reply_to.get("chat"))
+        for view in await self.downloads.tasks(statuses=("queued", "running"), limit=200):
+            target = view.notify or {}
+            if (target.get("platform"), target.get("chat")) == where:
+                return True
+        return False
+
+    # --- commands ---------------------------------------------------------------------------
 
     async def run(self, msg: Incoming, rest: str, lang: str) -> Reply:
         words, flags = _split(rest)
         if not words:
             raise BadInput(USAGE)
         sub, args = words[0].lower(), words[1:]
+        if sub in ADMIN_ONLY:
+            if not msg.is_admin:
+                raise Forbidden.of("error.admin_only", cmd=f"/civitai {sub}")
+            return Reply(await self._manage(sub, args, flags, msg, lang), lang=lang)
         # a chat not allowed NSFW only ever sees PG, whatever was asked
         level = browsing_level(bool(msg.nsfw_ok and "nsfw" in flags))
         if sub == "models":
@@ -120,6 +283,77 @@ class CivitaiCommands:
                 lang=lang,
             )
         raise BadInput(f"unknown /civitai {sub}; {USAGE}")
+
+    async def _manage(
+        self, sub: str, args: list[str], flags: dict[str, str], msg: Incoming, lang: str
+    ) -> str:
+        manager = self.downloads
+        if manager is None:
+            raise BadInput.of("cv.dl.off")
+        if sub == "downloads":
+            views = await manager.tasks(limit=LISTED)
+            if not views:
+                return t(lang, "cv.dl.none")
+            return "\n".join(download_text(v, lang, short=True) for v in views)
+        if sub == "download":
+            if not args:
+                raise BadInput(
+                    "/civitai download needs a model version id or a civitai.com link, e.g. "
+                    "/civitai download 130072"
+                )
+            view = await manager.enqueue(
+                " ".join(args),
+                file_type=flags.get("type"),
+                format=flags.get("format"),
+                fp=flags.get("fp"),
+                size=flags.get("size"),
+                notify=msg.reply_to,
+            )
+        else:
+            task_id = _number(args[0] if args else None, sub)
+            if sub == "resume":
+                view = await manager.resume(task_id, notify=msg.reply_to)
+            elif sub == "pause":
+                view = await manager.pause(task_id)
+            else:
+                view = await manager.cancel(task_id)
+        if sub in WITH_STATUS and view.status not in ACTIVE:
+            self._ended[view.id] = view.status  # said by this reply: not again by a notice
+        return download_text(view, lang)
+
+    async def _on_download(self, view: DownloadView) -> None:
+        """Every progress step and state change of a download: shown on its status message,
+        and its end said once more in a new message (an edit makes no notification)."""
+        target = view.notify
+        notifier = self.notifier
+        if notifier is None:
+            return
+        before = self._shown.get(view.id)
+        if before is not None and before != target and view.status in ("queued", "running"):
+            # someone asked again: the progress goes on the newer message
+            lang = before.get("lang") or i18n.DEFAULT_LANG
+            name = _name(view)
+            await notifier.show_status(
+                before, t(lang, "cv.dl.moved", id=view.id, name=name), final=True
+            )
+            self._ended.pop(view.id, None)
+        if target is None:
+            self._shown.pop(view.id, None)
+            return
+        self._shown[view.id] = target
+        lang = target.get("lang") or i18n.DEFAULT_LANG
+        final = view.status not in ("queued", "running")
+        if not final:
+            self._ended.pop(view.id, None)
+            await notifier.show_status(target, download_text(view, lang))
+            return
+        if self._ended.get(view.id) == view.status:
+            return
+        self._ended[view.id] = view.status
+        self._shown.pop(view.id, None)
+        await notifier.show_status(target, download_text(view, lang), final=True)
+        if view.status in ("done", "failed"):
+            await notifier.announce(target, download_text(view, lang, short=True))
 
     async def _models(self, query: str, flags: dict[str, str], level: int) -> str:
         page = await self.client.search_models(
@@ -193,7 +427,65 @@ def _describe_image(image: Image) -> str:
     return "\n".join(p for p in (head, text, tail) if p)
 
 
-def build(config: Any, jobs: JobService) -> CivitaiCommands:
+def _name(view: DownloadView) -> str:
+    return view.model_name or view.file_name or f"model version {view.version_id}"
+
+
+def _bar(fraction: float | None) -> str:
+    full = min(BAR, int((fraction or 0) * BAR + 1e-9))
+    return "▰" * full + "▱" * (BAR - full)
+
+
+_ACTIVE_SHOWN = ("queued", "running", "paused")
+
+
+def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
+    """A download as a chat shows it: a headline, then (unless ``short``) a progress bar with
+    bytes, speed and time left, or where the file is, or what went wrong, and what to do."""
+    known = (*_ACTIVE_SHOWN, "done", "cancelled")
+    status = view.status if view.status in known else "failed"
+    head = t(lang, f"cv.dl.{status}", id=view.id, name=_name(view))
+    done = format_bytes(view.bytes_done)
+    amount = done
+    if view.bytes_total:
+        amount = t(lang, "cv.dl.of", done=done, total=format_bytes(view.bytes_total))
+    pct = f"{100 * view.fraction:.0f}%" if view.fraction is not None else None
+    if status == "done":
+        head += f" · {done}"
+    elif status == "failed" and view.error:
+        head += f": {view.error}"
+    has_bytes = status in _ACTIVE_SHOWN and bool(view.bytes_done or view.bytes_total)
+    if short:
+        return head + (" · " + " · ".join(p for p in (pct, amount) if p) if has_bytes else "")
+    lines = [head]
+    if has_bytes:
+        progress = f"{_bar(view.fraction)} {pct} · {amount}" if pct else amount
+        if status == "running" and view.speed:
+            eta = format_duration(view.eta_s) if view.eta_s is not None else "?"
+            progress += " · " + t(lang, "cv.dl.speed", speed=format_bytes(view.speed), eta=eta)
+        lines.append(progress)
+    if status in ("queued", "running"):
+        lines.append(t(lang, "cv.dl.hint_running", id=view.id))
+    elif status in ("paused", "failed"):
+        lines.append(t(lang, "cv.dl.hint_resume", id=view.id, done=done))
+    elif status == "done":
+        lines += [view.path] if view.path else []
+        if view.sha256:
+            key = "cv.dl.sha_checked" if view.sha256 == view.expected_sha256 else "cv.dl.sha"
+            lines.append(t(lang, key, sha=view.sha256))
+    return "\n".join(lines)
+
+
+def build(
+    config: Any,
+    jobs: JobService,
+    *,
+    db: Any = None,
+    notifier: Notifier | None = None,
+) -> CivitaiCommands:
+    """The /civitai commands; with ``db``, model downloads too (their progress told to
+    ``notifier``)."""
     cfg = config.civitai
     client = CivitaiClient(cfg.api_key or None, base_url=cfg.base_url, timeout=cfg.timeout_s)
-    return CivitaiCommands(client, jobs)
+    downloads = DownloadManager.from_config(db, config) if db is not None else None
+    return CivitaiCommands(client, jobs, downloads, notifier)

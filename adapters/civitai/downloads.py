@@ -253,11 +253,14 @@ class DownloadView:
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    # Where a chat shows this download's progress (a ``reply_to``), if one asked for it.
+    notify: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> DownloadView:
         m = row._mapping
-        return cls(**{f.name: m[f.name] for f in fields(cls)})
+        data = {f.name: m[f.name] for f in fields(cls) if f.name != "notify"}
+        return cls(**data, notify=_notify_of(m["options"]))
 
     @property
     def fraction(self) -> float | None:
@@ -575,8 +578,8 @@ class _State:
 
     def view(self) -> DownloadView:
         data = asdict(self)
-        data.pop("options")
-        return DownloadView(**data)
+        notify = _notify_of(data.pop("options"))
+        return DownloadView(**data, notify=notify)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -586,6 +589,11 @@ class _State:
     @property
     def label(self) -> str:
         return self.model_name or self.file_name or f"model version {self.version_id}"
+
+
+def _notify_of(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    target = (options or {}).get("notify")
+    return dict(target) if isinstance(target, dict) else None
 
 
 class _Meter:
@@ -762,11 +770,14 @@ class DownloadManager:
         size: str | None = None,
         file_id: int | None = None,
         start: bool = True,
+        notify: Mapping[str, Any] | None = None,
     ) -> DownloadView:
         """Look the version up, pick the file and start downloading it (unless ``start`` is
         false). An unfinished task for the same file is resumed instead of starting another;
         a file already downloaded (or found by a scan, by its SHA256) is not fetched again.
-        Raises :class:`CivitaiError`/:class:`BadInput` for what cannot be downloaded."""
+        ``notify`` (a chat's ``reply_to``) rides along in the task's views, for listeners
+        that show progress in a chat. Raises :class:`CivitaiError`/:class:`BadInput` for
+        what cannot be downloaded."""
         self._check_open()
         parsed = ref if isinstance(ref, DownloadRef) else parse_ref(ref)
         options: dict[str, Any] = dict(parsed.options)
@@ -805,11 +816,13 @@ class DownloadManager:
         reuse = await self.db.run_read(repos.download_tasks_for_version, version_id, file.id)
         for row in reuse:
             if row.status in ACTIVE or row.status == "failed":
+                if notify is not None:
+                    await self.set_notify(row.id, notify)
                 if start:
                     if row.status in ("paused", "failed"):
                         return await self.resume(row.id)
                     self._start(row.id)
-                return self._live_view(row)
+                return await self.get(row.id)
             if row.status == "done" and row.path and Path(row.path).is_file():
                 return DownloadView.from_row(row)
         if expected:
@@ -820,6 +833,8 @@ class DownloadManager:
                         return await self._record_present(version, file, kind, known, options)
 
         cover = _cover_image(version)
+        if notify is not None:
+            options["notify"] = dict(notify)
         options["meta"] = {
             "model_name": version.model.name if version.model else None,
             "version_name": version.name,
@@ -889,9 +904,14 @@ class DownloadManager:
         """Stop a download for good and delete its ``.part`` file."""
         return await self._stop(task_id, "cancelled")
 
-    async def resume(self, task_id: int) -> DownloadView:
-        """Go on with a paused or failed download (from its ``.part`` file)."""
+    async def resume(
+        self, task_id: int, *, notify: Mapping[str, Any] | None = None
+    ) -> DownloadView:
+        """Go on with a paused or failed download (from its ``.part`` file); ``notify`` as
+        for :meth:`enqueue`, replacing the one the task had."""
         self._check_open()
+        if notify is not None:
+            await self.set_notify(task_id, notify)
         view = await self.get(task_id)
         if view.status == "cancelled":
             raise BadInput(f"download #{task_id} was cancelled; start it again instead")
@@ -908,6 +928,18 @@ class DownloadManager:
             )
         self._start(task_id)
         return await self.get(task_id)
+
+    async def set_notify(self, task_id: int, target: Mapping[str, Any] | None) -> None:
+        """Show this task's progress on ``target`` from now on (``None``: nowhere)."""
+        row = await self.db.run_read(repos.get_download_task, task_id)
+        if row is None:
+            raise NotFound(f"there is no download #{task_id}")
+        options = dict(row.options or {})
+        options["notify"] = dict(target) if target is not None else None
+        await self.db.run_write(repos.update_download_task, task_id, options=options)
+        run = self._runs.get(task_id)
+        if run is not None and run.state is not None:
+            run.state.options["notify"] = options["notify"]
 
     async def resume_interrupted(self) -> list[int]:
         """Start the queued downloads, and the running ones whose process went quiet for
