@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +33,33 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
 PG_URL = os.environ.get("SDHOST_TEST_DATABASE_URL", "")
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback(host: Any) -> bool:
+    if host is None:
+        return True  # a server binding to all interfaces
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    if name.lower() in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+    if not _loopback(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"tests reach no host but loopback: {host}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: every name but loopback fails to resolve (a test that
+    needs a resolver of its own passes one in)."""
+    monkeypatch.setattr(socket, "getaddrinfo", _loopback_only)
 
 
 async def _admin_exec(url: str, sql: str) -> None:

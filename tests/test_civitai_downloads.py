@@ -132,7 +132,7 @@ async def test_download_lands_checked_in_its_folder_and_registry(
         "v2.0",
     )
     assert model.size_bytes == 700_000 and model.path == str(path) and model.source == "civitai"
-    assert model.cover_image_url and model.cover_image_url.startswith("https://image.civitai.com/")
+    assert model.cover_image_url and model.cover_image_url.startswith(fake.urls["images"])
     assert model.source_url == f"{fake.base_url}/models/4201?modelVersionId={vid}"
     cached = {r.path: r for r in await db.run_read(repos.all_model_files)}
     assert cached[str(path)].sha256 == view.sha256

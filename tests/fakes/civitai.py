@@ -38,7 +38,7 @@ Origins: the API is the ``"api"`` origin (``base_url``). :meth:`FakeCivitai._bui
 returns ``{name: aiohttp app}``; a subclass (the download/storage fake) adds a ``"storage"``
 app there and routes on the API app, and gets ``self.urls["storage"]`` after start.
 
-Image CDN (opt-in, ``FakeCivitai(image_cdn=True)``): an ``"images"`` origin serving
+Image CDN (on unless ``FakeCivitai(image_cdn=False)``): an ``"images"`` origin serving
 ``/<key>/<uuid>/<params>/<id>.jpeg`` as ``image.civitai.com`` does, and image URLs in every
 reply pointing at it instead of ``https://image.civitai.com``. ``<params>`` is comma-joined
 ``k=v``: ``original=true`` gives the original bytes, ``width=N`` a smaller picture (never
@@ -61,7 +61,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
+import io
 import json
 import math
 import random
@@ -73,6 +75,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from PIL import Image as PILImage
 
 Json = dict[str, Any]
 UTC = dt.UTC
@@ -847,6 +850,17 @@ def _remove_empty(data: Json) -> Json:
 CDN_ORIGIN = "https://image.civitai.com"
 
 
+_SHADES = ((196, 160, 120), (90, 120, 170), (60, 140, 90), (170, 80, 90), (120, 110, 160))
+
+
+@functools.lru_cache(maxsize=512)
+def _jpeg(width: int, height: int, shade: int) -> bytes:
+    """A plain picture of that size as a JPEG (cached: the fake serves many of each size)."""
+    out = io.BytesIO()
+    PILImage.new("RGB", (width, height), _SHADES[shade]).save(out, "JPEG", quality=60)
+    return out.getvalue()
+
+
 class _Bucket:
     """A bandwidth cap shared by every connection: each chunk reserves the next
     ``n / rate`` seconds of the line and is sent when its slot ends. Line time left idle in
@@ -919,7 +933,7 @@ class FakeCivitai:
         extra_tags: int = 0,
         latency_s: float = 0.0,
         extra_images: int = 0,
-        image_cdn: bool = False,
+        image_cdn: bool = True,
         bandwidth_bps: float | None = None,
     ) -> None:
         self.keys: dict[str, str] = dict(keys or {"civitai-test-key": "alice"})
@@ -1357,11 +1371,20 @@ class FakeCivitai:
         if image is None:
             raise KeyError(f"no image {image_id}")
         size = 20_000 + (image_id * 7919) % 60_000
-        if width is not None and width < image.width:
-            size = max(1_000, int(size * (width / image.width) ** 2))
+        w, h = image.width or 512, image.height or 512
+        if width is not None and width < w:
+            size = max(1_000, int(size * (width / w) ** 2))
+            w, h = width, max(1, round(h * width / w))
         seed = image_id if width is None else image_id * 100_003 + width
-        body = random.Random(seed).randbytes(size - 6)
-        return b"\xff\xd8\xff\xe0" + body + b"\xff\xd9"  # looks like a JPEG at both ends
+        # A real JPEG of that size (so it decodes), grown to ``size`` with comment segments
+        # of random bytes (so sizes vary like photos do, at no encoding cost per request).
+        base = _jpeg(w, h, image_id % len(_SHADES))
+        filler = random.Random(seed).randbytes(max(0, size - len(base)))
+        segments = b"".join(
+            b"\xff\xfe" + (len(part) + 2).to_bytes(2, "big") + part
+            for part in (filler[i : i + 65_000] for i in range(0, len(filler), 65_000))
+        )
+        return base[:2] + segments + base[2:]
 
     async def _cdn_image(self, request: web.Request) -> web.StreamResponse:
         m = re.fullmatch(r"(\d+)\.[A-Za-z0-9]+", request.match_info["name"])
