@@ -55,6 +55,37 @@ class Incoming:
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
 
 
+@dataclass(slots=True, frozen=True)
+class Picture:
+    """A picture shown with a reply (a Civitai example, a model's cover): not a generated
+    result, so it is not stored, charged or delivered through the outbox."""
+
+    data: bytes  # a JPEG, already checked and sized for a chat (bot.imaging.make_preview)
+    caption: str = ""
+
+
+# Buttons carry their command: Telegram allows 64 bytes of callback data, Discord 100
+# characters of custom id, less what the adapters put in front.
+ACTION_MAX_BYTES = 56
+
+
+@dataclass(slots=True, frozen=True)
+class Action:
+    """A button under a reply. Pressing it runs ``command`` as if the person who pressed it
+    had typed it: it needs no state kept anywhere, works after restarts, and grants nothing
+    the presser could not do by typing."""
+
+    label: str
+    command: str  # e.g. "/civitai use 90013"
+
+    def __post_init__(self) -> None:
+        if not self.command.startswith("/") or len(self.command.encode()) > ACTION_MAX_BYTES:
+            raise ValueError(
+                f"an action's command must be a /command of at most "
+                f"{ACTION_MAX_BYTES} bytes: {self.command!r}"
+            )
+
+
 @dataclass(slots=True)
 class Reply:
     text: str
@@ -62,6 +93,8 @@ class Reply:
     error: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     lang: str = i18n.DEFAULT_LANG  # the language ``text`` is in, for the adapter's additions
+    pictures: list[Picture] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
 
 
 # (command, catalog key of its usage); the description is "help.<command>".

@@ -150,15 +150,36 @@ def read_parameters(data: bytes) -> str | None:
 
 def make_thumbnail(data: bytes, *, max_side: int = 256) -> bytes:
     """A small WebP preview, same aspect ratio, never upscaled."""
+    return thumbnail_of(_decode_upright(data, max_side), max_side=max_side)
+
+
+def make_preview(data: bytes, *, max_side: int = 1280) -> bytes:
+    """A picture from elsewhere (a Civitai example) made fit to show in a chat: decoded
+    under the pixel budget, upright, at most ``max_side`` a side, flattened onto white, as a
+    JPEG without metadata, which every chat platform shows inline. Raises ``BadInput`` when
+    the bytes are not a PNG, JPEG or WebP picture."""
+    im = _to_rgb(_decode_upright(data, max_side))
+    if im.mode == "RGBA":
+        flat = Image.new("RGB", im.size, (255, 255, 255))
+        flat.paste(im, mask=im.getchannel("A"))
+        im = flat
+    im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    out = BytesIO()
+    im.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def _decode_upright(data: bytes, max_side: int) -> Image.Image:
+    """Decode, at a reduced scale where JPEG allows (``max_side`` is what is needed), and
+    turn upright by the EXIF orientation."""
     im = _open(data, _THUMB_MAX_PIXELS)
     if im.format == "JPEG":
         im.draft("RGB", (max_side, max_side))  # let libjpeg decode at 1/2..1/8 scale
     try:
         im.load()
-        im = ImageOps.exif_transpose(im)
+        return ImageOps.exif_transpose(im)
     except Exception as exc:
         raise BadInput(_CORRUPT) from exc
-    return thumbnail_of(im, max_side=max_side)
 
 
 def thumbnail_of(image: Image.Image, *, max_side: int = 256) -> bytes:

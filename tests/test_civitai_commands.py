@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image as PILImage
 
 from adapters.civitai.client import CivitaiClient
-from bot.commands import Incoming
+from bot.commands import Action, Incoming
 from tests.conftest import REPLY, user
 from tests.fakes.civitai import FakeCivitai, FakeCivitaiDownloads
 
@@ -179,3 +181,84 @@ async def test_download_mistakes_get_one_clear_line(
     assert "civitai.api_key" in (view.error or "")
     listed = await admin_ask(app, "/civitai downloads")
     assert "civitai.api_key" in listed.text
+
+
+# --- pictures and buttons ----------------------------------------------------------------------
+
+
+def picture_of(data: bytes) -> PILImage.Image:
+    im = PILImage.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+async def test_an_image_comes_with_its_picture_and_a_use_button(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url, "api_key": "sekrit-key"})
+    reply = await ask(app, "/civitai image 90013")
+    assert "Seed: 730091" in reply.text and f"{civitai.base_url}/images/90013" in reply.text
+    assert civitai.calls_to("image") and all(
+        "authorization" not in {k.lower() for k in c.headers} for c in civitai.calls_to("image")
+    )  # the key goes to the API only, never to the image CDN
+    assert any(c.token for c in civitai.calls if c.endpoint != "image")
+    [picture] = reply.pictures
+    im = picture_of(picture.data)
+    assert im.format == "JPEG" and im.width == 800  # the CDN's 800 px rendition, not original
+    assert [c.path for c in civitai.calls_to("image")][-1].split("/")[-2] == "width=800"
+    assert reply.actions == [Action("🎨 Use these settings", "/civitai use 90013")]
+    # the button is the command: pressing it is typing it, charged once per press
+    pressed = await ask(app, reply.actions[0].command, key="press-1")
+    assert pressed.receipt is not None and pressed.receipt.cost == 1
+
+
+async def test_lists_show_covers_and_buttons_for_each_result(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    models = await ask(app, "/civitai models --type LORA")
+    ids = [int(i) for i in re.findall(r"^#(\d+) ", models.text, re.M)]
+    assert ids and len(models.pictures) == len(ids)
+    assert [a.command for a in models.actions] == [f"/civitai model {i}" for i in ids]
+    assert all(picture_of(p.data).width <= 450 for p in models.pictures)
+    assert models.pictures[0].caption.startswith(f"#{ids[0]} ")
+
+    images = await ask(app, "/civitai images --model 4201")
+    shown = [int(i) for i in re.findall(r"^#(\d+) ", images.text, re.M)]
+    assert shown and [a.command for a in images.actions] == [f"/civitai use {i}" for i in shown]
+    assert [p.caption.split(" · ")[0] for p in images.pictures] == [f"#{i}" for i in shown]
+
+    model = await ask(app, "/civitai model 4201")
+    assert 1 <= len(model.pictures) <= 3
+    assert [a.command for a in model.actions] == ["/civitai images --model 4201"]
+    admin = await app.commands.handle(
+        Incoming(user("root"), "/civitai model 4201", dict(REPLY), is_admin=True)
+    )
+    assert admin.actions[-1].command.startswith("/civitai download ")
+
+
+async def test_a_chat_not_allowed_nsfw_gets_only_pg_pictures(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    reply = await ask(app, "/civitai images --nsfw --sort Newest")
+    served = {int(c.path.rsplit("/", 1)[-1].split(".")[0]) for c in civitai.calls_to("image")}
+    assert reply.pictures and served
+    assert await levels_of(civitai, sorted(served)) == {1}
+
+
+async def test_pictures_that_fail_or_dawdle_are_left_out_not_the_answer(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    civitai.fail_next(404, "Not Found", on="image")
+    missing = await ask(app, "/civitai image 90013")
+    assert not missing.error and "Seed: 730091" in missing.text and missing.pictures == []
+    assert missing.actions  # the button does not need the picture
+
+    app.commands.extensions["civitai"].picture_wait_s = 0.3
+    civitai.bandwidth_bps = 2_000  # a few kilobytes take seconds
+    started = asyncio.get_running_loop().time()
+    slow = await ask(app, "/civitai image 90013")
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert not slow.error and slow.pictures == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -420,8 +421,38 @@ async def test_civitai_from_discord(env: Env) -> None:
         inter = env.dc.slash("civitai", {"query": "image 90013"})
         await env.until(lambda: "Seed: 730091" in env.original_text(inter["token"]))
         env.dc.slash("civitai", {"query": "use 90013"})
-        msg = (await env.until(env.pictures))[0]
-        assert "seed 730091" in msg["content"]
+        await env.until(lambda: [m for m in env.pictures() if "seed 730091" in m["content"]])
+
+
+async def test_civitai_pictures_and_buttons_on_discord(env: Env) -> None:
+    from tests.fakes.civitai import FakeCivitai
+
+    async with FakeCivitai() as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        dc = env.dc
+        inter = dc.slash("civitai", {"query": "image 90013"})
+        await env.until(lambda: "Seed: 730091" in env.original_text(inter["token"]))
+        answer = dc.message(int(dc.interaction(inter["token"])["original_message_id"]))
+        [embed] = answer["embeds"]
+        [(name, data)] = env.files(answer).items()
+        assert embed["image"]["url"] == f"attachment://{name}"
+        assert decoded(data).format == "JPEG" and decoded(data).width == 800
+        assert custom_ids(answer) == ["sd:x:/civitai use 90013"]
+
+        await env.stop()
+        await env.start()  # a new process: the button still works
+        dc.button(int(answer["id"]), "sd:x:/civitai use 90013", user=OWNER_ID)
+        made = await env.until(env.pictures)
+        made = await env.until(lambda: [m for m in env.pictures() if "seed 730091" in m["content"]])
+        assert made and await env.balance(OWNER_ID) == 19 and await env.balance() == 20
+
+        listing = dc.slash("civitai", {"query": "images --model 4201"})
+        await env.until(lambda: "/civitai use ID" in env.original_text(listing["token"]))
+        answer = dc.message(int(dc.interaction(listing["token"])["original_message_id"]))
+        ids = re.findall(r"^#(\d+) ", answer["content"], re.M)
+        assert len(answer["embeds"]) == len(env.files(answer)) == len(ids) > 1
+        assert custom_ids(answer) == [f"sd:x:/civitai use {i}" for i in ids]
 
 
 async def test_an_admin_downloads_a_model_from_discord(env: Env) -> None:

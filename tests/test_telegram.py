@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -589,8 +590,59 @@ async def test_civitai_lookups_and_use_from_telegram(env: Env) -> None:
         found = await env.until(lambda: [t for t in env.texts(ANN) if "Anime Lines" in t])
         assert "downloads" in found[0]
         tg.inject_message(ANN, ANN, "/civitai use 90013")
-        photo = (await env.until(lambda: env.photos(ANN)))[0]
-        assert "seed 730091" in photo.caption
+        made = await env.until(
+            lambda: [m for m in env.photos(ANN) if (m.caption or "").startswith("#1 ")]
+        )
+        assert "seed 730091" in made[0].caption
+
+
+async def test_civitai_pictures_and_buttons_on_telegram(env: Env) -> None:
+    from tests.fakes.civitai import FakeCivitai
+
+    async with FakeCivitai() as civitai:
+        env.civitai_url = civitai.base_url
+        await env.start()
+        tg = env.tg
+        tg.inject_message(ANN, ANN, "/civitai image 90013")
+        [shown] = await env.until(lambda: env.photos(ANN))
+        assert "Seed: 730091" in shown.caption and decoded(shown.photo_bytes).width == 800
+        [[button]] = shown.reply_markup["inline_keyboard"]
+        assert button == {"text": "🎨 Use these settings", "callback_data": "x:/civitai use 90013"}
+
+        # Bob presses the button on Ann's answer: the job is his, charged to him, once
+        tg.inject_callback_query(ANN, BOB, shown.message_id, button["callback_data"])
+        made = await env.until(
+            lambda: [m for m in env.photos(ANN) if (m.caption or "").startswith("#1 ")]
+        )
+        assert "seed 730091" in made[0].caption
+        assert await env.balance(BOB) == 19 and await env.balance(ANN) == 20
+        assert all(c.ok for c in tg.calls_of("answerCallbackQuery"))
+
+        # a list: its pictures as an album, then the text with a button per result
+        tg.inject_message(ANN, ANN, "/civitai images --model 4201")
+        album = await env.until(lambda: [m for m in env.photos(ANN) if m.media_group_id])
+        listing = await env.until(
+            lambda: [m for m in env.sent(ANN) if m.text and "/civitai use ID" in m.text]
+        )
+        keys = [
+            b["callback_data"] for row in listing[0].reply_markup["inline_keyboard"] for b in row
+        ]
+        ids = re.findall(r"^#(\d+) ", listing[0].text, re.M)
+        assert keys == [f"x:/civitai use {i}" for i in ids] and len(album) == len(ids) > 1
+        assert album[0].caption.startswith(f"#{ids[0]} · ")
+        assert listing[0].message_id > album[-1].message_id  # the buttons come last
+
+        tg.inject_message(ANN, ANN, "/civitai models --type LORA")
+        await env.until(
+            lambda: [m for m in env.sent(ANN) if "Anime Lines" in (m.caption or m.text or "")]
+        )
+        answer = [m for m in env.sent(ANN) if "Anime Lines" in (m.caption or m.text or "")][-1]
+        press = answer.reply_markup["inline_keyboard"][0][0]["callback_data"]
+        assert press == "x:/civitai model 4202"
+        tg.inject_callback_query(ANN, ANN, answer.message_id, press)
+        await env.until(
+            lambda: [m for m in env.sent(ANN) if "trigger words" in (m.caption or m.text or "")]
+        )
 
 
 async def test_an_admin_downloads_a_model_with_progress_that_survives_a_restart(

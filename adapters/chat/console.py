@@ -121,6 +121,8 @@ class ConsoleAdapter(ChatAdapter):
             return  # what it started printed this state already, as a status line
         tag = "error" if reply.error else "receipt" if reply.receipt else "info"
         self.emit(tag, reply.text)
+        for action in reply.actions:  # a button elsewhere; here, the command to type
+            self.emit("action", f"{action.label}: {action.command}")
 
     async def wait_until_done(self, poll: float = 0.1) -> None:
         while not (

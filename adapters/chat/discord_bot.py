@@ -22,6 +22,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import discord
@@ -32,7 +33,7 @@ from adapters.chat.discord_text import Translator
 from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, Progress, UserRef
-from bot.commands import Incoming, format_image_info, format_receipt
+from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.i18n import normalize, t
@@ -41,6 +42,8 @@ from bot.results import Results
 log = logging.getLogger(__name__)
 
 MAX_CONTENT = 2000
+MAX_EMBEDS = 10  # per message
+EMBED_TEXT = 500  # per embed: ten stay within Discord's 6000 characters of embeds a message
 TOKEN_LIFETIME_S = 15 * 60
 DEFAULT_LIMIT = 10 * 1024 * 1024
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
@@ -117,6 +120,39 @@ class ResultButton(
         await adapter.on_button(interaction, self.action, self.job, self.idx)
 
 
+class CommandButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"sd:x:(?P<command>/.+)",
+):
+    """A button that runs a command as whoever presses it (``bot.commands.Action``); the
+    command is its custom id, so it needs no state and survives restarts."""
+
+    def __init__(self, command: str, label: str = "", row: int | None = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label[:80] or command,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"sd:x:{command}",
+                row=row,
+            )
+        )
+        self.command = command
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: Any,
+    ) -> CommandButton:
+        return cls(match["command"], item.label or "")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        adapter: DiscordAdapter = interaction.client.sdhost_adapter  # type: ignore[attr-defined]
+        text = self.command
+        await adapter._command(interaction, text, job=adapter.app.commands.wants_status(text))
+
+
 class _PromptModal(discord.ui.Modal):
     """A modal whose fields go back to the adapter as text (Remix, Batch)."""
 
@@ -182,7 +218,7 @@ class DiscordAdapter(ResultsAdapter):
             ) from None
         except (discord.HTTPException, OSError) as exc:
             raise UserError(f"cannot reach Discord at {self.cfg.api_base_url}: {exc}") from None
-        self.client.add_dynamic_items(ResultButton)
+        self.client.add_dynamic_items(ResultButton, CommandButton)
         await self.tree.set_translator(Translator())
         if self.cfg.sync_commands:
             await self.sync()
@@ -534,7 +570,7 @@ class DiscordAdapter(ResultsAdapter):
         except UserError as exc:
             await self._respond(interaction, exc.render(lang))
             return
-        replies = []
+        replies: list[Reply] = []
         for one in [text] if isinstance(text, str) else text:
             reply = await self.app.commands.handle(
                 Incoming(
@@ -548,15 +584,49 @@ class DiscordAdapter(ResultsAdapter):
                     nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
                 )
             )
-            replies.append(reply.text)
+            replies.append(reply)
         if status is not None and self.edits.is_final(status):
             self.interactions_handled += 1
             return  # what it started has ended already, its outcome shown: that stays
-        await self._respond(interaction, "\n".join(replies))
+        text = "\n".join(r.text for r in replies)
+        if len(replies) == 1:
+            await self._respond(interaction, text, replies[0].pictures, replies[0].actions)
+        else:
+            await self._respond(interaction, text)
 
-    async def _respond(self, interaction: discord.Interaction[Any], text: str) -> None:
+    async def _respond(
+        self,
+        interaction: discord.Interaction[Any],
+        text: str,
+        pictures: Sequence[Picture] = (),
+        actions: Sequence[Action] = (),
+    ) -> None:
+        """Edit the deferred response into the answer: pictures as embeds over attached
+        files (up to ten), actions as buttons. Should the pictures be refused, the text
+        goes alone."""
+        kw: dict[str, Any] = {}
+        if actions:
+            view = discord.ui.View(timeout=None)
+            for i, action in enumerate(actions[:25]):
+                view.add_item(CommandButton(action.command, action.label, row=i // 5))
+            kw["view"] = view
+        files, embeds = [], []
+        for i, picture in enumerate(pictures[:MAX_EMBEDS]):
+            name = f"picture-{i + 1}.jpg"
+            files.append(discord.File(io.BytesIO(picture.data), filename=name))
+            caption = _clip(picture.caption, EMBED_TEXT) if picture.caption else None
+            embed = discord.Embed(description=caption)
+            embeds.append(embed.set_image(url=f"attachment://{name}"))
         try:
-            await interaction.edit_original_response(content=_clip(text))
+            try:
+                await interaction.edit_original_response(
+                    content=_clip(text), attachments=files, embeds=embeds, **kw
+                )
+            except discord.HTTPException as exc:
+                if not files:
+                    raise
+                log.info("discord: the pictures of a reply were refused (%s); text only", exc)
+                await interaction.edit_original_response(content=_clip(text), **kw)
         except discord.HTTPException as exc:
             log.warning("discord: answering interaction %s failed: %s", interaction.id, exc)
         self.interactions_handled += 1

@@ -30,6 +30,7 @@ from telegram import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputMediaPhoto,
+    LinkPreviewOptions,
     Message,
     ReplyParameters,
     Update,
@@ -49,7 +50,7 @@ from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
 from adapters.chat.telegram_text import MENU
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
-from bot.commands import Incoming, format_image_info, format_receipt
+from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
@@ -69,6 +70,7 @@ LOCAL_MAX_MB = 2000  # a local Bot API server
 ALBUM_MAX = 10
 IMG2IMG = {"img2img", "i2i"}
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
+COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civitai use 1"
 _CAPTION_REF = re.compile(r"^#(\d+)(?: · (\d+)/\d+)?")
 
 
@@ -394,6 +396,23 @@ class TelegramAdapter(ResultsAdapter):
                 except UserError as exc:
                     await self._say(msg, exc.render(await self._lang(user)))
                     return
+        await self._run_command(
+            msg, tg_user, text, image=image, key=f"telegram:{chat.id}:{msg.message_id}"
+        )
+
+    async def _run_command(
+        self,
+        msg: Message,
+        tg_user: Any,
+        text: str,
+        *,
+        image: bytes | None = None,
+        key: str,
+    ) -> None:
+        """Run a command ``tg_user`` gave (typed in ``msg``, or a button under ``msg``) and
+        answer in reply to ``msg``: on a status message of its own when it starts something
+        that reports, else with its text, pictures and buttons."""
+        chat, user = msg.chat, self._user(tg_user)
         base_reply_to: dict[str, Any] = {"platform": "telegram", "chat": chat.id}
         if msg.is_topic_message and msg.message_thread_id:
             base_reply_to["thread"] = msg.message_thread_id
@@ -402,7 +421,7 @@ class TelegramAdapter(ResultsAdapter):
             text=text,
             reply_to=base_reply_to,
             image=image,
-            message_key=f"telegram:{chat.id}:{msg.message_id}",
+            message_key=key,
             is_admin=self._is_admin(tg_user.id),
             lang=tg_user.language_code,
             nsfw_ok=self._nsfw_policy(chat.id) == "allow",
@@ -420,7 +439,55 @@ class TelegramAdapter(ResultsAdapter):
                 await self._edit_status(chat.id, status.message_id, reply.text)
         else:
             reply = await self.app.commands.handle(incoming)
-            await self._say(msg, reply.text)
+            await self._answer(msg, reply)
+
+    async def _answer(self, msg: Message, reply: Reply) -> None:
+        """A reply with its pictures and buttons: one picture goes as a photo captioned with
+        the text when that fits (Telegram allows 1024 characters), several as an album before
+        the text; the buttons go under the last message. A picture Telegram refuses is left
+        out, never the text."""
+        markup = _action_markup(reply.actions)
+        pictures = reply.pictures[:ALBUM_MAX]
+        if len(pictures) == 1 and len(reply.text) <= MAX_CAPTION:
+            if await self._send_preview(msg, [(pictures[0].data, reply.text)], markup):
+                return
+        elif pictures:
+            await self._send_preview(msg, [(p.data, p.caption) for p in pictures], None)
+        await self._say(msg, reply.text, markup=markup, link_preview=not pictures)
+
+    async def _send_preview(
+        self, msg: Message, pictures: list[tuple[bytes, str]], markup: Any
+    ) -> bool:
+        """One photo (with ``markup``) or an album, in reply to ``msg``; False if it failed."""
+        reply = ReplyParameters(msg.message_id, allow_sending_without_reply=True)
+        thread = msg.message_thread_id if msg.is_topic_message else None
+        try:
+            if len(pictures) == 1:
+                data, caption = pictures[0]
+                await self.pacer.call(
+                    msg.chat.id,
+                    lambda cid: self.bot.send_photo(
+                        cid,
+                        data,
+                        caption=_clip(caption, MAX_CAPTION),
+                        reply_markup=markup,
+                        reply_parameters=reply,
+                        message_thread_id=thread,
+                    ),
+                )
+            else:
+                media = [InputMediaPhoto(d, caption=_clip(c, MAX_CAPTION)) for d, c in pictures]
+                await self.pacer.call(
+                    msg.chat.id,
+                    lambda cid: self.bot.send_media_group(
+                        cid, media, reply_parameters=reply, message_thread_id=thread
+                    ),
+                )
+        except Exception as exc:
+            if not is_gone(exc):
+                log.info("telegram: pictures of a reply in chat %s failed: %s", msg.chat.id, exc)
+            return False
+        return True
 
     @staticmethod
     def _has_picture(msg: Message) -> bool:
@@ -492,20 +559,28 @@ class TelegramAdapter(ResultsAdapter):
             return int(m.group(1)), int(m.group(2) or 1) - 1
         return None
 
-    async def _say(self, msg: Message, text: str) -> Message | None:
-        """Reply in the message's chat (and topic); None when the chat is unreachable."""
+    async def _say(
+        self, msg: Message, text: str, *, markup: Any = None, link_preview: bool = True
+    ) -> Message | None:
+        """Reply in the message's chat (and topic), ``markup`` under the last part; None when
+        the chat is unreachable."""
         sent: Message | None = None
-        for part in split_text(text):
+        parts = split_text(text)
+        for i, part in enumerate(parts):
             try:
                 sent = await self.pacer.call(
                     msg.chat.id,
-                    lambda cid, part=part: self.bot.send_message(
+                    lambda cid, part=part, last=i == len(parts) - 1: self.bot.send_message(
                         cid,
                         part,
                         reply_parameters=ReplyParameters(
                             msg.message_id, allow_sending_without_reply=True
                         ),
                         message_thread_id=msg.message_thread_id if msg.is_topic_message else None,
+                        reply_markup=markup if last else None,
+                        link_preview_options=None
+                        if link_preview
+                        else LinkPreviewOptions(is_disabled=True),
                     ),
                 )
             except Exception as exc:
@@ -536,6 +611,9 @@ class TelegramAdapter(ResultsAdapter):
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
         if query is None:
+            return
+        if isinstance(query.data, str) and query.data.startswith(COMMAND_DATA):
+            await self._on_command_button(query, query.data[len(COMMAND_DATA) :])
             return
         parsed = _parse_data(query.data)
         user = self._user(query.from_user)
@@ -612,6 +690,19 @@ class TelegramAdapter(ResultsAdapter):
                 await self._say(message, format_image_info(picture.job, picture.image, lang))
         except UserError as exc:
             await self._say(message, exc.render(lang))
+
+    async def _on_command_button(self, query: Any, command: str) -> None:
+        """A button that runs a command (``bot.commands.Action``), as its presser."""
+        message = query.message if isinstance(query.message, Message) else None
+        if message is None or not command.startswith("/"):
+            await _answer(query)
+            return
+        if not self._allowed(message.chat.id, query.from_user.id):
+            lang = await self._lang(self._user(query.from_user))
+            await _answer(query, t(lang, "tg.private", id=query.from_user.id), alert=True)
+            return
+        await _answer(query)  # at once: the spinner on the button stops
+        await self._run_command(message, query.from_user, command, key=f"telegram:cb:{query.id}")
 
     # --- delivering ----------------------------------------------------------------------
 
@@ -918,6 +1009,16 @@ class TelegramAdapter(ResultsAdapter):
         except Exception as exc:
             if not is_gone(exc):
                 log.info("telegram: progress edit in chat %s failed: %s", chat_id, exc)
+
+
+def _action_markup(actions: list[Action]) -> InlineKeyboardMarkup | None:
+    """Buttons that run commands, up to three a row."""
+    if not actions:
+        return None
+    buttons = [
+        InlineKeyboardButton(a.label, callback_data=COMMAND_DATA + a.command) for a in actions
+    ]
+    return InlineKeyboardMarkup([buttons[i : i + 3] for i in range(0, len(buttons), 3)])
 
 
 def _parse_data(data: object) -> tuple[str, int, int] | None:

@@ -37,6 +37,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -851,6 +852,31 @@ def _listed(values: str | Iterable[str] | None) -> list[str] | None:
     return [str(v) for v in values]
 
 
+ORIGINAL = "original"
+PICTURE_MAX_BYTES = 8 * 1024 * 1024  # a preview bigger than this is not worth a chat
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+def sized_url(url: str, size: str | int, *, still: bool = False) -> str:
+    """``url`` asking the image CDN for ``size``: its params segment (``original=true``,
+    ``width=450``, ``anim=false,width=450,optimized=true``: the one before the file name)
+    becomes ``original=true`` or ``width=N``; a Civitai URL without one gets one. ``still``
+    asks for one frame of a video or an animation (``anim=false``). Other URLs are returned
+    unchanged."""
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    params = "original=true" if size == ORIGINAL else f"width={int(size)}"
+    if still:
+        params = f"anim=false,{params}"
+    if len(segments) >= 3 and "=" in segments[-2]:
+        segments[-2] = params
+    elif len(segments) == 4 and _UUID.match(segments[2]):  # /<key>/<uuid>/<name>
+        segments.insert(3, params)
+    else:
+        return url
+    return urlunsplit(parts._replace(path="/".join(segments)))
+
+
 def _looks_html(content_type: str, body: bytes) -> bool:
     if "html" in content_type.lower():
         return True
@@ -1478,6 +1504,47 @@ class CivitaiClient:
         if not isinstance(data, dict):
             raise CivitaiBadResponse("Civitai sent an unusable reply for the enums")
         return Enums.model_validate(data)
+
+    async def picture(
+        self,
+        url: str,
+        *,
+        width: int | None = None,
+        still: bool = False,
+        max_bytes: int = PICTURE_MAX_BYTES,
+    ) -> bytes:
+        """An image's bytes from Civitai's image CDN, to show in a chat: ``width`` asks for a
+        smaller rendition, ``still`` for one frame of a video. The API key does not go along
+        (the CDN needs none), redirects are followed, and the body is capped at
+        ``max_bytes``. One try: a preview is a courtesy, and a chat should not wait for it."""
+        if width is not None or still:
+            url = sized_url(url, width or ORIGINAL, still=still)
+        if not url.lower().startswith(("http://", "https://")):
+            raise CivitaiBadResponse(f"Civitai gave a picture address that is not http(s): {url}")
+        headers = {"User-Agent": self._headers["User-Agent"]}
+        try:
+            async with self._http.stream(
+                "GET", url, headers=headers, follow_redirects=True
+            ) as response:
+                status = response.status_code
+                if status != 200:
+                    raise CivitaiUnavailable(f"Civitai's picture is not there (HTTP {status})")
+                kind = response.headers.get("content-type", "")
+                if not kind.startswith("image/"):
+                    raise CivitaiBadResponse(f"Civitai sent {kind or 'something'}, not a picture")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise CivitaiBadResponse(f"Civitai's picture is over {max_bytes} bytes")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise CivitaiBadResponse(f"Civitai's picture is over {max_bytes} bytes")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise CivitaiUnavailable(
+                f"Civitai's picture could not be fetched ({type(exc).__name__})", retryable=True
+            ) from None
 
 
 def _checked_hash(hash_: str) -> str:

@@ -18,17 +18,29 @@ chat adapter like job progress), and a new message says when it is done or faile
 to show it is stored with the task, so a download that resumes after a restart goes on
 editing the same message.
 
+Lookups come with pictures (covers, examples: fetched at a chat-sized width, checked and
+re-encoded, left out when they cannot be had in time) and buttons (``bot.commands.Action``:
+"Use these settings", a result's details), which run a /civitai command as the person who
+presses them.
+
 What a chat may see follows its NSFW policy (``Incoming.nsfw_ok``): a chat that is not
 allowed NSFW only ever gets PG results, whatever ``--nsfw`` says.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shlex
 from typing import Any, Protocol
 
-from adapters.civitai.client import CivitaiClient, Image, Model, browsing_level
+from adapters.civitai.client import (
+    CivitaiClient,
+    CivitaiError,
+    Image,
+    Model,
+    browsing_level,
+)
 from adapters.civitai.downloads import (
     ACTIVE,
     DownloadManager,
@@ -37,9 +49,10 @@ from adapters.civitai.downloads import (
     format_duration,
 )
 from bot import i18n
-from bot.commands import Incoming, Reply, format_receipt
+from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
 from bot.i18n import t
+from bot.imaging import make_preview
 from bot.jobs import JobService
 
 log = logging.getLogger(__name__)
@@ -56,6 +69,10 @@ ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
 # Subcommands that answer on a status message of their own (a job, or a download).
 WITH_STATUS = ("use", "download", "resume")
 LISTED = 10  # downloads shown by /civitai downloads
+PICTURE_WIDTH = 800  # /civitai image: one picture
+COVER_WIDTH = 450  # lists: a picture per result
+EXAMPLES = 3  # example pictures of /civitai model
+PICTURE_WAIT_S = 8.0  # pictures not fetched by then are left out; the text goes anyway
 BAR = 10  # cells of the progress bar
 
 TEXT = {
@@ -115,6 +132,18 @@ TEXT = {
         "zh": "↪️ #{id} {name}：进度改在较新的消息中显示",
     },
     "cv.dl.none": {"en": "no downloads yet", "zh": "还没有下载"},
+    "cv.act.use": {"en": "🎨 Use these settings", "zh": "🎨 用这些参数画"},
+    "cv.act.use_id": {"en": "🎨 Use #{id}", "zh": "🎨 用 #{id} 的参数画"},
+    "cv.act.images": {"en": "🖼 Example images", "zh": "🖼 示例图片"},
+    "cv.act.download": {"en": "⬇️ Download {name}", "zh": "⬇️ 下载 {name}"},
+    "cv.use_hint": {
+        "en": "/civitai use {id} draws it with these settings",
+        "zh": "/civitai use {id} 用这些参数画",
+    },
+    "cv.images_hint": {
+        "en": "/civitai image ID shows one with its settings; /civitai use ID draws it",
+        "zh": "/civitai image 编号 查看参数；/civitai use 编号 用其参数画图",
+    },
     "cv.dl.off": {
         "en": "model downloads are not available in this process",
         "zh": "此进程不提供模型下载",
@@ -189,6 +218,7 @@ class CivitaiCommands:
         # state said there, so each message gets each ending once
         self._shown: dict[int, dict[str, Any]] = {}
         self._ended: dict[int, str] = {}
+        self.picture_wait_s = PICTURE_WAIT_S
 
     # --- lifecycle (called by the App) ------------------------------------------------------
 
@@ -249,14 +279,15 @@ class CivitaiCommands:
         # a chat not allowed NSFW only ever sees PG, whatever was asked
         level = browsing_level(bool(msg.nsfw_ok and "nsfw" in flags))
         if sub == "models":
-            return Reply(await self._models(" ".join(args), flags, level), lang=lang)
+            return await self._models(" ".join(args), flags, level, lang)
         if sub == "model":
-            return Reply(await self._model(_number(args[0] if args else None, "model"), level))
+            model_id = _number(args[0] if args else None, "model")
+            return await self._model(model_id, level, lang, admin=msg.is_admin)
         if sub == "images":
-            return Reply(await self._images(flags, level), lang=lang)
+            return await self._images(flags, level, lang)
         if sub == "image":
             image = await self._image(_number(args[0] if args else None, "image"), level)
-            return Reply(_describe_image(image), lang=lang)
+            return await self._show_image(image, lang)
         if sub == "use":
             image = await self._image(_number(args[0] if args else None, "use"), level)
             params = image.params()
@@ -355,7 +386,7 @@ class CivitaiCommands:
         if view.status in ("done", "failed"):
             await notifier.announce(target, download_text(view, lang, short=True))
 
-    async def _models(self, query: str, flags: dict[str, str], level: int) -> str:
+    async def _models(self, query: str, flags: dict[str, str], level: int, lang: str) -> Reply:
         page = await self.client.search_models(
             query or None,
             types=[flags["type"]] if "type" in flags else None,
@@ -367,12 +398,20 @@ class CivitaiCommands:
         )
         items = page.items[:TOP]
         if not items:
-            return f"no Civitai models match {query!r}" if query else "no Civitai models match"
-        return "\n".join(_model_line(m) for m in items)
+            text = f"no Civitai models match {query!r}" if query else "no Civitai models match"
+            return Reply(text, lang=lang)
+        lines = [f"{_model_line(m)}\n  {self._page('models', m.id)}" for m in items]
+        covers = [(_cover(m), _model_line(m)) for m in items]
+        return Reply(
+            "\n".join(lines),
+            lang=lang,
+            pictures=await self._pictures(covers, COVER_WIDTH),
+            actions=[Action(_label(f"#{m.id} {m.name}"), f"/civitai model {m.id}") for m in items],
+        )
 
-    async def _model(self, model_id: int, level: int) -> str:
+    async def _model(self, model_id: int, level: int, lang: str, *, admin: bool) -> Reply:
         model = await self.client.model(model_id, nsfw=level)
-        lines = [_model_line(model)]
+        lines = [_model_line(model), self._page("models", model.id)]
         for version in model.model_versions[:3]:
             lines.append(f"  version {version.name} (#{version.id}, {version.base_model or '?'})")
             if version.trained_words:
@@ -381,12 +420,27 @@ class CivitaiCommands:
                 size = f.size_bytes
                 mb = f"{size / 1024 / 1024:.0f} MB" if size else "? MB"
                 lines.append(f"    file {f.name} · {f.type or '?'} · {mb}")
-            shown = [im for im in version.images if (im.level or 1) & level][:2]
-            for im in shown:
-                lines.append(f"    example: {im.url}")
-        return "\n".join(lines)
+        latest = model.latest_version
+        examples = [
+            (im, f"{model.name} · {version.name} · {_prompt(im, 200)}".rstrip(" ·"))
+            for version in model.model_versions
+            for im in version.images
+            if (im.level or 1) & level and im.url
+        ][:EXAMPLES]
+        actions = [Action(t(lang, "cv.act.images"), f"/civitai images --model {model.id}")]
+        if admin and latest is not None and latest.files and self.downloads is not None:
+            name = _label(latest.name or str(latest.id), 24)
+            actions.append(
+                Action(t(lang, "cv.act.download", name=name), f"/civitai download {latest.id}")
+            )
+        return Reply(
+            "\n".join(lines),
+            lang=lang,
+            pictures=await self._pictures(examples, COVER_WIDTH),
+            actions=actions,
+        )
 
-    async def _images(self, flags: dict[str, str], level: int) -> str:
+    async def _images(self, flags: dict[str, str], level: int, lang: str) -> Reply:
         page = await self.client.images(
             model_id=int(flags["model"]) if flags.get("model", "").isdigit() else None,
             model_version_id=int(flags["version"]) if flags.get("version", "").isdigit() else None,
@@ -396,18 +450,67 @@ class CivitaiCommands:
             nsfw=level,
             limit=TOP,
         )
-        if not page.items:
-            return "no Civitai images match"
-        lines = []
-        for im in page.items[:TOP]:
-            prompt = im.params().prompt
-            prompt = prompt if len(prompt) <= 100 else prompt[:99] + "…"
-            lines.append(f"#{im.id} {im.url} · {prompt or '(no prompt)'}")
-        lines.append("/civitai image ID shows one with its settings; /civitai use ID draws it")
-        return "\n".join(lines)
+        items = page.items[:TOP]
+        if not items:
+            return Reply("no Civitai images match", lang=lang)
+        lines = [f"#{im.id} {_prompt(im, 100)} · {self._page('images', im.id)}" for im in items]
+        lines.append(t(lang, "cv.images_hint"))
+        shown = [(im, f"#{im.id} · {_prompt(im, 300)}") for im in items]
+        return Reply(
+            "\n".join(lines),
+            lang=lang,
+            pictures=await self._pictures(shown, COVER_WIDTH),
+            actions=[
+                Action(t(lang, "cv.act.use_id", id=im.id), f"/civitai use {im.id}")
+                for im in items
+                if im.id is not None
+            ],
+        )
+
+    async def _show_image(self, image: Image, lang: str) -> Reply:
+        text = image.parameters_text()
+        head = f"Civitai image #{image.id} · {self._page('images', image.id)}"
+        tail = t(lang, "cv.use_hint", id=image.id)
+        return Reply(
+            "\n".join(p for p in (head, text, tail) if p),
+            lang=lang,
+            pictures=await self._pictures([(image, head)], PICTURE_WIDTH),
+            actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")],
+        )
 
     async def _image(self, image_id: int, level: int) -> Image:
         return await self.client.image(image_id, nsfw=level)
+
+    def _page(self, kind: str, item_id: int | None) -> str:
+        """The item's page on the Civitai site (the API's host serves both)."""
+        return f"{self.client.base_url}/{kind}/{item_id}"
+
+    async def _pictures(self, wanted: list[tuple[Image | None, str]], width: int) -> list[Picture]:
+        """The pictures that could be fetched and checked within ``picture_wait_s``, in
+        order; audio items and the rest are left out (the text has their links)."""
+
+        async def one(image: Image | None, caption: str) -> Picture | None:
+            if image is None or not image.url or image.type not in (None, "image", "video"):
+                return None
+            try:
+                data = await self.client.picture(
+                    image.url, width=width, still=image.type == "video"
+                )
+                preview = await asyncio.to_thread(make_preview, data, max_side=width)
+            except (CivitaiError, BadInput) as exc:
+                log.info("civitai: no picture for %s: %s", image.url, exc)
+                return None
+            return Picture(preview, caption)
+
+        tasks = [asyncio.ensure_future(one(image, caption)) for image, caption in wanted]
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, timeout=self.picture_wait_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.info("civitai: %d pictures not fetched in time; sent without", len(pending))
+        return [p for task in tasks if task in done and (p := task.result()) is not None]
 
 
 def _model_line(m: Model) -> str:
@@ -415,16 +518,25 @@ def _model_line(m: Model) -> str:
     base = version.base_model if version and version.base_model else "?"
     creator = m.creator.username if m.creator and m.creator.username else "?"
     downloads = _count(m.stats.download_count if m.stats else None)
-    cover = next((im.url for im in (version.images if version else []) if im.url), "")
-    line = f"#{m.id} {m.name} · {m.type or '?'} · {base} · by {creator} · {downloads} downloads"
-    return f"{line}\n  {cover}" if cover else line
+    return f"#{m.id} {m.name} · {m.type or '?'} · {base} · by {creator} · {downloads} downloads"
 
 
-def _describe_image(image: Image) -> str:
-    text = image.parameters_text()
-    head = f"Civitai image #{image.id} {image.url or ''}".strip()
-    tail = f"/civitai use {image.id} draws it with these settings"
-    return "\n".join(p for p in (head, text, tail) if p)
+def _cover(m: Model) -> Image | None:
+    version = m.latest_version
+    return next((im for im in version.images if im.url), None) if version else None
+
+
+def _prompt(image: Image, limit: int) -> str:
+    prompt = " ".join(image.params().prompt.split())
+    if not prompt:
+        return "(no prompt)"
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+
+
+def _label(text: str, limit: int = 32) -> str:
+    """A button's label: Telegram and Discord show about this much."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _name(view: DownloadView) -> str:

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -62,12 +62,14 @@ from rich.progress import (
 from adapters.civitai.client import (
     IMAGE_SORTS,
     IMAGES_MAX_LIMIT,
+    ORIGINAL,
     PERIODS,
     USER_AGENT,
     CivitaiClient,
     CivitaiError,
     Image,
     browsing_level,
+    sized_url,
 )
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput
@@ -79,7 +81,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 META_KINDS = ("json", "txt")
-ORIGINAL = "original"
 DEFAULT_RATE = 10.0  # image requests per second from the CLI; Civitai documents no limit
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 _EXT_BY_TYPE = {
@@ -93,7 +94,6 @@ _EXT_BY_TYPE = {
     "video/webm": "webm",
     "audio/mpeg": "mp3",
 }
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _PART = re.compile(r"^\d+(\.(json|txt))?\.part$")
 _USERNAME = re.compile(r"^[A-Za-z0-9_]+$")
 IMAGE_TYPES = ("image", "video", "audio")
@@ -107,23 +107,6 @@ Size = str | int  # "original" or a width in pixels
 def size_label(size: Size) -> str:
     """How ``size`` is written in a URL and in the manifest: ``original`` or ``width=N``."""
     return ORIGINAL if size == ORIGINAL else f"width={int(size)}"
-
-
-def sized_url(url: str, size: Size) -> str:
-    """``url`` asking the image CDN for ``size``: its params segment (``original=true``,
-    ``width=450``, ``anim=false,width=450,optimized=true``: the one before the file name)
-    becomes ``original=true`` or ``width=N``; a Civitai URL without one gets one. Other URLs
-    are returned unchanged."""
-    parts = urlsplit(url)
-    segments = parts.path.split("/")
-    params = "original=true" if size == ORIGINAL else f"width={int(size)}"
-    if len(segments) >= 3 and "=" in segments[-2]:
-        segments[-2] = params
-    elif len(segments) == 4 and _UUID.match(segments[2]):  # /<key>/<uuid>/<name>
-        segments.insert(3, params)
-    else:
-        return url
-    return urlunsplit(parts._replace(path="/".join(segments)))
 
 
 def parse_size(value: str | int) -> Size:
