@@ -2,7 +2,8 @@
 
     python bench/civitai_harvest.py [--images 2000] [--latency 0.05] [--bandwidth 8]
                                     [--concurrency 32] [--rate 0] [--page-size 200]
-                                    [--tight-page-size 10]
+                                    [--tight-page-size 10] [--file-mb 300]
+                                    [--file-bandwidth 50]
 
 The fake runs in a process of its own, adds ``--latency`` seconds to every request (API
 pages and image downloads alike) and caps its image CDN at ``--bandwidth`` MB/s for all
@@ -20,12 +21,19 @@ needs to pass the cap. Two runs:
   takes about as long as the bytes do. Only overlapping page fetches with downloads gets
   near the limit here (one after the other would give about 0.5). It is the harder case,
   and also limited by CPU on a small machine (the fake and the harvester are both Python).
+
+Then one model file (``--file-mb``) is downloaded by the download manager, SHA256 computed
+on the way, from the fake's storage origin: once capped at ``--file-bandwidth`` MB/s (the
+ratio to that cap is the figure) and once uncapped (what this machine manages: loopback,
+the Python fake, httpx, hashing and the disk). Plain SHA256 over memory is printed beside
+it, to show whether hashing is what limits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import multiprocessing as mp
 import os
 import sys
@@ -44,17 +52,24 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters.civitai.client import CivitaiClient
+from adapters.civitai.downloads import DownloadManager
 from adapters.civitai.harvest import Harvester
-from tests.fakes.civitai import FakeCivitai
+from storage.db import Database
+from tests.fakes.civitai import FakeCivitai, FakeCivitaiDownloads
 
 BULK_VERSION = 52991  # the version of the fake's "Bulk Gallery" (extra_images)
+MODEL_VERSION = 52013  # a checkpoint of the fake's catalogue, for the download run
 
 
 def _serve(conn: Connection, options: dict[str, Any]) -> None:
     """The fake in a process of its own, so its CPU time is not the harvester's."""
+    file_size = options.pop("file_size", None)
 
     async def serve() -> None:
-        async with FakeCivitai(**options) as fake:
+        kind = FakeCivitaiDownloads if file_size else FakeCivitai
+        async with kind(**options) as fake:
+            if isinstance(fake, FakeCivitaiDownloads):
+                fake.set_content(fake.primary_file(MODEL_VERSION).id, size=file_size)
             conn.send(fake.base_url)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, conn.recv)  # until told to stop
@@ -150,6 +165,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=0.0, help="image requests/s (0: no limit)")
     ap.add_argument("--page-size", type=int, default=200)
     ap.add_argument("--tight-page-size", type=int, default=10, help="0 skips that run")
+    ap.add_argument("--file-mb", type=int, default=300, help="model download size; 0 skips")
+    ap.add_argument("--file-bandwidth", type=float, default=50.0, help="storage cap, MB/s")
     args = ap.parse_args()
     common = {
         "images": args.images,
@@ -185,7 +202,55 @@ async def main() -> None:
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for row in rows:
         table.add_row(*row)
-    Console(width=max(132, Console().width)).print(table)
+    console = Console(width=max(132, Console().width))
+    console.print(table)
+    if args.file_mb:
+        await download_runs(console, args.file_mb, args.file_bandwidth)
+
+
+async def download_once(size: int, bandwidth_mb: float | None) -> float:
+    """Seconds to download and verify one file of ``size`` bytes."""
+    bps = bandwidth_mb * 1_000_000 if bandwidth_mb else None
+    async with fake_process(file_size=size, storage_bps=bps) as (base_url, _):
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Database(f"sqlite+aiosqlite:///{tmp}/bench.db")
+            await db.create_all()
+            manager = DownloadManager(db, models_dir=Path(tmp) / "models", base_url=base_url)
+            try:
+                started = time.perf_counter()
+                view = await manager.download(MODEL_VERSION)
+                wall = time.perf_counter() - started
+            finally:
+                await manager.aclose()
+                await db.dispose()
+    assert view.status == "done" and view.sha256 == view.expected_sha256, view
+    return wall
+
+
+async def download_runs(console: Console, file_mb: int, bandwidth_mb: float) -> None:
+    size = file_mb * 1_000_000
+    block = os.urandom(1 << 20)
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    for _ in range(256):
+        digest.update(block)
+    sha_mb_s = 256 * (1 << 20) / 1e6 / (time.perf_counter() - started)
+    table = Table(title=f"civitai model download: {file_mb} MB, SHA256 in the stream")
+    for column in ("run", "cap MB/s", "wall s", "MB/s", "ratio to cap", "sha256 alone MB/s"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, cap in (("capped", bandwidth_mb), ("uncapped", None)):
+        wall = await download_once(size, cap)
+        rate = size / 1e6 / wall
+        ratio = f"{rate / cap:.2f}" if cap else "-"
+        table.add_row(
+            name,
+            f"{cap:g}" if cap else "none",
+            f"{wall:.2f}",
+            f"{rate:.0f}",
+            ratio,
+            f"{sha_mb_s:.0f}",
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":
