@@ -225,7 +225,11 @@ async def test_lists_show_covers_and_buttons_for_each_result(
 
     images = await ask(app, "/civitai images --model 4201")
     shown = [int(i) for i in re.findall(r"^#(\d+) ", images.text, re.M)]
-    assert shown and [a.command for a in images.actions] == [f"/civitai use {i}" for i in shown]
+    drawable = [int(i) for i in re.findall(r"^#(\d+) (?!\(no prompt\))", images.text, re.M)]
+    assert [a.command for a in images.actions] == [f"/civitai use {i}" for i in drawable]
+    assert 0 < len(drawable) < len(shown)  # no Use button where there is no prompt to use
+    blank = await ask(app, f"/civitai image {(set(shown) - set(drawable)).pop()}")
+    assert blank.actions == [] and "/civitai use" not in blank.text
     assert [p.caption.split(" · ")[0] for p in images.pictures] == [f"#{i}" for i in shown]
 
     model = await ask(app, "/civitai model 4201")

@@ -452,7 +452,8 @@ async def test_civitai_pictures_and_buttons_on_discord(env: Env) -> None:
         answer = dc.message(int(dc.interaction(listing["token"])["original_message_id"]))
         ids = re.findall(r"^#(\d+) ", answer["content"], re.M)
         assert len(answer["embeds"]) == len(env.files(answer)) == len(ids) > 1
-        assert custom_ids(answer) == [f"sd:x:/civitai use {i}" for i in ids]
+        drawable = re.findall(r"^#(\d+) (?!\(no prompt\))", answer["content"], re.M)
+        assert custom_ids(answer) == [f"sd:x:/civitai use {i}" for i in drawable]
 
 
 async def test_an_admin_downloads_a_model_from_discord(env: Env) -> None:

@@ -460,22 +460,23 @@ class CivitaiCommands:
             "\n".join(lines),
             lang=lang,
             pictures=await self._pictures(shown, COVER_WIDTH),
-            actions=[
+            actions=[  # only what /civitai use can draw: an image with a prompt
                 Action(t(lang, "cv.act.use_id", id=im.id), f"/civitai use {im.id}")
                 for im in items
-                if im.id is not None
+                if im.id is not None and im.params().prompt
             ],
         )
 
     async def _show_image(self, image: Image, lang: str) -> Reply:
         text = image.parameters_text()
         head = f"Civitai image #{image.id} · {self._page('images', image.id)}"
-        tail = t(lang, "cv.use_hint", id=image.id)
+        usable = bool(image.params().prompt)  # /civitai use needs a prompt to draw
+        tail = t(lang, "cv.use_hint", id=image.id) if usable else ""
         return Reply(
             "\n".join(p for p in (head, text, tail) if p),
             lang=lang,
             pictures=await self._pictures([(image, head)], PICTURE_WIDTH),
-            actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")],
+            actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")] if usable else [],
         )
 
     async def _image(self, image_id: int, level: int) -> Image:
