@@ -354,6 +354,8 @@ def test_sized_url() -> None:
         == f"{base}/width=1024/1.jpeg"
     )
     assert sized_url(f"{base}/1.jpeg", "original") == f"{base}/original=true/1.jpeg"
+    still = sized_url(f"{base}/original=true/1.mp4", 450, still=True)
+    assert still == f"{base}/anim=false,width=450/1.mp4"  # one frame of a video
     assert sized_url("https://example.com/pics/1.png", 512) == "https://example.com/pics/1.png"
     assert parse_size("ORIGINAL") == "original" and parse_size("768") == 768
     assert parse_meta("txt, json") == {"json", "txt"} and parse_meta("none") == set()

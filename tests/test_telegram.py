@@ -603,6 +603,9 @@ async def test_civitai_pictures_and_buttons_on_telegram(env: Env) -> None:
         env.civitai_url = civitai.base_url
         await env.start()
         tg = env.tg
+        for menu in tg.calls_of("setMyCommands"):
+            names = [c["command"] for c in menu.params["commands"]]
+            assert "civitai" in names and "settings" in names
         tg.inject_message(ANN, ANN, "/civitai image 90013")
         [shown] = await env.until(lambda: env.photos(ANN))
         assert "Seed: 730091" in shown.caption and decoded(shown.photo_bytes).width == 800

@@ -47,7 +47,7 @@ from telegram.ext import (
 
 from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
 from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
-from adapters.chat.telegram_text import MENU
+from adapters.chat.telegram_text import EXTENSION_MENU, MENU
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
 from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
@@ -223,8 +223,10 @@ class TelegramAdapter(ResultsAdapter):
             await self.application.shutdown()
 
     async def _publish_commands(self) -> None:
+        extensions = self.app.commands.extensions
+        names = [*MENU, *(name for name in EXTENSION_MENU if name in extensions)]
         for lang in ("en", "zh"):
-            commands = [BotCommand(name, t(lang, f"tg.cmd.{name}")) for name in MENU]
+            commands = [BotCommand(name, t(lang, f"tg.cmd.{name}")) for name in names]
             try:
                 await self.bot.set_my_commands(
                     commands, language_code=None if lang == "en" else lang

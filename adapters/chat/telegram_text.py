@@ -84,6 +84,10 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "个人默认模型、宽高比、反向提示词",
     },
     "tg.cmd.help": {"en": "what this bot does", "zh": "使用说明"},
+    "tg.cmd.civitai": {
+        "en": "look up Civitai models and images, draw with their settings",
+        "zh": "查找 Civitai 模型和图片，用其参数画图",
+    },
 }
 
 register(TEXT)
@@ -98,6 +102,8 @@ MENU = (
     "cancel",
     "retry",
     "models",
+    "settings",
     "lang",
     "help",
 )
+EXTENSION_MENU = ("civitai",)  # listed when that extension is on
