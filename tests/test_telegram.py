@@ -637,10 +637,13 @@ async def test_civitai_pictures_and_buttons_on_telegram(env: Env) -> None:
         assert listing[0].message_id > album[-1].message_id  # the buttons come last
 
         tg.inject_message(ANN, ANN, "/civitai models --type LORA")
-        await env.until(
-            lambda: [m for m in env.sent(ANN) if "Anime Lines" in (m.caption or m.text or "")]
+        [answer] = await env.until(  # the covers come first, then the text with the buttons
+            lambda: [
+                m
+                for m in env.sent(ANN)
+                if "Anime Lines" in (m.caption or m.text or "") and m.reply_markup
+            ]
         )
-        answer = [m for m in env.sent(ANN) if "Anime Lines" in (m.caption or m.text or "")][-1]
         press = answer.reply_markup["inline_keyboard"][0][0]["callback_data"]
         assert press == "x:/civitai model 4202"
         tg.inject_callback_query(ANN, ANN, answer.message_id, press)
@@ -679,11 +682,15 @@ async def test_an_admin_downloads_a_model_with_progress_that_survives_a_restart(
         assert "matches Civitai" in final and "checkpoints" in final, final
         # progress went through that one message: a bar, bytes, speed and time left
         assert any("MB/s" in t and "left" in t for t in env.edited(root, "▰"))
+
         # the end is told in a new message too (an edit notifies no one), once
+        def notices() -> list[Any]:
+            return [m for m in env.sent(root) if (m.text or "").startswith("✅ #1")]
+
+        await env.until(lambda: len(notices()) >= 2)
         await asyncio.sleep(0.3)
-        notices = [m for m in env.sent(root) if (m.text or "").startswith("✅ #1")]
-        assert [m.message_id for m in notices if m.message_id != status.message_id] != []
-        assert len(notices) == 2, [m.text for m in notices]
+        assert len(notices()) == 2, [m.text for m in notices()]
+        assert status.message_id in [m.message_id for m in notices()]
         ranged = [h for h in civitai.storage_hits if h.range]
         assert ranged and ranged[0].range == f"bytes={have}-"  # went on, not over
         files = list((env.tmp_path / "data" / "models" / "checkpoints").iterdir())
