@@ -222,22 +222,45 @@ def _redirect_target(response: httpx.Response) -> httpx.URL:
     return nxt
 
 
+class TooLarge(Exception):
+    """A body over the limit; ``size`` is what the server declared, if it did."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """A streamed response's body, refused (:class:`TooLarge`) past ``max_bytes``: by its
+    ``Content-Length`` before reading, else as soon as the bytes pass it, so a lying or
+    endless server costs at most ``max_bytes`` of memory."""
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(int(declared))
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise TooLarge(None)
+    return bytes(body)
+
+
 async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
     if not response.is_success:
         raise BadInput(f"{_PREFIX}HTTP {response.status_code}")
     if response.headers.get("content-type", "").lower().startswith("text/html"):
         raise BadInput("that link is a web page, not an image; link the image file itself")
-    declared = response.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise BadInput(f"the image is {_mb(int(declared), up=True)}; the limit is {_mb(max_bytes)}")
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
-            raise BadInput(f"the image is larger than the {_mb(max_bytes)} limit")
+    try:
+        body = await read_capped(response, max_bytes)
+    except TooLarge as exc:
+        if exc.size is not None:
+            raise BadInput(
+                f"the image is {_mb(exc.size, up=True)}; the limit is {_mb(max_bytes)}"
+            ) from None
+        raise BadInput(f"the image is larger than the {_mb(max_bytes)} limit") from None
     if not body:
         raise BadInput(f"{_PREFIX}the server sent an empty response")
-    return bytes(body)
+    return body
 
 
 def _reason(exc: httpx.HTTPError, host: str) -> str:

@@ -715,3 +715,24 @@ async def test_errors_are_user_errors(fake: FakeCivitai, client: CivitaiClient) 
     assert (
         str(info.value) == "Civitai rejected the models search: Invalid cursor: expected 3 value(s)"
     )
+
+
+async def test_pictures_from_the_cdn(fake: FakeCivitai, keyed: CivitaiClient) -> None:
+    image = await keyed.image(90013)
+    assert image.url
+    small = await keyed.picture(image.url, width=450)
+    assert small == fake.image_bytes(90013, 450)
+    assert await keyed.picture(image.url) == fake.image_bytes(90013)  # as listed: original
+    cdn = fake.calls_to("image")
+    assert [c.path.split("/")[-2] for c in cdn] == ["width=450", "original=true"]
+    assert all(c.token is None for c in cdn)  # the key stays with the API
+    with pytest.raises(CivitaiBadResponse, match="over 1000 bytes"):
+        await keyed.picture(image.url, max_bytes=1_000)
+    fake.fail_next(200, "<html>cdn error</html>", on="image")
+    with pytest.raises(CivitaiBadResponse, match="not a picture"):
+        await keyed.picture(image.url)
+    fake.fail_next(404, "Not Found", on="image")
+    with pytest.raises(CivitaiUnavailable, match="HTTP 404"):
+        await keyed.picture(image.url)
+    with pytest.raises(CivitaiBadResponse, match="not http"):
+        await keyed.picture("file:///etc/passwd")

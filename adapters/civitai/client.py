@@ -56,6 +56,7 @@ from pydantic.alias_generators import to_camel
 
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
+from bot.fetch import TooLarge, read_capped
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
 
@@ -1532,15 +1533,9 @@ class CivitaiClient:
                 kind = response.headers.get("content-type", "")
                 if not kind.startswith("image/"):
                     raise CivitaiBadResponse(f"Civitai sent {kind or 'something'}, not a picture")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise CivitaiBadResponse(f"Civitai's picture is over {max_bytes} bytes")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise CivitaiBadResponse(f"Civitai's picture is over {max_bytes} bytes")
-                return bytes(body)
+                return await read_capped(response, max_bytes)
+        except TooLarge:
+            raise CivitaiBadResponse(f"Civitai's picture is over {max_bytes} bytes") from None
         except httpx.HTTPError as exc:
             raise CivitaiUnavailable(
                 f"Civitai's picture could not be fetched ({type(exc).__name__})", retryable=True
