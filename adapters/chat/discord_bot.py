@@ -149,8 +149,7 @@ class CommandButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         adapter: DiscordAdapter = interaction.client.sdhost_adapter  # type: ignore[attr-defined]
-        text = self.command
-        await adapter._command(interaction, text, job=adapter.app.commands.wants_status(text))
+        await adapter._command(interaction, self.command)
 
 
 class _PromptModal(discord.ui.Modal):
@@ -376,7 +375,7 @@ class DiscordAdapter(ResultsAdapter):
             ):
                 if value is not None:
                     flags.append(f"--{name} {_quote(str(value))}")
-            await self._command(interaction, " ".join(["/imagine", prompt, *flags]), job=True)
+            await self._command(interaction, " ".join(["/imagine", prompt, *flags]))
 
         @tree.command(name=L("img2img"), description=L("Redraw a picture"))
         @app_commands.describe(
@@ -394,7 +393,7 @@ class DiscordAdapter(ResultsAdapter):
             text = f"/img2img {prompt}" + (
                 f" --strength {strength}" if strength is not None else ""
             )
-            await self._command(interaction, text, job=True, attachment=image)
+            await self._command(interaction, text, attachment=image)
 
         @tree.command(name=L("batch"), description=L("Several prompts at once, one per line"))
         async def batch(interaction: discord.Interaction[Any]) -> None:
@@ -407,7 +406,7 @@ class DiscordAdapter(ResultsAdapter):
             )
 
             async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
-                await self._command(inter, "/batch " + values[0], job=True)
+                await self._command(inter, "/batch " + values[0])
 
             await interaction.response.send_modal(
                 _PromptModal("batch", t(lang, "dc.batch.title"), [field], done)
@@ -449,7 +448,7 @@ class DiscordAdapter(ResultsAdapter):
         @tree.command(name=L("retry"), description=L("Run a failed job again"))
         @app_commands.describe(id=L("Job number"))
         async def retry(interaction: discord.Interaction[Any], id: int) -> None:
-            await self._command(interaction, f"/retry {id}", job=True)
+            await self._command(interaction, f"/retry {id}")
 
         @tree.command(name=L("lang"), description=L("Reply language"))
         @app_commands.rename(language=L("language"))
@@ -532,8 +531,7 @@ class DiscordAdapter(ResultsAdapter):
                 query=L("models QUERY, model ID, images, image ID, use ID or hash HASH")
             )
             async def civitai(interaction: discord.Interaction[Any], query: str) -> None:
-                text = f"/civitai {query}"
-                await self._command(interaction, text, job=self.app.commands.wants_status(text))
+                await self._command(interaction, f"/civitai {query}")
 
         @tree.context_menu(name=L("Remix"))
         async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
@@ -544,11 +542,11 @@ class DiscordAdapter(ResultsAdapter):
         interaction: discord.Interaction[Any],
         text: str | list[str],
         *,
-        job: bool = False,
         attachment: discord.Attachment | None = None,
         image: bytes | None = None,
     ) -> None:
-        """Acknowledge at once, run the shared command(s), answer by editing the response."""
+        """Acknowledge at once, run the shared command(s), answer by editing the response
+        (which is also the status message of a command that starts a job or a download)."""
         if self._closing:
             return
         if not self._allowed(interaction):
@@ -559,7 +557,7 @@ class DiscordAdapter(ResultsAdapter):
             await interaction.response.defer(thinking=True)
         lang = await self._lang(interaction)
         status = None
-        if job:
+        if isinstance(text, str) and self.app.commands.wants_status(text):
             original = await interaction.original_response()
             status = original.id
         reply_to = self._reply_to(interaction, lang, status)
@@ -681,7 +679,7 @@ class DiscordAdapter(ResultsAdapter):
             text = f"/img2img {values[0]}"
             if values[1].strip():
                 text += f" --strength {values[1].strip()}"
-            await self._command(inter, text, job=True, image=data)
+            await self._command(inter, text, image=data)
 
         await interaction.response.send_modal(
             _PromptModal("remix", t(lang, "dc.remix.title"), [prompt, strength], done)
