@@ -69,6 +69,7 @@ ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
 # Subcommands that answer on a status message of their own (a job, or a download).
 WITH_STATUS = ("use", "download", "resume")
 LISTED = 10  # downloads shown by /civitai downloads
+UNDER_WAY = ("queued", "running")  # a download whose status message is still being edited
 PICTURE_WIDTH = 800  # /civitai image: one picture
 COVER_WIDTH = 450  # lists: a picture per result
 EXAMPLES = 3  # example pictures of /civitai model
@@ -259,7 +260,7 @@ class CivitaiCommands:
         if self.downloads is None:
             return False
         where = (reply_to.get("platform"), reply_to.get("chat"))
-        for view in await self.downloads.tasks(statuses=("queued", "running"), limit=200):
+        for view in await self.downloads.tasks(statuses=UNDER_WAY, limit=200):
             target = view.notify or {}
             if (target.get("platform"), target.get("chat")) == where:
                 return True
@@ -360,7 +361,7 @@ class CivitaiCommands:
         if notifier is None:
             return
         before = self._shown.get(view.id)
-        if before is not None and before != target and view.status in ("queued", "running"):
+        if before is not None and before != target and view.status in UNDER_WAY:
             # someone asked again: the progress goes on the newer message
             lang = before.get("lang") or i18n.DEFAULT_LANG
             name = _name(view)
@@ -373,7 +374,7 @@ class CivitaiCommands:
             return
         self._shown[view.id] = target
         lang = target.get("lang") or i18n.DEFAULT_LANG
-        final = view.status not in ("queued", "running")
+        final = view.status not in UNDER_WAY
         if not final:
             self._ended.pop(view.id, None)
             await notifier.show_status(target, download_text(view, lang))
@@ -400,12 +401,14 @@ class CivitaiCommands:
         if not items:
             text = f"no Civitai models match {query!r}" if query else "no Civitai models match"
             return Reply(text, lang=lang)
-        lines = [f"{_model_line(m)}\n  {self._page('models', m.id)}" for m in items]
-        covers = [(_cover(m), _model_line(m)) for m in items]
+        described = [(m, _model_line(m)) for m in items]
+        text = "\n".join(f"{line}\n  {self._page('models', m.id)}" for m, line in described)
         return Reply(
-            "\n".join(lines),
+            text,
             lang=lang,
-            pictures=await self._pictures(covers, COVER_WIDTH),
+            pictures=await self._pictures(
+                [(_cover(m), line) for m, line in described], COVER_WIDTH
+            ),
             actions=[Action(_label(f"#{m.id} {m.name}"), f"/civitai model {m.id}") for m in items],
         )
 
@@ -549,13 +552,10 @@ def _bar(fraction: float | None) -> str:
     return "▰" * full + "▱" * (BAR - full)
 
 
-_ACTIVE_SHOWN = ("queued", "running", "paused")
-
-
 def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
     """A download as a chat shows it: a headline, then (unless ``short``) a progress bar with
     bytes, speed and time left, or where the file is, or what went wrong, and what to do."""
-    known = (*_ACTIVE_SHOWN, "done", "cancelled")
+    known = (*ACTIVE, "done", "cancelled")
     status = view.status if view.status in known else "failed"
     head = t(lang, f"cv.dl.{status}", id=view.id, name=_name(view))
     done = format_bytes(view.bytes_done)
@@ -567,7 +567,7 @@ def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
         head += f" · {done}"
     elif status == "failed" and view.error:
         head += f": {view.error}"
-    has_bytes = status in _ACTIVE_SHOWN and bool(view.bytes_done or view.bytes_total)
+    has_bytes = status in ACTIVE and bool(view.bytes_done or view.bytes_total)
     if short:
         return head + (" · " + " · ".join(p for p in (pct, amount) if p) if has_bytes else "")
     lines = [head]
@@ -577,7 +577,7 @@ def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
             eta = format_duration(view.eta_s) if view.eta_s is not None else "?"
             progress += " · " + t(lang, "cv.dl.speed", speed=format_bytes(view.speed), eta=eta)
         lines.append(progress)
-    if status in ("queued", "running"):
+    if status in UNDER_WAY:
         lines.append(t(lang, "cv.dl.hint_running", id=view.id))
     elif status in ("paused", "failed"):
         lines.append(t(lang, "cv.dl.hint_resume", id=view.id, done=done))
