@@ -107,6 +107,9 @@ class Job(Base):
     provider_task_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     provider_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Runs cut short by their process dying with no sign that the job caused it (a kill,
+    # a restart, the machine going down): not attempts, so bad luck never quarantines.
+    lost_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failure: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     reply_to: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -151,6 +154,9 @@ class OutboxEvent(Base):
     id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     platform: Mapped[str] = mapped_column(String(32))
+    # Who may deliver it, for platforms whose delivery is bound to one process (a console
+    # serves the people at its own terminal): the reply target's chat; NULL: any process.
+    audience: Mapped[str | None] = mapped_column(String(160), nullable=True)
     kind: Mapped[str] = mapped_column(String(16))  # image | finished | failed | cancelled
     idx: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,0 +1,33 @@
+"""second wave: jobs.lost_runs (process deaths that are not the job's fault) and
+outbox.audience (deliveries bound to the process that serves one person)
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-06 08:00:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("lost_runs", sa.Integer(), nullable=False, server_default="0")
+        )
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("audience", sa.String(length=160), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_column("audience")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("lost_runs")
