@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bot import crashes
 from bot.chat import ChatAdapter, Progress
 from bot.commands import Commands
 from bot.config import Config
@@ -56,6 +57,7 @@ class App:
         providers: dict[str, Provider] | None = None,
         owner: str | None = None,
         run_workers: bool = True,
+        crash_reports: bool = False,
     ) -> None:
         self.config = config
         self.owner = owner or make_owner()
@@ -102,6 +104,9 @@ class App:
         # the background, such as resuming interrupted model downloads.
         self.long_lived = run_workers
         self.run_workers = run_workers and config.queue.run_workers
+        # A process of its own (the CLI, not a test's App): fatal signals are written to a
+        # crash report that tells the next worker whether a job took the process down.
+        self.crash_reports = crash_reports
         self._started = False
 
     def add_configured_adapters(self) -> None:
@@ -129,6 +134,8 @@ class App:
         for adapter in self.adapters.values():
             await adapter.connect()
         if self.run_workers:
+            if self.crash_reports:
+                crashes.arm(self.config.data.dir, self.owner)
             await self.scheduler.start()
         await self.deliverer.start()
         self._started = True
@@ -164,6 +171,8 @@ class App:
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
         await self.db.dispose()
+        if self.crash_reports:
+            crashes.disarm()  # a clean stop: nothing to report
         self._started = False
 
     async def __aenter__(self) -> App:

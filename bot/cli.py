@@ -54,13 +54,13 @@ async def _chat(args: argparse.Namespace) -> int:
 
     config = _load(args)
     name = args.user or config.console.user or getpass.getuser() or "console"
-    app = App(config)
+    app = App(config, crash_reports=True)
     return await run_console(app, UserRef("console", name, name), interactive=sys.stdin.isatty())
 
 
 async def _run(args: argparse.Namespace) -> int:
     config = _load(args)
-    app = App(config)
+    app = App(config, crash_reports=True)
     app.add_configured_adapters()
     try:
         await app.start()

@@ -82,6 +82,9 @@ class QueueConfig(_Section):
     max_running_per_user: int = Field(4, ge=1)
     job_timeout_s: float = Field(300, gt=0)
     max_attempts: int = Field(3, ge=1)  # crashes before a job is quarantined
+    # Times a process may die under one job without a crash report (kill -9, the OOM
+    # killer, a reboot: not counted as attempts) before the job is set aside anyway.
+    max_lost_runs: int = Field(default=10, ge=1)
     lease_s: float = Field(30, gt=1)
     poll_idle_s: float = Field(0.5, gt=0)  # how often an idle worker looks for others' jobs
     retry_backoff_s: float = Field(2.0, ge=0)

@@ -9,9 +9,16 @@ learns from the same statement whether a job was cancelled from elsewhere or tak
 
 When a process dies its leases lapse (or, on the same host, its pid is seen to be gone) and
 the jobs go back to the queue: a job whose provider task id is known resumes polling that
-task, others run again, and pictures already stored are not made twice. A job that keeps
-crashing sdhost's own code is quarantined after ``queue.max_attempts`` so it cannot block
-the queue or crash-loop the bot.
+task, others run again, and pictures already stored are not made twice.
+
+A death is the job's fault only when the process left a fatal-signal report (see
+``bot.crashes``): then the run counts as an attempt, as an exception raised in sdhost's
+own code does. A job a crash already cost an attempt runs alone in its process, so the
+next crash names it and not the jobs that happened to run beside it; after
+``queue.max_attempts`` it is quarantined so it cannot block the queue or crash-loop the
+bot. A process killed from outside (``kill -9``, the OOM killer, a reboot) costs its jobs
+nothing: they go back at once, counted in ``lost_runs``, and only a job under which the
+process died ``queue.max_lost_runs`` times is set aside.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import Connection, Row
 
+from bot import crashes
 from bot.chat import Progress
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure, UserError
@@ -143,6 +151,10 @@ class Scheduler:
         # providers that failed transiently: jobs that have not reached them fail over
         # straight away until then (a circuit breaker, per process)
         self._down_until: dict[str, float] = {}
+        # Claims are made one at a time in this process; a retried job (see
+        # repos.claim_jobs) runs alone, and while it does nothing else is claimed here.
+        self._claim_lock = asyncio.Lock()
+        self._solo: int | None = None
 
     def limits(self, provider: str) -> tuple[int, int | None]:
         """(jobs this process runs at once, cap across all processes or None)."""
@@ -207,35 +219,78 @@ class Scheduler:
         """Requeue (or quarantine) running jobs whose lease lapsed or whose owner is gone."""
         owners = await self.db.run_read(repos.running_owners)
         dead = [o for o in owners if owner_is_dead(o, self.owner)]
-        requeued = await self.db.run_write(self._recover_tx, now(), dead)
+        data_dir = self.config.data.dir
+        # Read before the transaction: file I/O does not belong inside a write lock.
+        fatal = {o for o in owners if o != self.owner and crashes.fatal_report(data_dir, o)}
+        requeued = await self.db.run_write(self._recover_tx, now(), dead, fatal)
+        # Every job of a dead owner is accounted for now: its report has served.
+        try:
+            still = await self.db.run_read(repos.running_owners)
+            await asyncio.to_thread(crashes.sweep, data_dir, self.owner, still)
+        except Exception:
+            log.exception("could not clean up crash reports")
         if requeued:
             log.info("took back %d job(s) from stopped workers", requeued)
             self.on_event()
             self.wake()
         return requeued
 
-    def _recover_tx(self, conn: Connection, t: float, dead: list[str]) -> int:
+    def _recover_tx(self, conn: Connection, t: float, dead: list[str], fatal: set[str]) -> int:
+        q = self.config.queue
         n = 0
         for job in repos.lapsed_jobs(conn, t, dead):
             if job.lease_owner == self.owner:
                 continue  # ours: the lease loop renews it, or finds it lost
             n += 1
-            if job.attempts >= self.config.queue.max_attempts:
-                finish_job(
-                    conn,
-                    self.config,
-                    job,
-                    status="quarantined",
-                    failure=FailureClass.CRASH,
-                    message=_quarantine_msg(job.attempts),
-                    images_made=len(repos.images_for_job(conn, job.id)),
-                    t=t,
-                )
+            if job.lease_owner in fatal:
+                # Its process died of a fatal signal while running it: the run counts.
+                log.warning("job %s: its worker %s crashed (fatal signal)", job.id, job.lease_owner)
+                if job.attempts >= q.max_attempts:
+                    self._set_aside(conn, job, _quarantine_msg(job.attempts), t)
+                else:
+                    repos.update_job(
+                        conn,
+                        job.id,
+                        status="queued",
+                        lease_owner=None,
+                        lease_until=None,
+                        run_after=t + q.retry_backoff_s * job.attempts,
+                        error="the worker process running it crashed",
+                    )
+                continue
+            # Killed from outside (or gone unseen on another host): bad luck, not an
+            # attempt. Requeued at once, unless the process died under it too often.
+            lost = job.lost_runs + 1
+            if lost >= q.max_lost_runs:
+                self._set_aside(conn, job, _lost_msg(lost), t, lost_runs=lost)
             else:
                 repos.update_job(
-                    conn, job.id, status="queued", lease_owner=None, lease_until=None, run_after=0.0
+                    conn,
+                    job.id,
+                    status="queued",
+                    lease_owner=None,
+                    lease_until=None,
+                    attempts=max(0, job.attempts - 1),
+                    lost_runs=lost,
+                    run_after=0.0,
                 )
         return n
+
+    def _set_aside(
+        self, conn: Connection, job: Row[Any], message: str, t: float, **values: Any
+    ) -> None:
+        if values:
+            repos.update_job(conn, job.id, **values)
+        finish_job(
+            conn,
+            self.config,
+            job,
+            status="quarantined",
+            failure=FailureClass.CRASH,
+            message=message,
+            images_made=len(repos.images_for_job(conn, job.id)),
+            t=t,
+        )
 
     async def _lease_loop(self) -> None:
         q = self.config.queue
@@ -283,17 +338,7 @@ class Scheduler:
             claimed: list[Row[Any]] = []
             if free > 0:
                 try:
-                    claimed = await self.db.run_write(
-                        repos.claim_jobs,
-                        provider=provider,
-                        owner=self.owner,
-                        now=now(),
-                        lease_s=q.lease_s,
-                        timeout_s=q.job_timeout_s,
-                        slots=free,
-                        max_running_per_user=q.max_running_per_user,
-                        provider_cap=shared_cap,
-                    )
+                    claimed = await self._claim(provider, free, shared_cap)
                 except Exception:
                     log.exception("claiming jobs for %s failed; retrying", provider)
                     await asyncio.sleep(1)
@@ -303,6 +348,33 @@ class Scheduler:
             if claimed and len(claimed) == free:
                 continue  # there may be more waiting
             await wait_for_event(wake, q.poll_idle_s)
+
+    async def _claim(self, provider: str, free: int, shared_cap: int | None) -> list[Row[Any]]:
+        """Claim up to ``free`` jobs; a retried job only when nothing else runs here, and
+        then alone. While one is due, a busy process claims nothing new, so it drains and
+        the retried job gets its turn."""
+        q = self.config.queue
+        kw: dict[str, Any] = {
+            "provider": provider,
+            "owner": self.owner,
+            "lease_s": q.lease_s,
+            "timeout_s": q.job_timeout_s,
+            "max_running_per_user": q.max_running_per_user,
+            "provider_cap": shared_cap,
+        }
+        async with self._claim_lock:
+            if self._solo is not None:
+                return []
+            if not self._running:
+                alone = await self.db.run_write(
+                    repos.claim_jobs, now=now(), slots=1, retried=True, **kw
+                )
+                if alone:
+                    self._solo = alone[0].id
+                    return alone
+            elif await self.db.run_read(repos.retried_waiting, provider, now()):
+                return []
+            return await self.db.run_write(repos.claim_jobs, now=now(), slots=free, **kw)
 
     def _start(self, job: Row[Any], mine: set[int], wake: asyncio.Event) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
@@ -314,6 +386,9 @@ class Scheduler:
             mine.discard(job_id)
             for s in (self._cancel_asked, self._lost, self._settling):
                 s.discard(job_id)
+            if self._solo == job_id:
+                self._solo = None
+                self.wake()  # every provider's dispatcher held back while it ran
             wake.set()
 
         task.add_done_callback(done)
@@ -696,6 +771,14 @@ def _quarantine_msg(attempts: int) -> str:
     return (
         f"this job failed {attempts} times inside sdhost and was set aside so it cannot block "
         "the queue; an admin can look at it with `sdhost jobs show`"
+    )
+
+
+def _lost_msg(times: int) -> str:
+    return (
+        f"the process running this job died under it {times} times (killed from outside, "
+        "perhaps for using too much memory); it was set aside so it cannot block the queue; "
+        "an admin can look at it with `sdhost jobs show`"
     )
 
 

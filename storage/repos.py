@@ -436,7 +436,11 @@ _CLAIMABLE = (
     jobs.c.status == "queued",
     jobs.c.provider == bindparam("provider"),
     jobs.c.run_after <= bindparam("now"),
+    # Fresh jobs (0 counted attempts) and retried ones (a run of theirs crashed) are
+    # claimed apart: a retried job runs alone in its process (see claim_jobs).
+    jobs.c.attempts.between(bindparam("min_attempts"), bindparam("max_attempts")),
 )
+_RETRIED_WAITING = select(jobs.c.id).where(*_CLAIMABLE).limit(1)
 _CLAIM_HEADS = (
     select(jobs.c.user_id, func.count(), func.min(jobs.c.id))
     .where(*_CLAIMABLE)
@@ -528,8 +532,13 @@ def claim_jobs(
     slots: int,
     max_running_per_user: int,
     provider_cap: int | None = None,
+    retried: bool = False,
 ) -> list[Row[Any]]:
     """Claim up to ``slots`` queued jobs for ``provider``, fairly; return the claimed rows.
+
+    ``retried``: claim among jobs a crash already cost an attempt (suspects of taking their
+    process down, which the caller runs alone so a second crash names the culprit) instead
+    of among the others.
 
     On PostgreSQL the chosen rows are locked with SKIP LOCKED and the claiming UPDATE
     re-checks ``status = 'queued'``, so processes claiming at the same time never get the
@@ -547,9 +556,12 @@ def claim_jobs(
         slots = min(slots, provider_cap - busy)
         if slots <= 0:
             return []
+    which = _attempt_range(retried)
     heads = [
         (int(u), int(n), int(first))
-        for u, n, first in conn.execute(_CLAIM_HEADS, {"provider": provider, "now": now}).all()
+        for u, n, first in conn.execute(
+            _CLAIM_HEADS, {"provider": provider, "now": now, **which}
+        ).all()
     ]
     if not heads:
         return []
@@ -561,7 +573,7 @@ def claim_jobs(
         return []
     ranked = conn.execute(
         _OLDEST_PER_USER,
-        {"provider": provider, "now": now, "uids": list(plan), "k": max(plan.values())},
+        {"provider": provider, "now": now, "uids": list(plan), "k": max(plan.values()), **which},
     ).all()
     ids = [int(r.id) for r in ranked if r.rn <= plan[int(r.user_id)]]
     if conn.dialect.name == "postgresql":
@@ -581,6 +593,23 @@ def claim_jobs(
     if rows:
         conn.execute(_SERVED, {"uids": sorted({int(r.user_id) for r in rows}), "now": now})
     return sorted(rows, key=lambda r: r.id)
+
+
+def _attempt_range(retried: bool) -> dict[str, int]:
+    return (
+        {"min_attempts": 1, "max_attempts": 2**31 - 1}
+        if retried
+        else {
+            "min_attempts": 0,
+            "max_attempts": 0,
+        }
+    )
+
+
+def retried_waiting(conn: Connection, provider: str, now: float) -> bool:
+    """Whether a retried job (see ``claim_jobs``) is due on ``provider``."""
+    params = {"provider": provider, "now": now, **_attempt_range(True)}
+    return conn.execute(_RETRIED_WAITING, params).first() is not None
 
 
 _RENEW = (

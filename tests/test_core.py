@@ -350,10 +350,50 @@ async def test_recovery_resumes_known_provider_task(app_factory) -> None:
     async with app.db.session() as s:
         job = await s.get(Job, job_id)
         assert job.status == "succeeded" and job.provider_task_id == "demo-resume-me"
-        assert job.attempts == 2
+        # Its process vanished without a crash report: bad luck, not an attempt.
+        assert job.attempts == 1 and job.lost_runs == 1
         assert await s.scalar(select(func.count()).where(StoredImage.job_id == job_id)) == 1
         charges = list(await s.scalars(select(LedgerEntry).where(LedgerEntry.job_id == job_id)))
         assert [(e.reason, e.delta) for e in charges] == [("charge", -1)]
+
+
+async def test_job_its_process_keeps_dying_under_is_set_aside_after_max_lost_runs(
+    app_factory,
+) -> None:
+    """No crash report (an OOM kill every time): not attempts, but not forever either."""
+    app = await app_factory(queue={"max_lost_runs": 4})
+    adapter = app.adapters["test"]
+    await app.scheduler.stop()
+    r = await app.jobs.submit(user(), "txt2img", [P(width=64, height=64)], REPLY)
+    job_id = r.job_ids[0]
+
+    async def died_under_it(lost_before: int) -> None:
+        async with app.db.session(write=True) as s:
+            await s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="running",
+                    lease_owner="otherhost:1:dead",
+                    lease_until=time.time() - 1,
+                    submitted_at=time.time(),
+                    attempts=1,
+                    lost_runs=lost_before,
+                )
+            )
+        await app.scheduler.recover()
+
+    await died_under_it(2)
+    async with app.db.session() as s:
+        job = await s.get(Job, job_id)
+        assert (job.status, job.attempts, job.lost_runs, job.run_after) == ("queued", 0, 3, 0.0)
+    await died_under_it(3)
+    await adapter.wait_for(lambda: adapter.of_kind("failed"))
+    async with app.db.session() as s:
+        job = await s.get(Job, job_id)
+        assert (job.status, job.failure, job.lost_runs) == ("quarantined", "crash", 4)
+        assert "died under it 4 times" in job.error
+    assert await app.jobs.balance(user()) == 20  # crash: refunded by the default policy
 
 
 async def test_undelivered_events_are_delivered_after_restart(app_factory) -> None:

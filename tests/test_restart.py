@@ -6,6 +6,7 @@ reported exactly once across the two runs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -15,7 +16,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from tests.conftest import empty_database
 from tests.test_console import ROOT, write_config
 
 
@@ -96,3 +101,178 @@ def test_sigkill_mid_batch_then_restart(tmp_path: Path) -> None:
     statuses = db.execute("select distinct status from jobs").fetchall()
     assert statuses == [("succeeded",)]
     assert db.execute("select count(*) from images").fetchone() == (8,)
+
+
+# --- a kill is not the job's fault; a job that kills its process is -----------------------
+
+
+def _config(tmp_path: Path, db_url: str, extra: str = "") -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"""
+[data]
+dir = "{tmp_path / "data"}"
+[database]
+url = "{db_url}"
+[credits]
+starting_grant = 50
+[queue]
+poll_idle_s = 0.05
+max_attempts = 3
+max_queued_per_user = 50
+{extra}
+[logging]
+level = "INFO"
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("SDHOST_DATABASE__URL", None)
+    return env
+
+
+def _popen(cfg: Path, *args: str, stdin: Any = subprocess.DEVNULL, **env: str) -> Any:
+    """Standard error goes to a file (a pipe nobody reads while it runs could fill up)."""
+    log = (cfg.parent / f"{args[0]}-{time.monotonic_ns()}.log").open("w+")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "--config", str(cfg), *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=ROOT,
+        env=_env(**env),
+    )
+    p.log = log  # type: ignore[attr-defined]
+    return p
+
+
+def _stderr(p: Any) -> str:
+    p.log.seek(0)
+    return str(p.log.read())
+
+
+def _front_end(cfg: Path, who: str, commands: str) -> Any:
+    """A chat that takes commands and delivers results but runs no job itself."""
+    chat = _popen(
+        cfg, "chat", "--user", who, stdin=subprocess.PIPE, SDHOST_QUEUE__RUN_WORKERS="false"
+    )
+    chat.stdin.write(commands)
+    chat.stdin.close()
+    return chat
+
+
+def _worker(cfg: Path) -> Any:
+    w = _popen(cfg, "run")
+    line = w.stdout.readline()
+    assert "sdhost running" in line, _stderr(w)
+    return w
+
+
+def _end(p: Any, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[str, str]:
+    """Signal ``p``, reap it (its pid is gone, as after any real kill); its output."""
+    if p.poll() is None:
+        p.send_signal(sig)
+    out = p.stdout.read()
+    p.wait(timeout=timeout)
+    return out, _stderr(p)
+
+
+def _sql(url: str, sql: str) -> list[Any]:
+    from tests.test_processes import _query
+
+    return asyncio.run(_query(url, sql))
+
+
+@pytest.mark.postgres
+def test_kill_9_mid_job_again_and_again_costs_the_job_nothing(tmp_path: Path, db_url: str) -> None:
+    """The issue's repro, with six kills: the job finally succeeds, charged once."""
+    asyncio.run(empty_database(db_url))
+    cfg = _config(tmp_path, db_url, "retry_backoff_s = 0\n[providers.demo]\nlatency_s = 0.3\n")
+    chat = _front_end(cfg, "ann", "/imagine x demo:slow --size 64x64\n")
+    kills = 6
+    try:
+        for _ in range(kills):
+            w = _worker(cfg)
+            time.sleep(1.5)
+            _end(w, signal.SIGKILL)
+            # It was killed mid-job: the job is still marked running under the dead worker.
+            assert _sql(db_url, "select status, stage from jobs") == [("running", "generating")]
+        last = _worker(cfg)
+        chat.wait(timeout=60)
+    finally:
+        out, err = _end(chat, signal.SIGKILL)
+    log = _end(last)[1]
+    assert chat.returncode == 0, err
+    assert re.search(r"^done: job #1 ", out, re.M), out
+    assert "failed:" not in out and "Traceback" not in err + log
+    ((status, attempts, lost, error),) = _sql(
+        db_url, "select status, attempts, lost_runs, failure from jobs"
+    )
+    assert (status, attempts, lost, error) == ("succeeded", 1, kills, None)
+    ledger = _sql(db_url, "select reason, delta from ledger where job_id = 1")
+    assert ledger == [("charge", -1)]
+    assert not list((tmp_path / "data" / "crashes").glob("*")), "crash files left behind"
+
+
+@pytest.mark.postgres
+def test_a_job_that_segfaults_its_worker_is_set_aside_and_the_queue_goes_on(
+    tmp_path: Path, db_url: str
+) -> None:
+    asyncio.run(empty_database(db_url))
+    cfg = _config(
+        tmp_path,
+        db_url,
+        "retry_backoff_s = 0.2\n[providers.demo]\nlatency_s = 0.3\nconcurrency = 4\n",
+    )
+    # Alice's poison job among her ordinary ones; Bob's batch runs beside them.
+    alice = _front_end(
+        cfg,
+        "alice",
+        "/imagine a demo:segfault --size 64x64\n/imagine b --size 64x64 --n 2\n"
+        "/imagine c --size 64x64\n",
+    )
+    bob = _front_end(cfg, "bob", "/batch " + " | ".join(f"t{i} --size 64x64" for i in range(5)))
+    deaths: list[int] = []
+    worker = _worker(cfg)
+    deadline = time.monotonic() + 90
+    try:
+        while alice.poll() is None or bob.poll() is None:
+            assert time.monotonic() < deadline, "the front ends never finished"
+            if worker.poll() is not None:  # a supervisor starts it again
+                deaths.append(worker.returncode)
+                _end(worker)
+                worker = _worker(cfg)
+            time.sleep(0.05)
+    finally:
+        for chat in (alice, bob):
+            _end(chat, signal.SIGKILL)
+        log = _end(worker)[1]
+    assert worker.returncode == 0, log
+    # Each run of the poison job took its process down, alone or not: max_attempts deaths.
+    assert deaths == [-signal.SIGSEGV] * 3
+    rows = _sql(
+        db_url,
+        "select j.id, u.platform_user_id, j.status, j.attempts, j.error "
+        "from jobs j join users u on u.id = j.user_id order by j.id",
+    )
+    poison = [r for r in rows if r[2] != "succeeded"]
+    assert [(r[1], r[2], r[3]) for r in poison] == [("alice", "quarantined", 3)], rows
+    assert "failed 3 times" in poison[0][4]
+    assert len(rows) == 1 + 2 + 5  # everyone else's jobs succeeded
+    # Quarantine is a crash: refunded by the default policy; money adds up.
+    ledger = _sql(db_url, "select job_id, reason, delta from ledger where job_id is not null")
+    assert sorted((r for r in ledger if r[0] == poison[0][0]), key=str) == sorted(
+        [(poison[0][0], "charge", -1), (poison[0][0], "refund", 1)], key=str
+    )
+    balances = _sql(
+        db_url,
+        "select u.balance, (select sum(delta) from ledger l where l.user_id = u.id) from users u",
+    )
+    assert all(b == s for b, s in balances), balances
+    assert sorted(b for b, _ in balances) == [50 - 5, 50 - 3]
+    assert not list((tmp_path / "data" / "crashes").glob("*")), "crash files left behind"

@@ -6,15 +6,18 @@ resumed after a restart simply draws the same picture again.
 
 Trigger words in the prompt make it misbehave on purpose, for trying out failure handling:
 ``demo:fail`` (provider error), ``demo:refuse`` (content refused), ``demo:crash`` (an
-unexpected exception, as from a bug), ``demo:slow`` (ten times the configured latency),
-``demo:nsfw`` (pictures flagged NSFW, as a provider's safety checker would, for trying out a
-chat's NSFW policy).
+unexpected exception, as from a bug), ``demo:segfault`` (a real segmentation fault that
+takes the whole worker process down, as a native library crashing on one input would),
+``demo:slow`` (ten times the configured latency), ``demo:nsfw`` (pictures flagged NSFW, as a
+provider's safety checker would, for trying out a chat's NSFW policy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
+import os
 import random
 import uuid
 
@@ -61,6 +64,8 @@ class DemoProvider(Provider):
         for i in range(steps):
             await asyncio.sleep(latency / steps)
             await run.progress((i + 1) / (steps + 1))
+        if "demo:segfault" in prompt:
+            _segfault()
         if "demo:crash" in prompt:
             raise RuntimeError("demo provider crashed on purpose (demo:crash)")
         if "demo:refuse" in prompt:
@@ -89,3 +94,9 @@ class DemoProvider(Provider):
             if req.model == "mono":
                 img = img.convert("L").convert("RGB")
             await run.image(idx, ResultImage(image=img, seed=seed, nsfw="demo:nsfw" in prompt))
+
+
+def _segfault() -> None:
+    """Die of a genuine SIGSEGV (reading address 0), which faulthandler reports."""
+    ctypes.string_at(0)
+    os.abort()  # not reached where page 0 is unmapped, i.e. everywhere sdhost runs
