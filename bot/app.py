@@ -6,6 +6,7 @@ passed in; everything else in ``bot/`` only sees the protocols.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from bot.chat import ChatAdapter, Progress
 from bot.commands import Commands
 from bot.config import Config
 from bot.delivery import Deliverer
+from bot.housekeeping import sweep_forever
 from bot.jobs import JobService
 from bot.owners import make_owner
 from bot.providers import Provider
@@ -107,6 +109,7 @@ class App:
         # A process of its own (the CLI, not a test's App): fatal signals are written to a
         # crash report that tells the next worker whether a job took the process down.
         self.crash_reports = crash_reports
+        self._sweeper: asyncio.Task[None] | None = None
         self._started = False
 
     def add_configured_adapters(self) -> None:
@@ -138,6 +141,10 @@ class App:
                 crashes.arm(self.config.data.dir, self.owner)
             await self.scheduler.start()
         await self.deliverer.start()
+        if self.long_lived:
+            self._sweeper = asyncio.create_task(
+                sweep_forever(self.db, self.files), name="store-sweep"
+            )
         self._started = True
         for extension in self.commands.extensions.values():
             start = getattr(extension, "start", None)
@@ -152,6 +159,10 @@ class App:
                 await adapter.stop_listening()
             except Exception:
                 log.exception("stopping %s failed", adapter.platform)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self._started:
             await self.scheduler.stop()
             await self.deliverer.stop()

@@ -140,6 +140,19 @@ async def _jobs(args: argparse.Namespace) -> int:
     return await _with_app(args, go)
 
 
+async def _store(args: argparse.Namespace) -> int:
+    from bot.housekeeping import sweep_store
+
+    async def go(app: App) -> int:
+        removed = await sweep_store(app.db, app.files, grace_s=args.grace)
+        for path in removed:
+            print(f"removed {path}")
+        print(f"{len(removed)} file(s) no row refers to removed from {app.files.root}")
+        return 0
+
+    return await _with_app(args, go)
+
+
 async def _db(args: argparse.Namespace) -> int:
     config = _load(args)
     app = App(config, run_workers=False)
@@ -276,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", required=True)
     db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
 
+    st = sub.add_parser("store", help="the picture store")
+    st_sub = st.add_subparsers(dest="action", required=True)
+    sw = st_sub.add_parser("sweep", help="remove stored files that no job or picture refers to")
+    sw.add_argument(
+        "--grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="keep files younger than this whatever the database says (default 600)",
+    )
+
     cv = sub.add_parser("civitai", help="Civitai: harvest images, download models")
     cv_sub = cv.add_subparsers(dest="action", required=True)
     from adapters.civitai import downloads
@@ -312,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "credits": _credits,
             "jobs": _jobs,
             "db": _db,
+            "store": _store,
             "discord": _discord,
             "civitai": _civitai,
             "models": _models,

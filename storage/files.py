@@ -6,16 +6,22 @@ directory and are renamed into place after an fsync: a crash leaves at worst a s
 ``.tmp-*`` file, never a truncated file under a final name that a later ``put`` would
 mistake for a good copy.
 
+Nothing is ever overwritten or edited in place, so the store only grows: ``sweep`` removes
+what no row refers to (the pictures of jobs that ended quarantined or failed before their
+rows were written, ``.tmp-*`` leftovers of a kill).
+
 The methods are synchronous (plain file I/O); async callers wrap them in
 ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +83,60 @@ class FileStore:
     def exists(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bool:
         return self.path_for(sha256, kind=kind, ext=ext).is_file()
 
+    def sweep(self, referenced: Collection[str], *, keep_since: float) -> list[Path]:
+        """Remove files no row refers to; return their paths.
+
+        ``referenced`` holds every sha256 a row names (images and inputs alike). A file
+        changed at or after ``keep_since`` (a timestamp) is kept whatever the rows say: a
+        running job writes its pictures' rows after their files, and an input is stored
+        just before its job's row (``put`` refreshes the time of a file it finds already
+        there, so one being stored again counts as new). A thumbnail stays while its
+        picture does. ``.tmp-*`` files are the remains of a write cut short by a kill once
+        they are older than ``keep_since``.
+        """
+        removed: list[Path] = []
+        kept_images: set[str] = set()
+        for kind in ("images", "inputs", "thumbs"):
+            for path in _files_under(self.root / kind):
+                name = path.name
+                try:
+                    mtime = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if mtime >= keep_since:
+                    if kind == "images":
+                        kept_images.add(name.split(".", 1)[0])
+                    continue
+                if not name.startswith(TEMP_PREFIX):
+                    sha = name.split(".", 1)[0]
+                    if not _SHA256.fullmatch(sha):
+                        continue  # not ours: leave it alone
+                    if sha in referenced or (kind == "thumbs" and sha in kept_images):
+                        if kind == "images":
+                            kept_images.add(sha)
+                        continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+        return removed
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files in ``folder``'s two-character fan-out directories."""
+    out: list[Path] = []
+    try:
+        subdirs = [d for d in folder.iterdir() if d.is_dir()]
+    except FileNotFoundError:
+        return out
+    for d in sorted(subdirs):
+        try:
+            out.extend(sorted(p for p in d.iterdir() if p.is_file()))
+        except FileNotFoundError:
+            continue
+    return out
+
 
 def _write_once(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Atomically create ``path`` with ``data`` unless a file of the right size is there.
@@ -87,6 +147,9 @@ def _write_once(path: Path, data: bytes, *, durable: bool = True) -> None:
     """
     try:
         if path.stat().st_size == len(data):
+            # Stored again now: fresh in the sweep's eyes until a row names it.
+            with contextlib.suppress(OSError):
+                os.utime(path)
             return
     except FileNotFoundError:
         pass

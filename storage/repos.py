@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -710,6 +711,25 @@ def images_for_job(conn: Connection, job_id: int) -> list[Row[Any]]:
 def add_images(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(_upsert(conn, images, ("job_id", "idx"), returning=False), list(rows))
+
+
+# Every file the store holds is named by one of these: a picture's row (its thumbnail goes
+# with it) or a job's input. Nothing else puts files in the store.
+_REFERENCED_FILES = union(
+    select(images.c.sha256), select(jobs.c.input_sha256).where(jobs.c.input_sha256.is_not(None))
+)
+_OLDEST_RUNNING_START = select(func.min(jobs.c.started_at)).where(jobs.c.status == "running")
+
+
+def referenced_files(conn: Connection) -> set[str]:
+    """The sha256 of every stored file a row refers to (for the store's sweep)."""
+    return {str(s) for s in conn.execute(_REFERENCED_FILES).scalars().all()}
+
+
+def oldest_running_start(conn: Connection) -> float | None:
+    """When the run of the longest-running job began: its pictures may not have rows yet."""
+    t = conn.execute(_OLDEST_RUNNING_START).scalar_one_or_none()
+    return float(t) if t is not None else None
 
 
 # --- outbox --------------------------------------------------------------------------------
