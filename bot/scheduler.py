@@ -432,7 +432,7 @@ class Scheduler:
             )
             return
         have: set[int] = set()
-        if job.provider_task_id or job.attempts > 1:
+        if job.provider_task_id or job.attempts > 1 or job.lost_runs:
             have = {im.idx for im in await self.db.run_read(repos.images_for_job, job.id)}
         run = _Run(self, job, request, have)
         holder.append(run)
