@@ -7,6 +7,7 @@ into ``config.toml``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -244,6 +245,12 @@ class TelegramConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.token)
+
+    @property
+    def effective_webhook_secret(self) -> str:
+        """The secret Telegram sends with each webhook update: ``webhook_secret``, else one
+        derived from the token."""
+        return self.webhook_secret or hashlib.sha256(self.token.encode()).hexdigest()[:48]
 
 
 class DiscordConfig(_Section):
