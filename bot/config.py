@@ -345,6 +345,49 @@ class Config(_Section):
             return self.database.url
         return f"sqlite+aiosqlite:///{self.data.dir / 'sdhost.db'}"
 
+    def secrets(self) -> set[str]:
+        """Every secret value this config holds, for the logs to leave out: each field named
+        like a secret (tokens, keys, secrets, passwords, in any section and in lists of
+        keys), the Telegram webhook secret even when derived, and the database password."""
+        found: set[str] = set()
+        _collect_secrets(self, found)
+        if self.telegram.token:
+            found.add(self.telegram.effective_webhook_secret)
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(self.database_url).password
+        except Exception:  # not a URL SQLAlchemy reads: the engine will say so
+            password = None
+        if password:
+            found.add(str(password))
+        return {s for s in found if s}
+
+
+# Field names whose values are secrets, wherever they appear in the config tree.
+SECRET_FIELDS = frozenset(
+    {"token", "secret", "key", "api_key", "webhook_secret", "password", "access_key", "secret_key"}
+)
+
+
+def _collect_secrets(node: Any, found: set[str]) -> None:
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if name in SECRET_FIELDS and isinstance(value, str):
+                found.add(value)
+            else:
+                _collect_secrets(value, found)
+    elif isinstance(node, list | tuple):
+        for item in node:
+            _collect_secrets(item, found)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in SECRET_FIELDS and isinstance(value, str):
+                found.add(value)
+            else:
+                _collect_secrets(value, found)
+
 
 class ConfigError(Exception):
     """A config file problem, phrased as 'which key is wrong and why'."""
