@@ -193,9 +193,14 @@ class Commands:
         lang = i18n.DEFAULT_LANG
         token = None
         try:
-            stored, defaults = await self.jobs.user_prefs(msg.user)
-            lang = i18n.pick(stored, msg.lang, msg.user.locale)
-            token = _DEFAULTS.set((msg.user, defaults))
+            standing = await self.jobs.standing(msg.user)
+            lang = i18n.pick(standing.lang, msg.lang, msg.user.locale)
+            if standing.banned and not msg.is_admin:
+                # before any work, for every command, button and extension alike (/help
+                # too: nothing it lists is open to them); admins are the operator's choice
+                # in the config and may still /unban
+                raise Forbidden.of("error.banned")
+            token = _DEFAULTS.set((msg.user, standing.settings))
             return await self._dispatch(msg, lang)
         except UserError as exc:
             return Reply(exc.render(lang), error=True, lang=lang)

@@ -364,9 +364,9 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "已从 {user} 扣回 {amount} 积分，余额 {balance}",
     },
     "admin.banned": {
-        "en": "banned {user}: they can no longer queue jobs; jobs already queued are left "
+        "en": "banned {user}: they can no longer use the bot; jobs already queued are left "
         "alone (/cancel ID stops one)",
-        "zh": "已禁止 {user}：对方不能再提交任务；"
+        "zh": "已禁止 {user}：对方不能再使用机器人；"
         "已经在排队的任务不受影响（可以用 /cancel 编号 取消）",
     },
     "admin.unbanned": {

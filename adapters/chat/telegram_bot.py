@@ -657,7 +657,7 @@ class TelegramAdapter(ResultsAdapter):
                     text = exc.render(lang)
                 await self._edit_status(chat_id, status.message_id, text)
             elif action == "original":
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=user)
                 data = await self.results.picture_bytes(picture)
                 limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
                 if len(data) > limit:
@@ -691,7 +691,7 @@ class TelegramAdapter(ResultsAdapter):
                     ),
                 )
             else:
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=user)
                 await self._say(message, format_image_info(picture.job, picture.image, lang))
         except UserError as exc:
             await self._say(message, exc.render(lang))
