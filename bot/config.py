@@ -321,6 +321,13 @@ class AdminConfig(_Section):
     users: list[str] = []
 
 
+class LimitsConfig(_Section):
+    # Commands that cost no credits but cost the operator (a Civitai lookup: an API call and
+    # up to five picture fetches and decodes), per person per minute; 0: no limit. Admins
+    # are not limited.
+    free_commands_per_minute: int = Field(10, ge=0)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -337,6 +344,7 @@ class Config(_Section):
     discord: DiscordConfig = DiscordConfig()
     civitai: CivitaiConfig = CivitaiConfig()
     admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property

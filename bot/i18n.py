@@ -427,6 +427,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "积分不足：这次需要 {cost} 积分，你只有 {balance} 积分。"
         "可以找管理员要一些积分，或者少生成几张（--n 1）",
     },
+    "error.free_limit": {
+        "en": "that is {limit} lookups in a minute, the most allowed; try again in {seconds} s",
+        "zh": "一分钟内已查询 {limit} 次，已达上限；请 {seconds} 秒后再试",
+    },
     "error.queue_limit": {
         "en": "you have {active} jobs waiting or running and the limit is {limit}; "
         "wait for some to finish or /cancel one",
