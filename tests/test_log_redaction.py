@@ -244,3 +244,20 @@ def test_redactor_masks_the_shapes_of_secrets() -> None:
     assert MASK in r("PATCH /webhooks/1/aW50ZXJhY3Rpb246MTIzNDU2Nzg5/messages/@original")
     assert r("token_margin_s = 60; key1 took the task") == "token_margin_s = 60; key1 took the task"
     assert isinstance(RedactingFilter(r), logging.Filter)
+
+
+def test_an_uncaught_exception_is_printed_masked() -> None:
+    import subprocess
+
+    code = (
+        "import logging; from bot import redact; logging.basicConfig(); "
+        "redact.install(['topSECRETvalue']); "
+        "logging.getLogger('x').warning('sent %s', 'topSECRETvalue'); "
+        "raise RuntimeError('GET /bot123456:AAsecretTOKENsecretTOKENsecretTOKEN1 topSECRETvalue')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "RuntimeError: GET /bot***" in done.stderr, done.stderr
+    assert "topSECRET" not in done.stderr and "AAsecret" not in done.stderr
+    assert "sent ***" in done.stderr
