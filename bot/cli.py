@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from bot import redact
 from bot.app import App
 from bot.chat import UserRef
 from bot.config import Config, ConfigError, load_config
@@ -39,14 +40,20 @@ def _load(args: argparse.Namespace) -> Config:
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
     config = load_config(path)
+    setup_logging(config, verbose=getattr(args, "verbose", False))
+    return config
+
+
+def setup_logging(config: Config, *, verbose: bool = False) -> None:
+    """Standard error at the configured level (DEBUG with ``-v``), every record (whichever
+    library made it, tracebacks included) with the config's secrets masked."""
     logging.basicConfig(
-        level=getattr(
-            logging, "DEBUG" if getattr(args, "verbose", False) else config.logging.level
-        ),
+        level=getattr(logging, "DEBUG" if verbose else config.logging.level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return config
+    logging.captureWarnings(True)  # warnings pass the same filter
+    redact.install(config.secrets())
 
 
 async def _chat(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 from bot import i18n
 from bot.chat import UserRef
 from bot.config import Config
-from bot.errors import BadInput, Forbidden, NotFound, UserError
+from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.fetch import fetch_image
 from bot.grammar import (
     format_flags,
@@ -38,6 +39,7 @@ from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
 from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
 from bot.params import GenerationParams
+from bot.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,9 @@ class Commands:
         # ``wants_status(rest) -> bool`` (see ``wants_status``), ``help_entries(lang) ->
         # [(usage, what, admin_only)]`` for /help, ``async start()`` and ``async aclose()``.
         self.extensions: dict[str, Any] = {}
+        # Extensions' ``costs_operator(rest) -> bool`` says which of their commands count
+        # against this per-person limit (free for the person, not for the operator).
+        self.free_commands = SlidingWindow(config.limits.free_commands_per_minute, 60.0)
 
     async def busy(self, reply_to: Mapping[str, Any]) -> bool:
         """Whether an extension still works for this chat (a download it started)."""
@@ -193,9 +198,14 @@ class Commands:
         lang = i18n.DEFAULT_LANG
         token = None
         try:
-            stored, defaults = await self.jobs.user_prefs(msg.user)
-            lang = i18n.pick(stored, msg.lang, msg.user.locale)
-            token = _DEFAULTS.set((msg.user, defaults))
+            standing = await self.jobs.standing(msg.user)
+            lang = i18n.pick(standing.lang, msg.lang, msg.user.locale)
+            if standing.banned and not msg.is_admin:
+                # before any work, for every command, button and extension alike (/help
+                # too: nothing it lists is open to them); admins are the operator's choice
+                # in the config and may still /unban
+                raise Forbidden.of("error.banned")
+            token = _DEFAULTS.set((msg.user, standing.settings))
             return await self._dispatch(msg, lang)
         except UserError as exc:
             return Reply(exc.render(lang), error=True, lang=lang)
@@ -219,7 +229,17 @@ class Commands:
             raise BadInput.of("error.not_a_command")
         handler = getattr(self, f"cmd_{name}", None)
         if handler is None and name in self.extensions:
-            handler = self.extensions[name].run
+            extension = self.extensions[name]
+            costs = getattr(extension, "costs_operator", None)
+            if costs is not None and not msg.is_admin and costs(cmd.rest):
+                wait = self.free_commands.take(msg.user.key)
+                if wait:
+                    raise LimitReached.of(
+                        "error.free_limit",
+                        limit=self.free_commands.limit,
+                        seconds=max(1, math.ceil(wait)),
+                    )
+            handler = extension.run
         if handler is None:
             raise BadInput.of("error.unknown_command", name=cmd.name)
         return await handler(msg, cmd.rest, lang)

@@ -7,6 +7,7 @@ into ``config.toml``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -248,6 +249,12 @@ class TelegramConfig(_Section):
     def enabled(self) -> bool:
         return bool(self.token)
 
+    @property
+    def effective_webhook_secret(self) -> str:
+        """The secret Telegram sends with each webhook update: ``webhook_secret``, else one
+        derived from the token."""
+        return self.webhook_secret or hashlib.sha256(self.token.encode()).hexdigest()[:48]
+
 
 class DiscordConfig(_Section):
     """The Discord bot. It runs when a token is set (here or in SDHOST_DISCORD__TOKEN)."""
@@ -317,6 +324,13 @@ class AdminConfig(_Section):
     users: list[str] = []
 
 
+class LimitsConfig(_Section):
+    # Commands that cost no credits but cost the operator (a Civitai lookup: an API call and
+    # up to five picture fetches and decodes), per person per minute; 0: no limit. Admins
+    # are not limited.
+    free_commands_per_minute: int = Field(10, ge=0)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -333,6 +347,7 @@ class Config(_Section):
     discord: DiscordConfig = DiscordConfig()
     civitai: CivitaiConfig = CivitaiConfig()
     admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property
@@ -340,6 +355,49 @@ class Config(_Section):
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{self.data.dir / 'sdhost.db'}"
+
+    def secrets(self) -> set[str]:
+        """Every secret value this config holds, for the logs to leave out: each field named
+        like a secret (tokens, keys, secrets, passwords, in any section and in lists of
+        keys), the Telegram webhook secret even when derived, and the database password."""
+        found: set[str] = set()
+        _collect_secrets(self, found)
+        if self.telegram.token:
+            found.add(self.telegram.effective_webhook_secret)
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(self.database_url).password
+        except Exception:  # not a URL SQLAlchemy reads: the engine will say so
+            password = None
+        if password:
+            found.add(str(password))
+        return {s for s in found if s}
+
+
+# Field names whose values are secrets, wherever they appear in the config tree.
+SECRET_FIELDS = frozenset(
+    {"token", "secret", "key", "api_key", "webhook_secret", "password", "access_key", "secret_key"}
+)
+
+
+def _collect_secrets(node: Any, found: set[str]) -> None:
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if name in SECRET_FIELDS and isinstance(value, str):
+                found.add(value)
+            else:
+                _collect_secrets(value, found)
+    elif isinstance(node, list | tuple):
+        for item in node:
+            _collect_secrets(item, found)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in SECRET_FIELDS and isinstance(value, str):
+                found.add(value)
+            else:
+                _collect_secrets(value, found)
 
 
 class ConfigError(Exception):

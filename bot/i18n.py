@@ -364,9 +364,9 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "已从 {user} 扣回 {amount} 积分，余额 {balance}",
     },
     "admin.banned": {
-        "en": "banned {user}: they can no longer queue jobs; jobs already queued are left "
+        "en": "banned {user}: they can no longer use the bot; jobs already queued are left "
         "alone (/cancel ID stops one)",
-        "zh": "已禁止 {user}：对方不能再提交任务；"
+        "zh": "已禁止 {user}：对方不能再使用机器人；"
         "已经在排队的任务不受影响（可以用 /cancel 编号 取消）",
     },
     "admin.unbanned": {
@@ -426,6 +426,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "Ask an admin for more, or ask for fewer pictures (--n 1)",
         "zh": "积分不足：这次需要 {cost} 积分，你只有 {balance} 积分。"
         "可以找管理员要一些积分，或者少生成几张（--n 1）",
+    },
+    "error.free_limit": {
+        "en": "that is {limit} lookups in a minute, the most allowed; try again in {seconds} s",
+        "zh": "一分钟内已查询 {limit} 次，已达上限；请 {seconds} 秒后再试",
     },
     "error.queue_limit": {
         "en": "you have {active} jobs waiting or running and the limit is {limit}; "

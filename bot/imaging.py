@@ -31,6 +31,7 @@ __all__ = [
     "encode_output_png",
     "image_size",
     "load_input_image",
+    "make_preview",
     "make_thumbnail",
     "read_parameters",
     "thumbnail_of",
@@ -46,6 +47,9 @@ _PNG_SAVE = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 # Thumbnails are made from files we already accepted or generated; this only stops a
 # stray huge file from being decoded in full on the way to a 256 px preview.
 _THUMB_MAX_PIXELS = 100_000_000
+# Pictures from elsewhere (Civitai examples) shown in a chat: what is decoded at most, after
+# JPEG's reduced-scale decoding. 25 MP of RGBA is 100 MB; a 100 MP PNG peaked near 500 MB.
+PREVIEW_MAX_PIXELS = 25_000_000
 _MAX_TEXT_BYTES = 1024 * 1024  # cap when inflating zTXt/iTXt, so text cannot be a zip bomb
 
 _UNSUPPORTED = "unsupported image format; send a PNG, JPEG or WebP"
@@ -153,12 +157,15 @@ def make_thumbnail(data: bytes, *, max_side: int = 256) -> bytes:
     return thumbnail_of(_decode_upright(data, max_side), max_side=max_side)
 
 
-def make_preview(data: bytes, *, max_side: int = 1280) -> bytes:
+def make_preview(
+    data: bytes, *, max_side: int = 1280, max_pixels: int = PREVIEW_MAX_PIXELS
+) -> bytes:
     """A picture from elsewhere (a Civitai example) made fit to show in a chat: decoded
     under the pixel budget, upright, at most ``max_side`` a side, flattened onto white, as a
     JPEG without metadata, which every chat platform shows inline. Raises ``BadInput`` when
-    the bytes are not a PNG, JPEG or WebP picture."""
-    im = _to_rgb(_decode_upright(data, max_side))
+    the bytes are not a PNG, JPEG or WebP picture, or when decoding them would take more
+    than ``max_pixels`` (read from the header: nothing is decoded then)."""
+    im = _to_rgb(_decode_upright(data, max_side, max_pixels))
     if im.mode == "RGBA":
         flat = Image.new("RGB", im.size, (255, 255, 255))
         flat.paste(im, mask=im.getchannel("A"))
@@ -169,12 +176,19 @@ def make_preview(data: bytes, *, max_side: int = 1280) -> bytes:
     return out.getvalue()
 
 
-def _decode_upright(data: bytes, max_side: int) -> Image.Image:
+def _decode_upright(data: bytes, max_side: int, max_pixels: int = _THUMB_MAX_PIXELS) -> Image.Image:
     """Decode, at a reduced scale where JPEG allows (``max_side`` is what is needed), and
-    turn upright by the EXIF orientation."""
-    im = _open(data, _THUMB_MAX_PIXELS)
+    turn upright by the EXIF orientation. Refused before decoding when what would be decoded
+    (after JPEG's reduction) is over ``max_pixels``."""
+    im = _open(data, None)
+    width, height = im.size
     if im.format == "JPEG":
         im.draft("RGB", (max_side, max_side))  # let libjpeg decode at 1/2..1/8 scale
+    decoded = im.size[0] * im.size[1]
+    if decoded > max_pixels:
+        raise BadInput(
+            f"the image is {width}x{height} ({_mp(width * height)}); the limit is {_mp(max_pixels)}"
+        )
     try:
         im.load()
         return ImageOps.exif_transpose(im)

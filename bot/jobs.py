@@ -289,6 +289,13 @@ def _receipt(
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    lang: str | None  # the person's /lang choice; None: follow their app
+    settings: dict[str, str]  # their /settings defaults
+    banned: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _NewJob:
     """A job row about to be inserted, readable like a stored one for the receipt."""
 
@@ -413,10 +420,22 @@ class JobService:
     async def user_prefs(self, ref: UserRef) -> tuple[str | None, dict[str, str]]:
         """The person's /lang choice (None: follow their app) and their /settings defaults,
         in one read (both come from their row; nothing is created)."""
+        standing = await self.standing(ref)
+        return standing.lang, standing.settings
+
+    async def standing(self, ref: UserRef) -> Standing:
+        """What every command needs to know about the person first, in one read of their
+        row (nothing is created): their language, their defaults, whether they are banned."""
         row = await self.db.run_read(repos.get_user, ref.platform, ref.id)
         if row is None:
-            return None, {}
-        return i18n.normalize(row.locale), self._settings_of(row.settings)
+            return Standing(None, {}, False)
+        return Standing(i18n.normalize(row.locale), self._settings_of(row.settings), row.banned)
+
+    async def check_not_banned(self, ref: UserRef) -> None:
+        """Raise the translated refusal if the person is banned (for work that does not
+        start with a command, such as a picture's buttons)."""
+        if (await self.standing(ref)).banned:
+            raise Forbidden.of("error.banned")
 
     async def settings(self, ref: UserRef) -> dict[str, str]:
         """The person's defaults: any of ``SETTING_KEYS`` they set, as stored."""

@@ -34,9 +34,12 @@ class Results:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
 
-    async def picture(self, job_id: int, idx: int) -> Picture:
+    async def picture(self, job_id: int, idx: int, *, by: UserRef | None = None) -> Picture:
         """Any finished picture, by job and index (pictures are shared in chats, so no owner
-        check: whoever sees one may reroll or vary it, at their own cost)."""
+        check: whoever sees one may reroll or vary it, at their own cost), for ``by`` unless
+        they are banned."""
+        if by is not None:
+            await self.jobs.check_not_banned(by)
         try:
             view = await self.jobs.job(None, job_id)
         except NotFound:
@@ -65,7 +68,7 @@ class Results:
         idem_key: str | None = None,
     ) -> Receipt:
         """The same request with a new seed: one picture, charged like a command."""
-        picture = await self.picture(job_id, idx)
+        picture = await self.picture(job_id, idx, by=ref)
         params = GenerationParams.from_dict(picture.job.params).with_(seed=None, n=1)
         job = await self.jobs.db.run_read(repos.get_job, job_id)
         init = None
@@ -97,7 +100,7 @@ class Results:
         prompt: str | None = None,
     ) -> Receipt:
         """img2img of the picture itself, with its prompt (or a new one) and a new seed."""
-        picture = await self.picture(job_id, idx)
+        picture = await self.picture(job_id, idx, by=ref)
         data = await self.picture_bytes(picture)
         old = GenerationParams.from_dict(picture.job.params)
         params = old.with_(

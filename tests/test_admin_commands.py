@@ -148,7 +148,7 @@ async def test_ban_blocks_imagine_with_the_translated_refusal_and_unban_restores
 
     r = await say(app, "/ban @ann")
     assert not r.error and r.text == (
-        "banned @Ann: they can no longer queue jobs; jobs already queued are left alone "
+        "banned @Ann: they can no longer use the bot; jobs already queued are left alone "
         "(/cancel ID stops one)"
     )
     r = await say(app, "/imagine a dog --size 64x64", ANN)
@@ -166,6 +166,56 @@ async def test_ban_blocks_imagine_with_the_translated_refusal_and_unban_restores
     assert r.text == "已解除对 @Ann 的禁止，对方可以重新使用机器人"
     r = await say(app, "/imagine a dog --size 64x64", ANN)
     assert not r.error and r.receipt is not None and await app.jobs.balance(ANN) == 18
+
+
+async def test_a_ban_holds_for_every_command_button_and_extension(app_factory) -> None:
+    from bot.results import Results
+    from tests.fakes.civitai import FakeCivitai
+
+    async with FakeCivitai() as civitai:
+        app = await app_factory(civitai={"base_url": civitai.base_url})
+        await app.scheduler.stop()
+        r = await say(app, "/imagine a cat --size 64x64", ANN)
+        assert r.receipt is not None
+        assert not (await say(app, "/ban @ann")).error
+        refusal = "you are not allowed to use this bot; ask an admin if this is a mistake"
+        for text in (
+            "/civitai models --type LORA",
+            "/civitai image 90013",
+            "/civitai use 90013",
+            "/help",
+            "/credits",
+            "/jobs",
+            "/job 1",
+            "/settings model demo",
+            "/lang zh",
+            "/img2img https://example.com/a.png a dog",
+        ):
+            r = await say(app, text, ANN)
+            assert (r.error, r.text) == (True, refusal), text
+        r = await say(app, "/civitai models", ANN, lang="zh")
+        assert r.text == "你已被禁止使用这个机器人；如果弄错了，请联系管理员"
+        # not one request reached Civitai (nor any picture host), nothing changed
+        assert civitai.calls == []
+        assert await app.jobs.settings(ANN) == {} and await app.jobs.user_lang(ANN) is None
+        # the buttons under a picture ask the same question first
+        results = Results(app.jobs)
+        for attempt in (
+            results.picture(1, 0, by=ANN),
+            results.reroll(ANN, 1, 0, REPLY),
+            results.vary(ANN, 1, 0, REPLY),
+        ):
+            try:
+                await attempt
+            except Exception as exc:
+                assert str(exc) == refusal
+            else:
+                raise AssertionError("a banned person's button worked")
+        # an admin still can (and may lift it); then the same commands work again
+        assert not (await say(app, "/civitai models --type LORA")).error
+        assert civitai.calls
+        assert not (await say(app, "/unban @ann")).error
+        assert not (await say(app, "/civitai models --type LORA", ANN)).error
 
 
 async def test_non_admins_are_refused_and_learn_nothing(app_factory) -> None:

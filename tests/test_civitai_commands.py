@@ -266,3 +266,128 @@ async def test_pictures_that_fail_or_dawdle_are_left_out_not_the_answer(
     slow = await ask(app, "/civitai image 90013")
     assert asyncio.get_running_loop().time() - started < 2.0
     assert not slow.error and slow.pictures == []
+
+
+# --- what lookups may cost the operator -------------------------------------------------------
+
+
+async def test_lookups_are_limited_per_person_with_a_clear_reply(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    app = await app_factory(
+        civitai={"base_url": civitai.base_url}, limits={"free_commands_per_minute": 3}
+    )
+    now = [1000.0]
+    app.commands.free_commands.clock = lambda: now[0]
+    for text in ("/civitai models --type LORA", "/civitai image 90013", "/civitai hash 0A8D22B278"):
+        assert not (await ask(app, text)).error, text
+        now[0] += 10
+    before = len(civitai.calls)
+    refused = await ask(app, "/civitai model 4201")
+    assert refused.error
+    assert refused.text == "that is 3 lookups in a minute, the most allowed; try again in 30 s"
+    zh = await app.commands.handle(Incoming(user(), "/civitai images", dict(REPLY), lang="zh"))
+    assert zh.text == "一分钟内已查询 3 次，已达上限；请 30 秒后再试"
+    assert len(civitai.calls) == before  # refused before anything was asked of Civitai
+    # someone else, an admin, and a charged /civitai use are not held back
+    other = await app.commands.handle(Incoming(user("bob"), "/civitai model 4201", dict(REPLY)))
+    assert not other.error
+    admin = Incoming(user("root"), "/civitai model 4201", dict(REPLY), is_admin=True)
+    assert not (await app.commands.handle(admin)).error
+    used = await ask(app, "/civitai use 90013", key="u1")
+    assert used.receipt is not None
+    # the first lookup leaves the window: one more is allowed, and then not
+    now[0] += 31
+    assert not (await ask(app, "/civitai model 4201")).error
+    assert "try again in 9 s" in (await ask(app, "/civitai model 4201")).text
+
+
+class DecodeMeter:
+    """Pillow's decodes of files (``ImageFile.load``), counted and, at most, how many ran at
+    once (each is made to take ``hold_s``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold_s: float = 0.0) -> None:
+        import threading
+        import time
+
+        from PIL import ImageFile
+
+        self.count = self.active = self.most = 0
+        lock = threading.Lock()
+        real = ImageFile.ImageFile.load
+
+        def load(im: Any) -> Any:
+            if not im.tile:  # decoded already: nothing to do
+                return real(im)
+            with lock:
+                self.count += 1
+                self.active += 1
+                self.most = max(self.most, self.active)
+            try:
+                time.sleep(hold_s)
+                return real(im)
+            finally:
+                with lock:
+                    self.active -= 1
+
+        monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixels are a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+async def test_a_100_megapixel_preview_is_left_out_without_being_decoded(
+    app_factory, civitai: FakeCivitai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    bomb = png_claiming(10_000, 10_000)
+    assert len(bomb) < 200
+    monkeypatch.setattr(civitai, "image_bytes", lambda image_id, width=None: bomb)
+    meter = DecodeMeter(monkeypatch)
+    reply = await ask(app, "/civitai image 90013")
+    assert civitai.calls_to("image")  # it was fetched
+    assert not reply.error and "Seed: 730091" in reply.text and reply.pictures == []
+    assert meter.count == 0  # and never decoded
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_previews_decode_at_most_25_megapixels_jpeg_at_reduced_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.errors import BadInput
+    from bot.imaging import PREVIEW_MAX_PIXELS, make_preview
+
+    meter = DecodeMeter(monkeypatch)
+    for width, height in ((10_000, 10_000), (5_100, 5_000)):
+        with pytest.raises(BadInput, match="the limit is 25"):
+            make_preview(png_claiming(width, height), max_side=800)
+    assert meter.count == 0
+    # a JPEG over the budget is decoded by libjpeg at 1/4 scale: 6.5 MP, not 26
+    buf = io.BytesIO()
+    PILImage.new("RGB", (5_100, 5_100), (10, 120, 200)).save(buf, "JPEG", quality=50)
+    assert 5_100 * 5_100 > PREVIEW_MAX_PIXELS
+    data = make_preview(buf.getvalue(), max_side=800)
+    assert meter.count == 1 and picture_of(data).size == (800, 800)
+
+
+async def test_at_most_two_previews_decode_at_once(
+    app_factory, civitai: FakeCivitai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app.commands.extensions["civitai"].picture_wait_s = 30
+    meter = DecodeMeter(monkeypatch, hold_s=0.15)
+    reply = await ask(app, "/civitai images --model 4201")
+    assert len(reply.pictures) == 5 and meter.count == 5
+    assert meter.most == 2

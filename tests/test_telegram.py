@@ -526,6 +526,45 @@ async def test_webhook_mode(env: Env) -> None:
     assert tg.calls_of("getUpdates") == []
 
 
+async def test_webhook_refuses_a_wrong_secret_of_the_same_length(env: Env) -> None:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = "S" * 40
+    adapter = await env.start(
+        mode="webhook",
+        webhook_listen="127.0.0.1",
+        webhook_port=port,
+        webhook_url=f"http://127.0.0.1:{port}/telegram",
+        webhook_secret=secret,
+    )
+    assert env.tg.calls_of("setWebhook")[0].params["secret_token"] == secret
+    update = {
+        "update_id": 77,
+        "message": {
+            "message_id": 5,
+            "date": 0,
+            "chat": {"id": ANN, "type": "private"},
+            "from": {"id": ANN, "is_bot": False, "first_name": "Ann"},
+            "text": "/credits",
+        },
+    }
+    url = f"http://127.0.0.1:{adapter.webhook_port}/telegram"
+    header = "X-Telegram-Bot-Api-Secret-Token"
+    async with httpx.AsyncClient() as client:
+        for wrong in (b"S" * 39 + b"T", b"T" + b"S" * 39, b"", b"S" * 41, b"\xe9" * 40):
+            got = await client.post(url, json=update, headers={header: wrong})
+            assert got.status_code == 403, wrong
+        missing = await client.post(url, json=update)
+        assert missing.status_code == 403
+        assert env.texts(ANN) == [] and adapter.updates_handled == 0
+        right = await client.post(url, json=update, headers={header: secret})
+        assert right.status_code == 200
+    await env.until(lambda: env.texts(ANN))
+
+
 # --- as a user runs it -----------------------------------------------------------------------
 
 

@@ -709,14 +709,15 @@ class DiscordAdapter(ResultsAdapter):
             await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
             return
         try:
+            presser = self._user(interaction.user)
             if action == "i":
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=presser)
                 await interaction.response.send_message(
                     _clip(format_image_info(picture.job, picture.image, lang)), ephemeral=True
                 )
             elif action == "d":
-                picture = await self.results.picture(job_id, idx)
-                me = await self.app.jobs.user(self._user(interaction.user))
+                picture = await self.results.picture(job_id, idx, by=presser)
+                me = await self.app.jobs.user(presser)
                 if me.id != picture.job.user_id:
                     await interaction.response.send_message(t(lang, "dc.not_yours"), ephemeral=True)
                     return
@@ -726,7 +727,7 @@ class DiscordAdapter(ResultsAdapter):
                 await interaction.edit_original_response(content=t(lang, "dc.deleted"))
             elif action == "o":
                 await interaction.response.defer(thinking=True)
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=presser)
                 data = await self.results.picture_bytes(picture)
                 limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
                 if len(data) > limit:

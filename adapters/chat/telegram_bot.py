@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import hmac
 import logging
 import re
 from dataclasses import dataclass, field
@@ -289,10 +289,13 @@ class TelegramAdapter(ResultsAdapter):
         url = self.cfg.webhook_url
         if not url:
             raise UserError("telegram.mode is webhook but telegram.webhook_url is empty")
-        secret = self.cfg.webhook_secret or hashlib.sha256(self.cfg.token.encode()).hexdigest()[:48]
+        secret = self.cfg.effective_webhook_secret
+        expected = secret.encode()
 
         async def receive(request: web.Request) -> web.Response:
-            if request.headers.get("X-Telegram-Bot-Api-Secret-Token") != secret:
+            # constant time: how long a wrong guess takes says nothing about the secret
+            given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
                 return web.Response(status=403)
             try:
                 data = await request.json()
@@ -654,7 +657,7 @@ class TelegramAdapter(ResultsAdapter):
                     text = exc.render(lang)
                 await self._edit_status(chat_id, status.message_id, text)
             elif action == "original":
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=user)
                 data = await self.results.picture_bytes(picture)
                 limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
                 if len(data) > limit:
@@ -688,7 +691,7 @@ class TelegramAdapter(ResultsAdapter):
                     ),
                 )
             else:
-                picture = await self.results.picture(job_id, idx)
+                picture = await self.results.picture(job_id, idx, by=user)
                 await self._say(message, format_image_info(picture.job, picture.image, lang))
         except UserError as exc:
             await self._say(message, exc.render(lang))

@@ -66,6 +66,10 @@ USAGE = (
 FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw"}
 FLAGS |= {"format", "fp", "size"}  # which file /civitai download takes
 ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
+# Lookups: free for the person, an API call and up to TOP picture fetches for the operator;
+# counted against [limits] free_commands_per_minute (``use`` is charged in credits instead).
+LOOKUPS = ("models", "model", "images", "image", "hash")
+PREVIEW_DECODES = 2  # pictures decoded at once, across every lookup in this process
 # Subcommands that answer on a status message of their own (a job, or a download).
 WITH_STATUS = ("use", "download", "resume")
 LISTED = 10  # downloads shown by /civitai downloads
@@ -220,6 +224,7 @@ class CivitaiCommands:
         self._shown: dict[int, dict[str, Any]] = {}
         self._ended: dict[int, str] = {}
         self.picture_wait_s = PICTURE_WAIT_S
+        self._decodes = asyncio.Semaphore(PREVIEW_DECODES)
 
     # --- lifecycle (called by the App) ------------------------------------------------------
 
@@ -240,6 +245,11 @@ class CivitaiCommands:
             self.downloads.remove_listener(self._on_download)
             await self.downloads.aclose(stop_as="queued")
         await self.client.aclose()
+
+    def costs_operator(self, rest: str) -> bool:
+        """Whether the command is a lookup (see ``LOOKUPS``), for the core's rate limit."""
+        first = rest.strip().split(maxsplit=1)
+        return bool(first) and first[0].lower() in LOOKUPS
 
     def wants_status(self, rest: str) -> bool:
         first = rest.strip().split(maxsplit=1)
@@ -500,7 +510,7 @@ class CivitaiCommands:
                 data = await self.client.picture(
                     image.url, width=width, still=image.type == "video"
                 )
-                preview = await asyncio.to_thread(make_preview, data, max_side=width)
+                preview = await self._preview(data, width)
             except (CivitaiError, BadInput) as exc:
                 log.info("civitai: no picture for %s: %s", image.url, exc)
                 return None
@@ -515,6 +525,18 @@ class CivitaiCommands:
         if pending:
             log.info("civitai: %d pictures not fetched in time; sent without", len(pending))
         return [p for task in tasks if task in done and (p := task.result()) is not None]
+
+    async def _preview(self, data: bytes, width: int) -> bytes:
+        """``make_preview`` in a thread, at most ``PREVIEW_DECODES`` at once. A decode that
+        outlives its lookup (``picture_wait_s``) keeps its place until its thread ends: a
+        thread cannot be stopped, and its memory is in use until then."""
+        async with self._decodes:
+            work = asyncio.ensure_future(asyncio.to_thread(make_preview, data, max_side=width))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait([work])
+                raise
 
 
 def _model_line(m: Model) -> str:
