@@ -57,6 +57,7 @@ from pydantic.alias_generators import to_camel
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.fetch import TooLarge, read_capped
+from bot.grammar import MAX_SEED
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
 
@@ -181,7 +182,7 @@ def browsing_level(policy: NsfwPolicy | None) -> int:
             raise ValueError("an empty NSFW policy")
         mask = 0
         for word in words:
-            if word.isdigit():
+            if word.isascii() and word.isdigit():
                 mask |= browsing_level(int(word))
                 continue
             level = _POLICY_LEVELS.get(word.lower().replace(" ", ""))
@@ -515,7 +516,7 @@ class Image(Lenient):
         if isinstance(value, int) and not isinstance(value, bool):
             return value if value > 0 else None
         if isinstance(value, str):
-            if value.strip().isdigit():
+            if value.strip().isascii() and value.strip().isdigit():
                 return int(value) or None
             return _IMAGE_LEVEL_NAMES.get(value.strip().lower())
         return None
@@ -764,7 +765,7 @@ def generation_params(
     return GenerationParams(
         prompt=_as_text(m.get("prompt")) or "",
         negative=_as_text(_first(m, "negativePrompt", "negative_prompt", "Negative prompt")) or "",
-        seed=seed if seed is not None and seed >= 0 else None,
+        seed=seed if seed is not None and 0 <= seed <= MAX_SEED else None,  # else random
         steps=steps if steps is not None and steps > 0 else None,
         cfg=_as_float(_first(m, "cfgScale", "cfg_scale", "CFG scale")),
         sampler=_as_text(_first(m, "sampler", "Sampler", "sampler_name")),

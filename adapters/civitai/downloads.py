@@ -88,6 +88,7 @@ from adapters.civitai.client import (
 from adapters.providers.cloud import retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
+from bot.ids import parse_id
 from storage import repos
 from storage.db import Database
 
@@ -316,10 +317,11 @@ def format_duration(seconds: float | None) -> str:
 
 # --- what to download ---------------------------------------------------------------------------
 
-_DOWNLOAD_PATH = re.compile(r"/api/download/models/(\d+)")
-_MODEL_PATH = re.compile(r"/models/(\d+)")
-_VERSION_PATH = re.compile(r"/model-versions/(\d+)")
-_AIR = re.compile(r"civitai:(\d+)@(\d+)")
+# Ids are ASCII digits of at most 19 (a BIGINT); bot.ids.parse_id checks the range.
+_DOWNLOAD_PATH = re.compile(r"/api/download/models/([0-9]{1,19})")
+_MODEL_PATH = re.compile(r"/models/([0-9]{1,19})")
+_VERSION_PATH = re.compile(r"/model-versions/([0-9]{1,19})")
+_AIR = re.compile(r"civitai:([0-9]{1,19})@([0-9]{1,19})")
 _OPTION_KEYS = ("type", "format", "size", "fp", "quantType")
 
 
@@ -333,34 +335,47 @@ class DownloadRef:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+def _ref_id(digits: str, raw: object) -> int:
+    """An id in a download reference; one out of range (or not ASCII digits) is refused."""
+    number = parse_id(digits)
+    if number is None:
+        raise BadInput(
+            f"{str(raw)[:80]!r} names no Civitai model version: its number is not a valid id"
+        )
+    return number
+
+
 def parse_ref(text: str | int) -> DownloadRef:
     """A version id (``130072``), a download URL (``https://civitai.com/api/download/models/
     130072?type=VAE``), a model page (``https://civitai.com/models/4201?modelVersionId=130072``,
     or without the version: its newest), or an AIR (``urn:air:sd1:checkpoint:civitai:
     4201@130072``)."""
     if isinstance(text, int):
-        return DownloadRef(text)
+        return DownloadRef(_ref_id(str(text), text))
     raw = str(text).strip()
-    if raw.isdigit():
-        return DownloadRef(int(raw))
+    if raw.isnumeric():
+        return DownloadRef(_ref_id(raw, raw))
     air = _AIR.search(raw)
     if air:
-        return DownloadRef(int(air.group(2)), int(air.group(1)))
-    url = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw)
+        return DownloadRef(_ref_id(air.group(2), raw), _ref_id(air.group(1), raw))
+    try:
+        url = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw)
+    except ValueError:  # "[" alone is an invalid IPv6 host to urlsplit
+        url = urllib.parse.urlsplit("")
     query = dict(urllib.parse.parse_qsl(url.query))
     options = {k: v for k, v in query.items() if k in _OPTION_KEYS and v}
-    if "fileId" in query and query["fileId"].isdigit():
+    if "fileId" in query and parse_id(query["fileId"]) is not None:
         options["fileId"] = query["fileId"]
     m = _DOWNLOAD_PATH.search(url.path)
     if m:
-        return DownloadRef(int(m.group(1)), None, options)
+        return DownloadRef(_ref_id(m.group(1), raw), None, options)
     m = _VERSION_PATH.search(url.path)
     if m:
-        return DownloadRef(int(m.group(1)), None, options)
+        return DownloadRef(_ref_id(m.group(1), raw), None, options)
     m = _MODEL_PATH.search(url.path)
     if m:
-        version = query.get("modelVersionId", "")
-        return DownloadRef(int(version) if version.isdigit() else None, int(m.group(1)), options)
+        version = parse_id(query.get("modelVersionId", ""))
+        return DownloadRef(version, _ref_id(m.group(1), raw), options)
     raise BadInput(
         f"{raw[:80]!r} is not a Civitai model version: give its id (the number after "
         "modelVersionId=), a civitai.com/models/... page or a download link"

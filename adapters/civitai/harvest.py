@@ -114,7 +114,7 @@ def parse_size(value: str | int) -> Size:
     text = str(value).strip().lower()
     if text == ORIGINAL:
         return ORIGINAL
-    if text.isdigit() and 1 <= int(text) <= 10_000:
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 10_000:
         return int(text)
     raise BadInput(f"--size takes original or a width in pixels (e.g. 512), not {value!r}")
 
@@ -692,7 +692,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _int(value: Any, flag: str, *, lo: int = 1, hi: int | None = None) -> int:
     text = str(value).strip().lstrip("#")
-    if not text.isdigit() or int(text) < lo or (hi is not None and int(text) > hi):
+    if (
+        not (text.isascii() and text.isdigit())
+        or int(text) < lo
+        or (hi is not None and int(text) > hi)
+    ):
         span = f"{lo} to {hi}" if hi is not None else f"a whole number from {lo}"
         raise BadInput(f"{flag} takes {span}, not {value!r}")
     return int(text)
