@@ -241,3 +241,17 @@ async def test_job_shows_file_paths_only_where_local_paths_are_allowed(app_facto
     path = str(app.files.path_for(adapter.of_kind("image")[0].payload["sha256"]))
     assert path in console.text
 
+
+# --- pictures that lie about themselves -----------------------------------------------------
+
+
+async def test_a_picture_is_fully_decoded_before_anything_is_charged(app_factory) -> None:
+    from tests.test_imaging import png_claiming_more_rows_than_it_holds, png_with_big_icc_profile
+
+    app = await app_factory(images={"max_input_bytes": 8 * 1024 * 1024})
+    short = await say(app, "/img2img a cat", image=png_claiming_more_rows_than_it_holds())
+    assert short.error and "cut short" in short.text, short.text
+    await nothing_charged(app)
+    icc = await say(app, "/img2img a cat", image=png_with_big_icc_profile())
+    assert not icc.error, icc.text
+    assert icc.receipt is not None and icc.receipt.cost == 2
