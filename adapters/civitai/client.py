@@ -60,6 +60,7 @@ from bot.fetch import TooLarge, read_capped
 from bot.grammar import MAX_SEED
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
+from bot.text import clean, clean_any
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class CivitaiBadResponse(CivitaiError):
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    text = " ".join(clean(text, multiline=False).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -325,7 +326,17 @@ def _error_text(body: Any, depth: int) -> str | None:
 
 
 class Lenient(BaseModel):
-    """Every field optional; a field of the wrong type gets its default; unknown keys kept."""
+    """Every field optional; a field of the wrong type gets its default; unknown keys kept.
+
+    Text is cleaned as it comes in (``bot.text.clean``): no control characters, bidi
+    overrides or invisible format characters reach a terminal, a chat or a log line from
+    here. Only the fields in ``_MULTILINE`` keep line breaks; names and the like are one
+    line. ``raw`` keeps the item exactly as it came, for the metadata files written as JSON.
+    """
+
+    _MULTILINE: ClassVar[frozenset[str]] = frozenset(
+        {"description", "meta", "pickle_scan_message", "virus_scan_message"}
+    )
 
     model_config = ConfigDict(
         extra="allow",
@@ -340,8 +351,9 @@ class Lenient(BaseModel):
     def _lenient_field(
         cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
+        multiline = info.field_name in cls._MULTILINE
         try:
-            return handler(value)
+            return clean_any(handler(value), multiline=multiline)
         except ValidationError:
             if isinstance(value, list):  # keep the elements that do validate
                 kept: list[Any] = []
@@ -350,7 +362,7 @@ class Lenient(BaseModel):
                         kept.extend(handler([item]))
                     except ValidationError:
                         continue
-                return kept
+                return clean_any(kept, multiline=multiline)
             spec = cls.model_fields.get(info.field_name or "")
             log.debug("civitai: ignoring %s.%s of unexpected type", cls.__name__, info.field_name)
             return spec.get_default(call_default_factory=True) if spec is not None else None
@@ -1008,7 +1020,7 @@ class CivitaiClient:
                 raise error  # the server asks for a longer pause than we are allowed to wait
             wait = self._backoff(attempt, error.retry_after)
             log.info(
-                "civitai: %s; retry %d/%d in %.2fs",
+                "civitai: %r; retry %d/%d in %.2fs",
                 self._redact(str(error)),
                 attempt,
                 self.max_attempts - 1,
@@ -1163,7 +1175,7 @@ class CivitaiClient:
                 return
             if next_cursor in seen_cursors:
                 log.warning(
-                    "civitai: %s page %d led back to a cursor seen before (%s); stopping",
+                    "civitai: %s page %d led back to a cursor seen before (%r); stopping",
                     what,
                     pages,
                     next_cursor,

@@ -504,7 +504,7 @@ class CivitaiCommands:
                 )
                 preview = await asyncio.to_thread(make_preview, data, max_side=width)
             except (CivitaiError, BadInput) as exc:
-                log.info("civitai: no picture for %s: %s", image.url, exc)
+                log.info("civitai: no picture for %r: %r", image.url, str(exc))
                 return None
             return Picture(preview, caption)
 

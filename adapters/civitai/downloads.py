@@ -89,6 +89,7 @@ from adapters.providers.cloud import retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
 from bot.ids import parse_id
+from bot.text import clean
 from storage import repos
 from storage.db import Database
 
@@ -462,7 +463,8 @@ def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
     ``../``, no absolute paths, no drive letters), no control or reserved characters, no
     leading dots, no Windows device names, at most 200 bytes (the extension kept), never
     ending in ``.part``. Falls back to ``fallback`` (sanitized too) when nothing is left."""
-    name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
+    name = unicodedata.normalize("NFC", clean(str(raw or ""), multiline=False))
+    name = name.replace("\\", "/").split("/")[-1]
     name = _UNSAFE_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
     if not name or set(name) <= {"_", "."}:
         if raw == fallback or not fallback:
@@ -1137,7 +1139,7 @@ class DownloadManager:
             )
 
     async def _failed(self, run: _Run, message: str, *, discard: bool = False) -> None:
-        log.warning("download #%d failed: %s", run.task_id, message)
+        log.warning("download #%d failed: %r", run.task_id, message)
         if discard and run.sink is not None:
             await asyncio.to_thread(run.sink.discard_sync)
         now = time.time()
@@ -1202,7 +1204,7 @@ class DownloadManager:
                         f"could not download {state.label}: {exc}; try again later"
                     ) from None
                 wait = self._backoff(failures, exc.retry_after)
-                log.info("download #%d: %s; retrying in %.1fs", state.id, exc, wait)
+                log.info("download #%d: %r; retrying in %.1fs", state.id, str(exc), wait)
                 meter.reset()
                 state.speed = state.eta_s = None
                 state.error = f"{exc}; retrying"
@@ -1665,7 +1667,7 @@ class DownloadManager:
             repos.upsert_model_files(conn, [file_row])
 
         await self.db.run_write(write)
-        log.info("download #%d: %s saved as %s", state.id, state.label, final)
+        log.info("download #%d: %r saved as %r", state.id, state.label, str(final))
 
     async def _complete_existing(self, run: _Run, path: Path) -> None:
         """The file is already there under the chosen name: done, nothing downloaded."""
@@ -2092,14 +2094,16 @@ async def _follow(
     waiter = asyncio.ensure_future(manager.wait(view.id))
     if not show:
         return await waiter
+    # The label is a model's name and the note a server's words: shown as text, never read
+    # as rich markup ("[bold red]" in a name stays those characters).
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         DownloadColumn(),
-        TextColumn("{task.fields[speed]}"),
-        TextColumn("{task.fields[eta]}"),
-        TextColumn("{task.fields[note]}"),
+        TextColumn("{task.fields[speed]}", markup=False),
+        TextColumn("{task.fields[eta]}", markup=False),
+        TextColumn("{task.fields[note]}", markup=False),
     )
     label = (view.model_name or view.file_name or f"version {view.version_id}")[:40]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -2132,6 +2136,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
     """Scan the model folders and show the registry."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out = Console(highlight=False)
     db = await _open_db(config)
@@ -2150,7 +2155,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
             ids = (
                 f"{row.civitai_model_id}@{row.civitai_version_id}" if row.civitai_version_id else ""
             )
-            table.add_row(
+            cells = (  # names and paths come from files and Civitai: text, not markup
                 row.name,
                 row.type,
                 row.base_model or "",
@@ -2159,6 +2164,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
                 row.status,
                 row.path or "",
             )
+            table.add_row(*(Text(clean(str(c), multiline=False)) for c in cells))
         out.print(table)
         print(
             f"{report.files} files ({report.hashed} hashed, {report.cached} from the cache); "
