@@ -35,7 +35,7 @@ def poison(fake: FakeCivitai) -> None:
     image.meta["prompt"] = f"a red fox\n{FORGED}\x1b[2J {MARKUP} in \u202esnow\x85\u200b"
     image.username = "mallory\u202e\n" + FORGED
     real_url = fake._image_url
-    fake._image_url = lambda im: real_url(im) + "\n" + FORGED  # type: ignore[method-assign]
+    fake._image_url = lambda im: real_url(im) + "\n" + FORGED  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture
