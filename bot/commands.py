@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bot import i18n
@@ -38,7 +37,7 @@ from bot.ids import parse_id
 from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
 from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
-from bot.localfile import read_local_picture
+from bot.localfile import is_regular_file, read_local_picture
 from bot.params import GenerationParams
 from bot.text import shown_char, unusable_char
 
@@ -258,7 +257,7 @@ class Commands:
                 # On the console a bare file name counts too when such a file exists
                 # (photo.bmp): better "unsupported format" than "give a picture".
                 first, _, after = rest.strip().partition(" ")
-                if first and await asyncio.to_thread(Path(first).expanduser().is_file):
+                if first and await asyncio.to_thread(is_regular_file, first):
                     source, text = first, after
             if source is None:
                 raise BadInput.of("error.img2img_needs_picture")

@@ -26,9 +26,8 @@ def read_local_picture(source: str, max_bytes: int) -> bytes:
     one clear line: no such file, permission denied, a directory, not a regular file, too
     big. At most ``max_bytes`` + 1 bytes are ever read."""
     shown = source if len(source) <= 200 else source[:199] + "…"
-    path = Path(source).expanduser()
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(_expand(source), _OPEN_FLAGS)
     except OSError as exc:
         raise _open_error(exc, shown) from None
     try:
@@ -53,6 +52,24 @@ def read_local_picture(source: str, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def is_regular_file(source: str) -> bool:
+    """Whether ``source`` names an existing regular file (a bare word that may be a file
+    name or the first word of a prompt); never raises: too long, ``~nobody``, no access
+    all mean no."""
+    try:
+        return stat.S_ISREG(os.stat(_expand(source)).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _expand(source: str) -> Path:
+    """``~`` and ``~user`` expanded; an unknown user's home is no such file."""
+    try:
+        return Path(source).expanduser()
+    except RuntimeError:  # no such user, or no home directory
+        raise FileNotFoundError(errno.ENOENT, "no such user", source) from None
 
 
 def _open_error(exc: OSError, shown: str) -> BadInput:

@@ -251,6 +251,8 @@ def test_img2img_reads_only_regular_files_and_never_more_than_the_limit(tmp_path
                 f"/img2img {tmp_path / 'folder.png'} a cat",
                 f"/img2img {tmp_path / 'huge.png'} a cat",
                 f"/img2img {tmp_path / 'gone.png'} a cat",
+                "/img2img ~no-such-user-sdhost/cat.png a cat",
+                "/img2img " + "a" * 300 + " cat",  # a word too long to be a file name
                 "/credits",
             ]
         )
@@ -268,6 +270,9 @@ def test_img2img_reads_only_regular_files_and_never_more_than_the_limit(tmp_path
         f"error: {tmp_path / 'folder.png'} is a directory, not a picture file",
         f"error: {tmp_path / 'huge.png'} is too big: the limit is 1 MB",
         f"error: no such file: {tmp_path / 'gone.png'}",
+        "error: no such file: ~no-such-user-sdhost/cat.png",
+        "error: img2img needs a picture: reply to one with /img2img PROMPT, or give a path or "
+        "URL first, e.g. /img2img https://example.com/cat.png a watercolor cat",
     ], out.stdout
     assert "info: you have 20 credits" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
