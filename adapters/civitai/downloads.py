@@ -463,9 +463,10 @@ def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
     ``../``, no absolute paths, no drive letters), no control or reserved characters, no
     leading dots, no Windows device names, at most 200 bytes (the extension kept), never
     ending in ``.part``. Falls back to ``fallback`` (sanitized too) when nothing is left."""
-    name = unicodedata.normalize("NFC", clean(str(raw or ""), multiline=False))
-    name = name.replace("\\", "/").split("/")[-1]
-    name = _UNSAFE_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
+    name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
+    # C0 controls become "_" as reserved characters do; C1 and bidi/format characters
+    # (U+202E turns "gpj.exe" around) are dropped.
+    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False).strip().lstrip(".").rstrip(". ")
     if not name or set(name) <= {"_", "."}:
         if raw == fallback or not fallback:
             return "model.bin"
