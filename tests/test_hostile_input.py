@@ -255,3 +255,17 @@ async def test_a_picture_is_fully_decoded_before_anything_is_charged(app_factory
     icc = await say(app, "/img2img a cat", image=png_with_big_icc_profile())
     assert not icc.error, icc.text
     assert icc.receipt is not None and icc.receipt.cost == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=30), _digits, st.integers().map(str)))
+def test_grant_amounts_and_discord_button_ids_only_take_plain_numbers(text: str) -> None:
+    from adapters.chat.discord_bot import ResultButton
+    from bot.commands import _int
+
+    amount = _int(text)
+    assert amount is None or (text.lstrip("+-").isascii() and abs(amount) < 10**12)
+    template = ResultButton.__discord_ui_compiled_template__  # type: ignore[attr-defined]
+    m = template.fullmatch(f"sd:r:{text}:0")
+    if m is not None:
+        assert m["job"].isascii() and len(m["job"]) <= 19
