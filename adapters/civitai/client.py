@@ -778,7 +778,7 @@ def generation_params(
         prompt=_as_text(m.get("prompt")) or "",
         negative=_as_text(_first(m, "negativePrompt", "negative_prompt", "Negative prompt")) or "",
         seed=seed if seed is not None and 0 <= seed <= MAX_SEED else None,  # else random
-        steps=steps if steps is not None and steps > 0 else None,
+        steps=steps if steps is not None and 0 < steps <= 150 else None,  # what --steps takes
         cfg=_as_float(_first(m, "cfgScale", "cfg_scale", "CFG scale")),
         sampler=_as_text(_first(m, "sampler", "Sampler", "sampler_name")),
         width=meta_w if meta_w and meta_h else width,
