@@ -4,6 +4,7 @@ clear line (a ``UserError``), with nothing stored and nothing charged."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import struct
@@ -269,3 +270,48 @@ def test_grant_amounts_and_discord_button_ids_only_take_plain_numbers(text: str)
     m = template.fullmatch(f"sd:r:{text}:0")
     if m is not None:
         assert m["job"].isascii() and len(m["job"]) <= 19
+
+
+_COMMANDS = st.sampled_from(
+    [
+        "/job ",
+        "/cancel ",
+        "/retry ",
+        "/grant @nobody ",
+        "/grant test:bob ",
+        "/imagine a cat --seed ",
+        "/imagine a cat --steps ",
+        "/imagine a cat --n ",
+        "/imagine a cat --size ",
+        "/batch a cat --n ",
+        "/settings aspect ",
+    ]
+)
+_ARGS = st.one_of(
+    st.text(max_size=30),
+    _digits,
+    st.integers(min_value=-(10**25), max_value=10**25).map(str),
+    st.sampled_from(["9223372036854775808", "18446744073709551616", "4294967296", "²", "-1"]),
+)
+
+
+async def test_no_command_text_ends_in_an_internal_error(app_factory) -> None:
+    """The whole path, command text to reply, on the real database: whatever follows
+    /job, /cancel, /retry, /grant or a numeric flag, the answer is a reply, never the
+    internal-error line. Hypothesis drives it from a thread; the app runs on this loop."""
+    app = await app_factory()
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    @settings(max_examples=250, deadline=None, database=None)
+    @given(_COMMANDS, _ARGS)
+    def check(command: str, arg: str) -> None:
+        text = command + arg
+        reply = asyncio.run_coroutine_threadsafe(say(app, text, is_admin=True), loop).result(
+            timeout=30
+        )
+        seen.append(text)
+        assert INTERNAL not in reply.text, (text, reply.text)
+
+    await asyncio.to_thread(check)
+    assert len(seen) >= 100
