@@ -1685,7 +1685,9 @@ class DownloadManager:
         model_id = state.model_id
         return {
             "sha256": sha,
-            "name": (meta.get("model_name") or state.model_name or path.stem)[:256],
+            "name": clean(meta.get("model_name") or state.model_name or path.stem, multiline=False)[
+                :256
+            ],
             "type": state.model_type or "other",
             "base_model": (meta.get("base_model") or None),
             "size_bytes": size,
@@ -1883,7 +1885,7 @@ async def scan_models(
                     conn,
                     {
                         "sha256": sha,
-                        "name": Path(entry["path"]).stem[:256],
+                        "name": clean(Path(entry["path"]).stem, multiline=False)[:256],
                         "type": found[entry["path"]],
                         "base_model": None,
                         "size_bytes": entry["size_bytes"],
