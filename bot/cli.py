@@ -139,7 +139,7 @@ async def _jobs(args: argparse.Namespace) -> int:
             if not views:
                 print("no jobs")
         elif args.action == "show":
-            print(format_job(await app.jobs.job(None, args.id)))
+            print(format_job(await app.jobs.job(None, args.id), paths=True))
         else:
             print(await app.jobs.cancel(None, args.id))
         return 0

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bot import i18n
@@ -35,11 +34,14 @@ from bot.grammar import (
     split_source,
 )
 from bot.i18n import t, tn
+from bot.ids import parse_id
 from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
 from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
+from bot.localfile import is_regular_file, read_local_picture
 from bot.params import GenerationParams
 from bot.ratelimit import SlidingWindow
+from bot.text import shown_char, unusable_char
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class Incoming:
     reply_to: dict[str, Any]
     image: bytes | None = None  # a picture attached to, or replied to by, the message
     message_key: str | None = None  # platform message id: the same message never runs twice
-    allow_local_paths: bool = False  # only the console may read files from this machine
+    # Only the console (the operator's own terminal) may read files from this machine by
+    # path, and only there are the paths of stored files shown.
+    allow_local_paths: bool = False
     is_admin: bool = False
     nsfw_ok: bool = False  # the chat may see NSFW lookups (the console, NSFW channels)
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
@@ -206,6 +210,9 @@ class Commands:
                 # in the config and may still /unban
                 raise Forbidden.of("error.banned")
             token = _DEFAULTS.set((msg.user, standing.settings))
+            bad = unusable_char(msg.text)
+            if bad is not None:  # on any platform, before any command sees it
+                raise BadInput.of("error.unusable_text", char=shown_char(bad))
             return await self._dispatch(msg, lang)
         except UserError as exc:
             return Reply(exc.render(lang), error=True, lang=lang)
@@ -270,7 +277,7 @@ class Commands:
                 # On the console a bare file name counts too when such a file exists
                 # (photo.bmp): better "unsupported format" than "give a picture".
                 first, _, after = rest.strip().partition(" ")
-                if first and await asyncio.to_thread(Path(first).expanduser().is_file):
+                if first and await asyncio.to_thread(is_regular_file, first):
                     source, text = first, after
             if source is None:
                 raise BadInput.of("error.img2img_needs_picture")
@@ -359,15 +366,7 @@ class Commands:
             )
         if not allow_local:
             raise BadInput("give the picture as an http(s) URL, or reply to a picture")
-        path = Path(source).expanduser()
-        try:
-            size = (await asyncio.to_thread(path.stat)).st_size
-        except OSError:
-            raise BadInput(f"no such file: {source}") from None
-        if size > cfg.max_input_bytes:
-            mb = cfg.max_input_bytes / 1024 / 1024
-            raise BadInput(f"the image is {size / 1024 / 1024:.1f} MB; the limit is {mb:.0f} MB")
-        return await asyncio.to_thread(path.read_bytes)
+        return await asyncio.to_thread(read_local_picture, source, cfg.max_input_bytes)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -383,7 +382,7 @@ class Commands:
 
     async def cmd_job(self, msg: Incoming, rest: str, lang: str) -> Reply:
         view = await self.jobs.job(msg.user, _job_id(rest, "job"))
-        return Reply(format_job(view, lang), lang=lang)
+        return Reply(format_job(view, lang, paths=msg.allow_local_paths), lang=lang)
 
     async def cmd_jobs(self, msg: Incoming, rest: str, lang: str) -> Reply:
         views = await self.jobs.jobs(msg.user, limit=10)
@@ -660,7 +659,9 @@ def format_job_line(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
     )
 
 
-def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
+def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG, *, paths: bool = False) -> str:
+    """A job in detail. ``paths``: with where its pictures are stored on this machine, for
+    the operator's own terminal only (a chat never learns the server's file layout)."""
     params = GenerationParams.from_dict(v.params)
     head = t(
         lang,
@@ -689,12 +690,12 @@ def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
             "  "
             + t(
                 lang,
-                "job.image",
+                "job.image" if paths else "job.image_here",
                 number=im["idx"] + 1,
-                path=im["path"],
                 width=im["width"],
                 height=im["height"],
                 seed=im["seed"],
+                **({"path": im["path"]} if paths else {}),
             )
         )
     for reason, delta in v.ledger:
@@ -921,10 +922,16 @@ def _defaults_note(used: Mapping[str, str]) -> i18n.Message:
 
 
 def _job_id(rest: str, cmd: str) -> int:
-    token = rest.strip().lstrip("#")
-    if not token.isdigit():
+    """The job a command names: ASCII digits within the id range. Anything else that looks
+    like a number (too big, ``²``, ``٣``) names no job; anything else is a usage error."""
+    job_id = parse_id(rest)
+    if job_id is not None:
+        return job_id
+    token = rest.strip().removeprefix("#")
+    if not token or not token.isnumeric():
         raise BadInput.of("error.job_number", cmd=cmd)
-    return int(token)
+    shown = token if len(token) <= 24 else token[:23] + "…"
+    raise NotFound.of("error.no_job_of_yours", job_id=shown)
 
 
 def _merge_embedded(

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, Self
 
 from bot import i18n
+from bot.text import clean
 
 
 class UserError(Exception):
@@ -74,9 +75,14 @@ class FailureClass(StrEnum):
 
 
 class ProviderFailure(Exception):
-    """Raised by providers: a classified failure with a message a person can read."""
+    """Raised by providers: a classified failure with a message a person can read.
+
+    The message usually quotes the provider's own words, so it is cleaned here, once for
+    every provider: one line, no control or bidi characters (it is shown in chats, printed
+    on the console and logged)."""
 
     def __init__(self, failure: FailureClass, message: str, *, retry_after: float | None = None):
+        message = clean(str(message), multiline=False)
         super().__init__(message)
         self.failure = failure
         self.message = message

@@ -135,6 +135,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "image {number}: {path} ({width}x{height}, seed {seed})",
         "zh": "图 {number}：{path}（{width}x{height}，种子 {seed}）",
     },
+    "job.image_here": {
+        "en": "image {number}: {width}x{height}, seed {seed}",
+        "zh": "图 {number}：{width}x{height}，种子 {seed}",
+    },
     "job.ledger": {"en": "ledger: {reason} {delta}", "zh": "积分记录：{reason} {delta}"},
     "job.took": {"en": "took {seconds:.1f}s", "zh": "用时 {seconds:.1f} 秒"},
     "job.waiting": {
@@ -501,6 +505,51 @@ CATALOG: dict[str, dict[str, str]] = {
         "(got {value})",
         "zh": "默认宽高比要写成 宽:高，在 1:4 到 4:1 之间，例如 /settings aspect 16:9"
         "（你写的是 {value}）",
+    },
+    "error.file_missing": {"en": "no such file: {path}", "zh": "没有这个文件：{path}"},
+    "error.file_denied": {
+        "en": "permission denied: {path} cannot be read",
+        "zh": "没有权限：无法读取 {path}",
+    },
+    "error.file_is_directory": {
+        "en": "{path} is a directory, not a picture file",
+        "zh": "{path} 是一个文件夹，不是图片文件",
+    },
+    "error.file_not_regular": {
+        "en": "{path} is not a regular file (a device, a pipe or a socket); give a picture file",
+        "zh": "{path} 不是普通文件（是设备、管道或套接字）；请给出一个图片文件",
+    },
+    "error.file_too_big": {
+        "en": "{path} is too big: the limit is {limit}",
+        "zh": "{path} 太大了：上限是 {limit}",
+    },
+    "error.file_unreadable": {
+        "en": "cannot read {path}: {reason}",
+        "zh": "无法读取 {path}：{reason}",
+    },
+    "error.image_short": {
+        "en": "the image is cut short: its header says {width}x{height} pixels, but its data "
+        "holds only about {rows} of the {height} rows",
+        "zh": "图片不完整：文件头写的是 {width}x{height} 像素，但数据只有大约 {rows} 行"
+        "（共 {height} 行）",
+    },
+    "error.unusable_text": {
+        "en": "the text holds a character sdhost cannot take ({char}: a control character, "
+        "or bytes that were not UTF-8); remove it and send it again",
+        "zh": "文字里有无法处理的字符（{char}：控制字符，或不是 UTF-8 的字节）；删掉后再发一次",
+    },
+    "error.seed_range": {
+        "en": "the seed must be a whole number 0..{max}",
+        "zh": "种子必须是 0..{max} 之间的整数",
+    },
+    "error.steps_range": {"en": "steps must be 1..150", "zh": "步数必须在 1..150 之间"},
+    "error.n_range": {
+        "en": "the number of pictures must be 1..{max}",
+        "zh": "图片数量必须在 1..{max} 之间",
+    },
+    "error.number_range": {
+        "en": "a setting of this request is out of range",
+        "zh": "这个请求的某个参数超出了范围",
     },
     "error.settings_negative_long": {
         "en": "a default negative prompt can be at most {limit} characters; yours has {length}",

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from bot.errors import BadInput
@@ -88,15 +89,19 @@ def load_input_image(
     if not data:
         raise BadInput("the image is empty")
 
-    im = _open(data, max_pixels)
+    png = data.startswith(_PNG_MAGIC)
+    pixels = _png_for_decoding(data) if png else data
+    im = _open(pixels, max_pixels)
     source_format = im.format or "PNG"
     try:
         im.verify()
     except Exception as exc:
         raise BadInput(_CORRUPT) from exc
+    if png:
+        _check_png_complete(pixels)
 
     # verify() leaves the image unusable, so decode from a fresh handle.
-    im = _open(data, max_pixels, formats=(source_format,))
+    im = _open(pixels, max_pixels, formats=(source_format,))
     try:
         im.load()
     except Exception as exc:
@@ -244,6 +249,112 @@ def _open(
             f"the image is {width}x{height} ({_mp(width * height)}); the limit is {_mp(max_pixels)}"
         )
     return im
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+# Bytes per pixel sample set, by PNG colour type: grey, RGB, palette, grey+alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, start, end)`` of each whole chunk after the signature, up to IEND; a chunk
+    cut off by the end of the data ends the walk (the decoder reports it)."""
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        stop = pos + 12 + length
+        if stop > end:
+            return
+        yield ctype, pos, stop
+        pos = stop
+        if ctype == b"IEND":
+            return
+
+
+def _png_for_decoding(data: bytes) -> bytes:
+    """The PNG as Pillow should see it: without text chunks (we read the parameters from the
+    original bytes ourselves, and Pillow refuses a file whose text is over its 1 MB cap)
+    and without an ICC profile Pillow would refuse for its size: the profile is dropped
+    from what we keep anyway, so a picture is not refused over metadata."""
+    parts = [data[:8]]
+    dropped = False
+    for ctype, start, stop in _png_chunks(data):
+        if ctype in _TEXT_CHUNKS or (
+            ctype == b"iCCP" and not _icc_fits(data[start + 8 : stop - 4])
+        ):
+            dropped = True
+            continue
+        parts.append(data[start:stop])
+    return b"".join(parts) if dropped else data
+
+
+def _icc_fits(body: bytes) -> bool:
+    """Whether an iCCP chunk's profile inflates within Pillow's cap (name, NUL, method,
+    then zlib data)."""
+    name_end = body.find(b"\0")
+    if name_end < 0:
+        return True  # malformed: Pillow says so
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(body[name_end + 2 :], PngImagePlugin.MAX_TEXT_CHUNK + 1)
+    except zlib.error:
+        return True  # a broken profile Pillow ignores on its own
+    return len(out) <= PngImagePlugin.MAX_TEXT_CHUNK
+
+
+def _check_png_complete(data: bytes) -> None:
+    """Refuse a PNG whose pixel data ends before its picture does.
+
+    Pillow treats the end of the compressed stream as the end of the picture and leaves
+    the missing rows blank, so a file that claims 1x100000 pixels and holds 100 bytes would
+    decode "fine". The rows are counted here instead: the inflated IDAT data must cover
+    every row (and every interlace pass) the header declares.
+    """
+    header = next(_png_chunks(data), None)
+    if header is None or header[0] != b"IHDR" or header[2] - header[1] != 25:
+        return  # Pillow has already refused what this would
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None or width == 0 or height == 0:
+        return
+    bits = channels * depth
+
+    def rows(w: int, h: int) -> int:  # a filter byte, then the packed samples, per row
+        return h * (1 + (w * bits + 7) // 8) if w and h else 0
+
+    if interlace:
+        need = sum(
+            rows(max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy)))
+            for x0, y0, dx, dy in _ADAM7
+        )
+    else:
+        need = rows(width, height)
+    got = 0
+    inflater = zlib.decompressobj()
+    try:
+        for ctype, start, stop in _png_chunks(data):
+            if ctype != b"IDAT":
+                continue
+            pending = data[start + 8 : stop - 4]
+            while pending and got < need:
+                got += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+            if got >= need:
+                return
+    except zlib.error as exc:
+        raise BadInput(_CORRUPT) from exc
+    rows_held = got * height // need
+    raise BadInput.of("error.image_short", width=width, height=height, rows=rows_held)
 
 
 def _sniff(data: bytes) -> str | None:

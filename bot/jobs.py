@@ -8,6 +8,7 @@ The transactions are plain functions of a connection (see ``storage.db``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,9 +29,11 @@ from bot.errors import (
     NotFound,
     UserError,
 )
-from bot.grammar import OPENERS, parse_generation
+from bot.grammar import MAX_SEED, OPENERS, parse_generation
+from bot.ids import valid_id
 from bot.params import MAX_BATCH_TASKS, GenerationParams
 from bot.routing import Route, Router
+from bot.text import shown_char, unusable_char
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
@@ -602,6 +605,8 @@ class JobService:
             )
         if kind == "img2img" and init_image is None:
             raise BadInput.of("error.img2img_needs_picture_short")
+        for p in params_list:
+            check_values(p)
         routes: list[Route] = [self.router.resolve(p, kind, init_size) for p in params_list]
         costs = [
             r.unit_price * (1 if kind == "batch" else p.n)
@@ -677,6 +682,10 @@ class JobService:
         conn: Connection, ref: UserRef | None, job_id: int, *, lock: bool = False
     ) -> Row[Any]:
         """The job if ``ref`` owns it (``None`` means an operator: any job)."""
+        if not valid_id(job_id):  # past the column's range: no such row, and no query
+            raise NotFound.of(
+                "error.no_job" if ref is None else "error.no_job_of_yours", job_id=job_id
+            )
         job = repos.get_job(conn, job_id) if not lock else repos.lock_job(conn, job_id)
         if job is None:
             if ref is None:
@@ -802,6 +811,32 @@ class JobService:
             )
 
         return await self.db.run_read(tx)
+
+
+_TEXT_FIELDS = ("prompt", "negative", "sampler", "model", "provider", "aspect")
+
+
+def check_values(params: GenerationParams) -> None:
+    """Refuse what no provider or column can take, whichever way it came in (typed, a
+    button, a Civitai image's settings, a picture's embedded parameters, a retry): text with
+    control characters or bytes that were not UTF-8, and numbers out of range. Called
+    before anything is stored or charged."""
+    for name in _TEXT_FIELDS:
+        value = getattr(params, name)
+        if value and (bad := unusable_char(value)) is not None:
+            raise BadInput.of("error.unusable_text", char=shown_char(bad))
+    if params.seed is not None and not 0 <= params.seed <= MAX_SEED:
+        raise BadInput.of("error.seed_range", max=MAX_SEED)
+    if params.steps is not None and not 1 <= params.steps <= 150:
+        raise BadInput.of("error.steps_range")
+    if not 1 <= params.n <= MAX_BATCH_TASKS:
+        raise BadInput.of("error.n_range", max=MAX_BATCH_TASKS)
+    for number, top in ((params.cfg, 100.0), (params.strength, 1.0)):
+        if number is not None and not (math.isfinite(number) and 0 <= number <= top):
+            raise BadInput.of("error.number_range")
+    for side in (params.width, params.height):
+        if side is not None and not 1 <= side <= 100_000:
+            raise BadInput.of("error.number_range")
 
 
 def _short_of(cost: int, balance: int) -> InsufficientCredits:

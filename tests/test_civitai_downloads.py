@@ -393,6 +393,8 @@ async def test_a_browser_user_agent_is_never_used(
         ("CON.safetensors", "_CON.safetensors"),
         ('a<b>c:d"e|f?g*h.pt', "a_b_c_d_e_f_g_h.pt"),
         ("bad\x00name\n.pt", "bad_name_.pt"),
+        ("evil\u202egpj.exe", "evilgpj.exe"),  # no bidi override turns a name around
+        ("c1\x9b31m\u2066.pt", "c131m.pt"),
         ("trailing. . ", "trailing"),
         ("sneaky.part", "sneaky.part_"),
         ("x" * 300 + ".safetensors", "x" * 188 + ".safetensors"),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,3 +215,134 @@ def _png_bytes(size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, "blue").save(buf, "PNG")
     return buf.getvalue()
+
+
+def _counts(cfg: Path) -> tuple[int, int]:
+    """(jobs, charges) in the chat's database: what a refusal must leave at zero."""
+    db = sqlite3.connect(cfg.parent / "data" / "sdhost.db")
+    try:
+        jobs = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        charges = db.execute("SELECT count(*) FROM ledger WHERE reason = 'charge'").fetchone()[0]
+    finally:
+        db.close()
+    return jobs, charges
+
+
+def test_img2img_reads_only_regular_files_and_never_more_than_the_limit(tmp_path: Path) -> None:
+    """/dev/zero would be read forever, a FIFO would block the chat until someone writes to
+    it, a directory cannot be read: each gets one line, and the chat goes on."""
+    cfg = write_config(tmp_path, "[images]\nmax_input_bytes = 1048576\n")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "huge.png").write_bytes(_png_bytes((64, 64)) + b"\0" * (2 * 1024 * 1024))
+    started = time.monotonic()
+    out = sdhost(
+        "--config",
+        str(cfg),
+        "chat",
+        "--user",
+        "ann",
+        stdin="\n".join(
+            [
+                "/img2img /dev/zero a cat",
+                "/img2img /dev/urandom a cat",
+                f"/img2img {fifo} a cat",
+                f"/img2img {tmp_path / 'folder.png'} a cat",
+                f"/img2img {tmp_path / 'huge.png'} a cat",
+                f"/img2img {tmp_path / 'gone.png'} a cat",
+                "/img2img ~no-such-user-sdhost/cat.png a cat",
+                "/img2img " + "a" * 300 + " cat",  # a word too long to be a file name
+                "/credits",
+            ]
+        )
+        + "\n",
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - started < 30
+    errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
+    not_regular = "is not a regular file (a device, a pipe or a socket); give a picture file"
+    assert errors == [
+        f"error: /dev/zero {not_regular}",
+        f"error: /dev/urandom {not_regular}",
+        f"error: {fifo} {not_regular}",
+        f"error: {tmp_path / 'folder.png'} is a directory, not a picture file",
+        f"error: {tmp_path / 'huge.png'} is too big: the limit is 1 MB",
+        f"error: no such file: {tmp_path / 'gone.png'}",
+        "error: no such file: ~no-such-user-sdhost/cat.png",
+        "error: img2img needs a picture: reply to one with /img2img PROMPT, or give a path or "
+        "URL first, e.g. /img2img https://example.com/cat.png a watercolor cat",
+    ], out.stdout
+    assert "info: you have 20 credits" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+    assert _counts(cfg) == (0, 0)
+
+
+def test_a_local_file_is_read_at_most_one_byte_past_the_limit(tmp_path: Path) -> None:
+    """However big a file is (or claims to be), no more than the limit + 1 bytes are read."""
+    from bot.errors import BadInput
+    from bot.localfile import read_local_picture
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"x" * 5000)
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        reads.append(len(data))
+        return data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "read", counting_read)
+        with pytest.raises(BadInput, match="too big"):
+            read_local_picture(str(big), 1000)
+    assert sum(reads) == 1001
+    assert read_local_picture(str(big), 5000) == b"x" * 5000
+
+
+def _sdhost_bytes(
+    cfg: Path, stdin: bytes, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    full.pop("SDHOST_DATABASE__URL", None)
+    if "PYTHONIOENCODING" not in env:
+        full.pop("PYTHONIOENCODING", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "--config", str(cfg), "chat", "--user", "ann"],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+        env=full,
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PYTHONIOENCODING": "utf-8"},  # strict decoding: the chat used to die here
+        {"LC_ALL": "C", "LANG": "C"},  # the locale's surrogateescape: the line was charged
+        {"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+    ],
+    ids=["pythonioencoding", "c-locale", "utf8-locale"],
+)
+def test_bytes_that_are_not_utf8_are_refused_and_the_chat_goes_on(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    cfg = write_config(tmp_path)
+    out = _sdhost_bytes(
+        cfg,
+        b"/imagine a \xff\xfe cat --size 64x64\n/imagine a\x00cat\n/credits\n",
+        env,
+    )
+    stdout, stderr = out.stdout.decode("utf-8", "replace"), out.stderr.decode("utf-8", "replace")
+    assert out.returncode == 0, stderr
+    assert "Traceback" not in stdout + stderr
+    errors = [line for line in stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, stdout
+    assert "cannot take (U+DCFF" in errors[0] and "not UTF-8" in errors[0]
+    assert "cannot take (U+0000" in errors[1]
+    assert "info: you have 20 credits" in stdout
+    assert _counts(cfg) == (0, 0)

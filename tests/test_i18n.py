@@ -370,7 +370,7 @@ def test_job_views_in_english_are_unchanged_and_chinese_translates_the_words() -
         ),
     ]
     for v in views:
-        assert format_job(v) == _old_job(v)
+        assert format_job(v, paths=True) == _old_job(v)
     zh = format_job(views[1], "zh")
     assert zh.splitlines()[0] == "任务 #7：失败（100%，完成）· 批量任务 · demo:shapes"
     assert "  被服务商拒绝：nope" in zh and "  批量任务 #3：失败 1，已完成 2" in zh

@@ -378,3 +378,97 @@ def test_image_size_reads_headers() -> None:
         image_size(save(Image.new("RGB", (4, 4)), "GIF"))
     with pytest.raises(BadInput, match="corrupt"):
         image_size(save(Image.new("RGB", (4, 4)), "PNG")[:20])
+
+
+def _chunk(ctype: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body))
+        + ctype
+        + body
+        + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    )
+
+
+def png_with_big_icc_profile(profile_bytes: int = 5 * 1024 * 1024) -> bytes:
+    """A valid 64x64 PNG carrying an ICC profile of ``profile_bytes`` (random, so it does not
+    compress): past Pillow's 1 MB cap for inflated metadata."""
+    buf = BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "PNG")
+    png = buf.getvalue()
+    iccp = _chunk(b"iCCP", b"big profile\0\0" + zlib.compress(random_bytes(profile_bytes), 1))
+    return png[:33] + iccp + png[33:]  # right after IHDR, where the PNG spec puts it
+
+
+def random_bytes(n: int) -> bytes:
+    import random
+
+    return random.Random(7).randbytes(n)
+
+
+def png_claiming_more_rows_than_it_holds(width: int = 1, height: int = 100_000) -> bytes:
+    """A header that says ``width`` x ``height``, and a complete zlib stream that ends after
+    20 rows: about 100 bytes."""
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    rows = (b"\0" + b"\xff\x00\x00" * width) * 20
+    return b"\x89PNG\r\n\x1a\n" + ihdr + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+
+
+def test_a_big_icc_profile_does_not_make_a_valid_png_corrupt() -> None:
+    data = png_with_big_icc_profile()
+    assert len(data) > 5 * 1024 * 1024
+    out = load_input_image(data, max_bytes=8 * 1024 * 1024)
+    assert (out.width, out.height) == (64, 64)
+    im = Image.open(BytesIO(out.data))
+    assert im.getpixel((10, 10)) == (200, 10, 10)
+    assert "icc_profile" not in im.info  # dropped, as every profile is
+
+
+def test_a_big_text_chunk_does_not_make_a_valid_png_corrupt() -> None:
+    buf = BytesIO()
+    info = PngInfo()
+    info.add_text("comment", random_bytes(2 * 1024 * 1024).hex()[: 2 * 1024 * 1024], zip=True)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buf, "PNG", pnginfo=info)
+    assert load_input_image(buf.getvalue()).width == 32
+
+
+def test_a_png_whose_data_ends_before_its_rows_do_is_refused_saying_so() -> None:
+    data = png_claiming_more_rows_than_it_holds()
+    assert len(data) < 120
+    with pytest.raises(BadInput) as err:
+        load_input_image(data)
+    assert str(err.value) == (
+        "the image is cut short: its header says 1x100000 pixels, "
+        "but its data holds only about 20 of the 100000 rows"
+    )
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "I;16"])
+def test_complete_pngs_of_every_layout_pass_the_row_count(mode: str, interlace: int) -> None:
+    im = Image.effect_noise((37, 23), 60).convert("L")
+    im = im.convert(mode) if mode != "I;16" else im.convert("I").convert("I;16")
+    buf = BytesIO()
+    im.save(buf, "PNG", interlace=interlace)
+    assert load_input_image(buf.getvalue()).width == 37
+
+
+def test_an_interlaced_png_cut_short_is_refused() -> None:
+    buf = BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buf, "PNG", interlace=1)
+    png = buf.getvalue()
+    # keep the header, replace the pixel data by a complete stream of half of it
+    ihdr_end = 33
+    raw = zlib.decompress(b"".join(_idat_bodies(png)))
+    short = _chunk(b"IDAT", zlib.compress(raw[: len(raw) // 2]))
+    with pytest.raises(BadInput, match="cut short"):
+        load_input_image(png[:ihdr_end] + short + _chunk(b"IEND", b""))
+
+
+def _idat_bodies(png: bytes) -> list[bytes]:
+    out, pos = [], 8
+    while pos + 12 <= len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            out.append(png[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return out

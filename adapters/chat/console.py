@@ -9,6 +9,7 @@ once input has ended and every job it knows about has finished and been reported
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 import time
@@ -18,6 +19,7 @@ from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef
 from bot.commands import Incoming, format_outcome
 from bot.i18n import DEFAULT_LANG
+from bot.text import clean
 
 
 class ConsoleAdapter(ChatAdapter):
@@ -43,7 +45,9 @@ class ConsoleAdapter(ChatAdapter):
         self.lang = DEFAULT_LANG  # the language of the last reply: results follow it
 
     def emit(self, tag: str, text: str) -> None:
-        first, *rest = text.splitlines() or [""]
+        # The last line of defence for the operator's terminal: whatever the text holds,
+        # no escape sequence, bidi override or stray line break gets through.
+        first, *rest = clean(text).splitlines() or [""]
         lines = [f"{tag}: {first}", *(f"  {line}" for line in rest)]
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
@@ -133,7 +137,20 @@ class ConsoleAdapter(ChatAdapter):
             await asyncio.sleep(poll)
 
 
+def robust_stdio() -> None:
+    """Standard input that is not UTF-8 must not end the chat: its bytes arrive as lone
+    surrogates (``surrogateescape``, whatever PYTHONIOENCODING says), which the core
+    refuses with a clear line; and printing never fails on a character the terminal's
+    encoding lacks."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):  # not a text stream of its own: leave it
+                reconfigure(errors=errors)
+
+
 async def run_console(app: App, user: UserRef, *, interactive: bool) -> int:
+    robust_stdio()
     adapter = ConsoleAdapter(app, user, progress_every_s=2.0 if interactive else 0.0)
     app.add_adapter(adapter)
     await app.start()

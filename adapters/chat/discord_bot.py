@@ -83,7 +83,7 @@ def fit_upload(data: bytes, limit: int) -> tuple[bytes, str] | None:
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:(?P<action>[rvoid]):(?P<job>\d+):(?P<idx>\d+)",
+    template=r"sd:(?P<action>[rvoid]):(?P<job>[0-9]{1,19}):(?P<idx>[0-9]{1,9})",
 ):
     """A button under a picture. Everything it needs is in its custom id."""
 

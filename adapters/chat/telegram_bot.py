@@ -55,6 +55,7 @@ from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
 from bot.i18n import normalize, t
+from bot.ids import is_digits, parse_id
 from bot.results import Results
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ ALBUM_MAX = 10
 IMG2IMG = {"img2img", "i2i"}
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
 COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civitai use 1"
-_CAPTION_REF = re.compile(r"^#(\d+)(?: · (\d+)/\d+)?")
+_CAPTION_REF = re.compile(r"^#([0-9]{1,19})(?: · ([0-9]{1,9})/[0-9]+)?")
 
 
 def photo_fits(size: int, width: int, height: int) -> bool:
@@ -1032,9 +1033,10 @@ def _parse_data(data: object) -> tuple[str, int, int] | None:
     parts = data.split(":")
     if len(parts) != 3 or parts[0] not in ACTIONS:
         return None
-    if not (parts[1].isdigit() and parts[2].isdigit()):
+    job_id = parse_id(parts[1])  # buttons can be forged: ASCII digits within range only
+    if job_id is None or not is_digits(parts[2]) or len(parts[2]) > 9:
         return None
-    return ACTIONS[parts[0]], int(parts[1]), int(parts[2])
+    return ACTIONS[parts[0]], job_id, int(parts[2])
 
 
 def _take_album(queue: list[_Outgoing]) -> list[_Outgoing]:

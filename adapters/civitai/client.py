@@ -57,8 +57,10 @@ from pydantic.alias_generators import to_camel
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.fetch import TooLarge, read_capped
+from bot.grammar import MAX_SEED
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
+from bot.text import clean, clean_any
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ def browsing_level(policy: NsfwPolicy | None) -> int:
             raise ValueError("an empty NSFW policy")
         mask = 0
         for word in words:
-            if word.isdigit():
+            if word.isascii() and word.isdigit():
                 mask |= browsing_level(int(word))
                 continue
             level = _POLICY_LEVELS.get(word.lower().replace(" ", ""))
@@ -267,7 +269,7 @@ class CivitaiBadResponse(CivitaiError):
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    text = " ".join(clean(text, multiline=False).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -324,7 +326,17 @@ def _error_text(body: Any, depth: int) -> str | None:
 
 
 class Lenient(BaseModel):
-    """Every field optional; a field of the wrong type gets its default; unknown keys kept."""
+    """Every field optional; a field of the wrong type gets its default; unknown keys kept.
+
+    Text is cleaned as it comes in (``bot.text.clean``): no control characters, bidi
+    overrides or invisible format characters reach a terminal, a chat or a log line from
+    here. Only the fields in ``_MULTILINE`` keep line breaks; names and the like are one
+    line. ``raw`` keeps the item exactly as it came, for the metadata files written as JSON.
+    """
+
+    _MULTILINE: ClassVar[frozenset[str]] = frozenset(
+        {"description", "meta", "pickle_scan_message", "virus_scan_message"}
+    )
 
     model_config = ConfigDict(
         extra="allow",
@@ -339,8 +351,9 @@ class Lenient(BaseModel):
     def _lenient_field(
         cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
+        multiline = info.field_name in cls._MULTILINE
         try:
-            return handler(value)
+            return clean_any(handler(value), multiline=multiline)
         except ValidationError:
             if isinstance(value, list):  # keep the elements that do validate
                 kept: list[Any] = []
@@ -349,7 +362,7 @@ class Lenient(BaseModel):
                         kept.extend(handler([item]))
                     except ValidationError:
                         continue
-                return kept
+                return clean_any(kept, multiline=multiline)
             spec = cls.model_fields.get(info.field_name or "")
             log.debug("civitai: ignoring %s.%s of unexpected type", cls.__name__, info.field_name)
             return spec.get_default(call_default_factory=True) if spec is not None else None
@@ -515,7 +528,7 @@ class Image(Lenient):
         if isinstance(value, int) and not isinstance(value, bool):
             return value if value > 0 else None
         if isinstance(value, str):
-            if value.strip().isdigit():
+            if value.strip().isascii() and value.strip().isdigit():
                 return int(value) or None
             return _IMAGE_LEVEL_NAMES.get(value.strip().lower())
         return None
@@ -764,8 +777,8 @@ def generation_params(
     return GenerationParams(
         prompt=_as_text(m.get("prompt")) or "",
         negative=_as_text(_first(m, "negativePrompt", "negative_prompt", "Negative prompt")) or "",
-        seed=seed if seed is not None and seed >= 0 else None,
-        steps=steps if steps is not None and steps > 0 else None,
+        seed=seed if seed is not None and 0 <= seed <= MAX_SEED else None,  # else random
+        steps=steps if steps is not None and 0 < steps <= 150 else None,  # what --steps takes
         cfg=_as_float(_first(m, "cfgScale", "cfg_scale", "CFG scale")),
         sampler=_as_text(_first(m, "sampler", "Sampler", "sampler_name")),
         width=meta_w if meta_w and meta_h else width,
@@ -1007,7 +1020,7 @@ class CivitaiClient:
                 raise error  # the server asks for a longer pause than we are allowed to wait
             wait = self._backoff(attempt, error.retry_after)
             log.info(
-                "civitai: %s; retry %d/%d in %.2fs",
+                "civitai: %r; retry %d/%d in %.2fs",
                 self._redact(str(error)),
                 attempt,
                 self.max_attempts - 1,
@@ -1162,7 +1175,7 @@ class CivitaiClient:
                 return
             if next_cursor in seen_cursors:
                 log.warning(
-                    "civitai: %s page %d led back to a cursor seen before (%s); stopping",
+                    "civitai: %s page %d led back to a cursor seen before (%r); stopping",
                     what,
                     pages,
                     next_cursor,

@@ -52,6 +52,7 @@ from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
 from bot.i18n import t
+from bot.ids import parse_id
 from bot.imaging import make_preview
 from bot.jobs import JobService
 
@@ -196,9 +197,10 @@ def _split(rest: str) -> tuple[list[str], dict[str, str]]:
 
 
 def _number(value: str | None, what: str) -> int:
-    if value is None or not value.strip().lstrip("#").isdigit():
+    number = parse_id(value) if value is not None else None
+    if number is None:
         raise BadInput(f"{what} needs a number, e.g. /civitai {what} 12345")
-    return int(value.strip().lstrip("#"))
+    return number
 
 
 def _count(n: int | None) -> str:
@@ -455,8 +457,8 @@ class CivitaiCommands:
 
     async def _images(self, flags: dict[str, str], level: int, lang: str) -> Reply:
         page = await self.client.images(
-            model_id=int(flags["model"]) if flags.get("model", "").isdigit() else None,
-            model_version_id=int(flags["version"]) if flags.get("version", "").isdigit() else None,
+            model_id=parse_id(flags.get("model", "")),
+            model_version_id=parse_id(flags.get("version", "")),
             username=flags.get("user"),
             sort=flags.get("sort"),
             period=flags.get("period"),
@@ -512,7 +514,7 @@ class CivitaiCommands:
                 )
                 preview = await self._preview(data, width)
             except (CivitaiError, BadInput) as exc:
-                log.info("civitai: no picture for %s: %s", image.url, exc)
+                log.info("civitai: no picture for %r: %r", image.url, str(exc))
                 return None
             return Picture(preview, caption)
 

@@ -88,6 +88,8 @@ from adapters.civitai.client import (
 from adapters.providers.cloud import retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
+from bot.ids import parse_id
+from bot.text import clean
 from storage import repos
 from storage.db import Database
 
@@ -316,10 +318,11 @@ def format_duration(seconds: float | None) -> str:
 
 # --- what to download ---------------------------------------------------------------------------
 
-_DOWNLOAD_PATH = re.compile(r"/api/download/models/(\d+)")
-_MODEL_PATH = re.compile(r"/models/(\d+)")
-_VERSION_PATH = re.compile(r"/model-versions/(\d+)")
-_AIR = re.compile(r"civitai:(\d+)@(\d+)")
+# Ids are ASCII digits of at most 19 (a BIGINT); bot.ids.parse_id checks the range.
+_DOWNLOAD_PATH = re.compile(r"/api/download/models/([0-9]{1,19})")
+_MODEL_PATH = re.compile(r"/models/([0-9]{1,19})")
+_VERSION_PATH = re.compile(r"/model-versions/([0-9]{1,19})")
+_AIR = re.compile(r"civitai:([0-9]{1,19})@([0-9]{1,19})")
 _OPTION_KEYS = ("type", "format", "size", "fp", "quantType")
 
 
@@ -333,34 +336,47 @@ class DownloadRef:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+def _ref_id(digits: str, raw: object) -> int:
+    """An id in a download reference; one out of range (or not ASCII digits) is refused."""
+    number = parse_id(digits)
+    if number is None:
+        raise BadInput(
+            f"{str(raw)[:80]!r} names no Civitai model version: its number is not a valid id"
+        )
+    return number
+
+
 def parse_ref(text: str | int) -> DownloadRef:
     """A version id (``130072``), a download URL (``https://civitai.com/api/download/models/
     130072?type=VAE``), a model page (``https://civitai.com/models/4201?modelVersionId=130072``,
     or without the version: its newest), or an AIR (``urn:air:sd1:checkpoint:civitai:
     4201@130072``)."""
     if isinstance(text, int):
-        return DownloadRef(text)
+        return DownloadRef(_ref_id(str(text), text))
     raw = str(text).strip()
-    if raw.isdigit():
-        return DownloadRef(int(raw))
+    if raw.isnumeric():
+        return DownloadRef(_ref_id(raw, raw))
     air = _AIR.search(raw)
     if air:
-        return DownloadRef(int(air.group(2)), int(air.group(1)))
-    url = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw)
+        return DownloadRef(_ref_id(air.group(2), raw), _ref_id(air.group(1), raw))
+    try:
+        url = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw)
+    except ValueError:  # "[" alone is an invalid IPv6 host to urlsplit
+        url = urllib.parse.urlsplit("")
     query = dict(urllib.parse.parse_qsl(url.query))
     options = {k: v for k, v in query.items() if k in _OPTION_KEYS and v}
-    if "fileId" in query and query["fileId"].isdigit():
+    if "fileId" in query and parse_id(query["fileId"]) is not None:
         options["fileId"] = query["fileId"]
     m = _DOWNLOAD_PATH.search(url.path)
     if m:
-        return DownloadRef(int(m.group(1)), None, options)
+        return DownloadRef(_ref_id(m.group(1), raw), None, options)
     m = _VERSION_PATH.search(url.path)
     if m:
-        return DownloadRef(int(m.group(1)), None, options)
+        return DownloadRef(_ref_id(m.group(1), raw), None, options)
     m = _MODEL_PATH.search(url.path)
     if m:
-        version = query.get("modelVersionId", "")
-        return DownloadRef(int(version) if version.isdigit() else None, int(m.group(1)), options)
+        version = parse_id(query.get("modelVersionId", ""))
+        return DownloadRef(version, _ref_id(m.group(1), raw), options)
     raise BadInput(
         f"{raw[:80]!r} is not a Civitai model version: give its id (the number after "
         "modelVersionId=), a civitai.com/models/... page or a download link"
@@ -448,7 +464,9 @@ def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
     leading dots, no Windows device names, at most 200 bytes (the extension kept), never
     ending in ``.part``. Falls back to ``fallback`` (sanitized too) when nothing is left."""
     name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
-    name = _UNSAFE_CHARS.sub("_", name).strip().lstrip(".").rstrip(". ")
+    # C0 controls become "_" as reserved characters do; C1 and bidi/format characters
+    # (U+202E turns "gpj.exe" around) are dropped.
+    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False).strip().lstrip(".").rstrip(". ")
     if not name or set(name) <= {"_", "."}:
         if raw == fallback or not fallback:
             return "model.bin"
@@ -1122,7 +1140,7 @@ class DownloadManager:
             )
 
     async def _failed(self, run: _Run, message: str, *, discard: bool = False) -> None:
-        log.warning("download #%d failed: %s", run.task_id, message)
+        log.warning("download #%d failed: %r", run.task_id, message)
         if discard and run.sink is not None:
             await asyncio.to_thread(run.sink.discard_sync)
         now = time.time()
@@ -1187,7 +1205,7 @@ class DownloadManager:
                         f"could not download {state.label}: {exc}; try again later"
                     ) from None
                 wait = self._backoff(failures, exc.retry_after)
-                log.info("download #%d: %s; retrying in %.1fs", state.id, exc, wait)
+                log.info("download #%d: %r; retrying in %.1fs", state.id, str(exc), wait)
                 meter.reset()
                 state.speed = state.eta_s = None
                 state.error = f"{exc}; retrying"
@@ -1650,7 +1668,7 @@ class DownloadManager:
             repos.upsert_model_files(conn, [file_row])
 
         await self.db.run_write(write)
-        log.info("download #%d: %s saved as %s", state.id, state.label, final)
+        log.info("download #%d: %r saved as %r", state.id, state.label, str(final))
 
     async def _complete_existing(self, run: _Run, path: Path) -> None:
         """The file is already there under the chosen name: done, nothing downloaded."""
@@ -1667,7 +1685,9 @@ class DownloadManager:
         model_id = state.model_id
         return {
             "sha256": sha,
-            "name": (meta.get("model_name") or state.model_name or path.stem)[:256],
+            "name": clean(meta.get("model_name") or state.model_name or path.stem, multiline=False)[
+                :256
+            ],
             "type": state.model_type or "other",
             "base_model": (meta.get("base_model") or None),
             "size_bytes": size,
@@ -1865,7 +1885,7 @@ async def scan_models(
                     conn,
                     {
                         "sha256": sha,
-                        "name": Path(entry["path"]).stem[:256],
+                        "name": clean(Path(entry["path"]).stem, multiline=False)[:256],
                         "type": found[entry["path"]],
                         "base_model": None,
                         "size_bytes": entry["size_bytes"],
@@ -2077,14 +2097,16 @@ async def _follow(
     waiter = asyncio.ensure_future(manager.wait(view.id))
     if not show:
         return await waiter
+    # The label is a model's name and the note a server's words: shown as text, never read
+    # as rich markup ("[bold red]" in a name stays those characters).
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         DownloadColumn(),
-        TextColumn("{task.fields[speed]}"),
-        TextColumn("{task.fields[eta]}"),
-        TextColumn("{task.fields[note]}"),
+        TextColumn("{task.fields[speed]}", markup=False),
+        TextColumn("{task.fields[eta]}", markup=False),
+        TextColumn("{task.fields[note]}", markup=False),
     )
     label = (view.model_name or view.file_name or f"version {view.version_id}")[:40]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -2117,6 +2139,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
     """Scan the model folders and show the registry."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out = Console(highlight=False)
     db = await _open_db(config)
@@ -2135,7 +2158,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
             ids = (
                 f"{row.civitai_model_id}@{row.civitai_version_id}" if row.civitai_version_id else ""
             )
-            table.add_row(
+            cells = (  # names and paths come from files and Civitai: text, not markup
                 row.name,
                 row.type,
                 row.base_model or "",
@@ -2144,6 +2167,7 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
                 row.status,
                 row.path or "",
             )
+            table.add_row(*(Text(clean(str(c), multiline=False)) for c in cells))
         out.print(table)
         print(
             f"{report.files} files ({report.hashed} hashed, {report.cached} from the cache); "

@@ -114,7 +114,7 @@ def parse_size(value: str | int) -> Size:
     text = str(value).strip().lower()
     if text == ORIGINAL:
         return ORIGINAL
-    if text.isdigit() and 1 <= int(text) <= 10_000:
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 10_000:
         return int(text)
     raise BadInput(f"--size takes original or a width in pixels (e.g. 512), not {value!r}")
 
@@ -452,7 +452,7 @@ class Harvester:
                 await queue.put(image)
         except CivitaiError as exc:
             self.result.listing_error = str(exc)
-            log.warning("civitai harvest: the listing stopped: %s", exc)
+            log.warning("civitai harvest: the listing stopped: %r", str(exc))
         if self._progress is not None:
             self._progress.update(self._task, total=self.result.listed)
         for _ in range(self.concurrency):
@@ -474,7 +474,7 @@ class Harvester:
 
     def _fail(self, image: Image, error: str, attempts: int) -> None:
         self.result.failed.append(Failed(image.id, image.url, error, attempts))
-        log.info("civitai harvest: image %s failed: %s", image.id, error)
+        log.info("civitai harvest: image %s failed: %r", image.id, error)
 
     async def _one(self, image: Image, http: httpx.AsyncClient) -> None:
         if image.id is None or not image.url:
@@ -559,7 +559,7 @@ class Harvester:
                 if exc.retry_after is not None:  # the CDN asked everyone to slow down
                     loop = asyncio.get_running_loop()
                     self._pause_until = max(self._pause_until, loop.time() + wait)
-                log.debug("civitai harvest: %s: %s; retry in %.2f s", url, exc, wait)
+                log.debug("civitai harvest: %r: %r; retry in %.2f s", url, str(exc), wait)
                 await asyncio.sleep(wait)
 
     async def _wait_turn(self) -> None:
@@ -692,7 +692,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _int(value: Any, flag: str, *, lo: int = 1, hi: int | None = None) -> int:
     text = str(value).strip().lstrip("#")
-    if not text.isdigit() or int(text) < lo or (hi is not None and int(text) > hi):
+    if (
+        not (text.isascii() and text.isdigit())
+        or int(text) < lo
+        or (hi is not None and int(text) > hi)
+    ):
         span = f"{lo} to {hi}" if hi is not None else f"a whole number from {lo}"
         raise BadInput(f"{flag} takes {span}, not {value!r}")
     return int(text)

@@ -139,7 +139,7 @@ async def with_retries(
             attempt += 1
             wait = max(exc.retry_after, 0.0) or min(30.0, 0.5 * 2**attempt)
             wait *= random.uniform(1.0, 1.2)
-            log.info("%s: %s; retry %d in %.1fs", what, exc.message, attempt, wait)
+            log.info("%s: %r; retry %d in %.1fs", what, exc.message, attempt, wait)
             await asyncio.sleep(wait)
 
 

@@ -401,7 +401,7 @@ class DashScopeProvider(Provider):
                 failures.append(
                     classify(None, str(result.get("code") or ""), str(result.get("message") or ""))
                 )
-                log.info("dashscope: picture %d failed: %s", i, result.get("code"))
+                log.info("dashscope: picture %d failed: %r", i, result.get("code"))
                 continue
             extra: dict[str, Any] = {"model": model}
             if result.get("actual_prompt"):
@@ -436,7 +436,7 @@ class DashScopeProvider(Provider):
             raise ProviderFailure(FailureClass.PROVIDER_ERROR, "DashScope returned no picture")
         if failures:
             log.warning(
-                "dashscope: %d of %d pictures could not be delivered: %s",
+                "dashscope: %d of %d pictures could not be delivered: %r",
                 len(failures),
                 run.request.n,
                 failures[0].message,
