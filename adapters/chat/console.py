@@ -15,7 +15,7 @@ import time
 from typing import Any, TextIO
 
 from bot.app import App
-from bot.chat import ChatAdapter, Delivery, Progress, UserRef
+from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.i18n import DEFAULT_LANG
 
@@ -51,6 +51,11 @@ class ConsoleAdapter(ChatAdapter):
     @property
     def reply_to(self) -> dict[str, str]:
         return {"platform": self.platform, "chat": self.user.id}
+
+    def audiences(self) -> frozenset[str] | None:
+        """Only the person at this terminal: another console's people wait for theirs."""
+        audience = audience_of(self.reply_to)
+        return frozenset({audience} if audience else ())
 
     async def deliver(self, d: Delivery) -> None:
         p = d.payload
