@@ -8,6 +8,7 @@ pictures and outcomes, and every outbox row is sent once, by the right process.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import subprocess
@@ -22,9 +23,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from adapters.chat.console import ConsoleAdapter
+from bot.app import App
+from bot.chat import UserRef
 from storage import repos
 from storage.db import Database
-from tests.conftest import empty_database
+from tests.conftest import empty_database, make_config
 from tests.test_console import ROOT
 
 PEOPLE = ("alice", "bob")
@@ -368,3 +372,77 @@ async def test_claim_events_hands_a_bound_platform_only_its_audiences(db_url: st
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SDHOST_DATABASE__URL", raising=False)
+
+
+async def test_rows_written_before_audiences_go_to_the_console_of_their_person(
+    tmp_path: Path, db_url: str
+) -> None:
+    """An undelivered row from before migration 0004 (no audience) is printed by the
+    console of the person its reply target names, and by no other."""
+    db = await _outbox_db(db_url)
+
+    def seed(conn: Any) -> None:
+        uid = repos.ensure_user(conn, "console", "bob", name="bob", starting_grant=0, now=0.0).id
+        (jid,) = repos.insert_jobs(
+            conn,
+            [
+                {
+                    "user_id": uid,
+                    "kind": "txt2img",
+                    "status": "succeeded",
+                    "params": {"prompt": "old"},
+                    "provider": "demo",
+                    "reply_to": {"platform": "console", "chat": "bob"},
+                    "cost": 1,
+                    "created_at": 0.0,
+                }
+            ],
+        )
+        payload = {
+            "reply_to": {"platform": "console", "chat": "bob"},
+            "status": "succeeded",
+            "refunded": 0,
+            "balance": 0,
+            "images": 0,
+            "n": 1,
+            "prompt": "old",
+            "elapsed": 1.0,
+        }
+        repos.add_events(
+            conn,
+            [
+                {
+                    "job_id": jid,
+                    "platform": "console",
+                    "kind": "finished",
+                    "payload": payload,
+                    "created_at": 0.0,
+                }
+            ],
+        )
+
+    await db.run_write(seed)
+    await db.dispose()
+
+    async def console(name: str) -> str:
+        config = make_config(tmp_path, db_url)
+        config.database.auto_migrate = False
+        app = App(config, run_workers=False)
+        out = io.StringIO()
+        adapter = ConsoleAdapter(app, UserRef("console", name, name), out=out)
+        app.add_adapter(adapter)
+        await app.start()
+        try:
+            if name == "bob":
+                async with asyncio.timeout(10):
+                    await adapter.wait_until_done(poll=0.05)
+            else:
+                await asyncio.sleep(0.5)  # ten chances to claim it
+        finally:
+            await app.stop()
+        return out.getvalue()
+
+    assert await console("alice") == ""
+    assert re.fullmatch(r"done: job #1 succeeded\b.*\n", await console("bob")), "bob"
+    rows = await _query(db_url, "select status, audience from outbox")
+    assert [tuple(r) for r in rows] == [("sent", "console:bob")]
