@@ -704,10 +704,10 @@ _WAITING_ON_EARLIER = (
 _CLAIMABLE_EVENTS = (
     select(outbox.c.id)
     .where(
-        or_(
-            outbox.c.platform.in_(_ids("platforms")),
-            and_(outbox.c.platform.in_(_ids("bound")), outbox.c.audience.in_(_ids("audiences"))),
-        ),
+        # Every platform this process delivers (one index range), and of those bound to
+        # their process only the audiences it serves.
+        outbox.c.platform.in_(_ids("platforms")),
+        or_(outbox.c.platform.not_in(_ids("bound")), outbox.c.audience.in_(_ids("audiences"))),
         outbox.c.status.in_(("pending", "sending")),
         outbox.c.next_try <= bindparam("now"),
         ~_WAITING_ON_EARLIER,
@@ -798,7 +798,7 @@ def claim_events(
         conn.execute(
             _CLAIMABLE_EVENTS,
             {
-                "platforms": list(platforms),
+                "platforms": [*platforms, *bound_platforms],
                 "bound": list(bound_platforms),
                 "audiences": list(audiences),
                 "now": now,
