@@ -193,9 +193,12 @@ class App:
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
+    # Live news goes to a platform's adapter in this process only if it serves that person:
+    # a console running someone else's job prints nothing of it.
+
     async def _progress(self, update: Progress) -> None:
         adapter = self.adapters.get(update.reply_to.get("platform", ""))
-        if adapter is not None:
+        if adapter is not None and adapter.serves(update.reply_to):
             await adapter.progress(update)
 
     # What extensions tell a chat about work that is not a job (a model download).
@@ -204,7 +207,7 @@ class App:
         self, reply_to: dict[str, Any], text: str, *, final: bool = False
     ) -> None:
         adapter = self.adapters.get(reply_to.get("platform", ""))
-        if adapter is not None:
+        if adapter is not None and adapter.serves(reply_to):
             try:
                 await adapter.show_status(reply_to, text, final=final)
             except Exception:
@@ -212,7 +215,7 @@ class App:
 
     async def announce(self, reply_to: dict[str, Any], text: str) -> None:
         adapter = self.adapters.get(reply_to.get("platform", ""))
-        if adapter is not None:
+        if adapter is not None and adapter.serves(reply_to):
             try:
                 await adapter.announce(reply_to, text)
             except Exception:

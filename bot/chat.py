@@ -4,13 +4,21 @@ Delivery is at-least-once through the outbox: an adapter's ``deliver`` is called
 event until it returns, and the event is marked sent right after. An adapter raises
 ``DeliveryRetry`` when the platform asks it to wait (flood control) and ``DeliveryGone`` when
 the target can never be reached (the person blocked the bot, the chat was deleted).
+
+Every outbox event carries its audience, the recipient its reply target names
+(``audience_of``). Most platforms can be delivered to by any process; one whose delivery is
+bound to a process (a console prints in its own terminal) says which audiences it serves
+(``ChatAdapter.audiences``), and gets only their events and their live progress.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+AUDIENCE_MAX = 160  # the width of outbox.audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,23 @@ class Progress:
     text: str | None = None
 
 
+def audience_of(reply_to: Mapping[str, Any]) -> str | None:
+    """Who an event for ``reply_to`` is for: ``"platform:chat"``; None if it names no chat.
+
+    The same text whichever process writes the event and whichever serves the person, so a
+    bound adapter can claim exactly its people's events.
+    """
+    platform, chat = reply_to.get("platform"), reply_to.get("chat")
+    if not platform or chat is None or chat == "":
+        return None
+    return f"{platform}:{chat}"[:AUDIENCE_MAX]
+
+
+def outbox_address(reply_to: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that say where an outbox event goes: every writer of events uses it."""
+    return {"platform": reply_to.get("platform", ""), "audience": audience_of(reply_to)}
+
+
 class DeliveryRetry(Exception):
     def __init__(self, retry_after: float, reason: str = "") -> None:
         super().__init__(reason or f"retry after {retry_after}s")
@@ -69,6 +94,18 @@ class ChatAdapter(ABC):
     platform: str
     # Consecutive pictures of one job handed over in one call (an album); 1: one by one.
     max_group: int = 1
+
+    def audiences(self) -> frozenset[str] | None:
+        """The audiences (``audience_of``) this process delivers to, if delivery on this
+        platform is bound to the process, such as a terminal; None: any process of the
+        platform delivers any of its events. A bound adapter gets only these audiences'
+        events, progress and status lines; the others wait for the process serving them.
+        """
+        return None
+
+    def serves(self, reply_to: Mapping[str, Any]) -> bool:
+        served = self.audiences()
+        return served is None or audience_of(reply_to) in served
 
     @abstractmethod
     async def deliver(self, delivery: Delivery) -> None: ...

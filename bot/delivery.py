@@ -10,6 +10,10 @@ one task, so delivering many pictures costs few transactions. A crash between th
 means the event is delivered again after a restart (at least once, never lost); events a
 dead process on this host was sending are taken back at start-up, others once their
 send lease runs out.
+
+A platform whose delivery is bound to one process (``ChatAdapter.audiences``) is handed only
+the events of the people this process serves; the others' events wait for theirs, also
+those a process of theirs left behind.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry
+from bot.chat import ChatAdapter, Delivery, DeliveryGone, DeliveryRetry, audience_of
 from bot.jobs import now
 from bot.owners import owner_is_dead
 from bot.waiting import wait_for_event
@@ -67,6 +71,7 @@ class Deliverer:
         dead = [o for o in owners if owner_is_dead(o, self.owner)]
         if dead and await self.db.run_write(repos.release_events, dead):
             log.info("taking back undelivered events from stopped processes")
+        await self._address_old_events()
         self._loop_task = asyncio.create_task(self._loop(), name="deliverer")
         self._marker_task = asyncio.create_task(self._marker(), name="delivery-marks")
 
@@ -93,14 +98,41 @@ class Deliverer:
 
     # --- claiming ----------------------------------------------------------------------------
 
+    def _claim_scope(self) -> dict[str, list[str]]:
+        """Which events this process may deliver: every event of the platforms any process
+        can deliver, and for bound ones only those of the audiences it serves."""
+        free: list[str] = []
+        bound: list[str] = []
+        audiences: set[str] = set()
+        for platform, adapter in self.adapters.items():
+            served = adapter.audiences()
+            if served is None:
+                free.append(platform)
+            else:
+                bound.append(platform)
+                audiences |= served
+        return {"platforms": free, "bound_platforms": bound, "audiences": sorted(audiences)}
+
+    async def _address_old_events(self) -> None:
+        """Give an audience to undelivered events of bound platforms written before events
+        had one, so the process serving their person delivers them (and no other)."""
+        bound = self._claim_scope()["bound_platforms"]
+        try:
+            rows = await self.db.run_read(repos.unaddressed_events, bound)
+            found = {r.id: audience_of(dict(r.payload).get("reply_to") or {}) for r in rows}
+            addressed = {eid: aud for eid, aud in found.items() if aud is not None}
+            if addressed:
+                await self.db.run_write(repos.address_events, addressed)
+        except Exception:
+            log.exception("addressing older outbox events failed")
+
     async def _loop(self) -> None:
-        platforms = list(self.adapters)
         while True:
             self._wake.clear()
             try:
                 events = await self.db.run_write(
                     repos.claim_events,
-                    platforms=platforms,
+                    **self._claim_scope(),
                     owner=self.owner,
                     now=now(),
                     lease_s=SEND_LEASE_S,

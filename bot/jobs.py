@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from bot import i18n
-from bot.chat import UserRef
+from bot.chat import UserRef, outbox_address
 from bot.config import Config
 from bot.errors import (
     BadInput,
@@ -216,7 +216,7 @@ def finish_job(
         [
             {
                 "job_id": job.id,
-                "platform": job.reply_to.get("platform", ""),
+                **outbox_address(job.reply_to),
                 "kind": kind,
                 "payload": payload,
                 "created_at": t,

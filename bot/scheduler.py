@@ -35,7 +35,7 @@ from PIL import Image
 from sqlalchemy import Connection, Row
 
 from bot import crashes
-from bot.chat import Progress
+from bot.chat import Progress, outbox_address
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure, UserError
 from bot.imaging import encode_output_png, thumbnail_of
@@ -703,7 +703,7 @@ class Scheduler:
         }
         event = {
             "job_id": job.id,
-            "platform": job.reply_to.get("platform", ""),
+            **outbox_address(job.reply_to),
             "kind": "image",
             "idx": index,
             "created_at": t,

@@ -148,6 +148,9 @@ class OutboxEvent(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "kind", "idx", name="uq_outbox_job_kind_idx"),
         Index("ix_outbox_pending", "status", "platform", "next_try", "id"),
+        # a console claims only its person's rows: without this, every poll scans the
+        # rows other people's consoles have still to print
+        Index("ix_outbox_audience", "status", "platform", "audience", "next_try", "id"),
         Index("ix_outbox_job", "job_id", "id"),
     )
 

@@ -753,7 +753,10 @@ _WAITING_ON_EARLIER = (
 _CLAIMABLE_EVENTS = (
     select(outbox.c.id)
     .where(
+        # Every platform this process delivers (one index range), and of those bound to
+        # their process only the audiences it serves.
         outbox.c.platform.in_(_ids("platforms")),
+        or_(outbox.c.platform.not_in(_ids("bound")), outbox.c.audience.in_(_ids("audiences"))),
         outbox.c.status.in_(("pending", "sending")),
         outbox.c.next_try <= bindparam("now"),
         ~_WAITING_ON_EARLIER,
@@ -785,6 +788,16 @@ _RELEASE_EVENTS = (
     .where(outbox.c.status == "sending", outbox.c.owner.in_(_ids("dead")))
     .values(status="pending", next_try=0.0)
 )
+_UNADDRESSED = select(outbox.c.id, outbox.c.payload).where(
+    outbox.c.status.in_(("pending", "sending")),
+    outbox.c.platform.in_(_ids("platforms")),
+    outbox.c.audience.is_(None),
+)
+_ADDRESS = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("eid"), outbox.c.audience.is_(None))
+    .values(audience=bindparam("aud"))
+)
 _UNSENT_FOR_USER = (
     select(func.count())
     .select_from(outbox.join(jobs, jobs.c.id == outbox.c.job_id))
@@ -795,6 +808,7 @@ EVENT_DEFAULTS: dict[str, Any] = {
     "status": "pending",
     "attempts": 0,
     "owner": None,
+    "audience": None,
     "next_try": 0.0,
     "error": None,
     "sent_at": None,
@@ -814,12 +828,15 @@ def claim_events(
     conn: Connection,
     *,
     platforms: Sequence[str],
+    bound_platforms: Sequence[str] = (),
+    audiences: Sequence[str] = (),
     owner: str,
     now: float,
     lease_s: float,
     limit: int = 100,
 ) -> list[Row[Any]]:
-    """Claim deliverable events for ``platforms``, oldest first.
+    """Claim deliverable events for ``platforms``, and those of ``bound_platforms`` whose
+    audience is one of ``audiences`` (the people this process serves), oldest first.
 
     An event waits while an earlier event of the same job is still out (being sent by
     another process, or waiting to be retried), so a person never sees "done" before the
@@ -829,7 +846,14 @@ def claim_events(
     ids = list(
         conn.execute(
             _CLAIMABLE_EVENTS,
-            {"platforms": list(platforms), "now": now, "lim": limit, "me": owner},
+            {
+                "platforms": [*platforms, *bound_platforms],
+                "bound": list(bound_platforms),
+                "audiences": list(audiences),
+                "now": now,
+                "lim": limit,
+                "me": owner,
+            },
         ).scalars()
     )
     if not ids:
@@ -867,6 +891,18 @@ def release_events(conn: Connection, dead_owners: Sequence[str]) -> int:
     if not dead_owners:
         return 0
     return conn.execute(_RELEASE_EVENTS, {"dead": list(dead_owners)}).rowcount
+
+
+def unaddressed_events(conn: Connection, platforms: Sequence[str]) -> list[Row[Any]]:
+    """Undelivered events of ``platforms`` written without an audience (before it existed)."""
+    if not platforms:
+        return []
+    return list(conn.execute(_UNADDRESSED, {"platforms": list(platforms)}).all())
+
+
+def address_events(conn: Connection, audiences: Mapping[int, str]) -> None:
+    if audiences:
+        conn.execute(_ADDRESS, [{"eid": eid, "aud": aud} for eid, aud in audiences.items()])
 
 
 def unsent_for_user(conn: Connection, user_id: int) -> int:

@@ -4,6 +4,10 @@ Interactive on a terminal; when standard input is a pipe or a file it reads one 
 line, prints one tagged line per event (``receipt:``, ``progress:``, ``image:``, ``done:``,
 ``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along, and exits
 once input has ended and every job it knows about has finished and been reported.
+
+A console serves the one person at its terminal (``audiences``): consoles of several people
+on one database each print only their own person's progress and results, whichever
+process ran the job.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from typing import Any, TextIO
 
 from bot.app import App
-from bot.chat import ChatAdapter, Delivery, Progress, UserRef
+from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.i18n import DEFAULT_LANG
 from bot.text import clean
@@ -55,6 +59,11 @@ class ConsoleAdapter(ChatAdapter):
     @property
     def reply_to(self) -> dict[str, str]:
         return {"platform": self.platform, "chat": self.user.id}
+
+    def audiences(self) -> frozenset[str] | None:
+        """Only the person at this terminal: another console's people wait for theirs."""
+        audience = audience_of(self.reply_to)
+        return frozenset({audience} if audience else ())
 
     async def deliver(self, d: Delivery) -> None:
         p = d.payload

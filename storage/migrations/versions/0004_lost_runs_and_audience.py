@@ -24,9 +24,16 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("audience", sa.String(length=160), nullable=True))
+    op.create_index(
+        "ix_outbox_audience",
+        "outbox",
+        ["status", "platform", "audience", "next_try", "id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_audience", table_name="outbox")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("audience")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
