@@ -38,6 +38,7 @@ from bot.imaging import InputImage, load_input_image
 from bot.infotext import parse_infotext
 from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
 from bot.params import GenerationParams
+from bot.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +551,7 @@ class Commands:
         raise NotFound.of("error.unknown_person", target=target)
 
 
-_STATUS_ORDER = ("queued", "running", "succeeded", "failed", "cancelled", "quarantined")
+_STATUS_ORDER = tuple(JobStatus)
 
 
 def _extension_help(extension: Any, lang: str) -> list[tuple[str, str, bool]]:
@@ -633,7 +634,7 @@ def format_job_line(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
         "job.line",
         id=v.id,
         status=i18n.term("status", v.status),
-        extra=f" {v.progress}%" if v.status == "running" else "",
+        extra=f" {v.progress}%" if v.status == JobStatus.RUNNING else "",
         kind=i18n.term("kind", v.kind),
         prompt=repr(prompt),
         cost=v.cost,
@@ -682,7 +683,7 @@ def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
         lines.append("  " + t(lang, "job.ledger", reason=reason_text, delta=f"{delta:+d}"))
     if v.finished_at and v.started_at:
         lines.append("  " + t(lang, "job.took", seconds=v.finished_at - v.started_at))
-    elif v.status == "queued":
+    elif v.status == JobStatus.QUEUED:
         waited = time.time() - v.created_at
         lines.append("  " + t(lang, "job.waiting", seconds=waited, position=v.position))
     return "\n".join(lines)
@@ -769,7 +770,7 @@ def format_status(view: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
             cost=view.cost,
         ),
     ]
-    if view.status == "queued" and view.position:
+    if view.status == JobStatus.QUEUED and view.position:
         lines.append(t(lang, "status.position", position=view.position))
     return "\n".join(lines)
 
@@ -782,14 +783,14 @@ def format_batch_status(
         lang,
         "batch.status",
         batch_id=batch_id,
-        done=counts.get("succeeded", 0),
+        done=counts.get(JobStatus.SUCCEEDED, 0),
         size=size,
-        running=counts.get("running", 0),
-        queued=counts.get("queued", 0),
-        failed=counts.get("failed", 0) + counts.get("quarantined", 0),
+        running=counts.get(JobStatus.RUNNING, 0),
+        queued=counts.get(JobStatus.QUEUED, 0),
+        failed=counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.QUARANTINED, 0),
     )
-    if counts.get("cancelled"):
-        text += t(lang, "batch.cancelled", cancelled=counts["cancelled"])
+    if counts.get(JobStatus.CANCELLED):
+        text += t(lang, "batch.cancelled", cancelled=counts[JobStatus.CANCELLED])
     return text
 
 

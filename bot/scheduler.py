@@ -41,6 +41,7 @@ from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
+from storage.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class Scheduler:
                     conn,
                     self.config,
                     job,
-                    status="quarantined",
+                    status=JobStatus.QUARANTINED,
                     failure=FailureClass.CRASH,
                     message=_quarantine_msg(job.attempts),
                     images_made=len(repos.images_for_job(conn, job.id)),
@@ -233,7 +234,12 @@ class Scheduler:
                 )
             else:
                 repos.update_job(
-                    conn, job.id, status="queued", lease_owner=None, lease_until=None, run_after=0.0
+                    conn,
+                    job.id,
+                    status=JobStatus.QUEUED,
+                    lease_owner=None,
+                    lease_until=None,
+                    run_after=0.0,
                 )
         return n
 
@@ -338,22 +344,24 @@ class Scheduler:
         provider = self.providers[job.provider]
         if job.attempts > q.max_attempts:
             await self._finish(
-                job, "quarantined", FailureClass.CRASH, _quarantine_msg(job.attempts - 1)
+                job, JobStatus.QUARANTINED, FailureClass.CRASH, _quarantine_msg(job.attempts - 1)
             )
             return
         if job.cancel_requested:
-            await self._finish(job, "cancelled", FailureClass.CANCELLED, "cancelled")
+            await self._finish(job, JobStatus.CANCELLED, FailureClass.CANCELLED, "cancelled")
             return
         remaining = (job.deadline or now() + q.job_timeout_s) - now()
         if remaining <= 0:
-            await self._finish(job, "failed", FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s))
+            await self._finish(
+                job, JobStatus.FAILED, FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s)
+            )
             return
         try:
             request = await self._request_for(job)
         except Exception as exc:
             log.exception("job %s: cannot build its request", job.id)
             await self._finish(
-                job, "failed", FailureClass.CRASH, f"the job's input is unusable: {exc}"
+                job, JobStatus.FAILED, FailureClass.CRASH, f"the job's input is unusable: {exc}"
             )
             return
         have: set[int] = set()
@@ -377,20 +385,24 @@ class Scheduler:
                 self._down_until[job.provider] = time.monotonic() + FAILOVER_COOLDOWN_S
                 if await self._fail_over(job, run, exc.message):
                     return
-            await self._finish(job, "failed", exc.failure, exc.message, run=run)
+            await self._finish(job, JobStatus.FAILED, exc.failure, exc.message, run=run)
         except TimeoutError:
             if not deadline.expired():  # a timeout inside the provider, not our deadline
                 await self._crashed(job, run, "the provider timed out")
                 return
             await self._cancel_remote(provider, run.task_id)
             await self._finish(
-                job, "failed", FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s), run=run
+                job, JobStatus.FAILED, FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s), run=run
             )
         except (asyncio.CancelledError, LeaseLost):
             if job.id in self._cancel_asked and not self._stopping:
                 await self._cancel_remote(provider, run.task_id)
                 await self._finish(
-                    job, "cancelled", FailureClass.CANCELLED, "cancelled while running", run=run
+                    job,
+                    JobStatus.CANCELLED,
+                    FailureClass.CANCELLED,
+                    "cancelled while running",
+                    run=run,
                 )
                 return
             raise
@@ -400,10 +412,13 @@ class Scheduler:
         else:
             if not run.images:
                 await self._finish(
-                    job, "failed", FailureClass.PROVIDER_ERROR, "the provider returned no image"
+                    job,
+                    JobStatus.FAILED,
+                    FailureClass.PROVIDER_ERROR,
+                    "the provider returned no image",
                 )
             else:
-                await self._finish(job, "succeeded", None, None, run=run)
+                await self._finish(job, JobStatus.SUCCEEDED, None, None, run=run)
 
     async def _fail_over(self, job: Row[Any], run: _Run, reason: str) -> bool:
         """Move a job that never reached its provider to the next one in the configured
@@ -439,7 +454,7 @@ class Scheduler:
             await self._update(
                 job,
                 run,
-                status="queued",
+                status=JobStatus.QUEUED,
                 provider=name,
                 model=route.model,
                 params=new_params,
@@ -460,13 +475,17 @@ class Scheduler:
         q = self.config.queue
         if job.attempts >= q.max_attempts:
             await self._finish(
-                job, "quarantined", FailureClass.CRASH, _quarantine_msg(job.attempts), run=run
+                job,
+                JobStatus.QUARANTINED,
+                FailureClass.CRASH,
+                _quarantine_msg(job.attempts),
+                run=run,
             )
             return
         await self._update(
             job,
             run,
-            status="queued",
+            status=JobStatus.QUEUED,
             lease_owner=None,
             lease_until=None,
             run_after=now() + q.retry_backoff_s * job.attempts,
@@ -527,7 +546,7 @@ class Scheduler:
     async def _finish(
         self,
         job: Row[Any],
-        status: str,
+        status: JobStatus,
         failure: FailureClass | None,
         message: str | None,
         *,
@@ -560,12 +579,14 @@ class Scheduler:
         if await asyncio.shield(self.db.run_write(tx)):
             log.info("job %s %s%s", job.id, status, f" ({failure.value})" if failure else "")
             self.on_event()
-            await self._progress(job, 100 if status == "succeeded" else job.progress, status)
+            await self._progress(
+                job, 100 if status == JobStatus.SUCCEEDED else job.progress, status
+            )
 
     async def _release(self, job: Row[Any], run: _Run | None) -> None:
         """Shutdown: give the job back without counting the attempt (keeping its pictures)."""
         values = {
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "lease_owner": None,
             "lease_until": None,
             "attempts": max(0, job.attempts - 1),

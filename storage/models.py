@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from storage.status import OutboxStatus
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -160,7 +162,7 @@ class OutboxEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # image | finished | failed | cancelled
     idx: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|dead
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     next_try: Mapped[float] = mapped_column(Float, default=0.0)

@@ -42,9 +42,14 @@ from storage.models import (
     StoredImage,
     User,
 )
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled", "quarantined")
+from storage.status import (
+    DOWNLOAD_ACTIVE,
+    JOB_ACTIVE,
+    OUTBOX_UNSENT,
+    DownloadStatus,
+    JobStatus,
+    OutboxStatus,
+)
 
 users = User.__table__
 ledger = LedgerEntry.__table__
@@ -296,7 +301,7 @@ _QUEUED_OF_USER = (
     select(jobs.c.id)
     .where(
         jobs.c.user_id == bindparam("uid"),
-        jobs.c.status == "queued",
+        jobs.c.status == JobStatus.QUEUED,
         jobs.c.provider == bindparam("provider"),
     )
     .order_by(jobs.c.id)
@@ -304,7 +309,7 @@ _QUEUED_OF_USER = (
 _JOB_BY_IDEM = select(jobs).where(jobs.c.idem_key == bindparam("key"))
 _JOBS_OF_BATCH = select(jobs).where(jobs.c.batch_id == bindparam("bid")).order_by(jobs.c.id)
 _ACTIVE_COUNT = select(func.count()).where(
-    jobs.c.user_id == bindparam("uid"), jobs.c.status.in_(ACTIVE)
+    jobs.c.user_id == bindparam("uid"), jobs.c.status.in_(JOB_ACTIVE)
 )
 _JOBS_OF_USER = (
     select(jobs)
@@ -321,12 +326,12 @@ _BATCH_COUNTS = (
 )
 _QUEUE = (
     select(jobs.c.user_id, func.count(), func.min(jobs.c.id))
-    .where(jobs.c.status == "queued", jobs.c.provider == bindparam("provider"))
+    .where(jobs.c.status == JobStatus.QUEUED, jobs.c.provider == bindparam("provider"))
     .group_by(jobs.c.user_id)
 )
 _CANCEL_FLAG = (
     update(jobs)
-    .where(jobs.c.id == bindparam("jid"), jobs.c.status == "running")
+    .where(jobs.c.id == bindparam("jid"), jobs.c.status == JobStatus.RUNNING)
     .values(cancel_requested=True)
 )
 
@@ -429,11 +434,11 @@ def request_cancel(conn: Connection, job_id: int) -> bool:
 # --- jobs: claiming, leases, state changes ------------------------------------------------
 
 _RUNNING_FOR_PROVIDER = select(func.count()).where(
-    jobs.c.status == "running", jobs.c.provider == bindparam("provider")
+    jobs.c.status == JobStatus.RUNNING, jobs.c.provider == bindparam("provider")
 )
 _LOCK_PROVIDER_CLAIMS = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("key"))))
 _CLAIMABLE = (
-    jobs.c.status == "queued",
+    jobs.c.status == JobStatus.QUEUED,
     jobs.c.provider == bindparam("provider"),
     jobs.c.run_after <= bindparam("now"),
 )
@@ -444,7 +449,7 @@ _CLAIM_HEADS = (
 )
 _RUNNING_BY_USER = (
     select(jobs.c.user_id, func.count())
-    .where(jobs.c.user_id.in_(_ids("uids")), jobs.c.status == "running")
+    .where(jobs.c.user_id.in_(_ids("uids")), jobs.c.status == JobStatus.RUNNING)
     .group_by(jobs.c.user_id)
 )
 _LAST_SERVED = select(users.c.id, users.c.last_served_at).where(users.c.id.in_(_ids("uids")))
@@ -462,14 +467,14 @@ _OLDEST_PER_USER = select(_ranked.c.id, _ranked.c.user_id, _ranked.c.rn).where(
 )
 _LOCK_QUEUED = (
     select(jobs.c.id)
-    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == JobStatus.QUEUED)
     .with_for_update(skip_locked=True)
 )
 _CLAIM = (
     update(jobs)
-    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == JobStatus.QUEUED)
     .values(
-        status="running",
+        status=JobStatus.RUNNING,
         lease_owner=bindparam("owner"),
         lease_until=bindparam("until"),
         attempts=jobs.c.attempts + 1,
@@ -585,15 +590,15 @@ def claim_jobs(
 
 _RENEW = (
     update(jobs)
-    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == JobStatus.RUNNING)
     .values(lease_until=bindparam("until"))
     .returning(jobs.c.id, jobs.c.cancel_requested)
 )
-_RUNNING_OWNERS = select(jobs.c.lease_owner).where(jobs.c.status == "running").distinct()
+_RUNNING_OWNERS = select(jobs.c.lease_owner).where(jobs.c.status == JobStatus.RUNNING).distinct()
 _LAPSED = (
     select(jobs)
     .where(
-        jobs.c.status == "running",
+        jobs.c.status == JobStatus.RUNNING,
         or_(jobs.c.lease_until < bindparam("now"), jobs.c.lease_owner.in_(_ids("dead"))),
     )
     .with_for_update(skip_locked=True)
@@ -601,7 +606,7 @@ _LAPSED = (
 _OWNED = and_(
     jobs.c.id == bindparam("jid"),
     jobs.c.lease_owner == bindparam("owner"),
-    jobs.c.status == "running",
+    jobs.c.status == JobStatus.RUNNING,
 )
 _OWNED_JOB = select(jobs).where(_OWNED)
 _OWNED_FOR_UPDATE = _OWNED_JOB.with_for_update()
@@ -617,9 +622,9 @@ def renew_leases(conn: Connection, owner: str, until: float) -> dict[int, bool]:
 
 _RELEASE_HELD = (
     update(jobs)
-    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == JobStatus.RUNNING)
     .values(
-        status="queued",
+        status=JobStatus.QUEUED,
         lease_owner=None,
         lease_until=None,
         attempts=jobs.c.attempts - 1,
@@ -695,8 +700,8 @@ _WAITING_ON_EARLIER = (
         _earlier.c.id < outbox.c.id,
         _earlier.c.next_try > bindparam("now"),
         or_(
-            _earlier.c.status == "pending",
-            and_(_earlier.c.status == "sending", _earlier.c.owner != bindparam("me")),
+            _earlier.c.status == OutboxStatus.PENDING,
+            and_(_earlier.c.status == OutboxStatus.SENDING, _earlier.c.owner != bindparam("me")),
         ),
     )
     .correlate(outbox)
@@ -705,7 +710,7 @@ _CLAIMABLE_EVENTS = (
     select(outbox.c.id)
     .where(
         outbox.c.platform.in_(_ids("platforms")),
-        outbox.c.status.in_(("pending", "sending")),
+        outbox.c.status.in_(OUTBOX_UNSENT),
         outbox.c.next_try <= bindparam("now"),
         ~_WAITING_ON_EARLIER,
     )
@@ -716,7 +721,7 @@ _CLAIMABLE_EVENTS = (
 _CLAIM_EVENTS = (
     update(outbox)
     .where(outbox.c.id.in_(_ids()))
-    .values(status="sending", owner=bindparam("me"), next_try=bindparam("until"))
+    .values(status=OutboxStatus.SENDING, owner=bindparam("me"), next_try=bindparam("until"))
     .returning(*outbox.c)
 )
 _MARK_EVENT = (
@@ -730,20 +735,20 @@ _MARK_EVENT = (
         sent_at=bindparam("new_sent_at"),
     )
 )
-_SENDING_OWNERS = select(outbox.c.owner).where(outbox.c.status == "sending").distinct()
+_SENDING_OWNERS = select(outbox.c.owner).where(outbox.c.status == OutboxStatus.SENDING).distinct()
 _RELEASE_EVENTS = (
     update(outbox)
-    .where(outbox.c.status == "sending", outbox.c.owner.in_(_ids("dead")))
-    .values(status="pending", next_try=0.0)
+    .where(outbox.c.status == OutboxStatus.SENDING, outbox.c.owner.in_(_ids("dead")))
+    .values(status=OutboxStatus.PENDING, next_try=0.0)
 )
 _UNSENT_FOR_USER = (
     select(func.count())
     .select_from(outbox.join(jobs, jobs.c.id == outbox.c.job_id))
-    .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(("pending", "sending")))
+    .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(OUTBOX_UNSENT))
 )
 EVENT_DEFAULTS: dict[str, Any] = {
     "idx": 0,
-    "status": "pending",
+    "status": OutboxStatus.PENDING,
     "attempts": 0,
     "owner": None,
     "next_try": 0.0,
@@ -827,7 +832,7 @@ def unsent_for_user(conn: Connection, user_id: int) -> int:
 # --- statistics ----------------------------------------------------------------------------
 
 _ACTIVE_BY_STATUS = (
-    select(jobs.c.status, func.count()).where(jobs.c.status.in_(ACTIVE)).group_by(jobs.c.status)
+    select(jobs.c.status, func.count()).where(jobs.c.status.in_(JOB_ACTIVE)).group_by(jobs.c.status)
 )
 _JOBS_SINCE = (
     select(jobs.c.status, func.count())
@@ -849,8 +854,8 @@ def stats(conn: Connection, since: float) -> dict[str, Any]:
     recent = {s: int(n) for s, n in conn.execute(_JOBS_SINCE, {"since": since}).all()}
     money = {r: int(total) for r, total in conn.execute(_MONEY_SINCE, {"since": since}).all()}
     return {
-        "queued": active.get("queued", 0),
-        "running": active.get("running", 0),
+        "queued": active.get(JobStatus.QUEUED, 0),
+        "running": active.get(JobStatus.RUNNING, 0),
         "jobs_by_status": recent,
         "charged": -money.get("charge", 0),
         "refunded": money.get("refund", 0),
@@ -864,9 +869,6 @@ download_tasks = DownloadTask.__table__
 model_records = ModelRecord.__table__
 model_files = ModelFileRecord.__table__
 
-DOWNLOAD_ACTIVE = ("queued", "running", "paused")
-DOWNLOAD_TERMINAL = ("done", "failed", "cancelled")
-
 _DOWNLOAD = select(download_tasks).where(download_tasks.c.id == bindparam("tid"))
 _DOWNLOADS_FOR_FILE = (
     select(download_tasks)
@@ -878,9 +880,9 @@ _CLAIM_DOWNLOAD = (
     .where(
         download_tasks.c.id == bindparam("tid"),
         or_(
-            download_tasks.c.status == "queued",
+            download_tasks.c.status == DownloadStatus.QUEUED,
             and_(
-                download_tasks.c.status == "running",
+                download_tasks.c.status == DownloadStatus.RUNNING,
                 or_(
                     download_tasks.c.owner == bindparam("me"),
                     download_tasks.c.updated_at < bindparam("stale_before"),
@@ -889,7 +891,7 @@ _CLAIM_DOWNLOAD = (
         ),
     )
     .values(
-        status="running",
+        status=DownloadStatus.RUNNING,
         owner=bindparam("me"),
         error=None,
         started_at=func.coalesce(download_tasks.c.started_at, bindparam("now")),
@@ -900,9 +902,9 @@ _INTERRUPTED_DOWNLOADS = (
     select(download_tasks.c.id)
     .where(
         or_(
-            download_tasks.c.status == "queued",
+            download_tasks.c.status == DownloadStatus.QUEUED,
             and_(
-                download_tasks.c.status == "running",
+                download_tasks.c.status == DownloadStatus.RUNNING,
                 download_tasks.c.updated_at < bindparam("stale_before"),
             ),
         )
@@ -919,7 +921,7 @@ _MODEL_FILES = select(model_files)
 
 def insert_download_task(conn: Connection, values: Mapping[str, Any]) -> int:
     """A new download task (``status`` queued unless given); its id."""
-    row = {"bytes_done": 0, "attempts": 0, "status": "queued", "options": {}, **values}
+    row = {"bytes_done": 0, "attempts": 0, "status": DownloadStatus.QUEUED, "options": {}, **values}
     return int(
         conn.execute(insert(download_tasks).returning(download_tasks.c.id), row).scalar_one()
     )

@@ -18,6 +18,7 @@ from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef
 from bot.commands import Incoming, format_outcome
 from bot.i18n import DEFAULT_LANG
+from bot.status import JOB_TERMINAL
 
 
 class ConsoleAdapter(ChatAdapter):
@@ -68,7 +69,7 @@ class ConsoleAdapter(ChatAdapter):
             self._last_progress.pop(d.job_id, None)
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
         t = time.monotonic()
         last = self._last_progress.get(update.job_id)

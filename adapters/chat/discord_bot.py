@@ -38,6 +38,7 @@ from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.i18n import normalize, t
 from bot.results import Results
+from bot.status import JOB_ACTIVE, JOB_TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +419,7 @@ class DiscordAdapter(ResultsAdapter):
             views = await self.app.jobs.jobs(self._user(interaction.user), limit=25)
             out = []
             for v in views:
-                if v.status in ("queued", "running") and current in str(v.id):
+                if v.status in JOB_ACTIVE and current in str(v.id):
                     prompt = str(v.params.get("prompt", ""))[:60]
                     out.append(app_commands.Choice(name=f"#{v.id} {v.status} {prompt}", value=v.id))
             return out[:25]
@@ -885,7 +886,7 @@ class DiscordAdapter(ResultsAdapter):
     # --- progress ------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return
         self._mark_dirty(update)
 

@@ -56,6 +56,7 @@ from bot.errors import UserError
 from bot.grammar import parse_command
 from bot.i18n import normalize, t
 from bot.results import Results
+from bot.status import JOB_TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -944,7 +945,7 @@ class TelegramAdapter(ResultsAdapter):
     # --- progress ------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
         self._mark_dirty(update)
 
