@@ -3,7 +3,7 @@
 One dispatcher per provider claims as many jobs as it has free slots (the provider's
 ``concurrency`` in this process, within its ``max_running`` across processes), in one
 transaction, fairly across people (see
-``storage.repos.plan_fair_share``), and runs each as a task. A claimed job carries a lease
+``bot.fairness.plan_fair_share``), and runs each as a task. A claimed job carries a lease
 (owner + expiry); one loop renews every lease this process holds in a single statement and
 learns from the same statement whether a job was cancelled from elsewhere or taken over.
 
@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Row
 from bot.chat import Progress
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure, UserError
+from bot.fairness import plan_fair_share
 from bot.imaging import encode_output_png, thumbnail_of
 from bot.infotext import format_infotext
 from bot.jobs import finish_job, now
@@ -298,6 +299,7 @@ class Scheduler:
                         timeout_s=q.job_timeout_s,
                         slots=free,
                         max_running_per_user=q.max_running_per_user,
+                        plan=plan_fair_share,
                         provider_cap=shared_cap,
                     )
                 except Exception:

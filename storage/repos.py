@@ -11,8 +11,7 @@ entries without a job, so a charge or refund can never happen twice.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -486,40 +485,13 @@ _CLAIM = (
 _SERVED = update(users).where(users.c.id.in_(_ids("uids"))).values(last_served_at=bindparam("now"))
 
 
-def plan_fair_share(
-    heads: Iterable[tuple[int, int, int]],
-    running: Mapping[int, int],
-    served: Mapping[int, float],
-    slots: int,
-    max_running_per_user: int,
-) -> dict[int, int]:
-    """How many of ``slots`` each user gets: ``{user_id: count}``.
-
-    ``heads`` are ``(user_id, queued count, oldest queued id)``. Each slot goes to the
-    person with the fewest jobs running (counting slots already given), then to whoever
-    was served least recently, then to whoever has waited longest. So one person's batch of
-    ten takes turns with everyone else instead of running ahead of them, and nobody goes
-    past ``max_running_per_user``.
-    """
-    just_now = float("inf")  # later than any stored time: served by this very plan
-    heap: list[tuple[int, float, int, int, int]] = []
-    for user_id, queued, first_id in heads:
-        have = running.get(user_id, 0)
-        if queued > 0 and have < max_running_per_user:
-            heap.append((have, served.get(user_id, 0.0), first_id, user_id, queued))
-    heapq.heapify(heap)
-    plan: dict[int, int] = {}
-    turn = 0
-    while slots > 0 and heap:
-        have, _, _, user_id, queued = heapq.heappop(heap)
-        plan[user_id] = plan.get(user_id, 0) + 1
-        slots -= 1
-        turn += 1
-        if queued > 1 and have + 1 < max_running_per_user:
-            # Behind everyone with as many jobs running; among those served in this plan,
-            # in the order they were served.
-            heapq.heappush(heap, (have + 1, just_now, turn, user_id, queued - 1))
-    return plan
+# The fair-share policy (``bot.fairness.plan_fair_share``): from the queue heads
+# ``(user_id, queued count, oldest queued id)``, the jobs running per user, when each was last
+# served, the free slots and the per-user cap, how many jobs each user gets now.
+FairShare = Callable[
+    [Sequence[tuple[int, int, int]], Mapping[int, int], Mapping[int, float], int, int],
+    dict[int, int],
+]
 
 
 def claim_jobs(
@@ -532,9 +504,12 @@ def claim_jobs(
     timeout_s: float,
     slots: int,
     max_running_per_user: int,
+    plan: FairShare,
     provider_cap: int | None = None,
 ) -> list[Row[Any]]:
-    """Claim up to ``slots`` queued jobs for ``provider``, fairly; return the claimed rows.
+    """Claim up to ``slots`` queued jobs for ``provider``, as ``plan`` shares them out; return
+    the claimed rows. The policy is the core's; the counts it needs and the claim are read and
+    written here, in the caller's one transaction.
 
     On PostgreSQL the chosen rows are locked with SKIP LOCKED and the claiming UPDATE
     re-checks ``status = 'queued'``, so processes claiming at the same time never get the
@@ -561,14 +536,14 @@ def claim_jobs(
     uids = [h[0] for h in heads]
     running = {int(u): int(n) for u, n in conn.execute(_RUNNING_BY_USER, {"uids": uids}).all()}
     served = {int(u): float(t or 0.0) for u, t in conn.execute(_LAST_SERVED, {"uids": uids}).all()}
-    plan = plan_fair_share(heads, running, served, slots, max_running_per_user)
-    if not plan:
+    shares = plan(heads, running, served, slots, max_running_per_user)
+    if not shares:
         return []
     ranked = conn.execute(
         _OLDEST_PER_USER,
-        {"provider": provider, "now": now, "uids": list(plan), "k": max(plan.values())},
+        {"provider": provider, "now": now, "uids": list(shares), "k": max(shares.values())},
     ).all()
-    ids = [int(r.id) for r in ranked if r.rn <= plan[int(r.user_id)]]
+    ids = [int(r.id) for r in ranked if r.rn <= shares[int(r.user_id)]]
     if conn.dialect.name == "postgresql":
         ids = [int(i) for i in conn.execute(_LOCK_QUEUED, {"ids": ids}).scalars().all()]
     if not ids:
