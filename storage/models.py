@@ -6,7 +6,7 @@ PostgreSQL, and the claim query does arithmetic on them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -30,6 +31,11 @@ BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+    if TYPE_CHECKING:
+        # Every class here maps one Table (SQLAlchemy types it as any FromClause), so
+        # ``Model.__table__`` can be inserted into, updated and asked for its name.
+        __table__: ClassVar[Table]
 
 
 class User(Base):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -130,7 +130,9 @@ _INSERT_LEDGER = insert(ledger)
 
 
 def get_user(conn: Connection, platform: str, platform_user_id: str) -> Row[Any] | None:
-    return conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
+    # SQLAlchemy 2.1 types this select's rows column by column; callers take any row.
+    row = conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
+    return cast("Row[Any] | None", row)
 
 
 def ensure_user(
