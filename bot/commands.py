@@ -251,7 +251,7 @@ class Commands:
                 # On the console a bare file name counts too when such a file exists
                 # (photo.bmp): better "unsupported format" than "give a picture".
                 first, _, after = rest.strip().partition(" ")
-                if first and await asyncio.to_thread(Path(first).expanduser().is_file):
+                if bool(first) and await asyncio.to_thread(Path(first).expanduser().is_file):
                     source, text = first, after
             if source is None:
                 raise BadInput.of("error.img2img_needs_picture")
@@ -518,7 +518,7 @@ class Commands:
     async def cmd_stats(self, msg: Incoming, rest: str, lang: str) -> Reply:
         _admin_only(msg, "stats")
         s = await self.jobs.stats()
-        counts = [(st, s.jobs_by_status.get(st, 0)) for st in _STATUS_ORDER]
+        counts: list[tuple[str, int]] = [(st, s.jobs_by_status.get(st, 0)) for st in _STATUS_ORDER]
         counts += sorted((st, n) for st, n in s.jobs_by_status.items() if st not in _STATUS_ORDER)
         listed = t(lang, "list.sep").join(
             t(lang, "count.status", n=n, status=i18n.term("status", st)) for st, n in counts if n

@@ -66,7 +66,7 @@ class Deliverer:
             return
         owners = await self.db.run_read(repos.sending_owners)
         dead = [o for o in owners if owner_is_dead(o, self.owner)]
-        if dead and await self.db.run_write(repos.release_events, dead):
+        if dead and await self.db.run_write(repos.release_events, dead) > 0:
             log.info("taking back undelivered events from stopped processes")
         self._loop_task = asyncio.create_task(self._loop(), name="deliverer")
         self._marker_task = asyncio.create_task(self._marker(), name="delivery-marks")

@@ -19,6 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
+from typing import cast
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
@@ -84,7 +85,7 @@ def load_input_image(
     if not data:
         raise BadInput("the image is empty")
 
-    im = _open(data, max_pixels)
+    im: Image.Image = _open(data, max_pixels)
     source_format = im.format or "PNG"
     try:
         im.verify()
@@ -265,7 +266,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         grey = im.convert("I").point(lambda v: v * (1 / 257)).convert("L")
         return grey.convert("RGB")
     if mode == "F":
-        low, high = im.getextrema()
+        low, high = cast(tuple[float, float], im.getextrema())  # one band: (min, max)
         scale = 255 / (high - low) if high > low else 0
         return im.point(lambda v: (v - low) * scale).convert("L").convert("RGB")
     return im.convert("RGB")  # 1, L, YCbCr, LAB, HSV

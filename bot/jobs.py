@@ -491,7 +491,11 @@ class JobService:
         so it keeps meaning the same model; a provider name is kept as it is."""
         shown = name if len(name) <= 60 else name[:59] + "…"
         is_provider = name in self.router.providers
-        params = GenerationParams(prompt="x", **{"provider" if is_provider else "model": name})
+        params = (
+            GenerationParams(prompt="x", provider=name)
+            if is_provider
+            else GenerationParams(prompt="x", model=name)
+        )
         refusal: BadInput | None = None
         for kind, init_size in (("txt2img", None), ("img2img", (512, 512))):
             try:

@@ -429,14 +429,14 @@ class Scheduler:
         chain = self.config.providers.failover.get(job.provider, [])
         params = GenerationParams.from_dict(job.params)
         tried = [*job.params.get("failed_over", []), job.provider]
-        init_size = (params.width, params.height) if job.kind == "img2img" else None
+        w, h = params.width or 1, params.height or 1  # stored params carry the resolved size
+        init_size = (w, h) if job.kind == "img2img" else None
         for name in chain:
             if name in tried or name not in self.providers:
                 continue
             if self._down_until.get(name, 0.0) > time.monotonic():
                 continue
             kind = "img2img" if job.kind == "img2img" else "txt2img"
-            w, h = params.width or 1, params.height or 1
             g = math.gcd(w, h)
             moved = params.with_(provider=name, model=None, width=None, height=None)
             if init_size is None:
