@@ -182,7 +182,7 @@ def _tenth(text: str) -> int | None:
     return int(m.group(1)) // 10 if m else None
 
 
-def _where(job_id: int, payload: dict[str, object]) -> str:
+def _where(job_id: int, payload: dict[str, Any]) -> str:
     batch = payload.get("batch_id")
     if batch is not None:
         return f"job #{job_id} (batch #{batch} task {int(payload.get('batch_index') or 0) + 1})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 from bot.chat import ChatAdapter, Delivery, Progress
@@ -49,8 +49,8 @@ class ProgressEditor:
     def __init__(
         self,
         interval: float,
-        lane: Callable[[Hashable], Hashable],
-        send: Callable[[Any, Progress], Awaitable[None]],
+        lane: Callable[[Any], Hashable],
+        send: Callable[[Any, Progress], Coroutine[Any, Any, None]],
     ) -> None:
         self.interval = interval
         self.lane = lane

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from telegram import (
     BotCommand,
@@ -573,14 +574,14 @@ class TelegramAdapter(ResultsAdapter):
             try:
                 sent = await self.pacer.call(
                     msg.chat.id,
-                    lambda cid, part=part, last=i == len(parts) - 1: self.bot.send_message(
-                        cid,
-                        part,
+                    functools.partial(
+                        self.bot.send_message,
+                        text=part,
                         reply_parameters=ReplyParameters(
                             msg.message_id, allow_sending_without_reply=True
                         ),
                         message_thread_id=msg.message_thread_id if msg.is_topic_message else None,
-                        reply_markup=markup if last else None,
+                        reply_markup=markup if i == len(parts) - 1 else None,
                         link_preview_options=None
                         if link_preview
                         else LinkPreviewOptions(is_disabled=True),
@@ -834,7 +835,7 @@ class TelegramAdapter(ResultsAdapter):
             return
         media = [
             InputMediaPhoto(
-                item.data,
+                cast(bytes, item.data),  # an album holds pictures only (_take_album)
                 caption=_clip(item.caption, MAX_CAPTION),
                 has_spoiler=item.spoiler or None,
                 filename=f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png",
