@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from adapters.civitai.client import (
@@ -488,7 +489,9 @@ class CivitaiCommands:
         """The item's page on the Civitai site (the API's host serves both)."""
         return f"{self.client.base_url}/{kind}/{item_id}"
 
-    async def _pictures(self, wanted: list[tuple[Image | None, str]], width: int) -> list[Picture]:
+    async def _pictures(
+        self, wanted: Sequence[tuple[Image | None, str]], width: int
+    ) -> list[Picture]:
         """The pictures that could be fetched and checked within ``picture_wait_s``, in
         order; audio items and the rest are left out (the text has their links)."""
 

@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -395,7 +396,7 @@ def select_file(version: ModelVersion, options: Mapping[str, str]) -> ModelFile 
         if not want:
             continue
         value: Callable[[ModelFile], str] = (
-            (lambda f: f.type or "") if key == "type" else (lambda f, k=key: meta(f, k))
+            (lambda f: f.type or "") if key == "type" else functools.partial(meta, key=key)
         )
         matching = [f for f in chosen if value(f).lower() == want.lower()]
         if not matching:
@@ -1408,7 +1409,7 @@ class DownloadManager:
                     await asyncio.to_thread(run.sink.reset_sync)
                 state.bytes_done = 0
                 raise _Transient("the file host sent another part of the file than asked")
-            total: int | None = span[2]
+            total = span[2]
         else:
             if have and run.sink is not None:
                 log.info("download #%d: the file host ignored the range; from zero", state.id)
@@ -1742,7 +1743,7 @@ def _version_label(version: ModelVersion) -> str:
 def _cover_image(version: ModelVersion) -> str | None:
     images = [i for i in version.images if i.url]
     safe = [i for i in images if i.level == 1]
-    chosen = (safe or images or [None])[0]
+    chosen = next(iter(safe or images), None)
     return chosen.url if chosen is not None else None
 
 
