@@ -17,6 +17,7 @@ from bot.app import App
 from bot.chat import UserRef
 from bot.config import Config, ConfigError, load_config
 from bot.errors import UserError
+from bot.status import JobStatus
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -284,9 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     jb = sub.add_parser("jobs", help="list, show or cancel jobs")
     jb_sub = jb.add_subparsers(dest="action", required=True)
     ls = jb_sub.add_parser("list", help="recent jobs")
-    ls.add_argument(
-        "--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "quarantined"]
-    )
+    ls.add_argument("--status", choices=[str(s) for s in JobStatus])
     ls.add_argument("--limit", type=int, default=50)
     for name in ("show", "cancel"):
         j = jb_sub.add_parser(name, help=f"{name} one job")

@@ -41,6 +41,7 @@ from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
 from bot.localfile import is_regular_file, read_local_picture
 from bot.params import GenerationParams
 from bot.ratelimit import SlidingWindow
+from bot.status import JobStatus
 from bot.text import shown_char, unusable_char
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class Commands:
                 # On the console a bare file name counts too when such a file exists
                 # (photo.bmp): better "unsupported format" than "give a picture".
                 first, _, after = rest.strip().partition(" ")
-                if first and await asyncio.to_thread(is_regular_file, first):
+                if bool(first) and await asyncio.to_thread(is_regular_file, first):
                     source, text = first, after
             if source is None:
                 raise BadInput.of("error.img2img_needs_picture")
@@ -536,7 +537,7 @@ class Commands:
     async def cmd_stats(self, msg: Incoming, rest: str, lang: str) -> Reply:
         _admin_only(msg, "stats")
         s = await self.jobs.stats()
-        counts = [(st, s.jobs_by_status.get(st, 0)) for st in _STATUS_ORDER]
+        counts: list[tuple[str, int]] = [(st, s.jobs_by_status.get(st, 0)) for st in _STATUS_ORDER]
         counts += sorted((st, n) for st, n in s.jobs_by_status.items() if st not in _STATUS_ORDER)
         listed = t(lang, "list.sep").join(
             t(lang, "count.status", n=n, status=i18n.term("status", st)) for st, n in counts if n
@@ -569,7 +570,7 @@ class Commands:
         raise NotFound.of("error.unknown_person", target=target)
 
 
-_STATUS_ORDER = ("queued", "running", "succeeded", "failed", "cancelled", "quarantined")
+_STATUS_ORDER = tuple(JobStatus)
 
 
 def _extension_help(extension: Any, lang: str) -> list[tuple[str, str, bool]]:
@@ -652,7 +653,7 @@ def format_job_line(v: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
         "job.line",
         id=v.id,
         status=i18n.term("status", v.status),
-        extra=f" {v.progress}%" if v.status == "running" else "",
+        extra=f" {v.progress}%" if v.status == JobStatus.RUNNING else "",
         kind=i18n.term("kind", v.kind),
         prompt=repr(prompt),
         cost=v.cost,
@@ -703,7 +704,7 @@ def format_job(v: JobView, lang: str = i18n.DEFAULT_LANG, *, paths: bool = False
         lines.append("  " + t(lang, "job.ledger", reason=reason_text, delta=f"{delta:+d}"))
     if v.finished_at and v.started_at:
         lines.append("  " + t(lang, "job.took", seconds=v.finished_at - v.started_at))
-    elif v.status == "queued":
+    elif v.status == JobStatus.QUEUED:
         waited = time.time() - v.created_at
         lines.append("  " + t(lang, "job.waiting", seconds=waited, position=v.position))
     return "\n".join(lines)
@@ -790,7 +791,7 @@ def format_status(view: JobView, lang: str = i18n.DEFAULT_LANG) -> str:
             cost=view.cost,
         ),
     ]
-    if view.status == "queued" and view.position:
+    if view.status == JobStatus.QUEUED and view.position:
         lines.append(t(lang, "status.position", position=view.position))
     return "\n".join(lines)
 
@@ -803,14 +804,14 @@ def format_batch_status(
         lang,
         "batch.status",
         batch_id=batch_id,
-        done=counts.get("succeeded", 0),
+        done=counts.get(JobStatus.SUCCEEDED, 0),
         size=size,
-        running=counts.get("running", 0),
-        queued=counts.get("queued", 0),
-        failed=counts.get("failed", 0) + counts.get("quarantined", 0),
+        running=counts.get(JobStatus.RUNNING, 0),
+        queued=counts.get(JobStatus.QUEUED, 0),
+        failed=counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.QUARANTINED, 0),
     )
-    if counts.get("cancelled"):
-        text += t(lang, "batch.cancelled", cancelled=counts["cancelled"])
+    if counts.get(JobStatus.CANCELLED):
+        text += t(lang, "batch.cancelled", cancelled=counts[JobStatus.CANCELLED])
     return text
 
 

@@ -31,6 +31,7 @@ from bot.owners import owner_is_dead
 from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
+from storage.status import OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Deliverer:
             return
         owners = await self.db.run_read(repos.sending_owners)
         dead = [o for o in owners if owner_is_dead(o, self.owner)]
-        if dead and await self.db.run_write(repos.release_events, dead):
+        if dead and await self.db.run_write(repos.release_events, dead) > 0:
             log.info("taking back undelivered events from stopped processes")
         await self._address_old_events()
         self._loop_task = asyncio.create_task(self._loop(), name="deliverer")
@@ -200,7 +201,9 @@ class Deliverer:
         through.
         """
 
-        def mark_all(status: str, attempts: int | None = None, **kw: Any) -> asyncio.Future[Any]:
+        def mark_all(
+            status: OutboxStatus, attempts: int | None = None, **kw: Any
+        ) -> asyncio.Future[Any]:
             marks = [
                 self._mark(d, status, attempts=d.attempts if attempts is None else attempts, **kw)
                 for d in deliveries
@@ -214,7 +217,7 @@ class Deliverer:
             except BaseException:
                 ok = False
             if not ok:  # give it back: it is claimed again once its predecessor is through
-                await mark_all("pending", next_try=now())
+                await mark_all(OutboxStatus.PENDING, next_try=now())
                 return False
         adapter = self.adapters[platform]
         try:
@@ -223,11 +226,11 @@ class Deliverer:
             else:
                 await adapter.deliver_group(deliveries)
         except DeliveryRetry as exc:
-            await mark_all("pending", next_try=now() + exc.retry_after)
+            await mark_all(OutboxStatus.PENDING, next_try=now() + exc.retry_after)
             return False
         except DeliveryGone as exc:
             log.warning("event %s for job %s dropped: %s", first.id, first.job_id, exc)
-            mark_all("dead", first.attempts + 1, error=str(exc))
+            mark_all(OutboxStatus.DEAD, first.attempts + 1, error=str(exc))
             return True
         except asyncio.CancelledError:
             raise
@@ -235,12 +238,14 @@ class Deliverer:
             attempts = first.attempts + 1
             log.exception("delivering event %s (job %s) failed", first.id, first.job_id)
             if attempts >= MAX_ATTEMPTS:
-                mark_all("dead", attempts, error=repr(exc))
+                mark_all(OutboxStatus.DEAD, attempts, error=repr(exc))
                 return True
             backoff = min(300.0, 2.0**attempts)
-            await mark_all("pending", attempts, next_try=now() + backoff, error=repr(exc))
+            await mark_all(
+                OutboxStatus.PENDING, attempts, next_try=now() + backoff, error=repr(exc)
+            )
             return False
-        mark_all("sent", sent_at=now())
+        mark_all(OutboxStatus.SENT, sent_at=now())
         return True
 
     # --- recording outcomes ------------------------------------------------------------------
@@ -248,7 +253,7 @@ class Deliverer:
     def _mark(
         self,
         delivery: Delivery,
-        status: str,
+        status: OutboxStatus,
         *,
         attempts: int,
         next_try: float = 0.0,

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from typing import cast
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
@@ -91,7 +92,7 @@ def load_input_image(
 
     png = data.startswith(_PNG_MAGIC)
     pixels = _png_for_decoding(data) if png else data
-    im = _open(pixels, max_pixels)
+    im: Image.Image = _open(pixels, max_pixels)
     source_format = im.format or "PNG"
     try:
         im.verify()
@@ -390,7 +391,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         grey = im.convert("I").point(lambda v: v * (1 / 257)).convert("L")
         return grey.convert("RGB")
     if mode == "F":
-        low, high = im.getextrema()
+        low, high = cast(tuple[float, float], im.getextrema())  # one band: (min, max)
         scale = 255 / (high - low) if high > low else 0
         return im.point(lambda v: (v - low) * scale).convert("L").convert("RGB")
     return im.convert("RGB")  # 1, L, YCbCr, LAB, HSV

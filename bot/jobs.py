@@ -37,6 +37,7 @@ from bot.text import shown_char, unusable_char
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
+from storage.status import JOB_TERMINAL, JobStatus
 
 KINDS = ("txt2img", "img2img", "batch")
 
@@ -170,7 +171,7 @@ def finish_job(
     config: Config,
     job: Row[Any],
     *,
-    status: str,
+    status: JobStatus,
     failure: FailureClass | None,
     message: str | None,
     images_made: int,
@@ -190,7 +191,7 @@ def finish_job(
         "lease_owner": None,
         "lease_until": None,
     }
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values.update(progress=100, stage="done")
     repos.update_job(conn, job.id, **values)
     if refund:
@@ -210,7 +211,7 @@ def finish_job(
     if failure is not None:
         payload["failure"] = failure.value
         payload["message"] = message or ""
-    kind = {"succeeded": "finished", "cancelled": "cancelled"}.get(status, "failed")
+    kind = {JobStatus.SUCCEEDED: "finished", JobStatus.CANCELLED: "cancelled"}.get(status, "failed")
     repos.add_events(
         conn,
         [
@@ -512,7 +513,11 @@ class JobService:
         so it keeps meaning the same model; a provider name is kept as it is."""
         shown = name if len(name) <= 60 else name[:59] + "…"
         is_provider = name in self.router.providers
-        params = GenerationParams(prompt="x", **{"provider" if is_provider else "model": name})
+        params = (
+            GenerationParams(prompt="x", provider=name)
+            if is_provider
+            else GenerationParams(prompt="x", model=name)
+        )
         refusal: BadInput | None = None
         for kind, init_size in (("txt2img", None), ("img2img", (512, 512))):
             try:
@@ -646,7 +651,7 @@ class JobService:
                     "batch_id": batch_id,
                     "batch_index": i,
                     "kind": kind,
-                    "status": "queued",
+                    "status": JobStatus.QUEUED,
                     "params": p.to_dict(),
                     "provider": r.provider,
                     "model": r.model,
@@ -705,16 +710,16 @@ class JobService:
 
         def tx(conn: Connection) -> tuple[str | None, str]:
             job = self._own_job(conn, ref, job_id, lock=True)
-            if job.status in repos.TERMINAL:
+            if job.status in JOB_TERMINAL:
                 raise UserError.of(
                     "error.already_finished", job_id=job_id, past=i18n.term("past", job.status)
                 )
-            if job.status == "queued":
+            if job.status == JobStatus.QUEUED:
                 refunded = finish_job(
                     conn,
                     self.config,
                     job,
-                    status="cancelled",
+                    status=JobStatus.CANCELLED,
                     failure=FailureClass.CANCELLED,
                     message="cancelled before it started",
                     images_made=0,
@@ -737,7 +742,7 @@ class JobService:
 
     async def retry(self, ref: UserRef, job_id: int, reply_to: dict[str, Any]) -> Receipt:
         job = await self.db.run_read(self._own_job, ref, job_id)
-        if job.status not in ("failed", "cancelled", "quarantined"):
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUARANTINED):
             raise UserError.of(
                 "error.retry_only_failed", job_id=job_id, status=i18n.term("status", job.status)
             )
@@ -778,7 +783,7 @@ class JobService:
             view.ledger = [(e.reason, e.delta) for e in repos.ledger_for_job(conn, job_id)]
             if job.batch_id is not None:
                 view.batch_counts = repos.batch_counts(conn, job.batch_id)
-            if job.status == "queued":
+            if job.status == JobStatus.QUEUED:
                 view.position = _positions(conn, job.user_id, {job.provider}).get(job.id, 0)
             return view
 

@@ -56,10 +56,10 @@ def resolve_size(
         aw, ah = int(a), int(b)
     long_side = min(default_long, hi)
     if aw >= ah:
-        w, h = long_side, long_side * ah / aw
+        exact_w, exact_h = float(long_side), long_side * ah / aw
     else:
-        w, h = long_side * aw / ah, long_side
-    w, h = _round(w, m), _round(h, m)
+        exact_w, exact_h = long_side * aw / ah, float(long_side)
+    w, h = _round(exact_w, m), _round(exact_h, m)
     return min(max(w, lo), hi), min(max(h, lo), hi)
 
 

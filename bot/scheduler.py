@@ -3,7 +3,7 @@
 One dispatcher per provider claims as many jobs as it has free slots (the provider's
 ``concurrency`` in this process, within its ``max_running`` across processes), in one
 transaction, fairly across people (see
-``storage.repos.plan_fair_share``), and runs each as a task. A claimed job carries a lease
+``bot.fairness.plan_fair_share``), and runs each as a task. A claimed job carries a lease
 (owner + expiry); one loop renews every lease this process holds in a single statement and
 learns from the same statement whether a job was cancelled from elsewhere or taken over.
 
@@ -38,6 +38,7 @@ from bot import crashes
 from bot.chat import Progress, outbox_address
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure, UserError
+from bot.fairness import plan_fair_share
 from bot.imaging import encode_output_png, thumbnail_of
 from bot.infotext import format_infotext
 from bot.jobs import finish_job, now
@@ -49,6 +50,7 @@ from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
 from storage.files import FileStore
+from storage.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +253,7 @@ class Scheduler:
                     repos.update_job(
                         conn,
                         job.id,
-                        status="queued",
+                        status=JobStatus.QUEUED,
                         lease_owner=None,
                         lease_until=None,
                         run_after=t + q.retry_backoff_s * job.attempts,
@@ -267,7 +269,7 @@ class Scheduler:
                 repos.update_job(
                     conn,
                     job.id,
-                    status="queued",
+                    status=JobStatus.QUEUED,
                     lease_owner=None,
                     lease_until=None,
                     attempts=max(0, job.attempts - 1),
@@ -285,7 +287,7 @@ class Scheduler:
             conn,
             self.config,
             job,
-            status="quarantined",
+            status=JobStatus.QUARANTINED,
             failure=FailureClass.CRASH,
             message=message,
             images_made=len(repos.images_for_job(conn, job.id)),
@@ -361,6 +363,7 @@ class Scheduler:
             "timeout_s": q.job_timeout_s,
             "max_running_per_user": q.max_running_per_user,
             "provider_cap": shared_cap,
+            "plan": plan_fair_share,
         }
         async with self._claim_lock:
             if self._solo is not None:
@@ -413,22 +416,24 @@ class Scheduler:
         provider = self.providers[job.provider]
         if job.attempts > q.max_attempts:
             await self._finish(
-                job, "quarantined", FailureClass.CRASH, _quarantine_msg(job.attempts - 1)
+                job, JobStatus.QUARANTINED, FailureClass.CRASH, _quarantine_msg(job.attempts - 1)
             )
             return
         if job.cancel_requested:
-            await self._finish(job, "cancelled", FailureClass.CANCELLED, "cancelled")
+            await self._finish(job, JobStatus.CANCELLED, FailureClass.CANCELLED, "cancelled")
             return
         remaining = (job.deadline or now() + q.job_timeout_s) - now()
         if remaining <= 0:
-            await self._finish(job, "failed", FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s))
+            await self._finish(
+                job, JobStatus.FAILED, FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s)
+            )
             return
         try:
             request = await self._request_for(job)
         except Exception as exc:
             log.exception("job %s: cannot build its request", job.id)
             await self._finish(
-                job, "failed", FailureClass.CRASH, f"the job's input is unusable: {exc}"
+                job, JobStatus.FAILED, FailureClass.CRASH, f"the job's input is unusable: {exc}"
             )
             return
         have: set[int] = set()
@@ -452,20 +457,24 @@ class Scheduler:
                 self._down_until[job.provider] = time.monotonic() + FAILOVER_COOLDOWN_S
                 if await self._fail_over(job, run, exc.message):
                     return
-            await self._finish(job, "failed", exc.failure, exc.message, run=run)
+            await self._finish(job, JobStatus.FAILED, exc.failure, exc.message, run=run)
         except TimeoutError:
             if not deadline.expired():  # a timeout inside the provider, not our deadline
                 await self._crashed(job, run, "the provider timed out")
                 return
             await self._cancel_remote(provider, run.task_id)
             await self._finish(
-                job, "failed", FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s), run=run
+                job, JobStatus.FAILED, FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s), run=run
             )
         except (asyncio.CancelledError, LeaseLost):
             if job.id in self._cancel_asked and not self._stopping:
                 await self._cancel_remote(provider, run.task_id)
                 await self._finish(
-                    job, "cancelled", FailureClass.CANCELLED, "cancelled while running", run=run
+                    job,
+                    JobStatus.CANCELLED,
+                    FailureClass.CANCELLED,
+                    "cancelled while running",
+                    run=run,
                 )
                 return
             raise
@@ -475,10 +484,13 @@ class Scheduler:
         else:
             if not run.images:
                 await self._finish(
-                    job, "failed", FailureClass.PROVIDER_ERROR, "the provider returned no image"
+                    job,
+                    JobStatus.FAILED,
+                    FailureClass.PROVIDER_ERROR,
+                    "the provider returned no image",
                 )
             else:
-                await self._finish(job, "succeeded", None, None, run=run)
+                await self._finish(job, JobStatus.SUCCEEDED, None, None, run=run)
 
     async def _fail_over(self, job: Row[Any], run: _Run, reason: str) -> bool:
         """Move a job that never reached its provider to the next one in the configured
@@ -487,14 +499,14 @@ class Scheduler:
         chain = self.config.providers.failover.get(job.provider, [])
         params = GenerationParams.from_dict(job.params)
         tried = [*job.params.get("failed_over", []), job.provider]
-        init_size = (params.width, params.height) if job.kind == "img2img" else None
+        w, h = params.width or 1, params.height or 1  # stored params carry the resolved size
+        init_size = (w, h) if job.kind == "img2img" else None
         for name in chain:
             if name in tried or name not in self.providers:
                 continue
             if self._down_until.get(name, 0.0) > time.monotonic():
                 continue
             kind = "img2img" if job.kind == "img2img" else "txt2img"
-            w, h = params.width or 1, params.height or 1
             g = math.gcd(w, h)
             moved = params.with_(provider=name, model=None, width=None, height=None)
             if init_size is None:
@@ -514,7 +526,7 @@ class Scheduler:
             await self._update(
                 job,
                 run,
-                status="queued",
+                status=JobStatus.QUEUED,
                 provider=name,
                 model=route.model,
                 params=new_params,
@@ -535,13 +547,17 @@ class Scheduler:
         q = self.config.queue
         if job.attempts >= q.max_attempts:
             await self._finish(
-                job, "quarantined", FailureClass.CRASH, _quarantine_msg(job.attempts), run=run
+                job,
+                JobStatus.QUARANTINED,
+                FailureClass.CRASH,
+                _quarantine_msg(job.attempts),
+                run=run,
             )
             return
         await self._update(
             job,
             run,
-            status="queued",
+            status=JobStatus.QUEUED,
             lease_owner=None,
             lease_until=None,
             run_after=now() + q.retry_backoff_s * job.attempts,
@@ -602,7 +618,7 @@ class Scheduler:
     async def _finish(
         self,
         job: Row[Any],
-        status: str,
+        status: JobStatus,
         failure: FailureClass | None,
         message: str | None,
         *,
@@ -635,12 +651,14 @@ class Scheduler:
         if await asyncio.shield(self.db.run_write(tx)):
             log.info("job %s %s%s", job.id, status, f" ({failure.value})" if failure else "")
             self.on_event()
-            await self._progress(job, 100 if status == "succeeded" else job.progress, status)
+            await self._progress(
+                job, 100 if status == JobStatus.SUCCEEDED else job.progress, status
+            )
 
     async def _release(self, job: Row[Any], run: _Run | None) -> None:
         """Shutdown: give the job back without counting the attempt (keeping its pictures)."""
         values = {
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "lease_owner": None,
             "lease_until": None,
             "attempts": max(0, job.attempts - 1),

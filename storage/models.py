@@ -6,7 +6,7 @@ PostgreSQL, and the claim query does arithmetic on them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -17,10 +17,13 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storage.status import OutboxStatus
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
@@ -28,6 +31,11 @@ BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+    if TYPE_CHECKING:
+        # Every class here maps one Table (SQLAlchemy types it as any FromClause), so
+        # ``Model.__table__`` can be inserted into, updated and asked for its name.
+        __table__: ClassVar[Table]
 
 
 class User(Base):
@@ -163,7 +171,7 @@ class OutboxEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # image | finished | failed | cancelled
     idx: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|dead
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     next_try: Mapped[float] = mapped_column(Float, default=0.0)

@@ -11,10 +11,9 @@ entries without a job, so a charge or refund can never happen twice.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -43,9 +42,14 @@ from storage.models import (
     StoredImage,
     User,
 )
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled", "quarantined")
+from storage.status import (
+    DOWNLOAD_ACTIVE,
+    JOB_ACTIVE,
+    OUTBOX_UNSENT,
+    DownloadStatus,
+    JobStatus,
+    OutboxStatus,
+)
 
 users = User.__table__
 ledger = LedgerEntry.__table__
@@ -127,7 +131,9 @@ _INSERT_LEDGER = insert(ledger)
 
 
 def get_user(conn: Connection, platform: str, platform_user_id: str) -> Row[Any] | None:
-    return conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
+    # SQLAlchemy 2.1 types this select's rows column by column; callers take any row.
+    row = conn.execute(_USER_BY_IDENTITY, {"platform": platform, "pid": platform_user_id}).first()
+    return cast("Row[Any] | None", row)
 
 
 def ensure_user(
@@ -297,7 +303,7 @@ _QUEUED_OF_USER = (
     select(jobs.c.id)
     .where(
         jobs.c.user_id == bindparam("uid"),
-        jobs.c.status == "queued",
+        jobs.c.status == JobStatus.QUEUED,
         jobs.c.provider == bindparam("provider"),
     )
     .order_by(jobs.c.id)
@@ -305,7 +311,7 @@ _QUEUED_OF_USER = (
 _JOB_BY_IDEM = select(jobs).where(jobs.c.idem_key == bindparam("key"))
 _JOBS_OF_BATCH = select(jobs).where(jobs.c.batch_id == bindparam("bid")).order_by(jobs.c.id)
 _ACTIVE_COUNT = select(func.count()).where(
-    jobs.c.user_id == bindparam("uid"), jobs.c.status.in_(ACTIVE)
+    jobs.c.user_id == bindparam("uid"), jobs.c.status.in_(JOB_ACTIVE)
 )
 _JOBS_OF_USER = (
     select(jobs)
@@ -322,12 +328,12 @@ _BATCH_COUNTS = (
 )
 _QUEUE = (
     select(jobs.c.user_id, func.count(), func.min(jobs.c.id))
-    .where(jobs.c.status == "queued", jobs.c.provider == bindparam("provider"))
+    .where(jobs.c.status == JobStatus.QUEUED, jobs.c.provider == bindparam("provider"))
     .group_by(jobs.c.user_id)
 )
 _CANCEL_FLAG = (
     update(jobs)
-    .where(jobs.c.id == bindparam("jid"), jobs.c.status == "running")
+    .where(jobs.c.id == bindparam("jid"), jobs.c.status == JobStatus.RUNNING)
     .values(cancel_requested=True)
 )
 
@@ -430,11 +436,11 @@ def request_cancel(conn: Connection, job_id: int) -> bool:
 # --- jobs: claiming, leases, state changes ------------------------------------------------
 
 _RUNNING_FOR_PROVIDER = select(func.count()).where(
-    jobs.c.status == "running", jobs.c.provider == bindparam("provider")
+    jobs.c.status == JobStatus.RUNNING, jobs.c.provider == bindparam("provider")
 )
 _LOCK_PROVIDER_CLAIMS = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("key"))))
 _CLAIMABLE = (
-    jobs.c.status == "queued",
+    jobs.c.status == JobStatus.QUEUED,
     jobs.c.provider == bindparam("provider"),
     jobs.c.run_after <= bindparam("now"),
     # Fresh jobs (0 counted attempts) and retried ones (a run of theirs crashed) are
@@ -449,7 +455,7 @@ _CLAIM_HEADS = (
 )
 _RUNNING_BY_USER = (
     select(jobs.c.user_id, func.count())
-    .where(jobs.c.user_id.in_(_ids("uids")), jobs.c.status == "running")
+    .where(jobs.c.user_id.in_(_ids("uids")), jobs.c.status == JobStatus.RUNNING)
     .group_by(jobs.c.user_id)
 )
 _LAST_SERVED = select(users.c.id, users.c.last_served_at).where(users.c.id.in_(_ids("uids")))
@@ -467,14 +473,14 @@ _OLDEST_PER_USER = select(_ranked.c.id, _ranked.c.user_id, _ranked.c.rn).where(
 )
 _LOCK_QUEUED = (
     select(jobs.c.id)
-    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == JobStatus.QUEUED)
     .with_for_update(skip_locked=True)
 )
 _CLAIM = (
     update(jobs)
-    .where(jobs.c.id.in_(_ids()), jobs.c.status == "queued")
+    .where(jobs.c.id.in_(_ids()), jobs.c.status == JobStatus.QUEUED)
     .values(
-        status="running",
+        status=JobStatus.RUNNING,
         lease_owner=bindparam("owner"),
         lease_until=bindparam("until"),
         attempts=jobs.c.attempts + 1,
@@ -486,40 +492,13 @@ _CLAIM = (
 _SERVED = update(users).where(users.c.id.in_(_ids("uids"))).values(last_served_at=bindparam("now"))
 
 
-def plan_fair_share(
-    heads: Iterable[tuple[int, int, int]],
-    running: Mapping[int, int],
-    served: Mapping[int, float],
-    slots: int,
-    max_running_per_user: int,
-) -> dict[int, int]:
-    """How many of ``slots`` each user gets: ``{user_id: count}``.
-
-    ``heads`` are ``(user_id, queued count, oldest queued id)``. Each slot goes to the
-    person with the fewest jobs running (counting slots already given), then to whoever
-    was served least recently, then to whoever has waited longest. So one person's batch of
-    ten takes turns with everyone else instead of running ahead of them, and nobody goes
-    past ``max_running_per_user``.
-    """
-    just_now = float("inf")  # later than any stored time: served by this very plan
-    heap: list[tuple[int, float, int, int, int]] = []
-    for user_id, queued, first_id in heads:
-        have = running.get(user_id, 0)
-        if queued > 0 and have < max_running_per_user:
-            heap.append((have, served.get(user_id, 0.0), first_id, user_id, queued))
-    heapq.heapify(heap)
-    plan: dict[int, int] = {}
-    turn = 0
-    while slots > 0 and heap:
-        have, _, _, user_id, queued = heapq.heappop(heap)
-        plan[user_id] = plan.get(user_id, 0) + 1
-        slots -= 1
-        turn += 1
-        if queued > 1 and have + 1 < max_running_per_user:
-            # Behind everyone with as many jobs running; among those served in this plan,
-            # in the order they were served.
-            heapq.heappush(heap, (have + 1, just_now, turn, user_id, queued - 1))
-    return plan
+# The fair-share policy (``bot.fairness.plan_fair_share``): from the queue heads
+# ``(user_id, queued count, oldest queued id)``, the jobs running per user, when each was last
+# served, the free slots and the per-user cap, how many jobs each user gets now.
+FairShare = Callable[
+    [Sequence[tuple[int, int, int]], Mapping[int, int], Mapping[int, float], int, int],
+    dict[int, int],
+]
 
 
 def claim_jobs(
@@ -532,10 +511,13 @@ def claim_jobs(
     timeout_s: float,
     slots: int,
     max_running_per_user: int,
+    plan: FairShare,
     provider_cap: int | None = None,
     retried: bool = False,
 ) -> list[Row[Any]]:
-    """Claim up to ``slots`` queued jobs for ``provider``, fairly; return the claimed rows.
+    """Claim up to ``slots`` queued jobs for ``provider``, as ``plan`` shares them out; return
+    the claimed rows. The policy is the core's; the counts it needs and the claim are read and
+    written here, in the caller's one transaction.
 
     ``retried``: claim among jobs a crash already cost an attempt (suspects of taking their
     process down, which the caller runs alone so a second crash names the culprit) instead
@@ -569,14 +551,20 @@ def claim_jobs(
     uids = [h[0] for h in heads]
     running = {int(u): int(n) for u, n in conn.execute(_RUNNING_BY_USER, {"uids": uids}).all()}
     served = {int(u): float(t or 0.0) for u, t in conn.execute(_LAST_SERVED, {"uids": uids}).all()}
-    plan = plan_fair_share(heads, running, served, slots, max_running_per_user)
-    if not plan:
+    shares = plan(heads, running, served, slots, max_running_per_user)
+    if not shares:
         return []
     ranked = conn.execute(
         _OLDEST_PER_USER,
-        {"provider": provider, "now": now, "uids": list(plan), "k": max(plan.values()), **which},
+        {
+            "provider": provider,
+            "now": now,
+            "uids": list(shares),
+            "k": max(shares.values()),
+            **which,
+        },
     ).all()
-    ids = [int(r.id) for r in ranked if r.rn <= plan[int(r.user_id)]]
+    ids = [int(r.id) for r in ranked if r.rn <= shares[int(r.user_id)]]
     if conn.dialect.name == "postgresql":
         ids = [int(i) for i in conn.execute(_LOCK_QUEUED, {"ids": ids}).scalars().all()]
     if not ids:
@@ -615,15 +603,15 @@ def retried_waiting(conn: Connection, provider: str, now: float) -> bool:
 
 _RENEW = (
     update(jobs)
-    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == JobStatus.RUNNING)
     .values(lease_until=bindparam("until"))
     .returning(jobs.c.id, jobs.c.cancel_requested)
 )
-_RUNNING_OWNERS = select(jobs.c.lease_owner).where(jobs.c.status == "running").distinct()
+_RUNNING_OWNERS = select(jobs.c.lease_owner).where(jobs.c.status == JobStatus.RUNNING).distinct()
 _LAPSED = (
     select(jobs)
     .where(
-        jobs.c.status == "running",
+        jobs.c.status == JobStatus.RUNNING,
         or_(jobs.c.lease_until < bindparam("now"), jobs.c.lease_owner.in_(_ids("dead"))),
     )
     .with_for_update(skip_locked=True)
@@ -631,7 +619,7 @@ _LAPSED = (
 _OWNED = and_(
     jobs.c.id == bindparam("jid"),
     jobs.c.lease_owner == bindparam("owner"),
-    jobs.c.status == "running",
+    jobs.c.status == JobStatus.RUNNING,
 )
 _OWNED_JOB = select(jobs).where(_OWNED)
 _OWNED_FOR_UPDATE = _OWNED_JOB.with_for_update()
@@ -647,9 +635,9 @@ def renew_leases(conn: Connection, owner: str, until: float) -> dict[int, bool]:
 
 _RELEASE_HELD = (
     update(jobs)
-    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == "running")
+    .where(jobs.c.lease_owner == bindparam("owner"), jobs.c.status == JobStatus.RUNNING)
     .values(
-        status="queued",
+        status=JobStatus.QUEUED,
         lease_owner=None,
         lease_until=None,
         attempts=jobs.c.attempts - 1,
@@ -744,8 +732,8 @@ _WAITING_ON_EARLIER = (
         _earlier.c.id < outbox.c.id,
         _earlier.c.next_try > bindparam("now"),
         or_(
-            _earlier.c.status == "pending",
-            and_(_earlier.c.status == "sending", _earlier.c.owner != bindparam("me")),
+            _earlier.c.status == OutboxStatus.PENDING,
+            and_(_earlier.c.status == OutboxStatus.SENDING, _earlier.c.owner != bindparam("me")),
         ),
     )
     .correlate(outbox)
@@ -757,7 +745,7 @@ _CLAIMABLE_EVENTS = (
         # their process only the audiences it serves.
         outbox.c.platform.in_(_ids("platforms")),
         or_(outbox.c.platform.not_in(_ids("bound")), outbox.c.audience.in_(_ids("audiences"))),
-        outbox.c.status.in_(("pending", "sending")),
+        outbox.c.status.in_(OUTBOX_UNSENT),
         outbox.c.next_try <= bindparam("now"),
         ~_WAITING_ON_EARLIER,
     )
@@ -768,7 +756,7 @@ _CLAIMABLE_EVENTS = (
 _CLAIM_EVENTS = (
     update(outbox)
     .where(outbox.c.id.in_(_ids()))
-    .values(status="sending", owner=bindparam("me"), next_try=bindparam("until"))
+    .values(status=OutboxStatus.SENDING, owner=bindparam("me"), next_try=bindparam("until"))
     .returning(*outbox.c)
 )
 _MARK_EVENT = (
@@ -782,11 +770,11 @@ _MARK_EVENT = (
         sent_at=bindparam("new_sent_at"),
     )
 )
-_SENDING_OWNERS = select(outbox.c.owner).where(outbox.c.status == "sending").distinct()
+_SENDING_OWNERS = select(outbox.c.owner).where(outbox.c.status == OutboxStatus.SENDING).distinct()
 _RELEASE_EVENTS = (
     update(outbox)
-    .where(outbox.c.status == "sending", outbox.c.owner.in_(_ids("dead")))
-    .values(status="pending", next_try=0.0)
+    .where(outbox.c.status == OutboxStatus.SENDING, outbox.c.owner.in_(_ids("dead")))
+    .values(status=OutboxStatus.PENDING, next_try=0.0)
 )
 _UNADDRESSED = select(outbox.c.id, outbox.c.payload).where(
     outbox.c.status.in_(("pending", "sending")),
@@ -801,11 +789,11 @@ _ADDRESS = (
 _UNSENT_FOR_USER = (
     select(func.count())
     .select_from(outbox.join(jobs, jobs.c.id == outbox.c.job_id))
-    .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(("pending", "sending")))
+    .where(jobs.c.user_id == bindparam("uid"), outbox.c.status.in_(OUTBOX_UNSENT))
 )
 EVENT_DEFAULTS: dict[str, Any] = {
     "idx": 0,
-    "status": "pending",
+    "status": OutboxStatus.PENDING,
     "attempts": 0,
     "owner": None,
     "audience": None,
@@ -897,7 +885,8 @@ def unaddressed_events(conn: Connection, platforms: Sequence[str]) -> list[Row[A
     """Undelivered events of ``platforms`` written without an audience (before it existed)."""
     if not platforms:
         return []
-    return list(conn.execute(_UNADDRESSED, {"platforms": list(platforms)}).all())
+    rows = conn.execute(_UNADDRESSED, {"platforms": list(platforms)}).all()
+    return cast("list[Row[Any]]", list(rows))
 
 
 def address_events(conn: Connection, audiences: Mapping[int, str]) -> None:
@@ -912,7 +901,7 @@ def unsent_for_user(conn: Connection, user_id: int) -> int:
 # --- statistics ----------------------------------------------------------------------------
 
 _ACTIVE_BY_STATUS = (
-    select(jobs.c.status, func.count()).where(jobs.c.status.in_(ACTIVE)).group_by(jobs.c.status)
+    select(jobs.c.status, func.count()).where(jobs.c.status.in_(JOB_ACTIVE)).group_by(jobs.c.status)
 )
 _JOBS_SINCE = (
     select(jobs.c.status, func.count())
@@ -934,8 +923,8 @@ def stats(conn: Connection, since: float) -> dict[str, Any]:
     recent = {s: int(n) for s, n in conn.execute(_JOBS_SINCE, {"since": since}).all()}
     money = {r: int(total) for r, total in conn.execute(_MONEY_SINCE, {"since": since}).all()}
     return {
-        "queued": active.get("queued", 0),
-        "running": active.get("running", 0),
+        "queued": active.get(JobStatus.QUEUED, 0),
+        "running": active.get(JobStatus.RUNNING, 0),
         "jobs_by_status": recent,
         "charged": -money.get("charge", 0),
         "refunded": money.get("refund", 0),
@@ -949,9 +938,6 @@ download_tasks = DownloadTask.__table__
 model_records = ModelRecord.__table__
 model_files = ModelFileRecord.__table__
 
-DOWNLOAD_ACTIVE = ("queued", "running", "paused")
-DOWNLOAD_TERMINAL = ("done", "failed", "cancelled")
-
 _DOWNLOAD = select(download_tasks).where(download_tasks.c.id == bindparam("tid"))
 _DOWNLOADS_FOR_FILE = (
     select(download_tasks)
@@ -963,9 +949,9 @@ _CLAIM_DOWNLOAD = (
     .where(
         download_tasks.c.id == bindparam("tid"),
         or_(
-            download_tasks.c.status == "queued",
+            download_tasks.c.status == DownloadStatus.QUEUED,
             and_(
-                download_tasks.c.status == "running",
+                download_tasks.c.status == DownloadStatus.RUNNING,
                 or_(
                     download_tasks.c.owner == bindparam("me"),
                     download_tasks.c.updated_at < bindparam("stale_before"),
@@ -974,7 +960,7 @@ _CLAIM_DOWNLOAD = (
         ),
     )
     .values(
-        status="running",
+        status=DownloadStatus.RUNNING,
         owner=bindparam("me"),
         error=None,
         started_at=func.coalesce(download_tasks.c.started_at, bindparam("now")),
@@ -985,9 +971,9 @@ _INTERRUPTED_DOWNLOADS = (
     select(download_tasks.c.id)
     .where(
         or_(
-            download_tasks.c.status == "queued",
+            download_tasks.c.status == DownloadStatus.QUEUED,
             and_(
-                download_tasks.c.status == "running",
+                download_tasks.c.status == DownloadStatus.RUNNING,
                 download_tasks.c.updated_at < bindparam("stale_before"),
             ),
         )
@@ -1004,7 +990,7 @@ _MODEL_FILES = select(model_files)
 
 def insert_download_task(conn: Connection, values: Mapping[str, Any]) -> int:
     """A new download task (``status`` queued unless given); its id."""
-    row = {"bytes_done": 0, "attempts": 0, "status": "queued", "options": {}, **values}
+    row = {"bytes_done": 0, "attempts": 0, "status": DownloadStatus.QUEUED, "options": {}, **values}
     return int(
         conn.execute(insert(download_tasks).returning(download_tasks.c.id), row).scalar_one()
     )

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.errors import BadInput, InsufficientCredits, LimitReached, NotFound, UserError
+from bot.fairness import plan_fair_share
 from bot.params import GenerationParams
 from storage import repos
 from storage.models import Job, LedgerEntry, OutboxEvent, StoredImage, User
@@ -548,6 +549,7 @@ async def test_jobs_claimed_as_the_scheduler_stops_are_given_back(app_factory) -
             timeout_s=60,
             slots=4,
             max_running_per_user=4,
+            plan=plan_fair_share,
         )
     )
     assert [j.id for j in claimed] == r.job_ids
@@ -580,6 +582,7 @@ async def test_shared_cap_holds_when_two_processes_claim_at_once(app_factory, db
             timeout_s=60,
             slots=4,
             max_running_per_user=8,
+            plan=plan_fair_share,
             provider_cap=2,
         )
 

@@ -23,6 +23,7 @@ from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.i18n import DEFAULT_LANG
+from bot.status import JOB_TERMINAL
 from bot.text import clean
 
 
@@ -81,7 +82,7 @@ class ConsoleAdapter(ChatAdapter):
             self._last_progress.pop(d.job_id, None)
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
         t = time.monotonic()
         last = self._last_progress.get(update.job_id)
@@ -207,7 +208,7 @@ def _tenth(text: str) -> int | None:
     return int(m.group(1)) // 10 if m else None
 
 
-def _where(job_id: int, payload: dict[str, object]) -> str:
+def _where(job_id: int, payload: dict[str, Any]) -> str:
     batch = payload.get("batch_id")
     if batch is not None:
         return f"job #{job_id} (batch #{batch} task {int(payload.get('batch_index') or 0) + 1})"

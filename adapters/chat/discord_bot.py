@@ -23,7 +23,7 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import discord
 from discord import app_commands
@@ -38,6 +38,7 @@ from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.i18n import normalize, t
 from bot.results import Results
+from bot.status import JOB_ACTIVE, JOB_TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def fit_upload(data: bytes, limit: int) -> tuple[bytes, str] | None:
     """The picture as PNG if it fits, else as a JPEG small enough, else None."""
     if len(data) <= limit:
         return data, "png"
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     img.load()
     img = img.convert("RGB")
     for quality in (92, 85, 75):
@@ -110,13 +111,14 @@ class ResultButton(
     async def from_custom_id(
         cls,
         interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[Any],
         match: Any,
     ) -> ResultButton:
-        return cls(match["action"], int(match["job"]), int(match["idx"]), item.label or "")
+        label = cast(discord.ui.Button[Any], item).label  # the item this class wraps
+        return cls(match["action"], int(match["job"]), int(match["idx"]), label or "")
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        adapter: DiscordAdapter = interaction.client.sdhost_adapter  # type: ignore[attr-defined]
+        adapter: DiscordAdapter = interaction.client.sdhost_adapter
         await adapter.on_button(interaction, self.action, self.job, self.idx)
 
 
@@ -142,13 +144,13 @@ class CommandButton(
     async def from_custom_id(
         cls,
         interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[Any],
         match: Any,
     ) -> CommandButton:
-        return cls(match["command"], item.label or "")
+        return cls(match["command"], cast(discord.ui.Button[Any], item).label or "")
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        adapter: DiscordAdapter = interaction.client.sdhost_adapter  # type: ignore[attr-defined]
+        adapter: DiscordAdapter = interaction.client.sdhost_adapter
         await adapter._command(interaction, self.command)
 
 
@@ -178,7 +180,9 @@ class DiscordAdapter(ResultsAdapter):
         self.results = Results(app.jobs)
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
         self.client: discord.Client = client_cls(
-            intents=discord.Intents.default(), application_id=self.cfg.application_id or None
+            intents=discord.Intents.default(),
+            # None: learnt at login (discord.py reads it with .get; its TypedDict says int)
+            application_id=self.cfg.application_id or None,  # type: ignore[arg-type]
         )
         self.client.sdhost_adapter = self  # type: ignore[attr-defined]
         self.tree = app_commands.CommandTree(self.client)
@@ -398,7 +402,7 @@ class DiscordAdapter(ResultsAdapter):
         @tree.command(name=L("batch"), description=L("Several prompts at once, one per line"))
         async def batch(interaction: discord.Interaction[Any]) -> None:
             lang = await self._lang(interaction)
-            field = discord.ui.TextInput(
+            field: discord.ui.TextInput[Any] = discord.ui.TextInput(
                 label=t(lang, "dc.batch.prompts")[:45],
                 style=discord.TextStyle.paragraph,
                 max_length=4000,
@@ -418,7 +422,7 @@ class DiscordAdapter(ResultsAdapter):
             views = await self.app.jobs.jobs(self._user(interaction.user), limit=25)
             out = []
             for v in views:
-                if v.status in ("queued", "running") and current in str(v.id):
+                if v.status in JOB_ACTIVE and current in str(v.id):
                     prompt = str(v.params.get("prompt", ""))[:60]
                     out.append(app_commands.Choice(name=f"#{v.id} {v.status} {prompt}", value=v.id))
             return out[:25]
@@ -651,10 +655,10 @@ class DiscordAdapter(ResultsAdapter):
             await interaction.response.send_message(t(lang, "dc.no_picture"), ephemeral=True)
             return
         channel_id, message_id = message.channel.id, message.id
-        prompt = discord.ui.TextInput(
+        prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
             label=t(lang, "dc.remix.prompt")[:45], max_length=1000, custom_id="prompt"
         )
-        strength = discord.ui.TextInput(
+        strength: discord.ui.TextInput[Any] = discord.ui.TextInput(
             label=t(lang, "dc.remix.strength")[:45],
             required=False,
             default="0.6",
@@ -689,7 +693,7 @@ class DiscordAdapter(ResultsAdapter):
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
         log.error("discord: command failed", exc_info=error)
-        lang = self.cfg.default_lang
+        lang: str = self.cfg.default_lang
         with contextlib.suppress(Exception):
             lang = await self._lang(interaction)
         text = t(lang, "error.internal", ref=str(interaction.id)[-8:])
@@ -886,7 +890,7 @@ class DiscordAdapter(ResultsAdapter):
     # --- progress ------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return
         self._mark_dirty(update)
 

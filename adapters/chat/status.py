@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 from bot.chat import ChatAdapter, Delivery, Progress
 from bot.commands import format_batch_status, format_outcome, format_status
 from bot.results import Results
+from bot.status import JOB_ACTIVE
 
 # The console's tag line says what happened; in a chat a mark does (zh text has the word).
 OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
@@ -39,7 +40,7 @@ async def progress_text(results: Results, update: Progress, lang: str) -> str | 
         counts = await results.batch_counts(update.batch_id)
         return format_batch_status(update.batch_id, counts, sum(counts.values()), lang)
     view = await results.jobs.job(None, update.job_id)
-    if view.status not in ("queued", "running"):
+    if view.status not in JOB_ACTIVE:
         return None
     return format_status(view, lang)
 
@@ -48,8 +49,8 @@ class ProgressEditor:
     def __init__(
         self,
         interval: float,
-        lane: Callable[[Hashable], Hashable],
-        send: Callable[[Any, Progress], Awaitable[None]],
+        lane: Callable[[Any], Hashable],
+        send: Callable[[Any, Progress], Coroutine[Any, Any, None]],
     ) -> None:
         self.interval = interval
         self.lane = lane

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from telegram import (
     BotCommand,
@@ -57,6 +58,7 @@ from bot.grammar import parse_command
 from bot.i18n import normalize, t
 from bot.ids import is_digits, parse_id
 from bot.results import Results
+from bot.status import JOB_TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -576,14 +578,14 @@ class TelegramAdapter(ResultsAdapter):
             try:
                 sent = await self.pacer.call(
                     msg.chat.id,
-                    lambda cid, part=part, last=i == len(parts) - 1: self.bot.send_message(
-                        cid,
-                        part,
+                    functools.partial(
+                        self.bot.send_message,
+                        text=part,
                         reply_parameters=ReplyParameters(
                             msg.message_id, allow_sending_without_reply=True
                         ),
                         message_thread_id=msg.message_thread_id if msg.is_topic_message else None,
-                        reply_markup=markup if last else None,
+                        reply_markup=markup if i == len(parts) - 1 else None,
                         link_preview_options=None
                         if link_preview
                         else LinkPreviewOptions(is_disabled=True),
@@ -837,7 +839,7 @@ class TelegramAdapter(ResultsAdapter):
             return
         media = [
             InputMediaPhoto(
-                item.data,
+                cast(bytes, item.data),  # an album holds pictures only (_take_album)
                 caption=_clip(item.caption, MAX_CAPTION),
                 has_spoiler=item.spoiler or None,
                 filename=f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png",
@@ -948,7 +950,7 @@ class TelegramAdapter(ResultsAdapter):
     # --- progress ------------------------------------------------------------------------
 
     async def progress(self, update: Progress) -> None:
-        if update.stage in ("succeeded", "failed", "cancelled", "quarantined"):
+        if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
         self._mark_dirty(update)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from adapters.civitai.client import (
@@ -42,7 +43,6 @@ from adapters.civitai.client import (
     browsing_level,
 )
 from adapters.civitai.downloads import (
-    ACTIVE,
     DownloadManager,
     DownloadView,
     format_bytes,
@@ -55,6 +55,7 @@ from bot.i18n import t
 from bot.ids import parse_id
 from bot.imaging import make_preview
 from bot.jobs import JobService
+from bot.status import DOWNLOAD_ACTIVE, DOWNLOAD_UNDER_WAY, DownloadStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ PREVIEW_DECODES = 2  # pictures decoded at once, across every lookup in this pro
 # Subcommands that answer on a status message of their own (a job, or a download).
 WITH_STATUS = ("use", "download", "resume")
 LISTED = 10  # downloads shown by /civitai downloads
-UNDER_WAY = ("queued", "running")  # a download whose status message is still being edited
 PICTURE_WIDTH = 800  # /civitai image: one picture
 COVER_WIDTH = 450  # lists: a picture per result
 EXAMPLES = 3  # example pictures of /civitai model
@@ -245,7 +245,7 @@ class CivitaiCommands:
         if self.downloads is not None:
             # nothing more is shown: the downloads stop as "queued" and go on next start
             self.downloads.remove_listener(self._on_download)
-            await self.downloads.aclose(stop_as="queued")
+            await self.downloads.aclose(stop_as=DownloadStatus.QUEUED)
         await self.client.aclose()
 
     def costs_operator(self, rest: str) -> bool:
@@ -272,7 +272,7 @@ class CivitaiCommands:
         if self.downloads is None:
             return False
         where = (reply_to.get("platform"), reply_to.get("chat"))
-        for view in await self.downloads.tasks(statuses=UNDER_WAY, limit=200):
+        for view in await self.downloads.tasks(statuses=DOWNLOAD_UNDER_WAY, limit=200):
             target = view.notify or {}
             if (target.get("platform"), target.get("chat")) == where:
                 return True
@@ -361,7 +361,7 @@ class CivitaiCommands:
                 view = await manager.pause(task_id)
             else:
                 view = await manager.cancel(task_id)
-        if sub in WITH_STATUS and view.status not in ACTIVE:
+        if sub in WITH_STATUS and view.status not in DOWNLOAD_ACTIVE:
             self._ended[view.id] = view.status  # said by this reply: not again by a notice
         return download_text(view, lang)
 
@@ -373,7 +373,7 @@ class CivitaiCommands:
         if notifier is None:
             return
         before = self._shown.get(view.id)
-        if before is not None and before != target and view.status in UNDER_WAY:
+        if before is not None and before != target and view.status in DOWNLOAD_UNDER_WAY:
             # someone asked again: the progress goes on the newer message
             lang = before.get("lang") or i18n.DEFAULT_LANG
             name = _name(view)
@@ -386,7 +386,7 @@ class CivitaiCommands:
             return
         self._shown[view.id] = target
         lang = target.get("lang") or i18n.DEFAULT_LANG
-        final = view.status not in UNDER_WAY
+        final = view.status not in DOWNLOAD_UNDER_WAY
         if not final:
             self._ended.pop(view.id, None)
             await notifier.show_status(target, download_text(view, lang))
@@ -396,7 +396,7 @@ class CivitaiCommands:
         self._ended[view.id] = view.status
         self._shown.pop(view.id, None)
         await notifier.show_status(target, download_text(view, lang), final=True)
-        if view.status in ("done", "failed"):
+        if view.status in (DownloadStatus.DONE, DownloadStatus.FAILED):
             await notifier.announce(target, download_text(view, lang, short=True))
 
     async def _models(self, query: str, flags: dict[str, str], level: int, lang: str) -> Reply:
@@ -501,7 +501,9 @@ class CivitaiCommands:
         """The item's page on the Civitai site (the API's host serves both)."""
         return f"{self.client.base_url}/{kind}/{item_id}"
 
-    async def _pictures(self, wanted: list[tuple[Image | None, str]], width: int) -> list[Picture]:
+    async def _pictures(
+        self, wanted: Sequence[tuple[Image | None, str]], width: int
+    ) -> list[Picture]:
         """The pictures that could be fetched and checked within ``picture_wait_s``, in
         order; audio items and the rest are left out (the text has their links)."""
 
@@ -579,33 +581,33 @@ def _bar(fraction: float | None) -> str:
 def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
     """A download as a chat shows it: a headline, then (unless ``short``) a progress bar with
     bytes, speed and time left, or where the file is, or what went wrong, and what to do."""
-    known = (*ACTIVE, "done", "cancelled")
-    status = view.status if view.status in known else "failed"
+    known = (*DOWNLOAD_ACTIVE, DownloadStatus.DONE, DownloadStatus.CANCELLED)
+    status = view.status if view.status in known else DownloadStatus.FAILED
     head = t(lang, f"cv.dl.{status}", id=view.id, name=_name(view))
     done = format_bytes(view.bytes_done)
     amount = done
     if view.bytes_total:
         amount = t(lang, "cv.dl.of", done=done, total=format_bytes(view.bytes_total))
     pct = f"{100 * view.fraction:.0f}%" if view.fraction is not None else None
-    if status == "done":
+    if status == DownloadStatus.DONE:
         head += f" · {done}"
-    elif status == "failed" and view.error:
+    elif status == DownloadStatus.FAILED and view.error:
         head += f": {view.error}"
-    has_bytes = status in ACTIVE and bool(view.bytes_done or view.bytes_total)
+    has_bytes = status in DOWNLOAD_ACTIVE and bool(view.bytes_done or view.bytes_total)
     if short:
         return head + (" · " + " · ".join(p for p in (pct, amount) if p) if has_bytes else "")
     lines = [head]
     if has_bytes:
         progress = f"{_bar(view.fraction)} {pct} · {amount}" if pct else amount
-        if status == "running" and view.speed:
+        if status == DownloadStatus.RUNNING and view.speed:
             eta = format_duration(view.eta_s) if view.eta_s is not None else "?"
             progress += " · " + t(lang, "cv.dl.speed", speed=format_bytes(view.speed), eta=eta)
         lines.append(progress)
-    if status in UNDER_WAY:
+    if status in DOWNLOAD_UNDER_WAY:
         lines.append(t(lang, "cv.dl.hint_running", id=view.id))
-    elif status in ("paused", "failed"):
+    elif status in (DownloadStatus.PAUSED, DownloadStatus.FAILED):
         lines.append(t(lang, "cv.dl.hint_resume", id=view.id, done=done))
-    elif status == "done":
+    elif status == DownloadStatus.DONE:
         lines += [view.path] if view.path else []
         if view.sha256:
             key = "cv.dl.sha_checked" if view.sha256 == view.expected_sha256 else "cv.dl.sha"

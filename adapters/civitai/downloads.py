@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -89,6 +90,7 @@ from adapters.providers.cloud import retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
 from bot.ids import parse_id
+from bot.status import DOWNLOAD_ACTIVE, DOWNLOAD_TERMINAL, DownloadStatus
 from bot.text import clean
 from storage import repos
 from storage.db import Database
@@ -226,9 +228,6 @@ class _AlreadyThere(Exception):
 
 # --- views ----------------------------------------------------------------------------------------
 
-ACTIVE = ("queued", "running", "paused")
-TERMINAL = ("done", "failed", "cancelled")
-
 
 @dataclass(frozen=True, slots=True)
 class DownloadView:
@@ -272,24 +271,28 @@ class DownloadView:
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in DOWNLOAD_TERMINAL
 
     def describe(self) -> str:
         """One line: ``#3 Photon Realism v2.0: running, 45% of 2.0 GB, 12.3 MB/s, 2m 10s left``."""
         name = self.model_name or self.file_name or f"model version {self.version_id}"
         parts = [self.status]
-        if self.status == "done" and self.path:
+        if self.status == DownloadStatus.DONE and self.path:
             parts.append(f"{format_bytes(self.bytes_done)} in {self.path}")
         elif self.bytes_total:
             pct = 100 * (self.fraction or 0)
             parts.append(f"{pct:.0f}% of {format_bytes(self.bytes_total)}")
         elif self.bytes_done:
             parts.append(format_bytes(self.bytes_done))
-        if self.status == "running" and self.speed:
+        if self.status == DownloadStatus.RUNNING and self.speed:
             parts.append(f"{format_bytes(self.speed)}/s")
             if self.eta_s is not None:
                 parts.append(f"{format_duration(self.eta_s)} left")
-        if self.error and self.status in ("failed", "running", "queued"):
+        if self.error and self.status in (
+            DownloadStatus.FAILED,
+            DownloadStatus.RUNNING,
+            DownloadStatus.QUEUED,
+        ):
             parts.append(self.error)
         return f"#{self.id} {name}: " + ", ".join(parts)
 
@@ -409,7 +412,7 @@ def select_file(version: ModelVersion, options: Mapping[str, str]) -> ModelFile 
         if not want:
             continue
         value: Callable[[ModelFile], str] = (
-            (lambda f: f.type or "") if key == "type" else (lambda f, k=key: meta(f, k))
+            (lambda f: f.type or "") if key == "type" else functools.partial(meta, key=key)
         )
         matching = [f for f in chosen if value(f).lower() == want.lower()]
         if not matching:
@@ -833,15 +836,15 @@ class DownloadManager:
 
         reuse = await self.db.run_read(repos.download_tasks_for_version, version_id, file.id)
         for row in reuse:
-            if row.status in ACTIVE or row.status == "failed":
+            if row.status in DOWNLOAD_ACTIVE or row.status == DownloadStatus.FAILED:
                 if notify is not None:
                     await self.set_notify(row.id, notify)
                 if start:
-                    if row.status in ("paused", "failed"):
+                    if row.status in (DownloadStatus.PAUSED, DownloadStatus.FAILED):
                         return await self.resume(row.id)
                     self._start(row.id)
                 return await self.get(row.id)
-            if row.status == "done" and row.path and Path(row.path).is_file():
+            if row.status == DownloadStatus.DONE and row.path and Path(row.path).is_file():
                 return DownloadView.from_row(row)
         if expected:
             known = await self.db.run_read(repos.get_model, expected)
@@ -874,7 +877,7 @@ class DownloadManager:
             "options": options,
             "bytes_total": file.size_bytes,
             "expected_sha256": expected,
-            "status": "queued",
+            "status": DownloadStatus.QUEUED,
             "created_at": now,
             "updated_at": now,
         }
@@ -916,11 +919,11 @@ class DownloadManager:
 
     async def pause(self, task_id: int) -> DownloadView:
         """Stop a download, keeping its ``.part`` file; :meth:`resume` goes on from there."""
-        return await self._stop(task_id, "paused")
+        return await self._stop(task_id, DownloadStatus.PAUSED)
 
     async def cancel(self, task_id: int) -> DownloadView:
         """Stop a download for good and delete its ``.part`` file."""
-        return await self._stop(task_id, "cancelled")
+        return await self._stop(task_id, DownloadStatus.CANCELLED)
 
     async def resume(
         self, task_id: int, *, notify: Mapping[str, Any] | None = None
@@ -931,16 +934,16 @@ class DownloadManager:
         if notify is not None:
             await self.set_notify(task_id, notify)
         view = await self.get(task_id)
-        if view.status == "cancelled":
+        if view.status == DownloadStatus.CANCELLED:
             raise BadInput(f"download #{task_id} was cancelled; start it again instead")
-        if view.status == "done":
+        if view.status == DownloadStatus.DONE:
             return view
-        if view.status in ("paused", "failed"):
+        if view.status in (DownloadStatus.PAUSED, DownloadStatus.FAILED):
             await self.db.run_write(
                 repos.update_download_task,
                 task_id,
-                if_status=("paused", "failed"),
-                status="queued",
+                if_status=(DownloadStatus.PAUSED, DownloadStatus.FAILED),
+                status=DownloadStatus.QUEUED,
                 error=None,
                 updated_at=time.time(),
             )
@@ -980,7 +983,7 @@ class DownloadManager:
             base_url=self.base_url,
         )
 
-    async def aclose(self, *, stop_as: str = "queued") -> None:
+    async def aclose(self, *, stop_as: str = DownloadStatus.QUEUED) -> None:
         """Stop every running download (``queued``: resumed by the next
         :meth:`resume_interrupted`; or ``paused``) and close the HTTP clients."""
         self._closed = True
@@ -1035,13 +1038,13 @@ class DownloadManager:
             return await self.get(task_id)
         view = await self.get(task_id)
         now = time.time()
-        if status == "paused":
+        if status == DownloadStatus.PAUSED:
             # queued here, or running in another process (which stops at its next write)
             await self.db.run_write(
                 repos.update_download_task,
                 task_id,
-                if_status=("queued", "running"),
-                status="paused",
+                if_status=(DownloadStatus.QUEUED, DownloadStatus.RUNNING),
+                status=DownloadStatus.PAUSED,
                 speed=None,
                 eta_s=None,
                 updated_at=now,
@@ -1050,14 +1053,19 @@ class DownloadManager:
             changed = await self.db.run_write(
                 repos.update_download_task,
                 task_id,
-                if_status=("queued", "running", "paused", "failed"),
-                status="cancelled",
+                if_status=(
+                    DownloadStatus.QUEUED,
+                    DownloadStatus.RUNNING,
+                    DownloadStatus.PAUSED,
+                    DownloadStatus.FAILED,
+                ),
+                status=DownloadStatus.CANCELLED,
                 speed=None,
                 eta_s=None,
                 finished_at=now,
                 updated_at=now,
             )
-            if changed and view.status != "running" and view.path:
+            if changed and view.status != DownloadStatus.RUNNING and view.path:
                 with contextlib.suppress(FileNotFoundError):
                     await asyncio.to_thread(part_path(view.path).unlink)
         return await self.get(task_id)
@@ -1106,7 +1114,7 @@ class DownloadManager:
     async def _stopped(self, run: _Run, status: str, *, ours: bool) -> None:
         """Record a pause/cancel/requeue (``ours``), or go along with one made elsewhere."""
         state = run.state
-        if status == "cancelled":
+        if status == DownloadStatus.CANCELLED:
             if run.sink is not None:
                 await asyncio.to_thread(run.sink.discard_sync)
             elif state is not None and state.path:
@@ -1123,20 +1131,23 @@ class DownloadManager:
             "updated_at": now,
         }
         if state is not None:
-            values["bytes_done"] = 0 if status == "cancelled" else state.bytes_done
+            values["bytes_done"] = 0 if status == DownloadStatus.CANCELLED else state.bytes_done
             values["attempts"] = state.attempts
-        if status == "cancelled":
+        if status == DownloadStatus.CANCELLED:
             values["finished_at"] = now
         done = await self.db.run_write(
             repos.update_download_task,
             run.task_id,
             if_owner=self.owner,
-            if_status=("running",),
+            if_status=(DownloadStatus.RUNNING,),
             **values,
         )
         if not done:  # never claimed: it was still waiting for a slot
             await self.db.run_write(
-                repos.update_download_task, run.task_id, if_status=("queued",), **values
+                repos.update_download_task,
+                run.task_id,
+                if_status=(DownloadStatus.QUEUED,),
+                **values,
             )
 
     async def _failed(self, run: _Run, message: str, *, discard: bool = False) -> None:
@@ -1145,7 +1156,7 @@ class DownloadManager:
             await asyncio.to_thread(run.sink.discard_sync)
         now = time.time()
         values: dict[str, Any] = {
-            "status": "failed",
+            "status": DownloadStatus.FAILED,
             "error": message,
             "speed": None,
             "eta_s": None,
@@ -1160,12 +1171,15 @@ class DownloadManager:
             repos.update_download_task,
             run.task_id,
             if_owner=self.owner,
-            if_status=("running",),
+            if_status=(DownloadStatus.RUNNING,),
             **values,
         )
         if not changed:
             await self.db.run_write(
-                repos.update_download_task, run.task_id, if_status=("queued",), **values
+                repos.update_download_task,
+                run.task_id,
+                if_status=(DownloadStatus.QUEUED,),
+                **values,
             )
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
@@ -1413,7 +1427,7 @@ class DownloadManager:
                     await asyncio.to_thread(run.sink.reset_sync)
                 state.bytes_done = 0
                 raise _Transient("the file host sent another part of the file than asked")
-            total: int | None = span[2]
+            total = span[2]
         else:
             if have and run.sink is not None:
                 log.info("download #%d: the file host ignored the range; from zero", state.id)
@@ -1497,7 +1511,7 @@ class DownloadManager:
             repos.update_download_task,
             state.id,
             if_owner=self.owner,
-            if_status=("running",),
+            if_status=(DownloadStatus.RUNNING,),
             bytes_done=state.bytes_done,
             bytes_total=state.bytes_total,
             speed=state.speed,
@@ -1508,7 +1522,7 @@ class DownloadManager:
         )
         if not ok:
             row = await self.db.run_read(repos.get_download_task, state.id)
-            raise _StopRequested(row.status if row is not None else "cancelled")
+            raise _StopRequested(row.status if row is not None else DownloadStatus.CANCELLED)
         self._notify(state.view())
 
     async def _choose_path(self, state: _State, disposition: str | None, total: int | None) -> Path:
@@ -1634,9 +1648,10 @@ class DownloadManager:
         mtime_ns = (await asyncio.to_thread(final.stat)).st_mtime_ns
         state.path, state.file_name = str(final), final.name
         state.sha256, state.bytes_done, state.bytes_total = sha, size, size
-        state.status, state.finished_at, state.speed, state.eta_s = "done", now, None, None
+        state.status, state.finished_at = DownloadStatus.DONE, now
+        state.speed = state.eta_s = None
         task_values = {
-            "status": "done",
+            "status": DownloadStatus.DONE,
             "path": state.path,
             "file_name": state.file_name,
             "sha256": sha,
@@ -1662,7 +1677,7 @@ class DownloadManager:
 
         def write(conn: Any) -> None:
             repos.update_download_task(
-                conn, state.id, if_owner=owner, if_status=("running",), **task_values
+                conn, state.id, if_owner=owner, if_status=(DownloadStatus.RUNNING,), **task_values
             )
             repos.upsert_model(conn, model_row)
             repos.upsert_model_files(conn, [file_row])
@@ -1728,7 +1743,7 @@ class DownloadManager:
             "bytes_done": known.size_bytes,
             "expected_sha256": known.sha256,
             "sha256": known.sha256,
-            "status": "done",
+            "status": DownloadStatus.DONE,
             "created_at": now,
             "updated_at": now,
             "started_at": now,
@@ -1748,7 +1763,7 @@ def _version_label(version: ModelVersion) -> str:
 def _cover_image(version: ModelVersion) -> str | None:
     images = [i for i in version.images if i.url]
     safe = [i for i in images if i.level == 1]
-    chosen = (safe or images or [None])[0]
+    chosen = next(iter(safe or images), None)
     return chosen.url if chosen is not None else None
 
 
@@ -2056,7 +2071,7 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
                 size=getattr(args, "size", None),
                 file_id=getattr(args, "file_id", None),
             )
-            if view.status != "done":
+            if view.status != DownloadStatus.DONE:
                 view = await _follow(manager, view, err, not getattr(args, "no_progress", False))
         except (CivitaiError, BadInput) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -2070,16 +2085,16 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
                     markup=False,
                 )
             raise
-        if view.status == "done":
+        if view.status == DownloadStatus.DONE:
             print(f"{view.path}\t{format_bytes(view.bytes_done)}\tsha256 {view.sha256}")
             return 0
-        if view.status == "running":  # running in another process
+        if view.status == DownloadStatus.RUNNING:  # running in another process
             print(f"download #{view.id} is running in another process", file=sys.stderr)
             return 1
         print(f"error: {view.error or view.status}", file=sys.stderr)
         return 1
     finally:
-        await manager.aclose(stop_as="paused")
+        await manager.aclose(stop_as=DownloadStatus.PAUSED)
         await db.dispose()
 
 

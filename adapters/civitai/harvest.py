@@ -384,7 +384,9 @@ class Harvester:
                 # (quadratic) with many connections and waiting requests in one client.
                 tls = httpx.create_ssl_context() if self._http is None else None
                 clients = [
-                    self._http or await stack.enter_async_context(self._new_http(tls))
+                    self._http
+                    if self._http is not None
+                    else await stack.enter_async_context(self._new_http(tls))
                     for _ in range(self.concurrency)
                 ]
                 self.manifest.open()

@@ -354,7 +354,7 @@ class BflProvider(Provider):
                     await run.progress((index + min(max(fraction, 0.0), 1.0)) / n)
                 continue
             if status == "Ready":
-                result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+                result = raw if isinstance(raw := answer.get("result"), dict) else {}
                 data = await self._fetch(result.get("sample"))
                 got = result.get("seed")
                 real_seed = got if isinstance(got, int) and not isinstance(got, bool) else seed

@@ -147,8 +147,8 @@ def _dashscope_seed(seed: int) -> int:
 def _fit_input(data: bytes, width: int, height: int) -> str:
     """The input picture at exactly the resolved size, as a PNG data URL (the edit model
     returns pictures the size of its input)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB")
+    with Image.open(io.BytesIO(data)) as src:
+        im = src.convert("RGBA" if src.mode in ("RGBA", "LA", "P") else "RGB")
         if im.size != (width, height):
             im = im.resize((width, height), Image.Resampling.LANCZOS)
         buf = io.BytesIO()

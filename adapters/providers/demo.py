@@ -75,8 +75,8 @@ class DemoProvider(Provider):
         ):
             raise ProviderFailure(FailureClass.PROVIDER_ERROR, "the demo provider failed")
         init = None
-        if req.init_image is not None:
-            init = await asyncio.to_thread(lambda: Image.open(io.BytesIO(req.init_image)).copy())
+        if (data := req.init_image) is not None:
+            init = await asyncio.to_thread(lambda: Image.open(io.BytesIO(data)).copy())
         for idx in range(req.n):
             if run.has_image(idx):
                 continue

@@ -170,7 +170,7 @@ def _mountains(
     for layer, colour in ((0, far_tint), (1, near)):
         base = height * (0.55 + 0.15 * layer)
         peaks = 4 + rng.randrange(5)
-        points = [(0, height)]
+        points: list[tuple[float, float]] = [(0, height)]
         for i in range(peaks + 1):
             x = width * i / peaks
             y = base - rng.uniform(0.05, 0.3) * height * (1 - 0.4 * layer)
@@ -210,7 +210,7 @@ def _render_text(text: str, size: int) -> Image.Image:
     # Crisp, not antialiased: tiny text stays legible after blending. Hinting for mode "1"
     # makes glyphs wider than the default bbox says, so measure in that mode too.
     _, _, right, bottom = font.getbbox(text, mode="1")
-    mask = Image.new("L", (right + 1, bottom + 1))
+    mask = Image.new("L", (int(right) + 1, int(bottom) + 1))
     draw = ImageDraw.Draw(mask)
     draw.fontmode = "1"
     draw.text((0, 0), text, font=font, fill=255)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import io
@@ -343,7 +344,7 @@ class LiblibProvider(Provider):
     def _star3(self, req: Any, img2img: bool) -> _Plan:
         if img2img:
             params: dict[str, Any] = {"prompt": req.prompt, "sourceImage": "", "imgCount": req.n}
-            body = {"templateUuid": self.config.star3_img2img_template_uuid}
+            body: dict[str, Any] = {"templateUuid": self.config.star3_img2img_template_uuid}
             return _Plan(STAR3_IMG2IMG_PATH, {**body, "generateParams": params}, True)
         params = {
             "prompt": req.prompt,
@@ -634,7 +635,7 @@ class LiblibProvider(Provider):
             if run.has_image(index):
                 continue
             blob = await self._retrying(
-                lambda url=url: download(self._client, str(url), what="LiblibAI"),
+                functools.partial(download, self._client, str(url), what="LiblibAI"),
                 "liblib download",
             )
             seed = _as_int(image.get("seed"))
