@@ -118,6 +118,10 @@ class Job(Base):
     # Runs cut short by their process dying with no sign that the job caused it (a kill,
     # a restart, the machine going down): not attempts, so bad luck never quarantines.
     lost_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What the provider says the job cost it, in its own unit (BFL credits, Horde kudos):
+    # the operator's spend, shown in /stats. NULL where the provider does not say.
+    provider_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    provider_cost_unit: Mapped[str | None] = mapped_column(String(16), nullable=True)
     failure: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     reply_to: Mapped[dict[str, Any]] = mapped_column(JSON)
