@@ -306,6 +306,20 @@ async def test_a_file_over_telegrams_download_limit_is_refused_before_downloadin
 # --- batches and albums ----------------------------------------------------------------------
 
 
+async def test_a_banned_persons_picture_is_never_downloaded(env: Env) -> None:
+    await env.start()
+    tg = env.tg
+    tg.inject_message(999, 999, "/ban " + str(ANN))
+    await env.until(lambda: env.texts(999))
+    photo = tg.inject_message(ANN, ANN, photo_bytes=png(64, 64))
+    tg.inject_message(
+        ANN, ANN, "/img2img sharper", reply_to_message_id=photo["message"]["message_id"]
+    )
+    refused = await env.until(lambda: [t for t in env.texts(ANN) if "not allowed" in t])
+    assert refused
+    assert tg.calls_of("getFile") == []
+
+
 async def test_batch_streams_pictures_in_albums_with_one_status_message(env: Env) -> None:
     await env.start(latency_s=0.2)
     tg = env.tg

@@ -568,6 +568,8 @@ class DiscordAdapter(ResultsAdapter):
         user = self._user(interaction.user)
         try:
             if attachment is not None:
+                # a banned person's upload is not even downloaded
+                await self.app.jobs.check_not_banned(user)
                 image = await self._read_attachment(attachment)
         except UserError as exc:
             await self._respond(interaction, exc.render(lang))

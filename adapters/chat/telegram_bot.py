@@ -400,6 +400,8 @@ class TelegramAdapter(ResultsAdapter):
             source = msg if self._has_picture(msg) else replied
             if source is not None and self._has_picture(source):
                 try:
+                    # a banned person's picture is not even downloaded
+                    await self.app.jobs.check_not_banned(user)
                     image = await self._picture_of(source)
                 except UserError as exc:
                     await self._say(msg, exc.render(await self._lang(user)))
