@@ -64,6 +64,9 @@ class ResolvedRequest:
     sampler: str | None = None
     strength: float | None = None
     init_image: bytes | None = None  # PNG, already validated and re-encoded
+    # PNG the size of init_image: white = change, black = keep (inpainting); no chat action
+    # sets it yet, only providers read it
+    mask_image: bytes | None = None
 
 
 @dataclass(slots=True)

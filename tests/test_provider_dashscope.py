@@ -833,3 +833,22 @@ def test_edit_input_stays_under_ten_megabytes() -> None:
     url = _fit_input(buf.getvalue(), 1440, 1440)
     assert len(url) <= 10 * 1024 * 1024
     assert url.startswith("data:image/jpeg;base64,")
+
+
+async def test_inpainting_with_a_mask_at_the_provider(fake: FakeDashScope, provider) -> None:
+    """description_edit_with_mask: the provider side (no chat action gives a mask yet)."""
+    model = "wanx2.1-imageedit:description_edit_with_mask"
+    assert model not in {m.name for m in provider.capabilities().models}
+    mask = png(300, 200, (0, 0, 0))
+    req = request(kind="img2img", model=model, init_image=png(600, 400), mask_image=mask)
+    rec = await run_job(provider, Recorder(req))
+    [submit] = fake.submits
+    assert submit.status == 200 and rec.images
+    body = submit.json
+    assert body["input"]["function"] == "description_edit_with_mask"
+    sent = base64.b64decode(body["input"]["mask_image_url"].partition(",")[2])
+    assert size_of(sent) == (768, 512)  # resized with the picture
+    exc = await failure_of(
+        provider, Recorder(request(kind="img2img", model=model, init_image=mask))
+    )
+    assert exc.failure is FailureClass.BAD_INPUT and len(fake.submits) == 1

@@ -532,6 +532,16 @@ class FakeDashScope:
                 raise _Invalid("InvalidParameter", "strength must be in [0.0, 1.0]")
             if url.startswith("data:"):
                 base_image, (width, height) = _decode_data_url(url)
+            if function == "description_edit_with_mask":
+                mask = inp.get("mask_image_url")
+                if not isinstance(mask, str) or not mask:
+                    raise _Invalid("InvalidParameter", "Field required: input.mask_image_url")
+                if mask.startswith("data:") and base_image is not None:
+                    _, mask_size = _decode_data_url(mask)
+                    if mask_size != (width, height):
+                        raise _Invalid(
+                            "InvalidParameter", "mask_image_url must be the base image's size"
+                        )
         task_id = str(uuid.uuid4())
         fail, self._next_task_fail = self._next_task_fail, None
         result_failures, self._next_result_failures = self._next_result_failures, {}
