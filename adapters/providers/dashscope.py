@@ -277,8 +277,9 @@ class DashScopeProvider(Provider):
             )
             self.edit_model = EDIT_V25
         # key name -> its Alibaba Cloud account (limits are per account)
-        self.account_of = {
-            name: cfg.account or name for name, cfg in zip(self.pool.keys, config.keys, strict=True)
+        self.account_of = {  # key names as KeyPool.from_config gives them
+            (k.name or f"key{i}"): k.account or k.name or f"key{i}"
+            for i, k in enumerate(config.keys, start=1)
         }
         self.account_busy: dict[str, int] = defaultdict(int)
         self._accounts_changed = asyncio.Condition()
