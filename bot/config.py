@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot.errors import FailureClass
 
@@ -126,6 +133,9 @@ class ApiKeyConfig(_Section):
     secret: str = ""  # LiblibAI: the SecretKey that signs requests (key is the AccessKey)
     concurrency: int = Field(2, ge=1)
     name: str = ""  # shown in logs and stored with tasks; default key1, key2, ...
+    # The account the key belongs to, where limits are per account (DashScope: all keys
+    # of one Alibaba Cloud account share them); empty: the key is an account of its own.
+    account: str = ""
 
 
 class CloudProviderSection(ProviderSection):
@@ -143,6 +153,14 @@ class CloudProviderSection(ProviderSection):
     # Throttled or failing calls are retried this many times, honouring Retry-After.
     max_retries: int = Field(4, ge=0)
 
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _plain_keys(cls, v: Any) -> Any:
+        # keys = ["sk-..."] is the short form of keys = [{ key = "sk-..." }]
+        if isinstance(v, list):
+            return [{"key": k} if isinstance(k, str) else k for k in v]
+        return v
+
     @property
     def active(self) -> bool:
         return self.enabled and bool(self.keys)
@@ -150,11 +168,21 @@ class CloudProviderSection(ProviderSection):
 
 class DashScopeConfig(CloudProviderSection):
     base_url: str = "https://dashscope.aliyuncs.com"  # international: dashscope-intl
+    # beijing, singapore or us; empty: from base_url's host. wanx2.1-imageedit exists only
+    # in Beijing; elsewhere img2img goes to wan2.5-i2i-preview.
+    region: Literal["", "beijing", "singapore", "us"] = ""
     default_model: str = "wanx2.1-t2i-turbo"
-    edit_model: str = "wanx2.1-imageedit"
+    edit_model: str = ""  # img2img model; empty: wanx2.1-imageedit, or wan2.5-i2i-preview
     edit_function: str = "stylization_all"
     prompt_extend: bool = False
     watermark: bool = False
+    # Limits of an Alibaba Cloud account, shared by all its keys (keys name their account):
+    # tasks in progress, and task submissions per second.
+    account_concurrency: int = Field(2, ge=1)
+    account_submits_per_s: float = Field(2.0, gt=0)
+    # wanx2.1-imageedit:super_resolution (upscale) and :expand (outpaint)
+    upscale_factor: int = Field(2, ge=1, le=4)
+    expand_scale: float = Field(1.5, ge=1.0, le=2.0)
 
 
 class LiblibModelConfig(_Section):
@@ -163,7 +191,13 @@ class LiblibModelConfig(_Section):
     checkpoint_id: str
     loras: list[dict[str, Any]] = []  # [{model_id = "...", weight = 0.8}]
     sampler: int = 15  # LiblibAI's sampler number
+    clip_skip: int = Field(2, ge=1, le=12)
     description: str = ""
+    # Which templates it runs with: "sd" (1.5/XL) or "f1" (F.1 checkpoints need the F.1
+    # templates); template_uuid / img2img_template_uuid name others outright.
+    base: Literal["sd", "f1"] = "sd"
+    template_uuid: str = ""
+    img2img_template_uuid: str = ""
 
 
 class LiblibConfig(CloudProviderSection):
@@ -172,7 +206,17 @@ class LiblibConfig(CloudProviderSection):
     star3_img2img_template_uuid: str = "07e00af4fc464c7ab55ff906f8acf1b7"
     custom_template_uuid: str = "e10adc3949ba59abbe56e057f20f883e"
     custom_img2img_template_uuid: str = "9c7d531dc75f476aa833b3d452b8f7ad"
+    f1_template_uuid: str = "6f7c4652458d4802969f8d089cf5b91f"
+    f1_img2img_template_uuid: str = "63b72710c9574457ba303d9d9b8df8bd"
     models: dict[str, LiblibModelConfig] = {}
+
+    @model_validator(mode="after")
+    def _five_tasks_per_key(self) -> LiblibConfig:
+        # LiblibAI runs 5 generation tasks at once by default
+        for key in self.keys:
+            if "concurrency" not in key.model_fields_set:
+                key.concurrency = 5
+        return self
 
 
 class BflConfig(CloudProviderSection):

@@ -500,6 +500,24 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "cannot make {model} your default model: {reason}",
         "zh": "不能把 {model} 设为默认模型：{reason}",
     },
+    "error.model_prompt_long": {
+        "en": "{model} takes prompts of at most {limit} characters (yours has {length}); "
+        "it would cut the rest silently, so shorten it",
+        "zh": "{model} 的提示词最多 {limit} 个字符（你的有 {length} 个），"
+        "超出部分会被悄悄截掉，请缩短",
+    },
+    "error.model_negative_long": {
+        "en": "{model} takes negative prompts of at most {limit} characters (yours has "
+        "{length}); it would cut the rest silently, so shorten it",
+        "zh": "{model} 的反向提示词最多 {limit} 个字符（你的有 {length} 个），"
+        "超出部分会被悄悄截掉，请缩短",
+    },
+    "error.model_size": {
+        "en": "{model} makes pictures of {low} to {high} megapixels with sides at most "
+        "{aspect}:1; {width}x{height} is outside that, try another --size or --ar",
+        "zh": "{model} 生成的图片在 {low} 到 {high} 百万像素之间、长短边之比不超过 {aspect}:1；"
+        "{width}x{height} 不符合，请换一个 --size 或 --ar",
+    },
     "error.settings_aspect": {
         "en": "a default aspect ratio is W:H between 1:4 and 4:1, e.g. /settings aspect 16:9 "
         "(got {value})",

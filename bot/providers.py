@@ -22,6 +22,15 @@ class ModelInfo:
     name: str
     description: str = ""
     kinds: frozenset[str] = frozenset({"txt2img", "img2img"})
+    # Where this model's limits differ from its provider's (0: the provider's, or none).
+    # The router refuses or fits requests to them before anything is charged.
+    max_prompt: int = 0  # characters (some services cut longer prompts silently)
+    max_negative: int = 0
+    min_side: int = 0
+    max_side: int = 0
+    min_pixels: int = 0  # width * height
+    max_pixels: int = 0
+    max_aspect: float = 0.0  # long side / short side
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,9 @@ class ResolvedRequest:
     sampler: str | None = None
     strength: float | None = None
     init_image: bytes | None = None  # PNG, already validated and re-encoded
+    # PNG the size of init_image: white = change, black = keep (inpainting); no chat action
+    # sets it yet, only providers read it
+    mask_image: bytes | None = None
 
 
 @dataclass(slots=True)

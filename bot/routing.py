@@ -6,13 +6,14 @@ refused with a clear message and costs nothing.
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.config import Config
 from bot.errors import BadInput
 from bot.params import GenerationParams
-from bot.providers import Capabilities, Provider
+from bot.providers import Capabilities, ModelInfo, Provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,35 @@ def resolve_size(
         exact_w, exact_h = long_side * aw / ah, float(long_side)
     w, h = _round(exact_w, m), _round(exact_h, m)
     return min(max(w, lo), hi), min(max(h, lo), hi)
+
+
+def _fit_pixels(
+    width: int, height: int, info: ModelInfo, multiple: int, explicit: bool
+) -> tuple[int, int]:
+    """A size within the model's pixel count and aspect limits: an explicit --size outside
+    them is refused; a size the router chose is scaled to fit."""
+    lo, hi, aspect = info.min_pixels, info.max_pixels, info.max_aspect
+    pixels = width * height
+    long_ratio = max(width, height) / min(width, height)
+    fits = (not lo or pixels >= lo) and (not hi or pixels <= hi)
+    if fits and (not aspect or long_ratio <= aspect + 1e-9):
+        return width, height
+    if explicit or (aspect and long_ratio > aspect + 1e-9):
+        raise BadInput.of(
+            "error.model_size",
+            model=info.name,
+            low=round(lo / 1e6, 2),
+            high=round(hi / 1e6, 2) if hi else "any",
+            aspect=f"{aspect:g}" if aspect else "any",
+            width=width,
+            height=height,
+        )
+    target = hi if hi and pixels > hi else lo
+    scale = math.sqrt(target / pixels)
+    step = math.floor if target == hi else math.ceil
+    w = max(multiple, step(width * scale / multiple) * multiple)
+    h = max(multiple, step(height * scale / multiple) * multiple)
+    return w, h
 
 
 class Router:
@@ -116,12 +146,34 @@ class Router:
             raise BadInput(f"unknown model {model!r} for {name}; available: {names} (see /models)")
         if need not in info.kinds:
             raise BadInput(f"model {model} cannot do {need}")
+        if info.max_prompt and len(params.prompt) > info.max_prompt:
+            raise BadInput.of(
+                "error.model_prompt_long",
+                model=model,
+                limit=info.max_prompt,
+                length=len(params.prompt),
+            )
+        if info.max_negative and len(params.negative) > info.max_negative:
+            raise BadInput.of(
+                "error.model_negative_long",
+                model=model,
+                limit=info.max_negative,
+                length=len(params.negative),
+            )
         if params.n > caps.max_images:
             raise BadInput(
                 f"{name} makes at most {caps.max_images} images per job; "
                 f"use --n 1..{caps.max_images}"
             )
+        if info.min_side or info.max_side:
+            caps = replace(
+                caps,
+                min_size=info.min_side or caps.min_size,
+                max_size=info.max_side or caps.max_size,
+            )
         width, height = resolve_size(params, caps, self.config.images.default_size, init_size)
+        explicit = bool(params.width and params.height)
+        width, height = _fit_pixels(width, height, info, caps.size_multiple, explicit)
         seed = (
             params.seed if params.seed is not None else random.randrange(0, 2**32 - caps.max_images)
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import time
 from typing import Any
 
@@ -19,17 +20,32 @@ from bot.errors import BadInput, FailureClass, ProviderFailure
 from bot.params import GenerationParams
 from bot.providers import ResolvedRequest, ResultImage
 from bot.routing import Router
-from tests.fakes.dashscope import ERR_SYNC, FakeDashScope
+from tests.fakes.dashscope import (
+    ALLOCATED_QUOTA_MESSAGE,
+    ERR_SYNC,
+    FREE_QUOTA_MESSAGE,
+    FakeDashScope,
+)
 from tests.fakes.provider_run import Recorder
 
 KEYS = {"sk-a": "k1", "sk-b": "k2"}
 
 
-def make_config(fake: FakeDashScope, keys: dict[str, int] | None = None, **kw: Any):
+def make_config(
+    fake: FakeDashScope,
+    keys: dict[str, int] | None = None,
+    accounts: dict[str, str] | None = None,
+    **kw: Any,
+):
     keys = keys if keys is not None else {"sk-a": 2}
+    accounts = accounts or {}
     defaults: dict[str, Any] = {
         "base_url": fake.base_url,
-        "keys": [ApiKeyConfig(key=k, concurrency=c, name=KEYS[k]) for k, c in keys.items()],
+        "keys": [
+            ApiKeyConfig(key=k, concurrency=c, name=KEYS[k], account=accounts.get(k, ""))
+            for k, c in keys.items()
+        ],
+        "account_submits_per_s": 50.0,
         "poll_first_s": 0.02,
         "poll_factor": 1.5,
         "poll_max_interval_s": 0.1,
@@ -106,7 +122,12 @@ def test_capabilities(fake: FakeDashScope) -> None:
         "wanx2.1-t2i-turbo": {"txt2img", "img2img"},  # the default: img2img goes to the editor
         "wanx2.1-t2i-plus": {"txt2img"},
         "wanx2.0-t2i-turbo": {"txt2img"},
+        "wan2.2-t2i-flash": {"txt2img"},
+        "wan2.2-t2i-plus": {"txt2img"},
+        "wan2.5-t2i-preview": {"txt2img"},
         "wanx2.1-imageedit": {"img2img"},
+        "wanx2.1-imageedit:super_resolution": {"img2img"},
+        "wanx2.1-imageedit:expand": {"img2img"},
     }
     assert caps.default_model == "wanx2.1-t2i-turbo"
 
@@ -313,7 +334,7 @@ async def test_pool_honours_each_keys_concurrency(fake: FakeDashScope) -> None:
     [
         ("InvalidApiKey", 401, FailureClass.PROVIDER_ERROR, "key was rejected"),
         ("Arrearage", 400, FailureClass.PROVIDER_ERROR, "out of credit"),
-        ("AllocationQuota.FreeTierOnly", 403, FailureClass.PROVIDER_ERROR, "quota"),
+        ("AllocationQuota.FreeTierOnly", 403, FailureClass.PROVIDER_ERROR, "account needs"),
         ("DataInspectionFailed", 400, FailureClass.REFUSED, "refused"),
         ("IPInfringementSuspect", 400, FailureClass.REFUSED, "refused"),
         ("InvalidParameter", 400, FailureClass.BAD_INPUT, "did not accept"),
@@ -572,3 +593,262 @@ async def test_official_sdk_against_the_fake(fake: FakeDashScope, monkeypatch) -
     assert fake.submits[-1].path.endswith("/image2image/image-synthesis")
     assert cancelled.status_code == 200
     assert fake.tasks[edit.output.task_id].canceled
+
+
+# --- issue 17: account problems, account limits, regions, limits, newer models ---------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "message"),
+    [
+        ("PrepaidBillOverdue", 429, None),
+        ("PostpaidBillOverdue", 429, None),
+        ("CommodityNotPurchased", 429, None),
+        ("Throttling.AllocationQuota", 429, FREE_QUOTA_MESSAGE),
+        ("AllocationQuota.FreeTierOnly", 403, None),
+    ],
+)
+async def test_account_problems_fail_at_once(
+    fake: FakeDashScope, provider: DashScopeProvider, caplog, code, status, message
+) -> None:
+    """Retrying cannot cure these 429/403s: one request, no retry, the reason in the log
+    for the operator and a plain line for the person, refunded by default."""
+    fake.fail_next(code, status, message, times=5)
+    with caplog.at_level("ERROR", logger="adapters.providers.dashscope"):
+        exc = await failure_of(provider, Recorder(request()))
+    assert exc.failure is FailureClass.PROVIDER_ERROR and exc.retry_after is None
+    assert len(fake.submits) == 1
+    assert "account needs the operator's attention" in exc.message
+    assert code not in exc.message and "rate-limiting" not in exc.message
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(code in line and "account problem" in line for line in logged)
+    assert exc.failure in Config().credits.refunds.txt2img  # given back by default
+
+
+async def test_per_minute_allocation_quota_is_retried(fake: FakeDashScope, provider) -> None:
+    fake.fail_next(
+        "Throttling.AllocationQuota", 429, ALLOCATED_QUOTA_MESSAGE, times=2, retry_after=0.01
+    )
+    rec = await run_job(provider, Recorder(request()))
+    assert rec.images
+    assert [c.status for c in fake.submits] == [429, 429, 200]
+
+
+@pytest.mark.parametrize(
+    ("accounts", "expected"),
+    [
+        ({"sk-a": "acct", "sk-b": "acct"}, {"acct": 2}),
+        ({"sk-a": "acct-1", "sk-b": "acct-2"}, {"acct-1": 2, "acct-2": 2}),
+    ],
+)
+async def test_limits_are_per_account(accounts, expected) -> None:
+    """2 tasks in progress and paced submissions per Alibaba Cloud account, whatever the
+    keys: two keys of one account run 2 tasks at once in all, two accounts 2 each."""
+    qps = 10.0
+    async with FakeDashScope(
+        keys=set(KEYS), accounts=accounts, account_qps=qps, queue_delay_s=0.05, run_delay_s=0.3
+    ) as fake:
+        cfg = make_config(
+            fake,
+            keys={"sk-a": 2, "sk-b": 2},
+            accounts=accounts,
+            account_submits_per_s=qps,
+        )
+        p = DashScopeProvider(cfg)
+        try:
+            recs = [Recorder(request(job_id=i, seed=i)) for i in range(6)]
+            await asyncio.wait_for(asyncio.gather(*(p.generate(r) for r in recs)), 20)
+        finally:
+            await p.aclose()
+        assert all(len(r.images) == 1 for r in recs)
+        assert dict(fake.max_running_per_account) == expected
+        assert [c.status for c in fake.submits] == [200] * 6  # never throttled
+        for times in fake.submit_times.values():
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert all(g >= 1 / qps - 0.01 for g in gaps)
+
+
+def test_plain_string_keys_still_accepted() -> None:
+    cfg = DashScopeConfig(keys=["sk-1", {"key": "sk-2", "account": "a"}])  # type: ignore[list-item]
+    assert [(k.key, k.account) for k in cfg.keys] == [("sk-1", ""), ("sk-2", "a")]
+    p = DashScopeProvider(cfg)
+    assert p.account_of == {"key1": "key1", "key2": "a"}
+
+
+def test_international_endpoint_never_offers_the_beijing_editor() -> None:
+    cfg = DashScopeConfig(base_url="https://dashscope-intl.aliyuncs.com", keys=["sk-1"])  # type: ignore[list-item]
+    p = DashScopeProvider(cfg)
+    names = {m.name for m in p.capabilities().models}
+    assert "wan2.5-i2i-preview" in names
+    assert not any(n.startswith("wanx2.1-imageedit") for n in names)
+    router = Router(Config(providers=ProvidersConfig(default="dashscope")), {"dashscope": p})
+    route = router.resolve(GenerationParams(prompt="x"), "img2img", init_size=(800, 800))
+    assert route.model == "wanx2.1-t2i-turbo"  # the default; the job goes to wan2.5 (below)
+    with pytest.raises(BadInput) as info:
+        router.resolve(
+            GenerationParams(prompt="x", model="wanx2.1-imageedit"), "img2img", (800, 800)
+        )
+    assert "wan2.5-i2i-preview" in info.value.message  # the one it can use, named
+    beijing = DashScopeProvider(DashScopeConfig(keys=["sk-1"]))  # type: ignore[list-item]
+    assert beijing.edit_model == "wanx2.1-imageedit"
+
+
+async def test_img2img_in_singapore_goes_to_wan25() -> None:
+    async with FakeDashScope(keys=set(KEYS), region="singapore") as fake:
+        p = DashScopeProvider(make_config(fake, region="singapore"))
+        try:
+            req = request(kind="img2img", init_image=png(600, 400), width=768, height=512)
+            rec = await run_job(p, Recorder(req))
+        finally:
+            await p.aclose()
+    [submit] = fake.submits
+    assert submit.path.endswith("/image2image/image-synthesis") and submit.status == 200
+    assert submit.json["model"] == "wan2.5-i2i-preview"
+    assert submit.json["input"]["images"][0].startswith("data:image/png;base64,")
+    assert "function" not in submit.json["input"]
+    assert rec.images[0].extra["model"] == "wan2.5-i2i-preview"
+
+
+async def test_fake_refuses_the_beijing_editor_in_singapore() -> None:
+    async with FakeDashScope(keys=set(KEYS), region="singapore") as fake:
+        p = DashScopeProvider(make_config(fake, edit_model="wanx2.1-imageedit"))
+        try:  # configured as Beijing (a local URL), but the service is in Singapore
+            req = request(kind="img2img", init_image=png(600, 400), width=768, height=512)
+            exc = await failure_of(p, Recorder(req))
+        finally:
+            await p.aclose()
+    assert exc.failure is FailureClass.BAD_INPUT
+
+
+def _router(fake: FakeDashScope, **images: Any) -> Router:
+    from bot.config import ImagesConfig
+
+    config = Config(providers=ProvidersConfig(default="dashscope"), images=ImagesConfig(**images))
+    return Router(config, {"dashscope": DashScopeProvider(make_config(fake))})
+
+
+def test_long_prompts_are_refused_before_charging(fake: FakeDashScope) -> None:
+    router = _router(fake)
+    router.resolve(GenerationParams(prompt="x" * 800, negative="y" * 500), "txt2img")
+    with pytest.raises(BadInput) as info:
+        router.resolve(GenerationParams(prompt="x" * 801), "txt2img")
+    assert "800" in info.value.message and "801" in info.value.message
+    with pytest.raises(BadInput) as info:
+        router.resolve(GenerationParams(prompt="x", negative="y" * 501), "txt2img")
+    assert "500" in info.value.message
+    with pytest.raises(BadInput):
+        router.resolve(GenerationParams(prompt="x" * 900), "img2img", init_size=(800, 800))
+
+
+async def test_fake_cuts_long_prompts_silently(fake: FakeDashScope) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            fake.base_url + "/api/v1/services/aigc/text2image/image-synthesis",
+            headers={"Authorization": "Bearer sk-a", "X-DashScope-Async": "enable"},
+            json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": "p" * 900}},
+        )
+    assert r.status_code == 200
+    assert len(fake.tasks[r.json()["output"]["task_id"]].prompt) == 800
+
+
+def test_sizes_over_two_megapixels(fake: FakeDashScope) -> None:
+    router = _router(fake, default_size=1440)
+    with pytest.raises(BadInput) as info:
+        router.resolve(GenerationParams(prompt="x", width=1440, height=1440), "txt2img")
+    assert "1440x1440" in info.value.message
+    square = router.resolve(GenerationParams(prompt="x", aspect="1:1"), "txt2img")
+    assert square.width * square.height <= 2_000_000 and square.width % 8 == 0
+    ok = router.resolve(GenerationParams(prompt="x", width=1440, height=1384), "txt2img")
+    assert (ok.width, ok.height) == (1440, 1384)
+
+
+async def test_wan25_t2i_size_rule(fake: FakeDashScope, provider: DashScopeProvider) -> None:
+    router = _router(fake)
+    model = "wan2.5-t2i-preview"
+    with pytest.raises(BadInput):  # 0.26 megapixels: below 768*768
+        router.resolve(GenerationParams(prompt="x", model=model, width=512, height=512), "txt2img")
+    wide = router.resolve(
+        GenerationParams(prompt="x", model=model, width=2048, height=512), "txt2img"
+    )
+    assert (wide.width, wide.height) == (2048, 512)  # its own rule: sides past 1440
+    with pytest.raises(BadInput):  # 5:1
+        router.resolve(GenerationParams(prompt="x", model=model, width=2560, height=512), "txt2img")
+    fitted = router.resolve(GenerationParams(prompt="x", model=model, aspect="2:1"), "txt2img")
+    assert fitted.width * fitted.height >= 768 * 768  # 1024x512 scaled up to fit
+    rec = await run_job(
+        provider, Recorder(request(model=model, width=wide.width, height=wide.height))
+    )
+    assert size_of(rec.images[0].data) == (wide.width, wide.height)
+    assert fake.submits[0].json["parameters"]["size"] == f"{wide.width}*{wide.height}"
+
+
+@pytest.mark.parametrize("model", ["wan2.2-t2i-flash", "wan2.2-t2i-plus"])
+async def test_wan22_models(fake: FakeDashScope, provider: DashScopeProvider, model) -> None:
+    rec = await run_job(provider, Recorder(request(model=model)))
+    assert fake.submits[0].json["model"] == model and rec.images[0].extra["model"] == model
+
+
+async def test_upscale_and_outpaint_edit_functions(fake: FakeDashScope) -> None:
+    """super_resolution (an upscale) and expand (outpaint) as models the router offers."""
+    p = DashScopeProvider(make_config(fake, upscale_factor=3, expand_scale=1.25))
+    router = Router(Config(providers=ProvidersConfig(default="dashscope")), {"dashscope": p})
+    try:
+        for model in ("wanx2.1-imageedit:super_resolution", "wanx2.1-imageedit:expand"):
+            route = router.resolve(
+                GenerationParams(prompt="x", model=model), "img2img", init_size=(600, 600)
+            )
+            assert route.model == model
+            req = request(
+                kind="img2img",
+                model=model,
+                init_image=png(600, 600),
+                width=600,
+                height=600,
+                strength=0.4,
+            )
+            await run_job(p, Recorder(req))
+    finally:
+        await p.aclose()
+    up, out = (c.json for c in fake.submits)
+    assert up["model"] == out["model"] == "wanx2.1-imageedit"
+    assert up["input"]["function"] == "super_resolution"
+    assert up["parameters"]["upscale_factor"] == 3 and "strength" not in up["parameters"]
+    assert out["input"]["function"] == "expand"
+    assert {k: v for k, v in out["parameters"].items() if k.endswith("_scale")} == {
+        "top_scale": 1.25,
+        "bottom_scale": 1.25,
+        "left_scale": 1.25,
+        "right_scale": 1.25,
+    }
+
+
+def test_edit_input_stays_under_ten_megabytes() -> None:
+    import os
+
+    from adapters.providers.dashscope import _fit_input
+
+    noise = Image.frombytes("RGBA", (1440, 1440), os.urandom(1440 * 1440 * 4))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    url = _fit_input(buf.getvalue(), 1440, 1440)
+    assert len(url) <= 10 * 1024 * 1024
+    assert url.startswith("data:image/jpeg;base64,")
+
+
+async def test_inpainting_with_a_mask_at_the_provider(fake: FakeDashScope, provider) -> None:
+    """description_edit_with_mask: the provider side (no chat action gives a mask yet)."""
+    model = "wanx2.1-imageedit:description_edit_with_mask"
+    assert model not in {m.name for m in provider.capabilities().models}
+    mask = png(300, 200, (0, 0, 0))
+    req = request(kind="img2img", model=model, init_image=png(600, 400), mask_image=mask)
+    rec = await run_job(provider, Recorder(req))
+    [submit] = fake.submits
+    assert submit.status == 200 and rec.images
+    body = submit.json
+    assert body["input"]["function"] == "description_edit_with_mask"
+    sent = base64.b64decode(body["input"]["mask_image_url"].partition(",")[2])
+    assert size_of(sent) == (768, 512)  # resized with the picture
+    exc = await failure_of(
+        provider, Recorder(request(kind="img2img", model=model, init_image=mask))
+    )
+    assert exc.failure is FailureClass.BAD_INPUT and len(fake.submits) == 1

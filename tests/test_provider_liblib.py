@@ -145,8 +145,12 @@ def test_sampler_mapping() -> None:
     assert sampler_number("  euler   A ") == 0
     assert sampler_number("DDIM") == 17
     assert sampler_number("15") == 15
-    assert sampler_number("Restart") is None
-    assert sorted(SAMPLERS.values()) == list(range(20))
+    assert sampler_number("Restart") == 29
+    assert sampler_number("DPM++ 2M SDE Karras") == 20
+    assert sampler_number("DPM++ 3M SDE Exponential") == 28
+    assert sampler_number("LCM") == 30
+    assert sampler_number("22") is None and sampler_number("26") is None
+    assert sorted(SAMPLERS.values()) == [*range(22), 24, 25, 27, 28, 29, 30]
 
 
 # --- signing ------------------------------------------------------------------------------
@@ -191,11 +195,11 @@ async def test_fake_refuses_bad_stale_and_replayed_signatures(fake: FakeLiblib) 
         first = await client.post(url, params=once, json=body)
         again = await client.post(url, params=once, json=body)
         stranger = await client.post(url, params=signed(fake, fl.STATUS, ak="ak9"), json=body)
-    assert bad.json()["code"] == fl.CODE_SIGNATURE
-    assert old.json()["code"] == fl.CODE_TIMESTAMP
+    assert bad.status_code == 401 and bad.json()["code"] == fl.CODE_SIGNATURE
+    assert old.json()["code"] == fl.CODE_SIGNATURE and "Timestamp" in old.json()["msg"]
     assert first.json()["code"] == fl.CODE_NOT_FOUND  # signature fine, no such task
-    assert again.json()["code"] == fl.CODE_NONCE
-    assert stranger.json()["code"] == fl.CODE_ACCESS_KEY
+    assert again.json()["code"] == fl.CODE_SIGNATURE and "Nonce" in again.json()["msg"]
+    assert stranger.json()["code"] == fl.CODE_SIGNATURE
 
 
 async def test_wrong_secret_is_a_clear_key_error_that_never_shows_the_key(
@@ -234,7 +238,8 @@ async def test_star3_txt2img(fake: FakeLiblib) -> None:
         },
     }
     task = fake.tasks[run.task_id]
-    assert [task_id for task_id, _ in run.submissions] == [task.uuid] and run.state == {"key": "k1"}
+    assert {task_id for task_id, _ in run.submissions} == {task.uuid}
+    assert run.state["key"] == "k1"
     assert sorted(run.images) == [0, 1]
     for i, result in run.images.items():
         with Image.open(io.BytesIO(result.data)) as img:
@@ -309,6 +314,7 @@ async def test_custom_model_with_loras_and_sampler_mapping(fake: FakeLiblib) -> 
             "sampler": 0,
             "steps": 25,
             "cfgScale": 6.5,
+            "clipSkip": 2,
             "width": 768,
             "height": 1024,
             "imgCount": 3,
@@ -349,14 +355,14 @@ async def test_custom_img2img(fake: FakeLiblib) -> None:
 
 async def test_unknown_sampler_is_refused_before_any_request(fake: FakeLiblib) -> None:
     p = await provider_for(fake)
-    run = Recorder(request(model="anime", sampler="Restart"))
+    run = Recorder(request(model="anime", sampler="DPM++ 2M SDE"))
     try:
         with pytest.raises(ProviderFailure) as info:
             await p.generate(run)
     finally:
         await p.aclose()
     assert info.value.failure is FailureClass.BAD_INPUT
-    assert "Restart" in info.value.message and "DPM++ 2M Karras" in info.value.message
+    assert "DPM++ 2M SDE" in info.value.message and "DPM++ 2M Karras" in info.value.message
     assert fake.calls == [] and run.task_id is None
 
 
@@ -402,7 +408,7 @@ async def test_resume_polls_the_stored_task_with_its_own_key(fake: FakeLiblib) -
                 await job
     finally:
         await first.aclose()
-    assert run.state == {"key": "k2"}
+    assert run.state["key"] == "k2"
     second = await provider_for(fake, keys=keys)  # a fresh process: k1 would be picked
     resumed = Recorder(run.request, task_id=run.task_id, state=run.state)
     resumed.images[0] = ResultImage(data=b"kept")  # delivered before the restart
@@ -410,7 +416,8 @@ async def test_resume_polls_the_stored_task_with_its_own_key(fake: FakeLiblib) -
         await second.generate(resumed)
     finally:
         await second.aclose()
-    assert len(fake.submits()) == 1 and resumed.submissions == []
+    assert len(fake.submits()) == 1
+    assert {task_id for task_id, _ in resumed.submissions} <= {run.task_id}  # no new task
     statuses = fake.calls_to(fl.STATUS)
     assert statuses and {c.access_key for c in statuses} == {"ak2"}
     assert all(c.code == 0 for c in statuses)
@@ -465,7 +472,7 @@ async def test_audit_rejected_pictures_are_withheld(fake: FakeLiblib) -> None:
         run = await run_job(p, request(n=3))
     finally:
         await p.aclose()
-    assert sorted(run.images) == [0, 2]
+    assert sorted(run.images) == [0, 1]  # the third picture in the second slot
     assert not any(d.endswith("-1.png") for d in fake.downloads)
     assert len(fake.downloads) == 2
 
@@ -497,33 +504,43 @@ async def test_expired_result_url_is_a_clear_failure() -> None:
 # --- errors -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("code", "msg", "status", "failure", "text", "retryable"),
-    [
-        (fl.CODE_SIGNATURE, fl.MSG_SIGNATURE, 200, "provider_error", "key was rejected", False),
-        (fl.CODE_ACCESS_KEY, fl.MSG_ACCESS_KEY, 200, "provider_error", "key was rejected", False),
-        (fl.CODE_TIMESTAMP, fl.MSG_TIMESTAMP, 200, "provider_error", "key was rejected", False),
-        (fl.CODE_POINTS, fl.MSG_POINTS, 200, "provider_error", "out of points", False),
-        (100000, "参数错误: imgCount", 200, "bad_input", "did not accept", False),
-        (fl.CODE_MODERATION, "提示词包含敏感内容", 200, "refused", "refused", False),
-        (fl.CODE_RATE_LIMIT, fl.MSG_RATE_LIMIT, 429, "provider_error", "throttling", True),
-        (fl.CODE_CONCURRENCY, fl.MSG_CONCURRENCY, 200, "provider_error", "throttling", True),
-        (fl.CODE_SERVER, "Internal Server Error", 502, "provider_error", "server error", True),
-        (1, "unheard of", 200, "provider_error", "LiblibAI failed", False),
-    ],
-)
-async def test_submit_errors_are_classified(
-    fake: FakeLiblib,
-    code: int,
-    msg: str,
-    status: int,
-    failure: str,
-    text: str,
-    retryable: bool,
+# Every documented code (§8), the class the refund policy sees and whether it is retried.
+# The message is the same meaningless text for all: classification goes by the code.
+DOCUMENTED = [
+    (fl.CODE_SIGNATURE, 401, "provider_error", "key was rejected", False),
+    (fl.CODE_FORBIDDEN, 403, "provider_error", "denied access", False),
+    (fl.CODE_RATE_LIMIT, 429, "provider_error", "throttling", True),
+    (fl.CODE_SIGNATURE, 200, "provider_error", "key was rejected", False),
+    (fl.CODE_FORBIDDEN, 200, "provider_error", "denied access", False),
+    (fl.CODE_RATE_LIMIT, 200, "provider_error", "throttling", True),
+    (fl.CODE_PARAM, 200, "bad_input", "did not accept", False),
+    (fl.CODE_KEY_EXPIRED, 200, "provider_error", "API plan has expired", False),
+    (fl.CODE_USER_NOT_FOUND, 200, "provider_error", "key was rejected", False),
+    (fl.CODE_POINTS, 200, "provider_error", "out of points", False),
+    (fl.CODE_IMAGE_URL, 200, "bad_input", "over 10 MB", False),
+    (fl.CODE_IMAGE_PROHIBITED, 200, "refused", "input picture", False),
+    (fl.CODE_IMAGE_DOWNLOAD, 200, "provider_error", "could not download", True),
+    (fl.CODE_COMPLETENESS, 200, "provider_error", "do not fit together", False),
+    (fl.CODE_NOT_FOUND, 200, "provider_error", "no longer knows", False),
+    (fl.CODE_SENSITIVE_PROMPT, 200, "refused", "refused the prompt", False),
+    (fl.CODE_MODEL_NOT_ALLOWED, 200, "provider_error", "may not use this model", False),
+    (fl.CODE_CONCURRENCY, 200, "provider_error", "too many tasks", True),
+    (fl.CODE_SENSITIVE_RESULT, 200, "refused", "refused the result", False),
+    (fl.CODE_TEMPLATE_NOT_FOUND, 200, "provider_error", "template", False),
+    (fl.CODE_INTERNAL, 200, "provider_error", "internal error", True),
+    (fl.CODE_MODEL_NOT_FOUND, 200, "provider_error", "does not know this model", False),
+    (fl.CODE_RETRY, 200, "provider_error", "try again", True),
+    (fl.CODE_INTERNAL, 502, "provider_error", "internal error", True),
+    (1, 502, "provider_error", "server error", True),
+    (1, 200, "provider_error", "LiblibAI failed", False),
+]
+
+
+@pytest.mark.parametrize(("code", "status", "failure", "text", "retryable"), DOCUMENTED)
+async def test_submit_errors_are_classified_by_code(
+    fake: FakeLiblib, code: int, status: int, failure: str, text: str, retryable: bool
 ) -> None:
-    # Retry-After keeps the retries quick; the 502 has none: "back off yourself" (0.0).
-    wait = None if status == 502 else 0.01
-    fake.fail_next(code, msg, status, times=10, retry_after=wait)
+    fake.fail_next(code, "访问受限 (not what it seems)", status, times=10, retry_after=0.01)
     p = await provider_for(fake, max_retries=1)
     run = Recorder(request())
     try:
@@ -535,12 +552,24 @@ async def test_submit_errors_are_classified(
     assert exc.failure == failure
     assert text in exc.message
     assert (exc.retry_after is not None) is retryable
-    if retryable:
-        assert exc.retry_after == (0.0 if wait is None else wait)
     assert "sk1" not in exc.message and "ak1" not in exc.message
     assert "\n" not in exc.message
     assert run.task_id is None
     assert len(fake.calls) == (2 if retryable else 1)
+
+
+async def test_fake_answers_signature_failures_both_ways() -> None:
+    """401/403/429 as HTTP statuses (default) or as envelope codes; the provider reads both."""
+    for http in (True, False):
+        async with FakeLiblib(keys={"ak1": "sk1"}, http_statuses=http) as fake:
+            p = await provider_for(fake, keys=[("k1", "ak1", "wrong", 1)])
+            try:
+                exc = await failure_of(p, request())
+            finally:
+                await p.aclose()
+            [call] = fake.calls
+            assert (call.status, call.code) == ((401 if http else 200), 401)
+            assert "key was rejected" in exc.message and exc.retry_after is None
 
 
 async def test_out_of_points_account(fake: FakeLiblib) -> None:
@@ -611,5 +640,156 @@ async def test_status_errors_keep_the_task(fake: FakeLiblib) -> None:
         await p.aclose()
     assert run.task_id is not None  # submitted, so the core will not fail it over
     assert info.value.failure is FailureClass.PROVIDER_ERROR
-    assert "no such task" in info.value.message
+    assert "no longer knows this task" in info.value.message
     assert p.polls == [1]
+
+
+# --- issue 17: limits, five tasks, identity of listed pictures, F.1 templates ----------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"model": "anime", "width": 1600, "height": 1024}, "128 to 1536"),
+        ({"model": "anime", "width": 120, "height": 512}, "128 to 1536"),
+        ({"model": "star3", "width": 256, "height": 512}, "512 to 2048"),
+        ({"model": "anime", "cfg": 15.5}, "CFG scale of 1 to 15"),
+        ({"model": "anime", "steps": 61}, "1 to 60 steps"),
+    ],
+)
+async def test_limits_are_refused_before_any_request(fake: FakeLiblib, kw, words) -> None:
+    p = await provider_for(fake)
+    try:
+        exc = await failure_of(p, request(**kw))
+    finally:
+        await p.aclose()
+    assert exc.failure is FailureClass.BAD_INPUT and words in exc.message
+    assert fake.calls == []
+
+
+async def test_limits_within_range_reach_the_fake(fake: FakeLiblib) -> None:
+    clip1 = ANIME.model_copy(update={"clip_skip": 1})
+    p = await provider_for(fake, models={"anime": ANIME, "clip1": clip1})
+    try:
+        await run_job(p, request(model="anime", width=1536, height=128, cfg=15.0, steps=60))
+        await run_job(
+            p, request(model="anime", kind="img2img", init_image=png(), width=2048, height=2048)
+        )
+        await run_job(p, request(model="clip1", sampler="LCM"))
+    finally:
+        await p.aclose()
+    first, second, third = (c.body["generateParams"] for c in fake.submits())
+    assert (first["width"], first["height"], first["clipSkip"]) == (1536, 128, 2)
+    assert (second["resizedWidth"], second["resizedHeight"]) == (2048, 2048)
+    assert (third["clipSkip"], third["sampler"]) == (1, 30)
+
+
+async def test_fake_refuses_samplers_that_do_not_exist(fake: FakeLiblib) -> None:
+    for number, code in ((22, fl.CODE_PARAM), (26, fl.CODE_PARAM), (27, 0)):
+        body = {
+            "templateUuid": fl.CUSTOM_TXT2IMG_TEMPLATE,
+            "generateParams": {
+                "checkPointId": "c",
+                "prompt": "x",
+                "sampler": number,
+                "steps": 20,
+                "cfgScale": 7,
+                "clipSkip": 2,
+                "width": 512,
+                "height": 512,
+                "imgCount": 1,
+            },
+        }
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(
+                fake.base_url + fl.CUSTOM_TXT2IMG, params=signed(fake, fl.CUSTOM_TXT2IMG), json=body
+            )
+        assert answer.json()["code"] == code
+
+
+def test_router_refuses_custom_sizes_before_charging(fake: FakeLiblib) -> None:
+    from bot.config import Config, ProvidersConfig
+    from bot.errors import BadInput
+    from bot.params import GenerationParams
+    from bot.routing import Router
+
+    p = LiblibProvider(config(fake))
+    router = Router(Config(providers=ProvidersConfig(default="liblib")), {"liblib": p})
+    with pytest.raises(BadInput):
+        router.resolve(
+            GenerationParams(prompt="x", model="anime", width=2048, height=1024), "txt2img"
+        )
+    small = router.resolve(
+        GenerationParams(prompt="x", model="anime", width=256, height=256), "txt2img"
+    )
+    assert (small.width, small.height) == (256, 256)
+    star3 = router.resolve(GenerationParams(prompt="x", width=2048, height=1024), "txt2img")
+    assert star3.model == "star3"
+
+
+async def test_a_key_runs_five_tasks_at_once_by_default(fake: FakeLiblib) -> None:
+    fake.wait_s, fake.run_s = 0.1, 0.4
+    cfg = LiblibConfig(
+        base_url=fake.base_url,
+        keys=[{"key": "ak1", "secret": "sk1", "name": "k1"}],  # type: ignore[list-item]
+        poll_first_s=0.05,
+        poll_max_interval_s=0.1,
+    )
+    assert cfg.keys[0].concurrency == 5
+    explicit = LiblibConfig(keys=[{"key": "a", "secret": "b", "concurrency": 1}])  # type: ignore[list-item]
+    assert explicit.keys[0].concurrency == 1
+    p = LiblibProvider(cfg)
+    p.submit_interval_s = 0.0
+    try:
+        runs = await asyncio.gather(*(run_job(p, request(job_id=i)) for i in range(7)))
+    finally:
+        await p.aclose()
+    assert all(len(r.images) == 1 for r in runs)
+    assert fake.max_running_per_key == {"ak1": 5}  # the documented limit, never past it
+    assert all(c.code == 0 for c in fake.calls)
+
+
+async def test_resume_never_takes_a_list_position_for_a_picture(fake: FakeLiblib) -> None:
+    """Picture 1 is withheld at first, so picture 2 is listed second and delivered in slot 1.
+    After a restart picture 1 has passed and the list shifts: it must land in the free slot
+    and picture 2 must not be delivered twice."""
+    fake.reject_next_task_images(1)
+    p = await provider_for(fake)
+    try:
+        first = await run_job(p, request(n=3))
+        assert sorted(first.images) == [0, 1]
+        task = fake.tasks[first.task_id]
+        task.rejected = frozenset()  # its review ends after all
+        resumed = first.resumed()
+        await p.generate(resumed)
+    finally:
+        await p.aclose()
+    assert sorted(resumed.images) == [0, 1, 2]
+    got = {i: resumed.images[i].seed for i in range(3)}
+    assert sorted(got.values()) == sorted(task.seeds)  # three different pictures
+    assert got[1] == task.seeds[2] and got[2] == task.seeds[1]
+    assert sorted(fake.downloads) == sorted(f"/sd-images/{task.uuid}-{i}.png" for i in range(3))
+
+
+F1 = LiblibModelConfig(checkpoint_id="f1-ckpt", base="f1")
+
+
+async def test_f1_checkpoints_use_the_f1_templates() -> None:
+    async with FakeLiblib(keys={"ak1": "sk1"}, f1_checkpoints=frozenset({"f1-ckpt"})) as fake:
+        named = LiblibModelConfig(
+            checkpoint_id="f1-ckpt",
+            template_uuid=fl.F1_TXT2IMG_TEMPLATE,
+            img2img_template_uuid=fl.F1_IMG2IMG_TEMPLATE,
+        )
+        wrong = LiblibModelConfig(checkpoint_id="f1-ckpt")  # the 1.5/XL templates
+        p = await provider_for(fake, models={"flux": F1, "named": named, "wrong": wrong})
+        try:
+            await run_job(p, request(model="flux"))
+            await run_job(p, request(model="flux", kind="img2img", init_image=png()))
+            await run_job(p, request(model="named"))
+            exc = await failure_of(p, request(model="wrong"))
+        finally:
+            await p.aclose()
+        templates = [c.body["templateUuid"] for c in fake.submits()]
+    assert templates == [fl.F1_TXT2IMG_TEMPLATE, fl.F1_IMG2IMG_TEMPLATE, fl.F1_TXT2IMG_TEMPLATE]
+    assert exc.failure is FailureClass.PROVIDER_ERROR and "do not fit together" in exc.message

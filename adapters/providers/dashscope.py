@@ -12,15 +12,34 @@ a separate endpoint. The core's router picks the provider's default model when n
 is given, for img2img too, so the default text-to-image model is listed as able to do
 img2img and a job for it is handed to the edit model here. The edit model keeps the input
 picture's size, so the input is first resized to the size the core resolved.
+
+Regions (docs/shared providers.md, "Alibaba Cloud Model Studio (DashScope)"):
+``wanx2.1-imageedit`` exists only in Beijing; with the international (Singapore) or US
+endpoint img2img goes to ``wan2.5-i2i-preview``, which takes ``input.images`` instead of a
+function and a base picture. Two edit functions are offered as models of their own in
+Beijing: ``wanx2.1-imageedit:super_resolution`` (upscale by ``upscale_factor``) and
+``wanx2.1-imageedit:expand`` (outpaint by ``expand_scale`` on every side).
+
+Limits. DashScope cuts prompts over 800 characters (negative prompts over 500) silently,
+so the router refuses them before anything is charged (each model's ModelInfo says so), as
+it does sizes over about 2 megapixels (wan2.5-t2i-preview: 768*768 to 1440*1440 pixels,
+1:4 to 4:1). An Alibaba Cloud account allows 2 task submissions a second and 2 tasks in
+progress for these models, shared by all its keys: keys name their account
+(``keys = [{ key = "...", account = "a" }]``), submissions are paced per account and tasks
+beyond the account's limit wait here rather than at DashScope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
-from collections.abc import Awaitable, Callable
+import time
+import urllib.parse
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -48,7 +67,25 @@ T2I_MODELS: dict[str, str] = {
     "wanx2.1-t2i-turbo": "Tongyi Wanxiang 2.1 Turbo: fast text-to-image",
     "wanx2.1-t2i-plus": "Tongyi Wanxiang 2.1 Plus: richer detail, slower",
     "wanx2.0-t2i-turbo": "Tongyi Wanxiang 2.0 Turbo",
+    "wan2.2-t2i-flash": "Wan 2.2 Flash: fast text-to-image",
+    "wan2.2-t2i-plus": "Wan 2.2 Plus: text-to-image, richer detail",
+    "wan2.5-t2i-preview": "Wan 2.5 preview: 0.6 to 2 megapixels, 1:4 to 4:1",
 }
+WAN25_T2I = "wan2.5-t2i-preview"
+EDIT_V21 = "wanx2.1-imageedit"  # Beijing only
+EDIT_V25 = "wan2.5-i2i-preview"  # Beijing and Singapore
+# Edit functions offered as models of their own: model name -> (function, description)
+EDIT_VARIANTS: dict[str, tuple[str, str]] = {
+    f"{EDIT_V21}:super_resolution": ("super_resolution", "upscale the picture"),
+    f"{EDIT_V21}:expand": ("expand", "outpaint: extend the picture on every side"),
+}
+# Inpainting with a mask (ResolvedRequest.mask_image). Not listed in capabilities: no chat
+# action gives a mask yet.
+EDIT_MASK = f"{EDIT_V21}:description_edit_with_mask"
+MAX_PROMPT, MAX_NEGATIVE = 800, 500  # longer is cut silently by DashScope
+MAX_PIXELS = 2_000_000  # wan2.2 and older: "up to 2 megapixels"
+MAX_INPUT_BYTES = 10 * 1024 * 1024  # edit inputs
+
 # Functions of the edit model that take ``parameters.strength`` (0..1, larger = further
 # from the input picture, as with a denoising strength).
 STRENGTH_FUNCTIONS = frozenset({"stylization_all", "description_edit"})
@@ -74,6 +111,15 @@ def classify(
     code = code or ""
     detail = f" ({_short(message)})" if message else ""
     lower = code.lower()
+    reason = _account_problem(code, message)
+    if reason is not None:
+        # Retrying cannot cure these: fail at once; the operator reads why in the log.
+        log.error("DashScope account problem: %s [%s: %s]", reason, code, _short(message))
+        return ProviderFailure(
+            FailureClass.PROVIDER_ERROR,
+            "DashScope cannot make pictures for this bot right now: its account needs the "
+            "operator's attention",
+        )
     if code.startswith("Throttling") or status == 429:
         return ProviderFailure(
             FailureClass.PROVIDER_ERROR,
@@ -127,6 +173,29 @@ def classify(
     return ProviderFailure(FailureClass.PROVIDER_ERROR, f"DashScope failed ({shown})")
 
 
+# Codes (HTTP 429 and 403) that mean the account itself cannot be served; retrying will not
+# cure them [DS-ERR] (providers.md, "Errors").
+_ACCOUNT_PROBLEMS = {
+    "PrepaidBillOverdue": "the prepaid balance is used up (top up the Alibaba Cloud account)",
+    "PostpaidBillOverdue": "a postpaid bill is overdue (settle the Alibaba Cloud bill)",
+    "CommodityNotPurchased": "the model is not activated for this account (activate it in "
+    "Model Studio)",
+    "AllocationQuota.FreeTierOnly": "the key is limited to the free tier and its free quota is "
+    "used up (turn off 'free tier only' in Model Studio)",
+}
+
+
+def _account_problem(code: str, message: str) -> str | None:
+    """The operator-facing reason when the account cannot be served at all, else None.
+    ``Throttling.AllocationQuota`` is such a case only with "Free allocated quota exceeded"
+    (the free quota is gone); with "Allocated quota exceeded" it is the per-minute limit."""
+    if code in _ACCOUNT_PROBLEMS:
+        return _ACCOUNT_PROBLEMS[code]
+    if code == "Throttling.AllocationQuota" and "free allocated quota" in message.lower():
+        return "the model's free quota is used up (buy it or switch to pay-as-you-go)"
+    return None
+
+
 def _error_of(response: httpx.Response) -> ProviderFailure:
     code, message = "", ""
     try:
@@ -145,15 +214,49 @@ def _dashscope_seed(seed: int) -> int:
 
 
 def _fit_input(data: bytes, width: int, height: int) -> str:
-    """The input picture at exactly the resolved size, as a PNG data URL (the edit model
-    returns pictures the size of its input)."""
+    """The input picture at exactly the resolved size, as a data URL (the edit model returns
+    pictures the size of its input). Edit inputs are at most 10 MB: a PNG that would make
+    the data URL larger is sent as a JPEG."""
     with Image.open(io.BytesIO(data)) as src:
         im = src.convert("RGBA" if src.mode in ("RGBA", "LA", "P") else "RGB")
         if im.size != (width, height):
             im = im.resize((width, height), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="PNG", optimize=False)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        mime = "image/png"
+        if len(buf.getvalue()) * 4 // 3 > MAX_INPUT_BYTES:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="JPEG", quality=92)
+            mime = "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def region_of(config: DashScopeConfig) -> str:
+    """beijing, singapore or us: as configured, else from the base URL's host."""
+    if config.region:
+        return config.region
+    host = urllib.parse.urlsplit(config.base_url).hostname or ""
+    if "dashscope-intl" in host or ".ap-southeast-1." in host:
+        return "singapore"
+    if "dashscope-us" in host or ".us-east-1." in host:
+        return "us"
+    return "beijing"
+
+
+def _limits(name: str, kinds: frozenset[str]) -> dict[str, Any]:
+    """A model's limits for the router (ModelInfo fields)."""
+    out: dict[str, Any] = {"max_prompt": MAX_PROMPT, "max_negative": MAX_NEGATIVE}
+    if name == WAN25_T2I:
+        out |= {
+            "min_side": 384,
+            "max_side": 2880,
+            "min_pixels": 768 * 768,
+            "max_pixels": 1440 * 1440,
+            "max_aspect": 4.0,
+        }
+    elif "txt2img" in kinds:
+        out["max_pixels"] = MAX_PIXELS
+    return out
 
 
 class DashScopeProvider(Provider):
@@ -162,6 +265,26 @@ class DashScopeProvider(Provider):
     def __init__(self, config: DashScopeConfig) -> None:
         self.config = config
         self.pool = KeyPool.from_config(config)
+        self.region = region_of(config)
+        self.edit_model = config.edit_model or (EDIT_V21 if self.region == "beijing" else EDIT_V25)
+        if self.edit_model == EDIT_V21 and self.region != "beijing":
+            log.warning(
+                "providers.dashscope: %s exists only in the Beijing region; img2img on the %s "
+                "endpoint goes to %s",
+                EDIT_V21,
+                self.region,
+                EDIT_V25,
+            )
+            self.edit_model = EDIT_V25
+        # key name -> its Alibaba Cloud account (limits are per account)
+        self.account_of = {  # key names as KeyPool.from_config gives them
+            (k.name or f"key{i}"): k.account or k.name or f"key{i}"
+            for i, k in enumerate(config.keys, start=1)
+        }
+        self.account_busy: dict[str, int] = defaultdict(int)
+        self._accounts_changed = asyncio.Condition()
+        self._submit_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._last_submit: dict[str, float] = {}
         self.client = http_client(config)
         self.api = config.base_url.rstrip("/") + "/api/v1"
         # polls each finished job took (for the closing note and benchmarks)
@@ -173,29 +296,31 @@ class DashScopeProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         default = self.config.default_model
-        edit = self.config.edit_model
+        edit = self.edit_model
         models = []
         names = dict(T2I_MODELS)
         if default not in names and default != edit:
             names = {default: "Tongyi Wanxiang (configured default)", **names}
         for name, desc in names.items():
             if name == default:
-                models.append(
-                    ModelInfo(
-                        name,
-                        f"{desc}; img2img jobs go to {edit}",
-                        frozenset({"txt2img", "img2img"}),
-                    )
-                )
+                kinds = frozenset({"txt2img", "img2img"})
+                desc = f"{desc}; img2img jobs go to {edit}"
             else:
-                models.append(ModelInfo(name, desc, frozenset({"txt2img"})))
+                kinds = frozenset({"txt2img"})
+            models.append(ModelInfo(name, desc, kinds, **_limits(name, kinds)))
+        img2img = frozenset({"img2img"})
+        what = self.config.edit_function if edit == EDIT_V21 else "instruction editing"
         models.append(
             ModelInfo(
                 edit,
-                f"Tongyi Wanxiang image editing ({self.config.edit_function}) for img2img",
-                frozenset({"img2img"}),
+                f"Tongyi Wanxiang image editing ({what}) for img2img",
+                img2img,
+                **_limits(edit, img2img),
             )
         )
+        if self.region == "beijing":
+            for name, (_, desc) in EDIT_VARIANTS.items():
+                models.append(ModelInfo(name, desc, img2img, **_limits(name, img2img)))
         return Capabilities(
             kinds=frozenset({"txt2img", "img2img"}),
             models=tuple(models),
@@ -209,6 +334,69 @@ class DashScopeProvider(Provider):
                 "editing for img2img"
             ),
         )
+
+    # --- account limits ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _key_for(self, wanted: str | None) -> AsyncIterator[ApiKey]:
+        """A key for one task, within its account's tasks-in-progress limit. A new task
+        waits here for a key whose account has room; a resumed one (``wanted``, already in
+        progress at DashScope) is counted without waiting."""
+        limit = self.config.account_concurrency
+        async with self._accounts_changed:
+            if wanted is not None and wanted in self.pool.keys:
+                name = wanted
+            else:
+
+                def pick() -> str | None:
+                    free = [
+                        k
+                        for k in self.pool.keys.values()
+                        if self.pool.busy[k.name] < k.concurrency
+                        and self.account_busy[self.account_of[k.name]] < limit
+                    ]
+                    if not free:
+                        return None
+                    best = min(
+                        free,
+                        key=lambda k: (
+                            self.pool.busy[k.name] / k.concurrency,
+                            self.pool.used[k.name],
+                        ),
+                    )
+                    return best.name
+
+                await self._accounts_changed.wait_for(lambda: pick() is not None)
+                picked = pick()
+                assert picked is not None
+                name = picked
+            account = self.account_of[name]
+            self.account_busy[account] += 1
+        try:
+            async with self.pool.use(name) as key:
+                yield key
+        finally:
+            async with self._accounts_changed:
+                self.account_busy[account] -= 1
+                self._accounts_changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def _paced(self, key: ApiKey) -> AsyncIterator[None]:
+        """One submission of the key's account at a time, each at least
+        1 / ``account_submits_per_s`` after the previous one was answered (so DashScope
+        sees them that far apart, whatever the network's delays)."""
+        account = self.account_of.get(key.name, key.name)
+        interval = 1.0 / self.config.account_submits_per_s
+        async with self._submit_locks[account]:
+            last = self._last_submit.get(account)
+            if last is not None:
+                wait = last + interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                yield
+            finally:
+                self._last_submit[account] = time.monotonic()
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -266,26 +454,54 @@ class DashScopeProvider(Provider):
         if req.kind == "img2img":
             if req.init_image is None:
                 raise ProviderFailure(FailureClass.BAD_INPUT, "img2img needs an input picture")
+            editors = (EDIT_V21, EDIT_V25, EDIT_MASK, *EDIT_VARIANTS)
+            model = req.model if req.model in editors else None
+            model = model or self.edit_model
+            if model == EDIT_MASK and req.mask_image is None:
+                raise ProviderFailure(
+                    FailureClass.BAD_INPUT, "editing with a mask needs a mask picture"
+                )
+            if model in (EDIT_V21, EDIT_MASK, *EDIT_VARIANTS) and self.region != "beijing":
+                raise ProviderFailure(
+                    FailureClass.BAD_INPUT,
+                    f"{EDIT_V21} exists only in DashScope's Beijing region; use {EDIT_V25}",
+                )
             params: dict[str, Any] = {"n": req.n, "seed": seed, "watermark": cfg.watermark}
-            if req.strength is not None and cfg.edit_function in STRENGTH_FUNCTIONS:
+            url = f"{self.api}/services/aigc/image2image/image-synthesis"
+            if model == EDIT_V25:
+                inp: dict[str, Any] = {"prompt": req.prompt, "images": [""]}
+                if req.negative:
+                    inp["negative_prompt"] = req.negative
+                return url, {"model": model, "input": inp, "parameters": params}
+            if model == EDIT_MASK:
+                function = "description_edit_with_mask"
+            elif model in EDIT_VARIANTS:
+                function = EDIT_VARIANTS[model][0]
+            else:
+                function = cfg.edit_function
+            if req.strength is not None and function in STRENGTH_FUNCTIONS:
                 params["strength"] = round(min(max(req.strength, 0.0), 1.0), 3)
+            if function == "super_resolution":
+                params["upscale_factor"] = cfg.upscale_factor
+            elif function == "expand":
+                for side in ("top", "bottom", "left", "right"):
+                    params[f"{side}_scale"] = cfg.expand_scale
             body = {
-                "model": cfg.edit_model,
+                "model": EDIT_V21,
                 "input": {
-                    "function": cfg.edit_function,
+                    "function": function,
                     "prompt": req.prompt,
                     "base_image_url": "",  # filled in off the event loop
                 },
                 "parameters": params,
             }
-            return f"{self.api}/services/aigc/image2image/image-synthesis", body
-        if req.model == cfg.edit_model:
+            return url, body
+        if req.model in (self.edit_model, EDIT_V21, EDIT_V25, EDIT_MASK, *EDIT_VARIANTS):
             raise ProviderFailure(
                 FailureClass.BAD_INPUT,
-                f"{cfg.edit_model} edits pictures; reply to a picture, or use a "
-                "text-to-image model",
+                f"{req.model} edits pictures; reply to a picture, or use a text-to-image model",
             )
-        inp: dict[str, Any] = {"prompt": req.prompt}
+        inp = {"prompt": req.prompt}
         if req.negative:
             inp["negative_prompt"] = req.negative
         body = {
@@ -310,15 +526,24 @@ class DashScopeProvider(Provider):
             url, body = self._submission(run)
             if req.kind == "img2img":
                 assert req.init_image is not None
-                body["input"]["base_image_url"] = await asyncio.to_thread(
-                    _fit_input, req.init_image, req.width, req.height
-                )
-        async with self.pool.use(run.state.get("key")) as key:
+                picture = await asyncio.to_thread(_fit_input, req.init_image, req.width, req.height)
+                if "images" in body["input"]:
+                    body["input"]["images"] = [picture]
+                else:
+                    body["input"]["base_image_url"] = picture
+                if body["input"].get("function") == "description_edit_with_mask":
+                    assert req.mask_image is not None
+                    body["input"]["mask_image_url"] = await asyncio.to_thread(
+                        _fit_input, req.mask_image, req.width, req.height
+                    )
+        wanted = run.state.get("key") if run.task_id is not None else None
+        async with self._key_for(wanted) as key:
             task_id = run.task_id
             if task_id is None:
 
                 async def submit() -> dict[str, Any]:
-                    return await self._json("POST", url, key, body=body, submit=True)
+                    async with self._paced(key):
+                        return await self._json("POST", url, key, body=body, submit=True)
 
                 answer = await self._retrying(submit, "submit")
                 task_id = str((answer.get("output") or {}).get("task_id") or "")
@@ -389,7 +614,10 @@ class DashScopeProvider(Provider):
         the moment it arrives. Pictures that failed on DashScope's side are skipped (the core
         refunds what is missing); if nothing at all could be delivered, that is a failure."""
         seed = _dashscope_seed(run.request.seed)
-        model = self.config.edit_model if run.request.kind == "img2img" else run.request.model
+        model = run.request.model
+        editors = (EDIT_V21, EDIT_V25, EDIT_MASK, *EDIT_VARIANTS)
+        if run.request.kind == "img2img" and model not in editors:
+            model = self.edit_model
         results = output.get("results") or []
         failures: list[ProviderFailure] = []
         wanted: dict[int, tuple[str, dict[str, Any]]] = {}

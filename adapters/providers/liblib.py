@@ -25,8 +25,16 @@ A9M2whHxsiKtu8kpIn3cZp0PnVw), and how this adapter follows it:
   ``pointsCost``, ``accountBalance``, ``images[{imageUrl, seed, auditStatus}]`` (auditStatus 3
   is "passed"; the rest is withheld). Result URLs expire, so pictures are fetched at once.
 * The submit endpoints allow one call per second per account: submissions on one key are
-  spaced by ``submit_interval_s``. LiblibAI does not publish its error codes, so failures are
-  classified from the HTTP status and the message text.
+  spaced by ``submit_interval_s``; a key runs 5 tasks at once unless configured otherwise.
+* Failures are classified by the documented error codes (§8; providers.md "LiblibAI open
+  API"), never by the message's words. 401, 403 and 429 are handled both as HTTP statuses
+  and as envelope codes (the docs do not say which they are).
+* Limits: custom text2img sides 128-1536 (img2img 128-2048; Star-3 512-2048), cfgScale
+  1-15, steps 1-60, samplers 0-21, 24, 25, 27-30; ``clipSkip`` (default 2) is sent. F.1
+  checkpoints need the F.1 templates: each custom model names its base or templates.
+* Only pictures that passed review are listed, so a picture's position in the list is not
+  its identity: the index each picture was delivered as is stored by its URL (in the
+  task's state), and a resumed task never takes a position for a picture.
 """
 
 from __future__ import annotations
@@ -77,8 +85,8 @@ UPLOAD_SIGNATURE_PATH = "/api/generate/upload/signature"
 # ``custom_img2img_template_uuid`` is read when it exists.
 CUSTOM_IMG2IMG_TEMPLATE_UUID = "9c7d531dc75f476aa833b3d452b8f7ad"
 
-# LiblibAI's sampler numbers (the WebUI's sampler list, in its order; 15 is the documented
-# default, "DPM++ 2M Karras").
+# LiblibAI's sampler numbers (§7.5; 15 is the documented default, "DPM++ 2M Karras").
+# 22, 23 and 26 do not exist.
 SAMPLERS: dict[str, int] = {
     "Euler a": 0,
     "Euler": 1,
@@ -100,13 +108,24 @@ SAMPLERS: dict[str, int] = {
     "DDIM": 17,
     "PLMS": 18,
     "UniPC": 19,
+    "DPM++ 2M SDE Karras": 20,
+    "DPM++ 2M SDE Exponential": 21,
+    "DPM++ 2M SDE Heun Karras": 24,
+    "DPM++ 2M SDE Heun Exponential": 25,
+    "DPM++ 3M SDE Karras": 27,
+    "DPM++ 3M SDE Exponential": 28,
+    "Restart": 29,
+    "LCM": 30,
 }
 _SAMPLER_KEYS = {" ".join(name.lower().split()): number for name, number in SAMPLERS.items()}
 
 WAITING, RUNNING, GENERATED, AUDITING, SUCCEEDED, FAILED, TIMED_OUT = 1, 2, 3, 4, 5, 6, 7
 AUDIT_PASSED = 3
 
-MIN_SIZE, MAX_SIZE = 512, 2048
+MIN_SIZE, MAX_SIZE = 512, 2048  # Star-3
+CUSTOM_MIN_SIDE, CUSTOM_TXT2IMG_MAX, CUSTOM_IMG2IMG_MAX = 128, 1536, 2048
+MIN_STEPS, MAX_STEPS = 1, 60
+MIN_CFG, MAX_CFG = 1.0, 15.0
 MAX_IMAGES = 4
 MAX_PROMPT = 2000
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the upload flow's limit per picture
@@ -120,48 +139,57 @@ RESIZE_CROP = 1  # resizeMode: 0 stretch, 1 crop, 2 fill
 # implemented"): a floor per status.
 _STATUS_FLOOR = {WAITING: 0.02, RUNNING: 0.1, GENERATED: 0.85, AUDITING: 0.9}
 
-# Failure classification from the message text (LiblibAI answers in Chinese or English).
-_AUTH_WORDS = (
-    "signature",
-    "签名",
-    "accesskey",
-    "access key",
-    "secretkey",
-    "timestamp",
-    "时间戳",
-    "nonce",
-    "鉴权",
-    "认证",
-    "密钥",
-    "unauthori",
-    "无权限",
-)
-_POINTS_WORDS = ("积分", "余额", "欠费", "points", "balance", "quota", "额度", "insufficient")
-_RATE_WORDS = ("频繁", "限流", "qps", "rate limit", "too many", "并发", "concurren", "throttl")
-_REFUSED_WORDS = (
-    "审核",
-    "敏感",
-    "违规",
-    "违禁",
-    "不合规",
-    "moderat",
-    "sensitive",
-    "nsfw",
-    "content policy",
-)
-_PARAM_WORDS = (
-    "参数",
-    "param",
-    "invalid",
-    "不能为空",
-    "格式",
-    "不支持",
-    "范围",
-    "missing",
-    "required",
-    "模板",
-    "template",
-)
+# The documented error codes (§8): code -> (class, what the person reads, retried).
+_RETRY = True
+_CODES: dict[int, tuple[FailureClass, str, bool]] = {
+    401: (FailureClass.PROVIDER_ERROR, "the LiblibAI key was rejected (signature check)", False),
+    403: (FailureClass.PROVIDER_ERROR, "LiblibAI denied access to the bot's key", False),
+    429: (FailureClass.PROVIDER_ERROR, "LiblibAI is throttling requests", _RETRY),
+    100000: (FailureClass.BAD_INPUT, "LiblibAI did not accept the request", False),
+    100010: (
+        FailureClass.PROVIDER_ERROR,
+        "the LiblibAI key was rejected: its API plan has expired; tell the bot's operator",
+        False,
+    ),
+    100020: (FailureClass.PROVIDER_ERROR, "the LiblibAI key was rejected (no such user)", False),
+    100021: (FailureClass.PROVIDER_ERROR, "the LiblibAI account is out of points", False),
+    100030: (
+        FailureClass.BAD_INPUT,
+        "LiblibAI could not fetch the input picture, or it is over 10 MB",
+        False,
+    ),
+    100031: (FailureClass.REFUSED, "LiblibAI refused the input picture (content)", False),
+    100032: (FailureClass.PROVIDER_ERROR, "LiblibAI could not download the picture", _RETRY),
+    100050: (
+        FailureClass.PROVIDER_ERROR,
+        "the model's LiblibAI settings do not fit together (template, checkpoint, LoRA); "
+        "tell the bot's operator",
+        False,
+    ),
+    100051: (FailureClass.PROVIDER_ERROR, "LiblibAI no longer knows this task", False),
+    100052: (FailureClass.REFUSED, "LiblibAI refused the prompt (sensitive content)", False),
+    100053: (
+        FailureClass.PROVIDER_ERROR,
+        "the bot's LiblibAI account may not use this model; tell the bot's operator",
+        False,
+    ),
+    100054: (FailureClass.PROVIDER_ERROR, "LiblibAI is throttling: too many tasks at once", _RETRY),
+    100055: (FailureClass.REFUSED, "LiblibAI refused the result (sensitive content)", False),
+    100120: (
+        FailureClass.PROVIDER_ERROR,
+        "LiblibAI does not know the model's template; tell the bot's operator",
+        False,
+    ),
+    200000: (FailureClass.PROVIDER_ERROR, "LiblibAI had an internal error", _RETRY),
+    200001: (
+        FailureClass.PROVIDER_ERROR,
+        "LiblibAI does not know this model; tell the bot's operator",
+        False,
+    ),
+    210000: (FailureClass.PROVIDER_ERROR, "LiblibAI asked to try again", _RETRY),
+}
+# A failed task (status 6) carries only a message: these words mark a refusal.
+_REFUSED_WORDS = ("审核", "敏感", "违规", "违禁", "不合规", "moderat", "sensitive", "nsfw")
 
 
 def signature(secret: str, uri: str, timestamp: str, nonce: str) -> str:
@@ -196,6 +224,11 @@ class _Plan:
     path: str
     body: dict[str, Any]
     needs_source: bool
+
+
+def _url_id(url: str) -> str:
+    """A picture's identity: its URL without the query (signatures may change)."""
+    return url.split("?", 1)[0]
 
 
 def _has(text: str, words: tuple[str, ...]) -> bool:
@@ -263,12 +296,20 @@ class LiblibProvider(Provider):
                 STAR3,
                 "LiblibAI Star-3 Alpha (星流): photoreal, picks its own LoRAs and sampler; "
                 "no negative prompt, seed or strength",
+                max_prompt=MAX_PROMPT,
             )
         ]
         for name, model in self.config.models.items():
             loras = f" + {len(model.loras)} LoRA" if model.loras else ""
             models.append(
-                ModelInfo(name, model.description or f"LiblibAI custom checkpoint{loras}")
+                ModelInfo(
+                    name,
+                    model.description or f"LiblibAI custom checkpoint{loras}",
+                    max_prompt=MAX_PROMPT,
+                    max_negative=MAX_PROMPT,
+                    min_side=CUSTOM_MIN_SIDE,
+                    max_side=CUSTOM_TXT2IMG_MAX,
+                )
             )
         return Capabilities(
             kinds=frozenset({"txt2img", "img2img"}),
@@ -318,19 +359,31 @@ class LiblibProvider(Provider):
             raise ProviderFailure(
                 FailureClass.BAD_INPUT, f"LiblibAI makes 1 to {MAX_IMAGES} pictures per job"
             )
-        if not (MIN_SIZE <= req.width <= MAX_SIZE and MIN_SIZE <= req.height <= MAX_SIZE):
+        model = req.model or STAR3
+        img2img = req.kind == "img2img"
+        if model == STAR3:
+            lo, hi = MIN_SIZE, MAX_SIZE
+        else:
+            lo, hi = CUSTOM_MIN_SIDE, CUSTOM_IMG2IMG_MAX if img2img else CUSTOM_TXT2IMG_MAX
+        if not (lo <= req.width <= hi and lo <= req.height <= hi):
             raise ProviderFailure(
                 FailureClass.BAD_INPUT,
-                f"LiblibAI makes pictures {MIN_SIZE} to {MAX_SIZE} pixels on each side",
+                f"LiblibAI makes pictures {lo} to {hi} pixels on each side with this model",
+            )
+        if req.steps is not None and not MIN_STEPS <= req.steps <= MAX_STEPS:
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI takes {MIN_STEPS} to {MAX_STEPS} steps"
+            )
+        if req.cfg is not None and not MIN_CFG <= req.cfg <= MAX_CFG:
+            raise ProviderFailure(
+                FailureClass.BAD_INPUT, f"LiblibAI takes a CFG scale of {MIN_CFG:g} to {MAX_CFG:g}"
             )
         if len(req.prompt) > MAX_PROMPT:
             raise ProviderFailure(
                 FailureClass.BAD_INPUT, f"LiblibAI takes prompts of at most {MAX_PROMPT} characters"
             )
-        img2img = req.kind == "img2img"
         if img2img and not req.init_image:
             raise ProviderFailure(FailureClass.BAD_INPUT, "img2img needs an input picture")
-        model = req.model or STAR3
         if model == STAR3:
             return self._star3(req, img2img)
         custom = self.config.models.get(model)
@@ -365,6 +418,7 @@ class LiblibProvider(Provider):
             "sampler": model.sampler if sampler is None else sampler,
             "steps": req.steps or DEFAULT_STEPS,
             "cfgScale": req.cfg if req.cfg is not None else DEFAULT_CFG,
+            "clipSkip": model.clip_skip,
         }
         if img2img:
             params |= {
@@ -388,13 +442,16 @@ class LiblibProvider(Provider):
                 }
                 for lora in model.loras
             ]
+        cfg = self.config
+        f1 = model.base == "f1"
         if img2img:
-            template = getattr(
-                self.config, "custom_img2img_template_uuid", CUSTOM_IMG2IMG_TEMPLATE_UUID
+            template = model.img2img_template_uuid or (
+                cfg.f1_img2img_template_uuid if f1 else cfg.custom_img2img_template_uuid
             )
             body = {"templateUuid": template, "generateParams": params}
             return _Plan(CUSTOM_IMG2IMG_PATH, body, True)
-        body = {"templateUuid": self.config.custom_template_uuid, "generateParams": params}
+        template = model.template_uuid or (cfg.f1_template_uuid if f1 else cfg.custom_template_uuid)
+        body = {"templateUuid": template, "generateParams": params}
         return _Plan(CUSTOM_TXT2IMG_PATH, body, False)
 
     # --- calls ----------------------------------------------------------------------------
@@ -445,44 +502,35 @@ class LiblibProvider(Provider):
         return data if isinstance(data, dict) else {}
 
     def _failure(self, response: httpx.Response, code: Any, msg: str, what: str) -> ProviderFailure:
+        """By the documented code: the HTTP status when it is 401, 403 or 429 (or a server
+        error), else the envelope's code. Never by the message's words."""
         status = response.status_code
-        text = msg.lower()
         shown = self._clean(msg)
+        number = _as_int(code)
         detail = f" ({shown})" if shown else (f" (code {code})" if code is not None else "")
-        if status == 429:
-            wait = retry_after_s(response)
-            return ProviderFailure(
-                FailureClass.PROVIDER_ERROR,
-                f"{what}: LiblibAI is throttling requests{detail}",
-                retry_after=0.0 if wait is None else wait,
-            )
-        if status >= 500:
+        if status >= 500 and number not in _CODES:
             return ProviderFailure(
                 FailureClass.PROVIDER_ERROR,
                 f"{what}: LiblibAI had a server error (HTTP {status}){detail}",
                 retry_after=retry_after_s(response) or 0.0,
             )
-        if status in (401, 403) or _has(text, _AUTH_WORDS):
-            return ProviderFailure(
-                FailureClass.PROVIDER_ERROR, f"the LiblibAI key was rejected{detail}"
-            )
-        if status == 402 or _has(text, _POINTS_WORDS):
-            return ProviderFailure(
-                FailureClass.PROVIDER_ERROR, f"the LiblibAI account is out of points{detail}"
-            )
-        if _has(text, _RATE_WORDS):
-            return ProviderFailure(
-                FailureClass.PROVIDER_ERROR,
-                f"{what}: LiblibAI is throttling requests{detail}",
-                retry_after=retry_after_s(response) or 0.0,
-            )
-        if _has(text, _REFUSED_WORDS):
-            return ProviderFailure(FailureClass.REFUSED, f"LiblibAI refused the request{detail}")
-        if status in (400, 404, 422) or _has(text, _PARAM_WORDS):
-            return ProviderFailure(
-                FailureClass.BAD_INPUT, f"LiblibAI did not accept the request{detail}"
-            )
-        return ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: LiblibAI failed{detail}")
+        key = status if status in (401, 403, 429) else number
+        known = _CODES.get(key) if key is not None else None
+        if known is None:
+            if status in (400, 404, 422):
+                return ProviderFailure(
+                    FailureClass.BAD_INPUT, f"LiblibAI did not accept the request{detail}"
+                )
+            return ProviderFailure(FailureClass.PROVIDER_ERROR, f"{what}: LiblibAI failed{detail}")
+        failure, text, retried = known
+        if failure is FailureClass.PROVIDER_ERROR and not retried:
+            log.error("liblib: %s [code %s: %s]", text, key, shown)
+        wait = retry_after_s(response)
+        return ProviderFailure(
+            failure,
+            f"{text}{detail}",
+            retry_after=(0.0 if wait is None else wait) if retried else None,
+        )
 
     def _clean(self, msg: str) -> str:
         """LiblibAI's message made safe for a chat: one line, short, never a key."""
@@ -623,19 +671,38 @@ class LiblibProvider(Provider):
             extra["account_balance"],
         )
         images = data.get("images")
-        passed = withheld = 0
-        for index, image in enumerate(images if isinstance(images, list) else []):
-            if not isinstance(image, dict):
+        listed: list[tuple[str, dict[str, Any]]] = []
+        for image in images if isinstance(images, list) else []:
+            # only pictures that passed review are listed; anything else is skipped too
+            url = image.get("imageUrl") if isinstance(image, dict) else None
+            if url and _as_int(image.get("auditStatus")) in (None, AUDIT_PASSED):
+                listed.append((str(url), image))
+        passed = len(listed)
+        withheld = max(0, req.n - passed)
+        # A picture's index is fixed the first time it is seen, by its URL, and stored with
+        # the task before it is delivered: positions in the list shift when a picture is
+        # withheld, so a resumed task never goes by position.
+        shown: dict[str, int] = {
+            k: v for k, v in dict(run.state.get("shown") or {}).items() if isinstance(v, int)
+        }
+        before = dict(shown)
+        for url, _ in listed:
+            if _url_id(url) in shown:
                 continue
-            url = image.get("imageUrl")
-            if _as_int(image.get("auditStatus")) != AUDIT_PASSED or not url:
-                withheld += 1
+            taken = set(shown.values())
+            free = [i for i in range(req.n) if i not in taken and not run.has_image(i)]
+            if not free:
+                log.warning("liblib task %s: more pictures than asked for", task_id)
                 continue
-            passed += 1
-            if run.has_image(index):
+            shown[_url_id(url)] = free[0]
+        if shown != before:
+            await run.submitted(task_id, {**run.state, "shown": shown})
+        for url, image in listed:
+            index = shown.get(_url_id(url))
+            if index is None or run.has_image(index):
                 continue
             blob = await self._retrying(
-                functools.partial(download, self._client, str(url), what="LiblibAI"),
+                functools.partial(download, self._client, url, what="LiblibAI"),
                 "liblib download",
             )
             seed = _as_int(image.get("seed"))

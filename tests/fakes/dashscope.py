@@ -17,10 +17,28 @@ Use::
     async with FakeDashScope(keys={"sk-a", "sk-b"}) as fake:
         ...  # point the client at fake.base_url (the SDK at fake.base_url + "/api/v1")
 
+What follows /work/shared/api/providers.md, section "Alibaba Cloud Model Studio
+(DashScope)":
+
+* models: wanx2.1-t2i-turbo/plus, wanx2.0-t2i-turbo, wan2.2-t2i-flash/plus (each side
+  512..1440) and wan2.5-t2i-preview (768*768..1440*1440 pixels, 1:4..4:1) on the
+  text2image endpoint; wanx2.1-imageedit (``function`` + ``base_image_url``, Beijing only:
+  ``FakeDashScope(region="singapore")`` answers it as an unknown model) and
+  wan2.5-i2i-preview (``input.images``) on the image2image endpoint ("Image editing");
+* prompts over 800 characters and negative prompts over 500 are cut *silently* (the task
+  records what DashScope would have used);
+* keys belong to accounts (``accounts={key: account}``; default: each key its own): tasks
+  are visible to every key of their account, and ``max_running_per_account`` records the
+  most tasks one account had in progress ("Limits and billing": 2 per account);
+  ``account_qps`` refuses faster submissions per account with 429 Throttling.RateQuota;
+* HTTP 429 / 403 codes and messages of "Errors" (``fail_next`` with ``BILLING_CODES``,
+  ``FREE_QUOTA_MESSAGE``, ``ALLOCATED_QUOTA_MESSAGE``).
+
 Deliberate deviations (kept small so tests are not misled):
 
-* A task is visible only to the key that submitted it (as with keys of different accounts;
-  keys of one account would share tasks); other keys see ``UNKNOWN``.
+* Whether tasks beyond an account's 2 in progress queue or are refused is not documented:
+  the fake accepts them and only records the count.
+* wan2.5-i2i-preview's output keeps the input picture's size (the real one may not).
 * ``base_image_url`` must be a ``data:`` URL for the output to derive from the input; any
   other URL gives a 1024x1024 picture without being fetched.
 * Pictures are drawn, not generated; img2img output is the input posterized and tinted.
@@ -50,8 +68,20 @@ from PIL import Image, ImageDraw, ImageOps
 
 Json = dict[str, Any]
 
-T2I_MODELS = {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"}
-EDIT_MODELS = {"wanx2.1-imageedit"}
+T2I_MODELS = {
+    "wanx2.1-t2i-turbo",
+    "wanx2.1-t2i-plus",
+    "wanx2.0-t2i-turbo",
+    "wan2.2-t2i-flash",
+    "wan2.2-t2i-plus",
+    "wan2.5-t2i-preview",
+}
+EDIT_MODELS = {"wanx2.1-imageedit", "wan2.5-i2i-preview"}
+BEIJING_ONLY = {"wanx2.1-imageedit"}
+MAX_PROMPT, MAX_NEGATIVE = 800, 500
+FREE_QUOTA_MESSAGE = "Free allocated quota exceeded."
+ALLOCATED_QUOTA_MESSAGE = "Allocated quota exceeded, please increase your quota limit."
+BILLING_CODES = ("PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased")
 EDIT_FUNCTIONS = {
     "stylization_all",
     "stylization_local",
@@ -80,7 +110,11 @@ DEFAULT_MESSAGES = {
     "parameters.",
     "Throttling": "Requests throttling triggered.",
     "Throttling.RateQuota": ERR_THROTTLE,
-    "Throttling.AllocationQuota": "Allocated quota exceeded, please increase your quota limit.",
+    "Throttling.AllocationQuota": ALLOCATED_QUOTA_MESSAGE,
+    "AllocationQuota.FreeTierOnly": "The free tier of the model has been exhausted.",
+    "PrepaidBillOverdue": "The prepaid bill is overdue.",
+    "PostpaidBillOverdue": "The postpaid bill is overdue.",
+    "CommodityNotPurchased": "Commodity has not purchased yet.",
     "InternalError": "An internal error has occured, please try again later or contact service "
     "support.",
     "InternalError.Algo": "An internal error has occured during execution, please try again "
@@ -213,8 +247,16 @@ class FakeDashScope:
         queue_delay_s: float = 0.05,
         run_delay_s: float = 0.1,
         result_ttl_s: float = 24 * 3600.0,
+        accounts: dict[str, str] | None = None,
+        account_qps: float | None = None,
+        region: str = "beijing",
     ) -> None:
         self.keys = set(keys)
+        self.accounts = dict(accounts or {})
+        self.account_qps = account_qps
+        self.region = region
+        self.max_running_per_account: dict[str, int] = collections.defaultdict(int)
+        self.submit_times: dict[str, list[float]] = collections.defaultdict(list)
         self.queue_delay_s = queue_delay_s
         self.run_delay_s = run_delay_s
         self.result_ttl_s = result_ttl_s
@@ -309,6 +351,9 @@ class FakeDashScope:
             if task_id is None or task.id == task_id:
                 task.forgotten = True
 
+    def account(self, key: str) -> str:
+        return self.accounts.get(key, key)
+
     def running(self, key: str) -> int:
         """Tasks of ``key`` not yet ended."""
         now = time.monotonic()
@@ -316,6 +361,14 @@ class FakeDashScope:
             1
             for t in self.tasks.values()
             if t.key == key and t.status(now) in ("PENDING", "RUNNING")
+        )
+
+    def running_on_account(self, account: str) -> int:
+        now = time.monotonic()
+        return sum(
+            1
+            for t in self.tasks.values()
+            if self.account(t.key) == account and t.status(now) in ("PENDING", "RUNNING")
         )
 
     def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
@@ -373,14 +426,25 @@ class FakeDashScope:
         if injected is not None:
             return await self._answer(call, injected)
         assert key is not None
+        account = self.account(key)
+        now = time.monotonic()
+        times = self.submit_times[account]
+        if self.account_qps and times and now - times[-1] < 1.0 / self.account_qps:
+            return await self._answer(
+                call, _err(429, "Throttling.RateQuota", DEFAULT_MESSAGES["Throttling.RateQuota"])
+            )
         group = request.match_info["group"]
         try:
             task = self._task_from(group, body, key)
         except _Invalid as exc:
             return await self._answer(call, _err(400, exc.code, str(exc)))
+        times.append(now)
         self.tasks[task.id] = task
         running = self.running(key)
         self.max_running_per_key[key] = max(self.max_running_per_key[key], running)
+        self.max_running_per_account[account] = max(
+            self.max_running_per_account[account], self.running_on_account(account)
+        )
         return await self._answer(
             call,
             web.json_response(
@@ -403,7 +467,9 @@ class FakeDashScope:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise _Invalid("InvalidParameter", "parameters must be an object")
-        if model not in T2I_MODELS | EDIT_MODELS:
+        if model not in T2I_MODELS | EDIT_MODELS or (
+            model in BEIJING_ONLY and self.region != "beijing"
+        ):
             raise _Invalid("InvalidParameter", "Model not exist.")
         kind = "txt2img" if group == "text2image" else "img2img"
         if (group == "text2image") != (model in T2I_MODELS) or group not in (
@@ -428,12 +494,30 @@ class FakeDashScope:
             size = params.get("size", "1024*1024")
             m = re.fullmatch(r"(\d+)\*(\d+)", str(size))
             lo, hi = T2I_SIDE
-            if not m or not all(lo <= int(v) <= hi for v in m.groups()):
+            if not m or (
+                model != "wan2.5-t2i-preview" and not all(lo <= int(v) <= hi for v in m.groups())
+            ):
                 raise _Invalid(
                     "InvalidParameter",
                     f"size must be WIDTH*HEIGHT with each side in [{lo}, {hi}], got {size!r}",
                 )
             width, height = int(m.group(1)), int(m.group(2))
+            if model == "wan2.5-t2i-preview":
+                pixels, ratio = width * height, max(width, height) / min(width, height)
+                if not (768 * 768 <= pixels <= 1440 * 1440 and ratio <= 4):
+                    raise _Invalid(
+                        "InvalidParameter",
+                        "size must have 768*768 to 1440*1440 pixels, aspect 1:4 to 4:1",
+                    )
+            elif not all(lo <= int(v) <= hi for v in m.groups()):
+                raise _Invalid("InvalidParameter", f"size {size!r} is out of range")
+        elif model == "wan2.5-i2i-preview":
+            images = inp.get("images")
+            if not isinstance(images, list) or not 1 <= len(images) <= 2:
+                raise _Invalid("InvalidParameter", "Field required: input.images (1 or 2)")
+            url = images[0]
+            if isinstance(url, str) and url.startswith("data:"):
+                base_image, (width, height) = _decode_data_url(url)
         else:
             function = inp.get("function")
             if function not in EDIT_FUNCTIONS:
@@ -448,6 +532,16 @@ class FakeDashScope:
                 raise _Invalid("InvalidParameter", "strength must be in [0.0, 1.0]")
             if url.startswith("data:"):
                 base_image, (width, height) = _decode_data_url(url)
+            if function == "description_edit_with_mask":
+                mask = inp.get("mask_image_url")
+                if not isinstance(mask, str) or not mask:
+                    raise _Invalid("InvalidParameter", "Field required: input.mask_image_url")
+                if mask.startswith("data:") and base_image is not None:
+                    _, mask_size = _decode_data_url(mask)
+                    if mask_size != (width, height):
+                        raise _Invalid(
+                            "InvalidParameter", "mask_image_url must be the base image's size"
+                        )
         task_id = str(uuid.uuid4())
         fail, self._next_task_fail = self._next_task_fail, None
         result_failures, self._next_result_failures = self._next_result_failures, {}
@@ -456,8 +550,8 @@ class FakeDashScope:
             key=key,
             model=model,
             kind=kind,
-            prompt=prompt,
-            negative=str(inp.get("negative_prompt") or ""),
+            prompt=prompt[:MAX_PROMPT],  # longer is cut silently
+            negative=str(inp.get("negative_prompt") or "")[:MAX_NEGATIVE],
             width=width,
             height=height,
             n=n,
@@ -483,7 +577,7 @@ class FakeDashScope:
             return await self._answer(call, injected)
         task_id = request.match_info["task_id"]
         task = self.tasks.get(task_id)
-        if task is None or task.key != key or task.forgotten:
+        if task is None or self.account(task.key) != self.account(key) or task.forgotten:
             return await self._answer(
                 call,
                 web.json_response(
@@ -533,7 +627,11 @@ class FakeDashScope:
         if injected is not None:
             return await self._answer(call, injected)
         task = self.tasks.get(request.match_info["task_id"])
-        if task is None or task.key != key or task.status(time.monotonic()) != "PENDING":
+        if (
+            task is None
+            or self.account(task.key) != self.account(key)
+            or task.status(time.monotonic()) != "PENDING"
+        ):
             return await self._answer(call, _err(400, "UnsupportedOperation", ERR_CANCEL))
         task.canceled = True
         return await self._answer(call, web.json_response({"request_id": str(uuid.uuid4())}))

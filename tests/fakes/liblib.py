@@ -13,13 +13,24 @@ What it checks, as the documentation describes the real service:
   ``Timestamp`` (ms) must be within 5 minutes of now. A ``SignatureNonce`` used twice by one
   key is refused too (``reject_reused_nonce``; the docs only call it "a random string", so
   this is the conservative reading);
-* the four generate endpoints with their templates and parameters (Star-3 imageSize 512-2048,
-  imgCount 1-4, prompt at most 2000 characters, custom sampler numbers 0-19, at most 5 LoRAs;
-  ``sourceImage`` a complete http(s) URL, never a data URL, and when it points at the fake's
-  storage the object must exist);
+* the four generate endpoints with their templates and parameters, as
+  /work/shared/api/providers.md ("LiblibAI open API") gives them: Star-3 imageSize
+  512-2048, imgCount 1-4, prompt at most 2000 characters; custom models: sampler numbers
+  0-21, 24, 25, 27-30 (22, 23 and 26 do not exist), steps 1-60, cfgScale 1-15, clipSkip 1-12
+  (required), width/height 128-1536 (img2img resizedWidth/resizedHeight 128-2048), at most
+  5 LoRAs; the template must exist (100120) and fit the checkpoint: an F.1 checkpoint
+  (``f1_checkpoints``) needs the F.1 templates and any other the 1.5/XL ones (100050);
+  ``sourceImage`` a complete http(s) URL, never a data URL, and when it points at the
+  fake's storage the object must exist (100030);
 * status: tasks go 1 (waiting) -> 2 (running, ``percentCompleted`` rising) -> 4 (auditing, when
-  ``audit_s`` > 0) -> 5, with ``pointsCost``/``accountBalance``; a task is only visible to the
-  AccessKey that submitted it; result URLs answer 403 once ``result_ttl_s`` has passed;
+  ``audit_s`` > 0) -> 5, with ``pointsCost``/``accountBalance``; only pictures that passed
+  review are listed (a withheld one shifts the positions of those after it); a task is only
+  visible to the AccessKey that submitted it; result URLs answer 403 once ``result_ttl_s``
+  has passed;
+* the error codes of the documentation's §8 (``CODE_*`` below); 401 (signature), 403 and
+  429 (submission rate) come as HTTP statuses with the same envelope code, or, with
+  ``http_statuses=False``, as envelope codes in an HTTP 200 answer (the docs do not say
+  which);
 * the upload flow: ``/api/generate/upload/signature`` hands out an OSS form policy; the form
   POST to ``postUrl`` must carry that key, policy and signature, with the file last.
 
@@ -34,9 +45,8 @@ Records: ``calls`` (every API request), ``tasks``, ``uploads``, ``downloads`` an
 
 Deliberate deviations (kept small so tests are not misled):
 
-* LiblibAI does not publish its error codes. The ``CODE_*`` numbers below are invented
-  (fake wording); the messages follow the style of the real ones (Chinese, with the English
-  meaning). Errors answer HTTP 200 with a non-zero ``code``, throttling HTTP 429.
+* The messages are the fake's own wording (Chinese, with the English meaning); the codes
+  are the documented ones. Envelope errors answer HTTP 200 with a non-zero ``code``.
 * Statuses are computed from the clock when polled; nothing runs in the background.
   Status 3 (generated) is skipped.
 * Result pictures are solid-colour PNGs of the requested size (Star-3 img2img: the source's).
@@ -71,30 +81,56 @@ STATUS = "/api/generate/webui/status"
 UPLOAD_SIGNATURE = "/api/generate/upload/signature"
 SUBMIT_PATHS = (STAR3_TXT2IMG, STAR3_IMG2IMG, CUSTOM_TXT2IMG, CUSTOM_IMG2IMG)
 
-# Invented codes (fake wording): LiblibAI's real codes are not documented.
-CODE_PARAM = 100000
-CODE_SIGNATURE = 100010
-CODE_TIMESTAMP = 100011
-CODE_NONCE = 100012
-CODE_ACCESS_KEY = 100013
-CODE_POINTS = 100050
-CODE_MODERATION = 100060
-CODE_NOT_FOUND = 100404
-CODE_RATE_LIMIT = 100429
-CODE_CONCURRENCY = 100430
-CODE_SERVER = 100500
+# The documented error codes (providers.md, "LiblibAI open API", "Error codes" = [LL-DOC] §8).
+CODE_SIGNATURE = 401  # signature check failed (also a stale timestamp, a reused nonce)
+CODE_FORBIDDEN = 403  # access denied
+CODE_RATE_LIMIT = 429  # too many requests (submission QPS)
+CODE_PARAM = 100000  # invalid parameter
+CODE_KEY_EXPIRED = 100010  # AccessKey (API entitlement) expired
+CODE_USER_NOT_FOUND = 100020
+CODE_POINTS = 100021  # insufficient points
+CODE_IMAGE_URL = 100030  # image URL unreachable or too large (> 10 MB)
+CODE_IMAGE_PROHIBITED = 100031
+CODE_IMAGE_DOWNLOAD = 100032
+CODE_COMPLETENESS = 100050  # template/checkpoint/LoRA/ControlNet base mismatch
+CODE_NOT_FOUND = 100051  # task not found
+CODE_SENSITIVE_PROMPT = 100052
+CODE_MODEL_NOT_ALLOWED = 100053
+CODE_CONCURRENCY = 100054
+CODE_SENSITIVE_RESULT = 100055
+CODE_TEMPLATE_NOT_FOUND = 100120
+CODE_INTERNAL = 200000
+CODE_MODEL_NOT_FOUND = 200001
+CODE_RETRY = 210000  # external service failed, retry
 
 MSG_SIGNATURE = "签名校验失败 (signature verification failed)"
-MSG_TIMESTAMP = "Timestamp已过期 (timestamp expired)"
-MSG_NONCE = "SignatureNonce重复 (nonce already used)"
-MSG_ACCESS_KEY = "AccessKey不存在 (unknown AccessKey)"
+MSG_TIMESTAMP = "签名校验失败: Timestamp已过期 (timestamp expired)"
+MSG_NONCE = "签名校验失败: SignatureNonce重复 (nonce already used)"
+MSG_ACCESS_KEY = "签名校验失败: AccessKey不存在 (unknown AccessKey)"
+MSG_KEY_EXPIRED = "AccessKey已过期 (API entitlement expired)"
 MSG_POINTS = "账户积分不足 (insufficient points)"
-MSG_RATE_LIMIT = "请求过于频繁 (too many requests)"
-MSG_CONCURRENCY = "生图任务并发数已达上限 (too many concurrent tasks)"
+MSG_RATE_LIMIT = "请求过多 (too many requests)"
+MSG_CONCURRENCY = "并发任务数已达上限 (concurrent task limit reached)"
 MSG_NOT_FOUND = "任务不存在 (no such task)"
+MSG_SENSITIVE_PROMPT = "提示词包含敏感内容 (sensitive prompt)"
+MSG_COMPLETENESS = "参数完整性校验失败 (parameter completeness check failed)"
+MSG_TEMPLATE = "模板不存在 (template not found)"
 
+F1_TXT2IMG_TEMPLATE = "6f7c4652458d4802969f8d089cf5b91f"
+F1_IMG2IMG_TEMPLATE = "63b72710c9574457ba303d9d9b8df8bd"
+KNOWN_TEMPLATES = {
+    STAR3_TXT2IMG_TEMPLATE,
+    STAR3_IMG2IMG_TEMPLATE,
+    CUSTOM_TXT2IMG_TEMPLATE,
+    CUSTOM_IMG2IMG_TEMPLATE,
+    F1_TXT2IMG_TEMPLATE,
+    F1_IMG2IMG_TEMPLATE,
+    "74509e1b072a4c45a7f1843a963c8462",  # inpaint
+    "b689de89e8c9407a874acd415b3aa126",  # ControlNet inpaint
+    "7d888009f81d4252a7c458c874cd017f",  # InstantID
+}
 TIMESTAMP_WINDOW_MS = 5 * 60 * 1000
-SAMPLER_NUMBERS = range(20)
+SAMPLER_NUMBERS = frozenset([*range(22), 24, 25, 27, 28, 29, 30])
 MAX_LORAS = 5
 MAX_OSS_BYTES = 10 * 1024 * 1024
 
@@ -185,9 +221,13 @@ class FakeLiblib:
         points_per_image: int = 10,
         balance: int = 100_000,
         reject_reused_nonce: bool = True,
-        concurrency_limit: int | None = None,
+        concurrency_limit: int | None = 5,
         submit_qps: float | None = None,
+        http_statuses: bool = True,
+        f1_checkpoints: frozenset[str] = frozenset(),
     ) -> None:
+        self.http_statuses = http_statuses
+        self.f1_checkpoints = set(f1_checkpoints)
         self.keys = dict(keys or {"ak1": "sk1"})
         self.wait_s, self.run_s, self.audit_s = wait_s, run_s, audit_s
         self.result_ttl_s = result_ttl_s
@@ -267,8 +307,9 @@ class FakeLiblib:
         self, times: int = 1, *, retry_after: float | None = None, path: str | None = None
     ) -> None:
         """The next ``times`` API requests answer HTTP 429 (with Retry-After if given)."""
+        status = 429 if self.http_statuses else 200
         self.fail_next(
-            CODE_RATE_LIMIT, MSG_RATE_LIMIT, 429, path=path, times=times, retry_after=retry_after
+            CODE_RATE_LIMIT, MSG_RATE_LIMIT, status, path=path, times=times, retry_after=retry_after
         )
 
     def fail_next_task(self, msg: str = "生图失败 (generation failed)") -> None:
@@ -302,6 +343,7 @@ class FakeLiblib:
         call = Call(path, query, body, query.get("AccessKey"), time.monotonic())
         self.calls.append(call)
         headers: dict[str, str] = {}
+        injected = None
         try:
             injected = self._take_injection(path)
             if injected is not None:
@@ -320,8 +362,10 @@ class FakeLiblib:
             elif path in SUBMIT_PATHS:
                 data = self._submit(access_key, path, body)
             else:
-                raise _Refused(CODE_NOT_FOUND, "接口不存在 (no such endpoint)", 404)
+                raise _Refused(CODE_PARAM, "接口不存在 (no such endpoint)", 404)
         except _Refused as exc:
+            if exc.code in (401, 403, 429) and exc.status == 200 and injected is None:
+                exc.status = exc.code if self.http_statuses else 200
             call.status, call.code = exc.status, exc.code
             payload = {"code": exc.code, "msg": exc.msg, "data": None}
             return web.json_response(payload, status=exc.status, headers=headers)
@@ -343,17 +387,17 @@ class FakeLiblib:
         timestamp = query.get("Timestamp", "")
         nonce = query.get("SignatureNonce", "")
         if access_key not in self.keys:
-            raise _Refused(CODE_ACCESS_KEY, MSG_ACCESS_KEY)
+            raise _Refused(CODE_SIGNATURE, MSG_ACCESS_KEY)
         if not (sign and timestamp.isdigit() and nonce):
             raise _Refused(CODE_SIGNATURE, MSG_SIGNATURE)
         if abs(time.time() * 1000 - int(timestamp)) > TIMESTAMP_WINDOW_MS:
-            raise _Refused(CODE_TIMESTAMP, MSG_TIMESTAMP)
+            raise _Refused(CODE_SIGNATURE, MSG_TIMESTAMP)
         expected = liblib_signature(self.keys[access_key], path, timestamp, nonce)
         if not hmac.compare_digest(expected, sign):
             raise _Refused(CODE_SIGNATURE, MSG_SIGNATURE)
         if self.reject_reused_nonce:
             if (access_key, nonce) in self._nonces:
-                raise _Refused(CODE_NONCE, MSG_NONCE)
+                raise _Refused(CODE_SIGNATURE, MSG_NONCE)
             self._nonces.add((access_key, nonce))
         return access_key
 
@@ -368,6 +412,8 @@ class FakeLiblib:
         _require(isinstance(prompt, str) and 0 < len(prompt) <= 2000, "prompt (1-2000 chars)")
         count = params.get("imgCount")
         _require(_is_int(count) and 1 <= count <= 4, "imgCount (1-4)")
+        if template not in KNOWN_TEMPLATES:
+            raise _Refused(CODE_TEMPLATE_NOT_FOUND, MSG_TEMPLATE)
         if path == STAR3_TXT2IMG:
             _require(template == STAR3_TXT2IMG_TEMPLATE, "templateUuid")
             width, height = self._star3_size(params)
@@ -378,13 +424,16 @@ class FakeLiblib:
             width, height = self._source_size(params.get("sourceImage"))
         else:
             img2img = path == CUSTOM_IMG2IMG
-            want = CUSTOM_IMG2IMG_TEMPLATE if img2img else CUSTOM_TXT2IMG_TEMPLATE
-            _require(template == want, "templateUuid")
+            f1 = params.get("checkPointId") in self.f1_checkpoints
+            if f1:
+                want = F1_IMG2IMG_TEMPLATE if img2img else F1_TXT2IMG_TEMPLATE
+            else:
+                want = CUSTOM_IMG2IMG_TEMPLATE if img2img else CUSTOM_TXT2IMG_TEMPLATE
+            if template != want:
+                raise _Refused(CODE_COMPLETENESS, MSG_COMPLETENESS)
             width, height = self._custom_params(params, img2img)
         if "中文敏感词" in prompt or "forbidden-word" in prompt:
-            raise _Refused(
-                CODE_MODERATION, "提示词包含敏感内容 (the prompt contains sensitive content)"
-            )
+            raise _Refused(CODE_SENSITIVE_PROMPT, MSG_SENSITIVE_PROMPT)
         now = time.monotonic()
         if self.submit_qps:
             last = self._last_submit.get(access_key)
@@ -445,8 +494,10 @@ class FakeLiblib:
         _require(isinstance(params.get("checkPointId"), str) and params["checkPointId"], "ckpt")
         _require(isinstance(params.get("negativePrompt", ""), str), "negativePrompt")
         _require(params.get("sampler") in SAMPLER_NUMBERS, "sampler")
-        _require(_is_int(params.get("steps")) and params["steps"] >= 1, "steps")
-        _require(_is_num(params.get("cfgScale")) and 1 <= params["cfgScale"] <= 30, "cfgScale")
+        _require(_is_int(params.get("steps")) and 1 <= params["steps"] <= 60, "steps (1-60)")
+        _require(_is_num(params.get("cfgScale")) and 1 <= params["cfgScale"] <= 15, "cfgScale")
+        clip = params.get("clipSkip")
+        _require(_is_int(clip) and 1 <= clip <= 12, "clipSkip (1-12)")
         _require(_is_int(params.get("seed", -1)), "seed")
         _require(params.get("randnSource", 0) in (0, 1), "randnSource")
         loras = params.get("additionalNetwork", [])
@@ -464,9 +515,11 @@ class FakeLiblib:
             _require(_is_num(strength) and 0 <= strength <= 1, "denoisingStrength")
             _require(params.get("resizeMode", 0) in (0, 1, 2), "resizeMode")
             w, h = params.get("resizedWidth"), params.get("resizedHeight")
+            hi = 2048
         else:
             w, h = params.get("width"), params.get("height")
-        _require(_is_int(w) and 64 <= w <= 2048 and _is_int(h) and 64 <= h <= 2048, "size")
+            hi = 1536
+        _require(_is_int(w) and 128 <= w <= hi and _is_int(h) and 128 <= h <= hi, "size")
         return w, h
 
     def _source_size(self, url: Any) -> tuple[int, int]:
@@ -476,7 +529,8 @@ class FakeLiblib:
         )
         if url.startswith(self.cdn_url + "/"):
             key = url[len(self.cdn_url) + 1 :]
-            _require(key in self.uploads, "sourceImage无法访问 (sourceImage cannot be fetched)")
+            if key not in self.uploads:
+                raise _Refused(CODE_IMAGE_URL, "图片无法访问 (sourceImage cannot be fetched)")
             with Image.open(io.BytesIO(self.uploads[key])) as img:
                 return img.size
         return 1024, 1024
@@ -524,10 +578,13 @@ class FakeLiblib:
                     {
                         "imageUrl": f"{self.cdn_url}/sd-images/{name}",
                         "seed": task.seeds[i],
-                        "auditStatus": 4 if i in task.rejected else 3,
                     }
                 )
-        return [dict(im) for im in task.images]
+        # Only pictures that passed review are listed [LL-DOC]; ``task.rejected`` is read
+        # each time, so a test can let a withheld picture pass later.
+        return [
+            {**im, "auditStatus": 3} for i, im in enumerate(task.images) if i not in task.rejected
+        ]
 
     # --------------------------------------------------------------- storage
 
