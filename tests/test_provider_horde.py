@@ -63,7 +63,7 @@ async def horde(cfg: HordeConfig, **kw: Any) -> AsyncIterator[HordeProvider]:
 
 async def failure_of(provider: HordeProvider, run: Recorder) -> ProviderFailure:
     with pytest.raises(ProviderFailure) as info:
-        await provider.generate(run)
+        await asyncio.wait_for(provider.generate(run), 10)  # a provider that polls forever
     return info.value
 
 
@@ -183,8 +183,11 @@ async def test_queue_position_and_wait_show_as_progress() -> None:
 
 async def test_checks_are_never_faster_than_once_a_second() -> None:
     async with FakeHorde(queue_s=1.5, run_s=1.0) as fake:
-        async with horde(config(fake), min_poll_s=1.0) as provider:
+        provider = HordeProvider(config(fake))  # the pool's own limits
+        try:
             await provider.generate(Recorder(request()))
+        finally:
+            await provider.aclose()
     times = [fake.submits[0].at] + [c.at for c in fake.checks]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps and min(gaps) >= 0.99
@@ -440,3 +443,38 @@ async def test_the_official_horde_sdk_generates_through_the_fake() -> None:
     assert submit.headers.get("client_agent", "").startswith("horde_sdk:")
     assert submit.body["prompt"] == "a lighthouse" and submit.body["params"]["n"] == 1
     assert fake.checks and len(fake.statuses) == 1
+
+
+# --- through the core: the chat's policy in, the queue place out ------------------------------
+
+
+@pytest.mark.parametrize("nsfw_ok", [True, False])
+async def test_a_chats_nsfw_policy_reaches_the_pool(app_factory: Any, nsfw_ok: bool) -> None:
+    from bot.commands import Incoming
+
+    async with FakeHorde(check_cache_s=0) as fake:
+        app = await app_factory(provider_objs={"horde": HordeProvider(config(fake), **FAST)})
+        adapter = app.adapters["test"]
+        text = "/imagine a fox --provider horde --size 512x512"
+        await app.commands.handle(Incoming(user(), text, dict(REPLY), nsfw_ok=nsfw_ok))
+        await adapter.wait_for(lambda: adapter.of_kind("finished"))
+    body = fake.submits[0].body
+    assert (body["nsfw"], body["censor_nsfw"]) == (nsfw_ok, not nsfw_ok)
+
+
+async def test_the_queue_place_reaches_the_chat_as_the_jobs_stage(app_factory: Any) -> None:
+    from bot import i18n
+    from bot.commands import Incoming
+
+    async with FakeHorde(queue_s=0.8, queue_position=2, check_cache_s=0) as fake:
+        app = await app_factory(provider_objs={"horde": HordeProvider(config(fake), **FAST)})
+        adapter = app.adapters["test"]
+        text = "/imagine a fox --provider horde --size 512x512"
+        await app.commands.handle(Incoming(user(), text, dict(REPLY)))
+        await adapter.wait_for(lambda: adapter.of_kind("finished"))
+    stages = [u.stage for u in adapter.progress_updates if u.stage.startswith("queued:")]
+    assert stages, [u.stage for u in adapter.progress_updates]
+    first = i18n.term("stage", stages[0])
+    assert str(first).startswith("in the provider's queue (position 1")  # 2 + 10 anonymous
+    assert "about" in str(first) and "s)" in str(first)
+    assert "排队" not in str(first) and "队列" in i18n.render(first, "zh")
