@@ -274,6 +274,7 @@ class HordeProvider(Provider):
         self._models_at = float("-inf")
         self._models_task: asyncio.Task[Any] | None = None
         self.checks: list[int] = []  # checks each job took, for tests and stats
+        self._refresh_soon()  # built inside the running bot: /models is ready sooner
 
     # --- models ----------------------------------------------------------------------------
 
