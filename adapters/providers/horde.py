@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -583,7 +583,7 @@ class HordeProvider(Provider):
             delay = min(max(wait_s / 2, self.min_poll_s), self.config.poll_max_interval_s)
             delay = max(delay, self.min_poll_s)
 
-    async def _give_up(self, run: ProviderRun, request_id: str, why: str) -> None:
+    async def _give_up(self, run: ProviderRun, request_id: str, why: str) -> NoReturn:
         """Cancel the request, hand over what it made, and fail uncharged."""
         try:
             final = await self._delete(request_id)
