@@ -268,8 +268,10 @@ class HordeProvider(Provider):
         self.client = http_client(config)  # API calls: never follows redirects
         # Pictures come from R2 links with no key; following their redirects is safe.
         self.downloads = http_client(config, follow_redirects=True)
-        # 5% wider than the pool's window: calls reach it a little after they leave here.
-        self.status_window = SlidingWindow(config.status_calls_per_minute, status_window_s * 1.05)
+        # Wider than the pool's window (5%, at least 0.25 s): calls reach it a little after
+        # they leave here, and not always equally late.
+        margin = max(0.05 * status_window_s, 0.25)
+        self.status_window = SlidingWindow(config.status_calls_per_minute, status_window_s + margin)
         self._models: tuple[ModelInfo, ...] = ()
         self._models_at = float("-inf")
         self._models_task: asyncio.Task[Any] | None = None
