@@ -46,6 +46,10 @@ def build_providers(config: Config) -> dict[str, Provider]:
         from adapters.providers.bfl import BflProvider
 
         providers["bfl"] = BflProvider(config.providers.bfl)
+    if config.providers.horde.active:
+        from adapters.providers.horde import HordeProvider
+
+        providers["horde"] = HordeProvider(config.providers.horde)
     return providers
 
 

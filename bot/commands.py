@@ -62,6 +62,12 @@ class Incoming:
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
 
 
+def job_address(msg: Incoming) -> dict[str, Any]:
+    """Where a job's results go, with the chat's NSFW policy at the time it was asked for
+    (``nsfw_ok``): providers that filter at the source follow it (see ``ResolvedRequest``)."""
+    return {**msg.reply_to, "nsfw_ok": bool(msg.nsfw_ok)}
+
+
 @dataclass(slots=True, frozen=True)
 class Picture:
     """A picture shown with a reply (a Civitai example, a model's cover): not a generated
@@ -258,14 +264,14 @@ class Commands:
         params = parse_generation(rest)
         [params], notes = await self._with_defaults(msg, "txt2img", [params])
         receipt = await self.jobs.submit(
-            msg.user, "txt2img", [params], msg.reply_to, idem_key=msg.message_key, notes=notes
+            msg.user, "txt2img", [params], job_address(msg), idem_key=msg.message_key, notes=notes
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_batch(self, msg: Incoming, rest: str, lang: str) -> Reply:
         tasks, notes = await self._with_defaults(msg, "batch", parse_batch(rest))
         receipt = await self.jobs.submit(
-            msg.user, "batch", tasks, msg.reply_to, idem_key=msg.message_key, notes=notes
+            msg.user, "batch", tasks, job_address(msg), idem_key=msg.message_key, notes=notes
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
@@ -299,7 +305,7 @@ class Commands:
             msg.user,
             "img2img",
             [params],
-            msg.reply_to,
+            job_address(msg),
             init_image=image.data,
             init_size=(image.width, image.height),
             idem_key=msg.message_key,
@@ -378,7 +384,7 @@ class Commands:
 
     async def cmd_retry(self, msg: Incoming, rest: str, lang: str) -> Reply:
         job_id = _job_id(rest, "retry")
-        receipt = await self.jobs.retry(msg.user, job_id, msg.reply_to)
+        receipt = await self.jobs.retry(msg.user, job_id, job_address(msg))
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_job(self, msg: Incoming, rest: str, lang: str) -> Reply:

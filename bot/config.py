@@ -226,6 +226,55 @@ class BflConfig(CloudProviderSection):
     safety_tolerance: int = Field(2, ge=0, le=6)
 
 
+ANON_HORDE_KEY = "0000000000"  # AI Horde's anonymous key: works, with the lowest priority
+
+
+class HordeConfig(ProviderSection):
+    """AI Horde (aihorde.net): a public pool of volunteer GPUs, free to use. Off by default;
+    with the anonymous key it needs no account at all."""
+
+    enabled: bool = False
+    base_url: str = "https://aihorde.net/api"
+    api_key: str = ANON_HORDE_KEY  # or SDHOST_PROVIDERS__HORDE__API_KEY
+    # The Client-Agent header the pool asks every client to send ("name:version:contact");
+    # empty: "sdhost:<version>:<contact>".
+    client_agent: str = ""
+    contact: str = "unknown"  # an email, a URL or a Discord name the pool's admins can reach
+    default_model: str = "stable_diffusion"
+    # The pool's model list (/v2/status/models) is fetched at most this often.
+    models_ttl_s: float = Field(600, ge=10)
+    request_timeout_s: float = Field(30, gt=0)
+    # Waits between checks follow the pool's expected wait, up to this (never below the
+    # pool's 1 s cache).
+    poll_max_interval_s: float = Field(10.0, ge=1)
+    # The status endpoint (the pictures) allows this many calls a minute.
+    status_calls_per_minute: int = Field(10, ge=1)
+    # Throttled or failing calls are retried this many times, honouring Retry-After.
+    max_retries: int = Field(4, ge=0)
+    # Only workers the pool trusts; slow workers too (a longer wait, a shorter queue).
+    trusted_workers: bool = False
+    slow_workers: bool = True
+    # Share pictures with LAION (the pool charges fewer kudos; always on for anonymous).
+    shared: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.api_key)
+
+    @property
+    def effective_client_agent(self) -> str:
+        if self.client_agent:
+            return self.client_agent
+        from importlib import metadata
+
+        try:
+            version = metadata.version("sdhost")
+        except metadata.PackageNotFoundError:
+            version = "0"
+        contact = self.contact.replace(":", " ").strip() or "unknown"
+        return f"sdhost:{version}:{contact}"
+
+
 class ProvidersConfig(_Section):
     default: str = "demo"
     # When a provider is down or throttled past its retries, jobs that have not reached it
@@ -240,6 +289,7 @@ class ProvidersConfig(_Section):
     dashscope: DashScopeConfig = DashScopeConfig()
     liblib: LiblibConfig = LiblibConfig()
     bfl: BflConfig = BflConfig()
+    horde: HordeConfig = HordeConfig()
 
 
 class ConsoleConfig(_Section):
@@ -416,7 +466,8 @@ class Config(_Section):
             password = None
         if password:
             found.add(str(password))
-        return {s for s in found if s}
+        # AI Horde's anonymous key is public (and ten zeros would blank out numbers in logs).
+        return {s for s in found if s and s != ANON_HORDE_KEY}
 
 
 # Field names whose values are secrets, wherever they appear in the config tree.

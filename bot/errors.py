@@ -79,11 +79,23 @@ class ProviderFailure(Exception):
 
     The message usually quotes the provider's own words, so it is cleaned here, once for
     every provider: one line, no control or bidi characters (it is shown in chats, printed
-    on the console and logged)."""
+    on the console and logged).
 
-    def __init__(self, failure: FailureClass, message: str, *, retry_after: float | None = None):
+    ``uncharged`` says the provider charged nothing for the pictures it did not make (it
+    never found a worker for the request, or gave the cost back): those are paid back in
+    full whatever the refund policy says, as for a job that never reached a provider."""
+
+    def __init__(
+        self,
+        failure: FailureClass,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        uncharged: bool = False,
+    ):
         message = clean(str(message), multiline=False)
         super().__init__(message)
         self.failure = failure
         self.message = message
         self.retry_after = retry_after
+        self.uncharged = uncharged

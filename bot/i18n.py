@@ -62,6 +62,11 @@ CATALOG: dict[str, dict[str, str]] = {
     "stage.submitted": {"en": "submitted", "zh": "已提交"},
     "stage.generating": {"en": "generating", "zh": "生成中"},
     "stage.done": {"en": "done", "zh": "完成"},
+    "stage.queued": {
+        "en": "in the provider's queue (position {position}{wait})",
+        "zh": "在提供方队列中（第 {position} 位{wait}）",
+    },
+    "stage.queued_wait": {"en": ", about {seconds} s", "zh": "，约 {seconds} 秒"},
     "kind.txt2img": {"en": "txt2img", "zh": "文生图"},
     "kind.img2img": {"en": "img2img", "zh": "图生图"},
     "kind.batch": {"en": "batch", "zh": "批量任务"},
@@ -656,8 +661,17 @@ def _message(key: str, kw: dict[str, Any]) -> Message:
 def term(group: str, value: Any) -> str:
     """A word from a group (``status``, ``stage``...): a ``Message`` when the catalog has
     it, otherwise the value as it is."""
+    if group == "stage" and isinstance(value, str) and value.startswith("queued:"):
+        return _queued(value)
     key = f"{group}.{value}"
     return Message(key) if key in CATALOG else str(value)
+
+
+def _queued(value: str) -> str:
+    """``queued:POSITION:SECONDS`` (see ``bot.providers.queued_stage``) in words."""
+    _, position, seconds = [*value.split(":"), "", ""][:3]
+    wait: str = Message("stage.queued_wait", seconds=seconds) if seconds else ""
+    return Message("stage.queued", position=position or "?", wait=wait)
 
 
 def render(text: str, lang: str) -> str:

@@ -144,23 +144,31 @@ class Stats:
         return self.charged - self.refunded
 
 
-def refund_due(config: Config, job: Any, failure: FailureClass | None, images_made: int) -> int:
+def refund_due(
+    config: Config,
+    job: Any,
+    failure: FailureClass | None,
+    images_made: int,
+    *,
+    uncharged: bool = False,
+) -> int:
     """How much of the job's cost goes back.
 
     A job that never reached a provider and made nothing is refunded in full, whatever
     happened. One that succeeded with fewer pictures than asked pays back the missing ones.
     Otherwise the configured policy for the job's kind decides, and when it refunds, only
     the pictures that were not made are paid back (a person keeps, and pays for, what they
-    received).
+    received). ``uncharged``: the provider charged nothing for what it did not make (see
+    ``ProviderFailure.uncharged``), so that is paid back whatever the policy says.
     """
     if job.cost <= 0:
         return 0
     n = max(1, int(job.params.get("n", 1)))
     unit = job.cost // n
     unmade = max(0, n - images_made)
-    if job.submitted_at is None and images_made == 0:
+    if (job.submitted_at is None or uncharged) and images_made == 0:
         return job.cost
-    if failure is None:
+    if failure is None or uncharged:
         return unit * unmade
     policy: list[FailureClass] = getattr(config.credits.refunds, job.kind)
     return unit * unmade if failure in policy else 0
@@ -176,13 +184,14 @@ def finish_job(
     message: str | None,
     images_made: int,
     t: float,
+    uncharged: bool = False,
 ) -> int:
     """Move a job to a terminal state, refund by policy and queue the event saying so.
 
     The caller has made sure, in this transaction, that the job is still its to finish
     (queued and locked, or running under its lease). Returns the refund.
     """
-    refund = refund_due(config, job, failure, images_made)
+    refund = refund_due(config, job, failure, images_made, uncharged=uncharged)
     values: dict[str, Any] = {
         "status": status,
         "failure": failure.value if failure else None,

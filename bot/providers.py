@@ -67,6 +67,9 @@ class ResolvedRequest:
     # PNG the size of init_image: white = change, black = keep (inpainting); no chat action
     # sets it yet, only providers read it
     mask_image: bytes | None = None
+    # The chat the job came from may see NSFW pictures (its policy is "allow"); providers
+    # that filter at the source (AI Horde's nsfw/censor_nsfw) follow it.
+    nsfw_ok: bool = False
 
 
 @dataclass(slots=True)
@@ -87,11 +90,32 @@ class ProviderRun(Protocol):
 
     async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None: ...
 
-    async def progress(self, fraction: float) -> None: ...
+    async def progress(
+        self,
+        fraction: float,
+        *,
+        queue_position: int | None = None,
+        wait_s: float | None = None,
+    ) -> None:
+        """``queue_position``/``wait_s``: the job waits in the provider's own queue (AI
+        Horde), at that place, expected to start in about that many seconds."""
+
+    async def cost(self, amount: float, unit: str) -> None:
+        """What the provider billed for the job (``unit``: "credits", "kudos"...)."""
 
     async def image(self, index: int, result: ResultImage) -> None: ...
 
     def has_image(self, index: int) -> bool: ...
+
+
+QUEUED = "queued"
+
+
+def queued_stage(position: int, wait_s: float | None) -> str:
+    """The job's stage while it waits in a provider's queue: ``queued:POSITION:SECONDS``
+    (the stage column holds 32 characters; ``bot.i18n.term`` says it in words)."""
+    wait = "" if wait_s is None else str(max(0, round(wait_s)))
+    return f"{QUEUED}:{max(0, int(position))}:{wait}"[:32]
 
 
 class Provider(ABC):

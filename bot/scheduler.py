@@ -44,7 +44,7 @@ from bot.infotext import format_infotext
 from bot.jobs import finish_job, now
 from bot.owners import make_owner, owner_is_dead
 from bot.params import GenerationParams
-from bot.providers import Provider, ResolvedRequest, ResultImage
+from bot.providers import Provider, ResolvedRequest, ResultImage, queued_stage
 from bot.routing import Router
 from bot.waiting import wait_for_event
 from storage import repos
@@ -79,6 +79,7 @@ class _Run:
         self.pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._last_db_progress = 0.0
         self._last_percent = -1
+        self._last_stage = ""
 
     def has_image(self, index: int) -> bool:
         return index in self.images
@@ -100,16 +101,29 @@ class _Run:
         )
         await self.sched._progress(self.job, 30, "submitted")
 
-    async def progress(self, fraction: float) -> None:
+    async def progress(
+        self,
+        fraction: float,
+        *,
+        queue_position: int | None = None,
+        wait_s: float | None = None,
+    ) -> None:
         pct = 30 + int(60 * min(max(fraction, 0.0), 1.0))
-        if pct == self._last_percent:
+        stage = "generating"
+        if queue_position is not None:  # waiting in the provider's own queue
+            stage = queued_stage(queue_position, wait_s)
+        if (pct, stage) == (self._last_percent, self._last_stage):
             return
-        self._last_percent = pct
+        self._last_percent, self._last_stage = pct, stage
         t = time.monotonic()
         if t - self._last_db_progress >= PROGRESS_DB_INTERVAL:
             self._last_db_progress = t
-            await self.sched._update(self.job, progress=pct, stage="generating")
-        await self.sched._progress(self.job, pct, "generating")
+            await self.sched._update(self.job, progress=pct, stage=stage)
+        await self.sched._progress(self.job, pct, stage)
+
+    async def cost(self, amount: float, unit: str) -> None:
+        """What the provider billed for the job (BFL credits, Horde kudos), for the operator."""
+        await self.sched._update(self.job, provider_cost=float(amount), provider_cost_unit=unit)
 
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
@@ -457,7 +471,9 @@ class Scheduler:
                 self._down_until[job.provider] = time.monotonic() + FAILOVER_COOLDOWN_S
                 if await self._fail_over(job, run, exc.message):
                     return
-            await self._finish(job, JobStatus.FAILED, exc.failure, exc.message, run=run)
+            await self._finish(
+                job, JobStatus.FAILED, exc.failure, exc.message, run=run, uncharged=exc.uncharged
+            )
         except TimeoutError:
             if not deadline.expired():  # a timeout inside the provider, not our deadline
                 await self._crashed(job, run, "the provider timed out")
@@ -587,6 +603,8 @@ class Scheduler:
             sampler=p.sampler,
             strength=p.strength,
             init_image=init,
+            # the chat's NSFW policy when the job was asked for (see Commands.job_address)
+            nsfw_ok=bool((job.reply_to or {}).get("nsfw_ok")),
         )
 
     # --- state changes (all guarded by lease ownership) --------------------------------------
@@ -623,6 +641,7 @@ class Scheduler:
         message: str | None,
         *,
         run: _Run | None = None,
+        uncharged: bool = False,
     ) -> None:
         self._settling.add(job.id)
 
@@ -644,6 +663,7 @@ class Scheduler:
                 if run is not None
                 else len(repos.images_for_job(conn, job.id)),
                 t=now(),
+                uncharged=uncharged,
             )
             return True
 

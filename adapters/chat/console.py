@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
-from bot.i18n import DEFAULT_LANG
+from bot.i18n import DEFAULT_LANG, render, term
 from bot.status import JOB_TERMINAL
 from bot.text import clean
 
@@ -93,7 +93,8 @@ class ConsoleAdapter(ChatAdapter):
             if stage == update.stage and t - when < self.progress_every_s:
                 return
         self._last_progress[update.job_id] = (update.percent, update.stage, t)
-        self.emit("progress", f"job #{update.job_id} {update.percent}% {update.stage}")
+        stage = render(term("stage", update.stage), self.lang)
+        self.emit("progress", f"job #{update.job_id} {update.percent}% {stage}")
 
     async def show_status(
         self, reply_to: dict[str, Any], text: str, *, final: bool = False

@@ -649,6 +649,7 @@ class TelegramAdapter(ResultsAdapter):
                     "message": message.message_id,
                     "status": status.message_id,
                     "lang": lang,
+                    "nsfw_ok": self._nsfw_policy(chat_id) == "allow",
                 }
                 if message.is_topic_message and message.message_thread_id:
                     reply_to["thread"] = message.message_thread_id

@@ -1,7 +1,8 @@
 """A fake of the core's side of a provider run (``bot.providers.ProviderRun``).
 
 ``Recorder(request)`` writes down what a provider tells the core: every submitted task
-(``submissions``), the progress reported (``fractions``) and the pictures delivered
+(``submissions``), the progress reported (``fractions``; a place in the provider's own
+queue in ``queue``), what the provider billed (``costs``) and the pictures delivered
 (``images``). A run resumed after a restart is built with the stored ``task_id`` and
 ``state`` and the pictures the core kept before the restart (``images=``), or with
 ``recorder.resumed()``. To act when a task is submitted, pass ``on_submitted`` (called
@@ -43,6 +44,8 @@ class Recorder:
         self.images: dict[int, ResultImage] = dict(images or {})
         self.submissions: list[tuple[str, dict[str, Any]]] = []
         self.fractions: list[float] = []
+        self.queue: list[tuple[int, float | None]] = []  # (queue position, expected wait)
+        self.costs: list[tuple[float, str]] = []
         self.task_known = asyncio.Event()  # set on the first ``submitted``
         self.on_submitted = on_submitted
         self.restart_after_submissions = restart_after_submissions
@@ -57,8 +60,19 @@ class Recorder:
         if self.restart_after_submissions == len(self.submissions):
             raise Restart
 
-    async def progress(self, fraction: float) -> None:
+    async def progress(
+        self,
+        fraction: float,
+        *,
+        queue_position: int | None = None,
+        wait_s: float | None = None,
+    ) -> None:
         self.fractions.append(fraction)
+        if queue_position is not None:
+            self.queue.append((queue_position, wait_s))
+
+    async def cost(self, amount: float, unit: str) -> None:
+        self.costs.append((amount, unit))
 
     async def image(self, index: int, result: ResultImage) -> None:
         self.images[index] = result
