@@ -12,11 +12,14 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from adapters.civitai import downloads as downloads_module
 from adapters.civitai.client import CivitaiClient, ModelVersion
@@ -402,6 +405,12 @@ async def test_a_browser_user_agent_is_never_used(
         ("...", "fallback.safetensors"),
         (".hidden.pt", "hidden.pt"),
         ("CON.safetensors", "_CON.safetensors"),
+        ("NUL.tar.gz", "_NUL.tar.gz"),  # the part before the first dot decides
+        ("lpt9.v2.safetensors", "_lpt9.v2.safetensors"),
+        ("com\u00b2.pt", "_com\u00b2.pt"),
+        ("console.pt", "console.pt"),
+        ("zero\u200bwidth\ufeff.pt", "zerowidth.pt"),  # format characters go
+        ("line\u2028break.pt", "line break.pt"),
         ('a<b>c:d"e|f?g*h.pt', "a_b_c_d_e_f_g_h.pt"),
         ("bad\x00name\n.pt", "bad_name_.pt"),
         ("evil\u202egpj.exe", "evilgpj.exe"),  # no bidi override turns a name around
@@ -413,6 +422,33 @@ async def test_a_browser_user_agent_is_never_used(
 )
 def test_sanitize_filename(raw: str, expected: str) -> None:
     assert sanitize_filename(raw, "fallback.safetensors") == expected
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=8),
+            st.sampled_from(["/", "\\", ".", " ", "\u202e", "\u200b", "\x00", ":", ".part"]),
+            st.sampled_from(["CON", "nul", "Aux", "COM1", "lpt9", "prn", "com\u00b9", ".."]),
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_a_sanitized_name_is_always_safe(raw: str) -> None:
+    name = sanitize_filename(raw, "fallback.safetensors")
+    assert name and name not in (".", "..") and not name.startswith(".")
+    assert not any(c in name for c in '/\\<>:"|?*')
+    assert not any(unicodedata.category(c).startswith("C") for c in name)
+    assert not any(unicodedata.category(c) in ("Zl", "Zp") for c in name)
+    assert name.split(".", 1)[0].rstrip(" ").lower() not in RESERVED_NAMES
+    assert len(name.encode()) <= 200 and not name.lower().endswith(".part")
+    assert sanitize_filename(name, "fallback.safetensors") == name  # stable
+
+
+RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {
+    f"{d}{i}" for d in ("com", "lpt") for i in (*"123456789", "\u00b9", "\u00b2", "\u00b3")
+}
 
 
 @pytest.mark.parametrize(

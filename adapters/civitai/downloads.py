@@ -480,11 +480,21 @@ def scan_problems(file: ModelFile) -> list[str]:
 # --- file names ---------------------------------------------------------------------------------
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+# Windows device names, whatever follows the first dot (NUL.tar.gz is NUL too); the
+# superscript digits count as well.
 _RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}
-    | {f"com{i}" for i in range(1, 10)}
-    | {f"lpt{i}" for i in range(1, 10)}
+    | {f"{dev}{i}" for dev in ("com", "lpt") for i in (*"123456789", "¹", "²", "³")}
 )
+
+
+def _visible(c: str) -> bool:
+    """Not a control, format (U+202E, zero-width...), surrogate, private-use or unassigned
+    character, nor a line or paragraph separator."""
+    category = unicodedata.category(c)
+    return not (category.startswith("C") or category in ("Zl", "Zp"))
+
+
 MAX_NAME_BYTES = 200
 
 
@@ -520,15 +530,19 @@ def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
     name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
     # C0 controls become "_" as reserved characters do; C1 and bidi/format characters
     # (U+202E turns "gpj.exe" around) are dropped.
-    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False).strip().lstrip(".").rstrip(". ")
+    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False)
+    name = "".join(c for c in name if _visible(c))
+    trimmed = None
+    while trimmed != name:  # ". .x" and ".\u3000x": until nothing more comes off
+        trimmed, name = name, name.strip().lstrip(".").rstrip(". ")
     if not name or set(name) <= {"_", "."}:
         if raw == fallback or not fallback:
             return "model.bin"
         return sanitize_filename(fallback, "model.bin")
-    stem, dot, ext = name.rpartition(".")
+    _stem, dot, ext = name.rpartition(".")
     if not dot:
-        stem, ext = name, ""
-    if stem.lower() in _RESERVED or name.lower() in _RESERVED:
+        ext = ""
+    if name.split(".", 1)[0].rstrip(" ").lower() in _RESERVED:
         name = "_" + name
     if name.lower().endswith(PART_SUFFIX):
         name += "_"
