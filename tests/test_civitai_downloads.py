@@ -1082,3 +1082,32 @@ async def test_a_part_file_that_is_a_link_is_refused_not_written_through(
     view = await manager.download(other)
     assert view.status == "failed" and "symbolic link" in (view.error or "")
     assert not target.exists()
+
+
+async def test_cli_allow_unsafe_overrides_the_scans(
+    fake: FakeCivitaiDownloads,
+    db: Database,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(
+        tmp_path,
+        db_url,
+        database={"auto_migrate": False},
+        civitai={"base_url": fake.base_url, "api_key": KEY, "models_dir": str(tmp_path / "m")},
+    )
+    vid = version_id(fake, 4202)
+    file = fake.primary_file(vid)
+    file.virus_scan, file.virus_message = "Danger", "Win.Trojan.Agent-1234"
+    args = _cli_args(add_arguments, str(vid), "--no-progress")
+    assert await run_cli(args, config, **FAST) == 1
+    assert 'virus scan says "Danger" (Win.Trojan.Agent-1234)' in capsys.readouterr().err
+    assert fake.download_hits == 0
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+        args = _cli_args(add_arguments, str(vid), "--no-progress", "--allow-unsafe")
+        assert await run_cli(args, config, **FAST) == 0
+    assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out
+    [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
+    assert "on the command line" in warned and file.name in warned

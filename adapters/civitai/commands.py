@@ -632,6 +632,11 @@ def build(
     """The /civitai commands; with ``db``, model downloads too (their progress told to
     ``notifier``)."""
     cfg = config.civitai
-    client = CivitaiClient(cfg.api_key or None, base_url=cfg.base_url, timeout=cfg.timeout_s)
+    client = CivitaiClient(
+        cfg.api_key or None,
+        base_url=cfg.base_url,
+        timeout=cfg.timeout_s,
+        image_hosts=cfg.image_hosts,
+    )
     downloads = DownloadManager.from_config(db, config) if db is not None else None
     return CivitaiCommands(client, jobs, downloads, notifier)
