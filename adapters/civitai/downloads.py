@@ -12,6 +12,11 @@
   hashes Civitai lists (SHA256, else AutoV2, else ``sizeKB``) are checked, then the file is
   moved into place atomically and never over another file (a hard link, which fails if the
   name is taken, then the ``.part`` is removed).
+* **Safe to load.** A file is refused unless Civitai's pickle and virus scans both say
+  "Success" (``allow_unsafe``, logged, overrides); a SafeTensor file is preferred. A stream
+  stops as soon as it passes the listed size or the ``Content-Length``, nothing goes over
+  ``max_bytes``, a download needs the free disk space first, and a ``.part`` is never
+  opened through a symbolic link (``bot.localfile.create_new``/``open_existing``).
 * **Resume.** Every attempt asks the API for a fresh signed URL and sends
   ``Range: bytes=<have>-``: a 206 continues, a 200 (range ignored) starts again from zero,
   a 416 means the ``.part`` is already whole (or does not fit: start again). Dropped
