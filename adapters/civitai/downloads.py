@@ -947,8 +947,6 @@ class DownloadManager:
             )
         model_type = version.model.type if version.model else None
         kind = category_of(model_type, file.type)
-        if listed is not None:
-            await self._check_disk(self.folder_for(kind), listed, name)
         expected = (file.hash("SHA256") or "").lower() or None
         now = time.time()
 
@@ -971,6 +969,8 @@ class DownloadManager:
                     if Path(known.path).stat().st_size == known.size_bytes:
                         return await self._record_present(version, file, kind, known, options)
 
+        if listed is not None:  # a new download: is there room for it?
+            await self._check_disk(self.folder_for(kind), listed, name)
         cover = _cover_image(version)
         if notify is not None:
             options["notify"] = dict(notify)
