@@ -411,6 +411,11 @@ class CivitaiConfig(_Section):
     download_attempts: int = Field(8, ge=1)  # tries in a row without progress before failing
     on_name_clash: Literal["suffix", "refuse"] = "suffix"  # a different file has the name
     hash_mismatch: Literal["fail", "keep"] = "fail"  # the bytes differ from Civitai's SHA256
+    # No model file over this many GiB is downloaded (nor more bytes than Civitai lists).
+    max_download_gb: float = Field(20, gt=0)
+    # Hosts /civitai shows pictures from (each hop through the /img2img address guard: public
+    # addresses only). An IP address listed here may be private (a local mirror, a test).
+    image_hosts: list[str] = ["image.civitai.com", "imagecache.civitai.com"]
 
 
 class AdminConfig(_Section):

@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import math
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -84,16 +84,25 @@ async def fetch_image(
 
 
 def make_client(
-    *, allow_private: bool = False, resolver: Resolver | None = None, timeout: float = 20.0
+    *,
+    allow_private: bool = False,
+    resolver: Resolver | None = None,
+    timeout: float = 20.0,
+    trusted: Collection[str] = (),
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` that refuses to connect to non-public addresses.
+    """An ``httpx.AsyncClient`` that refuses to connect to non-public addresses, except the
+    IP addresses in ``trusted`` (an operator's explicit choice, e.g. a local mirror).
 
     Worth sharing across fetches for connection reuse. Its own ``allow_private`` applies on
     top of the one passed to ``fetch_image``. It ignores proxy environment
     variables on purpose: through a proxy the address check would apply to the proxy, not
     to the server actually contacted.
     """
-    transport = _GuardedTransport(allow_private=allow_private, resolver=resolver or system_resolver)
+    transport = _GuardedTransport(
+        allow_private=allow_private,
+        resolver=resolver or system_resolver,
+        trusted=frozenset(a for t in trusted if (a := _ip(t)) is not None),
+    )
     return httpx.AsyncClient(
         transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
     )
@@ -138,7 +147,11 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 async def _checked_addresses(
-    host: str, port: int, resolver: Resolver, allow_private: bool
+    host: str,
+    port: int,
+    resolver: Resolver,
+    allow_private: bool,
+    trusted: frozenset[IPAddress] = frozenset(),
 ) -> list[str]:
     """Resolve ``host`` and refuse if any answer is non-public.
 
@@ -158,7 +171,7 @@ async def _checked_addresses(
     if not allow_private:
         for address in addresses:
             ip = _ip(address)
-            if ip is None or is_forbidden_address(ip):
+            if ip is None or (is_forbidden_address(ip) and ip not in trusted):
                 raise BadInput(_REFUSED)
     return addresses
 
@@ -301,10 +314,17 @@ def _ssl_context() -> Any:
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolves, checks and dials in one step, so the address checked is the one used."""
 
-    def __init__(self, *, allow_private: bool, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: Resolver,
+        trusted: frozenset[IPAddress] = frozenset(),
+    ) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._allow_private = allow_private
         self._resolver = resolver
+        self._trusted = trusted
 
     async def connect_tcp(
         self,
@@ -314,7 +334,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await _checked_addresses(host, port, self._resolver, self._allow_private)
+        addresses = await _checked_addresses(
+            host, port, self._resolver, self._allow_private, self._trusted
+        )
         failure: Exception | None = None
         for address in addresses:
             try:
@@ -346,12 +368,20 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     rely on, and tests/test_fetch.py fails loudly (the rebinding test) if it changes.
     """
 
-    def __init__(self, *, allow_private: bool, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: Resolver,
+        trusted: frozenset[IPAddress] = frozenset(),
+    ) -> None:
         super().__init__(verify=_ssl_context(), trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=_ssl_context(),
             max_connections=20,
             max_keepalive_connections=10,
             keepalive_expiry=5.0,
-            network_backend=_GuardedBackend(allow_private=allow_private, resolver=resolver),
+            network_backend=_GuardedBackend(
+                allow_private=allow_private, resolver=resolver, trusted=trusted
+            ),
         )

@@ -6,6 +6,11 @@ empty. So the file is opened without blocking (a FIFO then opens at once instead
 for a writer), the open descriptor is checked to be a regular file (checking the path first
 and opening it after would leave a gap), and at most one byte more than the limit is read,
 however big the file says it is or grows to be. Synchronous; callers use a thread.
+
+Files the bot *writes* into folders others can reach (model downloads, harvested images)
+are opened by :func:`create_new` and :func:`open_existing`, which never follow a symbolic
+link: a ``.part`` planted as a link to a file elsewhere is refused (:class:`UnsafeFile`),
+not written through.
 """
 
 from __future__ import annotations
@@ -52,6 +57,55 @@ def read_local_picture(source: str, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_WRITE_FLAGS = _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+class UnsafeFile(OSError):
+    """A file the bot was to write is a symbolic link, or not a regular file of its own."""
+
+
+def create_new(path: str | os.PathLike[str], mode: int = 0o644) -> int:
+    """A new file at ``path``, open for writing (a descriptor): ``O_CREAT | O_EXCL`` with
+    ``O_NOFOLLOW``, so nothing that already has the name (a file, a link, even a dangling
+    one) is opened. A link there raises :class:`UnsafeFile`; another file,
+    ``FileExistsError``."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _WRITE_FLAGS, mode)
+    except FileExistsError:
+        if os.path.islink(path):
+            raise UnsafeFile(
+                errno.ELOOP, "refusing to write through a symbolic link", str(path)
+            ) from None
+        raise
+
+
+def open_existing(path: str | os.PathLike[str]) -> int:
+    """An existing file at ``path``, open for reading and appending (a descriptor), only if
+    it is a regular file owned by this user with no other name (no symbolic link, no hard
+    link to a file elsewhere); else :class:`UnsafeFile`."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | _WRITE_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise UnsafeFile(
+                errno.ELOOP, "refusing to write through a symbolic link", str(path)
+            ) from None
+        raise
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "refusing to write to what is not a regular file"
+    elif hasattr(os, "getuid") and st.st_uid != os.getuid():
+        why = "refusing to write to a file another user owns"
+    elif st.st_nlink > 1:
+        why = "refusing to write to a file with other names (hard links)"
+    if why is not None:
+        os.close(fd)
+        raise UnsafeFile(errno.EPERM, why, str(path))
+    return fd
 
 
 def is_regular_file(source: str) -> bool:

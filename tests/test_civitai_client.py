@@ -720,6 +720,10 @@ async def test_errors_are_user_errors(fake: FakeCivitai, client: CivitaiClient) 
 async def test_pictures_from_the_cdn(fake: FakeCivitai, keyed: CivitaiClient) -> None:
     image = await keyed.image(90013)
     assert image.url
+    with pytest.raises(CivitaiBadResponse, match=r"not one of civitai\.image_hosts"):
+        await keyed.picture(image.url)  # the fake's CDN is on 127.0.0.1: not Civitai's
+    assert fake.calls_to("image") == []
+    keyed.image_hosts = frozenset({"127.0.0.1"})  # listed by address: allowed, though loopback
     small = await keyed.picture(image.url, width=450)
     assert small == fake.image_bytes(90013, 450)
     assert await keyed.picture(image.url) == fake.image_bytes(90013)  # as listed: original
@@ -736,3 +740,13 @@ async def test_pictures_from_the_cdn(fake: FakeCivitai, keyed: CivitaiClient) ->
         await keyed.picture(image.url)
     with pytest.raises(CivitaiBadResponse, match="not http"):
         await keyed.picture("file:///etc/passwd")
+
+
+async def test_a_picture_host_that_resolves_to_a_private_address_is_refused(
+    fake: FakeCivitai,
+) -> None:
+    port = fake.urls["images"].rsplit(":", 1)[1]
+    async with make_client(fake, image_hosts=["localhost"]) as client:
+        with pytest.raises(CivitaiBadResponse, match="private or loopback"):
+            await client.picture(f"http://localhost:{port}/x/original=true/90013.jpeg")
+    assert fake.calls_to("image") == []

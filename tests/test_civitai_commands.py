@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +18,19 @@ from PIL import Image as PILImage
 from adapters.civitai.client import CivitaiClient
 from bot.commands import Action, Incoming
 from tests.conftest import REPLY, user
-from tests.fakes.civitai import FakeCivitai, FakeCivitaiDownloads
+from tests.fakes.civitai import DANGER_IMPORTS, FakeCivitai, FakeCivitaiDownloads
 
 
 @pytest.fixture
 async def civitai() -> AsyncIterator[FakeCivitai]:
     async with FakeCivitai() as fake:
         yield fake
+
+
+def with_cdn(fake: FakeCivitai, **more: Any) -> dict[str, Any]:
+    """[civitai] for the fake, its image CDN (on 127.0.0.1) allowed explicitly: pictures
+    come only from civitai.image_hosts, and a loopback address only when listed."""
+    return {"base_url": fake.base_url, "image_hosts": ["127.0.0.1"], **more}
 
 
 async def ask(app: Any, text: str, *, nsfw_ok: bool = False, key: str | None = None) -> Any:
@@ -41,7 +48,7 @@ async def levels_of(civitai: FakeCivitai, ids: list[int]) -> set[int]:
 
 
 async def test_lookups(app_factory, civitai: FakeCivitai, tmp_path: Path) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     models = await ask(app, "/civitai models --type LORA")
     assert not models.error and "Anime Lines" in models.text and "Photon" not in models.text
     model = await ask(app, "/civitai model 4201")
@@ -57,7 +64,7 @@ async def test_lookups(app_factory, civitai: FakeCivitai, tmp_path: Path) -> Non
 
 
 async def test_a_chat_not_allowed_nsfw_only_gets_pg(app_factory, civitai: FakeCivitai) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     safe = await ask(app, "/civitai images --nsfw")
     ids = [int(i) for i in re.findall(r"^#(\d+) ", safe.text, re.M)]
     assert ids and await levels_of(civitai, ids) == {1}
@@ -67,7 +74,7 @@ async def test_a_chat_not_allowed_nsfw_only_gets_pg(app_factory, civitai: FakeCi
 
 
 async def test_use_starts_a_job_with_the_images_settings(app_factory, civitai) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     reply = await ask(app, "/civitai use 90013", key="m1")
     assert reply.receipt is not None and reply.receipt.cost == 1
     view = await app.jobs.job(None, reply.receipt.job_ids[0])
@@ -195,7 +202,7 @@ def picture_of(data: bytes) -> PILImage.Image:
 async def test_an_image_comes_with_its_picture_and_a_use_button(
     app_factory, civitai: FakeCivitai
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url, "api_key": "sekrit-key"})
+    app = await app_factory(civitai=with_cdn(civitai, api_key="sekrit-key"))
     reply = await ask(app, "/civitai image 90013")
     assert "Seed: 730091" in reply.text and f"{civitai.base_url}/images/90013" in reply.text
     assert civitai.calls_to("image") and all(
@@ -215,7 +222,7 @@ async def test_an_image_comes_with_its_picture_and_a_use_button(
 async def test_lists_show_covers_and_buttons_for_each_result(
     app_factory, civitai: FakeCivitai
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     models = await ask(app, "/civitai models --type LORA")
     ids = [int(i) for i in re.findall(r"^#(\d+) ", models.text, re.M)]
     assert ids and len(models.pictures) == len(ids)
@@ -244,7 +251,7 @@ async def test_lists_show_covers_and_buttons_for_each_result(
 async def test_a_chat_not_allowed_nsfw_gets_only_pg_pictures(
     app_factory, civitai: FakeCivitai
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     reply = await ask(app, "/civitai images --nsfw --sort Newest")
     served = {int(c.path.rsplit("/", 1)[-1].split(".")[0]) for c in civitai.calls_to("image")}
     assert reply.pictures and served
@@ -254,7 +261,7 @@ async def test_a_chat_not_allowed_nsfw_gets_only_pg_pictures(
 async def test_pictures_that_fail_or_dawdle_are_left_out_not_the_answer(
     app_factory, civitai: FakeCivitai
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     civitai.fail_next(404, "Not Found", on="image")
     missing = await ask(app, "/civitai image 90013")
     assert not missing.error and "Seed: 730091" in missing.text and missing.pictures == []
@@ -351,7 +358,7 @@ def png_claiming(width: int, height: int) -> bytes:
 async def test_a_100_megapixel_preview_is_left_out_without_being_decoded(
     app_factory, civitai: FakeCivitai, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     bomb = png_claiming(10_000, 10_000)
     assert len(bomb) < 200
     monkeypatch.setattr(civitai, "image_bytes", lambda image_id, width=None: bomb)
@@ -385,9 +392,49 @@ def test_previews_decode_at_most_25_megapixels_jpeg_at_reduced_scale(
 async def test_at_most_two_previews_decode_at_once(
     app_factory, civitai: FakeCivitai, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = await app_factory(civitai={"base_url": civitai.base_url})
+    app = await app_factory(civitai=with_cdn(civitai))
     app.commands.extensions["civitai"].picture_wait_s = 30
     meter = DecodeMeter(monkeypatch, hold_s=0.15)
     reply = await ask(app, "/civitai images --model 4201")
     assert len(reply.pictures) == 5 and meter.count == 5
     assert meter.most == 2
+
+
+async def test_pictures_from_hosts_not_allowed_are_not_fetched_but_the_text_goes(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    # the defaults: only Civitai's own image hosts; the fake's CDN is on 127.0.0.1
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    model = await ask(app, "/civitai model 4201")
+    assert not model.error and "Photon Realism" in model.text and model.pictures == []
+    image = await ask(app, "/civitai image 90013")
+    assert not image.error and "Seed: 730091" in image.text and image.pictures == []
+    assert civitai.calls_to("image") == []
+
+    # a listed host name that resolves to a loopback address: the /img2img guard refuses it
+    port = civitai.urls["images"].rsplit(":", 1)[1]
+    civitai.urls["images"] = f"http://localhost:{port}"
+    named = await app_factory(civitai={"base_url": civitai.base_url, "image_hosts": ["localhost"]})
+    again = await ask(named, "/civitai image 90013")
+    assert "localhost" in (await named.commands.extensions["civitai"].client.image(90013)).url
+    assert not again.error and "Seed: 730091" in again.text and again.pictures == []
+    assert civitai.calls_to("image") == []
+
+
+async def test_a_file_civitais_scans_flag_is_refused_in_chat_unless_an_admin_overrides(
+    app_factory, storage: FakeCivitaiDownloads, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await app_factory(civitai={"base_url": storage.base_url})
+    file = storage.primary_file(52013)
+    file.pickle_scan, file.pickle_message = "Danger", DANGER_IMPORTS
+    refused = await admin_ask(app, "/civitai download 52013")
+    assert refused.error and 'pickle scan says "Danger"' in refused.text, refused.text
+    assert "--allow-unsafe" in refused.text and "Traceback" not in refused.text
+    assert storage.download_hits == 0
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+        taken = await admin_ask(app, "/civitai download 52013 --allow-unsafe")
+        assert not taken.error, taken.text
+        view = await until_status(app, 1, "done")
+    assert Path(view.path or "").read_bytes() == storage.content(file.id)
+    [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
+    assert "admin test:root" in warned and "Danger" in warned and file.name in warned

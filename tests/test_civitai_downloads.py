@@ -7,15 +7,22 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import os
+import re
+import shutil
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
-from adapters.civitai.client import CivitaiClient
+from adapters.civitai import downloads as downloads_module
+from adapters.civitai.client import CivitaiClient, ModelVersion
 from adapters.civitai.downloads import (
     CivitaiArchived,
     DownloadManager,
@@ -32,12 +39,19 @@ from adapters.civitai.downloads import (
     run_scan_cli,
     sanitize_filename,
     scan_models,
+    select_file,
 )
 from bot.errors import BadInput
 from storage import repos
 from storage.db import Database
 from tests.conftest import make_config
-from tests.fakes.civitai import ERR_ARCHIVED, FakeCivitaiDownloads
+from tests.fakes.civitai import (
+    DANGER_IMPORTS,
+    ERR_ARCHIVED,
+    FakeCivitaiDownloads,
+    FakeFile,
+    file_hashes,
+)
 
 KEY = "civitai-secret-key-0123456789"
 FAST = {"backoff_base": 0.005, "backoff_max": 0.02, "progress_interval": 0.02}
@@ -391,6 +405,12 @@ async def test_a_browser_user_agent_is_never_used(
         ("...", "fallback.safetensors"),
         (".hidden.pt", "hidden.pt"),
         ("CON.safetensors", "_CON.safetensors"),
+        ("NUL.tar.gz", "_NUL.tar.gz"),  # the part before the first dot decides
+        ("lpt9.v2.safetensors", "_lpt9.v2.safetensors"),
+        ("com\u00b2.pt", "_com\u00b2.pt"),
+        ("console.pt", "console.pt"),
+        ("zero\u200bwidth\ufeff.pt", "zerowidth.pt"),  # format characters go
+        ("line\u2028break.pt", "line break.pt"),
         ('a<b>c:d"e|f?g*h.pt', "a_b_c_d_e_f_g_h.pt"),
         ("bad\x00name\n.pt", "bad_name_.pt"),
         ("evil\u202egpj.exe", "evilgpj.exe"),  # no bidi override turns a name around
@@ -402,6 +422,33 @@ async def test_a_browser_user_agent_is_never_used(
 )
 def test_sanitize_filename(raw: str, expected: str) -> None:
     assert sanitize_filename(raw, "fallback.safetensors") == expected
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=8),
+            st.sampled_from(["/", "\\", ".", " ", "\u202e", "\u200b", "\x00", ":", ".part"]),
+            st.sampled_from(["CON", "nul", "Aux", "COM1", "lpt9", "prn", "com\u00b9", ".."]),
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_a_sanitized_name_is_always_safe(raw: str) -> None:
+    name = sanitize_filename(raw, "fallback.safetensors")
+    assert name and name not in (".", "..") and not name.startswith(".")
+    assert not any(c in name for c in '/\\<>:"|?*')
+    assert not any(unicodedata.category(c).startswith("C") for c in name)
+    assert not any(unicodedata.category(c) in ("Zl", "Zp") for c in name)
+    assert name.split(".", 1)[0].rstrip(" ").lower() not in RESERVED_NAMES
+    assert len(name.encode()) <= 200 and not name.lower().endswith(".part")
+    assert sanitize_filename(name, "fallback.safetensors") == name  # stable
+
+
+RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {
+    f"{d}{i}" for d in ("com", "lpt") for i in (*"123456789", "\u00b9", "\u00b2", "\u00b3")
+}
 
 
 @pytest.mark.parametrize(
@@ -833,3 +880,234 @@ async def test_cli_download_and_scan(
     out = capsys.readouterr().out
     assert "Anime" in out and "local" in out
     assert "3 files (1 hashed, 2 from the cache); 1 new;" in out
+
+
+# --- safety: Civitai's scans, sizes, links --------------------------------------------------------
+
+
+async def test_a_file_civitais_scans_did_not_pass_is_refused_unless_an_admin_overrides(
+    fake: FakeCivitaiDownloads,
+    manager: DownloadManager,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vid = version_id(fake, 4201)
+    file = fake.primary_file(vid)
+    cases = [
+        ("Danger", "Success", 'pickle scan says "Danger" (Dangerous import detected'),
+        ("Success", "Danger", 'virus scan says "Danger"'),
+        ("Success", "Pending", 'virus scan says "Pending"'),
+        (None, "Success", "pickle scan has no result"),
+        ("Success", None, "virus scan has no result"),
+    ]
+    for pickle, virus, said in cases:
+        file.pickle_scan, file.virus_scan = pickle, virus
+        file.pickle_message = DANGER_IMPORTS if pickle == "Danger" else "No Pickle imports"
+        with pytest.raises(downloads_module.UnsafeModelFile, match=re.escape(said)) as refused:
+            await manager.enqueue(vid)
+        assert "--allow-unsafe" in str(refused.value) and file.name in str(refused.value)
+    assert fake.download_hits == 0 and fake.storage_hits == []
+    assert await manager.tasks() == [] and not (tmp_path / "models").exists()
+
+    file.pickle_scan, file.virus_scan, file.pickle_message = "Danger", "Success", DANGER_IMPORTS
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+        view = await manager.download(vid, allow_unsafe=True, by="admin test:root")
+    assert view.status == "done", view.error
+    warned = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "--allow-unsafe" in r.getMessage()
+    ]
+    assert len(warned) == 1
+    assert "admin test:root" in warned[0].getMessage() and "Danger" in warned[0].getMessage()
+    assert file.name in warned[0].getMessage()
+
+
+async def test_a_safetensor_file_is_preferred_over_a_pickle(
+    fake: FakeCivitaiDownloads, manager: DownloadManager
+) -> None:
+    vid = version_id(fake, 4201)
+    pickle = fake.primary_file(vid)
+    pickle.format, pickle.name = "PickleTensor", pickle.name.replace(".safetensors", ".ckpt")
+    safe = FakeFile(990_001, "photon_safe.safetensors", "Model", 100.0, file_hashes(990_001))
+    fake.catalogue.version(vid)[1].files.append(safe)  # type: ignore[index]
+    fake.set_content(safe.id, size=50_000)
+    view = await manager.download(vid)
+    assert view.status == "done", view.error
+    assert view.file_id == safe.id and Path(view.path or "").name == safe.name
+    assert {h.file_id for h in fake.storage_hits} == {safe.id}
+
+
+def test_select_file_prefers_safetensors_then_the_primary() -> None:
+    def file(fid: int, type_: str, fmt: str, primary: bool = False) -> dict[str, Any]:
+        return {
+            "id": fid,
+            "name": f"f{fid}",
+            "type": type_,
+            "primary": primary,
+            "metadata": {"format": fmt},
+        }
+
+    version = ModelVersion.model_validate(
+        {
+            "id": 1,
+            "files": [
+                file(1, "Model", "PickleTensor", primary=True),
+                file(2, "VAE", "SafeTensor"),
+                file(3, "Model", "SafeTensor"),
+                file(4, "Model", "SafeTensor"),
+            ],
+        }
+    )
+    assert select_file(version, {}).id == 3  # type: ignore[union-attr]
+    assert select_file(version, {"type": "VAE"}).id == 2  # type: ignore[union-attr]
+    version.files[3].primary, version.files[0].primary = True, False
+    assert select_file(version, {}).id == 4  # type: ignore[union-attr]
+    assert select_file(version, {"format": "PickleTensor"}).id == 1  # type: ignore[union-attr]
+    only_pickle = ModelVersion.model_validate(
+        {"id": 2, "files": [file(5, "Model", "PickleTensor", True), file(6, "VAE", "SafeTensor")]}
+    )
+    assert select_file(only_pickle, {}).id == 5  # type: ignore[union-attr]  # not the VAE
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the chunks written to .part files from now on."""
+    written: list[int] = []
+    write = downloads_module._PartFile.write_sync
+
+    def counting(self: Any, chunk: bytes) -> None:
+        written.append(len(chunk))
+        write(self, chunk)
+
+    monkeypatch.setattr(downloads_module._PartFile, "write_sync", counting)
+    return written
+
+
+async def test_a_host_streaming_more_than_listed_is_stopped_early(
+    fake: FakeCivitaiDownloads,
+    manager: DownloadManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written = count_writes(monkeypatch)
+    manager.chunk_size = 64 * 1024
+    vid = version_id(fake, 4202)
+    file = fake.primary_file(vid)
+    fake.set_content(file.id, data=b"x" * 220)  # Civitai lists 220 bytes (sizeKB 0.21)
+    fake.oversize[file.id] = (64 * 1024 * 1024, False)  # storage streams 64 MiB, chunked
+    view = await manager.download(vid)
+    assert view.status == "failed"
+    assert "sent more than the 215 bytes Civitai lists" in (view.error or "")
+    assert sum(written) <= 220 + 1024  # never more than the listed size and its tolerance
+    assert fake.storage_hits[-1].sent < 16 * 1024 * 1024  # the stream was dropped early
+    assert files_under(tmp_path / "models") == []  # the .part is deleted: those bytes are junk
+
+    # a Content-Length over the listed size is refused before a byte is read
+    fake.oversize[file.id] = (64 * 1024 * 1024, True)
+    again = await manager.download(vid)
+    assert again.status == "failed" and "which Civitai lists as 215 bytes" in (again.error or "")
+    assert sum(written) <= 220 + 1024 and files_under(tmp_path / "models") == []
+
+
+async def test_the_maximum_size_applies_with_no_listed_size_nor_length(
+    fake: FakeCivitaiDownloads,
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written = count_writes(monkeypatch)
+    manager = make_manager(db, fake, tmp_path, max_bytes=1_000_000, chunk_size=64 * 1024)
+    try:
+        vid = version_id(fake, 4202)
+        file = fake.primary_file(vid)
+        file.size_kb = None  # type: ignore[assignment]  # Civitai lists no size
+        fake.oversize[file.id] = (64 * 1024 * 1024, False)
+        view = await manager.download(vid)
+        assert view.status == "failed" and "civitai.max_download_gb" in (view.error or "")
+        assert sum(written) <= 1_000_000
+        assert fake.storage_hits[-1].sent < 16 * 1024 * 1024
+
+        big = version_id(fake, 4207)
+        fake.set_content(fake.primary_file(big).id, size=2_000_000)
+        hits = fake.download_hits
+        with pytest.raises(downloads_module.TooBig, match=r"over the 1\.0 MB limit"):
+            await manager.enqueue(big)
+        assert fake.download_hits == hits  # refused before asking for the file
+    finally:
+        await manager.aclose()
+
+
+async def test_no_download_starts_without_the_disk_space(
+    fake: FakeCivitaiDownloads,
+    manager: DownloadManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=50 * 1024 * 1024))
+    vid = version_id(fake, 4202)
+    with pytest.raises(downloads_module.TooBig, match="not enough free disk space"):
+        await manager.enqueue(vid)
+    assert fake.download_hits == 0 and not (tmp_path / "models").exists()
+
+
+async def test_a_part_file_that_is_a_link_is_refused_not_written_through(
+    fake: FakeCivitaiDownloads, manager: DownloadManager, tmp_path: Path
+) -> None:
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"keep me")
+    vid = version_id(fake, 4201)
+    file = fake.primary_file(vid)
+    fake.set_content(file.id, size=2_000_000)
+    fake.storage_bps = 4_000_000
+    manager.chunk_size = 64 * 1024
+    started = await manager.enqueue(vid)
+    await wait_for(lambda: (manager.snapshot(started.id) or started).bytes_done > 0)
+    paused = await manager.pause(started.id)
+    part = part_path(paused.path or "")
+    part.unlink()
+    part.symlink_to(outside)  # someone swaps the .part for a link to a file elsewhere
+    fake.storage_bps = None
+    resumed = await manager.wait((await manager.resume(started.id)).id)
+    assert resumed.status == "failed"
+    assert "refusing to write through a symbolic link" in (resumed.error or "")
+    assert outside.read_bytes() == b"keep me" and part.is_symlink()
+
+    # a dangling link where a new download's .part goes: not created through it either
+    other = version_id(fake, 4202)
+    folder = tmp_path / "models" / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "created-through-a-link"
+    part_path(folder / fake.primary_file(other).name).symlink_to(target)
+    view = await manager.download(other)
+    assert view.status == "failed" and "symbolic link" in (view.error or "")
+    assert not target.exists()
+
+
+async def test_cli_allow_unsafe_overrides_the_scans(
+    fake: FakeCivitaiDownloads,
+    db: Database,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(
+        tmp_path,
+        db_url,
+        database={"auto_migrate": False},
+        civitai={"base_url": fake.base_url, "api_key": KEY, "models_dir": str(tmp_path / "m")},
+    )
+    vid = version_id(fake, 4202)
+    file = fake.primary_file(vid)
+    file.virus_scan, file.virus_message = "Danger", "Win.Trojan.Agent-1234"
+    args = _cli_args(add_arguments, str(vid), "--no-progress")
+    assert await run_cli(args, config, **FAST) == 1
+    assert 'virus scan says "Danger" (Win.Trojan.Agent-1234)' in capsys.readouterr().err
+    assert fake.download_hits == 0
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+        args = _cli_args(add_arguments, str(vid), "--no-progress", "--allow-unsafe")
+        assert await run_cli(args, config, **FAST) == 0
+    assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out
+    [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
+    assert "on the command line" in warned and file.name in warned

@@ -453,3 +453,29 @@ def test_image_metadata_from_a_bare_item() -> None:
     image = Image.model_validate({"id": 7, "url": "https://x/7.jpeg", "width": 64, "height": 32})
     assert image.parameters_text() == "Size: 64x32"
     assert image.raw == {"id": 7, "url": "https://x/7.jpeg", "width": 64, "height": 32}
+
+
+async def test_links_planted_in_the_folder_are_refused_not_written_through(
+    fake: FakeCivitai, client: CivitaiClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    first, second = [i.id for i in (await client.images(limit=2)).items]
+    # dangling links where the image's and the metadata's .part files go
+    (out / f"{first}.part").symlink_to(tmp_path / "made-through-a-link")
+    (out / f"{second}.txt.part").symlink_to(tmp_path / "made-through-a-link-too")
+    # and a manifest that is a link to a file elsewhere
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    result = await harvester(client, out, max_items=2, concurrency=1).run()
+    assert not (tmp_path / "made-through-a-link").exists()
+    assert not (tmp_path / "made-through-a-link-too").exists()
+    failed = {f.id: f.error for f in result.failed}
+    assert "refusing to write through a symbolic link" in failed[first]
+    assert "symbolic link" in failed[second]
+
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).symlink_to(precious)
+    with pytest.raises(OSError, match="symbolic link"):
+        await harvester(client, out, max_items=2).run()
+    assert precious.read_text() == "keep me"

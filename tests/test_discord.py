@@ -58,9 +58,8 @@ class Env:
             "admin_ids": [OWNER_ID],
         }
         section.update(discord)
-        config = make_config(
-            self.tmp_path, self.db_url, discord=section, civitai={"base_url": self.civitai_url}
-        )
+        civitai = {"base_url": self.civitai_url, "image_hosts": ["127.0.0.1"]}  # the fake CDN
+        config = make_config(self.tmp_path, self.db_url, discord=section, civitai=civitai)
         config.providers.demo.latency_s = latency_s
         config.database.auto_migrate = False
         self.provider = RecordingDemo(config.providers.demo)

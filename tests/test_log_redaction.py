@@ -99,6 +99,7 @@ api_base_url = "{dc.api_base}"
 gateway_url = "{dc.gateway_url}"
 [civitai]
 base_url = "{cv.base_url}"
+image_hosts = ["127.0.0.1"]
 """,
             encoding="utf-8",
         )

@@ -76,7 +76,7 @@ class Env:
             self.db_url,
             telegram=tg_section,
             providers={"demo": {"latency_s": 0.05}},
-            civitai={"base_url": self.civitai_url},
+            civitai={"base_url": self.civitai_url, "image_hosts": ["127.0.0.1"]},
         )
 
     async def start(self, *, latency_s: float = 0.05, **telegram: Any) -> TelegramAdapter:

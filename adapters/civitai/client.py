@@ -56,7 +56,7 @@ from pydantic.alias_generators import to_camel
 
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
-from bot.fetch import TooLarge, read_capped
+from bot.fetch import TooLarge, make_client, read_capped
 from bot.grammar import MAX_SEED
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
@@ -867,6 +867,8 @@ def _listed(values: str | Iterable[str] | None) -> list[str] | None:
 
 
 ORIGINAL = "original"
+# Civitai's image CDN and its legacy host (§5 of civitai.md): where pictures come from.
+IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
 PICTURE_MAX_BYTES = 8 * 1024 * 1024  # a preview bigger than this is not worth a chat
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
@@ -923,8 +925,12 @@ class CivitaiClient:
         requests_per_second: float | None = None,
         http: httpx.AsyncClient | None = None,
         user_agent: str = USER_AGENT,
+        image_hosts: Iterable[str] = IMAGE_HOSTS,
     ) -> None:
         self._api_key = (api_key or "").strip() or None
+        self.image_hosts = frozenset(h.strip().lower() for h in image_hosts if h.strip())
+        self._timeout = timeout
+        self._pictures: httpx.AsyncClient | None = None  # made on first use
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
@@ -950,6 +956,8 @@ class CivitaiClient:
     async def aclose(self) -> None:
         if self._own_http:
             await self._http.aclose()
+        if self._pictures is not None:
+            await self._pictures.aclose()
 
     async def __aenter__(self) -> CivitaiClient:
         return self
@@ -1535,9 +1543,19 @@ class CivitaiClient:
             url = sized_url(url, width or ORIGINAL, still=still)
         if not url.lower().startswith(("http://", "https://")):
             raise CivitaiBadResponse(f"Civitai gave a picture address that is not http(s): {url}")
+        host = (urlsplit(url).hostname or "").lower()
+        if host not in self.image_hosts:
+            raise CivitaiBadResponse(
+                f"not fetching a picture from {host or 'nowhere'}: it is not one of "
+                "civitai.image_hosts"
+            )
+        if self._pictures is None:
+            # the /img2img guard: every connection (redirects too) to public addresses
+            # only, but for IP addresses listed in image_hosts
+            self._pictures = make_client(trusted=self.image_hosts, timeout=self._timeout)
         headers = {"User-Agent": self._headers["User-Agent"]}
         try:
-            async with self._http.stream(
+            async with self._pictures.stream(
                 "GET", url, headers=headers, follow_redirects=True
             ) as response:
                 status = response.status_code
@@ -1553,6 +1571,8 @@ class CivitaiClient:
             raise CivitaiUnavailable(
                 f"Civitai's picture could not be fetched ({type(exc).__name__})", retryable=True
             ) from None
+        except BadInput as exc:  # the guard: a private or loopback address
+            raise CivitaiBadResponse(f"not fetching a picture from {host}: {exc}") from None
 
 
 def _checked_hash(hash_: str) -> str:

@@ -10,6 +10,7 @@
 Admins also download model files into the model folders (``downloads.DownloadManager``):
 
     /civitai download VERSION_ID|URL [--type VAE] [--format SafeTensor] [--fp fp16]
+                               [--allow-unsafe: despite Civitai's pickle/virus scans]
     /civitai downloads         the recent downloads
     /civitai pause ID | resume ID | cancel ID
 
@@ -56,6 +57,7 @@ from bot.ids import parse_id
 from bot.imaging import make_preview
 from bot.jobs import JobService
 from bot.status import DOWNLOAD_ACTIVE, DOWNLOAD_UNDER_WAY, DownloadStatus
+from bot.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ USAGE = (
 )
 FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw"}
 FLAGS |= {"format", "fp", "size"}  # which file /civitai download takes
+FLAGS |= {"allow-unsafe"}  # /civitai download despite Civitai's scans (admins; logged)
+SWITCHES = {"nsfw", "allow-unsafe"}  # flags without a value
 ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
 # Lookups: free for the person, an API call and up to TOP picture fetches for the operator;
 # counted against [limits] free_commands_per_minute (``use`` is charged in credits instead).
@@ -95,8 +99,9 @@ TEXT = {
         "zh": "从 Civitai 下载模型文件到模型目录，进度显示在这里",
     },
     "cv.usage.download": {
-        "en": "civitai download VERSION_ID|URL [--type T] [--format F] [--fp FP]",
-        "zh": "civitai download 版本编号|链接 [--type 类型] [--format 格式] [--fp 精度]",
+        "en": "civitai download VERSION_ID|URL [--type T] [--format F] [--fp FP] [--allow-unsafe]",
+        "zh": "civitai download 版本编号|链接 [--type 类型] [--format 格式] [--fp 精度]"
+        " [--allow-unsafe]",
     },
     "cv.help.downloads": {
         "en": "recent downloads; pause, resume or cancel one",
@@ -183,7 +188,7 @@ def _split(rest: str) -> tuple[list[str], dict[str, str]]:
             name = tok[2:].lower()
             if name not in FLAGS:
                 raise BadInput(f"/civitai does not know --{name}; {USAGE}")
-            if name == "nsfw":
+            if name in SWITCHES:
                 flags[name] = "yes"
             else:
                 if i + 1 >= len(tokens):
@@ -352,6 +357,8 @@ class CivitaiCommands:
                 fp=flags.get("fp"),
                 size=flags.get("size"),
                 notify=msg.reply_to,
+                allow_unsafe="allow-unsafe" in flags,
+                by=f"admin {msg.user.key} ({clean(msg.user.name, multiline=False)[:40]}) in chat",
             )
         else:
             task_id = _number(args[0] if args else None, sub)
@@ -625,6 +632,11 @@ def build(
     """The /civitai commands; with ``db``, model downloads too (their progress told to
     ``notifier``)."""
     cfg = config.civitai
-    client = CivitaiClient(cfg.api_key or None, base_url=cfg.base_url, timeout=cfg.timeout_s)
+    client = CivitaiClient(
+        cfg.api_key or None,
+        base_url=cfg.base_url,
+        timeout=cfg.timeout_s,
+        image_hosts=cfg.image_hosts,
+    )
     downloads = DownloadManager.from_config(db, config) if db is not None else None
     return CivitaiCommands(client, jobs, downloads, notifier)

@@ -12,6 +12,11 @@
   hashes Civitai lists (SHA256, else AutoV2, else ``sizeKB``) are checked, then the file is
   moved into place atomically and never over another file (a hard link, which fails if the
   name is taken, then the ``.part`` is removed).
+* **Safe to load.** A file is refused unless Civitai's pickle and virus scans both say
+  "Success" (``allow_unsafe``, logged, overrides); a SafeTensor file is preferred. A stream
+  stops as soon as it passes the listed size or the ``Content-Length``, nothing goes over
+  ``max_bytes``, a download needs the free disk space first, and a ``.part`` is never
+  opened through a symbolic link (``bot.localfile.create_new``/``open_existing``).
 * **Resume.** Every attempt asks the API for a fresh signed URL and sends
   ``Range: bytes=<have>-``: a 206 continues, a 200 (range ignored) starts again from zero,
   a 416 means the ``.part`` is already whole (or does not fit: start again). Dropped
@@ -49,6 +54,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import getpass
 import hashlib
 import inspect
 import json
@@ -56,6 +62,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import socket
 import sys
 import time
@@ -90,6 +97,7 @@ from adapters.providers.cloud import retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
 from bot.ids import parse_id
+from bot.localfile import UnsafeFile, create_new, open_existing
 from bot.status import DOWNLOAD_ACTIVE, DOWNLOAD_TERMINAL, DownloadStatus
 from bot.text import clean
 from storage import repos
@@ -123,6 +131,11 @@ _CATEGORY_OF_FILE_TYPE = {
     "negative": "embedding",
 }
 # What `models scan` counts as a model file.
+# sizeKB is KiB with two decimals (2082642.47): a file may differ from it by a few bytes of
+# rounding; this much more than listed is still taken (the hash check has the last word).
+SIZE_TOLERANCE = 1024
+DISK_MARGIN = 100 * 1024 * 1024  # free space left over after a download, at least
+DEFAULT_MAX_BYTES = 20 * 1024**3  # civitai.max_download_gb
 MODEL_EXTENSIONS = frozenset(
     {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx"}
 )
@@ -174,6 +187,14 @@ class DownloadError(CivitaiError):
 
 class DownloadDamaged(DownloadError):
     """The bytes received are not the file Civitai lists (size or hash)."""
+
+
+class UnsafeModelFile(DownloadError, BadInput):
+    """Civitai's pickle or virus scan did not pass the file (``--allow-unsafe`` overrides)."""
+
+
+class TooBig(DownloadError, BadInput):
+    """Over ``civitai.max_download_gb``, or more than the disk has free."""
 
 
 class NameClash(DownloadError, BadInput):
@@ -399,7 +420,11 @@ def select_file(version: ModelVersion, options: Mapping[str, str]) -> ModelFile 
             raise BadInput(f"model version {version.id} has no file {wanted_id}")
         return found
     if not any(options.get(k) for k in _OPTION_KEYS):
-        return version.primary_file
+        primary = version.primary_file
+        if primary is None:
+            return None
+        # the same kind of file as the primary one, a SafeTensor first (a pickle runs code)
+        return _preferred([f for f in files if (f.type or "") == (primary.type or "")])
 
     def meta(f: ModelFile, key: str) -> str:
         m = f.metadata
@@ -422,18 +447,59 @@ def select_file(version: ModelVersion, options: Mapping[str, str]) -> ModelFile 
                 f"model version {version.id} has no file with {key} {want!r} (it has: {listed})"
             )
         chosen = matching
-    primary = next((f for f in chosen if f.primary), None)
-    return primary or chosen[0]
+    return _preferred(chosen)
+
+
+def _preferred(files: list[ModelFile]) -> ModelFile:
+    """A SafeTensor file over a PickleTensor (or other) one, the primary first among
+    equals, then Civitai's order."""
+    return min(
+        files,
+        key=lambda f: (
+            ((f.metadata.format if f.metadata else None) or "").lower() != "safetensor",
+            not f.primary,
+        ),
+    )
+
+
+SCAN_OK = "success"
+
+
+def scan_problems(file: ModelFile) -> list[str]:
+    """What Civitai's scans say against ``file``: each scan (pickle, virus) whose verdict is
+    not "Success" (Danger, Pending, Error, or none at all), with Civitai's message."""
+    problems = []
+    scans = (
+        ("pickle scan", file.pickle_scan_result, file.pickle_scan_message),
+        ("virus scan", file.virus_scan_result, file.virus_scan_message),
+    )
+    for label, verdict, message in scans:
+        if (verdict or "").strip().lower() == SCAN_OK:
+            continue
+        said = f'says "{clean(verdict, multiline=False)[:40]}"' if verdict else "has no result"
+        note = clean(message or "", multiline=False)[:120]
+        problems.append(f"Civitai's {label} {said}" + (f" ({note})" if note else ""))
+    return problems
 
 
 # --- file names ---------------------------------------------------------------------------------
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+# Windows device names, whatever follows the first dot (NUL.tar.gz is NUL too); the
+# superscript digits count as well.
 _RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}
-    | {f"com{i}" for i in range(1, 10)}
-    | {f"lpt{i}" for i in range(1, 10)}
+    | {f"{dev}{i}" for dev in ("com", "lpt") for i in (*"123456789", "¹", "²", "³")}
 )
+
+
+def _visible(c: str) -> bool:
+    """Not a control, format (U+202E, zero-width...), surrogate, private-use or unassigned
+    character, nor a line or paragraph separator."""
+    category = unicodedata.category(c)
+    return not (category.startswith("C") or category in ("Zl", "Zp"))
+
+
 MAX_NAME_BYTES = 200
 
 
@@ -469,15 +535,19 @@ def sanitize_filename(raw: str | None, fallback: str = "model.bin") -> str:
     name = unicodedata.normalize("NFC", str(raw or "")).replace("\\", "/").split("/")[-1]
     # C0 controls become "_" as reserved characters do; C1 and bidi/format characters
     # (U+202E turns "gpj.exe" around) are dropped.
-    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False).strip().lstrip(".").rstrip(". ")
+    name = clean(_UNSAFE_CHARS.sub("_", name), multiline=False)
+    name = "".join(c for c in name if _visible(c))
+    trimmed = None
+    while trimmed != name:  # ". .x" and ".\u3000x": until nothing more comes off
+        trimmed, name = name, name.strip().lstrip(".").rstrip(". ")
     if not name or set(name) <= {"_", "."}:
         if raw == fallback or not fallback:
             return "model.bin"
         return sanitize_filename(fallback, "model.bin")
-    stem, dot, ext = name.rpartition(".")
+    _stem, dot, ext = name.rpartition(".")
     if not dot:
-        stem, ext = name, ""
-    if stem.lower() in _RESERVED or name.lower() in _RESERVED:
+        ext = ""
+    if name.split(".", 1)[0].rstrip(" ").lower() in _RESERVED:
         name = "_" + name
     if name.lower().endswith(PART_SUFFIX):
         name += "_"
@@ -515,15 +585,28 @@ class _PartFile:
         self._file: Any = None
 
     def open_sync(self) -> None:
+        """Create the ``.part`` (exclusively), or open the one a paused download left; a
+        symbolic link (or a file that is not a regular one of ours) is refused, never
+        written through."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")  # kept open across the download
-        size = os.fstat(self._file.fileno()).st_size
+        try:
+            try:
+                fd = create_new(self.path)
+            except FileExistsError:
+                fd = open_existing(self.path)
+        except UnsafeFile as exc:
+            raise DownloadError(f"{exc.strerror}: {self.path}") from None
+        self._file = os.fdopen(fd, "ab")  # kept open across the download
+        size = os.fstat(fd).st_size
         self._sha = hashlib.sha256()
-        if size:  # resuming: hash what is already there
-            with open(self.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    self._sha.update(chunk)
-        self.size = size
+        offset = 0
+        while offset < size:  # resuming: hash what is already there (through this fd)
+            chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+            if not chunk:
+                break
+            self._sha.update(chunk)
+            offset += len(chunk)
+        self.size = offset
 
     def write_sync(self, chunk: bytes) -> None:
         self._file.write(chunk)
@@ -533,6 +616,7 @@ class _PartFile:
     def reset_sync(self) -> None:
         self._file.flush()
         self._file.truncate(0)
+        self._file.seek(0)  # the descriptor may lack O_APPEND (a new file): write from 0
         self._sha = hashlib.sha256()
         self.size = 0
 
@@ -686,6 +770,7 @@ class DownloadManager:
         hash_mismatch: str = "fail",
         client: CivitaiClient | None = None,
         user_agent: str = USER_AGENT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if on_name_clash not in ("suffix", "refuse"):
             raise ValueError("on_name_clash is 'suffix' or 'refuse'")
@@ -704,6 +789,7 @@ class DownloadManager:
         self.stale_after = stale_after
         self.on_name_clash = on_name_clash
         self.hash_mismatch = hash_mismatch
+        self.max_bytes = max(1, int(max_bytes))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._api_key = (api_key or "").strip() or None
         self._user_agent = user_agent
@@ -741,6 +827,7 @@ class DownloadManager:
             "timeout": max(cfg.timeout_s, 30.0),
             "on_name_clash": cfg.on_name_clash,
             "hash_mismatch": cfg.hash_mismatch,
+            "max_bytes": int(cfg.max_download_gb * 1024**3),
         }
         kwargs.update(overrides)
         return cls(db, **kwargs)
@@ -792,13 +879,17 @@ class DownloadManager:
         file_id: int | None = None,
         start: bool = True,
         notify: Mapping[str, Any] | None = None,
+        allow_unsafe: bool = False,
+        by: str | None = None,
     ) -> DownloadView:
         """Look the version up, pick the file and start downloading it (unless ``start`` is
         false). An unfinished task for the same file is resumed instead of starting another;
         a file already downloaded (or found by a scan, by its SHA256) is not fetched again.
         ``notify`` (a chat's ``reply_to``) rides along in the task's views, for listeners
-        that show progress in a chat. Raises :class:`CivitaiError`/:class:`BadInput` for
-        what cannot be downloaded."""
+        that show progress in a chat. A file that Civitai's pickle and virus scans do not
+        both pass is refused (:class:`UnsafeModelFile`) unless ``allow_unsafe`` (an admin's
+        override, logged at WARNING with ``by``: who asked). Raises
+        :class:`CivitaiError`/:class:`BadInput` for what cannot be downloaded."""
         self._check_open()
         parsed = ref if isinstance(ref, DownloadRef) else parse_ref(ref)
         options: dict[str, Any] = dict(parsed.options)
@@ -829,6 +920,31 @@ class DownloadManager:
         file = select_file(version, options)
         if file is None:
             raise CivitaiNotFound(f"Civitai lists no files for {name}")
+        unsafe = scan_problems(file)
+        if unsafe and not allow_unsafe:
+            raise UnsafeModelFile(
+                f"refusing to download {file.name or 'the file'} of {name}: "
+                f"{'; '.join(unsafe)}. A model file that fails Civitai's scans can run code "
+                "when it is loaded; an admin can still take it with --allow-unsafe"
+            )
+        if unsafe:
+            log.warning(
+                "civitai: %s downloads %s (file %s of %s, version %d) despite its scans "
+                "(--allow-unsafe): %s",
+                by or "someone",
+                file.name,
+                file.id,
+                name,
+                version_id,
+                "; ".join(unsafe),
+            )
+            options["allow_unsafe"] = by or True
+        listed = file.size_bytes
+        if listed is not None and listed > self.max_bytes:
+            raise TooBig(
+                f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
+                f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
+            )
         model_type = version.model.type if version.model else None
         kind = category_of(model_type, file.type)
         expected = (file.hash("SHA256") or "").lower() or None
@@ -853,6 +969,8 @@ class DownloadManager:
                     if Path(known.path).stat().st_size == known.size_bytes:
                         return await self._record_present(version, file, kind, known, options)
 
+        if listed is not None:  # a new download: is there room for it?
+            await self._check_disk(self.folder_for(kind), listed, name)
         cover = _cover_image(version)
         if notify is not None:
             options["notify"] = dict(notify)
@@ -1436,6 +1554,7 @@ class DownloadManager:
                 meter.reset()
             length = response.headers.get("content-length", "")
             total = int(length) if length.isdigit() else None
+        limit, limit_is = self._byte_limit(state, total)
         if run.sink is None:
             path = await self._choose_path(
                 state, response.headers.get("content-disposition"), total
@@ -1456,6 +1575,7 @@ class DownloadManager:
         if total is not None:
             state.bytes_total = total
         sink = run.sink
+        await self._check_space(state, sink, total)
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         last = loop.time()
@@ -1468,6 +1588,12 @@ class DownloadManager:
         received = 0
         try:
             async for piece in response.aiter_bytes():
+                if start + received + len(piece) > limit:
+                    # a host sending more than it (or Civitai) said: stop now, not at the end
+                    raise DownloadDamaged(
+                        f"the file host sent more than the {limit_is} for {state.label}; "
+                        f"stopped after {start + received} bytes and deleted what came"
+                    )
                 pieces.append(piece)
                 buffered += len(piece)
                 received += len(piece)
@@ -1493,6 +1619,60 @@ class DownloadManager:
             state.bytes_done = sink.size
         if total is not None and sink.size != total:
             raise _Transient("the connection ended before the whole file arrived")
+
+    def _byte_limit(self, state: _State, total: int | None) -> tuple[int, str]:
+        """The most bytes this file may have, and what that limit is (for a message):
+        Civitai's listed size (with the rounding tolerance), the host's declared size and
+        ``max_bytes``, whichever is least. A declared size over the others is refused before
+        any byte is read."""
+        limit = self.max_bytes
+        what = f"{format_bytes(limit)} limit (civitai.max_download_gb)"
+        size_kb = state.meta.get("size_kb")
+        if isinstance(size_kb, int | float) and size_kb >= 0:
+            listed = int(size_kb * 1024) + SIZE_TOLERANCE
+            if listed < limit:
+                limit, what = listed, f"{size_kb * 1024:.0f} bytes Civitai lists"
+            if total is not None and total > listed:
+                raise DownloadDamaged(
+                    f"the file host offers {format_bytes(total)} ({total} bytes) for "
+                    f"{state.label}, which Civitai lists as {size_kb * 1024:.0f} bytes: "
+                    "refused before downloading"
+                )
+        if total is not None:
+            if total > self.max_bytes:
+                raise TooBig(
+                    f"the file host offers {format_bytes(total)} for {state.label}, over the "
+                    f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
+                )
+            if total < limit:
+                limit, what = total, f"{total} bytes it announced"
+        return limit, what
+
+    async def _check_space(self, state: _State, sink: _PartFile, total: int | None) -> None:
+        """Refuse to go on when the folder's disk has not room for the rest of the file
+        and :data:`DISK_MARGIN` besides."""
+        size_kb = state.meta.get("size_kb")
+        expected = total
+        if expected is None and isinstance(size_kb, int | float):
+            expected = int(size_kb * 1024)
+        if expected is not None:  # unknown: the stream is capped at max_bytes instead
+            await self._check_disk(sink.path.parent, expected - sink.size, state.label)
+
+    async def _check_disk(self, folder: Path, size: int, what: str) -> None:
+        needed = max(0, size) + DISK_MARGIN
+        where = folder
+        while not where.exists() and where.parent != where:
+            where = where.parent  # the folder is made later: its disk is its parent's
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, where)).free
+        except OSError:
+            return
+        if free < needed:
+            raise TooBig(
+                f"not enough free disk space for {what} in {folder}: it needs "
+                f"{format_bytes(needed)} (with {format_bytes(DISK_MARGIN)} to spare), "
+                f"{format_bytes(free)} is free"
+            )
 
     def _measure(self, state: _State, meter: _Meter, now: float) -> None:
         state.speed = meter.add(now, state.bytes_done)
@@ -2022,6 +2202,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar, just the result"
     )
+    parser.add_argument(
+        "--allow-unsafe",
+        action="store_true",
+        help="take a file even though Civitai's pickle or virus scan did not pass it "
+        "(pickle files can run code when loaded; logged as a warning)",
+    )
 
 
 def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -2070,6 +2256,8 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
                 fp=getattr(args, "fp", None),
                 size=getattr(args, "size", None),
                 file_id=getattr(args, "file_id", None),
+                allow_unsafe=bool(getattr(args, "allow_unsafe", False)),
+                by=f"{_login_name()} on the command line",
             )
             if view.status != DownloadStatus.DONE:
                 view = await _follow(manager, view, err, not getattr(args, "no_progress", False))
@@ -2096,6 +2284,13 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
     finally:
         await manager.aclose(stop_as=DownloadStatus.PAUSED)
         await db.dispose()
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "someone"
 
 
 async def _follow(

@@ -73,6 +73,7 @@ from adapters.civitai.client import (
 )
 from adapters.providers.cloud import retry_after_s
 from bot.errors import BadInput
+from bot.localfile import UnsafeFile, create_new, open_existing
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -216,7 +217,15 @@ class Manifest:
     def open(self) -> None:
         """Keep the file open for appending until :meth:`close` (else one open a line)."""
         if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
+            self._file = self._open_append()
+
+    def _open_append(self) -> IO[str]:
+        """The manifest for appending, never through a symbolic link."""
+        try:
+            fd = create_new(self.path)
+        except FileExistsError:
+            fd = open_existing(self.path)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def close(self) -> None:
         if self._file is not None:
@@ -233,7 +242,7 @@ class Manifest:
             self._file.write(line)
             self._file.flush()
         else:
-            with self.path.open("a", encoding="utf-8") as f:
+            with self._open_append() as f:
                 f.write(line)
         self.entries[entry["id"]] = entry
 
@@ -241,15 +250,22 @@ class Manifest:
 def _write_atomic(path: Path, text: str) -> None:
     part = path.with_name(path.name + ".part")
     try:
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, path)
+        with _open_part(part) as f:
+            f.write(text.encode("utf-8"))
+        os.replace(part, path)  # replaces a link at ``path`` itself, never its target
     except BaseException:
         part.unlink(missing_ok=True)
         raise
 
 
 def _open_part(path: Path) -> IO[bytes]:
-    return path.open("wb")
+    """A fresh ``.part`` (exclusive create, no link followed): a stale regular one is
+    removed first; a symbolic link there is refused (:class:`UnsafeFile`)."""
+    try:
+        return os.fdopen(create_new(path), "wb")
+    except FileExistsError:
+        path.unlink()  # a regular file (create_new refused a link); the link is not followed
+        return os.fdopen(create_new(path), "wb")
 
 
 def _meta_text(image: Image, kind: str) -> str:
@@ -597,7 +613,10 @@ class Harvester:
                 expected = int(length) if length and length.isdigit() else None
                 digest = hashlib.sha256()
                 size = 0
-                f = _open_part(part)
+                try:
+                    f = _open_part(part)
+                except UnsafeFile as exc:
+                    raise _Final(f"{exc.strerror}: {part}") from None
                 try:
                     async for chunk in response.aiter_bytes(65_536):
                         f.write(chunk)

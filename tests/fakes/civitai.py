@@ -191,6 +191,15 @@ RATE_LIMIT_HTML = """<!DOCTYPE html><html lang="en-US"><head>
 # --- the catalogue --------------------------------------------------------------------------------
 
 
+# What Civitai's pickle scan says of an ordinary PickleTensor checkpoint it passed; a
+# "Danger" verdict names the dangerous import instead (see DANGER_IMPORTS).
+PICKLE_IMPORTS = (
+    "Detected Pickle imports (3)\n* collections.OrderedDict\n* torch.FloatStorage\n"
+    "* torch._utils._rebuild_tensor_v2"
+)
+DANGER_IMPORTS = "Dangerous import detected: builtins.exec"
+
+
 @dataclasses.dataclass
 class FakeUser:
     id: int
@@ -211,6 +220,12 @@ class FakeFile:
     format: str = "SafeTensor"
     size: str | None = "pruned"
     fp: str | None = "fp16"
+    # Civitai's scans of the file (ScanResultCode: Pending, Success, Danger, Error); None
+    # leaves the key out, as a file scanned before the field existed has it.
+    pickle_scan: str | None = "Success"
+    pickle_message: str | None = "No Pickle imports"
+    virus_scan: str | None = "Success"
+    virus_message: str | None = None
 
 
 @dataclasses.dataclass
@@ -569,6 +584,7 @@ class Catalogue:
             format=fmt,
             size="pruned" if fmt == "SafeTensor" else None,
             fp="fp16" if fmt == "SafeTensor" else None,
+            pickle_message="No Pickle imports" if fmt == "SafeTensor" else PICKLE_IMPORTS,
         )
 
     def _image(
@@ -1648,15 +1664,18 @@ class FakeCivitai:
             "sizeKB": file.size_kb,
             "name": file.name,
             "type": file.type,
-            "pickleScanResult": "Success",
-            "pickleScanMessage": "No Pickle imports",
-            "virusScanResult": "Success",
-            "virusScanMessage": None,
+            "pickleScanResult": file.pickle_scan,
+            "pickleScanMessage": file.pickle_message,
+            "virusScanResult": file.virus_scan,
+            "virusScanMessage": file.virus_message,
             "scannedAt": _iso(version.published_at),
             "metadata": {k: v for k, v in meta.items() if v is not None},
             "hashes": dict(file.hashes),
             "downloadUrl": self._download_url(version, file),
         }
+        for key in ("pickleScanResult", "virusScanResult"):
+            if out[key] is None:
+                del out[key]
         if always_primary:
             out["primary"] = file.primary
         elif file.primary:
@@ -2070,6 +2089,9 @@ class FakeCivitaiDownloads(FakeCivitai):
     bandwidth cap on storage bodies, all connections together). ``fail_next(on="download")``
     / ``fail_next(on="storage")`` and :attr:`latency_s` apply too.
     ``storage_hits`` records every storage request; ``download_hits`` counts API hits.
+    :attr:`oversize` makes storage send more than Civitai lists (a lying host), with or
+    without a ``Content-Length``. Each file's ``pickle_scan``/``virus_scan`` (and their
+    messages) are what the API lists for it.
     """
 
     def __init__(
@@ -2102,6 +2124,9 @@ class FakeCivitaiDownloads(FakeCivitai):
         self._corrupt = 0
         self._ignore_range = 0
         self._storage_free_at = 0.0
+        # file id -> (bytes storage really sends, whether it says so in Content-Length):
+        # a host that lies about (or does not give) the size Civitai lists
+        self.oversize: dict[int, tuple[int, bool]] = {}
 
     def _build_apps(self) -> dict[str, web.Application]:
         apps = super()._build_apps()
@@ -2331,6 +2356,10 @@ class FakeCivitaiDownloads(FakeCivitai):
             link.expired = True
         hit.file_id = link.file_id
         content = self.contents[link.file_id]
+        declare = True
+        if link.file_id in self.oversize:
+            served, declare = self.oversize[link.file_id]
+            content = FileContent(size=served, seed=link.file_id + 7)
         total = content.size
         start, end, status = 0, total, 200
         if hit.range and self._ignore_range:
@@ -2357,6 +2386,8 @@ class FakeCivitaiDownloads(FakeCivitai):
         }
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        if not declare:
+            del headers["Content-Length"]  # sent chunked: the size shows only at the end
         response = web.StreamResponse(status=status, headers=headers)
         hit.status = status
         await response.prepare(request)
@@ -2385,7 +2416,7 @@ class FakeCivitaiDownloads(FakeCivitai):
             await self._pace(len(chunk))
             try:
                 await response.write(chunk)
-            except ConnectionResetError:  # the client went away (paused, cancelled)
+            except (ConnectionResetError, ConnectionError):  # the client went away
                 return response
             hit.sent += len(chunk)
         await response.write_eof()
