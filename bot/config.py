@@ -136,10 +136,12 @@ class CloudProviderSection(ProviderSection):
     keys: list[ApiKeyConfig] = []
     concurrency: int = Field(16, ge=1)
     request_timeout_s: float = Field(30, gt=0)
-    # Polling a task: the first wait, growing by poll_factor up to poll_max_interval_s.
+    # Polling a task of a model not seen yet: the first wait, growing by poll_factor up to
+    # poll_max_interval_s (7 polls for a 30 s task). Once a model's tasks have ended, polls
+    # gather around its learnt duration (adapters/providers/cloud.py).
     poll_first_s: float = Field(1.0, gt=0)
-    poll_factor: float = Field(1.5, ge=1)
-    poll_max_interval_s: float = Field(5.0, gt=0)
+    poll_factor: float = Field(1.6, ge=1)
+    poll_max_interval_s: float = Field(8.0, gt=0)
     # Throttled or failing calls are retried this many times, honouring Retry-After.
     max_retries: int = Field(4, ge=0)
 

@@ -35,9 +35,10 @@ import httpx
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
+    TaskPolls,
+    TaskTimes,
     download,
     http_client,
-    poll_delays,
     retry_after_s,
     transport_failure,
     with_retries,
@@ -210,6 +211,7 @@ class BflProvider(Provider):
         # there, so following its redirects is safe.
         self.downloads = http_client(config, follow_redirects=True)
         self.polls: list[int] = []  # polls each job took (all its tasks), for tests and stats
+        self.task_times = TaskTimes()  # each model's usual task duration, to poll near it
 
     def _models(self) -> tuple[str, ...]:
         known = (*SIZED_MODELS, *RATIO_MODELS)
@@ -339,11 +341,21 @@ class BflProvider(Provider):
 
     # --- one task --------------------------------------------------------------------------
 
-    async def _wait(self, run: ProviderRun, key: ApiKey, url: str, index: int, seed: int) -> int:
+    async def _wait(
+        self,
+        run: ProviderRun,
+        key: ApiKey,
+        url: str,
+        index: int,
+        seed: int,
+        model: str,
+        resumed: bool,
+    ) -> int:
         """Poll one task to its end and hand over its picture; returns the polls it took."""
         n = run.request.n
         polls = 0
-        async for _ in poll_delays(self.config):
+        schedule = TaskPolls(self.config, self.task_times, model, resumed=resumed)
+        async for _ in schedule:
             polls += 1
             answer = await self._poll_once(key, url)
             status = answer.get("status")
@@ -354,6 +366,7 @@ class BflProvider(Provider):
                     await run.progress((index + min(max(fraction, 0.0), 1.0)) / n)
                 continue
             if status == "Ready":
+                schedule.ended()
                 result = raw if isinstance(raw := answer.get("result"), dict) else {}
                 data = await self._fetch(result.get("sample"))
                 got = result.get("seed")
@@ -397,6 +410,7 @@ class BflProvider(Provider):
                         continue
                     seed = req.seed + index
                     stored = ids[index] if index < len(ids) else None
+                    resumed = bool(stored)
                     if stored:
                         known = urls[index] if index < len(urls) else None
                         url = self._check_polling_url(known or self._result_url(stored))
@@ -415,6 +429,6 @@ class BflProvider(Provider):
                                 "polling_urls": list(urls),
                             },
                         )
-                    polls += await self._wait(run, key, url, index, seed)
+                    polls += await self._wait(run, key, url, index, seed, model, resumed)
         finally:
             self.polls.append(polls)

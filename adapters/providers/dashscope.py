@@ -29,6 +29,7 @@ from PIL import Image
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
+    TaskTimes,
     download,
     http_client,
     poll_delays,
@@ -166,6 +167,7 @@ class DashScopeProvider(Provider):
         self.api = config.base_url.rstrip("/") + "/api/v1"
         # polls each finished job took (for the closing note and benchmarks)
         self.polls: list[int] = []
+        self.task_times = TaskTimes()  # each model's usual task duration, to poll near it
         # task id -> the name of its key, so ``cancel`` (given only the id) can use it
         self._task_keys: dict[str, str] = {}
 
@@ -352,7 +354,8 @@ class DashScopeProvider(Provider):
             return await self._json("GET", url, key)
 
         try:
-            async for _ in poll_delays(self.config):
+            schedule = poll_delays(self.config, self.task_times, run.request.model)
+            async for _ in schedule:
                 answer = await self._retrying(fetch, "task status")
                 polls += 1
                 output = answer.get("output") or {}
@@ -365,6 +368,7 @@ class DashScopeProvider(Provider):
                 if status not in TERMINAL:
                     continue
                 if status == "SUCCEEDED":
+                    schedule.ended()
                     return output
                 if status == "FAILED":
                     raise classify(

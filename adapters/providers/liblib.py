@@ -50,6 +50,7 @@ from PIL import Image
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
+    TaskTimes,
     download,
     http_client,
     poll_delays,
@@ -254,6 +255,7 @@ class LiblibProvider(Provider):
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._last_submit: dict[str, float] = {}
         self.polls: list[int] = []  # status polls each job took, in the order jobs ended
+        self.task_times = TaskTimes()  # each model's usual task duration, to poll near it
 
     # --- what it offers -------------------------------------------------------------------
 
@@ -573,7 +575,8 @@ class LiblibProvider(Provider):
     async def _follow(self, run: ProviderRun, key: ApiKey, task_id: str, polls: list[int]) -> None:
         shown = 0.0
         body = {"generateUuid": task_id}
-        async for n in poll_delays(self.config):
+        schedule = poll_delays(self.config, self.task_times, run.request.model)
+        async for n in schedule:
             polls[0] = n
             data = await self._retrying(
                 lambda: self._call(key, STATUS_PATH, body, what="LiblibAI status"),
@@ -581,6 +584,7 @@ class LiblibProvider(Provider):
             )
             status = _as_int(data.get("generateStatus"))
             if status == SUCCEEDED:
+                schedule.ended()
                 await self._deliver(run, task_id, data)
                 return
             if status == FAILED:
