@@ -107,9 +107,10 @@ class Estimate:
 class TaskTimes:
     """How long each model's tasks take, learnt from the tasks that ended (in memory).
 
-    Each observation is the middle of the last interval polling narrowed the end to (the
-    last poll that saw the task unfinished, the one that saw it done): unbiased when the
-    polls bracket the end closely, which :func:`next_poll_at` makes them do."""
+    Each observation comes from the interval polling narrowed the end to (the last poll
+    that saw the task unfinished, the one that saw it done; see :meth:`TaskPolls.ended`):
+    :func:`next_poll_at` polls just before and just after the expected end, so once learnt
+    the interval is narrow and the estimate stays within it."""
 
     def __init__(self, weight: float = 0.3) -> None:
         self.weight = weight
@@ -121,11 +122,13 @@ class TaskTimes:
     def expected(self, model: str) -> Estimate | None:
         return self.models.get(model)
 
-    def learn(self, model: str, seconds: float) -> None:
+    def learn(self, model: str, seconds: float, spread: float = 0.0) -> None:
+        """One task of ``model`` ended about ``seconds`` after its submission; ``spread``
+        says how unsure that is when it is the model's first."""
         seconds = max(seconds, 0.0)
         est = self.models.get(model)
         if est is None:
-            self.models[model] = Estimate(seconds, 0.0, 1)
+            self.models[model] = Estimate(seconds, max(spread, 0.0), 1)
         else:
             a = self.weight
             est.spread += a * (abs(seconds - est.mean) - est.spread)
@@ -225,17 +228,26 @@ class TaskPolls:
         return self.n
 
     def ended(self) -> None:
-        """The last poll saw the task done: learn when it ended."""
+        """The last poll saw the task done: learn when it ended. It ended between the poll
+        before (``prev``) and this one (``last``): a narrow interval gives its middle; the
+        first task of a model gives the middle of its (wide) interval, as unsure as that
+        is; a task that was already done at the first poll of the window ended a window
+        earlier than planned (at least); one that ended late, the middle again."""
         if self.times is None or self.resumed or self.last is None:
             return
+        last, prev = self.last, self.before_last
         est = self.times.expected(self.model)
-        prev = self.before_last
-        if prev is None or est is None or self.last - prev > 2 * poll_window(est) + 1e-6:
-            # A wide interval (a model not learnt yet, or far off): its end is what is known
-            # for sure; narrower intervals later pull the estimate to the middle.
-            seen = self.last
+        if est is None:
+            low = prev if prev is not None else last / 2
+            self.times.learn(self.model, (low + last) / 2, (last - low) / 8)
+            return
+        w = poll_window(est)
+        if prev is not None and last - prev <= 2 * w + 1e-6:
+            seen = (prev + last) / 2
+        elif last <= est.mean:
+            seen = max(prev or 0.0, last - w)
         else:
-            seen = (prev + self.last) / 2
+            seen = (last + (prev if prev is not None else 0.0)) / 2
         self.times.learn(self.model, seen)
 
 
