@@ -68,7 +68,11 @@ def fakes(queue: float, run: float) -> dict[str, tuple[AbstractAsyncContextManag
         from tests.fakes.bfl import FakeBfl
     except ImportError:
         return out
-    out["bfl"] = (FakeBfl(keys={"k1", "k2"}, delay_s=queue + run), [{"key": "k1"}, {"key": "k2"}])
+    # polling URLs on the API's own host (the fake's "regional" one is not a BFL host)
+    out["bfl"] = (
+        FakeBfl(keys={"k1", "k2"}, delay_s=queue + run, regional=False),
+        [{"key": "k1"}, {"key": "k2"}],
+    )
     return out
 
 

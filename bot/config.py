@@ -180,8 +180,19 @@ class LiblibConfig(CloudProviderSection):
 class BflConfig(CloudProviderSection):
     base_url: str = "https://api.bfl.ai/v1"
     default_model: str = "flux-pro-1.1"
-    output_format: Literal["png", "jpeg"] = "png"
+    # img2img on the default model goes to this one (empty: the default model itself);
+    # BFL recommends FLUX.2 [pro] for editing over the legacy Kontext.
+    edit_model: str = "flux-2-pro"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
     safety_tolerance: int = Field(2, ge=0, le=6)
+    # Hosts (host or host:port) besides *.bfl.ai and base_url's that may receive the key
+    # when a task's polling URL names them: a proxy or mirror of yours.
+    key_hosts: list[str] = []
+    # flux-pro-1.1-ultra only: less processed, more natural-looking pictures.
+    raw: bool = False
+    # Let BFL rewrite the prompt into a richer one (models that take it: flux-pro-1.1,
+    # ultra, dev, Kontext, flux-2-flex).
+    prompt_upsampling: bool = False
 
 
 class ProvidersConfig(_Section):

@@ -55,6 +55,9 @@ class ResolvedRequest:
     sampler: str | None = None
     strength: float | None = None
     init_image: bytes | None = None  # PNG, already validated and re-encoded
+    # Several input pictures (a reply to an album), for providers that take them; the first
+    # is init_image. The chat layer does not fill this yet.
+    init_images: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -81,6 +84,10 @@ class ProviderRun(Protocol):
 
     def has_image(self, index: int) -> bool: ...
 
+    def cost(self, amount: float, unit: str) -> None:
+        """What the provider billed for a task of this job (e.g. 4.0, "credits")."""
+        ...
+
 
 class Provider(ABC):
     name: str
@@ -97,3 +104,8 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027
         pass
+
+    async def account_status(self) -> str | None:
+        """Optional: a short line on the operator's account (e.g. the balance left), for
+        /stats; None when the provider has nothing to say. Must be quick and never raise."""
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 from adapters.providers.bfl import BflProvider
 from adapters.providers.cloud import Estimate, TaskTimes, next_poll_at, poll_window
@@ -76,7 +77,12 @@ async def test_the_fake_sees_few_polls_and_a_learnt_task_is_picked_up_at_once() 
     # A 26 s task: the unlearnt schedule (polls at 23.8 s and 31.8 s) sees it end 5.8 s late.
     duration = 26.0 / SCALE
     async with FakeBfl(keys={"k1"}, delay_s=duration) as fake:
-        cfg = BflConfig(base_url=fake.base_url, keys=[ApiKeyConfig(key="k1", name="k1")], **SCALED)
+        cfg = BflConfig(
+            base_url=fake.base_url,
+            keys=[ApiKeyConfig(key="k1", name="k1")],
+            key_hosts=[urlsplit(fake.regional_url).netloc],
+            **SCALED,
+        )
         provider = BflProvider(cfg)
         try:
             lags: list[float] = []

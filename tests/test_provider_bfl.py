@@ -10,6 +10,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -45,6 +46,7 @@ def request(**kw: Any) -> ResolvedRequest:
 
 def config(fake: FakeBfl, keys: tuple[str, ...] = ("k1",), concurrency: int = 2, **kw: Any):
     settings: dict[str, Any] = {**FAST_POLLS, "max_retries": 4, **kw}
+    settings.setdefault("key_hosts", [urlsplit(fake.regional_url).netloc])  # "api.us1.bfl.ai"
     return BflConfig(
         base_url=fake.base_url,
         keys=[ApiKeyConfig(key=k, name=k, concurrency=concurrency) for k in keys],
@@ -86,7 +88,8 @@ async def test_capabilities_make_the_core_resolve_sizes_in_steps_of_32() -> None
         caps = provider.capabilities()
     assert caps.kinds == {"txt2img", "img2img"}
     names = [m.name for m in caps.models]
-    assert names == ["flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro"]
+    assert names[:4] == ["flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro"]
+    assert {"flux-kontext-max", "flux-2-pro", "flux-2-max", "flux-2-flex"} <= set(names)
     assert caps.default_model == "flux-pro-1.1"
     assert (caps.min_size, caps.max_size, caps.size_multiple) == (256, 1440, 32)
     assert caps.max_images == 4
@@ -188,21 +191,26 @@ async def test_flux_dev_passes_steps_and_guidance() -> None:
 
 async def test_img2img_sends_the_input_picture() -> None:
     picture = png()
-    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+    async with FakeBfl(delay_s=0.05) as first, bfl(config(first)) as provider:
         base = {"kind": "img2img", "init_image": picture, "strength": 0.7}
         await provider.generate(Recorder(request(**base)))
         await provider.generate(Recorder(request(model="flux-pro-1.1-ultra", **base)))
         await provider.generate(Recorder(request(model="flux-kontext-pro", **base)))
-    pro, ultra, kontext = fake.tasks.values()
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, edit_model="")) as provider:
+        await provider.generate(Recorder(request(**base)))
+    edit, ultra, kontext = list(first.tasks.values())
+    # img2img on the default model goes to FLUX.2 [pro] (BFL's recommendation for editing)
+    assert edit.model == "flux-2-pro" and edit.images["input_image"] == picture
+    (pro,) = fake.tasks.values()
     assert fake.submits[0].body["image_prompt"] == base64.b64encode(picture).decode()
     assert pro.images["image_prompt"] == picture
     # flux-pro-1.1 documents no strength; ultra weighs the input picture (1 keeps it), the
     # opposite of --strength (1 changes it completely)
     assert "image_prompt_strength" not in fake.submits[0].body
     assert ultra.images["image_prompt"] == picture
-    assert fake.submits[1].body["image_prompt_strength"] == pytest.approx(0.3)
+    assert first.submits[1].body["image_prompt_strength"] == pytest.approx(0.3)
     assert kontext.images["input_image"] == picture
-    assert "image_prompt" not in fake.submits[2].body
+    assert "image_prompt" not in first.submits[2].body
 
 
 # --- polling, resume, keys -------------------------------------------------------------------
@@ -418,7 +426,10 @@ async def test_the_key_is_never_logged(caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.DEBUG)
     async with FakeBfl(keys={secret}, delay_s=0.05) as fake:
         cfg = BflConfig(
-            base_url=fake.base_url, keys=[ApiKeyConfig(key=secret, name="main")], **FAST_POLLS
+            base_url=fake.base_url,
+            keys=[ApiKeyConfig(key=secret, name="main")],
+            key_hosts=[urlsplit(fake.regional_url).netloc],
+            **FAST_POLLS,
         )
         async with bfl(cfg) as provider:
             fake.fail_next(429, headers={"Retry-After": "0.01"})
@@ -438,7 +449,7 @@ async def test_the_fake_validates_like_the_api() -> None:
         bad = await client.post(
             f"{fake.base_url}/flux-pro-1.1",
             headers={"x-key": "k1"},
-            json={"prompt": "x", "width": 1000, "height": 64, "output_format": "webp"},
+            json={"prompt": "x", "width": 1000, "height": 64, "output_format": "gif"},
         )
         no_key = await client.post(f"{fake.base_url}/flux-pro-1.1", json={"prompt": "x"})
         unknown = await client.post(

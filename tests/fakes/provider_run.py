@@ -43,6 +43,7 @@ class Recorder:
         self.images: dict[int, ResultImage] = dict(images or {})
         self.submissions: list[tuple[str, dict[str, Any]]] = []
         self.fractions: list[float] = []
+        self.costs: list[tuple[float, str]] = []
         self.task_known = asyncio.Event()  # set on the first ``submitted``
         self.on_submitted = on_submitted
         self.restart_after_submissions = restart_after_submissions
@@ -65,6 +66,9 @@ class Recorder:
 
     def has_image(self, index: int) -> bool:
         return index in self.images
+
+    def cost(self, amount: float, unit: str) -> None:
+        self.costs.append((amount, unit))
 
     def resumed(self) -> Recorder:
         """The same job after a restart: the stored task and the pictures already kept."""
