@@ -485,3 +485,145 @@ async def test_a_job_of_two_pictures_through_the_core(app_factory: Any) -> None:
     assert view.status == "succeeded" and len(view.images) == 2
     assert [c.body["seed"] for c in fake.submits] == [7, 8]
     assert all((c.body["width"], c.body["height"]) == (1024, 576) for c in fake.submits)
+
+
+# --- issue 17: what providers.md documents ---------------------------------------------------
+
+
+async def test_webp_output_is_asked_for_and_delivered() -> None:
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, output_format="webp")) as provider:
+        run = Recorder(request())
+        await provider.generate(run)
+    assert fake.submits[0].body["output_format"] == "webp"
+    data = run.images[0].data
+    assert data is not None and Image.open(io.BytesIO(data)).format == "WEBP"
+
+
+async def test_each_task_reports_its_cost_in_credits() -> None:
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        run = Recorder(request(n=2))
+        await provider.generate(run)
+        ultra = Recorder(request(model="flux-pro-1.1-ultra"))
+        await provider.generate(ultra)
+        # GET /v1/credits: what is left after 4 + 4 + 6 credits
+        assert await provider.account_status() == "986 credits left"
+    assert run.costs == [(4.0, "credits"), (4.0, "credits")]
+    assert ultra.costs == [(6.0, "credits")]
+
+
+async def test_account_status_fails_quietly() -> None:
+    async with FakeBfl() as fake:
+        cfg = config(fake)
+    # the fake is gone: nothing listens there any more
+    async with bfl(cfg) as provider:
+        assert await provider.account_status() is None
+
+
+async def test_raw_and_prompt_upsampling_go_where_documented() -> None:
+    cfg_kw = {"raw": True, "prompt_upsampling": True}
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, **cfg_kw)) as provider:
+        for model in ("flux-pro-1.1-ultra", "flux-pro-1.1", "flux-2-pro", "flux-2-flex"):
+            await provider.generate(Recorder(request(model=model)))
+    ultra, pro, two_pro, flex = (c.body for c in fake.submits)
+    assert ultra["raw"] is True and ultra["prompt_upsampling"] is True
+    assert "raw" not in pro and pro["prompt_upsampling"] is True
+    # flux-2-pro does not take prompt_upsampling (the fake answers 422 to unknown fields)
+    assert "prompt_upsampling" not in two_pro and "raw" not in two_pro
+    assert flex["prompt_upsampling"] is True
+    assert all(c.status == 200 for c in fake.submits)
+
+
+async def test_flux2_takes_several_input_pictures() -> None:
+    pictures = tuple(png(40 + i, 30) for i in range(6))
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        for model in ("flux-2-pro", "flux-2-klein-4b", "flux-kontext-max"):
+            run = Recorder(request(model=model, kind="img2img", init_images=pictures))
+            await provider.generate(run)
+            assert 0 in run.images
+    pro, klein, kontext = fake.tasks.values()
+    assert [pro.images[k] for k in ["input_image"] + [f"input_image_{i}" for i in range(2, 7)]] == [
+        *pictures
+    ]
+    assert len(klein.images) == 4  # klein takes up to 4
+    assert len(kontext.images) == 4 and kontext.images["input_image"] == pictures[0]
+    assert pro.body["safety_tolerance"] == 2 and "width" in pro.body
+
+
+async def test_the_key_goes_only_to_bfl_hosts() -> None:
+    """A polling URL on another host (here another loopback port) never gets the key."""
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def spy(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"status": "Pending"})
+
+    spy_app = web.Application()
+    spy_app.router.add_get("/{tail:.*}", spy)
+    runner = web.AppRunner(spy_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+            fake.polling_base = f"http://127.0.0.1:{port}/v1/get_result"
+            failure = await failure_of(provider, Recorder(request()))
+            assert "not a BFL host" in failure.message
+            # a resumed task whose stored URL names another host is refused the same way
+            resumed = Recorder(
+                request(), task_id="t1", state={"key": "k1", "polling_url": fake.polling_base}
+            )
+            failure = await failure_of(provider, resumed)
+            assert "not a BFL host" in failure.message
+    finally:
+        await runner.cleanup()
+    assert seen == []  # nothing reached it, key or not
+    assert provider._key_goes_to("https://api.us1.bfl.ai/v1/get_result?id=x")
+    assert provider._key_goes_to("https://api.bfl.ai/v1/get_result?id=x")
+    assert not provider._key_goes_to("https://api.bfl.ai.evil.example/v1/get_result")
+    assert not provider._key_goes_to("https://notbfl.ai/v1/get_result")
+
+
+async def test_cost_is_recorded_per_job_and_shown_in_stats(app_factory) -> None:
+    from sqlalchemy import select
+
+    from bot.chat import UserRef
+    from bot.commands import Incoming
+    from storage.models import Job
+
+    async with FakeBfl(delay_s=0.05) as fake:
+        app = await app_factory(
+            providers={
+                "default": "bfl",
+                "bfl": {
+                    "base_url": fake.base_url,
+                    "keys": [{"key": "k1"}],
+                    "key_hosts": [urlsplit(fake.regional_url).netloc],
+                    **FAST_POLLS,
+                },
+            }
+        )
+        adapter = app.adapters["test"]
+        boss = UserRef("test", "1", "@boss")
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/imagine a fox --n 2", reply_to=REPLY, is_admin=True)
+        )
+        assert not r.error, r.text
+        await adapter.wait_for(lambda: len(adapter.of_kind("finished")) == 1)
+        async with app.db.session() as s:
+            row = (await s.execute(select(Job.provider_cost, Job.provider_cost_unit))).one()
+        assert tuple(row) == (8.0, "credits")
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/stats", reply_to=REPLY, is_admin=True)
+        )
+        lines = r.text.splitlines()
+        assert "bfl billed in the last 24 h: 8 credits" in lines
+        assert "bfl account: 992 credits left" in lines
+        fake.keys.clear()  # the balance cannot be read now: /stats still answers
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/stats", reply_to=REPLY, is_admin=True)
+        )
+        assert not r.error and "bfl billed in the last 24 h: 8 credits" in r.text.splitlines()
+        assert not any("account" in line for line in r.text.splitlines())
