@@ -153,7 +153,7 @@ async def main() -> None:
             f"{statistics.mean(polls):.1f} (max {max(polls)})" if polls else "-",
             f"{cold} / {warm}",
         )
-    Console().print(table)
+    Console(width=130).print(table)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class TaskTimes:
         # Set (and replaced) whenever an estimate changes: tasks waiting for their next poll
         # re-plan it, so a batch's first task to end shows its siblings when to look.
         self.changed = asyncio.Event()
+        self.cold: dict[str, int] = {}  # tasks started on each model not learnt yet
 
     def expected(self, model: str) -> Estimate | None:
         return self.models.get(model)
@@ -145,7 +146,11 @@ def poll_window(est: Estimate) -> float:
 
 
 def next_poll_at(
-    section: CloudProviderSection, est: Estimate | None, last: float | None, n: int
+    section: CloudProviderSection,
+    est: Estimate | None,
+    last: float | None,
+    n: int,
+    phase: float = 0.0,
 ) -> float:
     """When (seconds since submission) to poll next, after poll ``n`` at ``last``.
 
@@ -154,9 +159,13 @@ def next_poll_at(
     when that is under ``poll_first_s`` from the window), then m - w and m + w, then waits
     of w, 2w, 4w, ... capped at ``poll_max_interval_s``."""
     if est is None:
+        # ``phase`` (0..1) shifts the schedule by a fraction of one step: tasks of a model
+        # not learnt yet that run side by side interleave their polls, so together they see
+        # its end soon after it comes (and :class:`TaskTimes` tells the others).
+        first = section.poll_first_s * section.poll_factor**phase
         if last is None:
-            return section.poll_first_s
-        wait = section.poll_first_s * section.poll_factor ** max(n, 0)
+            return first
+        wait = first * section.poll_factor ** max(n, 0)
         return last + min(wait, section.poll_max_interval_s)
     w = poll_window(est)
     before, after = est.mean - w, est.mean + w
@@ -199,17 +208,20 @@ class TaskPolls:
         self.n = 0
         self.last: float | None = None  # seconds since start of the last poll
         self.before_last: float | None = None
+        # Side-by-side tasks of a model not learnt yet take turns: phases 0, 1/2, 1/4, 3/4.
+        self.phase = 0.0
+        if times is not None and not resumed and times.expected(model) is None:
+            k = times.cold.get(model, 0)
+            times.cold[model] = k + 1
+            self.phase = (0.0, 0.5, 0.25, 0.75)[k % 4]
 
     def __aiter__(self) -> TaskPolls:
         return self
 
     async def __anext__(self) -> int:
-        jitter = random.uniform(0.95, 1.05)
         while True:
             est = self.times.expected(self.model) if self.times and not self.resumed else None
-            due = next_poll_at(self.section, est, self.last, self.n)
-            if est is None:  # no schedule to keep: spread the polls of parallel tasks a little
-                due = (self.last or 0.0) + (due - (self.last or 0.0)) * jitter
+            due = next_poll_at(self.section, est, self.last, self.n, self.phase)
             wait = due - (time.monotonic() - self.started)
             if wait <= 0:
                 break
