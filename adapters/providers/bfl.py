@@ -5,14 +5,25 @@ The API is asynchronous: ``POST /v1/{model}`` with the key in ``x-key`` answers
 host: the docs say to poll it as given) until its status is ``Ready``, and ``result.sample``
 is a signed URL that expires after about ten minutes, so the picture is fetched at once.
 
-Models and sizes. ``flux-pro-1.1`` and ``flux-dev`` take ``width``/``height`` (multiples of
-32, 256..1440); ``flux-pro-1.1-ultra`` and ``flux-kontext-pro`` take an ``aspect_ratio``
-string instead (21:9 .. 9:21), mapped from the size the core resolved to the nearest common
-ratio. img2img sends the input picture as base64: ``image_prompt`` (Redux-style remix) for
-the pro/dev/ultra models, ``input_image`` (an edit) for Kontext. Only ultra documents
-``image_prompt_strength``, which weighs the *input picture* (1 keeps it), while sdhost's
-``--strength`` says how much the picture may *change* (1 changes it completely): it is sent
-as ``1 - strength``.
+Models and sizes (shared/api/providers.md, "Black Forest Labs FLUX API").
+``flux-pro-1.1`` and ``flux-dev`` take ``width``/``height`` (multiples of 32, 256..1440), as
+does FLUX.2 (``flux-2-pro``, ``-max``, ``-flex``, ``-klein-4b``/``-9b``: multiples of 16, so
+the same sizes work); ``flux-pro-1.1-ultra`` and Kontext (``flux-kontext-pro``/``-max``)
+take an ``aspect_ratio`` string instead (21:9 .. 9:21), mapped from the size the core
+resolved to the nearest common ratio. img2img sends the input pictures as base64:
+``image_prompt`` (Redux-style remix) for pro/dev/ultra, ``input_image``, ``input_image_2``,
+... for Kontext (4) and FLUX.2 (8, klein 4). img2img on the default model goes to
+``edit_model`` (FLUX.2 [pro]: BFL marks Kontext legacy for editing). Only ultra documents
+``image_prompt_strength`` ("blend between the prompt and the image prompt", default 0.1),
+read as the weight of the *input picture* (1 keeps it; the docs do not say so plainly),
+while sdhost's ``--strength`` says how much the picture may *change* (1 changes it
+completely): it is sent as ``1 - strength``. ``raw`` (ultra) and ``prompt_upsampling``
+(the models that document it) come from the settings. The submit answer's ``cost`` (credits)
+is reported to the core with ``run.cost``; ``account_status`` reads ``GET /v1/credits``.
+
+The key travels with every poll, so it goes only to BFL's hosts (``*.bfl.ai``), the
+configured ``base_url``'s host and ``key_hosts``: a polling URL naming any other host fails
+the task clearly instead.
 
 Several pictures per job. The API makes one picture per task, so a job of n pictures is n
 tasks, run one after another under the one key slot the job holds (so a job never has more

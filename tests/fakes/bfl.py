@@ -31,6 +31,9 @@ Deliberate deviations from the real service (small, and written down so tests ar
 * Polling another key's task answers ``Task not found`` (what the real API does there is
   not documented).
 * ``progress`` while Pending is a fraction 0..1.
+* ``cost`` per task (4 credits, ultra 6, kontext-max 8, flux-2-max 7) and the starting
+  balance (1000) are fake prices; ``input_mp``/``output_mp`` are rough.
+* FLUX.2 sides are capped at 2048 here (the docs give a 4 MP total).
 * Ratio models (ultra, Kontext) return about 1 MP (ultra really makes about 4 MP); pictures are
   flat colours derived from the seed. The 429 and 403 texts are fake wording.
 """
