@@ -58,6 +58,10 @@ class ResolvedRequest:
     # Several input pictures (a reply to an album), for providers that take them; the first
     # is init_image. The chat layer does not fill this yet.
     init_images: tuple[bytes, ...] = ()
+    # Inpaint (a mask: white = redraw) and outpaint (pixels to add: top, bottom, left,
+    # right), for providers that have them; no chat action fills these yet.
+    mask: bytes | None = None
+    expand: tuple[int, int, int, int] | None = None
 
 
 @dataclass(slots=True)

@@ -627,3 +627,19 @@ async def test_cost_is_recorded_per_job_and_shown_in_stats(app_factory) -> None:
         )
         assert not r.error and "bfl billed in the last 24 h: 8 credits" in r.text.splitlines()
         assert not any("account" in line for line in r.text.splitlines())
+
+
+async def test_fill_and_expand_inpaint_and_outpaint_at_the_provider_level() -> None:
+    picture, mask = png(64, 48), png(64, 48)
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        base = {"kind": "img2img", "init_image": picture}
+        fill = Recorder(request(model="flux-pro-1.0-fill", mask=mask, steps=10, **base))
+        await provider.generate(fill)
+        grow = Recorder(request(model="flux-pro-1.0-expand", expand=(0, 0, 32, 16), **base))
+        await provider.generate(grow)
+    filled, grown = fake.tasks.values()
+    assert filled.images == {"image": picture, "mask": mask}
+    assert filled.body["steps"] == 15  # the documented minimum
+    assert (grown.body["left"], grown.body["right"], grown.body["top"]) == (32, 16, 0)
+    assert size_of(grow.images[0]) == (64 + 48, 48)
+    assert size_of(fill.images[0]) == (64, 48)

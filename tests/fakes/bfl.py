@@ -130,6 +130,20 @@ SCHEMAS["flux-2-max"] = _flux2(8)
 SCHEMAS["flux-2-flex"] = _flux2(8, flex=True)
 SCHEMAS["flux-2-klein-4b"] = _flux2(4)
 SCHEMAS["flux-2-klein-9b"] = _flux2(4)
+_EDIT = {k: v for k, v in _COMMON.items() if k != "prompt_upsampling"}
+_EDIT_STEPS = {
+    "image": ("image", {"required": True}),
+    "steps": ("int", {"ge": 15, "le": 50, "nullable": True}),
+    "guidance": ("num", {"ge": 1.5, "le": 100, "nullable": True}),
+}
+# providers.md, "Black Forest Labs FLUX API", Models: fill (image + mask) and expand (image;
+# top/bottom/left/right 0..2048 px).
+SCHEMAS["flux-pro-1.0-fill"] = {**_EDIT, **_EDIT_STEPS, "mask": ("image", {"nullable": True})}
+SCHEMAS["flux-pro-1.0-expand"] = {
+    **_EDIT,
+    **_EDIT_STEPS,
+    **{side: ("int", {"ge": 0, "le": 2048}) for side in ("top", "bottom", "left", "right")},
+}
 # What a task costs in credits (the submit answer's ``cost``; fake prices).
 COSTS = {"flux-pro-1.1-ultra": 6.0, "flux-kontext-max": 8.0, "flux-2-max": 7.0}
 DEFAULT_FORMAT = {
@@ -603,7 +617,12 @@ class FakeBfl:
 
     def _draw(self, task: Task) -> bytes:
         body = task.body
-        if "width" in body:
+        if "image" in task.images:
+            with Image.open(io.BytesIO(task.images["image"])) as source:
+                w, h = source.size
+            w += int(body.get("left", 0)) + int(body.get("right", 0))
+            h += int(body.get("top", 0)) + int(body.get("bottom", 0))
+        elif "width" in body:
             w, h = int(body["width"]), int(body["height"])
         else:
             a, _, b = str(body.get("aspect_ratio") or "1:1").partition(":")
