@@ -78,6 +78,9 @@ KONTEXT_MODELS = frozenset({"flux-kontext-pro", "flux-kontext-max"})
 FLUX2_MODELS = ("flux-2-pro", "flux-2-max", "flux-2-flex", "flux-2-klein-4b", "flux-2-klein-9b")
 FLUX2_INPUTS = {m: (4 if "klein" in m else 8) for m in FLUX2_MODELS}
 KONTEXT_INPUTS = 4  # input_image .. input_image_4 (2..4 experimental)
+# Inpaint and outpaint (provider level: ResolvedRequest.mask / .expand; not listed in
+# /models until a chat action fills them).
+FILL_MODEL, EXPAND_MODEL = "flux-pro-1.0-fill", "flux-pro-1.0-expand"
 # Models documented to take prompt_upsampling (not flux-2-pro, -max, -klein).
 UPSAMPLING_MODELS = frozenset(
     {"flux-pro-1.1", "flux-pro-1.1-ultra", "flux-dev", *KONTEXT_MODELS, "flux-2-flex"}
@@ -287,6 +290,8 @@ class BflProvider(Provider):
 
     def body(self, req: ResolvedRequest, model: str, index: int) -> dict[str, Any]:
         """The documented JSON body for picture ``index`` of a request on ``model``."""
+        if model in (FILL_MODEL, EXPAND_MODEL):
+            return self._edit_body(req, model, index)
         body: dict[str, Any] = {"prompt": req.prompt, "seed": req.seed + index}
         if model in RATIO_MODELS:
             body["aspect_ratio"] = nearest_ratio(req.width, req.height)
@@ -317,6 +322,32 @@ class BflProvider(Provider):
         body["output_format"] = self.config.output_format
         tolerance = self.config.safety_tolerance
         body["safety_tolerance"] = min(tolerance, 5) if model in FLUX2_MODELS else tolerance
+        return body
+
+    def _edit_body(self, req: ResolvedRequest, model: str, index: int) -> dict[str, Any]:
+        """Inpaint (``flux-pro-1.0-fill``: image + mask) or outpaint (``flux-pro-1.0-expand``:
+        image + pixels to add on each side), per providers.md."""
+        picture = req.init_images[0] if req.init_images else req.init_image
+        if picture is None:
+            raise ProviderFailure(FailureClass.BAD_INPUT, f"{model} needs an input picture")
+        body: dict[str, Any] = {
+            "prompt": req.prompt,
+            "seed": req.seed + index,
+            "image": base64.b64encode(picture).decode("ascii"),
+        }
+        if model == FILL_MODEL:
+            if req.mask is not None:
+                body["mask"] = base64.b64encode(req.mask).decode("ascii")
+        else:
+            top, bottom, left, right = req.expand or (0, 0, 0, 0)
+            sides = {"top": top, "bottom": bottom, "left": left, "right": right}
+            body |= {k: min(max(int(v), 0), 2048) for k, v in sides.items()}
+        if req.steps is not None:
+            body["steps"] = min(max(req.steps, 15), 50)
+        if req.cfg is not None:
+            body["guidance"] = req.cfg
+        body["output_format"] = self.config.output_format
+        body["safety_tolerance"] = self.config.safety_tolerance
         return body
 
     # --- HTTP ------------------------------------------------------------------------------
