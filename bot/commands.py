@@ -556,7 +556,30 @@ class Commands:
             t(lang, "stats.credits", spent=s.spent, charged=s.charged, refunded=s.refunded),
             t(lang, "stats.people", people=s.people),
         ]
+        for provider, unit, amount in s.provider_spend:
+            lines.append(
+                t(lang, "stats.provider_spend", provider=provider, amount=f"{amount:g}", unit=unit)
+            )
+        lines += await self._account_lines(lang)
         return Reply("\n".join(lines), lang=lang)
+
+    async def _account_lines(self, lang: str) -> list[str]:
+        """Each provider's own word on the operator's account (a balance), asked at once
+        with a short timeout; a provider that fails or is slow is left out."""
+        providers = list(self.jobs.router.providers.items())
+
+        async def ask(provider: Any) -> str | None:
+            try:
+                return await asyncio.wait_for(provider.account_status(), 5.0)
+            except Exception:  # optional and best effort: /stats must answer regardless
+                return None
+
+        answers = await asyncio.gather(*(ask(p) for _, p in providers))
+        return [
+            t(lang, "stats.account", provider=name, status=answer)
+            for (name, _), answer in zip(providers, answers, strict=True)
+            if answer
+        ]
 
     async def _target(self, msg: Incoming, text: str, cmd: str) -> UserRef:
         """The person an admin command is about: ``@name``, an id, or ``platform:id``."""

@@ -146,10 +146,12 @@ class CloudProviderSection(ProviderSection):
     keys: list[ApiKeyConfig] = []
     concurrency: int = Field(16, ge=1)
     request_timeout_s: float = Field(30, gt=0)
-    # Polling a task: the first wait, growing by poll_factor up to poll_max_interval_s.
+    # Polling a task of a model not seen yet: the first wait, growing by poll_factor up to
+    # poll_max_interval_s (7 polls for a 30 s task). Once a model's tasks have ended, polls
+    # gather around its learnt duration (adapters/providers/cloud.py).
     poll_first_s: float = Field(1.0, gt=0)
-    poll_factor: float = Field(1.5, ge=1)
-    poll_max_interval_s: float = Field(5.0, gt=0)
+    poll_factor: float = Field(1.6, ge=1)
+    poll_max_interval_s: float = Field(8.0, gt=0)
     # Throttled or failing calls are retried this many times, honouring Retry-After.
     max_retries: int = Field(4, ge=0)
 
@@ -222,8 +224,19 @@ class LiblibConfig(CloudProviderSection):
 class BflConfig(CloudProviderSection):
     base_url: str = "https://api.bfl.ai/v1"
     default_model: str = "flux-pro-1.1"
-    output_format: Literal["png", "jpeg"] = "png"
+    # img2img on the default model goes to this one (empty: the default model itself);
+    # BFL recommends FLUX.2 [pro] for editing over the legacy Kontext.
+    edit_model: str = "flux-2-pro"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
     safety_tolerance: int = Field(2, ge=0, le=6)
+    # Hosts (host or host:port) besides *.bfl.ai and base_url's that may receive the key
+    # when a task's polling URL names them: a proxy or mirror of yours.
+    key_hosts: list[str] = []
+    # flux-pro-1.1-ultra only: less processed, more natural-looking pictures.
+    raw: bool = False
+    # Let BFL rewrite the prompt into a richer one (models that take it: flux-pro-1.1,
+    # ultra, dev, Kontext, flux-2-flex).
+    prompt_upsampling: bool = False
 
 
 ANON_HORDE_KEY = "0000000000"  # AI Horde's anonymous key: works, with the lowest priority

@@ -396,6 +396,11 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "最近 24 小时消耗积分：{spent}（扣除 {charged}，退还 {refunded}）",
     },
     "stats.people": {"en": "people: {people}", "zh": "用户数：{people}"},
+    "stats.provider_spend": {
+        "en": "{provider} billed in the last 24 h: {amount} {unit}",
+        "zh": "最近 24 小时 {provider} 计费：{amount} {unit}",
+    },
+    "stats.account": {"en": "{provider} account: {status}", "zh": "{provider} 账户：{status}"},
     # --- errors ----------------------------------------------------------------------------
     "error.internal": {
         "en": "something went wrong on our side (ref {ref}); /jobs and /credits show "

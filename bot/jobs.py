@@ -138,6 +138,8 @@ class Stats:
     refunded: int  # credits refunded in the window
     people: int
     window_s: float
+    # what providers billed the operator in the window: (provider, unit, amount)
+    provider_spend: list[tuple[str, str, float]] = field(default_factory=list)
 
     @property
     def spent(self) -> int:

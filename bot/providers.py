@@ -64,12 +64,16 @@ class ResolvedRequest:
     sampler: str | None = None
     strength: float | None = None
     init_image: bytes | None = None  # PNG, already validated and re-encoded
-    # PNG the size of init_image: white = change, black = keep (inpainting); no chat action
-    # sets it yet, only providers read it
-    mask_image: bytes | None = None
     # The chat the job came from may see NSFW pictures (its policy is "allow"); providers
     # that filter at the source (AI Horde's nsfw/censor_nsfw) follow it.
     nsfw_ok: bool = False
+    # Several input pictures (a reply to an album), for providers that take them; the first
+    # is init_image. The chat layer does not fill this yet.
+    init_images: tuple[bytes, ...] = ()
+    # Inpaint (a mask: white = redraw) and outpaint (pixels to add: top, bottom, left,
+    # right), for providers that have them; no chat action fills these yet.
+    mask: bytes | None = None
+    expand: tuple[int, int, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -100,12 +104,14 @@ class ProviderRun(Protocol):
         """``queue_position``/``wait_s``: the job waits in the provider's own queue (AI
         Horde), at that place, expected to start in about that many seconds."""
 
-    async def cost(self, amount: float, unit: str) -> None:
-        """What the provider billed for the job (``unit``: "credits", "kudos"...)."""
-
     async def image(self, index: int, result: ResultImage) -> None: ...
 
     def has_image(self, index: int) -> bool: ...
+
+    def cost(self, amount: float, unit: str) -> None:
+        """What the provider billed for a task of this job (4.0 "credits", 12 "kudos"):
+        added up and recorded with the job for the operator's /stats."""
+        ...
 
 
 QUEUED = "queued"
@@ -133,3 +139,8 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027
         pass
+
+    async def account_status(self) -> str | None:
+        """Optional: a short line on the operator's account (e.g. the balance left), for
+        /stats; None when the provider has nothing to say. Must be quick and never raise."""
+        return None

@@ -80,19 +80,43 @@ class _Run:
         self._last_db_progress = 0.0
         self._last_percent = -1
         self._last_stage = ""
+        # What the provider billed for this job so far (earlier attempts included); written
+        # with the job's next update.
+        self.cost_amount: float | None = getattr(job, "provider_cost", None)
+        self.cost_unit: str | None = getattr(job, "provider_cost_unit", None)
+        self.cost_dirty = False
 
     def has_image(self, index: int) -> bool:
         return index in self.images
+
+    def cost(self, amount: float, unit: str) -> None:
+        """The provider billed ``amount`` ``unit`` (e.g. "credits") for a task of this job;
+        added to the job's ``provider_cost`` with its next update."""
+        if self.cost_unit not in (None, unit):
+            return  # one unit per job: a provider reports in one currency
+        self.cost_amount = (self.cost_amount or 0.0) + float(amount)
+        self.cost_unit = unit
+        self.cost_dirty = True
+
+    def cost_values(self) -> dict[str, Any]:
+        """The cost columns to write with the next update (and mark them written)."""
+        if not self.cost_dirty:
+            return {}
+        self.cost_dirty = False
+        return {"provider_cost": self.cost_amount, "provider_cost_unit": self.cost_unit}
 
     async def submitted(self, task_id: str, state: dict[str, Any] | None = None) -> None:
         first = self.task_id is None
         self.task_id = task_id
         self.state = dict(state or {})
         if not first:  # another task of the same job (one per picture): keep the progress
-            await self.sched._update(self.job, provider_task_id=task_id, provider_state=self.state)
+            await self.sched._update(
+                self.job, self, provider_task_id=task_id, provider_state=self.state
+            )
             return
         await self.sched._update(
             self.job,
+            self,
             provider_task_id=task_id,
             provider_state=self.state,
             submitted_at=now(),
@@ -120,10 +144,6 @@ class _Run:
             self._last_db_progress = t
             await self.sched._update(self.job, progress=pct, stage=stage)
         await self.sched._progress(self.job, pct, stage)
-
-    async def cost(self, amount: float, unit: str) -> None:
-        """What the provider billed for the job (BFL credits, Horde kudos), for the operator."""
-        await self.sched._update(self.job, provider_cost=float(amount), provider_cost_unit=unit)
 
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
@@ -620,6 +640,8 @@ class Scheduler:
         """Change our running job and record the run's pending pictures with it; LeaseLost
         if the job is no longer ours."""
         written = list(run.pending) if run is not None else []
+        if run is not None:
+            values = {**values, **run.cost_values()}
 
         def tx(conn: Connection) -> bool:
             if not repos.update_owned(conn, job.id, self.owner, **values):
@@ -650,6 +672,9 @@ class Scheduler:
             if current is None:
                 return False  # our lease lapsed and someone else owns it now
             self._write_pictures(conn, run.pending if run is not None else [])
+            cost = run.cost_values() if run is not None else {}
+            if cost:
+                repos.update_owned(conn, job.id, self.owner, **cost)
             finish_job(
                 conn,
                 self.config,

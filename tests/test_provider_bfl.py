@@ -10,6 +10,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -45,6 +46,7 @@ def request(**kw: Any) -> ResolvedRequest:
 
 def config(fake: FakeBfl, keys: tuple[str, ...] = ("k1",), concurrency: int = 2, **kw: Any):
     settings: dict[str, Any] = {**FAST_POLLS, "max_retries": 4, **kw}
+    settings.setdefault("key_hosts", [urlsplit(fake.regional_url).netloc])  # "api.us1.bfl.ai"
     return BflConfig(
         base_url=fake.base_url,
         keys=[ApiKeyConfig(key=k, name=k, concurrency=concurrency) for k in keys],
@@ -86,7 +88,8 @@ async def test_capabilities_make_the_core_resolve_sizes_in_steps_of_32() -> None
         caps = provider.capabilities()
     assert caps.kinds == {"txt2img", "img2img"}
     names = [m.name for m in caps.models]
-    assert names == ["flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro"]
+    assert names[:4] == ["flux-pro-1.1", "flux-dev", "flux-pro-1.1-ultra", "flux-kontext-pro"]
+    assert {"flux-kontext-max", "flux-2-pro", "flux-2-max", "flux-2-flex"} <= set(names)
     assert caps.default_model == "flux-pro-1.1"
     assert (caps.min_size, caps.max_size, caps.size_multiple) == (256, 1440, 32)
     assert caps.max_images == 4
@@ -188,21 +191,26 @@ async def test_flux_dev_passes_steps_and_guidance() -> None:
 
 async def test_img2img_sends_the_input_picture() -> None:
     picture = png()
-    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+    async with FakeBfl(delay_s=0.05) as first, bfl(config(first)) as provider:
         base = {"kind": "img2img", "init_image": picture, "strength": 0.7}
         await provider.generate(Recorder(request(**base)))
         await provider.generate(Recorder(request(model="flux-pro-1.1-ultra", **base)))
         await provider.generate(Recorder(request(model="flux-kontext-pro", **base)))
-    pro, ultra, kontext = fake.tasks.values()
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, edit_model="")) as provider:
+        await provider.generate(Recorder(request(**base)))
+    edit, ultra, kontext = list(first.tasks.values())
+    # img2img on the default model goes to FLUX.2 [pro] (BFL's recommendation for editing)
+    assert edit.model == "flux-2-pro" and edit.images["input_image"] == picture
+    (pro,) = fake.tasks.values()
     assert fake.submits[0].body["image_prompt"] == base64.b64encode(picture).decode()
     assert pro.images["image_prompt"] == picture
     # flux-pro-1.1 documents no strength; ultra weighs the input picture (1 keeps it), the
     # opposite of --strength (1 changes it completely)
     assert "image_prompt_strength" not in fake.submits[0].body
     assert ultra.images["image_prompt"] == picture
-    assert fake.submits[1].body["image_prompt_strength"] == pytest.approx(0.3)
+    assert first.submits[1].body["image_prompt_strength"] == pytest.approx(0.3)
     assert kontext.images["input_image"] == picture
-    assert "image_prompt" not in fake.submits[2].body
+    assert "image_prompt" not in first.submits[2].body
 
 
 # --- polling, resume, keys -------------------------------------------------------------------
@@ -418,7 +426,10 @@ async def test_the_key_is_never_logged(caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.DEBUG)
     async with FakeBfl(keys={secret}, delay_s=0.05) as fake:
         cfg = BflConfig(
-            base_url=fake.base_url, keys=[ApiKeyConfig(key=secret, name="main")], **FAST_POLLS
+            base_url=fake.base_url,
+            keys=[ApiKeyConfig(key=secret, name="main")],
+            key_hosts=[urlsplit(fake.regional_url).netloc],
+            **FAST_POLLS,
         )
         async with bfl(cfg) as provider:
             fake.fail_next(429, headers={"Retry-After": "0.01"})
@@ -438,7 +449,7 @@ async def test_the_fake_validates_like_the_api() -> None:
         bad = await client.post(
             f"{fake.base_url}/flux-pro-1.1",
             headers={"x-key": "k1"},
-            json={"prompt": "x", "width": 1000, "height": 64, "output_format": "webp"},
+            json={"prompt": "x", "width": 1000, "height": 64, "output_format": "gif"},
         )
         no_key = await client.post(f"{fake.base_url}/flux-pro-1.1", json={"prompt": "x"})
         unknown = await client.post(
@@ -474,3 +485,161 @@ async def test_a_job_of_two_pictures_through_the_core(app_factory: Any) -> None:
     assert view.status == "succeeded" and len(view.images) == 2
     assert [c.body["seed"] for c in fake.submits] == [7, 8]
     assert all((c.body["width"], c.body["height"]) == (1024, 576) for c in fake.submits)
+
+
+# --- issue 17: what providers.md documents ---------------------------------------------------
+
+
+async def test_webp_output_is_asked_for_and_delivered() -> None:
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, output_format="webp")) as provider:
+        run = Recorder(request())
+        await provider.generate(run)
+    assert fake.submits[0].body["output_format"] == "webp"
+    data = run.images[0].data
+    assert data is not None and Image.open(io.BytesIO(data)).format == "WEBP"
+
+
+async def test_each_task_reports_its_cost_in_credits() -> None:
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        run = Recorder(request(n=2))
+        await provider.generate(run)
+        ultra = Recorder(request(model="flux-pro-1.1-ultra"))
+        await provider.generate(ultra)
+        # GET /v1/credits: what is left after 4 + 4 + 6 credits
+        assert await provider.account_status() == "986 credits left"
+    assert run.costs == [(4.0, "credits"), (4.0, "credits")]
+    assert ultra.costs == [(6.0, "credits")]
+
+
+async def test_account_status_fails_quietly() -> None:
+    async with FakeBfl() as fake:
+        cfg = config(fake)
+    # the fake is gone: nothing listens there any more
+    async with bfl(cfg) as provider:
+        assert await provider.account_status() is None
+
+
+async def test_raw_and_prompt_upsampling_go_where_documented() -> None:
+    cfg_kw = {"raw": True, "prompt_upsampling": True}
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake, **cfg_kw)) as provider:
+        for model in ("flux-pro-1.1-ultra", "flux-pro-1.1", "flux-2-pro", "flux-2-flex"):
+            await provider.generate(Recorder(request(model=model)))
+    ultra, pro, two_pro, flex = (c.body for c in fake.submits)
+    assert ultra["raw"] is True and ultra["prompt_upsampling"] is True
+    assert "raw" not in pro and pro["prompt_upsampling"] is True
+    # flux-2-pro does not take prompt_upsampling (the fake answers 422 to unknown fields)
+    assert "prompt_upsampling" not in two_pro and "raw" not in two_pro
+    assert flex["prompt_upsampling"] is True
+    assert all(c.status == 200 for c in fake.submits)
+
+
+async def test_flux2_takes_several_input_pictures() -> None:
+    pictures = tuple(png(40 + i, 30) for i in range(6))
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        for model in ("flux-2-pro", "flux-2-klein-4b", "flux-kontext-max"):
+            run = Recorder(request(model=model, kind="img2img", init_images=pictures))
+            await provider.generate(run)
+            assert 0 in run.images
+    pro, klein, kontext = fake.tasks.values()
+    assert [pro.images[k] for k in ["input_image"] + [f"input_image_{i}" for i in range(2, 7)]] == [
+        *pictures
+    ]
+    assert len(klein.images) == 4  # klein takes up to 4
+    assert len(kontext.images) == 4 and kontext.images["input_image"] == pictures[0]
+    assert pro.body["safety_tolerance"] == 2 and "width" in pro.body
+
+
+async def test_the_key_goes_only_to_bfl_hosts() -> None:
+    """A polling URL on another host (here another loopback port) never gets the key."""
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def spy(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"status": "Pending"})
+
+    spy_app = web.Application()
+    spy_app.router.add_get("/{tail:.*}", spy)
+    runner = web.AppRunner(spy_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+            fake.polling_base = f"http://127.0.0.1:{port}/v1/get_result"
+            failure = await failure_of(provider, Recorder(request()))
+            assert "not a BFL host" in failure.message
+            # a resumed task whose stored URL names another host is refused the same way
+            resumed = Recorder(
+                request(), task_id="t1", state={"key": "k1", "polling_url": fake.polling_base}
+            )
+            failure = await failure_of(provider, resumed)
+            assert "not a BFL host" in failure.message
+    finally:
+        await runner.cleanup()
+    assert seen == []  # nothing reached it, key or not
+    assert provider._key_goes_to("https://api.us1.bfl.ai/v1/get_result?id=x")
+    assert provider._key_goes_to("https://api.bfl.ai/v1/get_result?id=x")
+    assert not provider._key_goes_to("https://api.bfl.ai.evil.example/v1/get_result")
+    assert not provider._key_goes_to("https://notbfl.ai/v1/get_result")
+
+
+async def test_cost_is_recorded_per_job_and_shown_in_stats(app_factory) -> None:
+    from sqlalchemy import select
+
+    from bot.chat import UserRef
+    from bot.commands import Incoming
+    from storage.models import Job
+
+    async with FakeBfl(delay_s=0.05) as fake:
+        app = await app_factory(
+            providers={
+                "default": "bfl",
+                "bfl": {
+                    "base_url": fake.base_url,
+                    "keys": [{"key": "k1"}],
+                    "key_hosts": [urlsplit(fake.regional_url).netloc],
+                    **FAST_POLLS,
+                },
+            }
+        )
+        adapter = app.adapters["test"]
+        boss = UserRef("test", "1", "@boss")
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/imagine a fox --n 2", reply_to=REPLY, is_admin=True)
+        )
+        assert not r.error, r.text
+        await adapter.wait_for(lambda: len(adapter.of_kind("finished")) == 1)
+        async with app.db.session() as s:
+            row = (await s.execute(select(Job.provider_cost, Job.provider_cost_unit))).one()
+        assert tuple(row) == (8.0, "credits")
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/stats", reply_to=REPLY, is_admin=True)
+        )
+        lines = r.text.splitlines()
+        assert "bfl billed in the last 24 h: 8 credits" in lines
+        assert "bfl account: 992 credits left" in lines
+        fake.keys.clear()  # the balance cannot be read now: /stats still answers
+        r = await app.commands.handle(
+            Incoming(user=boss, text="/stats", reply_to=REPLY, is_admin=True)
+        )
+        assert not r.error and "bfl billed in the last 24 h: 8 credits" in r.text.splitlines()
+        assert not any("account" in line for line in r.text.splitlines())
+
+
+async def test_fill_and_expand_inpaint_and_outpaint_at_the_provider_level() -> None:
+    picture, mask = png(64, 48), png(64, 48)
+    async with FakeBfl(delay_s=0.05) as fake, bfl(config(fake)) as provider:
+        base = {"kind": "img2img", "init_image": picture}
+        fill = Recorder(request(model="flux-pro-1.0-fill", mask=mask, steps=10, **base))
+        await provider.generate(fill)
+        grow = Recorder(request(model="flux-pro-1.0-expand", expand=(0, 0, 32, 16), **base))
+        await provider.generate(grow)
+    filled, grown = fake.tasks.values()
+    assert filled.images == {"image": picture, "mask": mask}
+    assert filled.body["steps"] == 15  # the documented minimum
+    assert (grown.body["left"], grown.body["right"], grown.body["top"]) == (32, 16, 0)
+    assert size_of(grow.images[0]) == (64 + 48, 48)
+    assert size_of(fill.images[0]) == (64, 48)

@@ -840,7 +840,7 @@ async def test_inpainting_with_a_mask_at_the_provider(fake: FakeDashScope, provi
     model = "wanx2.1-imageedit:description_edit_with_mask"
     assert model not in {m.name for m in provider.capabilities().models}
     mask = png(300, 200, (0, 0, 0))
-    req = request(kind="img2img", model=model, init_image=png(600, 400), mask_image=mask)
+    req = request(kind="img2img", model=model, init_image=png(600, 400), mask=mask)
     rec = await run_job(provider, Recorder(req))
     [submit] = fake.submits
     assert submit.status == 200 and rec.images

@@ -48,6 +48,7 @@ from PIL import Image
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
+    TaskTimes,
     download,
     http_client,
     poll_delays,
@@ -79,7 +80,7 @@ EDIT_VARIANTS: dict[str, tuple[str, str]] = {
     f"{EDIT_V21}:super_resolution": ("super_resolution", "upscale the picture"),
     f"{EDIT_V21}:expand": ("expand", "outpaint: extend the picture on every side"),
 }
-# Inpainting with a mask (ResolvedRequest.mask_image). Not listed in capabilities: no chat
+# Inpainting with a mask (ResolvedRequest.mask). Not listed in capabilities: no chat
 # action gives a mask yet.
 EDIT_MASK = f"{EDIT_V21}:description_edit_with_mask"
 MAX_PROMPT, MAX_NEGATIVE = 800, 500  # longer is cut silently by DashScope
@@ -289,6 +290,7 @@ class DashScopeProvider(Provider):
         self.api = config.base_url.rstrip("/") + "/api/v1"
         # polls each finished job took (for the closing note and benchmarks)
         self.polls: list[int] = []
+        self.task_times = TaskTimes()  # each model's usual task duration, to poll near it
         # task id -> the name of its key, so ``cancel`` (given only the id) can use it
         self._task_keys: dict[str, str] = {}
 
@@ -457,7 +459,7 @@ class DashScopeProvider(Provider):
             editors = (EDIT_V21, EDIT_V25, EDIT_MASK, *EDIT_VARIANTS)
             model = req.model if req.model in editors else None
             model = model or self.edit_model
-            if model == EDIT_MASK and req.mask_image is None:
+            if model == EDIT_MASK and req.mask is None:
                 raise ProviderFailure(
                     FailureClass.BAD_INPUT, "editing with a mask needs a mask picture"
                 )
@@ -532,13 +534,14 @@ class DashScopeProvider(Provider):
                 else:
                     body["input"]["base_image_url"] = picture
                 if body["input"].get("function") == "description_edit_with_mask":
-                    assert req.mask_image is not None
+                    assert req.mask is not None
                     body["input"]["mask_image_url"] = await asyncio.to_thread(
-                        _fit_input, req.mask_image, req.width, req.height
+                        _fit_input, req.mask, req.width, req.height
                     )
         wanted = run.state.get("key") if run.task_id is not None else None
         async with self._key_for(wanted) as key:
             task_id = run.task_id
+            resumed = task_id is not None
             if task_id is None:
 
                 async def submit() -> dict[str, Any]:
@@ -558,7 +561,7 @@ class DashScopeProvider(Provider):
                 self._task_keys[task_id] = key.name
             cancelled = False
             try:
-                output = await self._wait(run, task_id, key)
+                output = await self._wait(run, task_id, key, resumed=resumed)
                 await self._deliver(run, output)
             except asyncio.CancelledError:
                 cancelled = True  # the core calls cancel(task_id) next: keep its key known
@@ -567,7 +570,9 @@ class DashScopeProvider(Provider):
                 if not cancelled:
                     self._task_keys.pop(task_id, None)
 
-    async def _wait(self, run: ProviderRun, task_id: str, key: ApiKey) -> dict[str, Any]:
+    async def _wait(
+        self, run: ProviderRun, task_id: str, key: ApiKey, *, resumed: bool = False
+    ) -> dict[str, Any]:
         """Poll with a growing interval until the task ends; its ``output`` on success."""
         url = f"{self.api}/tasks/{task_id}"
         polls = 0
@@ -577,7 +582,8 @@ class DashScopeProvider(Provider):
             return await self._json("GET", url, key)
 
         try:
-            async for _ in poll_delays(self.config):
+            schedule = poll_delays(self.config, self.task_times, run.request.model, resumed=resumed)
+            async for _ in schedule:
                 answer = await self._retrying(fetch, "task status")
                 polls += 1
                 output = answer.get("output") or {}
@@ -590,6 +596,7 @@ class DashScopeProvider(Provider):
                 if status not in TERMINAL:
                     continue
                 if status == "SUCCEEDED":
+                    schedule.ended()
                     return output
                 if status == "FAILED":
                     raise classify(

@@ -513,7 +513,7 @@ class HordeProvider(Provider):
         log.info(
             "AI Horde request %s (job %s) cost %s kudos", request_id, run.request.job_id, kudos
         )
-        await run.cost(kudos, "kudos")
+        run.cost(kudos, "kudos")
 
     # --- the job ---------------------------------------------------------------------------
 

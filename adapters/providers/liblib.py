@@ -58,6 +58,7 @@ from PIL import Image
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
+    TaskTimes,
     download,
     http_client,
     poll_delays,
@@ -287,6 +288,7 @@ class LiblibProvider(Provider):
         self._submit_locks: dict[str, asyncio.Lock] = {}
         self._last_submit: dict[str, float] = {}
         self.polls: list[int] = []  # status polls each job took, in the order jobs ended
+        self.task_times = TaskTimes()  # each model's usual task duration, to poll near it
 
     # --- what it offers -------------------------------------------------------------------
 
@@ -341,7 +343,7 @@ class LiblibProvider(Provider):
                 if wanted is not None and wanted not in self.pool.keys:
                     log.warning("liblib task %s: its key %r is gone", run.task_id, wanted)
                 async with self.pool.use(wanted) as key:
-                    await self._follow(run, key, run.task_id, polls)
+                    await self._follow(run, key, run.task_id, polls, resumed=True)
         finally:
             self.polls.append(polls[0])
 
@@ -618,10 +620,19 @@ class LiblibProvider(Provider):
 
     # --- following a task -----------------------------------------------------------------
 
-    async def _follow(self, run: ProviderRun, key: ApiKey, task_id: str, polls: list[int]) -> None:
+    async def _follow(
+        self,
+        run: ProviderRun,
+        key: ApiKey,
+        task_id: str,
+        polls: list[int],
+        *,
+        resumed: bool = False,
+    ) -> None:
         shown = 0.0
         body = {"generateUuid": task_id}
-        async for n in poll_delays(self.config):
+        schedule = poll_delays(self.config, self.task_times, run.request.model, resumed=resumed)
+        async for n in schedule:
             polls[0] = n
             data = await self._retrying(
                 lambda: self._call(key, STATUS_PATH, body, what="LiblibAI status"),
@@ -629,6 +640,7 @@ class LiblibProvider(Provider):
             )
             status = _as_int(data.get("generateStatus"))
             if status == SUCCEEDED:
+                schedule.ended()
                 await self._deliver(run, task_id, data)
                 return
             if status == FAILED:

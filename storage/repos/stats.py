@@ -37,11 +37,19 @@ _MONEY_SINCE = (
     .group_by(ledger.c.reason)
 )
 _PEOPLE = select(func.count()).select_from(users)
+_PROVIDER_SPEND = (
+    select(jobs.c.provider, jobs.c.provider_cost_unit, func.sum(jobs.c.provider_cost))
+    .where(jobs.c.created_at >= bindparam("since"), jobs.c.provider_cost.is_not(None))
+    .group_by(jobs.c.provider, jobs.c.provider_cost_unit)
+    .order_by(jobs.c.provider, jobs.c.provider_cost_unit)
+)
 
 
 def stats(conn: Connection, since: float) -> dict[str, Any]:
     """The queue now (``queued``, ``running``); jobs created since ``since`` by status
-    (``jobs_by_status``); credits ``charged`` and ``refunded`` since then; ``people``."""
+    (``jobs_by_status``); credits ``charged`` and ``refunded`` since then; ``people``;
+    what providers billed the operator for jobs created since then (``provider_spend``:
+    ``(provider, unit, amount)``)."""
     active = {s: int(n) for s, n in conn.execute(_ACTIVE_BY_STATUS).all()}
     recent = {s: int(n) for s, n in conn.execute(_JOBS_SINCE, {"since": since}).all()}
     money = {r: int(total) for r, total in conn.execute(_MONEY_SINCE, {"since": since}).all()}
@@ -52,4 +60,8 @@ def stats(conn: Connection, since: float) -> dict[str, Any]:
         "charged": -money.get("charge", 0),
         "refunded": money.get("refund", 0),
         "people": int(conn.execute(_PEOPLE).scalar_one()),
+        "provider_spend": [
+            (str(p), str(u or ""), float(total or 0.0))
+            for p, u, total in conn.execute(_PROVIDER_SPEND, {"since": since}).all()
+        ],
     }

@@ -31,6 +31,9 @@ Deliberate deviations from the real service (small, and written down so tests ar
 * Polling another key's task answers ``Task not found`` (what the real API does there is
   not documented).
 * ``progress`` while Pending is a fraction 0..1.
+* ``cost`` per task (4 credits, ultra 6, kontext-max 8, flux-2-max 7) and the starting
+  balance (1000) are fake prices; ``input_mp``/``output_mp`` are rough.
+* FLUX.2 sides are capped at 2048 here (the docs give a 4 MP total).
 * Ratio models (ultra, Kontext) return about 1 MP (ultra really makes about 4 MP); pictures are
   flat colours derived from the seed. The 429 and 403 texts are fake wording.
 """
@@ -66,7 +69,8 @@ _COMMON: dict[str, tuple[str, dict[str, Any]]] = {
     "prompt": ("str", {"nullable": True}),
     "seed": ("int", {"nullable": True}),
     "safety_tolerance": ("int", {"ge": 0, "le": 6}),
-    "output_format": ("enum", {"values": ("jpeg", "png"), "nullable": True}),
+    # jpeg | png | webp (shared/api/providers.md, "Black Forest Labs FLUX API", Models)
+    "output_format": ("enum", {"values": ("jpeg", "png", "webp"), "nullable": True}),
     "prompt_upsampling": ("bool", {}),
     "webhook_url": ("str", {"nullable": True}),
     "webhook_secret": ("str", {"nullable": True}),
@@ -95,10 +99,57 @@ SCHEMAS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         **_COMMON,
         "prompt": ("str", {"required": True}),
         "input_image": ("image", {"nullable": True}),
+        **{f"input_image_{i}": ("image", {"nullable": True}) for i in range(2, 5)},
         "aspect_ratio": ("ratio", {"nullable": True}),
     },
 }
-DEFAULT_FORMAT = {"flux-kontext-pro": "png"}  # the others default to jpeg
+SCHEMAS["flux-kontext-max"] = SCHEMAS["flux-kontext-pro"]
+
+
+def _flux2(inputs: int, *, flex: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """FLUX.2 (providers.md, "Black Forest Labs FLUX API", Models: FLUX.2): width/height
+    (min 64, multiples of 16), input_image..input_image_N, safety_tolerance 0..5;
+    prompt_upsampling only on flex; steps and guidance only on flex."""
+    schema = {k: v for k, v in _COMMON.items() if k != "prompt_upsampling"}
+    schema["safety_tolerance"] = ("int", {"ge": 0, "le": 5})
+    schema["prompt"] = ("str", {"required": True})
+    schema["width"] = ("int", {"ge": 64, "le": 2048, "multiple_of": 16, "nullable": True})
+    schema["height"] = ("int", {"ge": 64, "le": 2048, "multiple_of": 16, "nullable": True})
+    schema["input_image"] = ("image", {"nullable": True})
+    for i in range(2, inputs + 1):
+        schema[f"input_image_{i}"] = ("image", {"nullable": True})
+    if flex:
+        schema["prompt_upsampling"] = ("bool", {})
+        schema["steps"] = ("int", {"ge": 1, "le": 50, "nullable": True})
+        schema["guidance"] = ("num", {"ge": 1.5, "le": 10, "nullable": True})
+    return schema
+
+
+SCHEMAS["flux-2-pro"] = _flux2(8)
+SCHEMAS["flux-2-max"] = _flux2(8)
+SCHEMAS["flux-2-flex"] = _flux2(8, flex=True)
+SCHEMAS["flux-2-klein-4b"] = _flux2(4)
+SCHEMAS["flux-2-klein-9b"] = _flux2(4)
+_EDIT = {k: v for k, v in _COMMON.items() if k != "prompt_upsampling"}
+_EDIT_STEPS = {
+    "image": ("image", {"required": True}),
+    "steps": ("int", {"ge": 15, "le": 50, "nullable": True}),
+    "guidance": ("num", {"ge": 1.5, "le": 100, "nullable": True}),
+}
+# providers.md, "Black Forest Labs FLUX API", Models: fill (image + mask) and expand (image;
+# top/bottom/left/right 0..2048 px).
+SCHEMAS["flux-pro-1.0-fill"] = {**_EDIT, **_EDIT_STEPS, "mask": ("image", {"nullable": True})}
+SCHEMAS["flux-pro-1.0-expand"] = {
+    **_EDIT,
+    **_EDIT_STEPS,
+    **{side: ("int", {"ge": 0, "le": 2048}) for side in ("top", "bottom", "left", "right")},
+}
+# What a task costs in credits (the submit answer's ``cost``; fake prices).
+COSTS = {"flux-pro-1.1-ultra": 6.0, "flux-kontext-max": 8.0, "flux-2-max": 7.0}
+DEFAULT_FORMAT = {
+    "flux-kontext-pro": "png",
+    "flux-kontext-max": "png",
+}  # the others default to jpeg
 
 
 def _err(kind: str, field_name: str, msg: str, value: Any, **ctx: Any) -> Json:
@@ -262,6 +313,7 @@ class FakeBfl:
         self.regional = regional  # polling URLs on the "regional" origin
         self.polling_base: str | None = None  # overrides the polling URL (tests of bad ones)
         self.no_credits: set[str] = set()  # keys answered with 402
+        self.credits = 1000.0  # GET /v1/credits, lowered by each task's cost
         self.calls: list[Call] = []
         self.tasks: dict[str, Task] = {}
         self.max_running_per_key: dict[str, int] = {}
@@ -277,6 +329,7 @@ class FakeBfl:
     async def start(self) -> FakeBfl:
         api = web.Application(client_max_size=64 * 1024 * 1024)
         api.router.add_get("/v1/get_result", self._get_result)
+        api.router.add_get("/v1/credits", self._credits)
         api.router.add_post("/v1/{model}", self._submit)
         self._runner = web.AppRunner(api, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -465,10 +518,28 @@ class FakeBfl:
             detail = f"You have reached the limit of {self.max_active_per_key} active tasks"
             return self._reply(call, 429, {"detail": detail}, headers)
         task = self._create(call.key, model, body, images)
-        return self._reply(call, 200, {"id": task.id, "polling_url": self._polling_url(task.id)})
+        # {id, polling_url, cost, input_mp, output_mp} (providers.md, Endpoints and auth)
+        cost = COSTS.get(model, 4.0)
+        self.credits -= cost
+        answer = {
+            "id": task.id,
+            "polling_url": self._polling_url(task.id),
+            "cost": cost,
+            "input_mp": round(sum(1 for _ in images) * 1.0, 2),
+            "output_mp": 1.0,
+        }
+        return self._reply(call, 200, answer)
+
+    async def _credits(self, request: web.Request) -> web.Response:
+        """GET /v1/credits -> {credits} (providers.md, Endpoints and auth)."""
+        call = self._record(request)
+        denied = self._auth(call)
+        if denied:
+            return denied
+        return self._reply(call, 200, {"credits": round(self.credits, 2)})
 
     def _sample_url(self, task: Task) -> str:
-        ext = "png" if self._format(task) == "png" else "jpg"
+        ext = {"png": "png", "webp": "webp"}.get(self._format(task), "jpg")
         expires = int((task.created_wall + task.delay_s + self.result_ttl_s) * 1000)
         sig = self._sign(task.id, expires)
         return f"{self.delivery_url}/results/{task.id}/sample.{ext}?se={expires}&sig={sig}"
@@ -541,12 +612,17 @@ class FakeBfl:
         if task.picture is None:
             task.picture = await asyncio.to_thread(self._draw, task)
         call.status = 200
-        ctype = "image/png" if self._format(task) == "png" else "image/jpeg"
+        ctype = {"png": "image/png", "webp": "image/webp"}.get(self._format(task), "image/jpeg")
         return web.Response(body=task.picture, content_type=ctype)
 
     def _draw(self, task: Task) -> bytes:
         body = task.body
-        if "width" in body:
+        if "image" in task.images:
+            with Image.open(io.BytesIO(task.images["image"])) as source:
+                w, h = source.size
+            w += int(body.get("left", 0)) + int(body.get("right", 0))
+            h += int(body.get("top", 0)) + int(body.get("bottom", 0))
+        elif "width" in body:
             w, h = int(body["width"]), int(body["height"])
         else:
             a, _, b = str(body.get("aspect_ratio") or "1:1").partition(":")
@@ -556,6 +632,6 @@ class FakeBfl:
         rng = random.Random(task.seed)
         color = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         out = io.BytesIO()
-        fmt = "PNG" if self._format(task) == "png" else "JPEG"
+        fmt = {"png": "PNG", "webp": "WEBP"}.get(self._format(task), "JPEG")
         Image.new("RGB", (w, h), color).save(out, format=fmt)
         return out.getvalue()

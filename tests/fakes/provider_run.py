@@ -71,14 +71,14 @@ class Recorder:
         if queue_position is not None:
             self.queue.append((queue_position, wait_s))
 
-    async def cost(self, amount: float, unit: str) -> None:
-        self.costs.append((amount, unit))
-
     async def image(self, index: int, result: ResultImage) -> None:
         self.images[index] = result
 
     def has_image(self, index: int) -> bool:
         return index in self.images
+
+    def cost(self, amount: float, unit: str) -> None:
+        self.costs.append((amount, unit))
 
     def resumed(self) -> Recorder:
         """The same job after a restart: the stored task and the pictures already kept."""
