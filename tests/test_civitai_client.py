@@ -736,3 +736,35 @@ async def test_pictures_from_the_cdn(fake: FakeCivitai, keyed: CivitaiClient) ->
         await keyed.picture(image.url)
     with pytest.raises(CivitaiBadResponse, match="not http"):
         await keyed.picture("file:///etc/passwd")
+
+
+# --- real shapes (issue 16) ------------------------------------------------------------------
+
+
+async def test_older_nsfw_shapes_map_to_levels(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """Version images with ``nsfw: true|false`` or an old level name and no ``nsfwLevel``,
+    models with ``nsfw`` only: false/"None" is PG, true counts as X, names their level."""
+    fake.old_shapes = True
+    levels = {i.id: i.level for i in fake.catalogue.models[4201].versions[0].images}
+    pg_model = {i.id: i.level for i in fake.catalogue.models[4202].versions[0].images}
+
+    model = await client.model(4202, nsfw="PG")  # a model with nsfw: false
+    assert {i.id for i in model.model_versions[0].images} == {
+        i for i, level in pg_model.items() if level == 1
+    }
+    assert all("nsfwLevel" not in i.raw for i in model.model_versions[0].images)
+    with pytest.raises(CivitaiFiltered):  # nsfw: true is not for a PG chat
+        await client.model(4201, nsfw="PG")
+    # a PG search keeps the PG models (their level unknown before: all were hidden)
+    found = (await client.search_models()).items
+    assert 4202 in {m.id for m in found} and 4201 not in {m.id for m in found}
+    # with everything allowed, every image is there; "true" is X, names keep their level
+    every = await client.model(4201, nsfw="X")
+    seen = {i.id: i.level for i in every.model_versions[0].images}
+    assert set(seen) == set(levels)
+    for image_id, level in seen.items():
+        expected = levels[image_id]
+        if image_id % 2 == 0 and expected != 1:
+            assert level == 8  # nsfw: true
+        else:
+            assert level == {16: 8}.get(expected, expected)  # "X" names both X and XXX

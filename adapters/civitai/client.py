@@ -159,6 +159,22 @@ _POLICY_LEVELS = {
 }
 # A single image's deprecated ``nsfwLevel`` string, as the server maps it back.
 _IMAGE_LEVEL_NAMES = {"none": PG, "soft": PG13, "mature": R, "x": X, "blocked": BLOCKED}
+# Older shapes (version images, models) carry only ``nsfw: true|false``: false is PG; true
+# says only "not PG", so it counts as X (civitai.md §0: X is what "nsfw" meant before the
+# levels), shown where X is allowed, hidden under the PG and SFW defaults.
+_NSFW_TRUE = X
+
+
+def _old_level(value: Any) -> int | None:
+    """A level from the older fields: ``nsfw`` true/false, or an old level name."""
+    if isinstance(value, bool):
+        return _NSFW_TRUE if value else PG
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "false"):
+            return _NSFW_TRUE if word == "true" else PG
+        return _IMAGE_LEVEL_NAMES.get(word)
+    return None
 
 NsfwPolicy = bool | int | str | Iterable[bool | int | str]
 
@@ -498,7 +514,7 @@ class Image(Lenient):
     type: str | None = None
     nsfw_level: str | int | None = None  # "None"/"Soft"/... on /images, a number elsewhere
     browsing_level: int | None = None
-    nsfw: bool | None = None
+    nsfw: bool | str | None = None  # a bool; an old level name ("Mature") in older shapes
     created_at: str | None = None
     post_id: int | None = None
     username: str | None = None
@@ -534,8 +550,9 @@ class Image(Lenient):
         if isinstance(value, str):
             if value.strip().isascii() and value.strip().isdigit():
                 return int(value) or None
-            return _IMAGE_LEVEL_NAMES.get(value.strip().lower())
-        return None
+            if value.strip().lower() in _IMAGE_LEVEL_NAMES:
+                return _IMAGE_LEVEL_NAMES[value.strip().lower()]
+        return _old_level(self.nsfw)  # the older shape: nsfw true|false or a level name
 
     def params(self) -> GenerationParams:
         """Its generation parameters (the picture's own size when meta has none)."""
@@ -584,6 +601,13 @@ class ModelVersion(Lenient):
     download_url: str | None = None
 
     @property
+    def level(self) -> int | None:
+        """Its browsing level; from the older shape's names when it has no number."""
+        if self.nsfw_level:
+            return self.nsfw_level
+        return _old_level(self.raw.get("nsfwLevel")) or _old_level(self.raw.get("nsfw"))
+
+    @property
     def primary_file(self) -> ModelFile | None:
         """The primary file, else the first model-weights file, else the first file."""
         for f in self.files:
@@ -630,6 +654,13 @@ class Model(Lenient):
                 if isinstance(v, str) or (isinstance(v, Mapping) and isinstance(v.get("name"), str))
             ]
         return value
+
+    @property
+    def level(self) -> int | None:
+        """Its browsing level; from ``nsfw`` true/false or an old name in older shapes."""
+        if self.nsfw_level:
+            return self.nsfw_level
+        return _old_level(self.raw.get("nsfwLevel")) or _old_level(self.nsfw)
 
     @property
     def latest_version(self) -> ModelVersion | None:
@@ -1496,7 +1527,7 @@ class CivitaiClient:
         model = Model.model_validate(data)
         if nsfw is not None:
             mask = browsing_level(nsfw)
-            if model.nsfw_level and not model.nsfw_level & mask:
+            if model.level and not model.level & mask:
                 raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
             _filter_version_images(model.model_versions, mask)
         return model
@@ -1515,7 +1546,7 @@ class CivitaiClient:
         version = ModelVersion.model_validate(data)
         if nsfw is not None:
             mask = browsing_level(nsfw)
-            if version.nsfw_level and not version.nsfw_level & mask:
+            if version.level and not version.level & mask:
                 raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
             _filter_version_images([version], mask)
         return version
@@ -1753,7 +1784,7 @@ def _checked_hash(hash_: str) -> str:
 def _model_filter(mask: int) -> Callable[[Model], bool]:
     def allowed(model: Model) -> bool:
         # a model's level is the OR of its content's levels; unknown counts as unknown
-        return level_allowed(model.nsfw_level, mask)
+        return level_allowed(model.level, mask)
 
     return allowed
 
