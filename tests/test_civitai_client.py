@@ -768,3 +768,16 @@ async def test_older_nsfw_shapes_map_to_levels(fake: FakeCivitai, client: Civita
             assert level == 8  # nsfw: true
         else:
             assert level == {16: 8}.get(expected, expected)  # "X" names both X and XXX
+
+
+async def test_iter_models_follows_page_mode(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """/models answering in page mode (totalPages, nextPage with page=, no nextCursor)."""
+    fake.models_page_mode = True
+    names = [m.name async for m in client.iter_models(limit=2, sort="Most Downloaded")]
+    assert len(names) == len(set(names)) == 6 and names[0] == "Photon Realism"
+    calls = fake.calls_to("models")
+    assert [c.param("page") for c in calls] == [None, "2", "3"]
+    assert all(c.param("cursor") is None for c in calls)
+    # max_items still ends it early, and a fresh listing starts at page one again
+    two = [m.name async for m in client.iter_models(limit=2, max_items=3)]
+    assert len(two) == 3 and fake.calls_to("models")[-1].param("page") == "2"

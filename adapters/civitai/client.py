@@ -1348,20 +1348,23 @@ class CivitaiClient:
 
     async def _follow(
         self,
-        fetch: Callable[[str | None], Awaitable[Page[T]]],
+        fetch: Callable[[str | None, int | None], Awaitable[Page[T]]],
         *,
         what: str,
         cursor: str | None,
         max_items: int | None,
     ) -> AsyncIterator[T]:
-        """Yield items page after page along ``nextCursor``; stop at the end, or (logging
-        once) on a cursor seen before, a page of repeated ids, or an empty page with a cursor."""
+        """Yield items page after page along ``nextCursor`` (or, when a server answers in
+        page mode without one, along ``nextPage``'s ``page=``); stop at the end, or (logging
+        once) on a cursor or page seen before, a page of repeated ids, an empty page that
+        points further, or the deep-paging guard."""
         seen_cursors: set[str] = set() if cursor is None else {cursor}
         seen_keys: set[Any] = set()
         yielded = 0
         pages = 0
+        page_no: int | None = None
         while True:
-            page = await fetch(cursor)
+            page = await fetch(cursor, page_no)
             pages += 1
             fresh = any(k is None or k not in seen_keys for k in page.keys)
             for item in page.items:
@@ -1376,7 +1379,10 @@ class CivitaiClient:
                     return
             seen_keys.update(k for k in page.keys if k is not None)
             next_cursor = page.next_cursor
-            if next_cursor is None:
+            next_page = None if next_cursor is not None else _next_page(page.metadata)
+            if isinstance(next_page, str):  # nextPage carries the cursor itself
+                next_cursor, next_page = next_page, None
+            if next_cursor is None and next_page is None:
                 return
             if page.received == 0:
                 log.warning(
@@ -1390,6 +1396,27 @@ class CivitaiClient:
                     "civitai: %s page %d repeated only items already seen; stopping", what, pages
                 )
                 return
+            if next_page is not None:  # page mode
+                size = page.metadata.page_size or page.received
+                if next_page <= (page_no or 1):
+                    log.warning(
+                        "civitai: %s page %d pointed back to page %d; stopping",
+                        what,
+                        pages,
+                        next_page,
+                    )
+                    return
+                if next_page * size > MAX_PAGED_ITEMS:
+                    log.warning(
+                        "civitai: %s stops at page %d: Civitai pages no deeper than %d items",
+                        what,
+                        pages,
+                        MAX_PAGED_ITEMS,
+                    )
+                    return
+                cursor, page_no = None, next_page
+                continue
+            assert next_cursor is not None
             if next_cursor in seen_cursors:
                 log.warning(
                     "civitai: %s page %d led back to a cursor seen before (%r); stopping",
@@ -1399,7 +1426,7 @@ class CivitaiClient:
                 )
                 return
             seen_cursors.add(next_cursor)
-            cursor = next_cursor
+            cursor, page_no = next_cursor, None
 
     async def _follow_pages(
         self,
@@ -1511,8 +1538,8 @@ class CivitaiClient:
             raise TypeError("iter_models follows cursors; it takes no page")
         start = filters.pop("cursor", None)
 
-        async def fetch(cursor: str | None) -> Page[Model]:
-            return await self.search_models(query, cursor=cursor, **filters)
+        async def fetch(cursor: str | None, page: int | None) -> Page[Model]:
+            return await self.search_models(query, cursor=cursor, page=page, **filters)
 
         return self._follow(fetch, what="models", cursor=start, max_items=max_items)
 
@@ -1664,8 +1691,8 @@ class CivitaiClient:
             raise TypeError("iter_images follows cursors; it takes no page")
         start = filters.pop("cursor", None)
 
-        async def fetch(cursor: str | None) -> Page[Image]:
-            return await self.images(cursor=cursor, **filters)
+        async def fetch(cursor: str | None, page: int | None) -> Page[Image]:
+            return await self.images(cursor=cursor, page=page, **filters)
 
         return self._follow(fetch, what="images", cursor=start, max_items=max_items)
 
@@ -1770,6 +1797,22 @@ class CivitaiClient:
             raise CivitaiUnavailable(
                 f"Civitai's picture could not be fetched ({type(exc).__name__})", retryable=True
             ) from None
+
+
+def _next_page(metadata: PageMetadata) -> int | str | None:
+    """Where a page-mode answer (no ``nextCursor``) goes next: the ``cursor=`` or ``page=``
+    of ``nextPage``, else ``currentPage + 1`` while under ``totalPages``; ``None`` at the end."""
+    if metadata.next_page:
+        query = parse_qs(urlsplit(metadata.next_page).query)
+        cursor = (query.get("cursor") or [""])[0]
+        if cursor:
+            return cursor
+        number = _as_int((query.get("page") or [""])[0])
+        return number if number and number > 0 else None
+    current, total = metadata.current_page, metadata.total_pages
+    if current is not None and total is not None and current < total:
+        return current + 1
+    return None
 
 
 def _checked_hash(hash_: str) -> str:
