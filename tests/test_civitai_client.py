@@ -781,3 +781,26 @@ async def test_iter_models_follows_page_mode(fake: FakeCivitai, client: CivitaiC
     # max_items still ends it early, and a fresh listing starts at page one again
     two = [m.name async for m in client.iter_models(limit=2, max_items=3)]
     assert len(two) == 3 and fake.calls_to("models")[-1].param("page") == "2"
+
+
+async def test_deterministic_500_is_not_retried(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """A 500 ``{"error":"URI malformed"}`` fails the same way every time: one request."""
+    fake.fail_next(500, {"error": "URI malformed"}, on="images", times=5)
+    with pytest.raises(CivitaiBadRequest, match="URI malformed"):
+        await client.images(limit=2)
+    assert [c.status for c in fake.calls_to("images")] == [500]
+    fake._failures.clear()
+    # a tRPC client-side code in a 500 body is the same
+    fake.fail_next(500, {"error": "bad", "code": "BAD_REQUEST"}, on="models", times=5)
+    with pytest.raises(CivitaiBadRequest):
+        await client.search_models(limit=1)
+    assert len(fake.calls_to("models")) == 1
+    fake._failures.clear()
+    # an unexpected 500, 502/503/504 and 429 are still retried
+    fake.fail_next(500, on="tags")
+    for status in (502, 503, 504):
+        fake.fail_next(status, {"error": "upstream"}, on="tags")
+    fake.throttle(1, retry_after="0", on="tags")
+    async with make_client(fake, max_attempts=6) as patient:
+        assert (await patient.tags(limit=1)).items
+    assert [c.status for c in fake.calls_to("tags")] == [500, 502, 503, 504, 429, 200]

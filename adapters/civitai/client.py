@@ -1307,6 +1307,9 @@ class CivitaiClient:
                 retry_after=retry_after,
                 retryable=True,
             )
+        if status == 500 and _deterministic(data, detail):
+            # the same request fails the same way again: no retry (issue 16)
+            raise CivitaiBadRequest(f"Civitai rejected {what} (HTTP 500{suffix})", status=status)
         if status >= 500 or retryable:
             raise CivitaiUnavailable(
                 f"Civitai is unavailable (HTTP {status}{suffix}); try again later",
@@ -1797,6 +1800,20 @@ class CivitaiClient:
             raise CivitaiUnavailable(
                 f"Civitai's picture could not be fetched ({type(exc).__name__})", retryable=True
             ) from None
+
+
+# 500s that say the request itself cannot be served (a JavaScript URIError on a bad percent
+# escape, a validation failure, a tRPC client-side code): retrying sends the same request.
+_DETERMINISTIC_500 = re.compile(
+    r"URI malformed|URIError|malformed|ZodError|invalid (input|cursor|value|hash|id)", re.I
+)
+_CLIENT_CODES = frozenset({"BAD_REQUEST", "PARSE_ERROR", "NOT_FOUND", "UNPROCESSABLE_CONTENT"})
+
+
+def _deterministic(body: Any, detail: str | None) -> bool:
+    if isinstance(body, Mapping) and str(body.get("code") or "").upper() in _CLIENT_CODES:
+        return True
+    return bool(detail and _DETERMINISTIC_500.search(detail))
 
 
 def _next_page(metadata: PageMetadata) -> int | str | None:
