@@ -78,6 +78,22 @@ async def test_use_starts_a_job_with_the_images_settings(app_factory, civitai) -
     assert await app.jobs.balance(user()) == 19
 
 
+async def test_an_image_civitai_does_not_return_by_id(app_factory, civitai) -> None:
+    """/images?imageId= answers some existing images with nothing: say what is true, and
+    find it through its post when the person gives one."""
+    civitai.missing_by_image_id.add(90013)
+    post = civitai._find_image(90013).post_id
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    missing = await ask(app, "/civitai image 90013")
+    assert missing.error and "did not return image 90013" in missing.text
+    assert "has no" not in missing.text and "--post" in missing.text
+    found = await ask(app, f"/civitai image 90013 --post {post}")
+    assert not found.error and "a red fox in snow" in found.text
+    assert civitai.calls_to("images")[-1].param("postId") == str(post)
+    used = await ask(app, f"/civitai use 90013 --post {post}", key="m2")
+    assert used.receipt is not None
+
+
 # --- model downloads from chat (admins) -------------------------------------------------------
 
 

@@ -1699,22 +1699,33 @@ class CivitaiClient:
 
         return self._follow(fetch, what="images", cursor=start, max_items=max_items)
 
-    async def image(self, image_id: int, *, nsfw: NsfwPolicy | None = None) -> Image:
-        """One image with its meta (``GET /images?imageId=``). Raises
-        :class:`CivitaiNotFound`, or :class:`CivitaiFiltered` when its level is outside
-        ``nsfw`` (default PG only)."""
+    async def image(
+        self, image_id: int, *, nsfw: NsfwPolicy | None = None, post_id: int | None = None
+    ) -> Image:
+        """One image with its meta (``GET /images?imageId=``). Civitai answers some images
+        that exist with an empty list there; with ``post_id`` (the API has no other way to
+        name one image) the image is then looked for in its post (``/images?postId=``).
+        Raises :class:`CivitaiNotFound`, or :class:`CivitaiFiltered` when its level is
+        outside ``nsfw`` (default PG only)."""
         mask = browsing_level(nsfw)
         what = f"image {image_id}"
+        wide = {"browsingLevel": ALL | BLOCKED, "withMeta": True}
         data = await self._request(
-            "GET",
-            "/images",
-            what=what,
-            params={"imageId": int(image_id), "browsingLevel": ALL | BLOCKED, "withMeta": True},
+            "GET", "/images", what=what, params={"imageId": int(image_id), **wide}
         )
         page = self._page(data, Image.model_validate, what)
         match = next((i for i in page.items if i.id == int(image_id)), None)
+        if match is None and post_id is not None:
+            params = {"postId": int(post_id), "limit": IMAGES_MAX_LIMIT, **wide}
+            data = await self._request("GET", "/images", what=f"post {post_id}", params=params)
+            page = self._page(data, Image.model_validate, f"post {post_id}")
+            match = next((i for i in page.items if i.id == int(image_id)), None)
         if match is None:
-            raise CivitaiNotFound(f"Civitai has no {what}")
+            where = f" (nor did post {post_id})" if post_id is not None else ""
+            raise CivitaiNotFound(
+                f"Civitai did not return {what}{where}: it answers some existing images with "
+                "nothing; if you know the image's post, add --post POST_ID"
+            )
         if not level_allowed(match.level, mask):
             raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
         return match

@@ -3,8 +3,9 @@
     /civitai models QUERY [--type LORA] [--base "SDXL 1.0"] [--sort "Most Downloaded"]
     /civitai model ID
     /civitai images [--model ID] [--version ID] [--user NAME] [--sort S] [--period P] [--nsfw]
-    /civitai image ID          the picture and its generation parameters
-    /civitai use ID            start a txt2img job with that image's settings (charged)
+    /civitai image ID [--post P]  the picture and its generation parameters (``--post``: its
+                               post, where Civitai does not return the image by its id)
+    /civitai use ID [--post P] start a txt2img job with that image's settings (charged)
     /civitai hash HASH         which model a file hash (AutoV2 or SHA256) belongs to
 
 Admins also download model files into the model folders (``downloads.DownloadManager``):
@@ -65,7 +66,7 @@ USAGE = (
     "/civitai images [--model ID] [--user NAME], /civitai image ID, /civitai use ID, "
     "or /civitai hash HASH"
 )
-FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw"}
+FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw", "post"}
 FLAGS |= {"format", "fp", "size"}  # which file /civitai download takes
 ADMIN_ONLY = ("download", "downloads", "pause", "resume", "cancel")
 # Lookups: free for the person, an API call and up to TOP picture fetches for the operator;
@@ -298,11 +299,12 @@ class CivitaiCommands:
             return await self._model(model_id, level, lang, admin=msg.is_admin)
         if sub == "images":
             return await self._images(flags, level, lang)
+        post = _number(flags["post"], "post") if flags.get("post") else None
         if sub == "image":
-            image = await self._image(_number(args[0] if args else None, "image"), level)
+            image = await self._image(_number(args[0] if args else None, "image"), level, post)
             return await self._show_image(image, lang)
         if sub == "use":
-            image = await self._image(_number(args[0] if args else None, "use"), level)
+            image = await self._image(_number(args[0] if args else None, "use"), level, post)
             params = image.params()
             if not params.prompt:
                 raise BadInput(f"Civitai image {image.id} has no prompt to reuse")
@@ -494,8 +496,8 @@ class CivitaiCommands:
             actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")] if usable else [],
         )
 
-    async def _image(self, image_id: int, level: int) -> Image:
-        return await self.client.image(image_id, nsfw=level)
+    async def _image(self, image_id: int, level: int, post_id: int | None = None) -> Image:
+        return await self.client.image(image_id, nsfw=level, post_id=post_id)
 
     def _page(self, kind: str, item_id: int | None) -> str:
         """The item's page on the Civitai site (the API's host serves both)."""
