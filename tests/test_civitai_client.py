@@ -804,3 +804,41 @@ async def test_deterministic_500_is_not_retried(fake: FakeCivitai, client: Civit
     async with make_client(fake, max_attempts=6) as patient:
         assert (await patient.tags(limit=1)).items
     assert [c.status for c in fake.calls_to("tags")] == [500, 502, 503, 504, 429, 200]
+
+
+async def test_lookups_are_cached_briefly(fake: FakeCivitai) -> None:
+    now = [1000.0]
+    async with make_client(fake, cache_ttl_s=300, cache_size=3, clock=lambda: now[0]) as client:
+        for _ in range(2):
+            assert (await client.model(4201)).name == "Photon Realism"
+            await client.model_version(52013)
+            await client.image(90013)
+        assert len(fake.calls_to("model")) == 1 and len(fake.calls_to("version")) == 1
+        assert len(fake.calls_to("images")) == 1
+        # a filter applied to one answer does not change the kept one
+        assert len((await client.model(4201, nsfw="PG")).model_versions[0].images) < len(
+            (await client.model(4201)).model_versions[0].images
+        )
+        sha = fake.catalogue.models[4201].versions[0].files[0].hashes["SHA256"]
+        await client.version_by_hash(sha)
+        await client.version_by_hash(sha.lower())  # the same hash, upper-cased
+        assert len(fake.calls_to("by-hash")) == 1
+        # listings are never cached
+        await client.images(limit=2)
+        await client.images(limit=2)
+        assert len(fake.calls_to("images")) == 3
+        # after the TTL, asked again; the size bound drops the least recently used
+        now[0] += 301
+        await client.version_by_hash(sha)
+        assert len(fake.calls_to("by-hash")) == 2
+        await client.model(4202)
+        await client.model(4203)  # three kept at most: the image and model 4201 went out
+        await client.version_by_hash(sha)
+        assert len(fake.calls_to("by-hash")) == 2
+        await client.model(4204)  # pushes out 4202, the least recently used
+        await client.model(4202)
+        assert len(fake.calls_to("model")) == 5
+    async with make_client(fake, cache_ttl_s=0) as uncached:
+        await uncached.model(4201)
+        await uncached.model(4201)
+    assert len(fake.calls_to("model")) == 7

@@ -74,6 +74,12 @@ USER_AGENT = "sdhost/0.1 (civitai api client)"  # never a browser UA
 
 # The server refuses ``page * limit`` above this with a 429 (deep-paging guard).
 MAX_PAGED_ITEMS = 1000
+# Lookups (a model, a version, an image, a version by file hash) are kept this long, this many
+# at most (least recently used out first), so repeated /civitai lookups and "use" after
+# "image" ask Civitai once; Civitai's own edge caches these for 300 s. Listings and the
+# harvest are never cached. ``CivitaiClient(cache_ttl_s=0)`` turns it off.
+CACHE_TTL_S = 300.0
+CACHE_SIZE = 512
 IMAGES_MAX_LIMIT = 200
 MODELS_MAX_LIMIT = 100
 TAGS_MAX_LIMIT = 200
@@ -175,6 +181,7 @@ def _old_level(value: Any) -> int | None:
             return _NSFW_TRUE if word == "true" else PG
         return _IMAGE_LEVEL_NAMES.get(word)
     return None
+
 
 NsfwPolicy = bool | int | str | Iterable[bool | int | str]
 
@@ -1140,8 +1147,15 @@ class CivitaiClient:
         requests_per_second: float | None = None,
         http: httpx.AsyncClient | None = None,
         user_agent: str = USER_AGENT,
+        cache_ttl_s: float = CACHE_TTL_S,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = (api_key or "").strip() or None
+        self.cache_ttl_s = cache_ttl_s
+        self.cache_size = max(0, cache_size)
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
@@ -1244,6 +1258,26 @@ class CivitaiClient:
                 wait,
             )
             await asyncio.sleep(wait)
+
+    async def _lookup(
+        self, path: str, *, what: str, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        """A GET lookup through the cache (see ``CACHE_TTL_S``): the decoded JSON, kept for
+        ``cache_ttl_s``; errors are not kept. Callers parse it afresh each time."""
+        key = (path, json.dumps(_clean(params or {}), sort_keys=True, default=str))
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                self._cache.move_to_end(key)
+                return hit[1]
+            del self._cache[key]
+        data = await self._request("GET", path, what=what, params=params)
+        if self.cache_ttl_s > 0 and self.cache_size > 0:
+            self._cache[key] = (now + self.cache_ttl_s, data)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return data
 
     def _decode(self, response: httpx.Response, what: str) -> Any:
         status = response.status_code
@@ -1551,7 +1585,7 @@ class CivitaiClient:
         default (``nsfw=None``: no filtering). With ``nsfw`` a policy, version images outside
         it are removed, and a model with nothing allowed raises :class:`CivitaiFiltered`."""
         what = f"model {model_id}"
-        data = await self._request("GET", f"/models/{int(model_id)}", what=what)
+        data = await self._lookup(f"/models/{int(model_id)}", what=what)
         if not isinstance(data, dict):
             raise CivitaiBadResponse(f"Civitai sent an unusable reply for {what}")
         model = Model.model_validate(data)
@@ -1567,7 +1601,7 @@ class CivitaiClient:
     ) -> ModelVersion:
         """``GET /model-versions/{id}`` (``nsfw`` as for :meth:`model`)."""
         what = f"model version {version_id}"
-        data = await self._request("GET", f"/model-versions/{int(version_id)}", what=what)
+        data = await self._lookup(f"/model-versions/{int(version_id)}", what=what)
         return self._version(data, what, nsfw)
 
     def _version(self, data: Any, what: str, nsfw: NsfwPolicy | None) -> ModelVersion:
@@ -1586,7 +1620,7 @@ class CivitaiClient:
         SHA256 or BLAKE3; any case)."""
         wanted = _checked_hash(hash_)
         what = f"model file with hash {wanted}"
-        data = await self._request("GET", f"/model-versions/by-hash/{wanted}", what=what)
+        data = await self._lookup(f"/model-versions/by-hash/{wanted}", what=what)
         return self._version(data, what, nsfw)
 
     async def versions_by_hashes(self, hashes: Iterable[str]) -> dict[str, ModelVersion]:
@@ -1710,14 +1744,12 @@ class CivitaiClient:
         mask = browsing_level(nsfw)
         what = f"image {image_id}"
         wide = {"browsingLevel": ALL | BLOCKED, "withMeta": True}
-        data = await self._request(
-            "GET", "/images", what=what, params={"imageId": int(image_id), **wide}
-        )
+        data = await self._lookup("/images", what=what, params={"imageId": int(image_id), **wide})
         page = self._page(data, Image.model_validate, what)
         match = next((i for i in page.items if i.id == int(image_id)), None)
         if match is None and post_id is not None:
             params = {"postId": int(post_id), "limit": IMAGES_MAX_LIMIT, **wide}
-            data = await self._request("GET", "/images", what=f"post {post_id}", params=params)
+            data = await self._lookup("/images", what=f"post {post_id}", params=params)
             page = self._page(data, Image.model_validate, f"post {post_id}")
             match = next((i for i in page.items if i.id == int(image_id)), None)
         if match is None:
