@@ -842,3 +842,20 @@ async def test_lookups_are_cached_briefly(fake: FakeCivitai) -> None:
         await uncached.model(4201)
         await uncached.model(4201)
     assert len(fake.calls_to("model")) == 7
+
+
+def test_lora_tags_added_once_and_renamed_to_local_files() -> None:
+    from adapters.civitai.client import Resource, meta_resources, with_lora_tags
+    from tests.fakes.civitai import REAL_META_LORAS
+
+    resources = meta_resources(REAL_META_LORAS)
+    kinds = [(r.kind, r.name, r.weight, r.version_id) for r in resources]
+    assert kinds == [
+        ("checkpoint", "juggernautXL_v9", None, 348913),
+        ("lora", "add_detail", 0.6, None),
+        ("lora", "epiNoiseoffset_v2", 0.7, None),
+        ("lora", None, 0.8, 87153),  # named only by its version: no tag without a name
+    ]
+    prompt = with_lora_tags("x, <lora:add_detail:0.6>", resources, {1: "add_detail_v2"})
+    assert prompt == "x, <lora:add_detail_v2:0.6>, <lora:epiNoiseoffset_v2:0.7>"
+    assert with_lora_tags("", [Resource("lora", "a", None)]) == "<lora:a:1>"

@@ -30,8 +30,8 @@ on. Nothing here downloads model files; that is a separate module.
 from __future__ import annotations
 
 import asyncio
-import json
 import datetime as dt
+import json
 import logging
 import math
 import random
@@ -877,7 +877,8 @@ def meta_resources(meta: Any) -> list[Resource]:
     ``civitaiResources``, ``additionalResources`` and ``fluxMode`` (an AIR of the
     checkpoint). A LoRA is one entry however many places name it."""
     m = flat_meta(meta) or {}
-    hashes = m.get("hashes") if isinstance(m.get("hashes"), Mapping) else {}
+    raw_hashes = m.get("hashes")
+    hashes: Mapping[Any, Any] = raw_hashes if isinstance(raw_hashes, Mapping) else {}
     ckpt: dict[str, Any] = {
         "name": _model_name(_first(m, "Model", "model")),
         "hash": _hash_text(m.get("Model hash")) or _hash_text(hashes.get("model")),
@@ -967,16 +968,24 @@ def lora_tag(resource: Resource, name: str | None = None) -> str | None:
 
 
 def with_lora_tags(
-    prompt: str, resources: Iterable[Resource], names: Mapping[int, str] = {}
+    prompt: str, resources: Sequence[Resource], names: Mapping[int, str | None] | None = None
 ) -> str:
     """``prompt`` with a ``<lora:NAME:W>`` tag for each LoRA it does not name already;
-    ``names`` maps a resource's index to a better name (a local file's)."""
+    ``names`` maps a resource's index to a better name (a local file's), which also renames
+    the prompt's own tag for it."""
+    names = names or {}
     present = {tag.group(1).strip().lower() for tag in _LORA_TAG.finditer(prompt)}
     tags = []
     for i, r in enumerate(resources):
-        if r.kind != "lora" or (r.name or "").lower() in present:
+        if r.kind != "lora":
             continue
-        tag = lora_tag(r, names.get(i))
+        better = names.get(i)
+        if r.name and r.name.lower() in present:
+            if better and better != r.name:
+                pattern = re.compile(rf"<lora:\s*{re.escape(r.name)}\s*(?=[:>])", re.I)
+                prompt = pattern.sub(f"<lora:{better}".replace("\\", "\\\\"), prompt)
+            continue
+        tag = lora_tag(r, better)
         if tag:
             tags.append(tag)
     return ", ".join(p for p in (prompt.strip(), *tags) if p)

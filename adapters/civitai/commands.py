@@ -42,6 +42,8 @@ from adapters.civitai.client import (
     Image,
     Model,
     browsing_level,
+    meta_resources,
+    with_lora_tags,
 )
 from adapters.civitai.downloads import (
     DownloadManager,
@@ -49,6 +51,7 @@ from adapters.civitai.downloads import (
     format_bytes,
     format_duration,
 )
+from adapters.civitai.resolve import Resolved, resolve_resources
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
@@ -217,9 +220,11 @@ class CivitaiCommands:
         jobs: JobService,
         downloads: DownloadManager | None = None,
         notifier: Notifier | None = None,
+        db: Any = None,
     ) -> None:
         self.client = client
         self.jobs = jobs
+        self.db = db  # the model registry, to find an image's checkpoint and LoRAs here
         self.downloads = downloads
         self.notifier = notifier
         # per download: the status message last shown (its reply_to), and the last final
@@ -308,13 +313,21 @@ class CivitaiCommands:
             params = image.params()
             if not params.prompt:
                 raise BadInput(f"Civitai image {image.id} has no prompt to reuse")
+            resolved = await resolve_resources(self.db, meta_resources(image.meta), self.client)
+            prompt = with_lora_tags(
+                params.prompt,
+                [r.resource for r in resolved],
+                dict(enumerate(r.name for r in resolved)),
+            )
+            checkpoint = next((r for r in resolved if r.resource.kind == "checkpoint"), None)
+            model = checkpoint.name if checkpoint and self._offered(checkpoint.name) else None
             receipt = await self.jobs.submit(
                 msg.user,
                 "txt2img",
-                [params.with_(model=None, provider=None)],
+                [params.with_(prompt=prompt, model=model, provider=None)],
                 msg.reply_to,
                 idem_key=msg.message_key,
-                notes=(f"settings of Civitai image {image.id}",),
+                notes=(f"settings of Civitai image {image.id}", *_resource_notes(resolved)),
             )
             return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
         if sub == "hash":
@@ -496,6 +509,14 @@ class CivitaiCommands:
             actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")] if usable else [],
         )
 
+    def _offered(self, name: str | None) -> bool:
+        """Whether a configured provider offers a model of this name (else the job keeps the
+        provider's default model: a checkpoint is only carried where it can be drawn with)."""
+        if not name:
+            return False
+        providers = getattr(getattr(self.jobs, "router", None), "providers", {}) or {}
+        return any(m.name == name for p in providers.values() for m in p.capabilities().models)
+
     async def _image(self, image_id: int, level: int, post_id: int | None = None) -> Image:
         return await self.client.image(image_id, nsfw=level, post_id=post_id)
 
@@ -543,6 +564,21 @@ class CivitaiCommands:
             except asyncio.CancelledError:
                 await asyncio.wait([work])
                 raise
+
+
+def _resource_notes(resolved: list[Resolved]) -> list[str]:
+    """Receipt lines: the image's checkpoint (name, hash, whether this host has it) and LoRAs."""
+    notes = []
+    for r in resolved:
+        res = r.resource
+        if not (r.name or res.hash):
+            continue
+        what = "checkpoint" if res.kind == "checkpoint" else "LoRA"
+        weight = f" ×{res.weight:g}" if res.kind == "lora" and res.weight is not None else ""
+        hash_ = f" [{res.hash.lower()}]" if res.hash else ""
+        here = " (here)" if r.local is not None else ""
+        notes.append(f"{what}: {r.name or '?'}{weight}{hash_}{here}")
+    return notes
 
 
 def _model_line(m: Model) -> str:
@@ -629,4 +665,4 @@ def build(
     cfg = config.civitai
     client = CivitaiClient(cfg.api_key or None, base_url=cfg.base_url, timeout=cfg.timeout_s)
     downloads = DownloadManager.from_config(db, config) if db is not None else None
-    return CivitaiCommands(client, jobs, downloads, notifier)
+    return CivitaiCommands(client, jobs, downloads, notifier, db=db)
