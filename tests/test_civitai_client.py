@@ -783,6 +783,15 @@ async def test_iter_models_follows_page_mode(fake: FakeCivitai, client: CivitaiC
     assert len(two) == 3 and fake.calls_to("models")[-1].param("page") == "2"
 
 
+async def test_page_mode_loops_stop(
+    fake: FakeCivitai, client: CivitaiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.models_page_mode = "loop"
+    names = [m.name async for m in client.iter_models(limit=2)]
+    assert len(names) == 2 and len(fake.calls_to("models")) == 1
+    assert "pointed back to page 1" in caplog.text
+
+
 async def test_deterministic_500_is_not_retried(fake: FakeCivitai, client: CivitaiClient) -> None:
     """A 500 ``{"error":"URI malformed"}`` fails the same way every time: one request."""
     fake.fail_next(500, {"error": "URI malformed"}, on="images", times=5)

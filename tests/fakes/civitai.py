@@ -1008,7 +1008,7 @@ class FakeCivitai:
         self.old_shapes = False
         # /models in page mode (civitai.md §2 metadata, the pre-2024 [WIKI] shape):
         # ``currentPage``, ``pageSize``, ``totalPages``, ``nextPage`` with ``page=``, no cursor.
-        self.models_page_mode = False
+        self.models_page_mode: bool | str = False  # True, or "loop" (nextPage is page one)
         # Images that exist but ``/images?imageId=`` answers with nothing (issue 16; the
         # postId query still finds them).
         self.missing_by_image_id: set[int] = set()
@@ -1613,8 +1613,9 @@ class FakeCivitai:
             total = max(1, -(-len(models) // limit))
             metadata = {"currentPage": page_no, "pageSize": limit, "totalPages": total}
             metadata["totalItems"] = len(models)
-            if page_no < total:
-                metadata["nextPage"] = str(request.url.update_query(page=str(page_no + 1)))
+            if page_no < total:  # "loop": a server that keeps pointing at page one
+                again = 1 if self.models_page_mode == "loop" else page_no + 1
+                metadata["nextPage"] = str(request.url.update_query(page=str(again)))
         elif cursor is None and page_no is not None:
             start = (page_no - 1) * limit
             chunk = models[start : start + limit]
