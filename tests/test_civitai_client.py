@@ -750,3 +750,135 @@ async def test_a_picture_host_that_resolves_to_a_private_address_is_refused(
         with pytest.raises(CivitaiBadResponse, match="private or loopback"):
             await client.picture(f"http://localhost:{port}/x/original=true/90013.jpeg")
     assert fake.calls_to("image") == []
+
+
+# --- real shapes (issue 16) ------------------------------------------------------------------
+
+
+async def test_older_nsfw_shapes_map_to_levels(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """Version images with ``nsfw: true|false`` or an old level name and no ``nsfwLevel``,
+    models with ``nsfw`` only: false/"None" is PG, true counts as X, names their level."""
+    fake.old_shapes = True
+    levels = {i.id: i.level for i in fake.catalogue.models[4201].versions[0].images}
+    pg_model = {i.id: i.level for i in fake.catalogue.models[4202].versions[0].images}
+
+    model = await client.model(4202, nsfw="PG")  # a model with nsfw: false
+    assert {i.id for i in model.model_versions[0].images} == {
+        i for i, level in pg_model.items() if level == 1
+    }
+    assert all("nsfwLevel" not in i.raw for i in model.model_versions[0].images)
+    with pytest.raises(CivitaiFiltered):  # nsfw: true is not for a PG chat
+        await client.model(4201, nsfw="PG")
+    # a PG search keeps the PG models (their level unknown before: all were hidden)
+    found = (await client.search_models()).items
+    assert 4202 in {m.id for m in found} and 4201 not in {m.id for m in found}
+    # with everything allowed, every image is there; "true" is X, names keep their level
+    every = await client.model(4201, nsfw="X")
+    seen = {i.id: i.level for i in every.model_versions[0].images}
+    assert set(seen) == set(levels)
+    for image_id, level in seen.items():
+        expected = levels[image_id]
+        if image_id % 2 == 0 and expected != 1:
+            assert level == 8  # nsfw: true
+        else:
+            assert level == {16: 8}.get(expected, expected)  # "X" names both X and XXX
+
+
+async def test_iter_models_follows_page_mode(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """/models answering in page mode (totalPages, nextPage with page=, no nextCursor)."""
+    fake.models_page_mode = True
+    names = [m.name async for m in client.iter_models(limit=2, sort="Most Downloaded")]
+    assert len(names) == len(set(names)) == 6 and names[0] == "Photon Realism"
+    calls = fake.calls_to("models")
+    assert [c.param("page") for c in calls] == [None, "2", "3"]
+    assert all(c.param("cursor") is None for c in calls)
+    # max_items still ends it early, and a fresh listing starts at page one again
+    two = [m.name async for m in client.iter_models(limit=2, max_items=3)]
+    assert len(two) == 3 and fake.calls_to("models")[-1].param("page") == "2"
+
+
+async def test_page_mode_loops_stop(
+    fake: FakeCivitai, client: CivitaiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.models_page_mode = "loop"
+    names = [m.name async for m in client.iter_models(limit=2)]
+    assert len(names) == 2 and len(fake.calls_to("models")) == 1
+    assert "pointed back to page 1" in caplog.text
+
+
+async def test_deterministic_500_is_not_retried(fake: FakeCivitai, client: CivitaiClient) -> None:
+    """A 500 ``{"error":"URI malformed"}`` fails the same way every time: one request."""
+    fake.fail_next(500, {"error": "URI malformed"}, on="images", times=5)
+    with pytest.raises(CivitaiBadRequest, match="URI malformed"):
+        await client.images(limit=2)
+    assert [c.status for c in fake.calls_to("images")] == [500]
+    fake._failures.clear()
+    # a tRPC client-side code in a 500 body is the same
+    fake.fail_next(500, {"error": "bad", "code": "BAD_REQUEST"}, on="models", times=5)
+    with pytest.raises(CivitaiBadRequest):
+        await client.search_models(limit=1)
+    assert len(fake.calls_to("models")) == 1
+    fake._failures.clear()
+    # an unexpected 500, 502/503/504 and 429 are still retried
+    fake.fail_next(500, on="tags")
+    for status in (502, 503, 504):
+        fake.fail_next(status, {"error": "upstream"}, on="tags")
+    fake.throttle(1, retry_after="0", on="tags")
+    async with make_client(fake, max_attempts=6) as patient:
+        assert (await patient.tags(limit=1)).items
+    assert [c.status for c in fake.calls_to("tags")] == [500, 502, 503, 504, 429, 200]
+
+
+async def test_lookups_are_cached_briefly(fake: FakeCivitai) -> None:
+    now = [1000.0]
+    async with make_client(fake, cache_ttl_s=300, cache_size=3, clock=lambda: now[0]) as client:
+        for _ in range(2):
+            assert (await client.model(4201)).name == "Photon Realism"
+            await client.model_version(52013)
+            await client.image(90013)
+        assert len(fake.calls_to("model")) == 1 and len(fake.calls_to("version")) == 1
+        assert len(fake.calls_to("images")) == 1
+        # a filter applied to one answer does not change the kept one
+        assert len((await client.model(4201, nsfw="PG")).model_versions[0].images) < len(
+            (await client.model(4201)).model_versions[0].images
+        )
+        sha = fake.catalogue.models[4201].versions[0].files[0].hashes["SHA256"]
+        await client.version_by_hash(sha)
+        await client.version_by_hash(sha.lower())  # the same hash, upper-cased
+        assert len(fake.calls_to("by-hash")) == 1
+        # listings are never cached
+        await client.images(limit=2)
+        await client.images(limit=2)
+        assert len(fake.calls_to("images")) == 3
+        # after the TTL, asked again; the size bound drops the least recently used
+        now[0] += 301
+        await client.version_by_hash(sha)
+        assert len(fake.calls_to("by-hash")) == 2
+        await client.model(4202)
+        await client.model(4203)  # three kept at most: the image and model 4201 went out
+        await client.version_by_hash(sha)
+        assert len(fake.calls_to("by-hash")) == 2
+        await client.model(4204)  # pushes out 4202, the least recently used
+        await client.model(4202)
+        assert len(fake.calls_to("model")) == 5
+    async with make_client(fake, cache_ttl_s=0) as uncached:
+        await uncached.model(4201)
+        await uncached.model(4201)
+    assert len(fake.calls_to("model")) == 7
+
+
+def test_lora_tags_added_once_and_renamed_to_local_files() -> None:
+    from adapters.civitai.client import Resource, meta_resources, with_lora_tags
+    from tests.fakes.civitai import REAL_META_LORAS
+
+    resources = meta_resources(REAL_META_LORAS)
+    kinds = [(r.kind, r.name, r.weight, r.version_id) for r in resources]
+    assert kinds == [
+        ("checkpoint", "juggernautXL_v9", None, 348913),
+        ("lora", "add_detail", 0.6, None),
+        ("lora", "epiNoiseoffset_v2", 0.7, None),
+        ("lora", None, 0.8, 87153),  # named only by its version: no tag without a name
+    ]
+    prompt = with_lora_tags("x, <lora:add_detail:0.6>", resources, {1: "add_detail_v2"})
+    assert prompt == "x, <lora:add_detail_v2:0.6>, <lora:epiNoiseoffset_v2:0.7>"
+    assert with_lora_tags("", [Resource("lora", "a", None)]) == "<lora:a:1>"

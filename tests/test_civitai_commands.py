@@ -85,6 +85,22 @@ async def test_use_starts_a_job_with_the_images_settings(app_factory, civitai) -
     assert await app.jobs.balance(user()) == 19
 
 
+async def test_an_image_civitai_does_not_return_by_id(app_factory, civitai) -> None:
+    """/images?imageId= answers some existing images with nothing: say what is true, and
+    find it through its post when the person gives one."""
+    civitai.missing_by_image_id.add(90013)
+    post = civitai._find_image(90013).post_id
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    missing = await ask(app, "/civitai image 90013")
+    assert missing.error and "did not return image 90013" in missing.text
+    assert "has no" not in missing.text and "--post" in missing.text
+    found = await ask(app, f"/civitai image 90013 --post {post}")
+    assert not found.error and "a red fox in snow" in found.text
+    assert civitai.calls_to("images")[-1].param("postId") == str(post)
+    used = await ask(app, f"/civitai use 90013 --post {post}", key="m2")
+    assert used.receipt is not None
+
+
 # --- model downloads from chat (admins) -------------------------------------------------------
 
 
@@ -438,3 +454,72 @@ async def test_a_file_civitais_scans_flag_is_refused_in_chat_unless_an_admin_ove
     assert Path(view.path or "").read_bytes() == storage.content(file.id)
     [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
     assert "admin test:root" in warned and "Danger" in warned and file.name in warned
+
+
+# --- real meta: checkpoint and LoRAs (issue 16) ------------------------------------------------
+
+
+def registry_row(sha: str, name: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "sha256": sha,
+        "name": name,
+        "type": kw.pop("type", "lora"),
+        "size_bytes": 1000,
+        "source": "civitai",
+        "path": f"/models/{name}",
+        "status": kw.pop("status", "ready"),
+        "created_at": 1.0,
+        "updated_at": 1.0,
+        **kw,
+    }
+
+
+async def test_use_carries_the_images_loras_and_checkpoint(app_factory, civitai) -> None:
+    ids = civitai.real_shapes()
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    ckpt_sha = "c9e3e68f89" + "0" * 54  # the image's AutoV2 is the start of this SHA256
+    anime = civitai.catalogue.models[4202].versions[0]
+    anime_sha = anime.files[0].hashes["SHA256"].lower()
+
+    def fill(conn: Any) -> None:
+        from storage import repos
+
+        repos.upsert_model(conn, registry_row(ckpt_sha, "juggernaut_local.safetensors"))
+        # the LoRA named only by its version id in civitaiResources
+        repos.upsert_model(
+            conn, registry_row("ab" * 32, "detail_tweaker.safetensors", civitai_version_id=87153)
+        )
+        # a file this host has for a LoRA Civitai knows by hash (an AutoV3 in the prompt)
+        repos.upsert_model(conn, registry_row(anime_sha, "anime_lines_here.safetensors"))
+
+    await app.db.run_write(fill)
+    reply = await ask(app, f"/civitai use {ids['loras']}", key="lora-1")
+    assert reply.receipt is not None, reply.text
+    view = await app.jobs.job(None, reply.receipt.job_ids[0])
+    prompt = view.params["prompt"]
+    assert prompt.startswith("a castle on a hill, <lora:add_detail:0.6>, golden hour")
+    assert prompt.count("<lora:add_detail:") == 1
+    assert "<lora:epiNoiseoffset_v2:0.7>" in prompt and "<lora:detail_tweaker:0.8>" in prompt
+    assert "checkpoint: juggernaut_local [c9e3e68f89] (here)" in reply.text
+    assert "LoRA: detail_tweaker ×0.8 (here)" in reply.text
+    assert "LoRA: epiNoiseoffset_v2 ×0.7 [d1131f7207]" in reply.text
+    assert view.params["model"] != "juggernaut_local"  # no provider here offers it
+
+    # a LoRA the registry cannot match by its hash: Civitai names its file, the registry has it
+    from adapters.civitai.client import Resource
+    from adapters.civitai.resolve import resolve_resources
+
+    client = app.commands.extensions["civitai"].client
+    autov3 = anime.files[0].hashes["AutoV3"]
+    found = await resolve_resources(
+        app.db,
+        [
+            Resource("lora", name="animelines", weight=0.5, hash=autov3),
+            Resource("lora", weight=0.3, version_id=anime.id),
+            Resource("lora", name="nowhere", hash="0123456789AB"),
+        ],
+        client,
+    )
+    assert [r.name for r in found] == ["anime_lines_here", "anime_lines_here", "nowhere"]
+    assert [r.local is not None for r in found] == [True, True, False]
+    assert found[0].sha256 == anime_sha

@@ -479,3 +479,34 @@ async def test_links_planted_in_the_folder_are_refused_not_written_through(
     with pytest.raises(OSError, match="symbolic link"):
         await harvester(client, out, max_items=2).run()
     assert precious.read_text() == "keep me"
+
+
+# --- real meta shapes (issue 16) -------------------------------------------------------------
+
+
+async def test_real_meta_shapes_reach_the_txt(
+    fake: FakeCivitai, client: CivitaiClient, tmp_path: Path
+) -> None:
+    ids = fake.real_shapes()
+    filters = {"model_version_id": 52013, "sort": "Oldest"}
+    result = await harvester(client, tmp_path, filters=filters, max_items=40).run()
+    assert result.ok and set(ids.values()) <= set(images_in(tmp_path))
+    texts = {name: (tmp_path / f"{i}.txt").read_text() for name, i in ids.items()}
+
+    # Model as an object: its key is the name
+    assert "Model: meina_belly_7" in texts["model_object"]
+    # LoRAs: the tag already in the prompt kept once, the others added with their weight;
+    # the checkpoint hash and the LoRA hashes in A1111's keys
+    loras = texts["loras"]
+    prompt, _negative, keys = loras.rstrip("\n").split("\n")
+    assert prompt.count("<lora:add_detail:0.6>") == 1
+    assert "<lora:epiNoiseoffset_v2:0.7>" in prompt
+    assert "Model hash: c9e3e68f89" in keys and "Model: juggernautXL_v9" in keys
+    assert 'Lora hashes: "add_detail: 7c6bad76eb, epiNoiseoffset_v2: d1131f7207"' in keys
+    assert "Flux mode:" in keys
+    # junk is left out, real values stay
+    junk = texts["junk"]
+    assert junk.startswith("a quiet harbour\n") and "Negative prompt" not in junk
+    for word in ("Undefined", "undefined", "NaN", "Seed:", "Steps:", "Clip skip", "2023-13"):
+        assert word not in junk, word
+    assert "Size: 768x512" in junk and "Schedule type: Karras" in junk

@@ -30,14 +30,18 @@ on. Nothing here downloads model files; that is a separate module.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
+import math
 import random
 import re
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -70,6 +74,12 @@ USER_AGENT = "sdhost/0.1 (civitai api client)"  # never a browser UA
 
 # The server refuses ``page * limit`` above this with a 429 (deep-paging guard).
 MAX_PAGED_ITEMS = 1000
+# Lookups (a model, a version, an image, a version by file hash) are kept this long, this many
+# at most (least recently used out first), so repeated /civitai lookups and "use" after
+# "image" ask Civitai once; Civitai's own edge caches these for 300 s. Listings and the
+# harvest are never cached. ``CivitaiClient(cache_ttl_s=0)`` turns it off.
+CACHE_TTL_S = 300.0
+CACHE_SIZE = 512
 IMAGES_MAX_LIMIT = 200
 MODELS_MAX_LIMIT = 100
 TAGS_MAX_LIMIT = 200
@@ -155,6 +165,23 @@ _POLICY_LEVELS = {
 }
 # A single image's deprecated ``nsfwLevel`` string, as the server maps it back.
 _IMAGE_LEVEL_NAMES = {"none": PG, "soft": PG13, "mature": R, "x": X, "blocked": BLOCKED}
+# Older shapes (version images, models) carry only ``nsfw: true|false``: false is PG; true
+# says only "not PG", so it counts as X (civitai.md §0: X is what "nsfw" meant before the
+# levels), shown where X is allowed, hidden under the PG and SFW defaults.
+_NSFW_TRUE = X
+
+
+def _old_level(value: Any) -> int | None:
+    """A level from the older fields: ``nsfw`` true/false, or an old level name."""
+    if isinstance(value, bool):
+        return _NSFW_TRUE if value else PG
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "false"):
+            return _NSFW_TRUE if word == "true" else PG
+        return _IMAGE_LEVEL_NAMES.get(word)
+    return None
+
 
 NsfwPolicy = bool | int | str | Iterable[bool | int | str]
 
@@ -494,7 +521,7 @@ class Image(Lenient):
     type: str | None = None
     nsfw_level: str | int | None = None  # "None"/"Soft"/... on /images, a number elsewhere
     browsing_level: int | None = None
-    nsfw: bool | None = None
+    nsfw: bool | str | None = None  # a bool; an old level name ("Mature") in older shapes
     created_at: str | None = None
     post_id: int | None = None
     username: str | None = None
@@ -530,8 +557,9 @@ class Image(Lenient):
         if isinstance(value, str):
             if value.strip().isascii() and value.strip().isdigit():
                 return int(value) or None
-            return _IMAGE_LEVEL_NAMES.get(value.strip().lower())
-        return None
+            if value.strip().lower() in _IMAGE_LEVEL_NAMES:
+                return _IMAGE_LEVEL_NAMES[value.strip().lower()]
+        return _old_level(self.nsfw)  # the older shape: nsfw true|false or a level name
 
     def params(self) -> GenerationParams:
         """Its generation parameters (the picture's own size when meta has none)."""
@@ -580,6 +608,13 @@ class ModelVersion(Lenient):
     download_url: str | None = None
 
     @property
+    def level(self) -> int | None:
+        """Its browsing level; from the older shape's names when it has no number."""
+        if self.nsfw_level:
+            return self.nsfw_level
+        return _old_level(self.raw.get("nsfwLevel")) or _old_level(self.raw.get("nsfw"))
+
+    @property
     def primary_file(self) -> ModelFile | None:
         """The primary file, else the first model-weights file, else the first file."""
         for f in self.files:
@@ -626,6 +661,13 @@ class Model(Lenient):
                 if isinstance(v, str) or (isinstance(v, Mapping) and isinstance(v.get("name"), str))
             ]
         return value
+
+    @property
+    def level(self) -> int | None:
+        """Its browsing level; from ``nsfw`` true/false or an old name in older shapes."""
+        if self.nsfw_level:
+            return self.nsfw_level
+        return _old_level(self.raw.get("nsfwLevel")) or _old_level(self.nsfw)
 
     @property
     def latest_version(self) -> ModelVersion | None:
@@ -747,21 +789,40 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
+# Words uploads write where a value is missing (issue 16): not values.
+_JUNK_WORDS = frozenset({"", "undefined", "null", "none", "nan", "n/a", "unknown", "-"})
+
+
 def _as_text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value.strip() or None
+        text = value.strip()
+        return None if text.lower() in _JUNK_WORDS else text
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+        return str(value) if math.isfinite(value) else None
     return None
+
+
+def _model_name(value: Any) -> str | None:
+    """``meta.Model``: a name, or (as real uploads send it) an object such as
+    ``{"meina_belly_7": "3mix"}`` whose key is the name."""
+    if isinstance(value, Mapping):
+        names = [k for k in (_as_text(key) for key in value) if k]
+        return ", ".join(names) or None
+    return _as_text(value)
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None
 
 
 def _size(meta: Mapping[str, Any]) -> tuple[int | None, int | None]:
     size = _first(meta, "Size", "size")
     if isinstance(size, str):
         m = _SIZE.match(size)
-        if m:
+        if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
             return int(m.group(1)), int(m.group(2))
-    return _as_int(meta.get("width")), _as_int(meta.get("height"))
+    w, h = _as_int(meta.get("width")), _as_int(meta.get("height"))
+    return (w, h) if w and h and w > 0 and h > 0 else (None, None)
 
 
 def generation_params(
@@ -779,12 +840,182 @@ def generation_params(
         negative=_as_text(_first(m, "negativePrompt", "negative_prompt", "Negative prompt")) or "",
         seed=seed if seed is not None and 0 <= seed <= MAX_SEED else None,  # else random
         steps=steps if steps is not None and 0 < steps <= 150 else None,  # what --steps takes
-        cfg=_as_float(_first(m, "cfgScale", "cfg_scale", "CFG scale")),
+        cfg=_positive(_as_float(_first(m, "cfgScale", "cfg_scale", "CFG scale"))),
         sampler=_as_text(_first(m, "sampler", "Sampler", "sampler_name")),
         width=meta_w if meta_w and meta_h else width,
         height=meta_h if meta_w and meta_h else height,
-        model=_as_text(_first(m, "Model", "model")),
+        model=_model_name(_first(m, "Model", "model")),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A checkpoint or LoRA an image was made with, as its meta names it: ``name`` (the
+    A1111 name, e.g. a file stem), ``weight``, ``hash`` (a short hash as sent, upper-case:
+    AutoV2 for checkpoints, often AutoV3 for LoRAs), ``version_id`` (Civitai's)."""
+
+    kind: str  # "checkpoint" | "lora"
+    name: str | None = None
+    weight: float | None = None
+    hash: str | None = None
+    version_id: int | None = None
+
+
+_LORA_KINDS = frozenset({"lora", "locon", "lycoris", "dora"})
+_AIR_VERSION = re.compile(r"^urn:air:[^:]+:([^:]+):civitai:\d+@(\d+)$")
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>", re.I)
+
+
+def _hash_text(value: Any) -> str | None:
+    text = _as_text(value)
+    return text.upper() if text and _HASH.match(text) else None
+
+
+def meta_resources(meta: Any) -> list[Resource]:
+    """The checkpoint (first, when known) and LoRAs an image's ``meta`` names, merged from
+    ``Model``/``hashes.model``/``Model hash``, ``hashes["lora:NAME"]``, ``resources``,
+    ``civitaiResources``, ``additionalResources`` and ``fluxMode`` (an AIR of the
+    checkpoint). A LoRA is one entry however many places name it."""
+    m = flat_meta(meta) or {}
+    raw_hashes = m.get("hashes")
+    hashes: Mapping[Any, Any] = raw_hashes if isinstance(raw_hashes, Mapping) else {}
+    ckpt: dict[str, Any] = {
+        "name": _model_name(_first(m, "Model", "model")),
+        "hash": _hash_text(m.get("Model hash")) or _hash_text(hashes.get("model")),
+        "version_id": None,
+    }
+    loras: dict[str, dict[str, Any]] = {}  # by lower-case name, or "#<version id>"
+
+    def lora(name: str | None, version_id: int | None) -> dict[str, Any]:
+        if name:
+            by_id = loras.pop(f"#{version_id}", None) if version_id else None
+            entry = loras.setdefault(name.lower(), by_id or {"name": name})
+            entry["name"] = entry.get("name") or name
+        else:
+            found = next((e for e in loras.values() if e.get("version_id") == version_id), None)
+            entry = found or loras.setdefault(f"#{version_id}", {"name": None})
+        if version_id and not entry.get("version_id"):
+            entry["version_id"] = version_id
+        return entry
+
+    for key, value in hashes.items():
+        if isinstance(key, str) and key.lower().startswith("lora:") and _as_text(key[5:]):
+            lora(_as_text(key[5:]), None).setdefault("hash", _hash_text(value))
+    for item in m.get("resources") or []:
+        if not isinstance(item, Mapping):
+            continue
+        kind = (_as_text(item.get("type")) or "").lower()
+        if kind in _LORA_KINDS and _as_text(item.get("name")):
+            e = lora(_as_text(item.get("name")), None)
+            e.setdefault("weight", _as_float(item.get("weight")))
+            e["hash"] = e.get("hash") or _hash_text(item.get("hash"))
+        elif kind in ("model", "checkpoint"):
+            ckpt["hash"] = ckpt["hash"] or _hash_text(item.get("hash"))
+    for item in m.get("civitaiResources") or []:
+        if not isinstance(item, Mapping):
+            continue
+        kind = (_as_text(item.get("type")) or "").lower()
+        version_id = _as_int(item.get("modelVersionId"))
+        if kind in _LORA_KINDS and version_id:
+            lora(None, version_id).setdefault("weight", _as_float(item.get("weight")))
+        elif kind == "checkpoint" and version_id:
+            ckpt["version_id"] = ckpt["version_id"] or version_id
+    for item in m.get("additionalResources") or []:
+        if not isinstance(item, Mapping):
+            continue
+        kind = (_as_text(item.get("type")) or "").lower()
+        name = _as_text(item.get("name"))
+        air = _AIR_VERSION.match(name or "")
+        if air:
+            name, version_id = None, int(air.group(2))
+        else:
+            version_id = None
+        if kind in _LORA_KINDS and (name or version_id):
+            e = lora(name, version_id)
+            if e.get("weight") is None:
+                e["weight"] = _as_float(_first(item, "strength", "weight"))
+    flux = _AIR_VERSION.match(_as_text(m.get("fluxMode")) or "")
+    if flux and flux.group(1) == "checkpoint":
+        ckpt["version_id"] = ckpt["version_id"] or int(flux.group(2))
+    for tag in _LORA_TAG.finditer(_as_text(m.get("prompt")) or ""):
+        e = lora(tag.group(1).strip(), None)
+        weight = _as_float((tag.group(2) or "").split(":")[0])
+        e["weight"] = weight if weight is not None else e.get("weight")
+    out = []
+    if any(ckpt.values()):
+        out.append(Resource("checkpoint", **ckpt))
+    for e in loras.values():
+        weight = e.get("weight")
+        out.append(
+            Resource(
+                "lora",
+                name=e.get("name"),
+                weight=weight if weight is not None and math.isfinite(weight) else None,
+                hash=e.get("hash"),
+                version_id=e.get("version_id"),
+            )
+        )
+    return out
+
+
+def lora_tag(resource: Resource, name: str | None = None) -> str | None:
+    """``<lora:NAME:W>`` for a LoRA (``name`` overrides its own, e.g. a local file name)."""
+    name = name or resource.name
+    if not name:
+        return None
+    weight = 1.0 if resource.weight is None else resource.weight
+    return f"<lora:{name}:{format_number(weight)}>"
+
+
+def with_lora_tags(
+    prompt: str, resources: Sequence[Resource], names: Mapping[int, str | None] | None = None
+) -> str:
+    """``prompt`` with a ``<lora:NAME:W>`` tag for each LoRA it does not name already;
+    ``names`` maps a resource's index to a better name (a local file's), which also renames
+    the prompt's own tag for it."""
+    names = names or {}
+    present = {tag.group(1).strip().lower() for tag in _LORA_TAG.finditer(prompt)}
+    tags = []
+    for i, r in enumerate(resources):
+        if r.kind != "lora":
+            continue
+        better = names.get(i)
+        if r.name and r.name.lower() in present:
+            if better and better != r.name:
+                pattern = re.compile(rf"<lora:\s*{re.escape(r.name)}\s*(?=[:>])", re.I)
+                prompt = pattern.sub(f"<lora:{better}".replace("\\", "\\\\"), prompt)
+            continue
+        tag = lora_tag(r, better)
+        if tag:
+            tags.append(tag)
+    return ", ".join(p for p in (prompt.strip(), *tags) if p)
+
+
+def _is_date_key(key: str) -> bool:
+    return "date" in key.lower() or key.lower().endswith(" at")
+
+
+def _extra_value(key: str, value: Any) -> Any:
+    """An extra A1111 key's value, or ``None`` when it is not one (junk words, NaN, a
+    negative number, a date that does not parse)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            return None
+        return format_number(value) if isinstance(value, float) else value
+    text = _as_text(value)
+    if text is None or re.fullmatch(r"[-+]?(nan|inf|infinity)", text, re.I):
+        return None
+    number = _as_float(text)
+    if number is not None and number < 0:
+        return None
+    if _is_date_key(key):
+        try:
+            dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return text
 
 
 def parameters_text(meta: Any, *, width: int | None = None, height: int | None = None) -> str:
@@ -793,28 +1024,30 @@ def parameters_text(meta: Any, *, width: int | None = None, height: int | None =
     hash, Model, Clip skip`` and any other A1111 keys meta carries (``Hires upscale``...)."""
     m = flat_meta(meta) or {}
     p = generation_params(m, width=width, height=height)
-    hashes = m.get("hashes")
-    model_hash = _as_text(m.get("Model hash"))
-    if model_hash is None and isinstance(hashes, Mapping):
-        model_hash = _as_text(hashes.get("model"))
+    resources = meta_resources(m)
+    checkpoint = next((r for r in resources if r.kind == "checkpoint"), None)
+    lora_hashes = ", ".join(
+        f"{r.name}: {r.hash.lower()}" for r in resources if r.kind == "lora" and r.name and r.hash
+    )
+    clip_skip = _as_int(_first(m, "clipSkip", "Clip skip"))
     pairs: list[tuple[str, Any]] = [
         ("Steps", p.steps),
         ("Sampler", p.sampler),
         ("CFG scale", None if p.cfg is None else format_number(p.cfg)),
         ("Seed", p.seed),
         ("Size", f"{p.width}x{p.height}" if p.width and p.height else None),
-        ("Model hash", model_hash),
+        ("Model hash", checkpoint.hash.lower() if checkpoint and checkpoint.hash else None),
         ("Model", p.model),
-        ("Clip skip", _as_int(_first(m, "clipSkip", "Clip skip"))),
+        ("Clip skip", clip_skip if clip_skip is not None and clip_skip > 0 else None),
+        ("Lora hashes", lora_hashes or _as_text(m.get("Lora hashes"))),
+        ("Flux mode", _as_text(m.get("fluxMode"))),
     ]
     for key in sorted(m):
-        value = m[key]
-        if key in _HANDLED_META or not _A1111_KEY.match(key):
+        if key in _HANDLED_META or key == "Lora hashes" or not _A1111_KEY.match(key):
             continue
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            pairs.append((key, format_number(value) if isinstance(value, float) else value))
+        pairs.append((key, _extra_value(key, m[key])))
     key_line = ", ".join(f"{k}: {quote(str(v))}" for k, v in pairs if v is not None and v != "")
-    lines = [p.prompt]
+    lines = [with_lora_tags(p.prompt, resources)]
     if p.negative:
         lines.append(f"{NEGATIVE_PREFIX} {p.negative}")
     if key_line:
@@ -926,9 +1159,16 @@ class CivitaiClient:
         http: httpx.AsyncClient | None = None,
         user_agent: str = USER_AGENT,
         image_hosts: Iterable[str] = IMAGE_HOSTS,
+        cache_ttl_s: float = CACHE_TTL_S,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = (api_key or "").strip() or None
         self.image_hosts = frozenset(h.strip().lower() for h in image_hosts if h.strip())
+        self.cache_ttl_s = cache_ttl_s
+        self.cache_size = max(0, cache_size)
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._timeout = timeout
         self._pictures: httpx.AsyncClient | None = None  # made on first use
         self.base_url = base_url.rstrip("/")
@@ -1036,6 +1276,33 @@ class CivitaiClient:
             )
             await asyncio.sleep(wait)
 
+    async def _lookup(
+        self,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, Any] | None = None,
+        fresh: bool = False,
+    ) -> Any:
+        """A GET lookup through the cache (see ``CACHE_TTL_S``): the decoded JSON, kept for
+        ``cache_ttl_s``; errors are not kept. Callers parse it afresh each time. ``fresh``
+        asks Civitai again (and keeps the new answer): for what must not be minutes old,
+        such as the scan verdicts a download is judged by."""
+        key = (path, json.dumps(_clean(params or {}), sort_keys=True, default=str))
+        now = self._clock()
+        hit = None if fresh else self._cache.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                self._cache.move_to_end(key)
+                return hit[1]
+            del self._cache[key]
+        data = await self._request("GET", path, what=what, params=params)
+        if self.cache_ttl_s > 0 and self.cache_size > 0:
+            self._cache[key] = (now + self.cache_ttl_s, data)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return data
+
     def _decode(self, response: httpx.Response, what: str) -> Any:
         status = response.status_code
         content_type = response.headers.get("content-type", "")
@@ -1098,6 +1365,9 @@ class CivitaiClient:
                 retry_after=retry_after,
                 retryable=True,
             )
+        if status == 500 and _deterministic(data, detail):
+            # the same request fails the same way again: no retry (issue 16)
+            raise CivitaiBadRequest(f"Civitai rejected {what} (HTTP 500{suffix})", status=status)
         if status >= 500 or retryable:
             raise CivitaiUnavailable(
                 f"Civitai is unavailable (HTTP {status}{suffix}); try again later",
@@ -1139,20 +1409,23 @@ class CivitaiClient:
 
     async def _follow(
         self,
-        fetch: Callable[[str | None], Awaitable[Page[T]]],
+        fetch: Callable[[str | None, int | None], Awaitable[Page[T]]],
         *,
         what: str,
         cursor: str | None,
         max_items: int | None,
     ) -> AsyncIterator[T]:
-        """Yield items page after page along ``nextCursor``; stop at the end, or (logging
-        once) on a cursor seen before, a page of repeated ids, or an empty page with a cursor."""
+        """Yield items page after page along ``nextCursor`` (or, when a server answers in
+        page mode without one, along ``nextPage``'s ``page=``); stop at the end, or (logging
+        once) on a cursor or page seen before, a page of repeated ids, an empty page that
+        points further, or the deep-paging guard."""
         seen_cursors: set[str] = set() if cursor is None else {cursor}
         seen_keys: set[Any] = set()
         yielded = 0
         pages = 0
+        page_no: int | None = None
         while True:
-            page = await fetch(cursor)
+            page = await fetch(cursor, page_no)
             pages += 1
             fresh = any(k is None or k not in seen_keys for k in page.keys)
             for item in page.items:
@@ -1167,7 +1440,10 @@ class CivitaiClient:
                     return
             seen_keys.update(k for k in page.keys if k is not None)
             next_cursor = page.next_cursor
-            if next_cursor is None:
+            next_page = None if next_cursor is not None else _next_page(page.metadata)
+            if isinstance(next_page, str):  # nextPage carries the cursor itself
+                next_cursor, next_page = next_page, None
+            if next_cursor is None and next_page is None:
                 return
             if page.received == 0:
                 log.warning(
@@ -1181,6 +1457,27 @@ class CivitaiClient:
                     "civitai: %s page %d repeated only items already seen; stopping", what, pages
                 )
                 return
+            if next_page is not None:  # page mode
+                size = page.metadata.page_size or page.received
+                if next_page <= (page_no or 1):
+                    log.warning(
+                        "civitai: %s page %d pointed back to page %d; stopping",
+                        what,
+                        pages,
+                        next_page,
+                    )
+                    return
+                if next_page * size > MAX_PAGED_ITEMS:
+                    log.warning(
+                        "civitai: %s stops at page %d: Civitai pages no deeper than %d items",
+                        what,
+                        pages,
+                        MAX_PAGED_ITEMS,
+                    )
+                    return
+                cursor, page_no = None, next_page
+                continue
+            assert next_cursor is not None
             if next_cursor in seen_cursors:
                 log.warning(
                     "civitai: %s page %d led back to a cursor seen before (%r); stopping",
@@ -1190,7 +1487,7 @@ class CivitaiClient:
                 )
                 return
             seen_cursors.add(next_cursor)
-            cursor = next_cursor
+            cursor, page_no = next_cursor, None
 
     async def _follow_pages(
         self,
@@ -1302,33 +1599,35 @@ class CivitaiClient:
             raise TypeError("iter_models follows cursors; it takes no page")
         start = filters.pop("cursor", None)
 
-        async def fetch(cursor: str | None) -> Page[Model]:
-            return await self.search_models(query, cursor=cursor, **filters)
+        async def fetch(cursor: str | None, page: int | None) -> Page[Model]:
+            return await self.search_models(query, cursor=cursor, page=page, **filters)
 
         return self._follow(fetch, what="models", cursor=start, max_items=max_items)
 
-    async def model(self, model_id: int, *, nsfw: NsfwPolicy | None = None) -> Model:
+    async def model(
+        self, model_id: int, *, nsfw: NsfwPolicy | None = None, fresh: bool = False
+    ) -> Model:
         """``GET /models/{id}``. The server returns every level here, and so does this by
         default (``nsfw=None``: no filtering). With ``nsfw`` a policy, version images outside
         it are removed, and a model with nothing allowed raises :class:`CivitaiFiltered`."""
         what = f"model {model_id}"
-        data = await self._request("GET", f"/models/{int(model_id)}", what=what)
+        data = await self._lookup(f"/models/{int(model_id)}", what=what, fresh=fresh)
         if not isinstance(data, dict):
             raise CivitaiBadResponse(f"Civitai sent an unusable reply for {what}")
         model = Model.model_validate(data)
         if nsfw is not None:
             mask = browsing_level(nsfw)
-            if model.nsfw_level and not model.nsfw_level & mask:
+            if model.level and not model.level & mask:
                 raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
             _filter_version_images(model.model_versions, mask)
         return model
 
     async def model_version(
-        self, version_id: int, *, nsfw: NsfwPolicy | None = None
+        self, version_id: int, *, nsfw: NsfwPolicy | None = None, fresh: bool = False
     ) -> ModelVersion:
-        """``GET /model-versions/{id}`` (``nsfw`` as for :meth:`model`)."""
+        """``GET /model-versions/{id}`` (``nsfw`` and ``fresh`` as for :meth:`model`)."""
         what = f"model version {version_id}"
-        data = await self._request("GET", f"/model-versions/{int(version_id)}", what=what)
+        data = await self._lookup(f"/model-versions/{int(version_id)}", what=what, fresh=fresh)
         return self._version(data, what, nsfw)
 
     def _version(self, data: Any, what: str, nsfw: NsfwPolicy | None) -> ModelVersion:
@@ -1337,7 +1636,7 @@ class CivitaiClient:
         version = ModelVersion.model_validate(data)
         if nsfw is not None:
             mask = browsing_level(nsfw)
-            if version.nsfw_level and not version.nsfw_level & mask:
+            if version.level and not version.level & mask:
                 raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
             _filter_version_images([version], mask)
         return version
@@ -1347,7 +1646,7 @@ class CivitaiClient:
         SHA256 or BLAKE3; any case)."""
         wanted = _checked_hash(hash_)
         what = f"model file with hash {wanted}"
-        data = await self._request("GET", f"/model-versions/by-hash/{wanted}", what=what)
+        data = await self._lookup(f"/model-versions/by-hash/{wanted}", what=what)
         return self._version(data, what, nsfw)
 
     async def versions_by_hashes(self, hashes: Iterable[str]) -> dict[str, ModelVersion]:
@@ -1455,27 +1754,36 @@ class CivitaiClient:
             raise TypeError("iter_images follows cursors; it takes no page")
         start = filters.pop("cursor", None)
 
-        async def fetch(cursor: str | None) -> Page[Image]:
-            return await self.images(cursor=cursor, **filters)
+        async def fetch(cursor: str | None, page: int | None) -> Page[Image]:
+            return await self.images(cursor=cursor, page=page, **filters)
 
         return self._follow(fetch, what="images", cursor=start, max_items=max_items)
 
-    async def image(self, image_id: int, *, nsfw: NsfwPolicy | None = None) -> Image:
-        """One image with its meta (``GET /images?imageId=``). Raises
-        :class:`CivitaiNotFound`, or :class:`CivitaiFiltered` when its level is outside
-        ``nsfw`` (default PG only)."""
+    async def image(
+        self, image_id: int, *, nsfw: NsfwPolicy | None = None, post_id: int | None = None
+    ) -> Image:
+        """One image with its meta (``GET /images?imageId=``). Civitai answers some images
+        that exist with an empty list there; with ``post_id`` (the API has no other way to
+        name one image) the image is then looked for in its post (``/images?postId=``).
+        Raises :class:`CivitaiNotFound`, or :class:`CivitaiFiltered` when its level is
+        outside ``nsfw`` (default PG only)."""
         mask = browsing_level(nsfw)
         what = f"image {image_id}"
-        data = await self._request(
-            "GET",
-            "/images",
-            what=what,
-            params={"imageId": int(image_id), "browsingLevel": ALL | BLOCKED, "withMeta": True},
-        )
+        wide = {"browsingLevel": ALL | BLOCKED, "withMeta": True}
+        data = await self._lookup("/images", what=what, params={"imageId": int(image_id), **wide})
         page = self._page(data, Image.model_validate, what)
         match = next((i for i in page.items if i.id == int(image_id)), None)
+        if match is None and post_id is not None:
+            params = {"postId": int(post_id), "limit": IMAGES_MAX_LIMIT, **wide}
+            data = await self._lookup("/images", what=f"post {post_id}", params=params)
+            page = self._page(data, Image.model_validate, f"post {post_id}")
+            match = next((i for i in page.items if i.id == int(image_id)), None)
         if match is None:
-            raise CivitaiNotFound(f"Civitai has no {what}")
+            where = f" (nor did post {post_id})" if post_id is not None else ""
+            raise CivitaiNotFound(
+                f"Civitai did not return {what}{where}: it answers some existing images with "
+                "nothing; if you know the image's post, add --post POST_ID"
+            )
         if not level_allowed(match.level, mask):
             raise CivitaiFiltered(f"Civitai {what} is not shown here (its NSFW level)")
         return match
@@ -1575,6 +1883,36 @@ class CivitaiClient:
             raise CivitaiBadResponse(f"not fetching a picture from {host}: {exc}") from None
 
 
+# 500s that say the request itself cannot be served (a JavaScript URIError on a bad percent
+# escape, a validation failure, a tRPC client-side code): retrying sends the same request.
+_DETERMINISTIC_500 = re.compile(
+    r"URI malformed|URIError|malformed|ZodError|invalid (input|cursor|value|hash|id)", re.I
+)
+_CLIENT_CODES = frozenset({"BAD_REQUEST", "PARSE_ERROR", "NOT_FOUND", "UNPROCESSABLE_CONTENT"})
+
+
+def _deterministic(body: Any, detail: str | None) -> bool:
+    if isinstance(body, Mapping) and str(body.get("code") or "").upper() in _CLIENT_CODES:
+        return True
+    return bool(detail and _DETERMINISTIC_500.search(detail))
+
+
+def _next_page(metadata: PageMetadata) -> int | str | None:
+    """Where a page-mode answer (no ``nextCursor``) goes next: the ``cursor=`` or ``page=``
+    of ``nextPage``, else ``currentPage + 1`` while under ``totalPages``; ``None`` at the end."""
+    if metadata.next_page:
+        query = parse_qs(urlsplit(metadata.next_page).query)
+        cursor = (query.get("cursor") or [""])[0]
+        if cursor:
+            return cursor
+        number = _as_int((query.get("page") or [""])[0])
+        return number if number and number > 0 else None
+    current, total = metadata.current_page, metadata.total_pages
+    if current is not None and total is not None and current < total:
+        return current + 1
+    return None
+
+
 def _checked_hash(hash_: str) -> str:
     wanted = str(hash_).strip().upper()
     if not _HASH.match(wanted):
@@ -1587,7 +1925,7 @@ def _checked_hash(hash_: str) -> str:
 def _model_filter(mask: int) -> Callable[[Model], bool]:
     def allowed(model: Model) -> bool:
         # a model's level is the OR of its content's levels; unknown counts as unknown
-        return level_allowed(model.nsfw_level, mask)
+        return level_allowed(model.level, mask)
 
     return allowed
 

@@ -3,8 +3,9 @@
     /civitai models QUERY [--type LORA] [--base "SDXL 1.0"] [--sort "Most Downloaded"]
     /civitai model ID
     /civitai images [--model ID] [--version ID] [--user NAME] [--sort S] [--period P] [--nsfw]
-    /civitai image ID          the picture and its generation parameters
-    /civitai use ID            start a txt2img job with that image's settings (charged)
+    /civitai image ID [--post P]  the picture and its generation parameters (``--post``: its
+                               post, where Civitai does not return the image by its id)
+    /civitai use ID [--post P] start a txt2img job with that image's settings (charged)
     /civitai hash HASH         which model a file hash (AutoV2 or SHA256) belongs to
 
 Admins also download model files into the model folders (``downloads.DownloadManager``):
@@ -42,6 +43,8 @@ from adapters.civitai.client import (
     Image,
     Model,
     browsing_level,
+    meta_resources,
+    with_lora_tags,
 )
 from adapters.civitai.downloads import (
     DownloadManager,
@@ -49,6 +52,7 @@ from adapters.civitai.downloads import (
     format_bytes,
     format_duration,
 )
+from adapters.civitai.resolve import Resolved, resolve_resources
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
@@ -67,7 +71,7 @@ USAGE = (
     "/civitai images [--model ID] [--user NAME], /civitai image ID, /civitai use ID, "
     "or /civitai hash HASH"
 )
-FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw"}
+FLAGS = {"type", "base", "sort", "period", "model", "version", "user", "nsfw", "post"}
 FLAGS |= {"format", "fp", "size"}  # which file /civitai download takes
 FLAGS |= {"allow-unsafe"}  # /civitai download despite Civitai's scans (admins; logged)
 SWITCHES = {"nsfw", "allow-unsafe"}  # flags without a value
@@ -221,9 +225,11 @@ class CivitaiCommands:
         jobs: JobService,
         downloads: DownloadManager | None = None,
         notifier: Notifier | None = None,
+        db: Any = None,
     ) -> None:
         self.client = client
         self.jobs = jobs
+        self.db = db  # the model registry, to find an image's checkpoint and LoRAs here
         self.downloads = downloads
         self.notifier = notifier
         # per download: the status message last shown (its reply_to), and the last final
@@ -303,21 +309,30 @@ class CivitaiCommands:
             return await self._model(model_id, level, lang, admin=msg.is_admin)
         if sub == "images":
             return await self._images(flags, level, lang)
+        post = _number(flags["post"], "post") if flags.get("post") else None
         if sub == "image":
-            image = await self._image(_number(args[0] if args else None, "image"), level)
+            image = await self._image(_number(args[0] if args else None, "image"), level, post)
             return await self._show_image(image, lang)
         if sub == "use":
-            image = await self._image(_number(args[0] if args else None, "use"), level)
+            image = await self._image(_number(args[0] if args else None, "use"), level, post)
             params = image.params()
             if not params.prompt:
                 raise BadInput(f"Civitai image {image.id} has no prompt to reuse")
+            resolved = await resolve_resources(self.db, meta_resources(image.meta), self.client)
+            prompt = with_lora_tags(
+                params.prompt,
+                [r.resource for r in resolved],
+                dict(enumerate(r.name for r in resolved)),
+            )
+            checkpoint = next((r for r in resolved if r.resource.kind == "checkpoint"), None)
+            model = checkpoint.name if checkpoint and self._offered(checkpoint.name) else None
             receipt = await self.jobs.submit(
                 msg.user,
                 "txt2img",
-                [params.with_(model=None, provider=None)],
+                [params.with_(prompt=prompt, model=model, provider=None)],
                 msg.reply_to,
                 idem_key=msg.message_key,
-                notes=(f"settings of Civitai image {image.id}",),
+                notes=(f"settings of Civitai image {image.id}", *_resource_notes(resolved)),
             )
             return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
         if sub == "hash":
@@ -501,8 +516,16 @@ class CivitaiCommands:
             actions=[Action(t(lang, "cv.act.use"), f"/civitai use {image.id}")] if usable else [],
         )
 
-    async def _image(self, image_id: int, level: int) -> Image:
-        return await self.client.image(image_id, nsfw=level)
+    def _offered(self, name: str | None) -> bool:
+        """Whether a configured provider offers a model of this name (else the job keeps the
+        provider's default model: a checkpoint is only carried where it can be drawn with)."""
+        if not name:
+            return False
+        providers = getattr(getattr(self.jobs, "router", None), "providers", {}) or {}
+        return any(m.name == name for p in providers.values() for m in p.capabilities().models)
+
+    async def _image(self, image_id: int, level: int, post_id: int | None = None) -> Image:
+        return await self.client.image(image_id, nsfw=level, post_id=post_id)
 
     def _page(self, kind: str, item_id: int | None) -> str:
         """The item's page on the Civitai site (the API's host serves both)."""
@@ -548,6 +571,21 @@ class CivitaiCommands:
             except asyncio.CancelledError:
                 await asyncio.wait([work])
                 raise
+
+
+def _resource_notes(resolved: list[Resolved]) -> list[str]:
+    """Receipt lines: the image's checkpoint (name, hash, whether this host has it) and LoRAs."""
+    notes = []
+    for r in resolved:
+        res = r.resource
+        if not (r.name or res.hash):
+            continue
+        what = "checkpoint" if res.kind == "checkpoint" else "LoRA"
+        weight = f" ×{res.weight:g}" if res.kind == "lora" and res.weight is not None else ""
+        hash_ = f" [{res.hash.lower()}]" if res.hash else ""
+        here = " (here)" if r.local is not None else ""
+        notes.append(f"{what}: {r.name or '?'}{weight}{hash_}{here}")
+    return notes
 
 
 def _model_line(m: Model) -> str:
@@ -639,4 +677,4 @@ def build(
         image_hosts=cfg.image_hosts,
     )
     downloads = DownloadManager.from_config(db, config) if db is not None else None
-    return CivitaiCommands(client, jobs, downloads, notifier)
+    return CivitaiCommands(client, jobs, downloads, notifier, db=db)

@@ -900,7 +900,7 @@ class DownloadManager:
         version_id = parsed.version_id
         if version_id is None:
             assert parsed.model_id is not None
-            model = await self.client.model(parsed.model_id)
+            model = await self.client.model(parsed.model_id, fresh=True)
             if model.mode == "Archived":
                 raise CivitaiArchived(
                     f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
@@ -910,7 +910,8 @@ class DownloadManager:
             if latest is None or latest.id is None:
                 raise CivitaiNotFound(f"Civitai model {parsed.model_id} has no published version")
             version_id = latest.id
-        version = await self.client.model_version(version_id)
+        # never from the lookup cache: the scan verdicts must be Civitai's latest
+        version = await self.client.model_version(version_id, fresh=True)
         name = _version_label(version)
         mode = version.model.mode if version.model else None
         if mode == "Archived":

@@ -24,6 +24,12 @@ from storage.repos.common import (
 _MODEL = select(model_records).where(model_records.c.sha256 == bindparam("sha"))
 _MODELS_BY_SHA = select(model_records).where(model_records.c.sha256.in_(_ids("shas")))
 _MODEL_FILES = select(model_files)
+_MODELS_BY_PREFIX = select(model_records).where(
+    model_records.c.sha256.startswith(bindparam("prefix"))
+)
+_MODELS_BY_VERSION = select(model_records).where(
+    model_records.c.civitai_version_id.in_(_ids("vids"))
+)
 
 
 def _upsert_on(
@@ -51,6 +57,24 @@ def models_by_sha(conn: Connection, shas: Iterable[str]) -> dict[str, Row[Any]]:
         for row in conn.execute(_MODELS_BY_SHA, {"shas": wanted[start : start + 500]}).all():
             out[row.sha256] = row
     return out
+
+
+def models_by_sha_prefix(conn: Connection, prefix: str) -> list[Row[Any]]:
+    """Registry rows whose SHA256 starts with ``prefix`` (an AutoV2 short hash is the first 10
+    hex digits of the SHA256); ``[]`` for anything that is not 8 to 64 hex digits."""
+    wanted = prefix.strip().lower()
+    if not 8 <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+        return []
+    return list(conn.execute(_MODELS_BY_PREFIX, {"prefix": wanted}).all())
+
+
+def models_by_version(conn: Connection, version_ids: Iterable[int]) -> dict[int, Row[Any]]:
+    """Registry rows by the Civitai model version they came from (one per version)."""
+    wanted = sorted({int(v) for v in version_ids})
+    if not wanted:
+        return {}
+    rows = conn.execute(_MODELS_BY_VERSION, {"vids": wanted}).all()
+    return {row.civitai_version_id: row for row in rows}
 
 
 def list_models(

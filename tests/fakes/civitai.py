@@ -938,6 +938,65 @@ class LoopSpec:
     nonce: int = 0
 
 
+# --- real shapes (opt in with FakeCivitai.real_shapes()) ------------------------------------
+# Seen in real Civitai answers (issue 16); civitai.md §1 "meta" lists these keys as free-form.
+
+# ``Model`` as an object, not a string (civitai.md §1 meta: "Model"; §6.8 schema drift).
+REAL_META_MODEL_OBJECT: Json = {
+    "prompt": "1girl, belly, smile",
+    "negativePrompt": "lowres",
+    "seed": 1234,
+    "steps": 25,
+    "sampler": "DPM++ 2M Karras",
+    "cfgScale": 7,
+    "Size": "512x768",
+    "Model": {"meina_belly_7": "3mix"},
+}
+# LoRAs three ways: ``hashes`` "lora:NAME" keys, ``civitaiResources`` (type, modelVersionId,
+# weight) and ``additionalResources`` (name, type, strength); on-site Flux images carry
+# ``fluxMode`` (civitai.md §1 meta: hashes{}, civitaiResources[], additionalResources[]).
+REAL_META_LORAS: Json = {
+    "prompt": "a castle on a hill, <lora:add_detail:0.6>, golden hour",
+    "negativePrompt": "blurry",
+    "seed": 42,
+    "steps": 30,
+    "sampler": "Euler a",
+    "cfgScale": 5,
+    "Size": "1024x1024",
+    "Model": "juggernautXL_v9",
+    "hashes": {
+        "model": "c9e3e68f89",
+        "lora:add_detail": "7c6bad76eb",
+        "lora:epiNoiseoffset_v2": "d1131f7207",
+    },
+    "civitaiResources": [
+        {"type": "checkpoint", "modelVersionId": 348913, "modelVersionName": "v9"},
+        {"type": "lora", "weight": 0.8, "modelVersionId": 87153, "modelVersionName": "v1"},
+    ],
+    "additionalResources": [
+        {"name": "epiNoiseoffset_v2", "type": "lora", "strength": 0.7, "strengthClip": 1},
+    ],
+    "fluxMode": "urn:air:flux1:checkpoint:civitai:618692@691639",
+}
+# Junk an upload carries as values (civitai.md §6.8): "Undefined", "", "null", NaN, negative
+# numbers, a date that is not one.
+REAL_META_JUNK: Json = {
+    "prompt": "a quiet harbour",
+    "negativePrompt": "null",
+    "seed": -1,
+    "steps": -5,
+    "sampler": "Undefined",
+    "cfgScale": "NaN",
+    "Size": "768x512",
+    "Model": "",
+    "Clip skip": -2,
+    "Denoising strength": "NaN",
+    "Hires upscaler": "undefined",
+    "Created Date": "2023-13-45T99:99:99",
+    "Schedule type": "Karras",
+}
+
+
 # --- the server -----------------------------------------------------------------------------------
 
 
@@ -960,6 +1019,15 @@ class FakeCivitai:
         self._bucket = _Bucket()
         self._image_index: dict[int, FakeImage] = {}
         self.ignore_nsfw = False  # the server forgets to filter images by level
+        # Older shapes (civitai.md §6.8, [WIKI]): images carry ``nsfw: true|false`` or the old
+        # level names, no numeric ``nsfwLevel``/``browsingLevel``; models ``nsfw`` only.
+        self.old_shapes = False
+        # /models in page mode (civitai.md §2 metadata, the pre-2024 [WIKI] shape):
+        # ``currentPage``, ``pageSize``, ``totalPages``, ``nextPage`` with ``page=``, no cursor.
+        self.models_page_mode: bool | str = False  # True, or "loop" (nextPage is page one)
+        # Images that exist but ``/images?imageId=`` answers with nothing (issue 16; the
+        # postId query still finds them).
+        self.missing_by_image_id: set[int] = set()
         self.calls: list[Call] = []
         self.urls: dict[str, str] = {}
         self.base_url = ""
@@ -1070,6 +1138,20 @@ class FakeCivitai:
             retry_after=retry_after,
             headers={"Cache-Control": "no-store"},
         )
+
+    def real_shapes(self) -> dict[str, int]:
+        """Give three PG images of "Photon Realism" v2.0 the real metas above; their ids."""
+        pg = [i for i in self.catalogue.models[4201].versions[0].images if i.level == 1]
+        shapes = {
+            "model_object": REAL_META_MODEL_OBJECT,
+            "loras": REAL_META_LORAS,
+            "junk": REAL_META_JUNK,
+        }
+        out = {}
+        for image, (name, meta) in zip(pg, shapes.items(), strict=False):
+            image.meta = json.loads(json.dumps(meta))
+            out[name] = image.id
+        return out
 
     def challenge(self, times: int = 1, *, status: int = 403, on: str = "any") -> None:
         """Cloudflare's managed challenge: an HTML page instead of JSON."""
@@ -1269,7 +1351,9 @@ class FakeCivitai:
         if version_id is not None:
             images = [i for i in images if i.version_id == version_id]
         if image_id is not None:
-            images = [i for i in images if i.id == image_id]
+            images = [
+                i for i in images if i.id == image_id and i.id not in self.missing_by_image_id
+            ]
         if user_id is not None:
             images = [i for i in images if i.user_id == user_id]
         if username:
@@ -1365,6 +1449,8 @@ class FakeCivitai:
         }
         if tags:
             out["tags"] = [{"id": t, "name": IMAGE_TAGS[t]} for t in image.tags]
+        if self.old_shapes:
+            del out["browsingLevel"]
         return out
 
     # --- the image CDN (image_cdn=True) -----------------------------------------------------
@@ -1536,6 +1622,16 @@ class FakeCivitai:
             if start + limit < len(models):
                 metadata["nextCursor"] = str(start + limit)
                 metadata["nextPage"] = str(request.url.update_query(cursor=str(start + limit)))
+        elif self.models_page_mode and cursor is None:
+            page_no = page_no or 1
+            start = (page_no - 1) * limit
+            chunk = models[start : start + limit]
+            total = max(1, -(-len(models) // limit))
+            metadata = {"currentPage": page_no, "pageSize": limit, "totalPages": total}
+            metadata["totalItems"] = len(models)
+            if page_no < total:  # "loop": a server that keeps pointing at page one
+                again = 1 if self.models_page_mode == "loop" else page_no + 1
+                metadata["nextPage"] = str(request.url.update_query(page=str(again)))
         elif cursor is None and page_no is not None:
             start = (page_no - 1) * limit
             chunk = models[start : start + limit]
@@ -1602,6 +1698,8 @@ class FakeCivitai:
         }
         if model.mode:
             out["mode"] = model.mode
+        if self.old_shapes:
+            del out["nsfwLevel"]
         return out
 
     def _list_version_json(
@@ -1640,7 +1738,7 @@ class FakeCivitai:
                 {
                     "id": i.id,
                     "url": self._image_url(i),
-                    "nsfwLevel": i.level,
+                    **self._image_level_json(i),
                     "width": i.width,
                     "height": i.height,
                     "hash": i.blurhash,
@@ -1655,7 +1753,18 @@ class FakeCivitai:
         }
         if not archived:
             out["downloadUrl"] = self._download_url(version)
+        if self.old_shapes:
+            del out["nsfwLevel"]
         return out
+
+    def _image_level_json(self, image: FakeImage) -> Json:
+        """A version image's level: the number, or with ``old_shapes`` the old ``nsfw`` field
+        (a boolean on even ids, the old level name on odd ones)."""
+        if not self.old_shapes:
+            return {"nsfwLevel": image.level}
+        if image.id % 2 == 0:
+            return {"nsfw": image.level != 1}
+        return {"nsfw": LEVEL_NAMES.get(image.level, "None")}
 
     def _file_json(self, version: FakeVersion, file: FakeFile, *, always_primary: bool) -> Json:
         meta = {"format": file.format, "size": file.size, "fp": file.fp}
@@ -1751,7 +1860,7 @@ class FakeCivitai:
             "images": [
                 {
                     "url": self._image_url(i),
-                    "nsfwLevel": i.level,
+                    **self._image_level_json(i),
                     "width": i.width,
                     "height": i.height,
                     "hash": i.blurhash,
