@@ -8,9 +8,10 @@ hashes, Civitai version ids); here each is looked up in the model registry
 2. by hash: an AutoV2 short hash (10 hex digits) is the start of the file's SHA256, a SHA256
    is the SHA256. A1111's LoRA hashes are often AutoV3 (12 hex digits, a hash of the tensors
    only) and AutoV1/CRC32 are 8: those match no SHA256, so
-3. with a client, Civitai is asked (by hash, or by version id; both lookups are cached) which
-   file that is, and its SHA256 is looked up. A LoRA named only by its version id also gets
-   its file's name from there, so it can be written as ``<lora:NAME:W>``.
+3. for a LoRA, with a client, Civitai is asked (by hash, or by version id; both lookups are
+   cached) which file that is, and its SHA256 is looked up. A LoRA named only by its
+   version id also gets its file's name from there, so it can be written as
+   ``<lora:NAME:W>``.
 
 No self-hosted provider exists yet; "use these settings" carries the local names in the
 prompt's LoRA tags and the receipt, ready for one.
@@ -88,7 +89,9 @@ async def resolve_resources(
         for i, r in enumerate(resources):
             if len(remote) >= MAX_REMOTE:
                 break
-            if rows[i] is not None or not (r.hash or r.version_id):
+            # LoRAs only: a checkpoint's AutoV2 already is a SHA256 prefix, so asking Civitai
+            # would rarely find more, and it would cost every "use" a request
+            if r.kind != "lora" or rows[i] is not None or not (r.hash or r.version_id):
                 continue
             try:
                 if r.hash:
