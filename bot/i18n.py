@@ -510,6 +510,12 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "cannot make {model} your default model: {reason}",
         "zh": "不能把 {model} 设为默认模型：{reason}",
     },
+    "error.model_inputs": {
+        "en": "{model} takes at most {limit} input picture(s) and you gave {count}; "
+        "models that take several: {several} (choose one with --model)",
+        "zh": "{model} 最多接受 {limit} 张输入图片，你给了 {count} 张；"
+        "可接受多张图片的模型：{several}（用 --model 选择）",
+    },
     "error.model_prompt_long": {
         "en": "{model} takes prompts of at most {limit} characters (yours has {length}); "
         "it would cut the rest silently, so shorten it",
