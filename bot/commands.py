@@ -56,6 +56,10 @@ class Incoming:
     # The other pictures, in order, when the message brings several (a reply to an album,
     # Discord's image2..image4): img2img passes them all to models that take several.
     more_images: tuple[bytes, ...] = ()
+    # more_images are optional (the rest of an album replied to): the model takes what it
+    # can, with a note, instead of refusing the lot.
+    fit_more: bool = False
+    notes: tuple[str, ...] = ()  # said in the receipt (e.g. an album not known any more)
     message_key: str | None = None  # platform message id: the same message never runs twice
     # Only the console (the operator's own terminal) may read files from this machine by
     # path, and only there are the paths of stored files shown.
@@ -317,7 +321,7 @@ class Commands:
         if not params.prompt:
             raise BadInput.of("error.img2img_empty_prompt")
         [params], used = await self._with_defaults(msg, "img2img", [params])
-        notes += used
+        notes += used + list(msg.notes)
         receipt = await self.jobs.submit(
             msg.user,
             "img2img",
@@ -326,6 +330,7 @@ class Commands:
             init_image=image.data,
             init_size=(image.width, image.height),
             more_images=[im.data for im in images[1:]],
+            fit_more=msg.fit_more,
             idem_key=msg.message_key,
             notes=notes,
         )

@@ -622,6 +622,7 @@ class JobService:
         init_image: bytes | None = None,
         init_size: tuple[int, int] | None = None,
         more_images: Sequence[bytes] = (),
+        fit_more: bool = False,
         idem_key: str | None = None,
         retry_of: int | None = None,
         notes: Sequence[str] = (),
@@ -630,7 +631,9 @@ class JobService:
 
         ``init_image`` is the (first) input picture of an img2img job, ``more_images`` the
         others in order (an album), each already checked like the first
-        (``bot.imaging.load_input_image``). The first is the job's ``input_sha256``, the
+        (``bot.imaging.load_input_image``). More than the model takes are refused, unless
+        ``fit_more`` (the rest of an album replied to): then the model takes what it can and
+        a note says so. The first is the job's ``input_sha256``, the
         others' sha256 go in its params as ``more_inputs``; all are in the store as "inputs".
 
         Everything that can be refused (an unknown model, a size the provider cannot make,
@@ -650,10 +653,23 @@ class JobService:
             raise BadInput(f"{kind} takes no input pictures")
         for p in params_list:
             check_values(p)
-        inputs = 1 + len(more_images)
+        inputs = 1 if fit_more else 1 + len(more_images)
         routes: list[Route] = [
             self.router.resolve(p, kind, init_size, inputs=inputs) for p in params_list
         ]
+        if fit_more and more_images:
+            limit = min(r.max_inputs for r in routes)
+            if 1 + len(more_images) > limit:
+                notes = (
+                    *notes,
+                    i18n.Message(
+                        "note.inputs_fitted",
+                        model=routes[0].model,
+                        limit=limit,
+                        count=1 + len(more_images),
+                    ),
+                )
+                more_images = more_images[: limit - 1]
         costs = [
             r.unit_price * (1 if kind == "batch" else p.n)
             for r, p in zip(routes, params_list, strict=True)

@@ -24,6 +24,7 @@ class Route:
     height: int
     seed: int
     unit_price: int
+    max_inputs: int = 1  # input pictures the model takes (ModelInfo.max_inputs)
 
 
 def _round(v: float, multiple: int) -> int:
@@ -196,4 +197,6 @@ class Router:
             params.seed if params.seed is not None else random.randrange(0, 2**32 - caps.max_images)
         )
         unit_kind = kind
-        return Route(name, model, width, height, seed, self.price(unit_kind, name))
+        return Route(
+            name, model, width, height, seed, self.price(unit_kind, name), max(1, info.max_inputs)
+        )

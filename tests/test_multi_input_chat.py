@@ -1,0 +1,165 @@
+"""img2img from several pictures in the chats (issue 17, FLUX.2): a reply to a Telegram
+album, an album captioned /img2img, Discord's image2..image4. The pictures go to the BFL
+fake, which records input_image, input_image_2, ... as it received them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from adapters.chat.telegram_bot import AlbumMemory, TelegramAdapter
+from adapters.providers.bfl import BflProvider
+from bot.app import App
+from tests.fakes.bfl import FakeBfl
+from tests.fakes.telegram import FakeTelegram
+from tests.test_multi_input import inputs_sent
+from tests.test_provider_bfl import config as bfl_config
+from tests.test_telegram import ANN, RecordingDemo, Env
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+COLORS = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (96, 64), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def color_of(data: bytes) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(data)) as im:
+        return tuple(im.convert("RGB").getpixel((5, 5)))  # type: ignore[arg-type]
+
+
+class BflEnv(Env):
+    """The Telegram test setup with the BFL provider (on its fake) next to the demo one."""
+
+    fake: FakeBfl
+
+    async def start(self, *, latency_s: float = 0.05, **telegram: Any) -> TelegramAdapter:
+        config = self.config(**telegram)
+        config.providers.demo.latency_s = latency_s
+        config.database.auto_migrate = False
+        self.provider = RecordingDemo(config.providers.demo)
+        bfl = BflProvider(bfl_config(self.fake))
+        self.app = App(config, providers={"demo": self.provider, "bfl": bfl})
+        self.app.add_configured_adapters()
+        adapter = self.app.adapters["telegram"]
+        assert isinstance(adapter, TelegramAdapter)
+        self.adapter = adapter
+        adapter.album_settle_s = 0.3
+        if self.db_url.startswith("sqlite"):
+            await self.app.db.create_all()
+        await self.app.start()
+        return adapter
+
+
+@pytest.fixture
+async def env(tmp_path: Path, db_url: str) -> AsyncIterator[BflEnv]:
+    async with FakeTelegram() as tg, FakeBfl(delay_s=0.05) as fake:
+        e = BflEnv(tg, tmp_path, db_url)
+        e.fake = fake
+        try:
+            yield e
+        finally:
+            await e.stop()
+
+
+def album(env: BflEnv, group: str, caption: str | None = None) -> list[dict[str, Any]]:
+    return [
+        env.tg.inject_message(
+            ANN,
+            ANN,
+            photo_bytes=png(c),
+            media_group_id=group,
+            caption=caption if i == 0 else None,
+        )
+        for i, c in enumerate(COLORS[:3])
+    ]
+
+
+async def test_a_reply_to_an_album_sends_all_its_pictures(env: BflEnv) -> None:
+    await env.start()
+    items = album(env, "g1")
+    hints = await env.until(lambda: env.texts(ANN))
+    second = items[1]["message"]["message_id"]
+    env.tg.inject_message(
+        ANN,
+        ANN,
+        "/img2img one scene of the three --model bfl:flux-2-pro",
+        reply_to_message_id=second,
+    )
+    await env.until(lambda: env.photos(ANN))
+    assert len(hints) == 1  # an album gets one hint, not one per picture
+    (task,) = env.fake.tasks.values()
+    # the one replied to first, then the others in the album's order
+    assert [color_of(d) for d in inputs_sent(task)] == [COLORS[1], COLORS[0], COLORS[2]]
+    assert await env.balance(ANN) == 18  # priced per picture made, as ever
+
+
+async def test_an_album_captioned_img2img_waits_for_all_its_items(env: BflEnv) -> None:
+    await env.start()
+    album(env, "g2", caption="/img2img blend them --model bfl:flux-2-pro")
+    await env.until(lambda: env.photos(ANN))
+    (task,) = env.fake.tasks.values()
+    assert [color_of(d) for d in inputs_sent(task)] == COLORS[:3]
+    assert not [t for t in env.texts(ANN) if "/img2img" in t and "hint" in t.lower()]
+
+
+async def test_a_one_picture_model_takes_the_picture_replied_to(env: BflEnv) -> None:
+    """The default model (the demo) takes one: the reply still works, with a note."""
+    await env.start()
+    items = album(env, "g3")
+    await env.until(lambda: env.texts(ANN))
+    env.tg.inject_message(
+        ANN, ANN, "/img2img make it blue", reply_to_message_id=items[2]["message"]["message_id"]
+    )
+    await env.until(lambda: env.photos(ANN))
+    assert env.provider is not None and len(env.provider.init_images) == 1
+    assert color_of(env.provider.init_images[0]) == COLORS[2]
+    assert env.edited(ANN, "takes 1 input picture(s): used the first 1 of the album's 3")
+    assert env.fake.submits == []
+
+
+async def test_an_album_captioned_for_a_one_picture_model_is_refused_unpaid(env: BflEnv) -> None:
+    await env.start()
+    album(env, "g4", caption="/img2img blend them --model bfl:flux-pro-1.1")
+    said = await env.until(lambda: env.edited(ANN, "takes at most 1 input picture"))
+    assert "bfl:flux-2-pro (8)" in said[0]
+    assert env.fake.submits == [] and await env.balance(ANN) == 20
+
+
+async def test_an_album_unknown_since_a_restart_uses_the_picture_replied_to(
+    env: BflEnv,
+) -> None:
+    adapter = await env.start()
+    items = album(env, "g5")
+    await env.until(lambda: env.texts(ANN))
+    adapter.albums = AlbumMemory()  # as after a restart
+    env.tg.inject_message(
+        ANN,
+        ANN,
+        "/img2img all of them --model bfl:flux-2-pro",
+        reply_to_message_id=items[0]["message"]["message_id"],
+    )
+    await env.until(lambda: env.photos(ANN))
+    (task,) = env.fake.tasks.values()
+    assert [color_of(d) for d in inputs_sent(task)] == [COLORS[0]]
+    assert env.edited(ANN, "that album is not known to me")
+
+
+def test_album_memory_is_bounded() -> None:
+    class Msg:
+        def __init__(self, i: int) -> None:
+            self.media_group_id, self.message_id = f"g{i}", i
+
+    memory = AlbumMemory(groups=3, max_age_s=3600)
+    for i in range(5):
+        memory.add(1, Msg(i))  # type: ignore[arg-type]
+    assert [memory.get(1, f"g{i}") is not None for i in range(5)] == [False] * 2 + [True] * 3
