@@ -14,12 +14,13 @@ from PIL import Image
 
 from adapters.chat.telegram_bot import AlbumMemory, TelegramAdapter
 from adapters.providers.bfl import BflProvider
-from bot.app import App
 from tests.fakes.bfl import FakeBfl
+from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.telegram import FakeTelegram
+from tests.test_discord import Env as DiscordEnv
 from tests.test_multi_input import inputs_sent
 from tests.test_provider_bfl import config as bfl_config
-from tests.test_telegram import ANN, RecordingDemo, Env
+from tests.test_telegram import ANN, Env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -38,25 +39,11 @@ def color_of(data: bytes) -> tuple[int, ...]:
 
 
 class BflEnv(Env):
-    """The Telegram test setup with the BFL provider (on its fake) next to the demo one."""
-
     fake: FakeBfl
 
     async def start(self, *, latency_s: float = 0.05, **telegram: Any) -> TelegramAdapter:
-        config = self.config(**telegram)
-        config.providers.demo.latency_s = latency_s
-        config.database.auto_migrate = False
-        self.provider = RecordingDemo(config.providers.demo)
-        bfl = BflProvider(bfl_config(self.fake))
-        self.app = App(config, providers={"demo": self.provider, "bfl": bfl})
-        self.app.add_configured_adapters()
-        adapter = self.app.adapters["telegram"]
-        assert isinstance(adapter, TelegramAdapter)
-        self.adapter = adapter
+        adapter = await super().start(latency_s=latency_s, **telegram)
         adapter.album_settle_s = 0.3
-        if self.db_url.startswith("sqlite"):
-            await self.app.db.create_all()
-        await self.app.start()
         return adapter
 
 
@@ -65,6 +52,7 @@ async def env(tmp_path: Path, db_url: str) -> AsyncIterator[BflEnv]:
     async with FakeTelegram() as tg, FakeBfl(delay_s=0.05) as fake:
         e = BflEnv(tg, tmp_path, db_url)
         e.fake = fake
+        e.extra_providers = {"bfl": BflProvider(bfl_config(fake))}
         try:
             yield e
         finally:
@@ -163,3 +151,54 @@ def test_album_memory_is_bounded() -> None:
     for i in range(5):
         memory.add(1, Msg(i))  # type: ignore[arg-type]
     assert [memory.get(1, f"g{i}") is not None for i in range(5)] == [False] * 2 + [True] * 3
+
+
+# --- Discord: /img2img image image2 image3 ---------------------------------------------------
+
+
+class DiscordBflEnv(DiscordEnv):
+    fake: FakeBfl
+
+
+@pytest.fixture
+async def denv(tmp_path: Path, db_url: str) -> AsyncIterator[DiscordBflEnv]:
+    async with FakeDiscord() as dc, FakeBfl(delay_s=0.05) as fake:
+        e = DiscordBflEnv(dc, tmp_path, db_url)
+        e.fake = fake
+        e.extra_providers = {"bfl": BflProvider(bfl_config(fake))}
+        try:
+            yield e
+        finally:
+            await e.stop()
+
+
+async def test_discord_img2img_with_image2_and_image3(denv: DiscordBflEnv) -> None:
+    await denv.start()
+    denv.dc.slash(
+        "img2img",
+        {"prompt": "one scene --model bfl:flux-2-pro"},
+        attachments={
+            "image": ("a.png", png(COLORS[0])),
+            "image2": ("b.png", png(COLORS[1])),
+            "image3": ("c.png", png(COLORS[2])),
+        },
+    )
+    await denv.until(denv.pictures)
+    (task,) = denv.fake.tasks.values()
+    assert [color_of(d) for d in inputs_sent(task)] == COLORS[:3]
+    assert await denv.balance() == 18
+
+
+async def test_discord_img2img_image2_on_a_one_picture_model_is_refused(
+    denv: DiscordBflEnv,
+) -> None:
+    await denv.start()
+    sent = denv.dc.slash(
+        "img2img",
+        {"prompt": "one scene"},  # the demo provider: one picture
+        attachments={"image": ("a.png", png(COLORS[0])), "image2": ("b.png", png(COLORS[1]))},
+    )
+    said = await denv.until(lambda: "input picture" in denv.original_text(sent["token"]))
+    assert said
+    assert "takes at most 1 input picture(s) and you gave 2" in denv.original_text(sent["token"])
+    assert denv.fake.submits == [] and await denv.balance() == 20
