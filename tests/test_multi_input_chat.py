@@ -4,6 +4,7 @@ fake, which records input_image, input_image_2, ... as it received them."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.fakes.telegram import FakeTelegram
 from tests.test_discord import Env as DiscordEnv
 from tests.test_multi_input import inputs_sent
 from tests.test_provider_bfl import config as bfl_config
-from tests.test_telegram import ANN, Env
+from tests.test_telegram import ANN, GROUP, Env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,6 +32,11 @@ def png(color: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (96, 64), color).save(out, format="PNG")
     return out.getvalue()
+
+
+def pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB").tobytes()
 
 
 def color_of(data: bytes) -> tuple[int, ...]:
@@ -140,6 +146,37 @@ async def test_an_album_unknown_since_a_restart_uses_the_picture_replied_to(
     (task,) = env.fake.tasks.values()
     assert [color_of(d) for d in inputs_sent(task)] == [COLORS[0]]
     assert env.edited(ANN, "that album is not known to me")
+
+
+async def test_plain_text_in_reply_to_the_bots_own_album_in_a_group(env: BflEnv) -> None:
+    await env.start()
+    assert env.app is not None
+    # delivered once all three are made: they go out together, as one album
+    await env.app.deliverer.stop()
+    env.tg.inject_message(GROUP, ANN, "/imagine three boats --n 3", chat_type="group")
+    async with asyncio.timeout(15):
+        while [j.status for j in await env.app.jobs.all_jobs()] != ["succeeded"]:
+            await asyncio.sleep(0.05)
+    await env.app.deliverer.start()
+    made = await env.until(lambda: len(env.photos(GROUP)) == 3 and env.photos(GROUP))
+    assert made[0].media_group_id and len({m.media_group_id for m in made}) == 1
+    env.tg.inject_message(
+        GROUP,
+        ANN,
+        "all three in one harbour --model bfl:flux-2-pro",
+        chat_type="group",
+        reply_to_message_id=made[2].message["message_id"],
+    )
+    await env.until(lambda: env.fake.tasks)
+    await env.until(lambda: len(env.photos(GROUP)) == 4)
+    (task,) = env.fake.tasks.values()
+    # the bot's own original PNGs, the one replied to first
+    assert env.app is not None
+    view = await env.app.jobs.job(None, 1)
+    originals = [
+        Path(im["path"]).read_bytes() for im in sorted(view.images, key=lambda i: i["idx"])
+    ]
+    assert [pixels(d) for d in inputs_sent(task)] == [pixels(originals[i]) for i in (2, 0, 1)]
 
 
 def test_album_memory_is_bounded() -> None:
