@@ -19,6 +19,7 @@ from adapters.providers.bfl import BflProvider
 from bot.errors import BadInput
 from bot.housekeeping import sweep_store
 from bot.params import GenerationParams
+from bot.results import Results
 from storage.models import Job
 from tests.conftest import REPLY, user
 from tests.fakes.bfl import FakeBfl
@@ -62,8 +63,11 @@ async def test_three_pictures_reach_flux2_in_order(app_factory: Any) -> None:
         )
         await adapter.wait_for(lambda: adapter.of_kind("finished"))
         view = await app.jobs.job(user(), receipt.job_ids[0])
-        await app.scheduler.stop()
-        (task,) = fake.tasks.values()
+        # Reroll sends all three again
+        await Results(app.jobs).reroll(user(), receipt.job_ids[0], 0, REPLY)
+        await adapter.wait_for(lambda: len(adapter.of_kind("finished")) == 2)
+        task, again = fake.tasks.values()
+    assert inputs_sent(again) == [RED, GREEN, BLUE]
     assert view.status == "succeeded" and view.model == "flux-2-pro"
     assert inputs_sent(task) == [RED, GREEN, BLUE]
     assert len(view.params["more_inputs"]) == 2
