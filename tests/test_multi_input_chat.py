@@ -179,6 +179,24 @@ async def test_plain_text_in_reply_to_the_bots_own_album_in_a_group(env: BflEnv)
     assert [pixels(d) for d in inputs_sent(task)] == [pixels(originals[i]) for i in (2, 0, 1)]
 
 
+async def test_a_captioned_album_item_alone_in_a_group_says_so(env: BflEnv) -> None:
+    """Privacy mode shows a group's bot only the captioned item of an album."""
+    await env.start()
+    for i, c in enumerate(COLORS[:2]):
+        env.tg.inject_message(
+            GROUP,
+            ANN,
+            photo_bytes=png(c),
+            media_group_id="g6",
+            chat_type="group",
+            caption="/img2img blend --model bfl:flux-2-pro" if i == 0 else None,
+        )
+    await env.until(lambda: env.photos(GROUP))
+    (task,) = env.fake.tasks.values()
+    assert [color_of(d) for d in inputs_sent(task)] == [COLORS[0]]
+    assert env.edited(GROUP, "that album is not known to me")
+
+
 def test_album_memory_is_bounded() -> None:
     class Msg:
         def __init__(self, i: int) -> None:

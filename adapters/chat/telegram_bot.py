@@ -498,7 +498,9 @@ class TelegramAdapter(ResultsAdapter):
                     break
                 await asyncio.sleep(min(wait, ALBUM_SETTLE_MAX_S))
             sources = [m for _, m in sorted(album.items.items())][:ALBUM_MAX]
-            await self._img2img(msg, tg_user, text, sources, key)
+            # only this item came (a group whose privacy mode hides the others): say so
+            notes = (i18n_message("note.album_unknown"),) if len(sources) == 1 else ()
+            await self._img2img(msg, tg_user, text, sources, key, notes=notes)
         except Exception:
             log.exception("telegram: /img2img on an album in chat %s failed", msg.chat.id)
 
