@@ -53,6 +53,13 @@ class Incoming:
     text: str
     reply_to: dict[str, Any]
     image: bytes | None = None  # a picture attached to, or replied to by, the message
+    # The other pictures, in order, when the message brings several (a reply to an album,
+    # Discord's image2..image4): img2img passes them all to models that take several.
+    more_images: tuple[bytes, ...] = ()
+    # more_images are optional (the rest of an album replied to): the model takes what it
+    # can, with a note, instead of refusing the lot.
+    fit_more: bool = False
+    notes: tuple[str, ...] = ()  # said in the receipt (e.g. an album not known any more)
     message_key: str | None = None  # platform message id: the same message never runs twice
     # Only the console (the operator's own terminal) may read files from this machine by
     # path, and only there are the paths of stored files shown.
@@ -80,6 +87,9 @@ class Picture:
 # Buttons carry their command: Telegram allows 64 bytes of callback data, Discord 100
 # characters of custom id, less what the adapters put in front.
 ACTION_MAX_BYTES = 56
+# The most input pictures one /img2img reads (FLUX.2 takes 8; the router refuses more than
+# the chosen model takes, before anything is charged).
+MAX_INPUT_PICTURES = 10
 
 
 @dataclass(slots=True, frozen=True)
@@ -276,31 +286,42 @@ class Commands:
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_img2img(self, msg: Incoming, rest: str, lang: str) -> Reply:
-        data = msg.image
         text = rest
-        if data is None:
-            source, text = split_source(rest)
-            if source is None and msg.allow_local_paths:
-                # On the console a bare file name counts too when such a file exists
-                # (photo.bmp): better "unsupported format" than "give a picture".
-                first, _, after = rest.strip().partition(" ")
-                if bool(first) and await asyncio.to_thread(is_regular_file, first):
-                    source, text = first, after
-            if source is None:
+        sources: list[bytes] = []
+        if msg.image is not None:
+            sources = [msg.image, *msg.more_images]
+        else:
+            # one or more leading paths or URLs: /img2img a.png b.png PROMPT
+            while len(sources) < MAX_INPUT_PICTURES:
+                source, after = split_source(text)
+                if source is None and msg.allow_local_paths:
+                    # On the console a bare file name counts too when such a file exists
+                    # (photo.bmp): better "unsupported format" than "give a picture".
+                    first, _, tail = text.strip().partition(" ")
+                    if bool(first) and await asyncio.to_thread(is_regular_file, first):
+                        source, after = first, tail
+                if source is None:
+                    break
+                sources.append(await self._load_source(source, msg.allow_local_paths))
+                text = after
+            if not sources:
                 raise BadInput.of("error.img2img_needs_picture")
-            data = await self._load_source(source, msg.allow_local_paths)
-        image = await asyncio.to_thread(
-            load_input_image,
-            data,
-            max_bytes=self.config.images.max_input_bytes,
-            max_pixels=self.config.images.max_input_pixels,
-        )
+        images = [
+            await asyncio.to_thread(
+                load_input_image,
+                data,
+                max_bytes=self.config.images.max_input_bytes,
+                max_pixels=self.config.images.max_input_pixels,
+            )
+            for data in sources
+        ]
+        image = images[0]
         params = parse_generation(text, allow_empty_prompt=True)
         params, notes = _merge_embedded(params, image)
         if not params.prompt:
             raise BadInput.of("error.img2img_empty_prompt")
         [params], used = await self._with_defaults(msg, "img2img", [params])
-        notes += used
+        notes += used + list(msg.notes)
         receipt = await self.jobs.submit(
             msg.user,
             "img2img",
@@ -308,6 +329,8 @@ class Commands:
             job_address(msg),
             init_image=image.data,
             init_size=(image.width, image.height),
+            more_images=[im.data for im in images[1:]],
+            fit_more=msg.fit_more,
             idem_key=msg.message_key,
             notes=notes,
         )

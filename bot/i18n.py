@@ -510,6 +510,23 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "cannot make {model} your default model: {reason}",
         "zh": "不能把 {model} 设为默认模型：{reason}",
     },
+    "note.inputs_fitted": {
+        "en": "{model} takes {limit} input picture(s): used the first {limit} of the "
+        "album's {count} (the one replied to first)",
+        "zh": "{model} 接受 {limit} 张输入图片：用了相册 {count} 张中的前 {limit} 张"
+        "（回复的那张在前）",
+    },
+    "note.album_unknown": {
+        "en": "that album is not known to me (sent before a restart, or not shown to me): "
+        "used the picture replied to alone",
+        "zh": "我不认识这个相册（重启前发送的，或我没看到）：只用了回复的那张图片",
+    },
+    "error.model_inputs": {
+        "en": "{model} takes at most {limit} input picture(s) and you gave {count}; "
+        "models that take several: {several} (choose one with --model)",
+        "zh": "{model} 最多接受 {limit} 张输入图片，你给了 {count} 张；"
+        "可接受多张图片的模型：{several}（用 --model 选择）",
+    },
     "error.model_prompt_long": {
         "en": "{model} takes prompts of at most {limit} characters (yours has {length}); "
         "it would cut the rest silently, so shorten it",

@@ -46,8 +46,27 @@ SETTING_KEYS = ("model", "aspect", "negative")
 MAX_DEFAULT_NEGATIVE = 500
 
 
+# The job params key holding the sha256 of an img2img job's input pictures after the first
+# (which is jobs.input_sha256), in order; the store's sweep counts them as referenced.
+MORE_INPUTS = "more_inputs"
+
+
 def now() -> float:
     return time.time()
+
+
+def more_input_shas(params: dict[str, Any] | None) -> list[str]:
+    """The sha256 of a job's input pictures after the first (none for most jobs)."""
+    got = (params or {}).get(MORE_INPUTS) or []
+    return [str(s) for s in got if isinstance(s, str)] if isinstance(got, list) else []
+
+
+async def load_more_inputs(files: FileStore, params: dict[str, Any] | None) -> list[bytes]:
+    """The bytes of a job's input pictures after the first, in order."""
+    return [
+        await asyncio.to_thread(files.get, sha, kind="inputs", ext="png")
+        for sha in more_input_shas(params)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,11 +621,20 @@ class JobService:
         *,
         init_image: bytes | None = None,
         init_size: tuple[int, int] | None = None,
+        more_images: Sequence[bytes] = (),
+        fit_more: bool = False,
         idem_key: str | None = None,
         retry_of: int | None = None,
         notes: Sequence[str] = (),
     ) -> Receipt:
         """Validate, route, charge and queue in one transaction; return the receipt.
+
+        ``init_image`` is the (first) input picture of an img2img job, ``more_images`` the
+        others in order (an album), each already checked like the first
+        (``bot.imaging.load_input_image``). More than the model takes are refused, unless
+        ``fit_more`` (the rest of an album replied to): then the model takes what it can and
+        a note says so. The first is the job's ``input_sha256``, the
+        others' sha256 go in its params as ``more_inputs``; all are in the store as "inputs".
 
         Everything that can be refused (an unknown model, a size the provider cannot make,
         too many tasks) is refused before the transaction, so a refusal costs nothing.
@@ -621,9 +649,27 @@ class JobService:
             )
         if kind == "img2img" and init_image is None:
             raise BadInput.of("error.img2img_needs_picture_short")
+        if more_images and kind != "img2img":
+            raise BadInput(f"{kind} takes no input pictures")
         for p in params_list:
             check_values(p)
-        routes: list[Route] = [self.router.resolve(p, kind, init_size) for p in params_list]
+        inputs = 1 if fit_more else 1 + len(more_images)
+        routes: list[Route] = [
+            self.router.resolve(p, kind, init_size, inputs=inputs) for p in params_list
+        ]
+        if fit_more and more_images:
+            limit = min(r.max_inputs for r in routes)
+            if 1 + len(more_images) > limit:
+                notes = (
+                    *notes,
+                    i18n.Message(
+                        "note.inputs_fitted",
+                        model=routes[0].model,
+                        limit=limit,
+                        count=1 + len(more_images),
+                    ),
+                )
+                more_images = more_images[: limit - 1]
         costs = [
             r.unit_price * (1 if kind == "batch" else p.n)
             for r, p in zip(routes, params_list, strict=True)
@@ -632,6 +678,10 @@ class JobService:
         if init_image is not None:
             stored = await asyncio.to_thread(self.files.put, init_image, kind="inputs", ext="png")
             input_sha = stored.sha256
+        more_shas: list[str] = []
+        for data in more_images:
+            stored = await asyncio.to_thread(self.files.put, data, kind="inputs", ext="png")
+            more_shas.append(stored.sha256)
         resolved = [
             p.with_(seed=r.seed, width=r.width, height=r.height, model=r.model, provider=r.provider)
             for p, r in zip(params_list, routes, strict=True)
@@ -663,7 +713,9 @@ class JobService:
                     "batch_index": i,
                     "kind": kind,
                     "status": JobStatus.QUEUED,
-                    "params": p.to_dict(),
+                    "params": (
+                        {**p.to_dict(), MORE_INPUTS: more_shas} if more_shas else p.to_dict()
+                    ),
                     "provider": r.provider,
                     "model": r.model,
                     "input_sha256": input_sha,
@@ -762,12 +814,14 @@ class JobService:
             init = await asyncio.to_thread(
                 self.files.get, job.input_sha256, kind="inputs", ext="png"
             )
+        more = await load_more_inputs(self.files, job.params)
         return await self.submit(
             ref,
             job.kind,
             [GenerationParams.from_dict(job.params)],
             reply_to or job.reply_to,
             init_image=init,
+            more_images=more,
             retry_of=job_id,
             notes=(i18n.Message("note.retry_of", job_id=job_id),),
         )

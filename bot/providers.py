@@ -31,6 +31,9 @@ class ModelInfo:
     min_pixels: int = 0  # width * height
     max_pixels: int = 0
     max_aspect: float = 0.0  # long side / short side
+    # Input pictures one img2img request may carry (FLUX.2 and Kontext take several: an
+    # album); the router refuses more before anything is charged.
+    max_inputs: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,8 @@ class ResolvedRequest:
     # The chat the job came from may see NSFW pictures (its policy is "allow"); providers
     # that filter at the source (AI Horde's nsfw/censor_nsfw) follow it.
     nsfw_ok: bool = False
-    # Several input pictures (a reply to an album), for providers that take them; the first
-    # is init_image. The chat layer does not fill this yet.
+    # Every input picture in order (a reply to an album, /img2img a.png b.png), for models
+    # whose ModelInfo.max_inputs allows several; the first is init_image.
     init_images: tuple[bytes, ...] = ()
     # Inpaint (a mask: white = redraw) and outpaint (pixels to add: top, bottom, left,
     # right), for providers that have them; no chat action fills these yet.

@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.chat import UserRef
 from bot.errors import NotFound
-from bot.jobs import JobService, JobView, Receipt
+from bot.jobs import JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
 from storage import repos
 
@@ -77,12 +77,14 @@ class Results:
                 self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
             )
         kind = "img2img" if init is not None else "txt2img"
+        more = await load_more_inputs(self.jobs.files, job.params) if job and init else []
         return await self.jobs.submit(
             ref,
             kind,
             [params],
             reply_to,
             init_image=init,
+            more_images=more,
             init_size=(picture.image["width"], picture.image["height"]) if init else None,
             idem_key=idem_key,
             notes=(f"reroll of job #{job_id} picture {idx + 1}",),

@@ -24,6 +24,7 @@ class Route:
     height: int
     seed: int
     unit_price: int
+    max_inputs: int = 1  # input pictures the model takes (ModelInfo.max_inputs)
 
 
 def _round(v: float, multiple: int) -> int:
@@ -128,7 +129,11 @@ class Router:
         return name, model
 
     def resolve(
-        self, params: GenerationParams, kind: str, init_size: tuple[int, int] | None = None
+        self,
+        params: GenerationParams,
+        kind: str,
+        init_size: tuple[int, int] | None = None,
+        inputs: int = 1,
     ) -> Route:
         name, model = self._pick_provider(params)
         caps = self.providers[name].capabilities()
@@ -146,6 +151,20 @@ class Router:
             raise BadInput(f"unknown model {model!r} for {name}; available: {names} (see /models)")
         if need not in info.kinds:
             raise BadInput(f"model {model} cannot do {need}")
+        if kind == "img2img" and inputs > max(1, info.max_inputs):
+            several = [
+                f"{p}:{mi.name} ({mi.max_inputs})"
+                for p, prov in self.providers.items()
+                for mi in prov.capabilities().models
+                if mi.max_inputs > 1 and "img2img" in mi.kinds
+            ]
+            raise BadInput.of(
+                "error.model_inputs",
+                model=f"{name}:{model}",
+                limit=max(1, info.max_inputs),
+                count=inputs,
+                several=", ".join(several) or "-",
+            )
         if info.max_prompt and len(params.prompt) > info.max_prompt:
             raise BadInput.of(
                 "error.model_prompt_long",
@@ -178,4 +197,6 @@ class Router:
             params.seed if params.seed is not None else random.randrange(0, 2**32 - caps.max_images)
         )
         unit_kind = kind
-        return Route(name, model, width, height, seed, self.price(unit_kind, name))
+        return Route(
+            name, model, width, height, seed, self.price(unit_kind, name), max(1, info.max_inputs)
+        )

@@ -41,7 +41,7 @@ from bot.errors import FailureClass, ProviderFailure, UserError
 from bot.fairness import plan_fair_share
 from bot.imaging import encode_output_png, thumbnail_of
 from bot.infotext import format_infotext
-from bot.jobs import finish_job, now
+from bot.jobs import finish_job, load_more_inputs, now
 from bot.owners import make_owner, owner_is_dead
 from bot.params import GenerationParams
 from bot.providers import Provider, ResolvedRequest, ResultImage, queued_stage
@@ -608,6 +608,7 @@ class Scheduler:
             init = await asyncio.to_thread(
                 self.files.get, job.input_sha256, kind="inputs", ext="png"
             )
+        more = await load_more_inputs(self.files, job.params) if init is not None else []
         return ResolvedRequest(
             job_id=job.id,
             kind="img2img" if job.kind == "img2img" else "txt2img",
@@ -623,6 +624,7 @@ class Scheduler:
             sampler=p.sampler,
             strength=p.strength,
             init_image=init,
+            init_images=(init, *more) if init is not None and more else (),
             # the chat's NSFW policy when the job was asked for (see Commands.job_address)
             nsfw_ok=bool((job.reply_to or {}).get("nsfw_ok")),
         )

@@ -48,6 +48,7 @@ class Env:
         self.adapter: DiscordAdapter | None = None
         self.provider: RecordingDemo | None = None
         self.civitai_url = "http://127.0.0.1:9"  # nothing listens: no test reaches Civitai
+        self.extra_providers: dict[str, Any] = {}  # next to the demo (e.g. BFL on its fake)
 
     async def start(self, *, latency_s: float = 0.05, **discord: Any) -> DiscordAdapter:
         section = {
@@ -63,7 +64,7 @@ class Env:
         config.providers.demo.latency_s = latency_s
         config.database.auto_migrate = False
         self.provider = RecordingDemo(config.providers.demo)
-        self.app = App(config, providers={"demo": self.provider})
+        self.app = App(config, providers={"demo": self.provider, **self.extra_providers})
         self.app.add_configured_adapters()
         adapter = self.app.adapters["discord"]
         assert isinstance(adapter, DiscordAdapter)

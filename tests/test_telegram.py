@@ -58,6 +58,7 @@ class Env:
         self.adapter: TelegramAdapter | None = None
         self.provider: RecordingDemo | None = None
         self.civitai_url = "http://127.0.0.1:9"  # nothing listens: no test reaches Civitai
+        self.extra_providers: dict[str, Any] = {}  # next to the demo (e.g. BFL on its fake)
 
     def config(self, **telegram: Any) -> Any:
         tg_section = {
@@ -84,7 +85,7 @@ class Env:
         config.providers.demo.latency_s = latency_s
         config.database.auto_migrate = False  # the db_url fixture made the tables
         self.provider = RecordingDemo(config.providers.demo)
-        self.app = App(config, providers={"demo": self.provider})
+        self.app = App(config, providers={"demo": self.provider, **self.extra_providers})
         self.app.add_configured_adapters()
         adapter = self.app.adapters["telegram"]
         assert isinstance(adapter, TelegramAdapter)

@@ -386,18 +386,32 @@ class DiscordAdapter(ResultsAdapter):
             image=L("The picture to redraw"),
             prompt=L("What to draw; flags like --ar 16:9 work too"),
             strength=L("How much may change, 0-1"),
+            image2=L("Another picture, for models that take several (FLUX.2)"),
+            image3=L("Another picture, for models that take several (FLUX.2)"),
+            image4=L("Another picture, for models that take several (FLUX.2)"),
         )
-        @app_commands.rename(image=L("image"), prompt=L("prompt"), strength=L("strength"))
+        @app_commands.rename(
+            image=L("image"),
+            prompt=L("prompt"),
+            strength=L("strength"),
+            image2=L("image2"),
+            image3=L("image3"),
+            image4=L("image4"),
+        )
         async def img2img(
             interaction: discord.Interaction[Any],
             image: discord.Attachment,
             prompt: str,
             strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+            image2: discord.Attachment | None = None,
+            image3: discord.Attachment | None = None,
+            image4: discord.Attachment | None = None,
         ) -> None:
             text = f"/img2img {prompt}" + (
                 f" --strength {strength}" if strength is not None else ""
             )
-            await self._command(interaction, text, attachment=image)
+            more = [a for a in (image2, image3, image4) if a is not None]
+            await self._command(interaction, text, attachment=image, more_attachments=more)
 
         @tree.command(name=L("batch"), description=L("Several prompts at once, one per line"))
         async def batch(interaction: discord.Interaction[Any]) -> None:
@@ -547,6 +561,7 @@ class DiscordAdapter(ResultsAdapter):
         text: str | list[str],
         *,
         attachment: discord.Attachment | None = None,
+        more_attachments: Sequence[discord.Attachment] = (),
         image: bytes | None = None,
     ) -> None:
         """Acknowledge at once, run the shared command(s), answer by editing the response
@@ -566,11 +581,14 @@ class DiscordAdapter(ResultsAdapter):
             status = original.id
         reply_to = self._reply_to(interaction, lang, status)
         user = self._user(interaction.user)
+        more: list[bytes] = []
         try:
             if attachment is not None:
                 # a banned person's upload is not even downloaded
                 await self.app.jobs.check_not_banned(user)
                 image = await self._read_attachment(attachment)
+                for extra in more_attachments:  # image2..image4, in order
+                    more.append(await self._read_attachment(extra))
         except UserError as exc:
             await self._respond(interaction, exc.render(lang))
             return
@@ -582,6 +600,7 @@ class DiscordAdapter(ResultsAdapter):
                     text=one,
                     reply_to=reply_to,
                     image=image,
+                    more_images=tuple(more),
                     message_key=f"discord:{interaction.id}",
                     is_admin=self._is_admin(interaction.user.id),
                     lang=str(interaction.locale),

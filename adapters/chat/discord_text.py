@@ -125,6 +125,12 @@ ZH: dict[str, str] = {
     "Provider": "服务商",
     "image": "图片",
     "The picture to redraw": "要重绘的图片",
+    "image2": "图片2",
+    "image3": "图片3",
+    "image4": "图片4",
+    "Another picture, for models that take several (FLUX.2)": (
+        "另一张图片，供可接受多张图片的模型使用（FLUX.2）"
+    ),
     "strength": "强度",
     "How much may change, 0-1": "允许改动的程度，0-1",
     "id": "编号",

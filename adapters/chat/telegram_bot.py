@@ -22,6 +22,7 @@ import functools
 import hmac
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +56,7 @@ from bot.commands import Action, Incoming, Reply, format_image_info, format_rece
 from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
+from bot.i18n import Message as i18n_message
 from bot.i18n import normalize, t
 from bot.ids import is_digits, parse_id
 from bot.results import Results
@@ -71,6 +73,14 @@ MAX_UPLOAD_MB = 50
 MAX_DOWNLOAD_MB = 20
 LOCAL_MAX_MB = 2000  # a local Bot API server
 ALBUM_MAX = 10
+# An album comes as several messages sharing a media_group_id (Bot API, Message:
+# "media_group_id ... The unique identifier of a media message group this message belongs
+# to", https://core.telegram.org/bots/api#message), one update each. The ones seen lately
+# are remembered (bounded) so that /img2img on one item, or in reply to one, uses them all.
+ALBUM_MEMORY_GROUPS = 200
+ALBUM_MEMORY_S = 3600.0
+ALBUM_SETTLE_S = 1.5  # an album captioned /img2img waits this long after its last item
+ALBUM_SETTLE_MAX_S = 10.0
 IMG2IMG = {"img2img", "i2i"}
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
 COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civitai use 1"
@@ -100,6 +110,48 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(slots=True)
+class _Album:
+    """The items of one album seen so far (message id -> message), and when the last came."""
+
+    items: dict[int, Message] = field(default_factory=dict)
+    last: float = 0.0
+    hinted: bool = False
+
+
+class AlbumMemory:
+    """Recent albums by (chat, media_group_id), the oldest forgotten first: at most
+    ``groups`` albums, none older than ``max_age_s``."""
+
+    def __init__(
+        self, groups: int = ALBUM_MEMORY_GROUPS, max_age_s: float = ALBUM_MEMORY_S
+    ) -> None:
+        self.groups, self.max_age_s = groups, max_age_s
+        self._albums: dict[tuple[int, str], _Album] = {}
+
+    def add(self, chat_id: int, msg: Message) -> _Album | None:
+        if not msg.media_group_id:
+            return None
+        now = time.monotonic()
+        key = (chat_id, msg.media_group_id)
+        album = self._albums.pop(key, None) or _Album()
+        album.items[msg.message_id] = msg
+        album.last = now
+        self._albums[key] = album  # the newest last
+        while self._albums:
+            oldest_key, oldest = next(iter(self._albums.items()))
+            if len(self._albums) <= self.groups and now - oldest.last <= self.max_age_s:
+                break
+            del self._albums[oldest_key]
+        return album
+
+    def get(self, chat_id: int, group: str | None) -> _Album | None:
+        album = self._albums.get((chat_id, group)) if group else None
+        if album is not None and time.monotonic() - album.last > self.max_age_s:
+            return None
+        return album
 
 
 @dataclass(eq=False)
@@ -149,6 +201,9 @@ class TelegramAdapter(ResultsAdapter):
         self._offset: int | None = None
         self._webhook_runner: Any = None
         self.updates_handled = 0
+        self.albums = AlbumMemory()
+        self.album_settle_s = ALBUM_SETTLE_S
+        self._album_tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -207,6 +262,8 @@ class TelegramAdapter(ResultsAdapter):
         log.info("telegram: @%s is %s", self.username, self.cfg.mode)
 
     async def stop_listening(self) -> None:
+        if self._album_tasks:  # albums captioned /img2img still settling: finish them
+            await asyncio.wait(set(self._album_tasks), timeout=ALBUM_SETTLE_MAX_S + 5)
         await self.edits.stop()
         for task in self._tasks:
             task.cancel()
@@ -374,6 +431,7 @@ class TelegramAdapter(ResultsAdapter):
             if private:
                 await self._say(msg, t(await self._lang(user), "tg.private", id=tg_user.id))
             return
+        album = self.albums.add(chat.id, msg) if self._has_picture(msg) else None
         text = msg.text or msg.caption or ""
         cmd = parse_command(text)
         if cmd.name and cmd.mention and cmd.mention.lower() != self.username.lower():
@@ -389,25 +447,95 @@ class TelegramAdapter(ResultsAdapter):
                 return
             name, text = "img2img", f"/img2img {text}"  # "make it blue" in reply to a picture
         elif self._has_picture(msg) and private:
+            if album is not None and album.hinted:
+                return  # one hint per album
+            if album is not None:
+                album.hinted = True
             await self._say(msg, t(await self._lang(user), "tg.photo_hint"))
             return
         elif private and self.cfg.private_text_is_prompt and text.strip():
             name, text = "imagine", f"/imagine {text}"
         else:
             return  # groups: only commands and replies to the bot's pictures
-        image: bytes | None = None
-        if name in IMG2IMG:
-            source = msg if self._has_picture(msg) else replied
-            if source is not None and self._has_picture(source):
-                try:
-                    # a banned person's picture is not even downloaded
-                    await self.app.jobs.check_not_banned(user)
-                    image = await self._picture_of(source)
-                except UserError as exc:
-                    await self._say(msg, exc.render(await self._lang(user)))
-                    return
+        key = f"telegram:{chat.id}:{msg.message_id}"
+        if name not in IMG2IMG:
+            await self._run_command(msg, tg_user, text, key=key)
+            return
+        if album is not None:
+            # An album captioned /img2img: its other items come as updates of their own,
+            # after this one. Wait for them off the chat's update queue, then use them all.
+            album.hinted = True
+            task = asyncio.create_task(self._album_img2img(msg, tg_user, text, album, key))
+            self._album_tasks.add(task)
+            task.add_done_callback(self._album_tasks.discard)
+            return
+        source = msg if self._has_picture(msg) else replied
+        sources: list[Message] = []
+        fit_more, notes = False, cast(tuple[str, ...], ())
+        if source is not None and self._has_picture(source):
+            sources = [source]
+            if source is replied and source.media_group_id:
+                # a reply to one picture of an album: all of it, the one replied to first
+                known = self.albums.get(chat.id, source.media_group_id)
+                others = [m for i, m in sorted((known.items if known else {}).items())]
+                others = [m for m in others if m.message_id != source.message_id]
+                if others:
+                    sources, fit_more = [source, *others], True
+                else:
+                    notes = (i18n_message("note.album_unknown"),)
+        await self._img2img(msg, tg_user, text, sources, key, fit_more=fit_more, notes=notes)
+
+    async def _album_img2img(
+        self, msg: Message, tg_user: Any, text: str, album: _Album, key: str
+    ) -> None:
+        """/img2img captioned on an album: once no item came for ``album_settle_s`` (at
+        most ALBUM_SETTLE_MAX_S), all its pictures in the album's order."""
+        try:
+            start = time.monotonic()
+            while True:
+                wait = album.last + self.album_settle_s - time.monotonic()
+                if wait <= 0 or time.monotonic() - start >= ALBUM_SETTLE_MAX_S:
+                    break
+                await asyncio.sleep(min(wait, ALBUM_SETTLE_MAX_S))
+            sources = [m for _, m in sorted(album.items.items())][:ALBUM_MAX]
+            # only this item came (a group whose privacy mode hides the others): say so
+            notes = (i18n_message("note.album_unknown"),) if len(sources) == 1 else ()
+            await self._img2img(msg, tg_user, text, sources, key, notes=notes)
+        except Exception:
+            log.exception("telegram: /img2img on an album in chat %s failed", msg.chat.id)
+
+    async def _img2img(
+        self,
+        msg: Message,
+        tg_user: Any,
+        text: str,
+        sources: list[Message],
+        key: str,
+        *,
+        fit_more: bool = False,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        """Download the pictures (each with Telegram's and our size checks) and run it."""
+        user = self._user(tg_user)
+        pictures: list[bytes] = []
+        if sources:
+            try:
+                # a banned person's picture is not even downloaded
+                await self.app.jobs.check_not_banned(user)
+                for source in sources:
+                    pictures.append(await self._picture_of(source))
+            except UserError as exc:
+                await self._say(msg, exc.render(await self._lang(user)))
+                return
         await self._run_command(
-            msg, tg_user, text, image=image, key=f"telegram:{chat.id}:{msg.message_id}"
+            msg,
+            tg_user,
+            text,
+            image=pictures[0] if pictures else None,
+            more_images=tuple(pictures[1:]),
+            fit_more=fit_more,
+            notes=notes,
+            key=key,
         )
 
     async def _run_command(
@@ -417,6 +545,9 @@ class TelegramAdapter(ResultsAdapter):
         text: str,
         *,
         image: bytes | None = None,
+        more_images: tuple[bytes, ...] = (),
+        fit_more: bool = False,
+        notes: tuple[str, ...] = (),
         key: str,
     ) -> None:
         """Run a command ``tg_user`` gave (typed in ``msg``, or a button under ``msg``) and
@@ -431,6 +562,9 @@ class TelegramAdapter(ResultsAdapter):
             text=text,
             reply_to=base_reply_to,
             image=image,
+            more_images=more_images,
+            fit_more=fit_more,
+            notes=notes,
             message_key=key,
             is_admin=self._is_admin(tg_user.id),
             lang=tg_user.language_code,
@@ -855,6 +989,8 @@ class TelegramAdapter(ResultsAdapter):
                 cid, media, reply_parameters=reply, message_thread_id=thread
             ),
         )
+        for message in sent:  # a reply to any of them may use them all (/img2img)
+            self.albums.add(chat_id, message)
         # An album carries no buttons; they go on a message of their own, best effort (the
         # pictures are what must arrive, and resending an album for its buttons would not do).
         anchor = ReplyParameters(sent[0].message_id, allow_sending_without_reply=True)

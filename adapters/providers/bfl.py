@@ -255,7 +255,12 @@ class BflProvider(Provider):
         return Capabilities(
             kinds=frozenset({"txt2img", "img2img"}),
             models=tuple(
-                ModelInfo(m, MODEL_NOTES.get(m, "FLUX via the BFL API")) for m in self._models()
+                ModelInfo(
+                    m,
+                    MODEL_NOTES.get(m, "FLUX via the BFL API"),
+                    max_inputs=FLUX2_INPUTS.get(m, KONTEXT_INPUTS if m in KONTEXT_MODELS else 1),
+                )
+                for m in self._models()
             ),
             default_model=self.config.default_model,
             max_images=4,  # one task per picture, run one after another (see module doc)

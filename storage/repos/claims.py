@@ -307,9 +307,21 @@ _REFERENCED_FILES = union(
 _OLDEST_RUNNING_START = select(func.min(jobs.c.started_at)).where(jobs.c.status == "running")
 
 
+# An img2img job's input pictures after the first are named in its params ("more_inputs",
+# see bot.jobs.MORE_INPUTS): read from the jobs that can have them.
+_MULTI_INPUT_PARAMS = select(jobs.c.params).where(
+    jobs.c.kind == "img2img", jobs.c.input_sha256.is_not(None)
+)
+
+
 def referenced_files(conn: Connection) -> set[str]:
     """The sha256 of every stored file a row refers to (for the store's sweep)."""
-    return {str(s) for s in conn.execute(_REFERENCED_FILES).scalars().all()}
+    found = {str(s) for s in conn.execute(_REFERENCED_FILES).scalars().all()}
+    for params in conn.execute(_MULTI_INPUT_PARAMS).scalars():
+        more = (params or {}).get("more_inputs") if isinstance(params, dict) else None
+        if isinstance(more, list):
+            found.update(str(s) for s in more if isinstance(s, str))
+    return found
 
 
 def oldest_running_start(conn: Connection) -> float | None:

@@ -1066,6 +1066,7 @@ class FakeTelegram:
         document_name: str | None = None,
         caption: str | None = None,
         reply_to_message_id: int | None = None,
+        media_group_id: str | None = None,
         language_code: str | None = "en",
         username: str | None = None,
         first_name: str = "Ann",
@@ -1081,6 +1082,9 @@ class FakeTelegram:
         Photos are stored with thumbnails plus the original as the largest size, so that
         ``getFile`` + download of the largest ``PhotoSize`` returns ``photo_bytes`` exactly.
         Commands get ``bot_command`` entities; replies carry the full replied-to message.
+        An album is several messages with the same ``media_group_id`` (Bot API, Message:
+        "media_group_id: Optional. The unique identifier of a media message group this
+        message belongs to"), each its own update; clients put the caption on one item.
         """
         bot = self._bot(token)
         user: Json = {"id": user_id, "is_bot": False, "first_name": first_name}
@@ -1116,6 +1120,8 @@ class FakeTelegram:
             message["document"] = self._store_document(
                 document_bytes, document_name or "file", None
             )
+        if media_group_id is not None:
+            message["media_group_id"] = media_group_id
         if caption is not None:
             message["caption"] = caption
             entities = _detect_entities(caption)
