@@ -112,6 +112,25 @@ async def empty_database(url: str, *, then_create: bool = False) -> None:
         await engine.dispose()
 
 
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``sdhost`` subprocess: unbuffered output, and no database URL
+    from the outer environment overriding the test's config file."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("SDHOST_DATABASE__URL", None)
+    return env
+
+
+async def query_db(url: str, sql: str) -> list[Any]:
+    """Rows of one SQL statement, on a connection of its own (to look at what processes
+    wrote)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text(sql))).all())
+    finally:
+        await engine.dispose()
+
+
 def make_config(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Config:
     raw: dict[str, Any] = {
         "data": {"dir": str(tmp_path / "data")},

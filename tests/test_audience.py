@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import subprocess
 import sys
@@ -20,33 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.chat.console import ConsoleAdapter
 from bot.app import App
 from bot.chat import UserRef
 from storage import repos
 from storage.db import Database
-from tests.conftest import empty_database, make_config
+from tests.conftest import empty_database, make_config, process_env, query_db
 from tests.test_console import ROOT
 
 PEOPLE = ("alice", "bob")
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SDHOST_DATABASE__URL", None)
-    return env
-
-
-async def _query(url: str, sql: str) -> list[Any]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return list((await conn.execute(text(sql))).all())
-    finally:
-        await engine.dispose()
 
 
 def _config(tmp_path: Path, db_url: str, latency: float = 0.3) -> Path:
@@ -85,7 +67,7 @@ class _Chat:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env=_env(),
+            env=process_env(),
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -144,7 +126,7 @@ def _migrate(cfg: Path, db_url: str) -> None:
         text=True,
         timeout=60,
         cwd=ROOT,
-        env=_env(),
+        env=process_env(),
     )
     assert migrated.returncode == 0, migrated.stderr
 
@@ -213,7 +195,7 @@ def test_two_consoles_on_one_database_each_print_only_their_own(
 
     # Every row sent once, addressed to the person whose job it is.
     rows = asyncio.run(
-        _query(
+        query_db(
             db_url,
             "select o.status, o.audience, u.platform_user_id, count(*) from outbox o "
             "join jobs j on j.id = o.job_id join users u on u.id = j.user_id "
@@ -247,8 +229,10 @@ def test_a_persons_events_wait_for_their_own_console(tmp_path: Path, db_url: str
         alice.wait_for("done:")
         deadline = time.monotonic() + 30
         unsent = "select count(*) from outbox where status = 'pending'"
-        while asyncio.run(_query(db_url, unsent)) != [(5,)]:  # 2 + 1 pictures, 2 outcomes
-            assert time.monotonic() < deadline, asyncio.run(_query(db_url, "select * from outbox"))
+        while asyncio.run(query_db(db_url, unsent)) != [(5,)]:  # 2 + 1 pictures, 2 outcomes
+            assert time.monotonic() < deadline, asyncio.run(
+                query_db(db_url, "select * from outbox")
+            )
             time.sleep(0.1)
         time.sleep(1.0)  # twenty chances to claim them
         code, out, err = alice.finish()
@@ -257,7 +241,7 @@ def test_a_persons_events_wait_for_their_own_console(tmp_path: Path, db_url: str
         ran = set(re.findall(r"job (\d+) succeeded", err))
         assert bobs <= ran, err  # alice's process did run them
         rows = asyncio.run(
-            _query(db_url, "select status, audience, count(*) from outbox group by 1, 2")
+            query_db(db_url, "select status, audience, count(*) from outbox group by 1, 2")
         )
         assert sorted(tuple(r) for r in rows) == [
             ("pending", "console:bob", 5),
@@ -276,7 +260,7 @@ def test_a_persons_events_wait_for_their_own_console(tmp_path: Path, db_url: str
     done = _ids(r"^done: job #(\d+) ", second)
     assert set(done) == bobs and set(done.values()) == {1}, second
     assert sorted(images.values()) == [1, 2] and set(images) == bobs, second
-    rows = asyncio.run(_query(db_url, "select status, count(*) from outbox group by 1"))
+    rows = asyncio.run(query_db(db_url, "select status, count(*) from outbox group by 1"))
     assert [tuple(r) for r in rows] == [("sent", 7)]
 
 
@@ -444,5 +428,5 @@ async def test_rows_written_before_audiences_go_to_the_console_of_their_person(
 
     assert await console("alice") == ""
     assert re.fullmatch(r"done: job #1 succeeded\b.*\n", await console("bob")), "bob"
-    rows = await _query(db_url, "select status, audience from outbox")
+    rows = await query_db(db_url, "select status, audience from outbox")
     assert [tuple(r) for r in rows] == [("sent", "console:bob")]

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import empty_database
+from tests.conftest import empty_database, process_env, query_db
 from tests.test_console import ROOT
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("SDHOST_DATABASE__URL", None)
-    return env
-
-
-async def _query(url: str, sql: str) -> list[Any]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return list((await conn.execute(text(sql))).all())
-    finally:
-        await engine.dispose()
 
 
 @pytest.mark.postgres
@@ -64,7 +45,7 @@ level = "INFO"
         subprocess.Popen(
             [*cmd, "run"],
             cwd=ROOT,
-            env=_env(),
+            env=process_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -87,7 +68,7 @@ level = "INFO"
             text=True,
             timeout=120,
             cwd=ROOT,
-            env=_env(SDHOST_QUEUE__RUN_WORKERS="false"),
+            env=process_env(SDHOST_QUEUE__RUN_WORKERS="false"),
         )
         assert chat.returncode == 0, chat.stderr
     finally:
@@ -112,11 +93,13 @@ level = "INFO"
     assert "job " not in chat.stderr  # the front end ran nothing itself
 
     # And the database agrees: claimed once, charged once, one picture each.
-    attempts = asyncio.run(_query(db_url, "select status, attempts from jobs"))
+    attempts = asyncio.run(query_db(db_url, "select status, attempts from jobs"))
     charges = asyncio.run(
-        _query(db_url, "select job_id, count(*) from ledger where reason='charge' group by job_id")
+        query_db(
+            db_url, "select job_id, count(*) from ledger where reason='charge' group by job_id"
+        )
     )
-    pictures = asyncio.run(_query(db_url, "select job_id, count(*) from images group by job_id"))
+    pictures = asyncio.run(query_db(db_url, "select job_id, count(*) from images group by job_id"))
     assert sorted(attempts) == [("succeeded", 1)] * 30
     assert sorted(n for _, n in charges) == [1] * 30
     assert sorted(n for _, n in pictures) == [1] * 30

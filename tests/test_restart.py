@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import empty_database
+from tests.conftest import empty_database, process_env, query_db
 from tests.test_console import ROOT, write_config
 
 
@@ -129,12 +129,6 @@ level = "INFO"
     return cfg
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("SDHOST_DATABASE__URL", None)
-    return env
-
-
 def _popen(cfg: Path, *args: str, stdin: Any = subprocess.DEVNULL, **env: str) -> Any:
     """Standard error goes to a file (a pipe nobody reads while it runs could fill up)."""
     log = (cfg.parent / f"{args[0]}-{time.monotonic_ns()}.log").open("w+")
@@ -145,7 +139,7 @@ def _popen(cfg: Path, *args: str, stdin: Any = subprocess.DEVNULL, **env: str) -
         stderr=log,
         text=True,
         cwd=ROOT,
-        env=_env(**env),
+        env=process_env(**env),
     )
     p.log = log  # type: ignore[attr-defined]
     return p
@@ -183,9 +177,8 @@ def _end(p: Any, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[str, s
 
 
 def _sql(url: str, sql: str) -> list[Any]:
-    from tests.test_processes import _query
 
-    return asyncio.run(_query(url, sql))
+    return asyncio.run(query_db(url, sql))
 
 
 @pytest.mark.postgres
