@@ -284,12 +284,9 @@ class Scheduler:
                 if job.attempts >= q.max_attempts:
                     self._set_aside(conn, job, _quarantine_msg(job.attempts), t)
                 else:
-                    repos.update_job(
+                    _requeue(
                         conn,
                         job.id,
-                        status=JobStatus.QUEUED,
-                        lease_owner=None,
-                        lease_until=None,
                         run_after=t + q.retry_backoff_s * job.attempts,
                         error="the worker process running it crashed",
                     )
@@ -300,15 +297,8 @@ class Scheduler:
             if lost >= q.max_lost_runs:
                 self._set_aside(conn, job, _lost_msg(lost), t, lost_runs=lost)
             else:
-                repos.update_job(
-                    conn,
-                    job.id,
-                    status=JobStatus.QUEUED,
-                    lease_owner=None,
-                    lease_until=None,
-                    attempts=max(0, job.attempts - 1),
-                    lost_runs=lost,
-                    run_after=0.0,
+                _requeue(
+                    conn, job.id, attempts=max(0, job.attempts - 1), lost_runs=lost, run_after=0.0
                 )
         return n
 
@@ -830,6 +820,13 @@ def _encode_and_store(
         "width": img.width,
         "height": img.height,
     }
+
+
+def _requeue(conn: Connection, job_id: int, **values: Any) -> None:
+    """Back to the queue, held by nobody (a job taken back from a dead process)."""
+    repos.update_job(
+        conn, job_id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, **values
+    )
 
 
 def _quarantine_msg(attempts: int) -> str:
