@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import logging
 import math
-import random
 import re
 import time
 from collections import OrderedDict
@@ -58,9 +57,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from adapters.providers.cloud import retry_after_s
+from adapters.http import TooLarge, backoff_s, read_capped, retry_after_s
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
-from bot.fetch import TooLarge, make_client, read_capped
+from bot.fetch import make_client
 from bot.grammar import MAX_SEED
 from bot.infotext import NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
@@ -1216,12 +1215,6 @@ class CivitaiClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after * random.uniform(1.0, 1.1)  # never sooner than asked
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
     async def _request(
         self,
         method: str,
@@ -1266,7 +1259,9 @@ class CivitaiClient:
                 raise error
             if error.retry_after is not None and error.retry_after > self.max_retry_after:
                 raise error  # the server asks for a longer pause than we are allowed to wait
-            wait = self._backoff(attempt, error.retry_after)
+            wait = backoff_s(
+                attempt, error.retry_after, base=self.backoff_base, cap=self.backoff_max
+            )
             log.info(
                 "civitai: %r; retry %d/%d in %.2fs",
                 self._redact(str(error)),

@@ -60,7 +60,6 @@ import inspect
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import socket
@@ -93,7 +92,7 @@ from adapters.civitai.client import (
     ModelVersion,
     error_message,
 )
-from adapters.providers.cloud import retry_after_s
+from adapters.http import backoff_s, retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound
 from bot.ids import parse_id
@@ -1301,12 +1300,6 @@ class DownloadManager:
                 **values,
             )
 
-    def _backoff(self, failures: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after * random.uniform(1.0, 1.1)
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
     async def _download(self, run: _Run) -> None:
         state = run.state
         assert state is not None
@@ -1337,7 +1330,9 @@ class DownloadManager:
                     raise DownloadError(
                         f"could not download {state.label}: {exc}; try again later"
                     ) from None
-                wait = self._backoff(failures, exc.retry_after)
+                wait = backoff_s(
+                    failures, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
+                )
                 log.info("download #%d: %r; retrying in %.1fs", state.id, str(exc), wait)
                 meter.reset()
                 state.speed = state.eta_s = None

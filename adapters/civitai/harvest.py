@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import ssl
 import sys
@@ -71,7 +70,7 @@ from adapters.civitai.client import (
     browsing_level,
     sized_url,
 )
-from adapters.providers.cloud import retry_after_s
+from adapters.http import backoff_s, retry_after_s
 from bot.errors import BadInput
 from bot.localfile import UnsafeFile, create_new, open_existing
 
@@ -573,7 +572,9 @@ class Harvester:
                     raise _GaveUp(f"{exc} ({tries})", attempt) from None
                 if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
                     raise _GaveUp(f"{exc}; asked to wait {exc.retry_after:g} s", attempt) from None
-                wait = self._backoff(attempt, exc.retry_after)
+                wait = backoff_s(
+                    attempt, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
+                )
                 if exc.retry_after is not None:  # the CDN asked everyone to slow down
                     loop = asyncio.get_running_loop()
                     self._pause_until = max(self._pause_until, loop.time() + wait)
@@ -586,12 +587,6 @@ class Harvester:
             await asyncio.sleep(delay)
         if self._limiter is not None:
             await self._limiter.acquire()
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after * random.uniform(1.0, 1.1)
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     async def _fetch(self, http: httpx.AsyncClient, url: str, part: Path) -> _Fetched:
         """GET ``url`` into ``part``; raises :class:`_Retry` or :class:`_Final`. ``part``
