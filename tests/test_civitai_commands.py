@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
-from adapters.civitai.client import CivitaiClient
+from adapters.civitai.api.client import CivitaiClient
 from bot.commands import Action, Incoming
 from tests.conftest import REPLY, user
 from tests.fakes.civitai import DANGER_IMPORTS, FakeCivitai, FakeCivitaiDownloads
@@ -506,7 +506,7 @@ async def test_use_carries_the_images_loras_and_checkpoint(app_factory, civitai)
     assert view.params["model"] != "juggernaut_local"  # no provider here offers it
 
     # a LoRA the registry cannot match by its hash: Civitai names its file, the registry has it
-    from adapters.civitai.client import Resource
+    from adapters.civitai.api.meta import Resource
     from adapters.civitai.resolve import resolve_resources
 
     client = app.commands.extensions["civitai"].client

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import strategies as st
 
 from adapters.civitai import downloads as downloads_module
-from adapters.civitai.client import CivitaiClient, ModelVersion
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.types import ModelVersion
 from adapters.civitai.downloads import (
     CivitaiArchived,
     DownloadManager,

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from adapters.civitai.client import CivitaiClient, Image
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.types import Image
 from adapters.civitai.harvest import (
     MANIFEST,
     Harvester,

@@ -37,15 +37,11 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from adapters.civitai.client import (
-    CivitaiClient,
-    CivitaiError,
-    Image,
-    Model,
-    browsing_level,
-    meta_resources,
-    with_lora_tags,
-)
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import CivitaiError
+from adapters.civitai.api.meta import meta_resources, with_lora_tags
+from adapters.civitai.api.nsfw import browsing_level
+from adapters.civitai.api.types import Image, Model
 from adapters.civitai.downloads import (
     DownloadManager,
     DownloadView,

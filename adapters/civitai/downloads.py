@@ -75,23 +75,21 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from adapters.civitai.client import (
-    DEFAULT_BASE_URL,
-    USER_AGENT,
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import (
     CivitaiBadRequest,
     CivitaiBadResponse,
     CivitaiChallenge,
-    CivitaiClient,
     CivitaiError,
     CivitaiForbidden,
     CivitaiNotFound,
     CivitaiRateLimited,
     CivitaiUnauthorized,
     CivitaiUnavailable,
-    ModelFile,
-    ModelVersion,
     error_message,
 )
+from adapters.civitai.api.transport import DEFAULT_BASE_URL, USER_AGENT
+from adapters.civitai.api.types import ModelFile, ModelVersion
 from adapters.http import backoff_s, retry_after_s
 from bot.config import CivitaiConfig
 from bot.errors import BadInput, NotFound

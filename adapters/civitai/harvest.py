@@ -58,18 +58,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from adapters.civitai.client import (
-    IMAGE_SORTS,
-    IMAGES_MAX_LIMIT,
-    ORIGINAL,
-    PERIODS,
-    USER_AGENT,
-    CivitaiClient,
-    CivitaiError,
-    Image,
-    browsing_level,
-    sized_url,
-)
+from adapters.civitai.api.client import IMAGE_SORTS, PERIODS, CivitaiClient
+from adapters.civitai.api.errors import CivitaiError
+from adapters.civitai.api.nsfw import browsing_level
+from adapters.civitai.api.transport import IMAGES_MAX_LIMIT, ORIGINAL, USER_AGENT, sized_url
+from adapters.civitai.api.types import Image
 from adapters.http import backoff_s, retry_after_s
 from bot.errors import BadInput
 from bot.localfile import UnsafeFile, create_new, open_existing
