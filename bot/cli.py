@@ -173,16 +173,16 @@ async def _db(args: argparse.Namespace) -> int:
 
 
 async def _civitai(args: argparse.Namespace) -> int:
-    from adapters.civitai import downloads, harvest
+    from adapters.civitai import cli, harvest
 
-    runner = harvest.run_cli if args.action == "images" else downloads.run_cli
+    runner = harvest.run_cli if args.action == "images" else cli.run_cli
     return await runner(args, _load(args))
 
 
 async def _models(args: argparse.Namespace) -> int:
-    from adapters.civitai import downloads
+    from adapters.civitai import cli
 
-    return await downloads.run_scan_cli(args, _load(args))
+    return await cli.run_scan_cli(args, _load(args))
 
 
 async def _discord(args: argparse.Namespace) -> int:
@@ -308,15 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = sub.add_parser("civitai", help="Civitai: harvest images, download models")
     cv_sub = cv.add_subparsers(dest="action", required=True)
-    from adapters.civitai import downloads
+    from adapters.civitai import cli as civitai_cli
 
-    downloads.add_arguments(cv_sub.add_parser("download", help="download a model file"))
+    civitai_cli.add_arguments(cv_sub.add_parser("download", help="download a model file"))
     from adapters.civitai import harvest
 
     harvest.add_arguments(cv_sub.add_parser("images", help="harvest images with their metadata"))
     md = sub.add_parser("models", help="the local model registry")
     md_sub = md.add_subparsers(dest="action", required=True)
-    downloads.add_scan_arguments(
+    civitai_cli.add_scan_arguments(
         md_sub.add_parser("scan", help="hash the model folders and look the files up on Civitai")
     )
 

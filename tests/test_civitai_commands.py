@@ -447,7 +447,7 @@ async def test_a_file_civitais_scans_flag_is_refused_in_chat_unless_an_admin_ove
     assert refused.error and 'pickle scan says "Danger"' in refused.text, refused.text
     assert "--allow-unsafe" in refused.text and "Traceback" not in refused.text
     assert storage.download_hits == 0
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         taken = await admin_ask(app, "/civitai download 52013 --allow-unsafe")
         assert not taken.error, taken.text
         view = await until_status(app, 1, "done")

@@ -1,4 +1,4 @@
-"""Model downloads and the model registry (adapters/civitai/downloads.py) against the fake
+"""Model downloads and the model registry (adapters/civitai/download/) against the fake
 (tests/fakes/civitai.py: FakeCivitaiDownloads, with its second "storage" origin)."""
 
 from __future__ import annotations
@@ -21,27 +21,17 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from adapters.civitai import downloads as downloads_module
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.types import ModelVersion
-from adapters.civitai.downloads import (
-    CivitaiArchived,
-    DownloadManager,
-    DownloadRef,
-    DownloadView,
-    add_arguments,
-    add_scan_arguments,
-    category_of,
-    filename_from_disposition,
-    parse_ref,
-    part_path,
-    resolve_folders,
-    run_cli,
-    run_scan_cli,
-    sanitize_filename,
-    scan_models,
-    select_file,
-)
+from adapters.civitai.cli import add_arguments, add_scan_arguments, run_cli, run_scan_cli
+from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile
+from adapters.civitai.download.folders import category_of, resolve_folders
+from adapters.civitai.download.manager import DownloadManager
+from adapters.civitai.download.naming import filename_from_disposition, part_path, sanitize_filename
+from adapters.civitai.download.partfile import _PartFile
+from adapters.civitai.download.record import DownloadView
+from adapters.civitai.download.refs import DownloadRef, parse_ref, select_file
+from adapters.civitai.download.registry import scan_models
 from bot.errors import BadInput
 from storage import repos
 from storage.db import Database
@@ -904,14 +894,14 @@ async def test_a_file_civitais_scans_did_not_pass_is_refused_unless_an_admin_ove
     for pickle, virus, said in cases:
         file.pickle_scan, file.virus_scan = pickle, virus
         file.pickle_message = DANGER_IMPORTS if pickle == "Danger" else "No Pickle imports"
-        with pytest.raises(downloads_module.UnsafeModelFile, match=re.escape(said)) as refused:
+        with pytest.raises(UnsafeModelFile, match=re.escape(said)) as refused:
             await manager.enqueue(vid)
         assert "--allow-unsafe" in str(refused.value) and file.name in str(refused.value)
     assert fake.download_hits == 0 and fake.storage_hits == []
     assert await manager.tasks() == [] and not (tmp_path / "models").exists()
 
     file.pickle_scan, file.virus_scan, file.pickle_message = "Danger", "Success", DANGER_IMPORTS
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         view = await manager.download(vid, allow_unsafe=True, by="admin test:root")
     assert view.status == "done", view.error
     warned = [
@@ -974,13 +964,13 @@ def test_select_file_prefers_safetensors_then_the_primary() -> None:
 def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the chunks written to .part files from now on."""
     written: list[int] = []
-    write = downloads_module._PartFile.write_sync
+    write = _PartFile.write_sync
 
     def counting(self: Any, chunk: bytes) -> None:
         written.append(len(chunk))
         write(self, chunk)
 
-    monkeypatch.setattr(downloads_module._PartFile, "write_sync", counting)
+    monkeypatch.setattr(_PartFile, "write_sync", counting)
     return written
 
 
@@ -1031,7 +1021,7 @@ async def test_the_maximum_size_applies_with_no_listed_size_nor_length(
         big = version_id(fake, 4207)
         fake.set_content(fake.primary_file(big).id, size=2_000_000)
         hits = fake.download_hits
-        with pytest.raises(downloads_module.TooBig, match=r"over the 1\.0 MB limit"):
+        with pytest.raises(TooBig, match=r"over the 1\.0 MB limit"):
             await manager.enqueue(big)
         assert fake.download_hits == hits  # refused before asking for the file
     finally:
@@ -1047,7 +1037,7 @@ async def test_no_download_starts_without_the_disk_space(
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=50 * 1024 * 1024))
     vid = version_id(fake, 4202)
-    with pytest.raises(downloads_module.TooBig, match="not enough free disk space"):
+    with pytest.raises(TooBig, match="not enough free disk space"):
         await manager.enqueue(vid)
     assert fake.download_hits == 0 and not (tmp_path / "models").exists()
 
@@ -1106,7 +1096,7 @@ async def test_cli_allow_unsafe_overrides_the_scans(
     assert await run_cli(args, config, **FAST) == 1
     assert 'virus scan says "Danger" (Win.Trojan.Agent-1234)' in capsys.readouterr().err
     assert fake.download_hits == 0
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         args = _cli_args(add_arguments, str(vid), "--no-progress", "--allow-unsafe")
         assert await run_cli(args, config, **FAST) == 0
     assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out

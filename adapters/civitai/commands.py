@@ -42,12 +42,8 @@ from adapters.civitai.api.errors import CivitaiError
 from adapters.civitai.api.meta import meta_resources, with_lora_tags
 from adapters.civitai.api.nsfw import browsing_level
 from adapters.civitai.api.types import Image, Model
-from adapters.civitai.downloads import (
-    DownloadManager,
-    DownloadView,
-    format_bytes,
-    format_duration,
-)
+from adapters.civitai.download.manager import DownloadManager
+from adapters.civitai.download.record import DownloadView, format_bytes, format_duration
 from adapters.civitai.resolve import Resolved, resolve_resources
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
