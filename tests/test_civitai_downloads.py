@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from adapters.civitai.download.folders import category_of, resolve_folders
 from adapters.civitai.download.manager import DownloadManager
 from adapters.civitai.download.naming import filename_from_disposition, part_path, sanitize_filename
 from adapters.civitai.download.partfile import _PartFile
-from adapters.civitai.download.record import DownloadView
+from adapters.civitai.download.record import DownloadRecord
 from adapters.civitai.download.refs import DownloadRef, parse_ref, select_file
 from adapters.civitai.download.registry import scan_models
 from bot.errors import BadInput
@@ -634,10 +635,10 @@ async def test_progress_is_stored_and_reported(
     fake.set_content(fake.primary_file(vid).id, size=3_000_000)
     fake.storage_bps = 6_000_000  # half a second
     manager.chunk_size = 64 * 1024
-    seen: list[DownloadView] = []
+    seen: list[DownloadRecord] = []
     rows: list[Any] = []
 
-    async def on_progress(view: DownloadView) -> None:  # async listeners work too
+    async def on_progress(view: DownloadRecord) -> None:  # async listeners work too
         seen.append(view)
         if view.status == "running" and view.bytes_done:
             rows.append(await db.run_read(repos.get_download_task, view.id))
@@ -653,6 +654,9 @@ async def test_progress_is_stored_and_reported(
     assert any(r.bytes_done > 0 and r.speed for r in rows)  # the row moves too
     assert "%" in running[0].describe() and "/s" in running[0].describe()
     assert seen[-1].status == "done"
+    # listeners get snapshots of the one record type, not the live record
+    assert len({v.bytes_done for v in running}) > 1
+    assert all(v is not w for v, w in itertools.pairwise(seen))
 
 
 async def test_pause_and_cancel_from_another_process(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bot.config import Config
 
 from adapters.civitai.download.manager import DownloadManager
-from adapters.civitai.download.record import DownloadView, format_bytes, format_duration
+from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
     err = Console(stderr=True, highlight=False)
     db = await _open_db(config)
     manager = DownloadManager.from_config(db, config, **overrides)
-    view: DownloadView | None = None
+    view: DownloadRecord | None = None
     try:
         try:
             view = await manager.enqueue(
@@ -147,8 +147,8 @@ def _login_name() -> str:
 
 
 async def _follow(
-    manager: DownloadManager, view: DownloadView, console: Any, show: bool
-) -> DownloadView:
+    manager: DownloadManager, view: DownloadRecord, console: Any, show: bool
+) -> DownloadRecord:
     from rich.progress import (
         BarColumn,
         DownloadColumn,

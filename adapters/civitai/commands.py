@@ -43,7 +43,7 @@ from adapters.civitai.api.meta import meta_resources, with_lora_tags
 from adapters.civitai.api.nsfw import browsing_level
 from adapters.civitai.api.types import Image, Model
 from adapters.civitai.download.manager import DownloadManager
-from adapters.civitai.download.record import DownloadView, format_bytes, format_duration
+from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 from adapters.civitai.resolve import Resolved, resolve_resources
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
@@ -379,7 +379,7 @@ class CivitaiCommands:
             self._ended[view.id] = view.status  # said by this reply: not again by a notice
         return download_text(view, lang)
 
-    async def _on_download(self, view: DownloadView) -> None:
+    async def _on_download(self, view: DownloadRecord) -> None:
         """Every progress step and state change of a download: shown on its status message,
         and its end said once more in a new message (an edit makes no notification)."""
         target = view.notify
@@ -606,7 +606,7 @@ def _label(text: str, limit: int = 32) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _name(view: DownloadView) -> str:
+def _name(view: DownloadRecord) -> str:
     return view.model_name or view.file_name or f"model version {view.version_id}"
 
 
@@ -615,7 +615,7 @@ def _bar(fraction: float | None) -> str:
     return "▰" * full + "▱" * (BAR - full)
 
 
-def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
+def download_text(view: DownloadRecord, lang: str, *, short: bool = False) -> str:
     """A download as a chat shows it: a headline, then (unless ``short``) a progress bar with
     bytes, speed and time left, or where the file is, or what went wrong, and what to do."""
     known = (*DOWNLOAD_ACTIVE, DownloadStatus.DONE, DownloadStatus.CANCELLED)

@@ -63,7 +63,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +123,7 @@ from adapters.civitai.download.naming import (
     sanitize_filename,
 )
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
-from adapters.civitai.download.record import DownloadView, _notify_of, format_bytes
+from adapters.civitai.download.record import DownloadRecord, format_bytes
 from adapters.civitai.download.refs import (
     _OPTION_KEYS,
     DownloadRef,
@@ -137,55 +137,6 @@ log = logging.getLogger(__name__)
 
 
 # --- live state -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _State:
-    """A task's row, kept up to date in memory while this process runs it."""
-
-    id: int
-    version_id: int
-    model_id: int | None
-    file_id: int | None
-    model_name: str | None
-    model_type: str | None
-    file_name: str | None
-    path: str | None
-    options: dict[str, Any]
-    bytes_total: int | None
-    bytes_done: int
-    speed: float | None
-    eta_s: float | None
-    expected_sha256: str | None
-    sha256: str | None
-    status: str
-    error: str | None
-    attempts: int
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> _State:
-        m = dict(row._mapping)
-        m.pop("owner", None)
-        m["options"] = dict(m.get("options") or {})
-        return cls(**m)
-
-    def view(self) -> DownloadView:
-        data = asdict(self)
-        notify = _notify_of(data.pop("options"))
-        return DownloadView(**data, notify=notify)
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        meta = self.options.get("meta")
-        return meta if isinstance(meta, dict) else {}
-
-    @property
-    def label(self) -> str:
-        return self.model_name or self.file_name or f"model version {self.version_id}"
 
 
 class _Meter:
@@ -213,14 +164,14 @@ class _Meter:
 class _Run:
     task_id: int
     task: asyncio.Task[None] | None = None
-    state: _State | None = None
+    state: DownloadRecord | None = None
     sink: _PartFile | None = None
     stop_as: str | None = None  # paused | cancelled | queued, when we were told to stop
     finishing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Listener = Callable[[DownloadView], Any]
+Listener = Callable[[DownloadRecord], Any]
 
 
 # --- the manager --------------------------------------------------------------------------------
@@ -231,7 +182,7 @@ class DownloadManager:
 
     One per process. ``await enqueue(...)`` starts a download and returns at once;
     ``await wait(id)`` (or ``download(...)``) waits for the end. Listeners added with
-    :meth:`add_listener` get a :class:`DownloadView` on every progress step (about every
+    :meth:`add_listener` get a :class:`DownloadRecord` on every progress step (about every
     ``progress_interval`` seconds) and state change. :meth:`aclose` stops what is running,
     leaving it queued (or paused) to resume later.
     """
@@ -336,7 +287,7 @@ class DownloadManager:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def _notify(self, view: DownloadView) -> None:
+    def _notify(self, view: DownloadRecord) -> None:
         for listener in list(self._listeners):
             try:
                 result = listener(view)
@@ -368,7 +319,7 @@ class DownloadManager:
         notify: Mapping[str, Any] | None = None,
         allow_unsafe: bool = False,
         by: str | None = None,
-    ) -> DownloadView:
+    ) -> DownloadRecord:
         """Look the version up, pick the file and start downloading it (unless ``start`` is
         false). An unfinished task for the same file is resumed instead of starting another;
         a file already downloaded (or found by a scan, by its SHA256) is not fetched again.
@@ -449,7 +400,7 @@ class DownloadManager:
                     self._start(row.id)
                 return await self.get(row.id)
             if row.status == DownloadStatus.DONE and row.path and Path(row.path).is_file():
-                return DownloadView.from_row(row)
+                return DownloadRecord.from_row(row)
         if expected:
             known = await self.db.run_read(repos.get_model, expected)
             if known is not None and known.path and known.status == "ready":
@@ -492,48 +443,48 @@ class DownloadManager:
             self._start(task_id)
         return await self.get(task_id)
 
-    async def download(self, ref: str | int | DownloadRef, **kwargs: Any) -> DownloadView:
+    async def download(self, ref: str | int | DownloadRef, **kwargs: Any) -> DownloadRecord:
         """:meth:`enqueue` and :meth:`wait`: the task as it ended (check ``status``)."""
         view = await self.enqueue(ref, **kwargs)
         return await self.wait(view.id)
 
-    async def wait(self, task_id: int) -> DownloadView:
+    async def wait(self, task_id: int) -> DownloadRecord:
         """Until this process's run of the task ends; the task as it is then."""
         run = self._runs.get(task_id)
         if run is not None:
             await run.done.wait()
         return await self.get(task_id)
 
-    async def get(self, task_id: int) -> DownloadView:
+    async def get(self, task_id: int) -> DownloadRecord:
         row = await self.db.run_read(repos.get_download_task, task_id)
         if row is None:
             raise NotFound(f"there is no download #{task_id}")
         return self._live_view(row)
 
-    def snapshot(self, task_id: int) -> DownloadView | None:
+    def snapshot(self, task_id: int) -> DownloadRecord | None:
         """The live state of a download running here (no database read), else ``None``."""
         run = self._runs.get(task_id)
-        return run.state.view() if run is not None and run.state is not None else None
+        return run.state.snapshot() if run is not None and run.state is not None else None
 
     async def tasks(
         self, *, statuses: Iterable[str] | None = None, limit: int = 50
-    ) -> list[DownloadView]:
+    ) -> list[DownloadRecord]:
         rows = await self.db.run_read(
             repos.list_download_tasks, statuses=list(statuses or []) or None, limit=limit
         )
         return [self._live_view(r) for r in rows]
 
-    async def pause(self, task_id: int) -> DownloadView:
+    async def pause(self, task_id: int) -> DownloadRecord:
         """Stop a download, keeping its ``.part`` file; :meth:`resume` goes on from there."""
         return await self._stop(task_id, DownloadStatus.PAUSED)
 
-    async def cancel(self, task_id: int) -> DownloadView:
+    async def cancel(self, task_id: int) -> DownloadRecord:
         """Stop a download for good and delete its ``.part`` file."""
         return await self._stop(task_id, DownloadStatus.CANCELLED)
 
     async def resume(
         self, task_id: int, *, notify: Mapping[str, Any] | None = None
-    ) -> DownloadView:
+    ) -> DownloadRecord:
         """Go on with a paused or failed download (from its ``.part`` file); ``notify`` as
         for :meth:`enqueue`, replacing the one the task had."""
         self._check_open()
@@ -620,9 +571,9 @@ class DownloadManager:
         if self._closed:
             raise RuntimeError("the download manager is closed")
 
-    def _live_view(self, row: Any) -> DownloadView:
+    def _live_view(self, row: Any) -> DownloadRecord:
         live = self.snapshot(row.id)
-        return live if live is not None else DownloadView.from_row(row)
+        return live if live is not None else DownloadRecord.from_row(row)
 
     def _start(self, task_id: int) -> None:
         self._check_open()
@@ -633,7 +584,7 @@ class DownloadManager:
         self._runs[task_id] = run
         run.task = asyncio.create_task(self._run(run), name=f"civitai-download-{task_id}")
 
-    async def _stop(self, task_id: int, status: str) -> DownloadView:
+    async def _stop(self, task_id: int, status: str) -> DownloadRecord:
         run = self._runs.get(task_id)
         if run is not None and not run.done.is_set():
             if not run.finishing and run.stop_as is None:
@@ -689,8 +640,8 @@ class DownloadManager:
                 )
                 if row is None:
                     return  # paused, finished, or running in a live process
-                run.state = _State.from_row(row)
-                self._notify(run.state.view())
+                run.state = DownloadRecord.from_row(row)
+                self._notify(run.state.snapshot())
                 await self._download(run)
         except asyncio.CancelledError:
             if run.stop_as is None:
@@ -832,7 +783,7 @@ class DownloadManager:
 
     # --- one attempt -----------------------------------------------------------------------
 
-    async def _signed_url(self, state: _State) -> str:
+    async def _signed_url(self, state: DownloadRecord) -> str:
         """A fresh signed storage URL from ``/api/download/models/{id}`` (not followed)."""
         url = f"{self.base_url}/api/download/models/{state.version_id}"
         if state.file_id is not None:
@@ -868,7 +819,7 @@ class DownloadManager:
             raise _Transient(str(error), error.retry_after)
         raise error
 
-    def _login_required(self, state: _State) -> CivitaiError:
+    def _login_required(self, state: DownloadRecord) -> CivitaiError:
         if self._api_key:
             return CivitaiLoginRequired(
                 f"Civitai requires a login to download {state.label} and did not accept "
@@ -881,7 +832,7 @@ class DownloadManager:
             status=401,
         )
 
-    def _api_error(self, response: httpx.Response, state: _State) -> CivitaiError:
+    def _api_error(self, response: httpx.Response, state: DownloadRecord) -> CivitaiError:
         status = response.status_code
         raw = response.content
         ctype = response.headers.get("content-type", "")
@@ -1104,7 +1055,7 @@ class DownloadManager:
         if total is not None and sink.size != total:
             raise _Transient("the connection ended before the whole file arrived")
 
-    def _byte_limit(self, state: _State, total: int | None) -> tuple[int, str]:
+    def _byte_limit(self, state: DownloadRecord, total: int | None) -> tuple[int, str]:
         """The most bytes this file may have, and what that limit is (for a message):
         Civitai's listed size (with the rounding tolerance), the host's declared size and
         ``max_bytes``, whichever is least. A declared size over the others is refused before
@@ -1132,7 +1083,7 @@ class DownloadManager:
                 limit, what = total, f"{total} bytes it announced"
         return limit, what
 
-    async def _check_space(self, state: _State, sink: _PartFile, total: int | None) -> None:
+    async def _check_space(self, state: DownloadRecord, sink: _PartFile, total: int | None) -> None:
         """Refuse to go on when the folder's disk has not room for the rest of the file
         and :data:`DISK_MARGIN` besides."""
         size_kb = state.meta.get("size_kb")
@@ -1158,7 +1109,7 @@ class DownloadManager:
                 f"{format_bytes(free)} is free"
             )
 
-    def _measure(self, state: _State, meter: _Meter, now: float) -> None:
+    def _measure(self, state: DownloadRecord, meter: _Meter, now: float) -> None:
         state.speed = meter.add(now, state.bytes_done)
         if state.speed and state.bytes_total:
             state.eta_s = max(0.0, (state.bytes_total - state.bytes_done) / state.speed)
@@ -1187,9 +1138,11 @@ class DownloadManager:
         if not ok:
             row = await self.db.run_read(repos.get_download_task, state.id)
             raise _StopRequested(row.status if row is not None else DownloadStatus.CANCELLED)
-        self._notify(state.view())
+        self._notify(state.snapshot())
 
-    async def _choose_path(self, state: _State, disposition: str | None, total: int | None) -> Path:
+    async def _choose_path(
+        self, state: DownloadRecord, disposition: str | None, total: int | None
+    ) -> Path:
         """Where the file goes: its kind's folder, the sanitized Content-Disposition name
         (else Civitai's file name), with a suffix if a different file has that name."""
         folder = self.folder_for(state.model_type)
@@ -1221,7 +1174,7 @@ class DownloadManager:
         self._claimed_paths.add(str(candidate))
         return candidate
 
-    async def _same_file(self, state: _State, path: Path, total: int | None) -> bool:
+    async def _same_file(self, state: DownloadRecord, path: Path, total: int | None) -> bool:
         if not state.expected_sha256:
             return False
         try:
@@ -1234,7 +1187,7 @@ class DownloadManager:
 
     # --- the end ---------------------------------------------------------------------------
 
-    def _verify(self, state: _State, sink: _PartFile) -> list[str]:
+    def _verify(self, state: DownloadRecord, sink: _PartFile) -> list[str]:
         problems = []
         actual = sink.hexdigest()
         if state.bytes_total is not None and sink.size != state.bytes_total:
@@ -1358,7 +1311,7 @@ class DownloadManager:
         await self._complete(run, path, state.expected_sha256 or "", size)
 
     def _model_row(
-        self, state: _State, sha: str, size: int, path: Path, now: float
+        self, state: DownloadRecord, sha: str, size: int, path: Path, now: float
     ) -> dict[str, Any]:
         meta = state.meta
         model_id = state.model_id
@@ -1390,7 +1343,7 @@ class DownloadManager:
         kind: str,
         known: Any,
         options: dict[str, Any],
-    ) -> DownloadView:
+    ) -> DownloadRecord:
         """A done task for a file the registry already has (found by a scan, or downloaded
         for another task): nothing is fetched."""
         now = time.time()

@@ -4,9 +4,10 @@ human-readable sizes and durations it is described with.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.status import DOWNLOAD_TERMINAL, DownloadStatus
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 # --- views ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DownloadView:
-    """A download task as callers see it (a ``download_tasks`` row, or the live state)."""
+@dataclass(slots=True)
+class DownloadRecord:
+    """A download task: a ``download_tasks`` row as read, or its live state while this
+    process runs it (kept up to date in memory). Listeners and callers get a
+    :meth:`snapshot`, never the live record."""
 
     id: int
     version_id: int
@@ -33,27 +36,45 @@ class DownloadView:
     model_type: str | None
     file_name: str | None
     path: str | None
+    options: dict[str, Any]
     bytes_total: int | None
     bytes_done: int
     speed: float | None
     eta_s: float | None
+    expected_sha256: str | None
+    sha256: str | None
     status: str
     error: str | None
-    sha256: str | None
-    expected_sha256: str | None
     attempts: int
     created_at: float
     updated_at: float
     started_at: float | None
     finished_at: float | None
-    # Where a chat shows this download's progress (a ``reply_to``), if one asked for it.
-    notify: dict[str, Any] | None = None
 
     @classmethod
-    def from_row(cls, row: Any) -> DownloadView:
-        m = row._mapping
-        data = {f.name: m[f.name] for f in fields(cls) if f.name != "notify"}
-        return cls(**data, notify=_notify_of(m["options"]))
+    def from_row(cls, row: Any) -> DownloadRecord:
+        m = dict(row._mapping)
+        m.pop("owner", None)
+        m["options"] = dict(m.get("options") or {})
+        return cls(**m)
+
+    def snapshot(self) -> DownloadRecord:
+        """A copy that later progress does not change."""
+        return replace(self, options=copy.deepcopy(self.options))
+
+    @property
+    def notify(self) -> dict[str, Any] | None:
+        """Where a chat shows this download's progress (a ``reply_to``), if one asked."""
+        return _notify_of(self.options)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.options.get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def label(self) -> str:
+        return self.model_name or self.file_name or f"model version {self.version_id}"
 
     @property
     def fraction(self) -> float | None:
