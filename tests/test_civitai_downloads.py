@@ -598,7 +598,7 @@ async def test_pause_resume_and_cancel(
     file = fake.primary_file(vid)
     fake.set_content(file.id, size=2_000_000)
     fake.storage_bps = 4_000_000  # half a second for the whole file
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     started = await manager.enqueue(vid)
     await wait_for(lambda: (manager.snapshot(started.id) or started).bytes_done > 0)
 
@@ -634,7 +634,7 @@ async def test_progress_is_stored_and_reported(
     vid = version_id(fake, 4201)
     fake.set_content(fake.primary_file(vid).id, size=3_000_000)
     fake.storage_bps = 6_000_000  # half a second
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     seen: list[DownloadRecord] = []
     rows: list[Any] = []
 
@@ -985,7 +985,7 @@ async def test_a_host_streaming_more_than_listed_is_stopped_early(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     written = count_writes(monkeypatch)
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     vid = version_id(fake, 4202)
     file = fake.primary_file(vid)
     fake.set_content(file.id, data=b"x" * 220)  # Civitai lists 220 bytes (sizeKB 0.21)
@@ -1055,7 +1055,7 @@ async def test_a_part_file_that_is_a_link_is_refused_not_written_through(
     file = fake.primary_file(vid)
     fake.set_content(file.id, size=2_000_000)
     fake.storage_bps = 4_000_000
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     started = await manager.enqueue(vid)
     await wait_for(lambda: (manager.snapshot(started.id) or started).bytes_done > 0)
     paused = await manager.pause(started.id)

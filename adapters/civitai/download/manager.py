@@ -50,40 +50,24 @@ CLI: :func:`add_arguments` / :func:`run_cli` (``sdhost civitai download``) and
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import inspect
-import json
 import logging
 import os
-import re
-import shutil
 import socket
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import (
-    CivitaiBadRequest,
-    CivitaiBadResponse,
-    CivitaiChallenge,
     CivitaiError,
-    CivitaiForbidden,
     CivitaiNotFound,
-    CivitaiRateLimited,
-    CivitaiUnavailable,
-    error_message,
 )
 from adapters.civitai.api.transport import DEFAULT_BASE_URL, USER_AGENT
 from adapters.civitai.api.types import ModelFile, ModelVersion
-from adapters.http import backoff_s, retry_after_s
 from bot.errors import BadInput, NotFound
 from bot.status import DOWNLOAD_ACTIVE, DownloadStatus
 from bot.text import clean
@@ -95,80 +79,35 @@ if TYPE_CHECKING:
 
 from adapters.civitai.download.errors import (
     CivitaiArchived,
-    CivitaiDownloadsDisabled,
-    CivitaiEarlyAccess,
-    CivitaiLoginRequired,
-    CivitaiQuotaExceeded,
     DownloadDamaged,
-    DownloadError,
-    NameClash,
     TooBig,
     UnsafeModelFile,
-    _AlreadyThere,
     _StopRequested,
-    _Transient,
 )
 from adapters.civitai.download.folders import (
     DEFAULT_MAX_BYTES,
-    DISK_MARGIN,
-    SIZE_TOLERANCE,
     category_of,
     models_root,
     resolve_folders,
 )
 from adapters.civitai.download.naming import (
-    _suffixed,
-    filename_from_disposition,
     part_path,
     sanitize_filename,
 )
-from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
 from adapters.civitai.download.refs import (
-    _OPTION_KEYS,
     DownloadRef,
     parse_ref,
     scan_problems,
     select_file,
 )
 from adapters.civitai.download.registry import ScanReport, _cover_image, _source_url, scan_models
+from adapters.civitai.download.transfer import Transfer, _Run
 
 log = logging.getLogger(__name__)
 
 
 # --- live state -----------------------------------------------------------------------------------
-
-
-class _Meter:
-    """Speed over the last few seconds."""
-
-    def __init__(self, window_s: float = 5.0) -> None:
-        self.window_s = window_s
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
-
-    def add(self, t: float, done: int) -> float | None:
-        samples = self._samples
-        samples.append((t, done))
-        while len(samples) > 2 and t - samples[1][0] >= self.window_s:
-            samples.popleft()
-        t0, d0 = samples[0]
-        if t - t0 < 0.2 or done < d0:
-            return None
-        return (done - d0) / (t - t0)
-
-    def reset(self) -> None:
-        self._samples.clear()
-
-
-@dataclass
-class _Run:
-    task_id: int
-    task: asyncio.Task[None] | None = None
-    state: DownloadRecord | None = None
-    sink: _PartFile | None = None
-    stop_as: str | None = None  # paused | cancelled | queued, when we were told to stop
-    finishing: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 Listener = Callable[[DownloadRecord], Any]
@@ -210,44 +149,37 @@ class DownloadManager:
         user_agent: str = USER_AGENT,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        if on_name_clash not in ("suffix", "refuse"):
-            raise ValueError("on_name_clash is 'suffix' or 'refuse'")
-        if hash_mismatch not in ("fail", "keep"):
-            raise ValueError("hash_mismatch is 'fail' or 'keep'")
         self.db = db
         self.models_dir = Path(models_dir)
         self.folders = resolve_folders(self.models_dir, folders)
         self.base_url = base_url.rstrip("/")
-        self.max_attempts = max(1, max_attempts)
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.max_retry_after = max_retry_after
-        self.chunk_size = chunk_size
-        self.progress_interval = progress_interval
         self.stale_after = stale_after
-        self.on_name_clash = on_name_clash
-        self.hash_mismatch = hash_mismatch
-        self.max_bytes = max(1, int(max_bytes))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._api_key = (api_key or "").strip() or None
-        self._user_agent = user_agent
-        http_timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
-        # The API hop: the key goes here, and redirects are NOT followed.
-        self._api = httpx.AsyncClient(timeout=http_timeout, follow_redirects=False)
-        # The storage hop: a client that never has the key (nor the API's cookies).
-        self._storage = httpx.AsyncClient(
-            timeout=http_timeout,
-            follow_redirects=True,
-            max_redirects=5,
-            limits=httpx.Limits(max_connections=max(4, 2 * concurrency)),
+        self.transfer = Transfer(
+            self,
+            folders=self.folders,
+            base_url=self.base_url,
+            api_key=self._api_key,
+            user_agent=user_agent,
+            timeout=timeout,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_retry_after=max_retry_after,
+            chunk_size=chunk_size,
+            progress_interval=progress_interval,
+            on_name_clash=on_name_clash,
+            hash_mismatch=hash_mismatch,
+            max_bytes=max_bytes,
         )
         self._own_client = client is None
         self.client = client or CivitaiClient(
-            self._api_key, base_url=self.base_url, timeout=timeout, http=self._api
+            self._api_key, base_url=self.base_url, timeout=timeout, http=self.transfer.api_http
         )
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._runs: dict[int, _Run] = {}
-        self._claimed_paths: set[str] = set()
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
@@ -275,7 +207,7 @@ class DownloadManager:
         return f"DownloadManager(base_url={self.base_url!r}, api_key={key!r})"
 
     def folder_for(self, kind: str | None) -> Path:
-        return self.folders.get(kind or "other") or self.folders["other"]
+        return self.transfer.folder_for(kind)
 
     # --- listeners -------------------------------------------------------------------------
 
@@ -379,10 +311,10 @@ class DownloadManager:
             )
             options["allow_unsafe"] = by or True
         listed = file.size_bytes
-        if listed is not None and listed > self.max_bytes:
+        if listed is not None and listed > self.transfer.max_bytes:
             raise TooBig(
                 f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
-                f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
+                f"{format_bytes(self.transfer.max_bytes)} limit (civitai.max_download_gb)"
             )
         model_type = version.model.type if version.model else None
         kind = category_of(model_type, file.type)
@@ -409,7 +341,7 @@ class DownloadManager:
                         return await self._record_present(version, file, kind, known, options)
 
         if listed is not None:  # a new download: is there room for it?
-            await self._check_disk(self.folder_for(kind), listed, name)
+            await self.transfer.check_disk(self.folder_for(kind), listed, name)
         cover = _cover_image(version)
         if notify is not None:
             options["notify"] = dict(notify)
@@ -556,8 +488,7 @@ class DownloadManager:
             future.cancel()
         if self._own_client:
             await self.client.aclose()
-        await self._api.aclose()
-        await self._storage.aclose()
+        await self.transfer.aclose()
 
     async def __aenter__(self) -> DownloadManager:
         return self
@@ -661,7 +592,7 @@ class DownloadManager:
             if run.sink is not None:
                 await asyncio.to_thread(run.sink.close_sync)
             if run.state is not None and run.state.path:
-                self._claimed_paths.discard(run.state.path)
+                self.transfer.release(run.state.path)
             if self._runs.get(run.task_id) is run:
                 del self._runs[run.task_id]
             run.done.set()
@@ -739,384 +670,7 @@ class DownloadManager:
                 **values,
             )
 
-    async def _download(self, run: _Run) -> None:
-        state = run.state
-        assert state is not None
-        if state.path:
-            run.sink = _PartFile(part_path(state.path))
-            await asyncio.to_thread(run.sink.open_sync)
-            state.bytes_done = run.sink.size
-        failures = 0
-        meter = _Meter()
-        while True:
-            before = run.sink.size if run.sink is not None else 0
-            state.attempts += 1
-            try:
-                await self._attempt(run, meter)
-                break
-            except _AlreadyThere as there:
-                await self._complete_existing(run, there.path)
-                return
-            except _Transient as exc:
-                progressed = (run.sink.size if run.sink is not None else 0) > before
-                failures = 1 if progressed else failures + 1
-                if failures >= self.max_attempts:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc} "
-                        f"({failures} tries in a row got nowhere; resume it later)"
-                    ) from None
-                if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc}; try again later"
-                    ) from None
-                wait = backoff_s(
-                    failures, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
-                )
-                log.info("download #%d: %r; retrying in %.1fs", state.id, str(exc), wait)
-                meter.reset()
-                state.speed = state.eta_s = None
-                state.error = f"{exc}; retrying"
-                await self._write_progress(run, force=True)
-                await asyncio.sleep(wait)
-        state.error = None
-        await self._finish(run)
-
-    # --- one attempt -----------------------------------------------------------------------
-
-    async def _signed_url(self, state: DownloadRecord) -> str:
-        """A fresh signed storage URL from ``/api/download/models/{id}`` (not followed)."""
-        url = f"{self.base_url}/api/download/models/{state.version_id}"
-        if state.file_id is not None:
-            params: dict[str, Any] = {"fileId": state.file_id}
-        else:
-            params = {k: state.options[k] for k in _OPTION_KEYS if state.options.get(k)}
-        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        try:
-            response = await self._api.get(url, params=params, headers=headers)
-        except httpx.TimeoutException:
-            raise _Transient("Civitai did not answer in time") from None
-        except httpx.UnsupportedProtocol:
-            raise DownloadError(
-                f"civitai.base_url {self.base_url!r} is not an http(s) address"
-            ) from None
-        except httpx.TransportError as exc:
-            raise _Transient(f"Civitai could not be reached ({type(exc).__name__})") from None
-        if response.status_code in (301, 302, 303, 307, 308):
-            location = response.headers.get("location")
-            if not location:
-                raise CivitaiBadResponse("Civitai redirected the download to nowhere")
-            target = urllib.parse.urljoin(str(response.url), location)
-            where = urllib.parse.urlsplit(target)
-            if where.path.startswith("/login"):
-                raise self._login_required(state)
-            if where.scheme not in ("http", "https"):
-                raise CivitaiBadResponse(f"Civitai redirected the download to {where.scheme}:")
-            return target
-        error = self._api_error(response, state)
-        if error.retryable:
-            raise _Transient(str(error), error.retry_after)
-        raise error
-
-    def _login_required(self, state: DownloadRecord) -> CivitaiError:
-        if self._api_key:
-            return CivitaiLoginRequired(
-                f"Civitai requires a login to download {state.label} and did not accept "
-                "civitai.api_key: check the key (Civitai > Account settings > API keys)",
-                status=401,
-            )
-        return CivitaiLoginRequired(
-            f"Civitai requires a login to download {state.label}: set civitai.api_key "
-            "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
-            status=401,
-        )
-
-    def _api_error(self, response: httpx.Response, state: DownloadRecord) -> CivitaiError:
-        status = response.status_code
-        raw = response.content
-        ctype = response.headers.get("content-type", "")
-        retry_after = retry_after_s(response) if status in (429, 503) else None
-        what = state.label
-        if raw and ("html" in ctype.lower() or raw[:64].lstrip().lower().startswith(b"<")):
-            message = (
-                f"Civitai answered the download of {what} with a web page (HTTP {status}), "
-                "probably a Cloudflare check or an outage; try again later"
-            )
-            if status == 429 or status >= 500:
-                return CivitaiUnavailable(
-                    message, status=status, retry_after=retry_after, retryable=True
-                )
-            return CivitaiChallenge(message, status=status)
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = raw[:300].decode("utf-8", "replace")
-        detail = error_message(body) or ""
-        text = detail.lower()
-        if 200 <= status < 300:
-            return CivitaiBadResponse(
-                f"Civitai answered the download of {what} without sending it elsewhere "
-                f"(HTTP {status}); expected a redirect to the file",
-                status=status,
-            )
-        if status == 400:
-            return CivitaiBadRequest(
-                f"Civitai rejected the download of {what}: {detail or 'bad request'}",
-                status=status,
-            )
-        if status == 401:
-            if "disabled downloads" in text:
-                return CivitaiDownloadsDisabled(
-                    f"the creator of {what} has disabled downloads on Civitai", status=status
-                )
-            return self._login_required(state)
-        if status == 403:
-            if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
-                deadline = body.get("deadline")
-                until = f" until {deadline}" if deadline else ""
-                return CivitaiEarlyAccess(
-                    f"{what} is in Early Access on Civitai{until}: only people who bought "
-                    "access (with Buzz, on civitai.com, as the owner of civitai.api_key) can "
-                    "download it before then",
-                    deadline=deadline if isinstance(deadline, str) else None,
-                    status=status,
-                )
-            return CivitaiForbidden(
-                f"Civitai refused the download of {what}: {detail or 'forbidden'}", status=status
-            )
-        if status == 404:
-            asked = ", ".join(
-                f"{k}={state.options[k]}" for k in _OPTION_KEYS if state.options.get(k)
-            )
-            which = f" matching {asked}" if asked else ""
-            return CivitaiNotFound(
-                f"Civitai has no downloadable file{which} for {what}", status=status
-            )
-        if status == 410:
-            return CivitaiArchived(
-                f"Civitai archived {what}: it is no longer available for download", status=status
-            )
-        if status == 429:
-            if "unusual amount of downloading" in text or "come back later" in text:
-                return CivitaiQuotaExceeded(
-                    "Civitai's 24-hour download quota for this account (or address) is used "
-                    "up: try again tomorrow, or contact support@civitai.com",
-                    status=status,
-                )
-            wait = f" (retry in {retry_after:g}s)" if retry_after else ""
-            return CivitaiRateLimited(
-                f"Civitai is rate limiting downloads{wait}",
-                status=status,
-                retry_after=retry_after,
-                retryable=True,
-            )
-        if status >= 500 or status == 408:
-            return CivitaiUnavailable(
-                f"Civitai is unavailable (HTTP {status})",
-                status=status,
-                retry_after=retry_after,
-                retryable=True,
-            )
-        return CivitaiError(
-            f"Civitai could not start the download of {what} (HTTP {status}"
-            f"{': ' + detail if detail else ''})",
-            status=status,
-        )
-
-    async def _attempt(self, run: _Run, meter: _Meter) -> None:
-        state = run.state
-        assert state is not None
-        url = await self._signed_url(state)
-        have = run.sink.size if run.sink is not None else 0
-        headers = {
-            "User-Agent": self._user_agent,
-            "Accept": "*/*",
-            "Accept-Encoding": "identity",
-        }
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            async with self._storage.stream("GET", url, headers=headers) as response:
-                await self._receive(run, response, have, meter)
-        except httpx.TimeoutException as exc:
-            raise _Transient(f"the file host stopped sending ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _Transient(f"the connection to the file host broke ({exc})") from None
-
-    async def _receive(self, run: _Run, response: httpx.Response, have: int, meter: _Meter) -> None:
-        state = run.state
-        assert state is not None
-        status = response.status_code
-        if status == 416:
-            total = _range_total(response.headers.get("content-range"))
-            if run.sink is not None and total is not None and run.sink.size == total:
-                state.bytes_total = total
-                return  # the .part already holds the whole file
-            if run.sink is not None:
-                await asyncio.to_thread(run.sink.reset_sync)
-            state.bytes_done = 0
-            raise _Transient("the partial file does not fit the file on Civitai; starting over")
-        if status in (401, 403):
-            raise _Transient(f"the file host refused the signed link (HTTP {status})")
-        if status == 400:
-            body = (await response.aread())[:300].decode("utf-8", "replace")
-            raise DownloadError(
-                f"the file host rejected the download request (HTTP 400: {_one_line(body)})"
-            )
-        if status == 429 or status >= 500 or status == 404:
-            raise _Transient(f"the file host answered HTTP {status}", retry_after_s(response))
-        if status not in (200, 206):
-            raise DownloadError(f"the file host answered HTTP {status}")
-        ctype = response.headers.get("content-type", "").lower()
-        if "text/html" in ctype and not (state.file_name or "").lower().endswith(".html"):
-            raise _Transient("the file host sent a web page instead of the file")
-        if status == 206:
-            span = _content_range(response.headers.get("content-range"))
-            if span is None or span[0] != have:
-                if run.sink is not None:
-                    await asyncio.to_thread(run.sink.reset_sync)
-                state.bytes_done = 0
-                raise _Transient("the file host sent another part of the file than asked")
-            total = span[2]
-        else:
-            if have and run.sink is not None:
-                log.info("download #%d: the file host ignored the range; from zero", state.id)
-                await asyncio.to_thread(run.sink.reset_sync)
-                state.bytes_done = 0
-                meter.reset()
-            length = response.headers.get("content-length", "")
-            total = int(length) if length.isdigit() else None
-        limit, limit_is = self._byte_limit(state, total)
-        if run.sink is None:
-            path = await self._choose_path(
-                state, response.headers.get("content-disposition"), total
-            )
-            state.path = str(path)
-            state.file_name = path.name
-            await self.db.run_write(
-                repos.update_download_task,
-                state.id,
-                if_owner=self.owner,
-                path=state.path,
-                file_name=state.file_name,
-            )
-            run.sink = _PartFile(part_path(path))
-            await asyncio.to_thread(run.sink.open_sync)
-            if run.sink.size:  # a stray .part of that name: not ours to continue
-                await asyncio.to_thread(run.sink.reset_sync)
-        if total is not None:
-            state.bytes_total = total
-        sink = run.sink
-        await self._check_space(state, sink, total)
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[None] | None = None
-        last = loop.time()
-        meter.add(last, sink.size)
-        # Pieces as they arrive, written in chunks of about chunk_size; whatever arrived
-        # before a broken connection is still written (the next attempt starts after it).
-        pieces: list[bytes] = []
-        buffered = 0
-        start = sink.size
-        received = 0
-        try:
-            async for piece in response.aiter_bytes():
-                if start + received + len(piece) > limit:
-                    # a host sending more than it (or Civitai) said: stop now, not at the end
-                    raise DownloadDamaged(
-                        f"the file host sent more than the {limit_is} for {state.label}; "
-                        f"stopped after {start + received} bytes and deleted what came"
-                    )
-                pieces.append(piece)
-                buffered += len(piece)
-                received += len(piece)
-                if buffered >= self.chunk_size:
-                    chunk = b"".join(pieces)
-                    pieces.clear()
-                    buffered = 0
-                    if pending is not None:
-                        await pending
-                    # write + hash on a worker thread while the next chunk arrives
-                    pending = loop.run_in_executor(None, sink.write_sync, chunk)
-                now = loop.time()
-                if now - last >= self.progress_interval:
-                    last = now
-                    state.bytes_done = start + received  # received; on disk a moment later
-                    self._measure(state, meter, now)
-                    await self._write_progress(run)
-        finally:
-            if pending is not None:
-                await pending
-            if pieces:
-                await asyncio.to_thread(sink.write_sync, b"".join(pieces))
-            state.bytes_done = sink.size
-        if total is not None and sink.size != total:
-            raise _Transient("the connection ended before the whole file arrived")
-
-    def _byte_limit(self, state: DownloadRecord, total: int | None) -> tuple[int, str]:
-        """The most bytes this file may have, and what that limit is (for a message):
-        Civitai's listed size (with the rounding tolerance), the host's declared size and
-        ``max_bytes``, whichever is least. A declared size over the others is refused before
-        any byte is read."""
-        limit = self.max_bytes
-        what = f"{format_bytes(limit)} limit (civitai.max_download_gb)"
-        size_kb = state.meta.get("size_kb")
-        if isinstance(size_kb, int | float) and size_kb >= 0:
-            listed = int(size_kb * 1024) + SIZE_TOLERANCE
-            if listed < limit:
-                limit, what = listed, f"{size_kb * 1024:.0f} bytes Civitai lists"
-            if total is not None and total > listed:
-                raise DownloadDamaged(
-                    f"the file host offers {format_bytes(total)} ({total} bytes) for "
-                    f"{state.label}, which Civitai lists as {size_kb * 1024:.0f} bytes: "
-                    "refused before downloading"
-                )
-        if total is not None:
-            if total > self.max_bytes:
-                raise TooBig(
-                    f"the file host offers {format_bytes(total)} for {state.label}, over the "
-                    f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
-                )
-            if total < limit:
-                limit, what = total, f"{total} bytes it announced"
-        return limit, what
-
-    async def _check_space(self, state: DownloadRecord, sink: _PartFile, total: int | None) -> None:
-        """Refuse to go on when the folder's disk has not room for the rest of the file
-        and :data:`DISK_MARGIN` besides."""
-        size_kb = state.meta.get("size_kb")
-        expected = total
-        if expected is None and isinstance(size_kb, int | float):
-            expected = int(size_kb * 1024)
-        if expected is not None:  # unknown: the stream is capped at max_bytes instead
-            await self._check_disk(sink.path.parent, expected - sink.size, state.label)
-
-    async def _check_disk(self, folder: Path, size: int, what: str) -> None:
-        needed = max(0, size) + DISK_MARGIN
-        where = folder
-        while not where.exists() and where.parent != where:
-            where = where.parent  # the folder is made later: its disk is its parent's
-        try:
-            free = (await asyncio.to_thread(shutil.disk_usage, where)).free
-        except OSError:
-            return
-        if free < needed:
-            raise TooBig(
-                f"not enough free disk space for {what} in {folder}: it needs "
-                f"{format_bytes(needed)} (with {format_bytes(DISK_MARGIN)} to spare), "
-                f"{format_bytes(free)} is free"
-            )
-
-    def _measure(self, state: DownloadRecord, meter: _Meter, now: float) -> None:
-        state.speed = meter.add(now, state.bytes_done)
-        if state.speed and state.bytes_total:
-            state.eta_s = max(0.0, (state.bytes_total - state.bytes_done) / state.speed)
-        else:
-            state.eta_s = None
-
-    async def _write_progress(self, run: _Run, *, force: bool = False) -> None:
+    async def progress(self, run: _Run, *, force: bool = False) -> None:
         """Store the progress (it is also the lease's heartbeat) and tell the listeners. A
         refused write means another process paused or cancelled the task: stop."""
         state = run.state
@@ -1139,124 +693,6 @@ class DownloadManager:
             row = await self.db.run_read(repos.get_download_task, state.id)
             raise _StopRequested(row.status if row is not None else DownloadStatus.CANCELLED)
         self._notify(state.snapshot())
-
-    async def _choose_path(
-        self, state: DownloadRecord, disposition: str | None, total: int | None
-    ) -> Path:
-        """Where the file goes: its kind's folder, the sanitized Content-Disposition name
-        (else Civitai's file name), with a suffix if a different file has that name."""
-        folder = self.folder_for(state.model_type)
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        fallback = state.file_name or f"civitai-{state.version_id}.bin"
-        name = sanitize_filename(filename_from_disposition(disposition), fallback)
-        active = await self.db.run_read(repos.active_download_paths)
-        base = folder / name
-        candidate = base
-        for n in range(2, 10_000):
-            key = str(candidate)
-            owner = active.get(key)
-            busy = (owner is not None and owner != state.id) or key in self._claimed_paths
-            exists = candidate.exists()
-            if not busy and not exists and not part_path(candidate).exists():
-                break
-            if exists and not busy and await self._same_file(state, candidate, total):
-                raise _AlreadyThere(candidate)
-            if self.on_name_clash == "refuse":
-                raise NameClash(
-                    f"{candidate} already exists and is not {state.label}; move it away, or "
-                    'set civitai.on_name_clash = "suffix"'
-                )
-            candidate = folder / _suffixed(name, n)
-        else:  # pragma: no cover
-            raise NameClash(f"no free name for {name} in {folder}")
-        if candidate.resolve().parent != folder.resolve():  # belt and braces
-            raise DownloadError(f"refusing to write outside {folder}: {candidate}")
-        self._claimed_paths.add(str(candidate))
-        return candidate
-
-    async def _same_file(self, state: DownloadRecord, path: Path, total: int | None) -> bool:
-        if not state.expected_sha256:
-            return False
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return False
-        if total is not None and size != total:
-            return False
-        return await asyncio.to_thread(_sha256_of, path) == state.expected_sha256
-
-    # --- the end ---------------------------------------------------------------------------
-
-    def _verify(self, state: DownloadRecord, sink: _PartFile) -> list[str]:
-        problems = []
-        actual = sink.hexdigest()
-        if state.bytes_total is not None and sink.size != state.bytes_total:
-            problems.append(f"{sink.size} bytes instead of {state.bytes_total}")
-        expected = state.expected_sha256
-        autov2 = str(state.meta.get("autov2") or "").lower()
-        size_kb = state.meta.get("size_kb")
-        if expected:
-            if actual != expected.lower():
-                problems.append(f"SHA256 {actual[:12]}… instead of Civitai's {expected[:12]}…")
-        elif autov2:
-            if actual[:10] != autov2:
-                problems.append(f"AutoV2 {actual[:10]} instead of Civitai's {autov2}")
-        elif isinstance(size_kb, int | float) and abs(sink.size - size_kb * 1024) > 1024:
-            problems.append(f"{sink.size} bytes where Civitai lists {size_kb * 1024:.0f}")
-        return problems
-
-    async def _finish(self, run: _Run) -> None:
-        state, sink = run.state, run.sink
-        assert state is not None and sink is not None
-        run.finishing = True
-        await asyncio.to_thread(sink.finish_sync)
-        problems = self._verify(state, sink)
-        if problems:
-            hash_only = all("SHA256" in p or "AutoV2" in p for p in problems)
-            if self.hash_mismatch == "keep" and hash_only:
-                log.warning(
-                    "download #%d: %s does not match Civitai (%s); kept (hash_mismatch=keep)",
-                    state.id,
-                    state.label,
-                    "; ".join(problems),
-                )
-            else:
-                await asyncio.to_thread(sink.discard_sync)
-                raise DownloadDamaged(
-                    f"the download of {state.label} is damaged ({'; '.join(problems)}); "
-                    "it was deleted: try again"
-                )
-        target = Path(state.path or "")
-        final = await asyncio.to_thread(self._place, sink.path, target, sink.hexdigest())
-        await self._complete(run, final, sink.hexdigest(), sink.size)
-
-    def _place(self, part: Path, target: Path, sha: str) -> Path:
-        """Move ``part`` to ``target`` atomically without replacing any file: a hard link
-        (which fails if the name exists), then the ``.part`` is removed."""
-        candidate = target
-        for n in range(2, 10_000):
-            try:
-                os.link(part, candidate)
-            except FileExistsError:
-                if candidate.stat().st_size == part.stat().st_size and _sha256_of(candidate) == sha:
-                    part.unlink()
-                    return candidate  # the very same file appeared meanwhile
-                if self.on_name_clash == "refuse":
-                    raise NameClash(
-                        f"{candidate} appeared while downloading; move it away and resume"
-                    ) from None
-                candidate = target.with_name(_suffixed(target.name, n))
-                continue
-            except OSError:
-                # no hard links here (some network or FAT file systems): check, then rename
-                if candidate.exists():
-                    candidate = target.with_name(_suffixed(target.name, n))
-                    continue
-                os.replace(part, candidate)
-                return candidate
-            part.unlink()
-            return candidate
-        raise NameClash(f"no free name for {target}")  # pragma: no cover
 
     async def _complete(self, run: _Run, final: Path, sha: str, size: int) -> None:
         state = run.state
@@ -1302,13 +738,23 @@ class DownloadManager:
         await self.db.run_write(write)
         log.info("download #%d: %r saved as %r", state.id, state.label, str(final))
 
-    async def _complete_existing(self, run: _Run, path: Path) -> None:
-        """The file is already there under the chosen name: done, nothing downloaded."""
-        state = run.state
-        assert state is not None
-        run.finishing = True
-        size = (await asyncio.to_thread(path.stat)).st_size
-        await self._complete(run, path, state.expected_sha256 or "", size)
+    async def _download(self, run: _Run) -> None:
+        got = await self.transfer.fetch(run)
+        await self._complete(run, got.path, got.sha256, got.size)
+
+    # --- hooks the transfer calls ------------------------------------------------------------
+
+    async def path_chosen(self, state: DownloadRecord) -> None:
+        await self.db.run_write(
+            repos.update_download_task,
+            state.id,
+            if_owner=self.owner,
+            path=state.path,
+            file_name=state.file_name,
+        )
+
+    async def busy_paths(self) -> dict[str, int]:
+        return await self.db.run_read(repos.active_download_paths)
 
     def _model_row(
         self, state: DownloadRecord, sha: str, size: int, path: Path, now: float
@@ -1375,21 +821,3 @@ def _version_label(version: ModelVersion) -> str:
     if model and version.name:
         return f"{model} {version.name}"
     return model or version.name or f"model version {version.id}"
-
-
-def _content_range(header: str | None) -> tuple[int, int, int | None] | None:
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", header or "")
-    if not m:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
-
-
-def _range_total(header: str | None) -> int | None:
-    m = re.fullmatch(r"\s*bytes\s+(?:\*|\d+-\d+)/(\d+)\s*", header or "")
-    return int(m.group(1)) if m else None
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
