@@ -9,7 +9,7 @@ import getpass
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from bot import redact
@@ -18,6 +18,7 @@ from bot.chat import UserRef
 from bot.config import Config, ConfigError, load_config
 from bot.errors import UserError
 from bot.status import JobStatus
+from storage.db import Database
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -172,17 +173,33 @@ async def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_database(
+    args: argparse.Namespace, fn: Callable[[Config, Database], Awaitable[int]]
+) -> int:
+    """Run ``fn(config, db)`` with the app's database, migrated as the app does, and nothing
+    else of the app started."""
+    config = _load(args)
+    app = App(config, run_workers=False)
+    try:
+        if config.database.auto_migrate:
+            await app.migrate()
+        return await fn(config, app.db)
+    finally:
+        await app.stop()
+
+
 async def _civitai(args: argparse.Namespace) -> int:
     from adapters.civitai import cli, harvest
 
-    runner = harvest.run_cli if args.action == "images" else cli.run_cli
-    return await runner(args, _load(args))
+    if args.action == "images":  # the harvest keeps its state in files, not the database
+        return await harvest.run_cli(args, _load(args))
+    return await _with_database(args, lambda config, db: cli.run_cli(args, config, db))
 
 
 async def _models(args: argparse.Namespace) -> int:
     from adapters.civitai import cli
 
-    return await cli.run_scan_cli(args, _load(args))
+    return await _with_database(args, lambda config, db: cli.run_scan_cli(args, config, db))
 
 
 async def _discord(args: argparse.Namespace) -> int:

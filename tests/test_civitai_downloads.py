@@ -847,14 +847,14 @@ async def test_cli_download_and_scan(
     )
     vid = version_id(fake, 4202)
     args = _cli_args(add_arguments, f"{fake.base_url}/models/4202?modelVersionId={vid}")
-    assert await run_cli(args, config, **FAST) == 0
+    assert await run_cli(args, config, db, **FAST) == 0
     out = capsys.readouterr()
     path = tmp_path / "m" / "loras" / fake.primary_file(vid).name
     assert str(path) in out.out and path.is_file()
     assert "Anime Lines" in out.err  # the progress bar's label
 
     args = _cli_args(add_arguments, str(version_id(fake, 4201)), "--type", "VAE", "--no-progress")
-    assert await run_cli(args, config, **FAST) == 0
+    assert await run_cli(args, config, db, **FAST) == 0
     assert "/m/vae/" in capsys.readouterr().out
 
     fake.require_auth.add(version_id(fake, 4203))
@@ -862,16 +862,16 @@ async def test_cli_download_and_scan(
         update={"civitai": config.civitai.model_copy(update={"api_key": ""})}
     )
     args = _cli_args(add_arguments, str(version_id(fake, 4203)), "--no-progress")
-    assert await run_cli(args, anonymous, **FAST) == 1
+    assert await run_cli(args, anonymous, db, **FAST) == 1
     assert "set civitai.api_key" in capsys.readouterr().err
 
     args = _cli_args(add_arguments, str(version_id(fake, 4201)), "--format", "GGUF")
-    assert await run_cli(args, config, **FAST) == 1
+    assert await run_cli(args, config, db, **FAST) == 1
     assert "no file with format 'GGUF'" in capsys.readouterr().err
 
     (tmp_path / "m" / "checkpoints").mkdir(parents=True, exist_ok=True)
     (tmp_path / "m" / "checkpoints" / "local.safetensors").write_bytes(b"mine")
-    assert await run_scan_cli(_cli_args(add_scan_arguments), config) == 0
+    assert await run_scan_cli(_cli_args(add_scan_arguments), config, db) == 0
     out = capsys.readouterr().out
     assert "Anime" in out and "local" in out
     assert "3 files (1 hashed, 2 from the cache); 1 new;" in out
@@ -1097,12 +1097,12 @@ async def test_cli_allow_unsafe_overrides_the_scans(
     file = fake.primary_file(vid)
     file.virus_scan, file.virus_message = "Danger", "Win.Trojan.Agent-1234"
     args = _cli_args(add_arguments, str(vid), "--no-progress")
-    assert await run_cli(args, config, **FAST) == 1
+    assert await run_cli(args, config, db, **FAST) == 1
     assert 'virus scan says "Danger" (Win.Trojan.Agent-1234)' in capsys.readouterr().err
     assert fake.download_hits == 0
     with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         args = _cli_args(add_arguments, str(vid), "--no-progress", "--allow-unsafe")
-        assert await run_cli(args, config, **FAST) == 0
+        assert await run_cli(args, config, db, **FAST) == 0
     assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out
     [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
     assert "on the command line" in warned and file.name in warned

@@ -78,26 +78,13 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _open_db(config: Config) -> Database:
-    from storage.migrate import upgrade
-
-    db = Database(config.database_url, busy_timeout_ms=config.database.busy_timeout_ms)
-    try:
-        if config.database.auto_migrate:
-            await upgrade(config.database_url)
-    except BaseException:
-        await db.dispose()
-        raise
-    return db
-
-
-async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) -> int:
+async def run_cli(args: argparse.Namespace, config: Config, db: Database, **overrides: Any) -> int:
     """Download one file with a progress bar. 0 when the file is in place, 1 when it failed.
-    Ctrl-C pauses it: the same command later resumes from where it stopped."""
+    Ctrl-C pauses it: the same command later resumes from where it stopped. ``db`` is the
+    app's database (migrated by the app), left open."""
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False)
-    db = await _open_db(config)
     manager = DownloadManager.from_config(db, config, **overrides)
     view: DownloadRecord | None = None
     try:
@@ -136,7 +123,6 @@ async def run_cli(args: argparse.Namespace, config: Config, **overrides: Any) ->
         return 1
     finally:
         await manager.aclose(stop_as=DownloadStatus.PAUSED)
-        await db.dispose()
 
 
 def _login_name() -> str:
@@ -198,14 +184,15 @@ async def _follow(
     return final
 
 
-async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: Any) -> int:
-    """Scan the model folders and show the registry."""
+async def run_scan_cli(
+    args: argparse.Namespace, config: Config, db: Database, **overrides: Any
+) -> int:
+    """Scan the model folders and show the registry. ``db``: as for :func:`run_cli`."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     out = Console(highlight=False)
-    db = await _open_db(config)
     manager = DownloadManager.from_config(db, config, **overrides)
     try:
         report = await manager.scan(
@@ -243,4 +230,3 @@ async def run_scan_cli(args: argparse.Namespace, config: Config, **overrides: An
         return 0
     finally:
         await manager.aclose()
-        await db.dispose()
