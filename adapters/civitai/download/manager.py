@@ -3,25 +3,6 @@
 :class:`DownloadManager` downloads model files (seed 002's DownloadTask), after §4 and §6 of
 ``../shared/api/civitai.md``:
 
-* **Two hops, one key.** ``GET /api/download/models/{versionId}`` goes to the API host with
-  the key in ``Authorization`` and *without* following redirects; the 307's ``Location`` (a
-  signed R2/B2 URL) is fetched by a separate HTTP client that never has the key, so the key
-  only ever reaches the API host (storage answers 400 to an ``Authorization`` header).
-* **Checked before it is a file.** Bytes stream to ``<name>.part`` with their SHA256
-  computed on the way (in a worker thread, overlapping the next read); the size and the
-  hashes Civitai lists (SHA256, else AutoV2, else ``sizeKB``) are checked, then the file is
-  moved into place atomically and never over another file (a hard link, which fails if the
-  name is taken, then the ``.part`` is removed).
-* **Safe to load.** A file is refused unless Civitai's pickle and virus scans both say
-  "Success" (``allow_unsafe``, logged, overrides); a SafeTensor file is preferred. A stream
-  stops as soon as it passes the listed size or the ``Content-Length``, nothing goes over
-  ``max_bytes``, a download needs the free disk space first, and a ``.part`` is never
-  opened through a symbolic link (``bot.localfile.create_new``/``open_existing``).
-* **Resume.** Every attempt asks the API for a fresh signed URL and sends
-  ``Range: bytes=<have>-``: a 206 continues, a 200 (range ignored) starts again from zero,
-  a 416 means the ``.part`` is already whole (or does not fit: start again). Dropped
-  connections, timeouts, 5xx and rate limits are retried with backoff and jitter; a
-  download that keeps making progress is never given up.
 * **Pause, resume, cancel** (:meth:`DownloadManager.pause` ...) work on this process's
   downloads, and on another process's through the database: its next progress write sees
   the new status and stops.
@@ -31,20 +12,22 @@
   or by running the same download again.
 * **Clear refusals.** Login required, downloads disabled, Early Access (with its deadline),
   archived, the 24-hour download quota: one line each, saying what to do.
-* **Where files go.** A folder per kind of model (``civitai.folders``: checkpoint, lora, vae,
-  embedding, controlnet, upscaler, other), relative to ``civitai.models_dir`` or absolute,
-  so they can be an A1111 or ComfyUI install's own. The name comes from
-  ``Content-Disposition``, sanitized (no directories, no traversal, no reserved names); a
-  different file already there gets a ``-2`` suffix, or the download is refused
-  (``civitai.on_name_clash``).
 
 On completion the model registry (``models``: SHA256, name, type, base model, size, source,
 Civitai ids, cover image, path, status) is updated. :func:`scan_models` (``sdhost models
 scan``) hashes the files in the model folders, with a cache by size and mtime
 (``model_files``), and looks the unknown ones up on Civitai by hash in bulk.
 
-CLI: :func:`add_arguments` / :func:`run_cli` (``sdhost civitai download``) and
-:func:`add_scan_arguments` / :func:`run_scan_cli` (``sdhost models scan``).
+How one file is fetched (two hops, Range resume, the caps, the scans, placing it) is
+:class:`~adapters.civitai.download.transfer.Transfer`; this module keeps the queue, the
+leases, pause and resume, and the task rows (through ``storage.repos``). The command lines
+are in ``adapters/civitai/cli.py``.
+
+Why this file is near 700 lines: pause, resume and cancel work across processes through
+the task rows and their leases, and every way a run ends (stopped, failed, done, taken
+over) writes the row under the same lease rules; split further, those rules would be
+read in two places. What could leave has: the transfer, the choice of file (refs.py), the
+registry writes (registry.py).
 """
 
 from __future__ import annotations
@@ -64,13 +47,11 @@ from typing import TYPE_CHECKING, Any
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import (
     CivitaiError,
-    CivitaiNotFound,
 )
 from adapters.civitai.api.transport import DEFAULT_BASE_URL, USER_AGENT
 from adapters.civitai.api.types import ModelFile, ModelVersion
 from bot.errors import BadInput, NotFound
 from bot.status import DOWNLOAD_ACTIVE, DownloadStatus
-from bot.text import clean
 from storage import repos
 from storage.db import Database
 
@@ -78,10 +59,7 @@ if TYPE_CHECKING:
     from bot.config import Config
 
 from adapters.civitai.download.errors import (
-    CivitaiArchived,
     DownloadDamaged,
-    TooBig,
-    UnsafeModelFile,
     _StopRequested,
 )
 from adapters.civitai.download.folders import (
@@ -94,14 +72,19 @@ from adapters.civitai.download.naming import (
     part_path,
     sanitize_filename,
 )
-from adapters.civitai.download.record import DownloadRecord, format_bytes
+from adapters.civitai.download.record import DownloadRecord
 from adapters.civitai.download.refs import (
     DownloadRef,
+    choose_file,
     parse_ref,
-    scan_problems,
-    select_file,
+    version_label,
 )
-from adapters.civitai.download.registry import ScanReport, _cover_image, _source_url, scan_models
+from adapters.civitai.download.registry import (
+    ScanReport,
+    _cover_image,
+    record_done,
+    scan_models,
+)
 from adapters.civitai.download.transfer import Transfer, _Run
 
 log = logging.getLogger(__name__)
@@ -267,55 +250,18 @@ class DownloadManager:
         options.update({k: v for k, v in given.items() if v})
         if file_id is not None:
             options["fileId"] = str(file_id)
-        version_id = parsed.version_id
-        if version_id is None:
-            assert parsed.model_id is not None
-            model = await self.client.model(parsed.model_id, fresh=True)
-            if model.mode == "Archived":
-                raise CivitaiArchived(
-                    f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
-                    "are no longer available for download"
-                )
-            latest = model.latest_version
-            if latest is None or latest.id is None:
-                raise CivitaiNotFound(f"Civitai model {parsed.model_id} has no published version")
-            version_id = latest.id
-        # never from the lookup cache: the scan verdicts must be Civitai's latest
-        version = await self.client.model_version(version_id, fresh=True)
-        name = _version_label(version)
-        mode = version.model.mode if version.model else None
-        if mode == "Archived":
-            raise CivitaiArchived(
-                f"Civitai archived {name}: its files are no longer available for download"
-            )
-        file = select_file(version, options)
-        if file is None:
-            raise CivitaiNotFound(f"Civitai lists no files for {name}")
-        unsafe = scan_problems(file)
-        if unsafe and not allow_unsafe:
-            raise UnsafeModelFile(
-                f"refusing to download {file.name or 'the file'} of {name}: "
-                f"{'; '.join(unsafe)}. A model file that fails Civitai's scans can run code "
-                "when it is loaded; an admin can still take it with --allow-unsafe"
-            )
-        if unsafe:
-            log.warning(
-                "civitai: %s downloads %s (file %s of %s, version %d) despite its scans "
-                "(--allow-unsafe): %s",
-                by or "someone",
-                file.name,
-                file.id,
-                name,
-                version_id,
-                "; ".join(unsafe),
-            )
-            options["allow_unsafe"] = by or True
+        version, file = await choose_file(
+            self.client,
+            parsed,
+            options,
+            allow_unsafe=allow_unsafe,
+            by=by,
+            max_bytes=self.transfer.max_bytes,
+        )
+        version_id = version.id
+        assert version_id is not None
+        name = version_label(version)
         listed = file.size_bytes
-        if listed is not None and listed > self.transfer.max_bytes:
-            raise TooBig(
-                f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
-                f"{format_bytes(self.transfer.max_bytes)} limit (civitai.max_download_gb)"
-            )
         model_type = version.model.type if version.model else None
         kind = category_of(model_type, file.type)
         expected = (file.hash("SHA256") or "").lower() or None
@@ -694,53 +640,12 @@ class DownloadManager:
             raise _StopRequested(row.status if row is not None else DownloadStatus.CANCELLED)
         self._notify(state.snapshot())
 
-    async def _complete(self, run: _Run, final: Path, sha: str, size: int) -> None:
-        state = run.state
-        assert state is not None
-        now = time.time()
-        mtime_ns = (await asyncio.to_thread(final.stat)).st_mtime_ns
-        state.path, state.file_name = str(final), final.name
-        state.sha256, state.bytes_done, state.bytes_total = sha, size, size
-        state.status, state.finished_at = DownloadStatus.DONE, now
-        state.speed = state.eta_s = None
-        task_values = {
-            "status": DownloadStatus.DONE,
-            "path": state.path,
-            "file_name": state.file_name,
-            "sha256": sha,
-            "bytes_done": size,
-            "bytes_total": size,
-            "speed": None,
-            "eta_s": None,
-            "error": None,
-            "owner": None,
-            "attempts": state.attempts,
-            "finished_at": now,
-            "updated_at": now,
-        }
-        model_row = self._model_row(state, sha, size, final, now)
-        file_row = {
-            "path": str(final),
-            "sha256": sha,
-            "size_bytes": size,
-            "mtime_ns": mtime_ns,
-            "hashed_at": now,
-        }
-        owner = self.owner
-
-        def write(conn: Any) -> None:
-            repos.update_download_task(
-                conn, state.id, if_owner=owner, if_status=(DownloadStatus.RUNNING,), **task_values
-            )
-            repos.upsert_model(conn, model_row)
-            repos.upsert_model_files(conn, [file_row])
-
-        await self.db.run_write(write)
-        log.info("download #%d: %r saved as %r", state.id, state.label, str(final))
-
     async def _download(self, run: _Run) -> None:
         got = await self.transfer.fetch(run)
-        await self._complete(run, got.path, got.sha256, got.size)
+        state = run.state
+        assert state is not None
+        await record_done(self.db, state, got.path, got.sha256, got.size, self.owner, self.base_url)
+        log.info("download #%d: %r saved as %r", state.id, state.label, str(got.path))
 
     # --- hooks the transfer calls ------------------------------------------------------------
 
@@ -755,32 +660,6 @@ class DownloadManager:
 
     async def busy_paths(self) -> dict[str, int]:
         return await self.db.run_read(repos.active_download_paths)
-
-    def _model_row(
-        self, state: DownloadRecord, sha: str, size: int, path: Path, now: float
-    ) -> dict[str, Any]:
-        meta = state.meta
-        model_id = state.model_id
-        return {
-            "sha256": sha,
-            "name": clean(meta.get("model_name") or state.model_name or path.stem, multiline=False)[
-                :256
-            ],
-            "type": state.model_type or "other",
-            "base_model": (meta.get("base_model") or None),
-            "size_bytes": size,
-            "source": "civitai",
-            "source_url": _source_url(self.base_url, model_id, state.version_id),
-            "civitai_model_id": model_id,
-            "civitai_version_id": state.version_id,
-            "version_name": meta.get("version_name"),
-            "cover_image_url": meta.get("cover_image_url"),
-            "path": str(path),
-            "status": "ready",
-            "enriched_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
 
     async def _record_present(
         self,
@@ -797,7 +676,7 @@ class DownloadManager:
             "version_id": version.id,
             "model_id": version.model_id,
             "file_id": file.id,
-            "model_name": _version_label(version)[:256],
+            "model_name": version_label(version)[:256],
             "model_type": kind,
             "file_name": Path(known.path).name,
             "path": known.path,
@@ -814,10 +693,3 @@ class DownloadManager:
         }
         task_id = await self.db.run_write(repos.insert_download_task, values)
         return await self.get(task_id)
-
-
-def _version_label(version: ModelVersion) -> str:
-    model = version.model.name if version.model and version.model.name else None
-    if model and version.name:
-        return f"{model} {version.name}"
-    return model or version.name or f"model version {version.id}"

@@ -10,9 +10,13 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import CivitaiNotFound
 from adapters.civitai.api.types import ModelFile, ModelVersion
+from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile
+from adapters.civitai.download.record import format_bytes
 from bot.errors import BadInput
 from bot.ids import parse_id
 from bot.text import clean
@@ -164,3 +168,75 @@ def scan_problems(file: ModelFile) -> list[str]:
         note = clean(message or "", multiline=False)[:120]
         problems.append(f"Civitai's {label} {said}" + (f" ({note})" if note else ""))
     return problems
+
+
+def version_label(version: ModelVersion) -> str:
+    model = version.model.name if version.model and version.model.name else None
+    if model and version.name:
+        return f"{model} {version.name}"
+    return model or version.name or f"model version {version.id}"
+
+
+async def choose_file(
+    client: CivitaiClient,
+    parsed: DownloadRef,
+    options: dict[str, Any],
+    *,
+    allow_unsafe: bool,
+    by: str | None,
+    max_bytes: int,
+) -> tuple[ModelVersion, ModelFile]:
+    """The version ``parsed`` names (a model's latest when it names a model) and the file to
+    download from it, asked afresh (scan verdicts must be Civitai's latest). Refuses what is
+    archived, missing, unsafe (unless ``allow_unsafe``: logged with ``by``, and noted in
+    ``options``) or over ``max_bytes``."""
+    version_id = parsed.version_id
+    if version_id is None:
+        assert parsed.model_id is not None
+        model = await client.model(parsed.model_id, fresh=True)
+        if model.mode == "Archived":
+            raise CivitaiArchived(
+                f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
+                "are no longer available for download"
+            )
+        latest = model.latest_version
+        if latest is None or latest.id is None:
+            raise CivitaiNotFound(f"Civitai model {parsed.model_id} has no published version")
+        version_id = latest.id
+    # never from the lookup cache: the scan verdicts must be Civitai's latest
+    version = await client.model_version(version_id, fresh=True)
+    name = version_label(version)
+    mode = version.model.mode if version.model else None
+    if mode == "Archived":
+        raise CivitaiArchived(
+            f"Civitai archived {name}: its files are no longer available for download"
+        )
+    file = select_file(version, options)
+    if file is None:
+        raise CivitaiNotFound(f"Civitai lists no files for {name}")
+    unsafe = scan_problems(file)
+    if unsafe and not allow_unsafe:
+        raise UnsafeModelFile(
+            f"refusing to download {file.name or 'the file'} of {name}: "
+            f"{'; '.join(unsafe)}. A model file that fails Civitai's scans can run code "
+            "when it is loaded; an admin can still take it with --allow-unsafe"
+        )
+    if unsafe:
+        log.warning(
+            "civitai: %s downloads %s (file %s of %s, version %d) despite its scans "
+            "(--allow-unsafe): %s",
+            by or "someone",
+            file.name,
+            file.id,
+            name,
+            version_id,
+            "; ".join(unsafe),
+        )
+        options["allow_unsafe"] = by or True
+    listed = file.size_bytes
+    if listed is not None and listed > max_bytes:
+        raise TooBig(
+            f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
+            f"{format_bytes(max_bytes)} limit (civitai.max_download_gb)"
+        )
+    return version, file

@@ -19,6 +19,7 @@ from adapters.civitai.api.errors import (
 )
 from adapters.civitai.api.transport import DEFAULT_BASE_URL
 from adapters.civitai.api.types import ModelVersion
+from bot.status import DownloadStatus
 from bot.text import clean
 from storage import repos
 from storage.db import Database
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 from adapters.civitai.download.folders import MODEL_EXTENSIONS, category_of
 from adapters.civitai.download.partfile import _sha256_of
+from adapters.civitai.download.record import DownloadRecord
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +251,76 @@ def _source_url(base_url: str, model_id: int | None, version_id: int | None) -> 
         return None
     url = f"{base_url}/models/{model_id}"
     return f"{url}?modelVersionId={version_id}" if version_id is not None else url
+
+
+async def record_done(
+    db: Database, state: DownloadRecord, final: Path, sha: str, size: int, owner: str, base_url: str
+) -> None:
+    """A download is in place: its task row (leased to ``owner``) is done, and the file is in
+    the registry (``models``, ``model_files``), in one transaction. ``state`` is updated."""
+    now = time.time()
+    mtime_ns = (await asyncio.to_thread(final.stat)).st_mtime_ns
+    state.path, state.file_name = str(final), final.name
+    state.sha256, state.bytes_done, state.bytes_total = sha, size, size
+    state.status, state.finished_at = DownloadStatus.DONE, now
+    state.speed = state.eta_s = None
+    task_values = {
+        "status": DownloadStatus.DONE,
+        "path": state.path,
+        "file_name": state.file_name,
+        "sha256": sha,
+        "bytes_done": size,
+        "bytes_total": size,
+        "speed": None,
+        "eta_s": None,
+        "error": None,
+        "owner": None,
+        "attempts": state.attempts,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    model_row = _model_row(state, sha, size, final, now, base_url)
+    file_row = {
+        "path": str(final),
+        "sha256": sha,
+        "size_bytes": size,
+        "mtime_ns": mtime_ns,
+        "hashed_at": now,
+    }
+
+    def write(conn: Any) -> None:
+        repos.update_download_task(
+            conn, state.id, if_owner=owner, if_status=(DownloadStatus.RUNNING,), **task_values
+        )
+        repos.upsert_model(conn, model_row)
+        repos.upsert_model_files(conn, [file_row])
+
+    await db.run_write(write)
+    log.info("download #%d: %r saved as %r", state.id, state.label, str(final))
+
+
+def _model_row(
+    state: DownloadRecord, sha: str, size: int, path: Path, now: float, base_url: str
+) -> dict[str, Any]:
+    meta = state.meta
+    model_id = state.model_id
+    return {
+        "sha256": sha,
+        "name": clean(meta.get("model_name") or state.model_name or path.stem, multiline=False)[
+            :256
+        ],
+        "type": state.model_type or "other",
+        "base_model": (meta.get("base_model") or None),
+        "size_bytes": size,
+        "source": "civitai",
+        "source_url": _source_url(base_url, model_id, state.version_id),
+        "civitai_model_id": model_id,
+        "civitai_version_id": state.version_id,
+        "version_name": meta.get("version_name"),
+        "cover_image_url": meta.get("cover_image_url"),
+        "path": str(path),
+        "status": "ready",
+        "enriched_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }

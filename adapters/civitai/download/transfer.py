@@ -1,46 +1,54 @@
-"""A model file's transfer from Civitai: the signed link, Range resume, the caps, verifying
-and placing the file (see the manager's docstring for the rules). The manager keeps the
-queue, the leases, pause and resume.
+"""A model file's transfer from Civitai, after §4 and §6 of ``../shared/api/civitai.md``. The
+manager (manager.py) keeps the queue, the leases, pause and resume; a transfer reports to it
+through :class:`Hooks`.
+
+* **Two hops, one key.** ``GET /api/download/models/{versionId}`` goes to the API host with
+  the key in ``Authorization`` and *without* following redirects; the 307's ``Location`` (a
+  signed R2/B2 URL) is fetched by a separate HTTP client that never has the key, so the key
+  only ever reaches the API host (storage answers 400 to an ``Authorization`` header).
+* **Checked before it is a file.** Bytes stream to ``<name>.part`` with their SHA256
+  computed on the way (in a worker thread, overlapping the next read); the size and the
+  hashes Civitai lists (SHA256, else AutoV2, else ``sizeKB``) are checked, then the file is
+  moved into place atomically and never over another file (a hard link, which fails if the
+  name is taken, then the ``.part`` is removed).
+* **Safe to load.** A file is refused unless Civitai's pickle and virus scans both say
+  "Success" (``allow_unsafe``, logged, overrides); a SafeTensor file is preferred. A stream
+  stops as soon as it passes the listed size or the ``Content-Length``, nothing goes over
+  ``max_bytes``, a download needs the free disk space first, and a ``.part`` is never
+  opened through a symbolic link (``bot.localfile.create_new``/``open_existing``).
+* **Resume.** Every attempt asks the API for a fresh signed URL and sends
+  ``Range: bytes=<have>-``: a 206 continues, a 200 (range ignored) starts again from zero,
+  a 416 means the ``.part`` is already whole (or does not fit: start again). Dropped
+  connections, timeouts, 5xx and rate limits are retried with backoff and jitter; a
+  download that keeps making progress is never given up.
+* **Where files go.** A folder per kind of model (``civitai.folders``: checkpoint, lora, vae,
+  embedding, controlnet, upscaler, other), relative to ``civitai.models_dir`` or absolute,
+  so they can be an A1111 or ComfyUI install's own. The name comes from
+  ``Content-Disposition``, sanitized (no directories, no traversal, no reserved names); a
+  different file already there gets a ``-2`` suffix, or the download is refused
+  (``civitai.on_name_clash``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import re
 import shutil
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from adapters.civitai.api.errors import (
-    CivitaiBadRequest,
-    CivitaiBadResponse,
-    CivitaiChallenge,
-    CivitaiError,
-    CivitaiForbidden,
-    CivitaiNotFound,
-    CivitaiRateLimited,
-    CivitaiUnavailable,
-    error_message,
-)
 from adapters.http import backoff_s, retry_after_s
 
 if TYPE_CHECKING:
     pass
 
 from adapters.civitai.download.errors import (
-    CivitaiArchived,
-    CivitaiDownloadsDisabled,
-    CivitaiEarlyAccess,
-    CivitaiLoginRequired,
-    CivitaiQuotaExceeded,
     DownloadDamaged,
     DownloadError,
     NameClash,
@@ -52,6 +60,7 @@ from adapters.civitai.download.folders import (
     DISK_MARGIN,
     SIZE_TOLERANCE,
 )
+from adapters.civitai.download.link import signed_url
 from adapters.civitai.download.naming import (
     _suffixed,
     filename_from_disposition,
@@ -60,9 +69,6 @@ from adapters.civitai.download.naming import (
 )
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
-from adapters.civitai.download.refs import (
-    _OPTION_KEYS,
-)
 
 log = logging.getLogger(__name__)
 
@@ -251,153 +257,10 @@ class Transfer:
         state.error = None
         return await self._finish(run)
 
-    async def _signed_url(self, state: DownloadRecord) -> str:
-        """A fresh signed storage URL from ``/api/download/models/{id}`` (not followed)."""
-        url = f"{self.base_url}/api/download/models/{state.version_id}"
-        if state.file_id is not None:
-            params: dict[str, Any] = {"fileId": state.file_id}
-        else:
-            params = {k: state.options[k] for k in _OPTION_KEYS if state.options.get(k)}
-        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        try:
-            response = await self._api.get(url, params=params, headers=headers)
-        except httpx.TimeoutException:
-            raise _Transient("Civitai did not answer in time") from None
-        except httpx.UnsupportedProtocol:
-            raise DownloadError(
-                f"civitai.base_url {self.base_url!r} is not an http(s) address"
-            ) from None
-        except httpx.TransportError as exc:
-            raise _Transient(f"Civitai could not be reached ({type(exc).__name__})") from None
-        if response.status_code in (301, 302, 303, 307, 308):
-            location = response.headers.get("location")
-            if not location:
-                raise CivitaiBadResponse("Civitai redirected the download to nowhere")
-            target = urllib.parse.urljoin(str(response.url), location)
-            where = urllib.parse.urlsplit(target)
-            if where.path.startswith("/login"):
-                raise self._login_required(state)
-            if where.scheme not in ("http", "https"):
-                raise CivitaiBadResponse(f"Civitai redirected the download to {where.scheme}:")
-            return target
-        error = self._api_error(response, state)
-        if error.retryable:
-            raise _Transient(str(error), error.retry_after)
-        raise error
-
-    def _login_required(self, state: DownloadRecord) -> CivitaiError:
-        if self._api_key:
-            return CivitaiLoginRequired(
-                f"Civitai requires a login to download {state.label} and did not accept "
-                "civitai.api_key: check the key (Civitai > Account settings > API keys)",
-                status=401,
-            )
-        return CivitaiLoginRequired(
-            f"Civitai requires a login to download {state.label}: set civitai.api_key "
-            "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
-            status=401,
-        )
-
-    def _api_error(self, response: httpx.Response, state: DownloadRecord) -> CivitaiError:
-        status = response.status_code
-        raw = response.content
-        ctype = response.headers.get("content-type", "")
-        retry_after = retry_after_s(response) if status in (429, 503) else None
-        what = state.label
-        if raw and ("html" in ctype.lower() or raw[:64].lstrip().lower().startswith(b"<")):
-            message = (
-                f"Civitai answered the download of {what} with a web page (HTTP {status}), "
-                "probably a Cloudflare check or an outage; try again later"
-            )
-            if status == 429 or status >= 500:
-                return CivitaiUnavailable(
-                    message, status=status, retry_after=retry_after, retryable=True
-                )
-            return CivitaiChallenge(message, status=status)
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = raw[:300].decode("utf-8", "replace")
-        detail = error_message(body) or ""
-        text = detail.lower()
-        if 200 <= status < 300:
-            return CivitaiBadResponse(
-                f"Civitai answered the download of {what} without sending it elsewhere "
-                f"(HTTP {status}); expected a redirect to the file",
-                status=status,
-            )
-        if status == 400:
-            return CivitaiBadRequest(
-                f"Civitai rejected the download of {what}: {detail or 'bad request'}",
-                status=status,
-            )
-        if status == 401:
-            if "disabled downloads" in text:
-                return CivitaiDownloadsDisabled(
-                    f"the creator of {what} has disabled downloads on Civitai", status=status
-                )
-            return self._login_required(state)
-        if status == 403:
-            if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
-                deadline = body.get("deadline")
-                until = f" until {deadline}" if deadline else ""
-                return CivitaiEarlyAccess(
-                    f"{what} is in Early Access on Civitai{until}: only people who bought "
-                    "access (with Buzz, on civitai.com, as the owner of civitai.api_key) can "
-                    "download it before then",
-                    deadline=deadline if isinstance(deadline, str) else None,
-                    status=status,
-                )
-            return CivitaiForbidden(
-                f"Civitai refused the download of {what}: {detail or 'forbidden'}", status=status
-            )
-        if status == 404:
-            asked = ", ".join(
-                f"{k}={state.options[k]}" for k in _OPTION_KEYS if state.options.get(k)
-            )
-            which = f" matching {asked}" if asked else ""
-            return CivitaiNotFound(
-                f"Civitai has no downloadable file{which} for {what}", status=status
-            )
-        if status == 410:
-            return CivitaiArchived(
-                f"Civitai archived {what}: it is no longer available for download", status=status
-            )
-        if status == 429:
-            if "unusual amount of downloading" in text or "come back later" in text:
-                return CivitaiQuotaExceeded(
-                    "Civitai's 24-hour download quota for this account (or address) is used "
-                    "up: try again tomorrow, or contact support@civitai.com",
-                    status=status,
-                )
-            wait = f" (retry in {retry_after:g}s)" if retry_after else ""
-            return CivitaiRateLimited(
-                f"Civitai is rate limiting downloads{wait}",
-                status=status,
-                retry_after=retry_after,
-                retryable=True,
-            )
-        if status >= 500 or status == 408:
-            return CivitaiUnavailable(
-                f"Civitai is unavailable (HTTP {status})",
-                status=status,
-                retry_after=retry_after,
-                retryable=True,
-            )
-        return CivitaiError(
-            f"Civitai could not start the download of {what} (HTTP {status}"
-            f"{': ' + detail if detail else ''})",
-            status=status,
-        )
-
     async def _attempt(self, run: _Run, meter: _Meter) -> None:
         state = run.state
         assert state is not None
-        url = await self._signed_url(state)
+        url = await signed_url(self._api, self.base_url, self._api_key, self._user_agent, state)
         have = run.sink.size if run.sink is not None else 0
         headers = {
             "User-Agent": self._user_agent,
