@@ -189,10 +189,10 @@ async def _with_database(
 
 
 async def _civitai(args: argparse.Namespace) -> int:
-    from adapters.civitai import cli, harvest
+    from adapters.civitai import cli
 
     if args.action == "images":  # the harvest keeps its state in files, not the database
-        return await harvest.run_cli(args, _load(args))
+        return await cli.run_harvest_cli(args, _load(args))
     return await _with_database(args, lambda config, db: cli.run_cli(args, config, db))
 
 
@@ -328,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters.civitai import cli as civitai_cli
 
     civitai_cli.add_arguments(cv_sub.add_parser("download", help="download a model file"))
-    from adapters.civitai import harvest
 
-    harvest.add_arguments(cv_sub.add_parser("images", help="harvest images with their metadata"))
+    civitai_cli.add_harvest_arguments(
+        cv_sub.add_parser("images", help="harvest images with their metadata")
+    )
     md = sub.add_parser("models", help="the local model registry")
     md_sub = md.add_subparsers(dest="action", required=True)
     civitai_cli.add_scan_arguments(
