@@ -523,3 +523,18 @@ async def test_use_carries_the_images_loras_and_checkpoint(app_factory, civitai)
     assert [r.name for r in found] == ["anime_lines_here", "anime_lines_here", "nowhere"]
     assert [r.local is not None for r in found] == [True, True, False]
     assert found[0].sha256 == anime_sha
+
+
+async def test_civitai_failures_are_said_in_the_chats_language(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    """The transport names the failure (kind, status); the chat's words come from the
+    catalogue, so a Chinese chat is told in Chinese and the log keeps the English line."""
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    civitai.fail_next(403, {"error": "Forbidden"}, times=2)
+    en = await ask(app, "/civitai model 4201")
+    zh = await app.commands.handle(Incoming(user(), "/civitai model 4201", dict(REPLY), lang="zh"))
+    assert en.error and zh.error
+    assert en.text.startswith("Civitai refused model 4201"), en.text
+    assert zh.text.startswith("Civitai 拒绝了 model 4201"), zh.text
+    assert "Forbidden" in en.text and "Forbidden" in zh.text

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class CivitaiError(UserError):
-    """Something went wrong talking to Civitai; ``str(err)`` is one line to show a person."""
+    """Something went wrong talking to Civitai. ``kind`` says what (``timeout``,
+    ``unreachable``, ``web_page``, ``rate_limited``, ``unavailable``, ``key_refused``,
+    ``key_needed``, ``not_found``, ``refused``, ``rejected``, ...) and ``status`` the HTTP
+    status; ``str(err)`` is one English line for logs and the command line. A chat says it
+    from the catalogue entry ``cv.err.<kind>`` (registered by the command layer) with
+    ``what``, ``status``, ``detail`` and ``retry``; without that entry, the English line."""
 
     def __init__(
         self,
@@ -29,11 +34,21 @@ class CivitaiError(UserError):
         status: int | None = None,
         retry_after: float | None = None,
         retryable: bool = False,
+        kind: str | None = None,
+        what: str = "",
+        detail: str | None = None,
     ) -> None:
-        super().__init__(message)
+        kw = {
+            "what": what,
+            "status": status or "",
+            "detail": f": {detail}" if detail else "",
+            "retry": f" (retry in {retry_after:g}s)" if retry_after else "",
+        }
+        super().__init__(message, key=f"cv.err.{kind}" if kind else None, kw=kw)
         self.status = status
         self.retry_after = retry_after
         self.retryable = retryable
+        self.kind = kind or "error"
 
 
 class CivitaiNotFound(CivitaiError, NotFound):

@@ -239,7 +239,10 @@ class CivitaiTransport:
                 return self._decode(response, what)
             except httpx.TimeoutException:
                 error: CivitaiError = CivitaiUnavailable(
-                    f"Civitai did not answer in time ({what}); try again later", retryable=True
+                    f"Civitai did not answer in time ({what}); try again later",
+                    retryable=True,
+                    kind="timeout",
+                    what=what,
                 )
             except httpx.UnsupportedProtocol:
                 raise CivitaiError(
@@ -249,6 +252,8 @@ class CivitaiTransport:
                 error = CivitaiUnavailable(
                     f"Civitai could not be reached ({what}: {type(exc).__name__}); try again later",
                     retryable=True,
+                    kind="unreachable",
+                    what=what,
                 )
             except CivitaiError as exc:
                 error = exc
@@ -308,8 +313,15 @@ class CivitaiTransport:
             )
             if retryable:
                 cls = CivitaiRateLimited if status == 429 else CivitaiUnavailable
-                raise cls(message, status=status, retry_after=retry_after, retryable=True)
-            raise CivitaiChallenge(message, status=status)
+                raise cls(
+                    message,
+                    status=status,
+                    retry_after=retry_after,
+                    retryable=True,
+                    kind="web_page",
+                    what=what,
+                )
+            raise CivitaiChallenge(message, status=status, kind="web_page", what=what)
         data: Any = None
         text = ""
         if raw:
@@ -334,17 +346,33 @@ class CivitaiTransport:
                 status=status,
             )
         if status == 400 or status == 405 or status == 422:
-            raise CivitaiBadRequest(f"Civitai rejected {what}{suffix}", status=status)
+            raise CivitaiBadRequest(
+                f"Civitai rejected {what}{suffix}",
+                status=status,
+                kind="rejected",
+                what=what,
+                detail=detail,
+            )
         if status == 401:
             if self._api_key:
                 message = f"Civitai refused the API key for {what}; check civitai.api_key"
+                kind = "key_refused"
             else:
                 message = f"Civitai needs an API key for {what}: set civitai.api_key"
-            raise CivitaiUnauthorized(message, status=status)
+                kind = "key_needed"
+            raise CivitaiUnauthorized(message, status=status, kind=kind, what=what)
         if status == 403:
-            raise CivitaiForbidden(f"Civitai refused {what}{suffix}", status=status)
+            raise CivitaiForbidden(
+                f"Civitai refused {what}{suffix}",
+                status=status,
+                kind="refused",
+                what=what,
+                detail=detail,
+            )
         if status in (404, 410):
-            raise CivitaiNotFound(f"Civitai has no {what}", status=status)
+            raise CivitaiNotFound(
+                f"Civitai has no {what}", status=status, kind="not_found", what=what
+            )
         if status == 429:
             if detail and "too many pages" in detail.lower():
                 raise CivitaiPagingLimit(
@@ -356,6 +384,8 @@ class CivitaiTransport:
                 status=status,
                 retry_after=retry_after,
                 retryable=True,
+                kind="rate_limited",
+                what=what,
             )
         if status == 500 and _deterministic(data, detail):
             # the same request fails the same way again: no retry (issue 16)
@@ -366,6 +396,9 @@ class CivitaiTransport:
                 status=status,
                 retry_after=retry_after,
                 retryable=retryable,
+                kind="unavailable",
+                what=what,
+                detail=detail,
             )
         raise CivitaiError(
             f"Civitai could not answer {what} (HTTP {status}{suffix})", status=status
