@@ -1,4 +1,4 @@
-"""Bulk image harvester: ``sdhost civitai images [filters] --max N --out DIR``.
+"""Bulk image harvester (``sdhost civitai images [filters] --max N --out DIR``).
 
 It lists images with :meth:`CivitaiClient.iter_images` (cursor pages, with the client's loop
 defence) and downloads them from the image CDN:
@@ -24,7 +24,12 @@ defence) and downloads them from the image CDN:
   final. After the retries it is recorded as failed and the run goes on. A listing that fails
   after the client's own retries ends the listing, not the run.
 
-The API key never goes to the image CDN (a separate HTTP client without it).
+The API key never goes to the image CDN (a separate HTTP client without it). The command
+line is in adapters/civitai/cli.py.
+
+Why this file is near 660 lines: the producer, the workers, the shared pause on a 429 and
+the manifest are one concurrency design whose invariants (nothing half-written, resume by
+the manifest) are checked together; the results and options are small types it alone uses.
 """
 
 from __future__ import annotations
