@@ -15,9 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.civitai.api.client import IMAGE_SORTS, PERIODS, CivitaiClient
 from adapters.civitai.api.errors import (
     CivitaiError,
 )
+from adapters.civitai.api.nsfw import browsing_level
+from adapters.civitai.api.transport import ORIGINAL
+from adapters.civitai.download.manager import DownloadManager
+from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
+from adapters.civitai.harvest import DEFAULT_RATE, IMAGE_TYPES, Harvester, parse_meta, parse_size
 from bot.errors import BadInput
 from bot.status import DownloadStatus
 from bot.text import clean
@@ -26,13 +32,6 @@ from storage.db import Database
 
 if TYPE_CHECKING:
     from bot.config import Config
-
-from adapters.civitai.api.client import IMAGE_SORTS, PERIODS, CivitaiClient
-from adapters.civitai.api.nsfw import browsing_level
-from adapters.civitai.api.transport import ORIGINAL
-from adapters.civitai.download.manager import DownloadManager
-from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
-from adapters.civitai.harvest import DEFAULT_RATE, IMAGE_TYPES, Harvester, parse_meta, parse_size
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,9 +69,6 @@ from adapters.civitai.api.types import Image
 from adapters.http import backoff_s, retry_after_s
 from bot.errors import BadInput
 from bot.localfile import UnsafeFile, create_new, open_existing
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapters.civitai.api.errors import (
     CivitaiError,
@@ -16,10 +16,6 @@ from adapters.civitai.api.errors import (
     CivitaiUnauthorized,
 )
 from bot.errors import BadInput
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 

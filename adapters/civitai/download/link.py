@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -23,11 +23,6 @@ from adapters.civitai.api.errors import (
     CivitaiUnavailable,
     error_message,
 )
-from adapters.http import retry_after_s
-
-if TYPE_CHECKING:
-    pass
-
 from adapters.civitai.download.errors import (
     CivitaiArchived,
     CivitaiDownloadsDisabled,
@@ -41,6 +36,7 @@ from adapters.civitai.download.record import DownloadRecord
 from adapters.civitai.download.refs import (
     _OPTION_KEYS,
 )
+from adapters.http import retry_after_s
 
 log = logging.getLogger(__name__)
 

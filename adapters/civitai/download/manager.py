@@ -50,14 +50,6 @@ from adapters.civitai.api.errors import (
 )
 from adapters.civitai.api.transport import DEFAULT_BASE_URL, USER_AGENT
 from adapters.civitai.api.types import ModelFile, ModelVersion
-from bot.errors import BadInput, NotFound
-from bot.status import DOWNLOAD_ACTIVE, DownloadStatus
-from storage import repos
-from storage.db import Database
-
-if TYPE_CHECKING:
-    from bot.config import Config
-
 from adapters.civitai.download.errors import (
     DownloadDamaged,
     _StopRequested,
@@ -86,6 +78,13 @@ from adapters.civitai.download.registry import (
     scan_models,
 )
 from adapters.civitai.download.transfer import Transfer, _Run
+from bot.errors import BadInput, NotFound
+from bot.status import DOWNLOAD_ACTIVE, DownloadStatus
+from storage import repos
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from bot.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,9 @@ import re
 import unicodedata
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from bot.text import clean
-
-if TYPE_CHECKING:
-    pass
 
 from adapters.civitai.download.folders import PART_SUFFIX
+from bot.text import clean
 
 log = logging.getLogger(__name__)
 

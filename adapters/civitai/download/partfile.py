@@ -9,14 +9,10 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from bot.localfile import UnsafeFile, create_new, open_existing
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from adapters.civitai.download.errors import DownloadError
+from bot.localfile import UnsafeFile, create_new, open_existing
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,9 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.status import DOWNLOAD_TERMINAL, DownloadStatus
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 

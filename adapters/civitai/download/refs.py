@@ -10,7 +10,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import CivitaiNotFound
@@ -20,10 +20,6 @@ from adapters.civitai.download.record import format_bytes
 from bot.errors import BadInput
 from bot.ids import parse_id
 from bot.text import clean
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 

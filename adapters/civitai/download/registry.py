@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import (
@@ -19,17 +19,13 @@ from adapters.civitai.api.errors import (
 )
 from adapters.civitai.api.transport import DEFAULT_BASE_URL
 from adapters.civitai.api.types import ModelVersion
+from adapters.civitai.download.folders import MODEL_EXTENSIONS, category_of
+from adapters.civitai.download.partfile import _sha256_of
+from adapters.civitai.download.record import DownloadRecord
 from bot.status import DownloadStatus
 from bot.text import clean
 from storage import repos
 from storage.db import Database
-
-if TYPE_CHECKING:
-    pass
-
-from adapters.civitai.download.folders import MODEL_EXTENSIONS, category_of
-from adapters.civitai.download.partfile import _sha256_of
-from adapters.civitai.download.record import DownloadRecord
 
 log = logging.getLogger(__name__)
 

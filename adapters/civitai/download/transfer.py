@@ -39,14 +39,9 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httpx
-
-from adapters.http import backoff_s, retry_after_s
-
-if TYPE_CHECKING:
-    pass
 
 from adapters.civitai.download.errors import (
     DownloadDamaged,
@@ -69,6 +64,7 @@ from adapters.civitai.download.naming import (
 )
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
+from adapters.http import backoff_s, retry_after_s
 
 log = logging.getLogger(__name__)
 
