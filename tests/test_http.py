@@ -54,3 +54,30 @@ async def test_with_retries_retries_only_what_may_pass(monkeypatch: pytest.Monke
     with pytest.raises(ValueError):
         await with_retries(broken, retries=5, what="t", retry_after=hint)
     assert len(slept) == 2
+
+
+async def test_provider_result_download_uses_the_capped_read() -> None:
+    from adapters.providers.cloud import download
+    from bot.errors import ProviderFailure
+
+    sent: list[int] = []
+
+    async def body():  # an endless picture: the read must stop soon after the cap
+        for _ in range(1000):
+            sent.append(1)
+            yield b"x" * 1024
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ProviderFailure, match="too large"):
+            await download(client, "http://127.0.0.1/p.png", what="t", max_bytes=10 * 1024)
+    assert len(sent) <= 12
+
+    def declared(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"y" * 20, headers={"Content-Length": "999999"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(declared)) as client:
+        with pytest.raises(ProviderFailure, match="too large"):
+            await download(client, "http://127.0.0.1/p.png", what="t", max_bytes=1000)

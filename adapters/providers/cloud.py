@@ -321,16 +321,12 @@ async def download(
                     f"(HTTP {response.status_code}; its link may have expired)",
                     retry_after=retry,
                 )
-            chunks = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ProviderFailure(
-                        FailureClass.PROVIDER_ERROR, f"{what}: the result picture is too large"
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
+            try:
+                return await http.read_capped(response, max_bytes)
+            except http.TooLarge:
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR, f"{what}: the result picture is too large"
+                ) from None
     except httpx.HTTPError as exc:
         raise transport_failure(exc, what) from exc
 
