@@ -51,8 +51,8 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 from rich.console import Console
 from rich.table import Table
 
-from adapters.civitai.client import CivitaiClient
-from adapters.civitai.downloads import DownloadManager
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.download.manager import DownloadManager
 from adapters.civitai.harvest import Harvester
 from storage.db import Database
 from tests.fakes.civitai import FakeCivitai, FakeCivitaiDownloads

@@ -9,7 +9,7 @@ import getpass
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from bot import redact
@@ -18,6 +18,7 @@ from bot.chat import UserRef
 from bot.config import Config, ConfigError, load_config
 from bot.errors import UserError
 from bot.status import JobStatus
+from storage.db import Database
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -172,17 +173,33 @@ async def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _civitai(args: argparse.Namespace) -> int:
-    from adapters.civitai import downloads, harvest
+async def _with_database(
+    args: argparse.Namespace, fn: Callable[[Config, Database], Awaitable[int]]
+) -> int:
+    """Run ``fn(config, db)`` with the app's database, migrated as the app does, and nothing
+    else of the app started."""
+    config = _load(args)
+    app = App(config, run_workers=False)
+    try:
+        if config.database.auto_migrate:
+            await app.migrate()
+        return await fn(config, app.db)
+    finally:
+        await app.stop()
 
-    runner = harvest.run_cli if args.action == "images" else downloads.run_cli
-    return await runner(args, _load(args))
+
+async def _civitai(args: argparse.Namespace) -> int:
+    from adapters.civitai import cli
+
+    if args.action == "images":  # the harvest keeps its state in files, not the database
+        return await cli.run_harvest_cli(args, _load(args))
+    return await _with_database(args, lambda config, db: cli.run_cli(args, config, db))
 
 
 async def _models(args: argparse.Namespace) -> int:
-    from adapters.civitai import downloads
+    from adapters.civitai import cli
 
-    return await downloads.run_scan_cli(args, _load(args))
+    return await _with_database(args, lambda config, db: cli.run_scan_cli(args, config, db))
 
 
 async def _discord(args: argparse.Namespace) -> int:
@@ -308,15 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = sub.add_parser("civitai", help="Civitai: harvest images, download models")
     cv_sub = cv.add_subparsers(dest="action", required=True)
-    from adapters.civitai import downloads
+    from adapters.civitai import cli as civitai_cli
 
-    downloads.add_arguments(cv_sub.add_parser("download", help="download a model file"))
-    from adapters.civitai import harvest
+    civitai_cli.add_arguments(cv_sub.add_parser("download", help="download a model file"))
 
-    harvest.add_arguments(cv_sub.add_parser("images", help="harvest images with their metadata"))
+    civitai_cli.add_harvest_arguments(
+        cv_sub.add_parser("images", help="harvest images with their metadata")
+    )
     md = sub.add_parser("models", help="the local model registry")
     md_sub = md.add_subparsers(dest="action", required=True)
-    downloads.add_scan_arguments(
+    civitai_cli.add_scan_arguments(
         md_sub.add_parser("scan", help="hash the model folders and look the files up on Civitai")
     )
 

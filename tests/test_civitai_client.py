@@ -10,15 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.civitai.client import (
-    ALL,
-    NSFW_ONLY,
-    PG,
-    SFW,
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import (
     CivitaiBadRequest,
     CivitaiBadResponse,
     CivitaiChallenge,
-    CivitaiClient,
     CivitaiError,
     CivitaiFiltered,
     CivitaiNotFound,
@@ -26,17 +22,11 @@ from adapters.civitai.client import (
     CivitaiRateLimited,
     CivitaiUnauthorized,
     CivitaiUnavailable,
-    Image,
-    Model,
-    ModelVersion,
-    Page,
-    PageMetadata,
-    browsing_level,
     error_message,
-    flat_meta,
-    generation_params,
-    parameters_text,
 )
+from adapters.civitai.api.meta import flat_meta, generation_params, parameters_text
+from adapters.civitai.api.nsfw import ALL, NSFW_ONLY, PG, SFW, browsing_level
+from adapters.civitai.api.types import Image, Model, ModelVersion, Page, PageMetadata
 from bot.errors import BadInput, LimitReached, NotFound, UserError
 from bot.infotext import parse_infotext
 from tests.fakes.civitai import ERR_OVERLOADED, FakeCivitai
@@ -868,7 +858,7 @@ async def test_lookups_are_cached_briefly(fake: FakeCivitai) -> None:
 
 
 def test_lora_tags_added_once_and_renamed_to_local_files() -> None:
-    from adapters.civitai.client import Resource, meta_resources, with_lora_tags
+    from adapters.civitai.api.meta import Resource, meta_resources, with_lora_tags
     from tests.fakes.civitai import REAL_META_LORAS
 
     resources = meta_resources(REAL_META_LORAS)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
-from adapters.civitai.client import CivitaiClient
+from adapters.civitai.api.client import CivitaiClient
 from bot.commands import Action, Incoming
 from tests.conftest import REPLY, user
 from tests.fakes.civitai import DANGER_IMPORTS, FakeCivitai, FakeCivitaiDownloads
@@ -447,7 +447,7 @@ async def test_a_file_civitais_scans_flag_is_refused_in_chat_unless_an_admin_ove
     assert refused.error and 'pickle scan says "Danger"' in refused.text, refused.text
     assert "--allow-unsafe" in refused.text and "Traceback" not in refused.text
     assert storage.download_hits == 0
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         taken = await admin_ask(app, "/civitai download 52013 --allow-unsafe")
         assert not taken.error, taken.text
         view = await until_status(app, 1, "done")
@@ -506,7 +506,7 @@ async def test_use_carries_the_images_loras_and_checkpoint(app_factory, civitai)
     assert view.params["model"] != "juggernaut_local"  # no provider here offers it
 
     # a LoRA the registry cannot match by its hash: Civitai names its file, the registry has it
-    from adapters.civitai.client import Resource
+    from adapters.civitai.api.meta import Resource
     from adapters.civitai.resolve import resolve_resources
 
     client = app.commands.extensions["civitai"].client
@@ -523,3 +523,18 @@ async def test_use_carries_the_images_loras_and_checkpoint(app_factory, civitai)
     assert [r.name for r in found] == ["anime_lines_here", "anime_lines_here", "nowhere"]
     assert [r.local is not None for r in found] == [True, True, False]
     assert found[0].sha256 == anime_sha
+
+
+async def test_civitai_failures_are_said_in_the_chats_language(
+    app_factory, civitai: FakeCivitai
+) -> None:
+    """The transport names the failure (kind, status); the chat's words come from the
+    catalogue, so a Chinese chat is told in Chinese and the log keeps the English line."""
+    app = await app_factory(civitai={"base_url": civitai.base_url})
+    civitai.fail_next(403, {"error": "Forbidden"}, times=2)
+    en = await ask(app, "/civitai model 4201")
+    zh = await app.commands.handle(Incoming(user(), "/civitai model 4201", dict(REPLY), lang="zh"))
+    assert en.error and zh.error
+    assert en.text.startswith("Civitai refused model 4201"), en.text
+    assert zh.text.startswith("Civitai 拒绝了 model 4201"), zh.text
+    assert "Forbidden" in en.text and "Forbidden" in zh.text

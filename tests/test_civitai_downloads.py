@@ -1,4 +1,4 @@
-"""Model downloads and the model registry (adapters/civitai/downloads.py) against the fake
+"""Model downloads and the model registry (adapters/civitai/download/) against the fake
 (tests/fakes/civitai.py: FakeCivitaiDownloads, with its second "storage" origin)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -21,26 +22,17 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from adapters.civitai import downloads as downloads_module
-from adapters.civitai.client import CivitaiClient, ModelVersion
-from adapters.civitai.downloads import (
-    CivitaiArchived,
-    DownloadManager,
-    DownloadRef,
-    DownloadView,
-    add_arguments,
-    add_scan_arguments,
-    category_of,
-    filename_from_disposition,
-    parse_ref,
-    part_path,
-    resolve_folders,
-    run_cli,
-    run_scan_cli,
-    sanitize_filename,
-    scan_models,
-    select_file,
-)
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.types import ModelVersion
+from adapters.civitai.cli import add_arguments, add_scan_arguments, run_cli, run_scan_cli
+from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile
+from adapters.civitai.download.folders import category_of, resolve_folders
+from adapters.civitai.download.manager import DownloadManager
+from adapters.civitai.download.naming import filename_from_disposition, part_path, sanitize_filename
+from adapters.civitai.download.partfile import _PartFile
+from adapters.civitai.download.record import DownloadRecord
+from adapters.civitai.download.refs import DownloadRef, parse_ref, select_file
+from adapters.civitai.download.registry import scan_models
 from bot.errors import BadInput
 from storage import repos
 from storage.db import Database
@@ -606,7 +598,7 @@ async def test_pause_resume_and_cancel(
     file = fake.primary_file(vid)
     fake.set_content(file.id, size=2_000_000)
     fake.storage_bps = 4_000_000  # half a second for the whole file
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     started = await manager.enqueue(vid)
     await wait_for(lambda: (manager.snapshot(started.id) or started).bytes_done > 0)
 
@@ -642,11 +634,11 @@ async def test_progress_is_stored_and_reported(
     vid = version_id(fake, 4201)
     fake.set_content(fake.primary_file(vid).id, size=3_000_000)
     fake.storage_bps = 6_000_000  # half a second
-    manager.chunk_size = 64 * 1024
-    seen: list[DownloadView] = []
+    manager.transfer.chunk_size = 64 * 1024
+    seen: list[DownloadRecord] = []
     rows: list[Any] = []
 
-    async def on_progress(view: DownloadView) -> None:  # async listeners work too
+    async def on_progress(view: DownloadRecord) -> None:  # async listeners work too
         seen.append(view)
         if view.status == "running" and view.bytes_done:
             rows.append(await db.run_read(repos.get_download_task, view.id))
@@ -662,6 +654,9 @@ async def test_progress_is_stored_and_reported(
     assert any(r.bytes_done > 0 and r.speed for r in rows)  # the row moves too
     assert "%" in running[0].describe() and "/s" in running[0].describe()
     assert seen[-1].status == "done"
+    # listeners get snapshots of the one record type, not the live record
+    assert len({v.bytes_done for v in running}) > 1
+    assert all(v is not w for v, w in itertools.pairwise(seen))
 
 
 async def test_pause_and_cancel_from_another_process(
@@ -852,14 +847,14 @@ async def test_cli_download_and_scan(
     )
     vid = version_id(fake, 4202)
     args = _cli_args(add_arguments, f"{fake.base_url}/models/4202?modelVersionId={vid}")
-    assert await run_cli(args, config, **FAST) == 0
+    assert await run_cli(args, config, db, **FAST) == 0
     out = capsys.readouterr()
     path = tmp_path / "m" / "loras" / fake.primary_file(vid).name
     assert str(path) in out.out and path.is_file()
     assert "Anime Lines" in out.err  # the progress bar's label
 
     args = _cli_args(add_arguments, str(version_id(fake, 4201)), "--type", "VAE", "--no-progress")
-    assert await run_cli(args, config, **FAST) == 0
+    assert await run_cli(args, config, db, **FAST) == 0
     assert "/m/vae/" in capsys.readouterr().out
 
     fake.require_auth.add(version_id(fake, 4203))
@@ -867,16 +862,16 @@ async def test_cli_download_and_scan(
         update={"civitai": config.civitai.model_copy(update={"api_key": ""})}
     )
     args = _cli_args(add_arguments, str(version_id(fake, 4203)), "--no-progress")
-    assert await run_cli(args, anonymous, **FAST) == 1
+    assert await run_cli(args, anonymous, db, **FAST) == 1
     assert "set civitai.api_key" in capsys.readouterr().err
 
     args = _cli_args(add_arguments, str(version_id(fake, 4201)), "--format", "GGUF")
-    assert await run_cli(args, config, **FAST) == 1
+    assert await run_cli(args, config, db, **FAST) == 1
     assert "no file with format 'GGUF'" in capsys.readouterr().err
 
     (tmp_path / "m" / "checkpoints").mkdir(parents=True, exist_ok=True)
     (tmp_path / "m" / "checkpoints" / "local.safetensors").write_bytes(b"mine")
-    assert await run_scan_cli(_cli_args(add_scan_arguments), config) == 0
+    assert await run_scan_cli(_cli_args(add_scan_arguments), config, db) == 0
     out = capsys.readouterr().out
     assert "Anime" in out and "local" in out
     assert "3 files (1 hashed, 2 from the cache); 1 new;" in out
@@ -903,14 +898,14 @@ async def test_a_file_civitais_scans_did_not_pass_is_refused_unless_an_admin_ove
     for pickle, virus, said in cases:
         file.pickle_scan, file.virus_scan = pickle, virus
         file.pickle_message = DANGER_IMPORTS if pickle == "Danger" else "No Pickle imports"
-        with pytest.raises(downloads_module.UnsafeModelFile, match=re.escape(said)) as refused:
+        with pytest.raises(UnsafeModelFile, match=re.escape(said)) as refused:
             await manager.enqueue(vid)
         assert "--allow-unsafe" in str(refused.value) and file.name in str(refused.value)
     assert fake.download_hits == 0 and fake.storage_hits == []
     assert await manager.tasks() == [] and not (tmp_path / "models").exists()
 
     file.pickle_scan, file.virus_scan, file.pickle_message = "Danger", "Success", DANGER_IMPORTS
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         view = await manager.download(vid, allow_unsafe=True, by="admin test:root")
     assert view.status == "done", view.error
     warned = [
@@ -973,13 +968,13 @@ def test_select_file_prefers_safetensors_then_the_primary() -> None:
 def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the chunks written to .part files from now on."""
     written: list[int] = []
-    write = downloads_module._PartFile.write_sync
+    write = _PartFile.write_sync
 
     def counting(self: Any, chunk: bytes) -> None:
         written.append(len(chunk))
         write(self, chunk)
 
-    monkeypatch.setattr(downloads_module._PartFile, "write_sync", counting)
+    monkeypatch.setattr(_PartFile, "write_sync", counting)
     return written
 
 
@@ -990,7 +985,7 @@ async def test_a_host_streaming_more_than_listed_is_stopped_early(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     written = count_writes(monkeypatch)
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     vid = version_id(fake, 4202)
     file = fake.primary_file(vid)
     fake.set_content(file.id, data=b"x" * 220)  # Civitai lists 220 bytes (sizeKB 0.21)
@@ -1030,7 +1025,7 @@ async def test_the_maximum_size_applies_with_no_listed_size_nor_length(
         big = version_id(fake, 4207)
         fake.set_content(fake.primary_file(big).id, size=2_000_000)
         hits = fake.download_hits
-        with pytest.raises(downloads_module.TooBig, match=r"over the 1\.0 MB limit"):
+        with pytest.raises(TooBig, match=r"over the 1\.0 MB limit"):
             await manager.enqueue(big)
         assert fake.download_hits == hits  # refused before asking for the file
     finally:
@@ -1046,7 +1041,7 @@ async def test_no_download_starts_without_the_disk_space(
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=50 * 1024 * 1024))
     vid = version_id(fake, 4202)
-    with pytest.raises(downloads_module.TooBig, match="not enough free disk space"):
+    with pytest.raises(TooBig, match="not enough free disk space"):
         await manager.enqueue(vid)
     assert fake.download_hits == 0 and not (tmp_path / "models").exists()
 
@@ -1060,7 +1055,7 @@ async def test_a_part_file_that_is_a_link_is_refused_not_written_through(
     file = fake.primary_file(vid)
     fake.set_content(file.id, size=2_000_000)
     fake.storage_bps = 4_000_000
-    manager.chunk_size = 64 * 1024
+    manager.transfer.chunk_size = 64 * 1024
     started = await manager.enqueue(vid)
     await wait_for(lambda: (manager.snapshot(started.id) or started).bytes_done > 0)
     paused = await manager.pause(started.id)
@@ -1102,12 +1097,12 @@ async def test_cli_allow_unsafe_overrides_the_scans(
     file = fake.primary_file(vid)
     file.virus_scan, file.virus_message = "Danger", "Win.Trojan.Agent-1234"
     args = _cli_args(add_arguments, str(vid), "--no-progress")
-    assert await run_cli(args, config, **FAST) == 1
+    assert await run_cli(args, config, db, **FAST) == 1
     assert 'virus scan says "Danger" (Win.Trojan.Agent-1234)' in capsys.readouterr().err
     assert fake.download_hits == 0
-    with caplog.at_level(logging.WARNING, logger="adapters.civitai.downloads"):
+    with caplog.at_level(logging.WARNING, logger="adapters.civitai.download"):
         args = _cli_args(add_arguments, str(vid), "--no-progress", "--allow-unsafe")
-        assert await run_cli(args, config, **FAST) == 0
+        assert await run_cli(args, config, db, **FAST) == 0
     assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out
     [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
     assert "on the command line" in warned and file.name in warned

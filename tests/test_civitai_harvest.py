@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from adapters.civitai.client import CivitaiClient, Image
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.types import Image
+from adapters.civitai.cli import add_harvest_arguments as add_arguments
+from adapters.civitai.cli import run_harvest_cli as run_cli
 from adapters.civitai.harvest import (
     MANIFEST,
     Harvester,
-    add_arguments,
     parse_meta,
     parse_size,
-    run_cli,
     sized_url,
 )
 from bot.config import Config

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.civitai.client import CivitaiClient
+from adapters.civitai.api.client import CivitaiClient
 from bot.commands import Incoming
 from bot.errors import FailureClass, ProviderFailure
 from bot.text import clean, unusable_char

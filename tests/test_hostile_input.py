@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from adapters.chat.telegram_bot import _parse_data
-from adapters.civitai.downloads import parse_ref
+from adapters.civitai.download.refs import parse_ref
 from bot.commands import Incoming, _job_id
 from bot.errors import BadInput, UserError
 from bot.grammar import parse_batch, parse_generation, split_source

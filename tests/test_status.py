@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from adapters.civitai.commands import TEXT as CIVITAI_TEXT
+import adapters.civitai.commands  # noqa: F401  (registers the texts)
+from adapters.civitai.text import TEXT as CIVITAI_TEXT
 from bot.i18n import CATALOG
 from bot.params import GenerationParams
 from bot.status import JOB_ACTIVE, JOB_TERMINAL, DownloadStatus, JobStatus

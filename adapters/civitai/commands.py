@@ -37,22 +37,15 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from adapters.civitai.client import (
-    CivitaiClient,
-    CivitaiError,
-    Image,
-    Model,
-    browsing_level,
-    meta_resources,
-    with_lora_tags,
-)
-from adapters.civitai.downloads import (
-    DownloadManager,
-    DownloadView,
-    format_bytes,
-    format_duration,
-)
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import CivitaiError
+from adapters.civitai.api.meta import meta_resources, with_lora_tags
+from adapters.civitai.api.nsfw import browsing_level
+from adapters.civitai.api.types import Image, Model
+from adapters.civitai.download.manager import DownloadManager
+from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 from adapters.civitai.resolve import Resolved, resolve_resources
+from adapters.civitai.text import TEXT
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
@@ -89,81 +82,6 @@ EXAMPLES = 3  # example pictures of /civitai model
 PICTURE_WAIT_S = 8.0  # pictures not fetched by then are left out; the text goes anyway
 BAR = 10  # cells of the progress bar
 
-TEXT = {
-    "cv.help.lookup": {
-        "en": "look models and images up on Civitai; use ID draws with an image's settings",
-        "zh": "在 Civitai 上查模型和图片；use 编号 用该图片的参数画图",
-    },
-    "cv.usage.lookup": {
-        "en": "civitai models QUERY | model ID | images | image ID | use ID | hash HASH",
-        "zh": "civitai models 关键词 | model 编号 | images | image 编号 | use 编号 | hash 哈希",
-    },
-    "cv.help.download": {
-        "en": "download a model file from Civitai into the model folders, with progress here",
-        "zh": "从 Civitai 下载模型文件到模型目录，进度显示在这里",
-    },
-    "cv.usage.download": {
-        "en": "civitai download VERSION_ID|URL [--type T] [--format F] [--fp FP] [--allow-unsafe]",
-        "zh": "civitai download 版本编号|链接 [--type 类型] [--format 格式] [--fp 精度]"
-        " [--allow-unsafe]",
-    },
-    "cv.help.downloads": {
-        "en": "recent downloads; pause, resume or cancel one",
-        "zh": "最近的下载；暂停、继续或取消",
-    },
-    "cv.usage.downloads": {
-        "en": "civitai downloads | pause ID | resume ID | cancel ID",
-        "zh": "civitai downloads | pause 编号 | resume 编号 | cancel 编号",
-    },
-    "cv.dl.queued": {
-        "en": "⏳ #{id} {name}: waiting to download",
-        "zh": "⏳ #{id} {name}：等待下载",
-    },
-    "cv.dl.running": {"en": "⬇️ #{id} {name}: downloading", "zh": "⬇️ #{id} {name}：下载中"},
-    "cv.dl.paused": {"en": "⏸ #{id} {name}: paused", "zh": "⏸ #{id} {name}：已暂停"},
-    "cv.dl.done": {"en": "✅ #{id} {name}: downloaded", "zh": "✅ #{id} {name}：下载完成"},
-    "cv.dl.failed": {"en": "⚠️ #{id} {name}: download failed", "zh": "⚠️ #{id} {name}：下载失败"},
-    "cv.dl.cancelled": {
-        "en": "🚫 #{id} {name}: download cancelled",
-        "zh": "🚫 #{id} {name}：下载已取消",
-    },
-    "cv.dl.speed": {"en": "{speed}/s, {eta} left", "zh": "{speed}/秒，剩余 {eta}"},
-    "cv.dl.of": {"en": "{done} of {total}", "zh": "{done} / {total}"},
-    "cv.dl.sha_checked": {
-        "en": "SHA256 {sha} (matches Civitai)",
-        "zh": "SHA256 {sha}（与 Civitai 一致）",
-    },
-    "cv.dl.sha": {"en": "SHA256 {sha}", "zh": "SHA256 {sha}"},
-    "cv.dl.hint_running": {
-        "en": "/civitai pause {id} · /civitai cancel {id}",
-        "zh": "/civitai pause {id} 暂停 · /civitai cancel {id} 取消",
-    },
-    "cv.dl.hint_resume": {
-        "en": "/civitai resume {id} goes on from {done}",
-        "zh": "/civitai resume {id} 从 {done} 处继续",
-    },
-    "cv.dl.moved": {
-        "en": "↪️ #{id} {name}: progress is shown on a newer message",
-        "zh": "↪️ #{id} {name}：进度改在较新的消息中显示",
-    },
-    "cv.dl.none": {"en": "no downloads yet", "zh": "还没有下载"},
-    "cv.act.use": {"en": "🎨 Use these settings", "zh": "🎨 用这些参数画"},
-    "cv.act.use_id": {"en": "🎨 Use #{id}", "zh": "🎨 用 #{id} 的参数画"},
-    "cv.act.images": {"en": "🖼 Example images", "zh": "🖼 示例图片"},
-    "cv.act.download": {"en": "⬇️ Download {name}", "zh": "⬇️ 下载 {name}"},
-    "cv.use_hint": {
-        "en": "/civitai use {id} draws it with these settings",
-        "zh": "/civitai use {id} 用这些参数画",
-    },
-    "cv.images_hint": {
-        "en": "/civitai image ID shows one with its settings; /civitai use ID draws it",
-        "zh": "/civitai image 编号 查看参数；/civitai use 编号 用其参数画图",
-    },
-    "cv.dl.off": {
-        "en": "model downloads are not available in this process",
-        "zh": "此进程不提供模型下载",
-    },
-}
 i18n.register(TEXT)
 
 
@@ -387,7 +305,7 @@ class CivitaiCommands:
             self._ended[view.id] = view.status  # said by this reply: not again by a notice
         return download_text(view, lang)
 
-    async def _on_download(self, view: DownloadView) -> None:
+    async def _on_download(self, view: DownloadRecord) -> None:
         """Every progress step and state change of a download: shown on its status message,
         and its end said once more in a new message (an edit makes no notification)."""
         target = view.notify
@@ -614,7 +532,7 @@ def _label(text: str, limit: int = 32) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _name(view: DownloadView) -> str:
+def _name(view: DownloadRecord) -> str:
     return view.model_name or view.file_name or f"model version {view.version_id}"
 
 
@@ -623,7 +541,7 @@ def _bar(fraction: float | None) -> str:
     return "▰" * full + "▱" * (BAR - full)
 
 
-def download_text(view: DownloadView, lang: str, *, short: bool = False) -> str:
+def download_text(view: DownloadRecord, lang: str, *, short: bool = False) -> str:
     """A download as a chat shows it: a headline, then (unless ``short``) a progress bar with
     bytes, speed and time left, or where the file is, or what went wrong, and what to do."""
     known = (*DOWNLOAD_ACTIVE, DownloadStatus.DONE, DownloadStatus.CANCELLED)

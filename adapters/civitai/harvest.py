@@ -1,4 +1,4 @@
-"""Bulk image harvester: ``sdhost civitai images [filters] --max N --out DIR``.
+"""Bulk image harvester (``sdhost civitai images [filters] --max N --out DIR``).
 
 It lists images with :meth:`CivitaiClient.iter_images` (cursor pages, with the client's loop
 defence) and downloads them from the image CDN:
@@ -24,12 +24,16 @@ defence) and downloads them from the image CDN:
   final. After the retries it is recorded as failed and the run goes on. A listing that fails
   after the client's own retries ends the listing, not the run.
 
-The API key never goes to the image CDN (a separate HTTP client without it).
+The API key never goes to the image CDN (a separate HTTP client without it). The command
+line is in adapters/civitai/cli.py.
+
+Why this file is near 660 lines: the producer, the workers, the shared pause on a 429 and
+the manifest are one concurrency design whose invariants (nothing half-written, resume by
+the manifest) are checked together; the results and options are small types it alone uses.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -37,15 +41,13 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import ssl
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -59,24 +61,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from adapters.civitai.client import (
-    IMAGE_SORTS,
-    IMAGES_MAX_LIMIT,
-    ORIGINAL,
-    PERIODS,
-    USER_AGENT,
-    CivitaiClient,
-    CivitaiError,
-    Image,
-    browsing_level,
-    sized_url,
-)
-from adapters.providers.cloud import retry_after_s
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import CivitaiError
+from adapters.civitai.api.nsfw import browsing_level
+from adapters.civitai.api.transport import IMAGES_MAX_LIMIT, ORIGINAL, USER_AGENT, sized_url
+from adapters.civitai.api.types import Image
+from adapters.http import backoff_s, retry_after_s
 from bot.errors import BadInput
 from bot.localfile import UnsafeFile, create_new, open_existing
-
-if TYPE_CHECKING:
-    from bot.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +88,6 @@ _EXT_BY_TYPE = {
     "audio/mpeg": "mp3",
 }
 _PART = re.compile(r"^\d+(\.(json|txt))?\.part$")
-_USERNAME = re.compile(r"^[A-Za-z0-9_]+$")
 IMAGE_TYPES = ("image", "video", "audio")
 
 Size = str | int  # "original" or a width in pixels
@@ -573,7 +564,9 @@ class Harvester:
                     raise _GaveUp(f"{exc} ({tries})", attempt) from None
                 if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
                     raise _GaveUp(f"{exc}; asked to wait {exc.retry_after:g} s", attempt) from None
-                wait = self._backoff(attempt, exc.retry_after)
+                wait = backoff_s(
+                    attempt, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
+                )
                 if exc.retry_after is not None:  # the CDN asked everyone to slow down
                     loop = asyncio.get_running_loop()
                     self._pause_until = max(self._pause_until, loop.time() + wait)
@@ -586,12 +579,6 @@ class Harvester:
             await asyncio.sleep(delay)
         if self._limiter is not None:
             await self._limiter.acquire()
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after * random.uniform(1.0, 1.1)
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     async def _fetch(self, http: httpx.AsyncClient, url: str, part: Path) -> _Fetched:
         """GET ``url`` into ``part``; raises :class:`_Retry` or :class:`_Final`. ``part``
@@ -659,174 +646,6 @@ async def harvest(client: CivitaiClient, out_dir: str | Path, **options: Any) ->
     return await Harvester(client, out_dir, **options).run()
 
 
-# --- the CLI --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``sdhost civitai images``. Values are checked by :func:`run_cli` (one-line
-    errors), so most are read as text here."""
-    g = parser.add_argument_group("what to fetch")
-    g.add_argument("--model", metavar="ID", help="images of this model id")
-    g.add_argument("--version", metavar="ID", help="images of this model version id")
-    g.add_argument("--user", metavar="NAME", help="images posted by this username")
-    g.add_argument("--post", metavar="ID", help="images of this post id")
-    g.add_argument("--sort", metavar="SORT", help="; ".join(IMAGE_SORTS))
-    g.add_argument("--period", metavar="PERIOD", help=", ".join(PERIODS))
-    g.add_argument(
-        "--nsfw",
-        nargs="?",
-        const="all",
-        metavar="LEVEL",
-        help="NSFW levels: None, Soft, Mature, X (old names), PG, PG13, R, XXX, sfw, all, or a "
-        "browsing-level bitmask; bare --nsfw means all (default: PG only)",
-    )
-    g.add_argument(
-        "--base",
-        action="append",
-        metavar="MODEL",
-        help='base model, e.g. "SDXL 1.0" (repeat or comma-separate)',
-    )
-    g.add_argument("--tag", action="append", metavar="ID", help="tag id (repeat or comma-separate)")
-    g.add_argument("--type", metavar="TYPE", help="image, video or audio")
-    g.add_argument("--requiring-meta", action="store_true", help="only images with generation data")
-    h = parser.add_argument_group("how")
-    h.add_argument("--max", metavar="N", help="at most N images (required)")
-    h.add_argument("--out", metavar="DIR", help="folder to write into (required)")
-    h.add_argument("--concurrency", metavar="N", default="8", help="downloads at once (8)")
-    h.add_argument(
-        "--size", default=ORIGINAL, metavar="original|WIDTH", help="original file or a width"
-    )
-    h.add_argument(
-        "--meta",
-        default="json,txt",
-        metavar="json,txt",
-        help="metadata files beside each (or none)",
-    )
-    h.add_argument(
-        "--rate",
-        default=str(DEFAULT_RATE),
-        metavar="R",
-        help=f"at most R requests per second ({DEFAULT_RATE:g}; 0 = no limit)",
-    )
-    h.add_argument("--retries", default="4", metavar="N", help="retries of a failed image (4)")
-
-
-def _int(value: Any, flag: str, *, lo: int = 1, hi: int | None = None) -> int:
-    text = str(value).strip().lstrip("#")
-    if (
-        not (text.isascii() and text.isdigit())
-        or int(text) < lo
-        or (hi is not None and int(text) > hi)
-    ):
-        span = f"{lo} to {hi}" if hi is not None else f"a whole number from {lo}"
-        raise BadInput(f"{flag} takes {span}, not {value!r}")
-    return int(text)
-
-
-def _choice(value: str, options: Iterable[str], flag: str) -> str:
-    for option in options:
-        if option.lower().replace(" ", "") == value.lower().replace(" ", ""):
-            return option
-    raise BadInput(f"{flag} takes one of {', '.join(options)}; not {value!r}")
-
-
-def _listed(values: Iterable[str] | None) -> list[str]:
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
-
-
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :class:`Harvester` (``out_dir`` included) from the parsed
-    flags; a bad value raises :class:`BadInput` with a one-line message."""
-
-    def get(name: str) -> Any:
-        return getattr(args, name, None)
-
-    if get("max") is None:
-        raise BadInput("--max N is required: how many images at most")
-    if not get("out"):
-        raise BadInput("--out DIR is required: the folder to write the images into")
-    filters: dict[str, Any] = {}
-    if get("model") is not None:
-        filters["model_id"] = _int(get("model"), "--model")
-    if get("version") is not None:
-        filters["model_version_id"] = _int(get("version"), "--version")
-    if get("post") is not None:
-        filters["post_id"] = _int(get("post"), "--post")
-    if get("user") is not None:
-        if not _USERNAME.match(get("user")):
-            user = get("user")
-            raise BadInput(f"--user takes a Civitai username (letters, digits, _), not {user!r}")
-        filters["username"] = get("user")
-    if get("sort") is not None:
-        filters["sort"] = _choice(get("sort"), IMAGE_SORTS, "--sort")
-    if get("period") is not None:
-        filters["period"] = _choice(get("period"), PERIODS, "--period")
-    if get("nsfw") is not None:
-        try:
-            browsing_level(get("nsfw"))
-        except ValueError as exc:
-            raise BadInput(f"--nsfw: {exc}") from None
-        filters["nsfw"] = get("nsfw")
-    if get("base"):
-        filters["base_models"] = _listed(get("base"))
-    if get("tag"):
-        filters["tags"] = [_int(t, "--tag") for t in _listed(get("tag"))]
-    if get("type") is not None:
-        filters["type"] = _choice(get("type"), IMAGE_TYPES, "--type")
-    if get("requiring_meta"):
-        filters["requiring_meta"] = True
-    rate_text = str(get("rate") if get("rate") is not None else DEFAULT_RATE).strip()
-    try:
-        rate = float(rate_text)
-    except ValueError:
-        rate = -1.0
-    if not rate >= 0 or rate == float("inf"):
-        raise BadInput(f"--rate takes requests per second (0 = no limit), not {rate_text!r}")
-    return {
-        "out_dir": Path(get("out")).expanduser(),
-        "max_items": _int(get("max"), "--max"),
-        "concurrency": _int(get("concurrency") or 8, "--concurrency", hi=256),
-        "size": parse_size(get("size") or ORIGINAL),
-        "meta": parse_meta(get("meta") if get("meta") is not None else "json,txt"),
-        "rate": rate or None,
-        "retries": _int(get("retries") if get("retries") is not None else 4, "--retries", lo=0),
-        "filters": filters,
-    }
-
-
-async def run_cli(args: argparse.Namespace, config: Config) -> int:
-    """``sdhost civitai images ...``: 0 when every listed image is there, 1 when some failed
-    (listed at the end) or the listing stopped early. Bad flags raise :class:`BadInput`."""
-    options = options_from_args(args)
-    out_dir = options.pop("out_dir")
-    cfg = config.civitai
-    rate = options["rate"]
-    client = CivitaiClient(
-        cfg.api_key or None,
-        base_url=cfg.base_url,
-        timeout=cfg.timeout_s,
-        requests_per_second=max(1.0, rate) if rate else None,
-    )
-    async with client:
-        harvester = Harvester(client, out_dir, timeout=cfg.timeout_s, **options)
-        try:
-            result = await harvester.run()
-        except asyncio.CancelledError:
-            r = harvester.result
-            print(
-                f"interrupted: {r.downloaded} downloaded, {r.skipped} already there; "
-                "run the same command again to resume",
-                file=sys.stderr,
-            )
-            raise
-    print(f"civitai images: {result.summary(out_dir)}")
-    for failed in result.failed[:10]:
-        print(f"  failed: image {failed.id} ({failed.url}): {failed.error}", file=sys.stderr)
-    if len(result.failed) > 10:
-        print(f"  ... and {len(result.failed) - 10} more", file=sys.stderr)
-    return 0 if result.ok else 1
-
-
 __all__ = [
     "MANIFEST",
     "ORIGINAL",
@@ -834,12 +653,9 @@ __all__ = [
     "HarvestResult",
     "Harvester",
     "Manifest",
-    "add_arguments",
     "harvest",
-    "options_from_args",
     "parse_meta",
     "parse_size",
-    "run_cli",
     "size_label",
     "sized_url",
 ]

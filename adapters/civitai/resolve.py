@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from adapters.civitai.client import CivitaiClient, CivitaiError, ModelVersion, Resource
+from adapters.civitai.api.client import CivitaiClient
+from adapters.civitai.api.errors import CivitaiError
+from adapters.civitai.api.meta import Resource
+from adapters.civitai.api.types import ModelVersion
 from storage import repos
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from adapters.http import retry_after_s
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
@@ -50,7 +51,6 @@ from adapters.providers.cloud import (
     TaskTimes,
     download,
     http_client,
-    retry_after_s,
     transport_failure,
     with_retries,
 )

@@ -12,23 +12,22 @@ expected to end: once early (a refusal is known at once), then just before and j
 expected end, then with a growing interval (:func:`next_poll_at`). A model it has not seen yet
 is polled with a growing interval from ``poll_first_s`` (x ``poll_factor``, at most
 ``poll_max_interval_s`` apart): seven polls for a 30-second task. Retry-After on a throttled
-poll is honoured by :func:`with_retries`, which each poll goes through.
+poll is honoured by :func:`with_retries` (adapters/http.py), which each poll goes through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
+from adapters import http
 from bot.config import CloudProviderSection
 from bot.errors import FailureClass, ProviderFailure
 
@@ -275,18 +274,6 @@ def poll_delays(
     return TaskPolls(section, times, model, resumed=resumed)
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (number or HTTP date), if any."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
 async def with_retries(
     section: CloudProviderSection,
     call: Callable[[], Awaitable[T]],
@@ -296,18 +283,16 @@ async def with_retries(
     """Run ``call``; a ProviderFailure with ``retry_after`` set (throttling, 5xx, network) is
     retried up to ``max_retries`` times, waiting what the provider asked (or backing off
     with jitter); anything else, or the last failure, is raised."""
-    attempt = 0
-    while True:
-        try:
-            return await call()
-        except ProviderFailure as exc:
-            if exc.retry_after is None or attempt >= section.max_retries:
-                raise
-            attempt += 1
-            wait = max(exc.retry_after, 0.0) or min(30.0, 0.5 * 2**attempt)
-            wait *= random.uniform(1.0, 1.2)
-            log.info("%s: %r; retry %d in %.1fs", what, exc.message, attempt, wait)
-            await asyncio.sleep(wait)
+    return await http.with_retries(
+        call, retries=section.max_retries, what=what, retry_after=retry_hint
+    )
+
+
+def retry_hint(exc: BaseException) -> float | bool | None:
+    """How a ProviderFailure says it may pass: seconds asked, True (retry, no hint) or None."""
+    if not isinstance(exc, ProviderFailure) or exc.retry_after is None:
+        return None
+    return exc.retry_after if exc.retry_after > 0 else True
 
 
 def transport_failure(exc: httpx.HTTPError, what: str) -> ProviderFailure:
@@ -336,23 +321,17 @@ async def download(
                     f"(HTTP {response.status_code}; its link may have expired)",
                     retry_after=retry,
                 )
-            chunks = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ProviderFailure(
-                        FailureClass.PROVIDER_ERROR, f"{what}: the result picture is too large"
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
+            try:
+                return await http.read_capped(response, max_bytes)
+            except http.TooLarge:
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR, f"{what}: the result picture is too large"
+                ) from None
     except httpx.HTTPError as exc:
         raise transport_failure(exc, what) from exc
 
 
-def http_client(section: CloudProviderSection, **kw: object) -> httpx.AsyncClient:
+def http_client(section: CloudProviderSection, **kw: Any) -> httpx.AsyncClient:
     """One client per provider: explicit timeouts, a pool sized to its keys, no redirects
     followed silently for API calls."""
-    timeout = httpx.Timeout(section.request_timeout_s, connect=10.0)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, **kw)  # type: ignore[arg-type]
+    return http.http_client(section.request_timeout_s, **kw)

@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from adapters.http import retry_after_s
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
@@ -52,7 +53,6 @@ from adapters.providers.cloud import (
     download,
     http_client,
     poll_delays,
-    retry_after_s,
     transport_failure,
     with_retries,
 )

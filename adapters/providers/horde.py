@@ -35,7 +35,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -43,7 +42,9 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.providers.cloud import download, retry_after_s, transport_failure
+from adapters import http
+from adapters.http import retry_after_s
+from adapters.providers.cloud import download, retry_hint, transport_failure
 from bot.config import HordeConfig
 from bot.errors import FailureClass, ProviderFailure
 from bot.providers import (
@@ -225,24 +226,13 @@ def _json(response: httpx.Response, what: str) -> dict[str, Any]:
 async def with_retries(config: HordeConfig, call: Callable[[], Awaitable[T]], *, what: str) -> T:
     """Run ``call``; a failure with ``retry_after`` (429, 5xx, network) is retried up to
     ``max_retries`` times, waiting what the pool asked (or backing off with jitter)."""
-    attempt = 0
-    while True:
-        try:
-            return await call()
-        except ProviderFailure as exc:
-            if exc.retry_after is None or attempt >= config.max_retries:
-                raise
-            attempt += 1
-            wait = max(exc.retry_after, 0.0) or min(30.0, 0.5 * 2**attempt)
-            wait *= random.uniform(1.0, 1.2)
-            log.info("%s: %r; retry %d in %.1fs", what, exc.message, attempt, wait)
-            await asyncio.sleep(wait)
+    return await http.with_retries(
+        call, retries=config.max_retries, what=what, retry_after=retry_hint
+    )
 
 
 def http_client(config: HordeConfig, **kw: Any) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(config.request_timeout_s, connect=10.0)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=8)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, **kw)
+    return http.http_client(config.request_timeout_s, connections=32, keepalive=8, **kw)
 
 
 class HordeProvider(Provider):

@@ -55,6 +55,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from adapters.http import retry_after_s
 from adapters.providers.cloud import (
     ApiKey,
     KeyPool,
@@ -62,7 +63,6 @@ from adapters.providers.cloud import (
     download,
     http_client,
     poll_delays,
-    retry_after_s,
     transport_failure,
     with_retries,
 )

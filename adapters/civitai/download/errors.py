@@ -1,0 +1,89 @@
+"""Why a model download failed or was refused. Each error carries its kind (its class) and
+the HTTP status when there was one; the private exceptions steer the retry loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from adapters.civitai.api.errors import (
+    CivitaiError,
+    CivitaiForbidden,
+    CivitaiNotFound,
+    CivitaiRateLimited,
+    CivitaiUnauthorized,
+)
+from bot.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class DownloadError(CivitaiError):
+    """A download that cannot go on; the message says why and what to do."""
+
+
+class DownloadDamaged(DownloadError):
+    """The bytes received are not the file Civitai lists (size or hash)."""
+
+
+class UnsafeModelFile(DownloadError, BadInput):
+    """Civitai's pickle or virus scan did not pass the file (``--allow-unsafe`` overrides)."""
+
+
+class TooBig(DownloadError, BadInput):
+    """Over ``civitai.max_download_gb``, or more than the disk has free."""
+
+
+class NameClash(DownloadError, BadInput):
+    """Another file already has the name, and ``civitai.on_name_clash`` is ``refuse``."""
+
+
+class CivitaiLoginRequired(CivitaiUnauthorized):
+    pass
+
+
+class CivitaiDownloadsDisabled(CivitaiForbidden):
+    pass
+
+
+class CivitaiEarlyAccess(CivitaiForbidden):
+    def __init__(self, message: str, *, deadline: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.deadline = deadline
+
+
+class CivitaiArchived(CivitaiNotFound):
+    pass
+
+
+class CivitaiQuotaExceeded(CivitaiRateLimited):
+    """The 24-hour download quota: not worth retrying today."""
+
+
+class _Transient(Exception):
+    """Worth another attempt (with a fresh signed URL)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _StopRequested(Exception):
+    """Someone else (another process, through the database) paused or cancelled the task."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _AlreadyThere(Exception):
+    """The very file is already in place under the chosen name."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path

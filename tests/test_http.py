@@ -1,0 +1,83 @@
+"""adapters/http.py: what every HTTP adapter shares."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from adapters.http import backoff_s, retry_after_s, with_retries
+
+
+def test_retry_after_reads_seconds_and_dates_and_ignores_junk() -> None:
+    def said(value: str) -> float | None:
+        return retry_after_s(httpx.Response(429, headers={"Retry-After": value}))
+
+    assert said("7") == 7.0
+    assert said("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a past date: go now
+    assert said("soon") is None
+    assert retry_after_s(httpx.Response(429)) is None
+
+
+def test_one_backoff_waits_at_least_what_was_asked_and_grows_to_its_cap() -> None:
+    for _ in range(50):
+        assert 3.0 <= backoff_s(1, 3.0) <= 3.3
+        assert 0.25 <= backoff_s(1, None, base=0.5, cap=30) <= 0.5
+        assert 2.0 <= backoff_s(4, None, base=0.5, cap=30) <= 4.0
+        assert 15.0 <= backoff_s(20, None, base=0.5, cap=30) <= 30.0
+
+
+async def test_with_retries_retries_only_what_may_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    monkeypatch.setattr("adapters.http.asyncio.sleep", sleep)
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise OSError("busy")
+        return "done"
+
+    def hint(exc: BaseException) -> float | None:
+        return 2.0 if isinstance(exc, OSError) else None
+
+    assert await with_retries(flaky, retries=5, what="t", retry_after=hint) == "done"
+    assert calls == 3 and len(slept) == 2 and all(s >= 2.0 for s in slept)
+
+    async def broken() -> str:
+        raise ValueError("never")
+
+    with pytest.raises(ValueError):
+        await with_retries(broken, retries=5, what="t", retry_after=hint)
+    assert len(slept) == 2
+
+
+async def test_provider_result_download_uses_the_capped_read() -> None:
+    from adapters.providers.cloud import download
+    from bot.errors import ProviderFailure
+
+    sent: list[int] = []
+
+    async def body():  # an endless picture: the read must stop soon after the cap
+        for _ in range(1000):
+            sent.append(1)
+            yield b"x" * 1024
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ProviderFailure, match="too large"):
+            await download(client, "http://127.0.0.1/p.png", what="t", max_bytes=10 * 1024)
+    assert len(sent) <= 12
+
+    def declared(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"y" * 20, headers={"Content-Length": "999999"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(declared)) as client:
+        with pytest.raises(ProviderFailure, match="too large"):
+            await download(client, "http://127.0.0.1/p.png", what="t", max_bytes=1000)
