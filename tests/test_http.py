@@ -81,3 +81,41 @@ async def test_provider_result_download_uses_the_capped_read() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(declared)) as client:
         with pytest.raises(ProviderFailure, match="too large"):
             await download(client, "http://127.0.0.1/p.png", what="t", max_bytes=1000)
+
+
+async def test_a_submission_is_sent_again_only_when_it_cannot_have_arrived() -> None:
+    """A submit that starts billed work: a refused connection is retried; a request the
+    server read but never answered is not (a second send could start a second task)."""
+    import asyncio
+
+    from adapters.providers.cloud import send_once, with_retries
+    from bot.config import BflConfig
+    from bot.errors import ProviderFailure
+
+    received = 0
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await reader.readuntil(b"\r\n\r\n")
+        received += 1
+        writer.close()  # read it, answered nothing
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    section = BflConfig.model_validate({"max_retries": 3})
+    async with server, httpx.AsyncClient(timeout=5) as client:
+        with pytest.raises(ProviderFailure) as taken:
+            await with_retries(
+                section,
+                lambda: send_once(
+                    client, "POST", f"http://127.0.0.1:{port}/v1/x", what="submit", service="X"
+                ),
+                what="submit",
+            )
+        assert taken.value.retry_after is None and "no answer from X" in taken.value.message
+        assert received == 1
+    # nobody listening any more: it cannot have arrived, so it may be sent again
+    async with httpx.AsyncClient(timeout=5) as client:
+        with pytest.raises(ProviderFailure) as refused:
+            await send_once(client, "POST", f"http://127.0.0.1:{port}/v1/x", what="s", service="X")
+    assert refused.value.retry_after == 0.0

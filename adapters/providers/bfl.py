@@ -51,6 +51,7 @@ from adapters.providers.cloud import (
     TaskTimes,
     download,
     http_client,
+    send_once,
     transport_failure,
     with_retries,
 )
@@ -122,8 +123,6 @@ MODERATED = {
     "Request Moderated": "FLUX refused the prompt (Request Moderated)",
     "Content Moderated": "FLUX refused to deliver the picture it made (Content Moderated)",
 }
-# Submission failures that cannot have reached the server: safe to send again.
-_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def fit_side(value: int) -> int:
@@ -403,19 +402,15 @@ class BflProvider(Provider):
         url = f"{self.base_url}/{quote(model, safe='')}"
 
         async def call() -> tuple[str, str]:
-            try:
-                response = await self.client.post(
-                    url, json=body, headers={"x-key": key.key, "accept": "application/json"}
-                )
-            except _UNSENT as exc:
-                raise transport_failure(exc, what) from exc
-            except httpx.HTTPError as exc:
-                # It may have been received: sending it again could start (and bill) a
-                # second task, so this is not retried.
-                raise ProviderFailure(
-                    FailureClass.PROVIDER_ERROR,
-                    f"{what}: no answer from BFL ({type(exc).__name__})",
-                ) from exc
+            response = await send_once(
+                self.client,
+                "POST",
+                url,
+                what=what,
+                service="BFL",
+                json=body,
+                headers={"x-key": key.key, "accept": "application/json"},
+            )
             if response.status_code >= 400:
                 raise _http_failure(response, what)
             answer = _json(response, what)

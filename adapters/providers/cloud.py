@@ -306,6 +306,26 @@ def transport_failure(exc: httpx.HTTPError, what: str) -> ProviderFailure:
     )
 
 
+# Failures that happen before a request can have reached the server.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+async def send_once(
+    client: httpx.AsyncClient, method: str, url: str, *, what: str, service: str, **kw: Any
+) -> httpx.Response:
+    """Send a request that starts (and may bill) work: retryable only when it cannot have
+    reached the server. Any other transport failure may have come after the server took
+    it, so sending it again could start a second task: that is not retried."""
+    try:
+        return await client.request(method, url, **kw)
+    except _UNSENT as exc:
+        raise transport_failure(exc, what) from exc
+    except httpx.HTTPError as exc:
+        raise ProviderFailure(
+            FailureClass.PROVIDER_ERROR, f"{what}: no answer from {service} ({type(exc).__name__})"
+        ) from exc
+
+
 async def download(
     client: httpx.AsyncClient, url: str, *, what: str, max_bytes: int = 50 * 1024 * 1024
 ) -> bytes:

@@ -44,7 +44,7 @@ import httpx
 
 from adapters import http
 from adapters.http import retry_after_s
-from adapters.providers.cloud import download, retry_hint, transport_failure
+from adapters.providers.cloud import download, retry_hint, send_once, transport_failure
 from bot.config import HordeConfig
 from bot.errors import FailureClass, ProviderFailure
 from bot.providers import (
@@ -118,8 +118,6 @@ ACCOUNT_RCS = {
     "TimeoutIP": "AI Horde has put this address in a timeout",
     "UnsafeIP": "AI Horde refuses requests from this address (a VPN or proxy?)",
 }
-# Submission failures that cannot have reached the server: safe to send again.
-_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def fit_side(value: int) -> int:
@@ -387,18 +385,15 @@ class HordeProvider(Provider):
         what = "AI Horde submit"
 
         async def call() -> dict[str, Any]:
-            try:
-                response = await self.client.post(
-                    f"{self.base_url}/v2/generate/async", json=body, headers=self.headers
-                )
-            except _UNSENT as exc:
-                raise transport_failure(exc, what) from exc
-            except httpx.HTTPError as exc:
-                # It may have been received: sending it again could queue it twice.
-                raise ProviderFailure(
-                    FailureClass.PROVIDER_ERROR,
-                    f"{what}: no answer from AI Horde ({type(exc).__name__})",
-                ) from exc
+            response = await send_once(
+                self.client,
+                "POST",
+                f"{self.base_url}/v2/generate/async",
+                what=what,
+                service="AI Horde",
+                json=body,
+                headers=self.headers,
+            )
             if response.status_code >= 400:
                 raise http_failure(response, what)
             answer = _json(response, what)
@@ -410,10 +405,16 @@ class HordeProvider(Provider):
 
         return await with_retries(self.config, call, what=what)
 
-    async def _get(self, what: str, url: str) -> dict[str, Any]:
+    async def _call(
+        self, method: str, what: str, url: str, *, limited: bool = False
+    ) -> dict[str, Any]:
+        """One read or cancel, retried; ``limited``: within the status endpoint's window."""
+
         async def call() -> dict[str, Any]:
+            while limited and (wait := self.status_window.take("status")) > 0:
+                await asyncio.sleep(wait)
             try:
-                response = await self.client.get(url, headers=self.headers)
+                response = await self.client.request(method, url, headers=self.headers)
             except httpx.HTTPError as exc:
                 raise transport_failure(exc, what) from exc
             if response.status_code >= 400:
@@ -423,42 +424,15 @@ class HordeProvider(Provider):
         return await with_retries(self.config, call, what=what)
 
     async def _check(self, request_id: str) -> dict[str, Any]:
-        return await self._get("AI Horde check", self._url("check", request_id))
+        return await self._call("GET", "AI Horde check", self._url("check", request_id))
 
     async def _status(self, request_id: str) -> dict[str, Any]:
         """The request's full status (with the pictures), within the pool's limit."""
-        what = "AI Horde status"
-
-        async def call() -> dict[str, Any]:
-            while (wait := self.status_window.take("status")) > 0:
-                await asyncio.sleep(wait)
-            try:
-                response = await self.client.get(
-                    self._url("status", request_id), headers=self.headers
-                )
-            except httpx.HTTPError as exc:
-                raise transport_failure(exc, what) from exc
-            if response.status_code >= 400:
-                raise http_failure(response, what)
-            return _json(response, what)
-
-        return await with_retries(self.config, call, what=what)
+        url = self._url("status", request_id)
+        return await self._call("GET", "AI Horde status", url, limited=True)
 
     async def _delete(self, request_id: str) -> dict[str, Any]:
-        what = "AI Horde cancel"
-
-        async def call() -> dict[str, Any]:
-            try:
-                response = await self.client.delete(
-                    self._url("status", request_id), headers=self.headers
-                )
-            except httpx.HTTPError as exc:
-                raise transport_failure(exc, what) from exc
-            if response.status_code >= 400:
-                raise http_failure(response, what)
-            return _json(response, what)
-
-        return await with_retries(self.config, call, what=what)
+        return await self._call("DELETE", "AI Horde cancel", self._url("status", request_id))
 
     async def cancel(self, task_id: str) -> None:
         await self._delete(task_id)
