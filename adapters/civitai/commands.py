@@ -45,7 +45,7 @@ from adapters.civitai.api.types import Image, Model
 from adapters.civitai.download.manager import DownloadManager
 from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 from adapters.civitai.resolve import Resolved, resolve_resources
-from adapters.civitai.text import TEXT
+from adapters.civitai.text import TEXT, say_error
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
@@ -555,7 +555,7 @@ def download_text(view: DownloadRecord, lang: str, *, short: bool = False) -> st
     if status == DownloadStatus.DONE:
         head += f" · {done}"
     elif status == DownloadStatus.FAILED and view.error:
-        head += f": {view.error}"
+        head += f": {say_error(view.error, lang)}"
     has_bytes = status in DOWNLOAD_ACTIVE and bool(view.bytes_done or view.bytes_total)
     if short:
         return head + (" · " + " · ".join(p for p in (pct, amount) if p) if has_bytes else "")

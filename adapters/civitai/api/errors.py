@@ -37,12 +37,14 @@ class CivitaiError(UserError):
         kind: str | None = None,
         what: str = "",
         detail: str | None = None,
+        values: Mapping[str, Any] | None = None,
     ) -> None:
-        kw = {
+        kw: dict[str, Any] = {
             "what": what,
             "status": status or "",
             "detail": f": {detail}" if detail else "",
             "retry": f" (retry in {retry_after:g}s)" if retry_after else "",
+            **(values or {}),
         }
         super().__init__(message, key=f"cv.err.{kind}" if kind else None, kw=kw)
         self.status = status

@@ -31,6 +31,7 @@ from adapters.civitai.download.errors import (
     CivitaiQuotaExceeded,
     DownloadError,
     _Transient,
+    failure,
 )
 from adapters.civitai.download.record import DownloadRecord
 from adapters.civitai.download.refs import (
@@ -84,16 +85,8 @@ async def signed_url(
 
 def login_required(api_key: str | None, state: DownloadRecord) -> CivitaiError:
     if api_key:
-        return CivitaiLoginRequired(
-            f"Civitai requires a login to download {state.label} and did not accept "
-            "civitai.api_key: check the key (Civitai > Account settings > API keys)",
-            status=401,
-        )
-    return CivitaiLoginRequired(
-        f"Civitai requires a login to download {state.label}: set civitai.api_key "
-        "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
-        status=401,
-    )
+        return failure(CivitaiLoginRequired, "dl_login_key", status=401, name=state.label)
+    return failure(CivitaiLoginRequired, "dl_login", status=401, name=state.label)
 
 
 def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | None) -> CivitaiError:
@@ -133,9 +126,7 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
         )
     if status == 401:
         if "disabled downloads" in text:
-            return CivitaiDownloadsDisabled(
-                f"the creator of {what} has disabled downloads on Civitai", status=status
-            )
+            return failure(CivitaiDownloadsDisabled, "dl_disabled", status=status, name=what)
         return login_required(api_key, state)
     if status == 403:
         if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
@@ -156,16 +147,10 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
         which = f" matching {asked}" if asked else ""
         return CivitaiNotFound(f"Civitai has no downloadable file{which} for {what}", status=status)
     if status == 410:
-        return CivitaiArchived(
-            f"Civitai archived {what}: it is no longer available for download", status=status
-        )
+        return failure(CivitaiArchived, "dl_archived", status=status, name=what)
     if status == 429:
         if "unusual amount of downloading" in text or "come back later" in text:
-            return CivitaiQuotaExceeded(
-                "Civitai's 24-hour download quota for this account (or address) is used "
-                "up: try again tomorrow, or contact support@civitai.com",
-                status=status,
-            )
+            return failure(CivitaiQuotaExceeded, "dl_quota", status=status)
         wait = f" (retry in {retry_after:g}s)" if retry_after else ""
         return CivitaiRateLimited(
             f"Civitai is rate limiting downloads{wait}",

@@ -15,7 +15,7 @@ from typing import Any
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import CivitaiNotFound
 from adapters.civitai.api.types import ModelFile, ModelVersion
-from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile
+from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile, failure
 from adapters.civitai.download.record import format_bytes
 from bot.errors import BadInput
 from bot.ids import parse_id
@@ -191,9 +191,8 @@ async def choose_file(
         assert parsed.model_id is not None
         model = await client.model(parsed.model_id, fresh=True)
         if model.mode == "Archived":
-            raise CivitaiArchived(
-                f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
-                "are no longer available for download"
+            raise failure(
+                CivitaiArchived, "dl_archived", name=model.name or f"model {parsed.model_id}"
             )
         latest = model.latest_version
         if latest is None or latest.id is None:
@@ -204,18 +203,18 @@ async def choose_file(
     name = version_label(version)
     mode = version.model.mode if version.model else None
     if mode == "Archived":
-        raise CivitaiArchived(
-            f"Civitai archived {name}: its files are no longer available for download"
-        )
+        raise failure(CivitaiArchived, "dl_archived", name=name)
     file = select_file(version, options)
     if file is None:
         raise CivitaiNotFound(f"Civitai lists no files for {name}")
     unsafe = scan_problems(file)
     if unsafe and not allow_unsafe:
-        raise UnsafeModelFile(
-            f"refusing to download {file.name or 'the file'} of {name}: "
-            f"{'; '.join(unsafe)}. A model file that fails Civitai's scans can run code "
-            "when it is loaded; an admin can still take it with --allow-unsafe"
+        raise failure(
+            UnsafeModelFile,
+            "dl_unsafe",
+            file=file.name or "the file",
+            name=name,
+            verdicts="; ".join(unsafe),
         )
     if unsafe:
         log.warning(
@@ -231,8 +230,12 @@ async def choose_file(
         options["allow_unsafe"] = by or True
     listed = file.size_bytes
     if listed is not None and listed > max_bytes:
-        raise TooBig(
-            f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
-            f"{format_bytes(max_bytes)} limit (civitai.max_download_gb)"
+        raise failure(
+            TooBig,
+            "dl_too_big",
+            file=file.name or "the file",
+            name=name,
+            size=format_bytes(listed),
+            limit=format_bytes(max_bytes),
         )
     return version, file

@@ -50,6 +50,7 @@ from adapters.civitai.download.errors import (
     TooBig,
     _AlreadyThere,
     _Transient,
+    failure,
 )
 from adapters.civitai.download.folders import (
     DISK_MARGIN,
@@ -233,13 +234,16 @@ class Transfer:
                 progressed = (run.sink.size if run.sink is not None else 0) > before
                 failures = 1 if progressed else failures + 1
                 if failures >= self.max_attempts:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc} "
-                        f"({failures} tries in a row got nowhere; resume it later)"
+                    raise failure(
+                        DownloadError,
+                        "dl_gave_up",
+                        name=state.label,
+                        reason=str(exc),
+                        tries=failures,
                     ) from None
                 if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc}; try again later"
+                    raise failure(
+                        DownloadError, "dl_later", name=state.label, reason=str(exc)
                     ) from None
                 wait = backoff_s(
                     failures, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
@@ -346,9 +350,12 @@ class Transfer:
             async for piece in response.aiter_bytes():
                 if start + received + len(piece) > limit:
                     # a host sending more than it (or Civitai) said: stop now, not at the end
-                    raise DownloadDamaged(
-                        f"the file host sent more than the {limit_is} for {state.label}; "
-                        f"stopped after {start + received} bytes and deleted what came"
+                    raise failure(
+                        DownloadDamaged,
+                        "dl_sent_too_much",
+                        limit=limit_is,
+                        name=state.label,
+                        bytes=start + received,
                     )
                 pieces.append(piece)
                 buffered += len(piece)
@@ -389,16 +396,22 @@ class Transfer:
             if listed < limit:
                 limit, what = listed, f"{size_kb * 1024:.0f} bytes Civitai lists"
             if total is not None and total > listed:
-                raise DownloadDamaged(
-                    f"the file host offers {format_bytes(total)} ({total} bytes) for "
-                    f"{state.label}, which Civitai lists as {size_kb * 1024:.0f} bytes: "
-                    "refused before downloading"
+                raise failure(
+                    DownloadDamaged,
+                    "dl_offer_mismatch",
+                    size=format_bytes(total),
+                    bytes=total,
+                    name=state.label,
+                    listed=f"{size_kb * 1024:.0f}",
                 )
         if total is not None:
             if total > self.max_bytes:
-                raise TooBig(
-                    f"the file host offers {format_bytes(total)} for {state.label}, over the "
-                    f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
+                raise failure(
+                    TooBig,
+                    "dl_offer_too_big",
+                    size=format_bytes(total),
+                    name=state.label,
+                    limit=format_bytes(self.max_bytes),
                 )
             if total < limit:
                 limit, what = total, f"{total} bytes it announced"
@@ -424,10 +437,14 @@ class Transfer:
         except OSError:
             return
         if free < needed:
-            raise TooBig(
-                f"not enough free disk space for {what} in {folder}: it needs "
-                f"{format_bytes(needed)} (with {format_bytes(DISK_MARGIN)} to spare), "
-                f"{format_bytes(free)} is free"
+            raise failure(
+                TooBig,
+                "dl_no_space",
+                name=what,
+                folder=folder,
+                needed=format_bytes(needed),
+                margin=format_bytes(DISK_MARGIN),
+                free=format_bytes(free),
             )
 
     def _measure(self, state: DownloadRecord, meter: _Meter, now: float) -> None:
@@ -459,10 +476,7 @@ class Transfer:
             if exists and not busy and await self._same_file(state, candidate, total):
                 raise _AlreadyThere(candidate)
             if self.on_name_clash == "refuse":
-                raise NameClash(
-                    f"{candidate} already exists and is not {state.label}; move it away, or "
-                    'set civitai.on_name_clash = "suffix"'
-                )
+                raise failure(NameClash, "dl_name_clash", path=candidate, name=state.label)
             candidate = folder / _suffixed(name, n)
         else:  # pragma: no cover
             raise NameClash(f"no free name for {name} in {folder}")
@@ -517,9 +531,11 @@ class Transfer:
                 )
             else:
                 await asyncio.to_thread(sink.discard_sync)
-                raise DownloadDamaged(
-                    f"the download of {state.label} is damaged ({'; '.join(problems)}); "
-                    "it was deleted: try again"
+                raise failure(
+                    DownloadDamaged,
+                    "dl_damaged",
+                    name=state.label,
+                    problems="; ".join(problems),
                 )
         target = Path(state.path or "")
         final = await asyncio.to_thread(self._place, sink.path, target, sink.hexdigest())
@@ -537,9 +553,7 @@ class Transfer:
                     part.unlink()
                     return candidate  # the very same file appeared meanwhile
                 if self.on_name_clash == "refuse":
-                    raise NameClash(
-                        f"{candidate} appeared while downloading; move it away and resume"
-                    ) from None
+                    raise failure(NameClash, "dl_appeared", path=candidate) from None
                 candidate = target.with_name(_suffixed(target.name, n))
                 continue
             except OSError:
