@@ -181,9 +181,11 @@ async def test_download_failures_are_said_in_the_chats_language_and_kept_for_any
     assert code == 0, err
     assert "Traceback" not in out + err
     assert f"拒绝下载 Anime Lines v1 的 {unsafe.name}：" in out, out
-    assert 'pickle scan says "Danger"' in out and "--allow-unsafe 下载" in out, out
+    assert "Civitai 的pickle 扫描结果为“Danger”（bad imports）" in out, out
+    assert "--allow-unsafe 下载" in out and "says" not in out, out
     assert "refusing to download" not in out, out
-    assert "下载已损坏（SHA256" in out and "已删除，请重试" in out, out
+    assert "下载已损坏（SHA256 为 " in out and "，而 Civitai 的是 " in out, out
+    assert "已删除，请重试" in out and "instead of" not in out, out
     assert "is damaged" not in out, out
     assert civitai.download_hits == 1  # the unsafe file was never fetched
 
@@ -192,5 +194,6 @@ async def test_download_failures_are_said_in_the_chats_language_and_kept_for_any
     )
     assert code == 0, err
     assert "#1 Photon Realism" in out and "download failed: the download of" in out, out
-    assert "is damaged (SHA256" in out and "it was deleted: try again" in out, out
+    assert "is damaged (SHA256 " in out and "instead of Civitai's" in out, out
+    assert "it was deleted: try again" in out, out
     assert "损坏" not in out and '{"key"' not in out, out

@@ -218,6 +218,48 @@ DOWNLOAD_ERRORS = {
     },
 }
 TEXT.update(DOWNLOAD_ERRORS)
+# the values of those sentences that are words too (each value stored in both languages)
+TEXT.update(
+    {
+        "cv.dl.pickle_scan": {"en": "pickle scan", "zh": "pickle 扫描"},
+        "cv.dl.virus_scan": {"en": "virus scan", "zh": "病毒扫描"},
+        "cv.dl.scan_says": {
+            "en": 'Civitai\'s {scan} says "{verdict}"',
+            "zh": "Civitai 的{scan}结果为“{verdict}”",
+        },
+        "cv.dl.scan_none": {
+            "en": "Civitai's {scan} has no result",
+            "zh": "Civitai 的{scan}没有结果",
+        },
+        "cv.dl.note": {"en": " ({note})", "zh": "（{note}）"},
+        "cv.dl.bad_sha": {
+            "en": "SHA256 {actual}… instead of Civitai's {expected}…",
+            "zh": "SHA256 为 {actual}…，而 Civitai 的是 {expected}…",
+        },
+        "cv.dl.bad_autov2": {
+            "en": "AutoV2 {actual} instead of Civitai's {expected}",
+            "zh": "AutoV2 为 {actual}，而 Civitai 的是 {expected}",
+        },
+        "cv.dl.bad_size": {
+            "en": "{size} bytes where Civitai lists {listed}",
+            "zh": "{size} 字节，而 Civitai 列出的是 {listed}",
+        },
+    }
+)
+LANGS = ("en", "zh")
+
+
+def said(lang: str, key: str, **kw: object) -> str:
+    """``key`` of this catalogue in ``lang`` (for the values stored in every language)."""
+    entry = TEXT[key]
+    return (entry.get(lang) or entry["en"]).format(**kw)
+
+
+def localised(kw: Mapping[str, object], lang: str) -> dict[str, object]:
+    """``kw`` with each value given per language (``{"en": ..., "zh": ...}``) in ``lang``."""
+    return {
+        k: (v.get(lang) or v.get("en", "")) if isinstance(v, dict) else v for k, v in kw.items()
+    }
 
 
 class _Blank(dict[str, object]):
@@ -241,7 +283,7 @@ def say_error(stored: str | None, lang: str) -> str:
     entry = TEXT.get(key)
     if entry is None:
         return str(data.get("en") or stored)
-    return (entry.get(lang) or entry["en"]).format_map(_Blank(kw))
+    return (entry.get(lang) or entry["en"]).format_map(_Blank(localised(kw, lang)))
 
 
 def store_error(kind_key: str | None, kw: Mapping[str, object], english: str) -> str:

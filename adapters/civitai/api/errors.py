@@ -10,6 +10,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from adapters.civitai.text import localised
+from bot import i18n
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.text import clean
 
@@ -51,6 +53,12 @@ class CivitaiError(UserError):
         self.retry_after = retry_after
         self.retryable = retryable
         self.kind = kind or "error"
+
+    def render(self, lang: str) -> str:
+
+        if self.key is None or self.key not in i18n.CATALOG:
+            return self.message
+        return i18n.t(lang, self.key, **localised(self.kw, lang))
 
 
 class CivitaiNotFound(CivitaiError, NotFound):

@@ -17,6 +17,7 @@ from adapters.civitai.api.errors import CivitaiNotFound
 from adapters.civitai.api.types import ModelFile, ModelVersion
 from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile, failure
 from adapters.civitai.download.record import format_bytes
+from adapters.civitai.text import LANGS, said
 from bot.errors import BadInput
 from bot.ids import parse_id
 from bot.text import clean
@@ -149,21 +150,30 @@ def _preferred(files: list[ModelFile]) -> ModelFile:
 SCAN_OK = "success"
 
 
-def scan_problems(file: ModelFile) -> list[str]:
+def scan_problems(file: ModelFile, lang: str = "en") -> list[str]:
     """What Civitai's scans say against ``file``: each scan (pickle, virus) whose verdict is
     not "Success" (Danger, Pending, Error, or none at all), with Civitai's message."""
     problems = []
     scans = (
-        ("pickle scan", file.pickle_scan_result, file.pickle_scan_message),
-        ("virus scan", file.virus_scan_result, file.virus_scan_message),
+        ("cv.dl.pickle_scan", file.pickle_scan_result, file.pickle_scan_message),
+        ("cv.dl.virus_scan", file.virus_scan_result, file.virus_scan_message),
     )
     for label, verdict, message in scans:
         if (verdict or "").strip().lower() == SCAN_OK:
             continue
-        said = f'says "{clean(verdict, multiline=False)[:40]}"' if verdict else "has no result"
+        scan = said(lang, label)
+        line = (
+            said(lang, "cv.dl.scan_says", scan=scan, verdict=clean(verdict, multiline=False)[:40])
+            if verdict
+            else said(lang, "cv.dl.scan_none", scan=scan)
+        )
         note = clean(message or "", multiline=False)[:120]
-        problems.append(f"Civitai's {label} {said}" + (f" ({note})" if note else ""))
+        problems.append(line + (said(lang, "cv.dl.note", note=note) if note else ""))
     return problems
+
+
+def _joined(lang: str, parts: list[str]) -> str:
+    return ("；" if lang == "zh" else "; ").join(parts)
 
 
 def version_label(version: ModelVersion) -> str:
@@ -214,7 +224,7 @@ async def choose_file(
             "dl_unsafe",
             file=file.name or "the file",
             name=name,
-            verdicts="; ".join(unsafe),
+            verdicts={lang: _joined(lang, scan_problems(file, lang)) for lang in LANGS},
         )
     if unsafe:
         log.warning(

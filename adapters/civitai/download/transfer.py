@@ -65,6 +65,7 @@ from adapters.civitai.download.naming import (
 )
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
+from adapters.civitai.text import LANGS, said
 from adapters.http import backoff_s, retry_after_s
 
 log = logging.getLogger(__name__)
@@ -496,7 +497,7 @@ class Transfer:
             return False
         return await asyncio.to_thread(_sha256_of, path) == state.expected_sha256
 
-    def _verify(self, state: DownloadRecord, sink: _PartFile) -> list[str]:
+    def _verify(self, state: DownloadRecord, sink: _PartFile, lang: str = "en") -> list[str]:
         problems = []
         actual = sink.hexdigest()
         if state.bytes_total is not None and sink.size != state.bytes_total:
@@ -506,12 +507,16 @@ class Transfer:
         size_kb = state.meta.get("size_kb")
         if expected:
             if actual != expected.lower():
-                problems.append(f"SHA256 {actual[:12]}… instead of Civitai's {expected[:12]}…")
+                problems.append(
+                    said(lang, "cv.dl.bad_sha", actual=actual[:12], expected=expected[:12])
+                )
         elif autov2:
             if actual[:10] != autov2:
-                problems.append(f"AutoV2 {actual[:10]} instead of Civitai's {autov2}")
+                problems.append(said(lang, "cv.dl.bad_autov2", actual=actual[:10], expected=autov2))
         elif isinstance(size_kb, int | float) and abs(sink.size - size_kb * 1024) > 1024:
-            problems.append(f"{sink.size} bytes where Civitai lists {size_kb * 1024:.0f}")
+            problems.append(
+                said(lang, "cv.dl.bad_size", size=sink.size, listed=f"{size_kb * 1024:.0f}")
+            )
         return problems
 
     async def _finish(self, run: _Run) -> Fetched:
@@ -530,12 +535,15 @@ class Transfer:
                     "; ".join(problems),
                 )
             else:
+                said_in = {lang: self._verify(state, sink, lang) for lang in LANGS}
                 await asyncio.to_thread(sink.discard_sync)
                 raise failure(
                     DownloadDamaged,
                     "dl_damaged",
                     name=state.label,
-                    problems="; ".join(problems),
+                    problems={
+                        lang: ("；" if lang == "zh" else "; ").join(said_in[lang]) for lang in LANGS
+                    },
                 )
         target = Path(state.path or "")
         final = await asyncio.to_thread(self._place, sink.path, target, sink.hexdigest())
