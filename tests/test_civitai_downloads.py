@@ -1124,3 +1124,19 @@ def test_stored_failures_are_said_in_any_language_and_old_text_as_it_is() -> Non
     assert say_error(old, "zh") == old  # stored before failures had kinds
     unknown = '{"key": "cv.err.gone", "kw": {}, "en": "an English line"}'
     assert say_error(unknown, "zh") == "an English line"  # a kind this version does not know
+
+
+def test_every_download_failure_has_both_languages_with_the_same_values() -> None:
+    import string
+
+    from adapters.civitai.download.errors import CivitaiError, failure
+    from adapters.civitai.text import DOWNLOAD_ERRORS
+
+    def names(text: str) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+
+    for key, entry in DOWNLOAD_ERRORS.items():
+        assert set(entry) == {"en", "zh"} and names(entry["en"]) == names(entry["zh"]), key
+        values = {n: f"<{n}>" for n in names(entry["en"]) - {"status"}}
+        exc = failure(CivitaiError, key.removeprefix("cv.err."), status=418, **values)
+        assert "{" not in str(exc) and all(v in str(exc) for v in values.values()), key

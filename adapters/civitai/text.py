@@ -210,6 +210,21 @@ DOWNLOAD_ERRORS = {
         "en": "Civitai archived {name}: its files are no longer available for download",
         "zh": "Civitai 已归档 {name}：其文件不再提供下载",
     },
+    "cv.err.dl_early_access": {
+        "en": "{name} is in Early Access on Civitai{until}: only people who bought access "
+        "(with Buzz, on civitai.com, as the owner of civitai.api_key) can download it before "
+        "then",
+        "zh": "{name} 在 Civitai 上处于抢先体验期{until}：在此之前只有购买了访问权的人"
+        "（在 civitai.com 用 Buzz 购买，且是 civitai.api_key 的所有者）才能下载",
+    },
+    "cv.err.dl_no_file": {
+        "en": "Civitai has no downloadable file{which} for {name}",
+        "zh": "Civitai 上没有 {name} 的可下载文件{which}",
+    },
+    "cv.err.dl_not_started": {
+        "en": "Civitai could not start the download of {name} (HTTP {status}{detail})",
+        "zh": "Civitai 无法开始下载 {name}（HTTP {status}{detail}）",
+    },
     "cv.err.dl_quota": {
         "en": "Civitai's 24-hour download quota for this account (or address) is used "
         "up: try again tomorrow, or contact support@civitai.com",

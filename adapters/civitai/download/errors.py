@@ -73,7 +73,9 @@ def failure(cls: type[_E], kind: str, *, status: int | None = None, **values: An
     """A ``cls`` of ``kind`` with its values: the chat says it from ``cv.err.<kind>`` in its
     language, logs and the command line get the English line made from the same entry."""
     values = {k: v if isinstance(v, int | float | dict) else str(v) for k, v in values.items()}
-    english = TEXT[f"cv.err.{kind}"]["en"].format(**localised(values, "en"))
+    english = TEXT[f"cv.err.{kind}"]["en"].format(
+        **{"status": status or "", **localised(values, "en")}
+    )
     return cls(english, kind=kind, status=status, values=values)
 
 

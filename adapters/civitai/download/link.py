@@ -123,6 +123,9 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
         return CivitaiBadRequest(
             f"Civitai rejected the download of {what}: {detail or 'bad request'}",
             status=status,
+            kind="rejected",
+            what=f"the download of {what}",
+            detail=detail or "bad request",
         )
     if status == 401:
         if "disabled downloads" in text:
@@ -131,21 +134,26 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
     if status == 403:
         if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
             deadline = body.get("deadline")
-            until = f" until {deadline}" if deadline else ""
-            return CivitaiEarlyAccess(
-                f"{what} is in Early Access on Civitai{until}: only people who bought "
-                "access (with Buzz, on civitai.com, as the owner of civitai.api_key) can "
-                "download it before then",
-                deadline=deadline if isinstance(deadline, str) else None,
+            error = failure(
+                CivitaiEarlyAccess,
+                "dl_early_access",
                 status=status,
+                name=what,
+                until={"en": f" until {deadline}", "zh": f"（至 {deadline}）"} if deadline else "",
             )
+            error.deadline = deadline if isinstance(deadline, str) else None
+            return error
         return CivitaiForbidden(
-            f"Civitai refused the download of {what}: {detail or 'forbidden'}", status=status
+            f"Civitai refused the download of {what}: {detail or 'forbidden'}",
+            status=status,
+            kind="refused",
+            what=f"the download of {what}",
+            detail=detail or "forbidden",
         )
     if status == 404:
         asked = ", ".join(f"{k}={state.options[k]}" for k in _OPTION_KEYS if state.options.get(k))
-        which = f" matching {asked}" if asked else ""
-        return CivitaiNotFound(f"Civitai has no downloadable file{which} for {what}", status=status)
+        which = {"en": f" matching {asked}", "zh": f"（符合 {asked}）"} if asked else ""
+        return failure(CivitaiNotFound, "dl_no_file", status=status, which=which, name=what)
     if status == 410:
         return failure(CivitaiArchived, "dl_archived", status=status, name=what)
     if status == 429:
@@ -165,8 +173,10 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
             retry_after=retry_after,
             retryable=True,
         )
-    return CivitaiError(
-        f"Civitai could not start the download of {what} (HTTP {status}"
-        f"{': ' + detail if detail else ''})",
+    return failure(
+        CivitaiError,
+        "dl_not_started",
         status=status,
+        name=what,
+        detail=f": {detail}" if detail else "",
     )
