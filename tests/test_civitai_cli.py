@@ -181,7 +181,7 @@ async def test_download_failures_are_said_in_the_chats_language_and_kept_for_any
     assert code == 0, err
     assert "Traceback" not in out + err
     assert f"拒绝下载 Anime Lines v1 的 {unsafe.name}：" in out, out
-    assert "Civitai 的pickle 扫描结果为“Danger”（bad imports）" in out, out
+    assert "Civitai pickle 扫描结果为“Danger”（bad imports）" in out, out
     assert "--allow-unsafe 下载" in out and "says" not in out, out
     assert "refusing to download" not in out, out
     assert "下载已损坏（SHA256 为 " in out and "，而 Civitai 的是 " in out, out

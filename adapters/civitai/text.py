@@ -240,11 +240,11 @@ TEXT.update(
         "cv.dl.virus_scan": {"en": "virus scan", "zh": "病毒扫描"},
         "cv.dl.scan_says": {
             "en": 'Civitai\'s {scan} says "{verdict}"',
-            "zh": "Civitai 的{scan}结果为“{verdict}”",
+            "zh": "Civitai {scan}结果为“{verdict}”",
         },
         "cv.dl.scan_none": {
             "en": "Civitai's {scan} has no result",
-            "zh": "Civitai 的{scan}没有结果",
+            "zh": "Civitai {scan}没有结果",
         },
         "cv.dl.note": {"en": " ({note})", "zh": "（{note}）"},
         "cv.dl.bad_sha": {
