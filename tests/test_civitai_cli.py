@@ -159,3 +159,41 @@ async def test_the_harvester_stops_cleanly_and_resumes(
     assert sorted({json.loads(line)["id"] for line in manifest}) == sorted(
         int(p.stem) for p in pictures
     )
+
+
+async def test_download_failures_are_said_in_the_chats_language_and_kept_for_any(
+    civitai: FakeCivitaiDownloads, tmp_path: Path
+) -> None:
+    """A refused unsafe file and a damaged download, told to a chat that chose Chinese, come
+    out in Chinese with their values; the task keeps the kind and values, so a later process
+    (an English console) says the very same stored failure in English."""
+    cfg = config(tmp_path, civitai)
+    unsafe = civitai.primary_file(52021)
+    unsafe.pickle_scan, unsafe.pickle_message = "Danger", "bad imports"
+    civitai.corrupt_next()
+    code, out, err = await sdhost(
+        cfg,
+        "chat",
+        "--user",
+        "ann",
+        stdin="/lang zh\n/civitai download 52021\n/civitai download 52013\n/civitai downloads\n",
+    )
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    assert f"拒绝下载 Anime Lines v1 的 {unsafe.name}：" in out, out
+    assert "Civitai pickle 扫描结果为“Danger”（bad imports）" in out, out
+    assert "--allow-unsafe 下载" in out and "says" not in out, out
+    assert "refusing to download" not in out, out
+    assert "下载已损坏（SHA256 为 " in out and "，而 Civitai 的是 " in out, out
+    assert "已删除，请重试" in out and "instead of" not in out, out
+    assert "is damaged" not in out, out
+    assert civitai.download_hits == 1  # the unsafe file was never fetched
+
+    code, out, err = await sdhost(
+        cfg, "chat", "--user", "ann", stdin="/lang en\n/civitai downloads\n"
+    )
+    assert code == 0, err
+    assert "#1 Photon Realism" in out and "download failed: the download of" in out, out
+    assert "is damaged (SHA256 " in out and "instead of Civitai's" in out, out
+    assert "it was deleted: try again" in out, out
+    assert "损坏" not in out and '{"key"' not in out, out

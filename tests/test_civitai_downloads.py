@@ -1106,3 +1106,37 @@ async def test_cli_allow_unsafe_overrides_the_scans(
     assert str(tmp_path / "m" / "loras" / file.name) in capsys.readouterr().out
     [warned] = [r.getMessage() for r in caplog.records if "--allow-unsafe" in r.getMessage()]
     assert "on the command line" in warned and file.name in warned
+
+
+def test_stored_failures_are_said_in_any_language_and_old_text_as_it_is() -> None:
+    from adapters.civitai.download.errors import DownloadDamaged, failure, stored
+    from adapters.civitai.text import say_error
+
+    exc = failure(DownloadDamaged, "dl_damaged", name="Photon v2", problems="SHA256 ab… x")
+    kept = stored(exc)
+    assert say_error(kept, "zh") == "Photon v2 的下载已损坏（SHA256 ab… x），已删除，请重试"
+    assert (
+        say_error(kept, "en")
+        == str(exc)
+        == ("the download of Photon v2 is damaged (SHA256 ab… x); it was deleted: try again")
+    )
+    old = "the download of Photon v2 is damaged (size); it was deleted: try again"
+    assert say_error(old, "zh") == old  # stored before failures had kinds
+    unknown = '{"key": "cv.err.gone", "kw": {}, "en": "an English line"}'
+    assert say_error(unknown, "zh") == "an English line"  # a kind this version does not know
+
+
+def test_every_download_failure_has_both_languages_with_the_same_values() -> None:
+    import string
+
+    from adapters.civitai.download.errors import CivitaiError, failure
+    from adapters.civitai.text import DOWNLOAD_ERRORS
+
+    def names(text: str) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+
+    for key, entry in DOWNLOAD_ERRORS.items():
+        assert set(entry) == {"en", "zh"} and names(entry["en"]) == names(entry["zh"]), key
+        values = {n: f"<{n}>" for n in names(entry["en"]) - {"status"}}
+        exc = failure(CivitaiError, key.removeprefix("cv.err."), status=418, **values)
+        assert "{" not in str(exc) and all(v in str(exc) for v in values.values()), key

@@ -24,6 +24,7 @@ from adapters.civitai.api.transport import ORIGINAL
 from adapters.civitai.download.manager import DownloadManager
 from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 from adapters.civitai.harvest import DEFAULT_RATE, IMAGE_TYPES, Harvester, parse_meta, parse_size
+from adapters.civitai.text import say_error
 from bot.errors import BadInput
 from bot.status import DownloadStatus
 from bot.text import clean
@@ -127,7 +128,7 @@ async def run_cli(args: argparse.Namespace, config: Config, db: Database, **over
         if view.status == DownloadStatus.RUNNING:  # running in another process
             print(f"download #{view.id} is running in another process", file=sys.stderr)
             return 1
-        print(f"error: {view.error or view.status}", file=sys.stderr)
+        print(f"error: {say_error(view.error, 'en') or view.status}", file=sys.stderr)
         return 1
     finally:
         await manager.aclose(stop_as=DownloadStatus.PAUSED)
@@ -182,7 +183,7 @@ async def _follow(
                     completed=live.bytes_done,
                     speed=f"{format_bytes(live.speed)}/s" if live.speed else "",
                     eta=f"ETA {format_duration(live.eta_s)}" if live.eta_s is not None else "",
-                    note=(live.error or "")[:60],
+                    note=say_error(live.error, "en")[:60],
                 )
         except asyncio.CancelledError:
             waiter.cancel()

@@ -45,7 +45,7 @@ from adapters.civitai.api.types import Image, Model
 from adapters.civitai.download.manager import DownloadManager
 from adapters.civitai.download.record import DownloadRecord, format_bytes, format_duration
 from adapters.civitai.resolve import Resolved, resolve_resources
-from adapters.civitai.text import TEXT
+from adapters.civitai.text import TEXT, say_error
 from bot import i18n
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
@@ -277,6 +277,9 @@ class CivitaiCommands:
             if not views:
                 return t(lang, "cv.dl.none")
             return "\n".join(download_text(v, lang, short=True) for v in views)
+        # the status edits and the end message are said in the language of this answer
+        # (the person's /lang choice, else their app's), not only in the app's
+        notify = {**msg.reply_to, "lang": lang}
         if sub == "download":
             if not args:
                 raise BadInput(
@@ -289,14 +292,14 @@ class CivitaiCommands:
                 format=flags.get("format"),
                 fp=flags.get("fp"),
                 size=flags.get("size"),
-                notify=msg.reply_to,
+                notify=notify,
                 allow_unsafe="allow-unsafe" in flags,
                 by=f"admin {msg.user.key} ({clean(msg.user.name, multiline=False)[:40]}) in chat",
             )
         else:
             task_id = _number(args[0] if args else None, sub)
             if sub == "resume":
-                view = await manager.resume(task_id, notify=msg.reply_to)
+                view = await manager.resume(task_id, notify=notify)
             elif sub == "pause":
                 view = await manager.pause(task_id)
             else:
@@ -555,7 +558,7 @@ def download_text(view: DownloadRecord, lang: str, *, short: bool = False) -> st
     if status == DownloadStatus.DONE:
         head += f" · {done}"
     elif status == DownloadStatus.FAILED and view.error:
-        head += f": {view.error}"
+        head += f": {say_error(view.error, lang)}"
     has_bytes = status in DOWNLOAD_ACTIVE and bool(view.bytes_done or view.bytes_total)
     if short:
         return head + (" · " + " · ".join(p for p in (pct, amount) if p) if has_bytes else "")

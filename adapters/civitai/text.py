@@ -4,6 +4,9 @@ core's catalogue, ``bot.i18n``, by adapters/civitai/commands.py).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 TEXT: dict[str, dict[str, str]] = {
     "cv.help.lookup": {
         "en": "look models and images up on Civitai; use ID draws with an image's settings",
@@ -127,3 +130,182 @@ ERRORS = {
     },
 }
 TEXT.update(ERRORS)
+
+# The model downloads' failures and refusals (adapters/civitai/download/errors.py builds
+# each from its ``en`` text, stores the kind and values with the task, and a chat says it
+# here in its own language).
+DOWNLOAD_ERRORS = {
+    "cv.err.dl_unsafe": {
+        "en": "refusing to download {file} of {name}: {verdicts}. A model file that fails "
+        "Civitai's scans can run code when it is loaded; an admin can still take it with "
+        "--allow-unsafe",
+        "zh": "拒绝下载 {name} 的 {file}：{verdicts}。未通过 Civitai 扫描的模型文件在加载时"
+        "可能执行代码；管理员仍可用 --allow-unsafe 下载",
+    },
+    "cv.err.dl_too_big": {
+        "en": "{file} of {name} is {size}, over the {limit} limit (civitai.max_download_gb)",
+        "zh": "{name} 的 {file} 大小为 {size}，超过 {limit} 的上限（civitai.max_download_gb）",
+    },
+    "cv.err.dl_offer_too_big": {
+        "en": "the file host offers {size} for {name}, over the {limit} limit "
+        "(civitai.max_download_gb)",
+        "zh": "文件服务器为 {name} 提供 {size}，超过 {limit} 的上限（civitai.max_download_gb）",
+    },
+    "cv.err.dl_no_space": {
+        "en": "not enough free disk space for {name} in {folder}: it needs {needed} "
+        "(with {margin} to spare), {free} is free",
+        "zh": "{folder} 所在磁盘空间不足以存放 {name}：需要 {needed}（含 {margin} 余量），"
+        "仅剩 {free}",
+    },
+    "cv.err.dl_damaged": {
+        "en": "the download of {name} is damaged ({problems}); it was deleted: try again",
+        "zh": "{name} 的下载已损坏（{problems}），已删除，请重试",
+    },
+    "cv.err.dl_sent_too_much": {
+        "en": "the file host sent more than the {limit} for {name}; stopped after {bytes} "
+        "bytes and deleted what came",
+        "zh": "文件服务器为 {name} 发送的数据超过了 {limit}；已在 {bytes} 字节处停止并删除",
+    },
+    "cv.err.dl_offer_mismatch": {
+        "en": "the file host offers {size} ({bytes} bytes) for {name}, which Civitai lists "
+        "as {listed} bytes: refused before downloading",
+        "zh": "文件服务器为 {name} 提供 {size}（{bytes} 字节），而 Civitai 列出的是 {listed} "
+        "字节：下载前已拒绝",
+    },
+    "cv.err.dl_name_clash": {
+        "en": "{path} already exists and is not {name}; move it away, or set "
+        'civitai.on_name_clash = "suffix"',
+        "zh": '{path} 已存在且不是 {name}；请移走它，或设置 civitai.on_name_clash = "suffix"',
+    },
+    "cv.err.dl_appeared": {
+        "en": "{path} appeared while downloading; move it away and resume",
+        "zh": "下载期间出现了 {path}；请移走它后继续下载",
+    },
+    "cv.err.dl_gave_up": {
+        "en": "could not download {name}: {reason} ({tries} tries in a row got nowhere; "
+        "resume it later)",
+        "zh": "无法下载 {name}：{reason}（连续 {tries} 次尝试都没有进展，请稍后继续）",
+    },
+    "cv.err.dl_later": {
+        "en": "could not download {name}: {reason}; try again later",
+        "zh": "无法下载 {name}：{reason}，请稍后再试",
+    },
+    "cv.err.dl_login_key": {
+        "en": "Civitai requires a login to download {name} and did not accept "
+        "civitai.api_key: check the key (Civitai > Account settings > API keys)",
+        "zh": "Civitai 要求登录才能下载 {name}，且不接受 civitai.api_key：请检查密钥"
+        "（Civitai > Account settings > API keys）",
+    },
+    "cv.err.dl_login": {
+        "en": "Civitai requires a login to download {name}: set civitai.api_key "
+        "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
+        "zh": "Civitai 要求登录才能下载 {name}：请把 civitai.api_key（或 "
+        "SDHOST_CIVITAI__API_KEY）设为 Civitai > Account settings > API keys 中的密钥",
+    },
+    "cv.err.dl_disabled": {
+        "en": "the creator of {name} has disabled downloads on Civitai",
+        "zh": "{name} 的作者在 Civitai 上禁用了下载",
+    },
+    "cv.err.dl_archived": {
+        "en": "Civitai archived {name}: its files are no longer available for download",
+        "zh": "Civitai 已归档 {name}：其文件不再提供下载",
+    },
+    "cv.err.dl_early_access": {
+        "en": "{name} is in Early Access on Civitai{until}: only people who bought access "
+        "(with Buzz, on civitai.com, as the owner of civitai.api_key) can download it before "
+        "then",
+        "zh": "{name} 在 Civitai 上处于抢先体验期{until}：在此之前只有购买了访问权的人"
+        "（在 civitai.com 用 Buzz 购买，且是 civitai.api_key 的所有者）才能下载",
+    },
+    "cv.err.dl_no_file": {
+        "en": "Civitai has no downloadable file{which} for {name}",
+        "zh": "Civitai 上没有 {name} 的可下载文件{which}",
+    },
+    "cv.err.dl_not_started": {
+        "en": "Civitai could not start the download of {name} (HTTP {status}{detail})",
+        "zh": "Civitai 无法开始下载 {name}（HTTP {status}{detail}）",
+    },
+    "cv.err.dl_quota": {
+        "en": "Civitai's 24-hour download quota for this account (or address) is used "
+        "up: try again tomorrow, or contact support@civitai.com",
+        "zh": "此账号（或地址）在 Civitai 的 24 小时下载额度已用完：请明天再试，"
+        "或联系 support@civitai.com",
+    },
+}
+TEXT.update(DOWNLOAD_ERRORS)
+# the values of those sentences that are words too (each value stored in both languages)
+TEXT.update(
+    {
+        "cv.dl.pickle_scan": {"en": "pickle scan", "zh": "pickle 扫描"},
+        "cv.dl.virus_scan": {"en": "virus scan", "zh": "病毒扫描"},
+        "cv.dl.scan_says": {
+            "en": 'Civitai\'s {scan} says "{verdict}"',
+            "zh": "Civitai {scan}结果为“{verdict}”",
+        },
+        "cv.dl.scan_none": {
+            "en": "Civitai's {scan} has no result",
+            "zh": "Civitai {scan}没有结果",
+        },
+        "cv.dl.note": {"en": " ({note})", "zh": "（{note}）"},
+        "cv.dl.bad_sha": {
+            "en": "SHA256 {actual}… instead of Civitai's {expected}…",
+            "zh": "SHA256 为 {actual}…，而 Civitai 的是 {expected}…",
+        },
+        "cv.dl.bad_autov2": {
+            "en": "AutoV2 {actual} instead of Civitai's {expected}",
+            "zh": "AutoV2 为 {actual}，而 Civitai 的是 {expected}",
+        },
+        "cv.dl.bad_size": {
+            "en": "{size} bytes where Civitai lists {listed}",
+            "zh": "{size} 字节，而 Civitai 列出的是 {listed}",
+        },
+    }
+)
+LANGS = ("en", "zh")
+
+
+def said(lang: str, key: str, **kw: object) -> str:
+    """``key`` of this catalogue in ``lang`` (for the values stored in every language)."""
+    entry = TEXT[key]
+    return (entry.get(lang) or entry["en"]).format(**kw)
+
+
+def localised(kw: Mapping[str, object], lang: str) -> dict[str, object]:
+    """``kw`` with each value given per language (``{"en": ..., "zh": ...}``) in ``lang``."""
+    return {
+        k: (v.get(lang) or v.get("en", "")) if isinstance(v, dict) else v for k, v in kw.items()
+    }
+
+
+class _Blank(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def say_error(stored: str | None, lang: str) -> str:
+    """A download's stored ``error`` in ``lang``: the catalogue sentence for the stored kind
+    and values (``{"key": ..., "kw": {...}, "en": ...}``), else the text as it is (errors
+    stored before kinds were, and failures without a kind)."""
+    if not stored:
+        return ""
+    if not stored.startswith('{"key"'):
+        return stored
+    try:
+        data = json.loads(stored)
+        key, kw = str(data["key"]), dict(data.get("kw") or {})
+    except (ValueError, KeyError, TypeError):
+        return stored
+    entry = TEXT.get(key)
+    if entry is None:
+        return str(data.get("en") or stored)
+    return (entry.get(lang) or entry["en"]).format_map(_Blank(localised(kw, lang)))
+
+
+def store_error(kind_key: str | None, kw: Mapping[str, object], english: str) -> str:
+    """What a download task keeps as its ``error``: the kind and values, so that any later
+    process says it in the reader's language (plain English when there is no kind)."""
+    if not kind_key:
+        return english
+    return json.dumps(
+        {"key": kind_key, "kw": dict(kw), "en": english}, ensure_ascii=False, default=str
+    )

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from adapters.civitai.text import localised
+from bot import i18n
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.text import clean
 
@@ -37,18 +39,26 @@ class CivitaiError(UserError):
         kind: str | None = None,
         what: str = "",
         detail: str | None = None,
+        values: Mapping[str, Any] | None = None,
     ) -> None:
-        kw = {
+        kw: dict[str, Any] = {
             "what": what,
             "status": status or "",
             "detail": f": {detail}" if detail else "",
             "retry": f" (retry in {retry_after:g}s)" if retry_after else "",
+            **(values or {}),
         }
         super().__init__(message, key=f"cv.err.{kind}" if kind else None, kw=kw)
         self.status = status
         self.retry_after = retry_after
         self.retryable = retryable
         self.kind = kind or "error"
+
+    def render(self, lang: str) -> str:
+
+        if self.key is None or self.key not in i18n.CATALOG:
+            return self.message
+        return i18n.t(lang, self.key, **localised(self.kw, lang))
 
 
 class CivitaiNotFound(CivitaiError, NotFound):

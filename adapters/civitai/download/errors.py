@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.civitai.api.errors import (
     CivitaiError,
@@ -15,7 +15,8 @@ from adapters.civitai.api.errors import (
     CivitaiRateLimited,
     CivitaiUnauthorized,
 )
-from bot.errors import BadInput
+from adapters.civitai.text import TEXT, localised, store_error
+from bot.errors import BadInput, UserError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,27 @@ class CivitaiArchived(CivitaiNotFound):
 
 class CivitaiQuotaExceeded(CivitaiRateLimited):
     """The 24-hour download quota: not worth retrying today."""
+
+
+_E = TypeVar("_E", bound=CivitaiError)
+
+
+def failure(cls: type[_E], kind: str, *, status: int | None = None, **values: Any) -> _E:
+    """A ``cls`` of ``kind`` with its values: the chat says it from ``cv.err.<kind>`` in its
+    language, logs and the command line get the English line made from the same entry."""
+    values = {k: v if isinstance(v, int | float | dict) else str(v) for k, v in values.items()}
+    english = TEXT[f"cv.err.{kind}"]["en"].format(
+        **{"status": status or "", **localised(values, "en")}
+    )
+    return cls(english, kind=kind, status=status, values=values)
+
+
+def stored(exc: BaseException) -> str:
+    """What the task keeps as its ``error`` for ``exc`` (see ``adapters.civitai.text``)."""
+    if isinstance(exc, UserError) and exc.key and exc.key in TEXT:
+        kw = {k: v for k, v in exc.kw.items() if isinstance(v, str | int | float | dict)}
+        return store_error(exc.key, kw, str(exc))
+    return str(exc)
 
 
 class _Transient(Exception):

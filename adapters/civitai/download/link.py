@@ -31,6 +31,7 @@ from adapters.civitai.download.errors import (
     CivitaiQuotaExceeded,
     DownloadError,
     _Transient,
+    failure,
 )
 from adapters.civitai.download.record import DownloadRecord
 from adapters.civitai.download.refs import (
@@ -84,16 +85,8 @@ async def signed_url(
 
 def login_required(api_key: str | None, state: DownloadRecord) -> CivitaiError:
     if api_key:
-        return CivitaiLoginRequired(
-            f"Civitai requires a login to download {state.label} and did not accept "
-            "civitai.api_key: check the key (Civitai > Account settings > API keys)",
-            status=401,
-        )
-    return CivitaiLoginRequired(
-        f"Civitai requires a login to download {state.label}: set civitai.api_key "
-        "(or SDHOST_CIVITAI__API_KEY) to a key from Civitai > Account settings > API keys",
-        status=401,
-    )
+        return failure(CivitaiLoginRequired, "dl_login_key", status=401, name=state.label)
+    return failure(CivitaiLoginRequired, "dl_login", status=401, name=state.label)
 
 
 def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | None) -> CivitaiError:
@@ -130,42 +123,42 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
         return CivitaiBadRequest(
             f"Civitai rejected the download of {what}: {detail or 'bad request'}",
             status=status,
+            kind="rejected",
+            what=f"the download of {what}",
+            detail=detail or "bad request",
         )
     if status == 401:
         if "disabled downloads" in text:
-            return CivitaiDownloadsDisabled(
-                f"the creator of {what} has disabled downloads on Civitai", status=status
-            )
+            return failure(CivitaiDownloadsDisabled, "dl_disabled", status=status, name=what)
         return login_required(api_key, state)
     if status == 403:
         if isinstance(body, dict) and str(body.get("error", "")).lower() == "early access":
             deadline = body.get("deadline")
-            until = f" until {deadline}" if deadline else ""
-            return CivitaiEarlyAccess(
-                f"{what} is in Early Access on Civitai{until}: only people who bought "
-                "access (with Buzz, on civitai.com, as the owner of civitai.api_key) can "
-                "download it before then",
-                deadline=deadline if isinstance(deadline, str) else None,
+            error = failure(
+                CivitaiEarlyAccess,
+                "dl_early_access",
                 status=status,
+                name=what,
+                until={"en": f" until {deadline}", "zh": f"（至 {deadline}）"} if deadline else "",
             )
+            error.deadline = deadline if isinstance(deadline, str) else None
+            return error
         return CivitaiForbidden(
-            f"Civitai refused the download of {what}: {detail or 'forbidden'}", status=status
+            f"Civitai refused the download of {what}: {detail or 'forbidden'}",
+            status=status,
+            kind="refused",
+            what=f"the download of {what}",
+            detail=detail or "forbidden",
         )
     if status == 404:
         asked = ", ".join(f"{k}={state.options[k]}" for k in _OPTION_KEYS if state.options.get(k))
-        which = f" matching {asked}" if asked else ""
-        return CivitaiNotFound(f"Civitai has no downloadable file{which} for {what}", status=status)
+        which = {"en": f" matching {asked}", "zh": f"（符合 {asked}）"} if asked else ""
+        return failure(CivitaiNotFound, "dl_no_file", status=status, which=which, name=what)
     if status == 410:
-        return CivitaiArchived(
-            f"Civitai archived {what}: it is no longer available for download", status=status
-        )
+        return failure(CivitaiArchived, "dl_archived", status=status, name=what)
     if status == 429:
         if "unusual amount of downloading" in text or "come back later" in text:
-            return CivitaiQuotaExceeded(
-                "Civitai's 24-hour download quota for this account (or address) is used "
-                "up: try again tomorrow, or contact support@civitai.com",
-                status=status,
-            )
+            return failure(CivitaiQuotaExceeded, "dl_quota", status=status)
         wait = f" (retry in {retry_after:g}s)" if retry_after else ""
         return CivitaiRateLimited(
             f"Civitai is rate limiting downloads{wait}",
@@ -180,8 +173,10 @@ def api_error(response: httpx.Response, state: DownloadRecord, api_key: str | No
             retry_after=retry_after,
             retryable=True,
         )
-    return CivitaiError(
-        f"Civitai could not start the download of {what} (HTTP {status}"
-        f"{': ' + detail if detail else ''})",
+    return failure(
+        CivitaiError,
+        "dl_not_started",
         status=status,
+        name=what,
+        detail=f": {detail}" if detail else "",
     )

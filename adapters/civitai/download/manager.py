@@ -53,6 +53,7 @@ from adapters.civitai.api.types import ModelFile, ModelVersion
 from adapters.civitai.download.errors import (
     DownloadDamaged,
     _StopRequested,
+    stored,
 )
 from adapters.civitai.download.folders import (
     DEFAULT_MAX_BYTES,
@@ -529,7 +530,7 @@ class DownloadManager:
         except _StopRequested as stop:
             await self._stopped(run, stop.status, ours=False)
         except (CivitaiError, BadInput) as exc:
-            await self._failed(run, str(exc), discard=isinstance(exc, DownloadDamaged))
+            await self._failed(run, exc, discard=isinstance(exc, DownloadDamaged))
         except Exception as exc:
             log.exception("download #%d failed", run.task_id)
             await self._failed(run, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -583,8 +584,11 @@ class DownloadManager:
                 **values,
             )
 
-    async def _failed(self, run: _Run, message: str, *, discard: bool = False) -> None:
-        log.warning("download #%d failed: %r", run.task_id, message)
+    async def _failed(
+        self, run: _Run, failed: BaseException | str, *, discard: bool = False
+    ) -> None:
+        log.warning("download #%d failed: %r", run.task_id, str(failed))
+        message = failed if isinstance(failed, str) else stored(failed)
         if discard and run.sink is not None:
             await asyncio.to_thread(run.sink.discard_sync)
         now = time.time()

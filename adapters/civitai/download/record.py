@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from adapters.civitai.text import say_error
 from bot.status import DOWNLOAD_TERMINAL, DownloadStatus
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class DownloadRecord:
             DownloadStatus.RUNNING,
             DownloadStatus.QUEUED,
         ):
-            parts.append(self.error)
+            parts.append(say_error(self.error, "en"))
         return f"#{self.id} {name}: " + ", ".join(parts)
 
 

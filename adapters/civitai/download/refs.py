@@ -15,8 +15,9 @@ from typing import Any
 from adapters.civitai.api.client import CivitaiClient
 from adapters.civitai.api.errors import CivitaiNotFound
 from adapters.civitai.api.types import ModelFile, ModelVersion
-from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile
+from adapters.civitai.download.errors import CivitaiArchived, TooBig, UnsafeModelFile, failure
 from adapters.civitai.download.record import format_bytes
+from adapters.civitai.text import LANGS, said
 from bot.errors import BadInput
 from bot.ids import parse_id
 from bot.text import clean
@@ -149,21 +150,30 @@ def _preferred(files: list[ModelFile]) -> ModelFile:
 SCAN_OK = "success"
 
 
-def scan_problems(file: ModelFile) -> list[str]:
+def scan_problems(file: ModelFile, lang: str = "en") -> list[str]:
     """What Civitai's scans say against ``file``: each scan (pickle, virus) whose verdict is
     not "Success" (Danger, Pending, Error, or none at all), with Civitai's message."""
     problems = []
     scans = (
-        ("pickle scan", file.pickle_scan_result, file.pickle_scan_message),
-        ("virus scan", file.virus_scan_result, file.virus_scan_message),
+        ("cv.dl.pickle_scan", file.pickle_scan_result, file.pickle_scan_message),
+        ("cv.dl.virus_scan", file.virus_scan_result, file.virus_scan_message),
     )
     for label, verdict, message in scans:
         if (verdict or "").strip().lower() == SCAN_OK:
             continue
-        said = f'says "{clean(verdict, multiline=False)[:40]}"' if verdict else "has no result"
+        scan = said(lang, label)
+        line = (
+            said(lang, "cv.dl.scan_says", scan=scan, verdict=clean(verdict, multiline=False)[:40])
+            if verdict
+            else said(lang, "cv.dl.scan_none", scan=scan)
+        )
         note = clean(message or "", multiline=False)[:120]
-        problems.append(f"Civitai's {label} {said}" + (f" ({note})" if note else ""))
+        problems.append(line + (said(lang, "cv.dl.note", note=note) if note else ""))
     return problems
+
+
+def _joined(lang: str, parts: list[str]) -> str:
+    return ("；" if lang == "zh" else "; ").join(parts)
 
 
 def version_label(version: ModelVersion) -> str:
@@ -191,9 +201,8 @@ async def choose_file(
         assert parsed.model_id is not None
         model = await client.model(parsed.model_id, fresh=True)
         if model.mode == "Archived":
-            raise CivitaiArchived(
-                f"Civitai archived {model.name or f'model {parsed.model_id}'}: its files "
-                "are no longer available for download"
+            raise failure(
+                CivitaiArchived, "dl_archived", name=model.name or f"model {parsed.model_id}"
             )
         latest = model.latest_version
         if latest is None or latest.id is None:
@@ -204,18 +213,18 @@ async def choose_file(
     name = version_label(version)
     mode = version.model.mode if version.model else None
     if mode == "Archived":
-        raise CivitaiArchived(
-            f"Civitai archived {name}: its files are no longer available for download"
-        )
+        raise failure(CivitaiArchived, "dl_archived", name=name)
     file = select_file(version, options)
     if file is None:
         raise CivitaiNotFound(f"Civitai lists no files for {name}")
     unsafe = scan_problems(file)
     if unsafe and not allow_unsafe:
-        raise UnsafeModelFile(
-            f"refusing to download {file.name or 'the file'} of {name}: "
-            f"{'; '.join(unsafe)}. A model file that fails Civitai's scans can run code "
-            "when it is loaded; an admin can still take it with --allow-unsafe"
+        raise failure(
+            UnsafeModelFile,
+            "dl_unsafe",
+            file=file.name or "the file",
+            name=name,
+            verdicts={lang: _joined(lang, scan_problems(file, lang)) for lang in LANGS},
         )
     if unsafe:
         log.warning(
@@ -231,8 +240,12 @@ async def choose_file(
         options["allow_unsafe"] = by or True
     listed = file.size_bytes
     if listed is not None and listed > max_bytes:
-        raise TooBig(
-            f"{file.name or 'the file'} of {name} is {format_bytes(listed)}, over the "
-            f"{format_bytes(max_bytes)} limit (civitai.max_download_gb)"
+        raise failure(
+            TooBig,
+            "dl_too_big",
+            file=file.name or "the file",
+            name=name,
+            size=format_bytes(listed),
+            limit=format_bytes(max_bytes),
         )
     return version, file

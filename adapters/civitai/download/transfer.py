@@ -50,6 +50,7 @@ from adapters.civitai.download.errors import (
     TooBig,
     _AlreadyThere,
     _Transient,
+    failure,
 )
 from adapters.civitai.download.folders import (
     DISK_MARGIN,
@@ -64,6 +65,7 @@ from adapters.civitai.download.naming import (
 )
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
+from adapters.civitai.text import LANGS, said
 from adapters.http import backoff_s, retry_after_s
 
 log = logging.getLogger(__name__)
@@ -233,13 +235,16 @@ class Transfer:
                 progressed = (run.sink.size if run.sink is not None else 0) > before
                 failures = 1 if progressed else failures + 1
                 if failures >= self.max_attempts:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc} "
-                        f"({failures} tries in a row got nowhere; resume it later)"
+                    raise failure(
+                        DownloadError,
+                        "dl_gave_up",
+                        name=state.label,
+                        reason=str(exc),
+                        tries=failures,
                     ) from None
                 if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
-                    raise DownloadError(
-                        f"could not download {state.label}: {exc}; try again later"
+                    raise failure(
+                        DownloadError, "dl_later", name=state.label, reason=str(exc)
                     ) from None
                 wait = backoff_s(
                     failures, exc.retry_after, base=self.backoff_base, cap=self.backoff_max
@@ -346,9 +351,12 @@ class Transfer:
             async for piece in response.aiter_bytes():
                 if start + received + len(piece) > limit:
                     # a host sending more than it (or Civitai) said: stop now, not at the end
-                    raise DownloadDamaged(
-                        f"the file host sent more than the {limit_is} for {state.label}; "
-                        f"stopped after {start + received} bytes and deleted what came"
+                    raise failure(
+                        DownloadDamaged,
+                        "dl_sent_too_much",
+                        limit=limit_is,
+                        name=state.label,
+                        bytes=start + received,
                     )
                 pieces.append(piece)
                 buffered += len(piece)
@@ -389,16 +397,22 @@ class Transfer:
             if listed < limit:
                 limit, what = listed, f"{size_kb * 1024:.0f} bytes Civitai lists"
             if total is not None and total > listed:
-                raise DownloadDamaged(
-                    f"the file host offers {format_bytes(total)} ({total} bytes) for "
-                    f"{state.label}, which Civitai lists as {size_kb * 1024:.0f} bytes: "
-                    "refused before downloading"
+                raise failure(
+                    DownloadDamaged,
+                    "dl_offer_mismatch",
+                    size=format_bytes(total),
+                    bytes=total,
+                    name=state.label,
+                    listed=f"{size_kb * 1024:.0f}",
                 )
         if total is not None:
             if total > self.max_bytes:
-                raise TooBig(
-                    f"the file host offers {format_bytes(total)} for {state.label}, over the "
-                    f"{format_bytes(self.max_bytes)} limit (civitai.max_download_gb)"
+                raise failure(
+                    TooBig,
+                    "dl_offer_too_big",
+                    size=format_bytes(total),
+                    name=state.label,
+                    limit=format_bytes(self.max_bytes),
                 )
             if total < limit:
                 limit, what = total, f"{total} bytes it announced"
@@ -424,10 +438,14 @@ class Transfer:
         except OSError:
             return
         if free < needed:
-            raise TooBig(
-                f"not enough free disk space for {what} in {folder}: it needs "
-                f"{format_bytes(needed)} (with {format_bytes(DISK_MARGIN)} to spare), "
-                f"{format_bytes(free)} is free"
+            raise failure(
+                TooBig,
+                "dl_no_space",
+                name=what,
+                folder=folder,
+                needed=format_bytes(needed),
+                margin=format_bytes(DISK_MARGIN),
+                free=format_bytes(free),
             )
 
     def _measure(self, state: DownloadRecord, meter: _Meter, now: float) -> None:
@@ -459,10 +477,7 @@ class Transfer:
             if exists and not busy and await self._same_file(state, candidate, total):
                 raise _AlreadyThere(candidate)
             if self.on_name_clash == "refuse":
-                raise NameClash(
-                    f"{candidate} already exists and is not {state.label}; move it away, or "
-                    'set civitai.on_name_clash = "suffix"'
-                )
+                raise failure(NameClash, "dl_name_clash", path=candidate, name=state.label)
             candidate = folder / _suffixed(name, n)
         else:  # pragma: no cover
             raise NameClash(f"no free name for {name} in {folder}")
@@ -482,7 +497,7 @@ class Transfer:
             return False
         return await asyncio.to_thread(_sha256_of, path) == state.expected_sha256
 
-    def _verify(self, state: DownloadRecord, sink: _PartFile) -> list[str]:
+    def _verify(self, state: DownloadRecord, sink: _PartFile, lang: str = "en") -> list[str]:
         problems = []
         actual = sink.hexdigest()
         if state.bytes_total is not None and sink.size != state.bytes_total:
@@ -492,12 +507,16 @@ class Transfer:
         size_kb = state.meta.get("size_kb")
         if expected:
             if actual != expected.lower():
-                problems.append(f"SHA256 {actual[:12]}… instead of Civitai's {expected[:12]}…")
+                problems.append(
+                    said(lang, "cv.dl.bad_sha", actual=actual[:12], expected=expected[:12])
+                )
         elif autov2:
             if actual[:10] != autov2:
-                problems.append(f"AutoV2 {actual[:10]} instead of Civitai's {autov2}")
+                problems.append(said(lang, "cv.dl.bad_autov2", actual=actual[:10], expected=autov2))
         elif isinstance(size_kb, int | float) and abs(sink.size - size_kb * 1024) > 1024:
-            problems.append(f"{sink.size} bytes where Civitai lists {size_kb * 1024:.0f}")
+            problems.append(
+                said(lang, "cv.dl.bad_size", size=sink.size, listed=f"{size_kb * 1024:.0f}")
+            )
         return problems
 
     async def _finish(self, run: _Run) -> Fetched:
@@ -516,10 +535,15 @@ class Transfer:
                     "; ".join(problems),
                 )
             else:
+                said_in = {lang: self._verify(state, sink, lang) for lang in LANGS}
                 await asyncio.to_thread(sink.discard_sync)
-                raise DownloadDamaged(
-                    f"the download of {state.label} is damaged ({'; '.join(problems)}); "
-                    "it was deleted: try again"
+                raise failure(
+                    DownloadDamaged,
+                    "dl_damaged",
+                    name=state.label,
+                    problems={
+                        lang: ("；" if lang == "zh" else "; ").join(said_in[lang]) for lang in LANGS
+                    },
                 )
         target = Path(state.path or "")
         final = await asyncio.to_thread(self._place, sink.path, target, sink.hexdigest())
@@ -537,9 +561,7 @@ class Transfer:
                     part.unlink()
                     return candidate  # the very same file appeared meanwhile
                 if self.on_name_clash == "refuse":
-                    raise NameClash(
-                        f"{candidate} appeared while downloading; move it away and resume"
-                    ) from None
+                    raise failure(NameClash, "dl_appeared", path=candidate) from None
                 candidate = target.with_name(_suffixed(target.name, n))
                 continue
             except OSError:
