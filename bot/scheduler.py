@@ -389,19 +389,25 @@ class Scheduler:
             "provider_cap": shared_cap,
             "plan": plan_fair_share,
         }
+
+        def tx(conn: Connection, idle: bool) -> tuple[list[Row[Any]], bool]:
+            t = now()
+            if idle:
+                alone = repos.claim_jobs(conn, now=t, slots=1, retried=True, **kw)
+                if alone:
+                    return alone, True
+            elif repos.retried_waiting(conn, provider, t):
+                return [], False
+            return repos.claim_jobs(conn, now=t, slots=free, **kw), False
+
         async with self._claim_lock:
             if self._solo is not None:
                 return []
-            if not self._running:
-                alone = await self.db.run_write(
-                    repos.claim_jobs, now=now(), slots=1, retried=True, **kw
-                )
-                if alone:
-                    self._solo = alone[0].id
-                    return alone
-            elif await self.db.run_read(repos.retried_waiting, provider, now()):
-                return []
-            return await self.db.run_write(repos.claim_jobs, now=now(), slots=free, **kw)
+            # one transaction for the whole decision (an idle poll used to take two)
+            claimed, solo = await self.db.run_write(tx, not self._running)
+            if solo:
+                self._solo = claimed[0].id
+            return claimed
 
     def _start(self, job: Row[Any], mine: set[int], wake: asyncio.Event) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
