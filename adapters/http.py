@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 import httpx
 
-from bot.fetch import TooLarge, read_capped
+from bot.fetch import TooLarge, declared_length, read_capped
 
 __all__ = [
     "TooLarge",
     "backoff_s",
+    "declared_length",
     "http_client",
     "read_capped",
     "retry_after_s",

@@ -26,6 +26,7 @@ import httpcore
 import httpx
 
 from bot.errors import BadInput
+from bot.ids import is_digits
 
 __all__ = [
     "Resolver",
@@ -243,13 +244,21 @@ class TooLarge(Exception):
         self.size = size
 
 
+def declared_length(response: httpx.Response) -> int | None:
+    """The body size a response declares (``Content-Length``), or None when it declares
+    none or something that is not a plain number (``str.isdigit`` passes ``²``, which
+    ``int()`` refuses)."""
+    declared = response.headers.get("content-length", "").strip()
+    return int(declared) if is_digits(declared) else None
+
+
 async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     """A streamed response's body, refused (:class:`TooLarge`) past ``max_bytes``: by its
     ``Content-Length`` before reading, else as soon as the bytes pass it, so a lying or
     endless server costs at most ``max_bytes`` of memory."""
-    declared = response.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise TooLarge(int(declared))
+    declared = declared_length(response)
+    if declared is not None and declared > max_bytes:
+        raise TooLarge(declared)
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk

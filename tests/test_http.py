@@ -119,3 +119,34 @@ async def test_a_submission_is_sent_again_only_when_it_cannot_have_arrived() -> 
         with pytest.raises(ProviderFailure) as refused:
             await send_once(client, "POST", f"http://127.0.0.1:{port}/v1/x", what="s", service="X")
     assert refused.value.retry_after == 0.0
+
+
+def test_a_content_length_that_is_not_a_plain_number_is_no_length() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a server sending such a length (or
+    Arabic-Indic digits) must read as one that declared none, not crash the download."""
+    from adapters.http import declared_length
+
+    def answer(length: str) -> httpx.Response:
+        return httpx.Response(200, headers={"content-length": length.encode("latin-1")})
+
+    assert declared_length(answer("1234")) == 1234
+    assert declared_length(answer(" 12 ")) == 12
+    for junk in ("²", "\xb3", "12a", "-5", "", "1_000"):
+        assert declared_length(answer(junk)) is None, junk
+
+
+async def test_the_capped_read_survives_a_lying_length() -> None:
+    from adapters.http import TooLarge, read_capped
+
+    def reply(length: bytes, body: bytes) -> httpx.MockTransport:
+        return httpx.MockTransport(
+            lambda request: httpx.Response(200, headers={"content-length": length}, content=body)
+        )
+
+    async with httpx.AsyncClient(transport=reply(b"\xb2", b"x" * 10)) as client:
+        async with client.stream("GET", "http://127.0.0.1/x") as response:
+            assert await read_capped(response, 100) == b"x" * 10
+    async with httpx.AsyncClient(transport=reply(b"\xb2", b"x" * 200)) as client:
+        async with client.stream("GET", "http://127.0.0.1/x") as response:
+            with pytest.raises(TooLarge):
+                await read_capped(response, 100)

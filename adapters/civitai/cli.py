@@ -26,6 +26,7 @@ from adapters.civitai.download.record import DownloadRecord, format_bytes, forma
 from adapters.civitai.harvest import DEFAULT_RATE, IMAGE_TYPES, Harvester, parse_meta, parse_size
 from adapters.civitai.text import say_error
 from bot.errors import BadInput
+from bot.ids import is_digits
 from bot.status import DownloadStatus
 from bot.text import clean
 from storage import repos
@@ -295,11 +296,7 @@ def add_harvest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _int_flag(value: Any, flag: str, *, lo: int = 1, hi: int | None = None) -> int:
     text = str(value).strip().lstrip("#")
-    if (
-        not (text.isascii() and text.isdigit())
-        or int(text) < lo
-        or (hi is not None and int(text) > hi)
-    ):
+    if not is_digits(text) or int(text) < lo or (hi is not None and int(text) > hi):
         span = f"{lo} to {hi}" if hi is not None else f"a whole number from {lo}"
         raise BadInput(f"{flag} takes {span}, not {value!r}")
     return int(text)

@@ -66,8 +66,9 @@ from adapters.civitai.api.errors import CivitaiError
 from adapters.civitai.api.nsfw import browsing_level
 from adapters.civitai.api.transport import IMAGES_MAX_LIMIT, ORIGINAL, USER_AGENT, sized_url
 from adapters.civitai.api.types import Image
-from adapters.http import backoff_s, retry_after_s
+from adapters.http import backoff_s, declared_length, retry_after_s
 from bot.errors import BadInput
+from bot.ids import is_digits
 from bot.localfile import UnsafeFile, create_new, open_existing
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def parse_size(value: str | int) -> Size:
     text = str(value).strip().lower()
     if text == ORIGINAL:
         return ORIGINAL
-    if text.isascii() and text.isdigit() and 1 <= int(text) <= 10_000:
+    if is_digits(text) and 1 <= int(text) <= 10_000:
         return int(text)
     raise BadInput(f"--size takes original or a width in pixels (e.g. 512), not {value!r}")
 
@@ -596,8 +597,7 @@ class Harvester:
                 if content_type.startswith("text/") or content_type.endswith("json"):
                     # a Cloudflare page or an error body where the picture should be
                     raise _Retry(f"got {content_type} instead of an image")
-                length = response.headers.get("content-length")
-                expected = int(length) if length and length.isdigit() else None
+                expected = declared_length(response)
                 digest = hashlib.sha256()
                 size = 0
                 try:

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from bot.ids import is_digits
+
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +97,7 @@ def browsing_level(policy: NsfwPolicy | None) -> int:
             raise ValueError("an empty NSFW policy")
         mask = 0
         for word in words:
-            if word.isascii() and word.isdigit():
+            if is_digits(word):
                 mask |= browsing_level(int(word))
                 continue
             level = _POLICY_LEVELS.get(word.lower().replace(" ", ""))

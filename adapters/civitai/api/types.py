@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from adapters.civitai.api.meta import flat_meta, generation_params, parameters_text
 from adapters.civitai.api.nsfw import _IMAGE_LEVEL_NAMES, _old_level
+from bot.ids import is_digits
 from bot.params import GenerationParams
 from bot.text import clean_any
 
@@ -222,7 +223,7 @@ class Image(Lenient):
         if isinstance(value, int) and not isinstance(value, bool):
             return value if value > 0 else None
         if isinstance(value, str):
-            if value.strip().isascii() and value.strip().isdigit():
+            if is_digits(value.strip()):
                 return int(value) or None
             if value.strip().lower() in _IMAGE_LEVEL_NAMES:
                 return _IMAGE_LEVEL_NAMES[value.strip().lower()]

@@ -66,7 +66,7 @@ from adapters.civitai.download.naming import (
 from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
 from adapters.civitai.text import LANGS, said
-from adapters.http import backoff_s, retry_after_s
+from adapters.http import backoff_s, declared_length, retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +319,7 @@ class Transfer:
                 await asyncio.to_thread(run.sink.reset_sync)
                 state.bytes_done = 0
                 meter.reset()
-            length = response.headers.get("content-length", "")
-            total = int(length) if length.isdigit() else None
+            total = declared_length(response)
         limit, limit_is = self._byte_limit(state, total)
         if run.sink is None:
             path = await self._choose_path(
