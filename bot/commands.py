@@ -593,7 +593,8 @@ class Commands:
 
         async def ask(provider: Any) -> str | None:
             try:
-                return await asyncio.wait_for(provider.account_status(), 5.0)
+                async with asyncio.timeout(5.0):
+                    return await provider.account_status()
             except Exception:  # optional and best effort: /stats must answer regardless
                 return None
 

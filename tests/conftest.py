@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef
 from bot.config import Config
+from bot.waiting import wait_for_event
 from storage.models import Base
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -178,10 +179,7 @@ class RecordingAdapter(ChatAdapter):
                 self.changed.clear()
                 if pred():
                     return
-                try:
-                    await asyncio.wait_for(self.changed.wait(), 0.1)
-                except TimeoutError:
-                    pass
+                await wait_for_event(self.changed, 0.1)
 
 
 REPLY = {"platform": "test", "chat": "c1"}
@@ -230,8 +228,11 @@ async def sdhost_run(config: Path, environ: dict[str, str]) -> AsyncIterator[byt
     )
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        yield await asyncio.wait_for(proc.stdout.readline(), 60)
+        async with asyncio.timeout(60):
+            line = await proc.stdout.readline()
+        yield line
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
+        async with asyncio.timeout(30):
+            code = await proc.wait()
     assert code == 0, (await proc.stderr.read()).decode()

@@ -9,7 +9,6 @@ outbox has written a message's outcome it is final, and older progress never ove
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
@@ -18,6 +17,7 @@ from bot.chat import ChatAdapter, Delivery, Progress
 from bot.commands import format_batch_status, format_outcome, format_status
 from bot.results import Results
 from bot.status import JOB_ACTIVE
+from bot.waiting import wait_for_event
 
 # The console's tag line says what happened; in a chat a mark does (zh text has the word).
 OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
@@ -117,8 +117,7 @@ class ProgressEditor:
                 task.add_done_callback(self._running.discard)
             if self.dirty:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await wait_for_event(self._wake, wait)
 
 
 class ResultsAdapter(ChatAdapter):

@@ -30,6 +30,7 @@ import httpx
 from adapters import http
 from bot.config import CloudProviderSection
 from bot.errors import FailureClass, ProviderFailure
+from bot.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +229,7 @@ class TaskPolls:
                 await asyncio.sleep(wait)
                 break
             changed = self.times.changed
-            try:
-                await asyncio.wait_for(changed.wait(), wait)
-            except TimeoutError:
+            if not await wait_for_event(changed, wait):
                 break
             # another task of this provider ended: plan this poll again with what it taught
         self.before_last = self.last

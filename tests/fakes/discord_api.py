@@ -85,6 +85,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
+from bot.waiting import wait_for_event
+
 _LOG = logging.getLogger(__name__)
 
 Json = dict[str, Any]
@@ -2741,8 +2743,7 @@ class FakeDiscord:
                 result = predicate()
                 if result:
                     return result
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.05)
+                await wait_for_event(self._changed, 0.05)
 
     async def wait_for_call(
         self,

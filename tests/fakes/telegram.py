@@ -56,6 +56,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
+from bot.waiting import wait_for_event
+
 _LOG = logging.getLogger(__name__)
 
 Json = dict[str, Any]
@@ -1269,8 +1271,7 @@ class FakeTelegram:
             if remaining <= 0 or self._closing:
                 seen = [c.method for c in self.calls[since:]][-20:]
                 raise TimeoutError(f"no matching call within {timeout}s; recent calls: {seen}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            await wait_for_event(changed, remaining)
 
     # ---------------------------------------------------------------- control API: failures
 
@@ -1754,8 +1755,7 @@ class FakeTelegram:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            await wait_for_event(changed, remaining)
 
     async def _m_set_webhook(self, bot: _BotState, p: Json, f: dict[str, UploadedFile]) -> bool:
         url = p.get("url") or ""
