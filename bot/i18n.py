@@ -12,6 +12,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from bot.chat_texts import CHAT
+
 LANGS = ("en", "zh")
 DEFAULT_LANG = "en"
 
@@ -603,7 +605,9 @@ CATALOG: dict[str, dict[str, str]] = {
 }
 
 
-# The core's own keys (adapters' keys come with ``register``).
+CATALOG.update(CHAT)  # the chat platforms' words are the core's too (see bot.chat_texts)
+
+# The core's own keys (extensions' keys come with ``register``).
 CORE_KEYS = frozenset(CATALOG)
 
 

@@ -29,16 +29,16 @@ import discord
 from discord import app_commands
 from PIL import Image
 
+from adapters.chat.conversation import Conversation
 from adapters.chat.discord_text import Translator
-from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
+from adapters.chat.status import outcome_text
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, Progress, UserRef
 from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
-from bot.i18n import normalize, t
-from bot.results import Results
-from bot.status import JOB_ACTIVE, JOB_TERMINAL
+from bot.i18n import t
+from bot.status import JOB_ACTIVE
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,13 @@ class _PromptModal(discord.ui.Modal):
         await self._done(interaction, [str(f.value or "") for f in self.fields])
 
 
-class DiscordAdapter(ResultsAdapter):
+class DiscordAdapter(Conversation):
     platform = "discord"
     max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
 
     def __init__(self, app: App, cfg: DiscordConfig | None = None) -> None:
         self.app = app
         self.cfg = cfg or app.config.discord
-        self.results = Results(app.jobs)
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
         self.client: discord.Client = client_cls(
             intents=discord.Intents.default(),
@@ -193,7 +192,7 @@ class DiscordAdapter(ResultsAdapter):
         self._closing = False
         # progress edits: the newest state per status message, one edit per message
         # every progress_edit_s
-        self.edits = ProgressEditor(self.cfg.progress_edit_s, lambda key: key, self._edit_progress)
+        self.setup_conversation()
         self.interactions_handled = 0  # answered (the response edited), for benchmarks
 
         @self.client.event
@@ -264,14 +263,11 @@ class DiscordAdapter(ResultsAdapter):
     def _user(self, who: discord.abc.User) -> UserRef:
         return UserRef("discord", str(who.id), who.name, None)
 
-    def _is_admin(self, user_id: int) -> bool:
-        return user_id in self.cfg.admin_ids or f"discord:{user_id}" in self.app.config.admin.users
-
     def _allowed(self, interaction: discord.Interaction[Any]) -> bool:
         cfg = self.cfg
         if not (cfg.allowed_guilds or cfg.allowed_channels or cfg.allowed_roles):
             return True
-        if self._is_admin(interaction.user.id):
+        if self.is_admin(interaction.user.id):
             return True
         if interaction.guild_id in cfg.allowed_guilds:
             return True
@@ -281,8 +277,7 @@ class DiscordAdapter(ResultsAdapter):
         return any(r.id in cfg.allowed_roles for r in roles)
 
     async def _lang(self, interaction: discord.Interaction[Any]) -> str:
-        stored = await self.app.jobs.user_lang(self._user(interaction.user))
-        return stored or normalize(str(interaction.locale)) or self.cfg.default_lang
+        return await self.lang_of(self._user(interaction.user), str(interaction.locale))
 
     def _nsfw_channel(self, interaction: discord.Interaction[Any]) -> bool:
         channel = interaction.channel
@@ -602,7 +597,7 @@ class DiscordAdapter(ResultsAdapter):
                     image=image,
                     more_images=tuple(more),
                     message_key=f"discord:{interaction.id}",
-                    is_admin=self._is_admin(interaction.user.id),
+                    is_admin=self.is_admin(interaction.user.id),
                     lang=str(interaction.locale),
                     nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
                 )
@@ -883,9 +878,7 @@ class DiscordAdapter(ResultsAdapter):
         if d.kind == "failed" or status is None:
             await self._post(reply_to, text)
         if batch is not None and status is not None:
-            self._mark_dirty(
-                Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch))
-            )
+            self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
 
     async def _edit_status(self, reply_to: dict[str, Any], message_id: int, text: str) -> None:
         """Edit the status message: through the interaction while its token lives, then
@@ -908,48 +901,17 @@ class DiscordAdapter(ResultsAdapter):
         except discord.HTTPException as exc:
             raise _delivery_error(exc) from exc
 
-    # --- progress ------------------------------------------------------------------------
+    # --- the status message (the rest is in Conversation) -------------------------------
 
-    async def progress(self, update: Progress) -> None:
-        if update.stage in JOB_TERMINAL:
-            return
-        self._mark_dirty(update)
-
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None:
+    def status_key(self, reply_to: dict[str, Any]) -> int | None:
         status = reply_to.get("message")
-        if status is None:
-            return
-        if not final:
-            self.edits.update(int(status), Progress(0, 0, "status", reply_to=reply_to, text=text))
-            return
-        self.edits.finish(int(status))
-        try:
-            await self._edit_status(reply_to, int(status), text)
-        except Exception as exc:
-            log.warning("discord: status edit failed: %s", exc)
+        return None if status is None else int(status)
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
-        try:
-            await self._post(reply_to, text)
-        except Exception as exc:
-            log.warning("discord: a notice failed: %s", exc)
+    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+        await self._edit_status(reply_to, int(key), text)
 
-    def _mark_dirty(self, update: Progress) -> None:
-        status = update.reply_to.get("message")
-        if status is not None:
-            self.edits.update(int(status), update)
-
-    async def _edit_progress(self, status: int, update: Progress) -> None:
-        lang = update.reply_to.get("lang") or self.cfg.default_lang
-        try:
-            text = await progress_text(self.results, update, lang)
-            if text is None or self.edits.is_final(status):
-                return
-            await self._edit_status(update.reply_to, status, text)
-        except Exception as exc:
-            log.info("discord: progress edit failed: %s", exc)
+    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
+        await self._post(reply_to, text)
 
 
 def _is_picture(attachment: discord.Attachment) -> bool:

@@ -47,7 +47,8 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.chat.status import ProgressEditor, ResultsAdapter, outcome_text, progress_text
+from adapters.chat.conversation import Conversation
+from adapters.chat.status import outcome_text
 from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
 from adapters.chat.telegram_text import EXTENSION_MENU, MENU
 from bot.app import App
@@ -57,10 +58,8 @@ from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
 from bot.i18n import Message as i18n_message
-from bot.i18n import normalize, t
+from bot.i18n import t
 from bot.ids import is_digits, parse_id
-from bot.results import Results
-from bot.status import JOB_TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +178,13 @@ class _Outgoing:
         return int(value) if value is not None else None
 
 
-class TelegramAdapter(ResultsAdapter):
+class TelegramAdapter(Conversation):
     platform = "telegram"
     max_group = ALBUM_MAX
 
     def __init__(self, app: App, cfg: TelegramConfig | None = None) -> None:
         self.app = app
         self.cfg = cfg or app.config.telegram
-        self.results = Results(app.jobs)
         self.pacer = Pacer(self.cfg)
         self.application: Application[Any, Any, Any, Any, Any, Any] = self._build()
         self.username = ""
@@ -194,9 +192,7 @@ class TelegramAdapter(ResultsAdapter):
         self._outgoing: dict[int, list[_Outgoing]] = {}
         # progress edits: the newest state per status message, at most one edit per chat
         # every progress_edit_s, keyed (chat, message)
-        self.edits = ProgressEditor(
-            self.cfg.progress_edit_s, lambda key: key[0], self._edit_progress
-        )
+        self.setup_conversation()
         self._tasks: list[asyncio.Task[None]] = []
         self._offset: int | None = None
         self._webhook_runner: Any = None
@@ -402,21 +398,14 @@ class TelegramAdapter(ResultsAdapter):
         name = f"@{tg_user.username}" if tg_user.username else tg_user.full_name
         return UserRef("telegram", str(tg_user.id), name, tg_user.language_code)
 
-    def _is_admin(self, user_id: int) -> bool:
-        return user_id in self.cfg.admin_ids or f"telegram:{user_id}" in self.app.config.admin.users
-
     def _allowed(self, chat_id: int, user_id: int) -> bool:
         chats, users = self.cfg.allowed_chats, self.cfg.allowed_users
-        if (not chats and not users) or self._is_admin(user_id):
+        if (not chats and not users) or self.is_admin(user_id):
             return True
         return chat_id in chats or user_id in users
 
     def _nsfw_policy(self, chat_id: int) -> str:
         return self.cfg.nsfw_chats.get(str(chat_id), self.cfg.nsfw)
-
-    async def _lang(self, user: UserRef) -> str:
-        stored = await self.app.jobs.user_lang(user)
-        return stored or normalize(user.locale) or self.cfg.default_lang
 
     # --- messages ------------------------------------------------------------------------
 
@@ -429,7 +418,7 @@ class TelegramAdapter(ResultsAdapter):
         user = self._user(tg_user)
         if not self._allowed(chat.id, tg_user.id):
             if private:
-                await self._say(msg, t(await self._lang(user), "tg.private", id=tg_user.id))
+                await self._say(msg, t(await self.lang_of(user), "tg.private", id=tg_user.id))
             return
         album = self.albums.add(chat.id, msg) if self._has_picture(msg) else None
         text = msg.text or msg.caption or ""
@@ -451,7 +440,7 @@ class TelegramAdapter(ResultsAdapter):
                 return  # one hint per album
             if album is not None:
                 album.hinted = True
-            await self._say(msg, t(await self._lang(user), "tg.photo_hint"))
+            await self._say(msg, t(await self.lang_of(user), "tg.photo_hint"))
             return
         elif private and self.cfg.private_text_is_prompt and text.strip():
             name, text = "imagine", f"/imagine {text}"
@@ -525,7 +514,7 @@ class TelegramAdapter(ResultsAdapter):
                 for source in sources:
                     pictures.append(await self._picture_of(source))
             except UserError as exc:
-                await self._say(msg, exc.render(await self._lang(user)))
+                await self._say(msg, exc.render(await self.lang_of(user)))
                 return
         await self._run_command(
             msg,
@@ -566,12 +555,12 @@ class TelegramAdapter(ResultsAdapter):
             fit_more=fit_more,
             notes=notes,
             message_key=key,
-            is_admin=self._is_admin(tg_user.id),
+            is_admin=self.is_admin(tg_user.id),
             lang=tg_user.language_code,
             nsfw_ok=self._nsfw_policy(chat.id) == "allow",
         )
         if self.app.commands.wants_status(text):
-            lang = await self._lang(user)
+            lang = await self.lang_of(user)
             base_reply_to["lang"] = lang
             status = await self._say(msg, t(lang, "tg.working"))
             if status is None:
@@ -761,7 +750,7 @@ class TelegramAdapter(ResultsAdapter):
             return
         parsed = _parse_data(query.data)
         user = self._user(query.from_user)
-        lang = await self._lang(user)
+        lang = await self.lang_of(user)
         message = query.message if isinstance(query.message, Message) else None
         if parsed is None or message is None:
             await _answer(query)
@@ -843,7 +832,7 @@ class TelegramAdapter(ResultsAdapter):
             await _answer(query)
             return
         if not self._allowed(message.chat.id, query.from_user.id):
-            lang = await self._lang(self._user(query.from_user))
+            lang = await self.lang_of(self._user(query.from_user))
             await _answer(query, t(lang, "tg.private", id=query.from_user.id), alert=True)
             return
         await _answer(query)  # at once: the spinner on the button stops
@@ -1082,80 +1071,49 @@ class TelegramAdapter(ResultsAdapter):
                     ),
                 )
         if batch is not None and status is not None:
-            self._mark_dirty(
+            self.mark_dirty(
                 Progress(d.job_id, 100, d.kind, reply_to=d.reply_to, batch_id=int(batch))
             )
 
-    # --- progress ------------------------------------------------------------------------
+    # --- the status message (the rest is in Conversation) -------------------------------
 
-    async def progress(self, update: Progress) -> None:
-        if update.stage in JOB_TERMINAL:
-            return  # the outbox event says it, with the details
-        self._mark_dirty(update)
-
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None:
+    def status_key(self, reply_to: dict[str, Any]) -> tuple[int, int] | None:
         chat, status = reply_to.get("chat"), reply_to.get("status")
         if chat is None or status is None:
-            return
-        key = (int(chat), int(status))
-        if not final:
-            self.edits.update(key, Progress(0, 0, "status", reply_to=reply_to, text=text))
-            return
-        self.edits.finish(key)
-        async with self._lock(key[0]):
-            try:
-                await self._edit_status(key[0], key[1], text)
-            except Exception as exc:
-                if not is_gone(exc):
-                    log.warning("telegram: status edit in chat %s failed: %s", key[0], exc)
+            return None
+        return int(chat), int(status)
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
+    def lane(self, key: Any) -> int:
+        return int(key[0])  # Telegram limits calls per chat
+
+    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+        await self._edit_status(key[0], key[1], text)
+
+    def status_lock(self, key: Any) -> asyncio.Lock:
+        return self._lock(key[0])
+
+    def has_room(self, key: Any) -> bool:
+        return self.pacer.has_room(key[0])
+
+    def is_gone(self, exc: Exception) -> bool:
+        return is_gone(exc)
+
+    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
         chat = reply_to.get("chat")
         if chat is None:
             return
         reply = reply_to.get("status") or reply_to.get("message")
-        try:
-            await self.pacer.call(
-                int(chat),
-                lambda cid: self.bot.send_message(
-                    cid,
-                    _clip(text, MAX_TEXT),
-                    reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
-                    if reply
-                    else None,
-                    message_thread_id=reply_to.get("thread"),
-                ),
-            )
-        except Exception as exc:
-            if not is_gone(exc):
-                log.warning("telegram: a notice in chat %s failed: %s", chat, exc)
-
-    def _mark_dirty(self, update: Progress) -> None:
-        status = update.reply_to.get("status")
-        chat = update.reply_to.get("chat")
-        if status is not None and chat is not None:
-            self.edits.update((int(chat), int(status)), update)
-
-    async def _edit_progress(self, key: tuple[int, int], update: Progress) -> None:
-        chat_id, status = key
-        lang = update.reply_to.get("lang") or self.cfg.default_lang
-        try:
-            text = await progress_text(self.results, update, lang)
-            if text is None:
-                return
-            async with self._lock(chat_id):
-                if self.edits.is_final(key):
-                    return
-                if not self.pacer.has_room(chat_id):
-                    # the chat's budget is spoken for (pictures first): try again later
-                    self.edits.retry_later(key, update)
-                    return
-                await self._edit_status(chat_id, status, text)
-        except Exception as exc:
-            if not is_gone(exc):
-                log.info("telegram: progress edit in chat %s failed: %s", chat_id, exc)
+        await self.pacer.call(
+            int(chat),
+            lambda cid: self.bot.send_message(
+                cid,
+                _clip(text, MAX_TEXT),
+                reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
+                if reply
+                else None,
+                message_thread_id=reply_to.get("thread"),
+            ),
+        )
 
 
 def _action_markup(actions: list[Action]) -> InlineKeyboardMarkup | None:

@@ -1,0 +1,219 @@
+"""What the chat platforms say beyond the core's replies: buttons, uploads, notices, menus.
+
+Part of the core catalogue (``bot.i18n`` merges it), so every text exists whichever platforms
+a process runs: a Discord-only process once failed on a key defined in the Telegram module.
+Keys ``tg.*`` and ``dc.*`` are words one platform's client shows; ``chat.*`` are shared.
+"""
+
+from __future__ import annotations
+
+CHAT: dict[str, dict[str, str]] = {
+    "tg.working": {"en": "⏳ working on it…", "zh": "⏳ 处理中…"},
+    "tg.btn.reroll": {"en": "🔁 Reroll", "zh": "🔁 重画"},
+    "tg.btn.vary": {"en": "🎨 Vary", "zh": "🎨 变体"},
+    "tg.btn.original": {"en": "📄 Original", "zh": "📄 原图"},
+    "tg.btn.info": {"en": "ℹ️ Info", "zh": "ℹ️ 参数"},
+    "tg.album_buttons": {
+        "en": "Buttons for the {n} pictures above (numbered as in the album):",
+        "zh": "上面 {n} 张图片的按钮（编号与相册顺序一致）：",
+    },
+    "tg.nsfw_blocked": {
+        "en": "Picture {k} of job #{job} was withheld: this chat does not allow NSFW pictures.",
+        "zh": "任务 #{job} 的第 {k} 张图片未发送：本聊天不允许 NSFW 图片。",
+    },
+    "tg.too_big_download": {
+        "en": (
+            "That file is {mb:.1f} MB; Telegram lets bots download files up to {limit} MB. "
+            "Send a smaller picture (sent as a photo, Telegram compresses it for you)."
+        ),
+        "zh": (
+            "这个文件有 {mb:.1f} MB，Telegram 只允许机器人下载不超过 {limit} MB 的文件。"
+            "请发送更小的图片（以照片而非文件形式发送，Telegram 会自动压缩）。"
+        ),
+    },
+    "tg.too_big_input": {
+        "en": "That picture is {mb:.1f} MB; the limit here is {limit:.0f} MB.",
+        "zh": "这张图片有 {mb:.1f} MB，本机器人的上限是 {limit:.0f} MB。",
+    },
+    "tg.not_a_picture": {
+        "en": "That file is not a picture ({mime}); reply to a photo or an image file.",
+        "zh": "这个文件不是图片（{mime}）；请回复一张照片或图片文件。",
+    },
+    "tg.download_failed": {
+        "en": "Could not fetch that picture from Telegram; please try again in a moment.",
+        "zh": "无法从 Telegram 获取这张图片，请稍后再试。",
+    },
+    "tg.photo_hint": {
+        "en": "Reply to a picture with /img2img PROMPT to redraw it, or send it with the "
+        "prompt as its caption.",
+        "zh": "回复一张图片并发送 /img2img 提示词 即可重绘，或在发送图片时把提示词写在说明里。",
+    },
+    "tg.private": {
+        "en": "This bot is private. Ask its operator to allow your Telegram id {id}.",
+        "zh": "这是一个私有机器人。请让管理员把你的 Telegram ID {id} 加入允许列表。",
+    },
+    "tg.too_big_upload": {
+        "en": "Picture {k} of job #{job} is {mb:.1f} MB, more than Telegram lets bots send "
+        "({limit} MB).",
+        "zh": "任务 #{job} 的第 {k} 张图片有 {mb:.1f} MB，超过了 Telegram 允许机器人发送的上限"
+        "（{limit} MB）。",
+    },
+    "tg.original_caption": {
+        "en": "#{job} picture {k}: the original PNG, with its generation parameters",
+        "zh": "#{job} 第 {k} 张：原始 PNG，内含生成参数",
+    },
+    "tg.queued_toast": {"en": "queued", "zh": "已排队"},
+    "tg.cmd.imagine": {"en": "make pictures from a prompt", "zh": "根据提示词生成图片"},
+    "tg.cmd.img2img": {
+        "en": "redraw a picture (reply to it)",
+        "zh": "重绘图片（回复一张图片使用）",
+    },
+    "tg.cmd.batch": {
+        "en": "several prompts at once, one per line",
+        "zh": "批量生成，每行一个提示词",
+    },
+    "tg.cmd.credits": {"en": "your balance and prices", "zh": "查看积分余额和价格"},
+    "tg.cmd.jobs": {"en": "your recent jobs", "zh": "最近的任务"},
+    "tg.cmd.cancel": {"en": "cancel a job", "zh": "取消任务"},
+    "tg.cmd.retry": {"en": "run a failed job again", "zh": "重试失败的任务"},
+    "tg.cmd.models": {"en": "providers, models and prices", "zh": "服务商、模型和价格"},
+    "tg.cmd.lang": {"en": "reply language: en or zh", "zh": "回复语言：en 或 zh"},
+    "tg.cmd.settings": {
+        "en": "your default model, aspect, negative prompt",
+        "zh": "个人默认模型、宽高比、反向提示词",
+    },
+    "tg.cmd.help": {"en": "what this bot does", "zh": "使用说明"},
+    "tg.cmd.civitai": {
+        "en": "look up Civitai models and images, draw with their settings",
+        "zh": "查找 Civitai 模型和图片，用其参数画图",
+    },
+    "dc.btn.reroll": {"en": "Reroll", "zh": "重画"},
+    "dc.btn.vary": {"en": "Vary", "zh": "变体"},
+    "dc.btn.original": {"en": "Original", "zh": "原图"},
+    "dc.btn.info": {"en": "Info", "zh": "参数"},
+    "dc.btn.delete": {"en": "Delete", "zh": "删除"},
+    "dc.not_allowed": {
+        "en": "This bot is not enabled here. Ask the server's admins.",
+        "zh": "这里没有启用本机器人，请联系服务器管理员。",
+    },
+    "dc.nsfw_blocked": {
+        "en": "Picture {k} of job #{job} was withheld: this channel is not marked NSFW.",
+        "zh": "任务 #{job} 的第 {k} 张图片未发送：本频道没有标记为 NSFW。",
+    },
+    "dc.reencoded": {
+        "en": "(picture {k} was re-encoded as JPEG to fit this server's {limit} MB upload "
+        "limit; the Original button has the PNG while it fits)",
+        "zh": "（第 {k} 张图片为了符合本服务器 {limit} MB 的上传限制已转为 JPEG；"
+        "在大小允许时可用“原图”按钮获取 PNG）",
+    },
+    "dc.too_big": {
+        "en": "Picture {k} of job #{job} is larger than this server's {limit} MB upload limit "
+        "even as a JPEG; it is kept in the bot's store.",
+        "zh": "任务 #{job} 的第 {k} 张图片即使转为 JPEG 也超过本服务器 {limit} MB 的上传限制，"
+        "已保存在机器人的存储中。",
+    },
+    "dc.original_too_big": {
+        "en": "The original PNG is {mb:.1f} MB, over this server's {limit} MB upload limit.",
+        "zh": "原始 PNG 有 {mb:.1f} MB，超过了本服务器 {limit} MB 的上传限制。",
+    },
+    "dc.no_picture": {
+        "en": "That message has no picture to remix.",
+        "zh": "这条消息里没有可以重绘的图片。",
+    },
+    "dc.picture_gone": {
+        "en": "That message or its picture is gone.",
+        "zh": "这条消息或其中的图片已经不存在了。",
+    },
+    "dc.deleted": {"en": "Deleted.", "zh": "已删除。"},
+    "dc.not_yours": {
+        "en": "Only the person who asked for this picture can delete it.",
+        "zh": "只有生成这张图片的人才能删除它。",
+    },
+    "dc.remix.title": {"en": "Remix this picture", "zh": "重绘这张图片"},
+    "dc.remix.prompt": {"en": "What should it become?", "zh": "要变成什么样？"},
+    "dc.remix.strength": {"en": "Strength 0-1 (how much may change)", "zh": "强度 0-1（改动程度）"},
+    "dc.batch.title": {"en": "Batch: one prompt per line", "zh": "批量：每行一个提示词"},
+    "dc.batch.prompts": {"en": "Prompts (at most 10 lines)", "zh": "提示词（最多 10 行）"},
+}
+
+# What Chinese Discord clients see in the command picker: names, descriptions, option names.
+COMMAND_NAMES_ZH: dict[str, str] = {
+    "imagine": "画图",
+    "Make pictures from a prompt": "根据提示词生成图片",
+    "img2img": "图生图",
+    "Redraw a picture": "重绘一张图片",
+    "batch": "批量",
+    "Several prompts at once, one per line": "批量生成，每行一个提示词",
+    "credits": "积分",
+    "Your balance and the prices": "查看积分余额和价格",
+    "jobs": "任务",
+    "Your recent jobs": "最近的任务",
+    "job": "任务详情",
+    "One job in detail": "查看一个任务的详情",
+    "cancel": "取消",
+    "Cancel a job": "取消任务",
+    "retry": "重试",
+    "Run a failed job again": "重新运行失败的任务",
+    "models": "模型",
+    "Providers, models and prices": "服务商、模型和价格",
+    "settings": "设置",
+    "Your defaults: model, aspect, negative prompt": "个人默认值：模型、宽高比、反向提示词",
+    "lang": "语言",
+    "Reply language": "回复语言",
+    "help": "帮助",
+    "What this bot does": "使用说明",
+    "grant": "发放积分",
+    "Give or take credits (admins)": "发放或扣除积分（管理员）",
+    "ban": "封禁",
+    "Stop someone using the bot (admins)": "禁止某人使用本机器人（管理员）",
+    "unban": "解封",
+    "Let someone use the bot again (admins)": "允许某人重新使用本机器人（管理员）",
+    "stats": "统计",
+    "Queue, jobs and credits of the last day (admins)": "队列、任务和最近一天的积分（管理员）",
+    "Remix": "重绘",
+    "civitai": "civitai",
+    "Look up Civitai models and images": "查询 Civitai 的模型和图片",
+    "models QUERY, model ID, images, image ID, use ID or hash HASH": (
+        "models 关键词、model 编号、images、image 编号、use 编号 或 hash 哈希"
+    ),
+    "query": "查询",
+    "prompt": "提示词",
+    "What to draw; flags like --ar 16:9 work too": "要画的内容；也可以写 --ar 16:9 等参数",
+    "negative": "反向提示词",
+    "What to leave out": "不想要的内容",
+    "aspect": "宽高比",
+    "Aspect ratio": "宽高比",
+    "seed": "种子",
+    "Seed (-1: random)": "种子（-1 为随机）",
+    "steps": "步数",
+    "Sampling steps": "采样步数",
+    "cfg": "cfg",
+    "Prompt guidance (CFG)": "提示词引导强度（CFG）",
+    "count": "数量",
+    "Pictures, 1-4": "图片数量，1-4",
+    "model": "模型",
+    "Model (see /models)": "模型（见 /models）",
+    "provider": "服务商",
+    "Provider": "服务商",
+    "image": "图片",
+    "The picture to redraw": "要重绘的图片",
+    "image2": "图片2",
+    "image3": "图片3",
+    "image4": "图片4",
+    "Another picture, for models that take several (FLUX.2)": (
+        "另一张图片，供可接受多张图片的模型使用（FLUX.2）"
+    ),
+    "strength": "强度",
+    "How much may change, 0-1": "允许改动的程度，0-1",
+    "id": "编号",
+    "Job number": "任务编号",
+    "language": "语言",
+    "clear": "清除",
+    "Forget all your defaults": "清除所有个人默认值",
+    "user": "用户",
+    "Who": "谁",
+    "amount": "数量",
+    "Credits (negative takes back)": "积分（负数为扣除）",
+    "note": "备注",
+    "Why": "原因",
+}
