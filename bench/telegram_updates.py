@@ -30,7 +30,7 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 from rich.console import Console
 from rich.table import Table
 
-from adapters.chat.telegram_bot import TelegramAdapter
+from adapters.chat.telegram import TelegramAdapter
 from bench.chat_common import sent_pictures, start_fake
 from bot.app import App
 from bot.config import Config

@@ -119,11 +119,11 @@ class App:
     def add_configured_adapters(self) -> None:
         """The chat platforms the config turns on (the console is added by `sdhost chat`)."""
         if self.config.telegram.enabled:
-            from adapters.chat.telegram_bot import TelegramAdapter
+            from adapters.chat.telegram import TelegramAdapter
 
             self.add_adapter(TelegramAdapter(self))
         if self.config.discord.enabled:
-            from adapters.chat.discord_bot import DiscordAdapter
+            from adapters.chat.discord import DiscordAdapter
 
             self.add_adapter(DiscordAdapter(self))
 

@@ -207,7 +207,7 @@ async def _discord(args: argparse.Namespace) -> int:
     config = _load(args)
     if not config.discord.enabled:
         raise UserError("set discord.token (or SDHOST_DISCORD__TOKEN) first")
-    from adapters.chat.discord_bot import DiscordAdapter
+    from adapters.chat.discord import DiscordAdapter
 
     app = App(config, run_workers=False)
     adapter = DiscordAdapter(app)

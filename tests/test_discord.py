@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from adapters.chat.discord_bot import DiscordAdapter, fit_upload
+from adapters.chat.discord import DiscordAdapter
+from adapters.chat.discord.files import fit_upload
 from bot.app import App
 from bot.chat import UserRef
 from tests.conftest import make_config, sdhost_run

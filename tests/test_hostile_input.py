@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select
 
-from adapters.chat.telegram_bot import _parse_data
+from adapters.chat.telegram.adapter import _parse_data
 from adapters.civitai.download.refs import parse_ref
 from bot.commands import Incoming, _job_id
 from bot.errors import BadInput, UserError
@@ -261,7 +261,7 @@ async def test_a_picture_is_fully_decoded_before_anything_is_charged(app_factory
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=30), _digits, st.integers().map(str)))
 def test_grant_amounts_and_discord_button_ids_only_take_plain_numbers(text: str) -> None:
-    from adapters.chat.discord_bot import ResultButton
+    from adapters.chat.discord.buttons import ResultButton
     from bot.commands import _int
 
     amount = _int(text)

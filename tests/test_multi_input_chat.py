@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from adapters.chat.telegram_bot import AlbumMemory, TelegramAdapter
+from adapters.chat.telegram import TelegramAdapter
+from adapters.chat.telegram.albums import AlbumMemory
 from adapters.providers.bfl import BflProvider
 from tests.fakes.bfl import FakeBfl
 from tests.fakes.discord_api import FakeDiscord

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from adapters.chat.telegram_bot import TelegramAdapter, photo_fits, split_text
+from adapters.chat.telegram import TelegramAdapter, photo_fits, split_text
 from adapters.providers.demo import DemoProvider
 from bot.app import App
 from bot.config import DemoProviderConfig

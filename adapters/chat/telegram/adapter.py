@@ -9,7 +9,7 @@ How it keeps the core's promises on Telegram:
   job, so progress edits and the final line find it again after a restart.
 * Pictures arrive through the outbox (at least once, in order). Pictures that are ready
   together go as one album, and its buttons on a message of their own; everything sent to
-  a chat is paced (see ``telegram_pacing``) and flood waits delay, never drop.
+  a chat is paced (see ``pacing``) and flood waits delay, never drop.
 * Buttons carry ``action:job:index`` (a few bytes of the 64 allowed); the rest is read back
   from the database, so they work after restarts.
 """
@@ -49,8 +49,20 @@ from telegram.ext import (
 
 from adapters.chat.conversation import Conversation
 from adapters.chat.status import outcome_text
-from adapters.chat.telegram_pacing import IN_FLIGHT, Pacer, is_gone
-from adapters.chat.telegram_text import EXTENSION_MENU, MENU
+from adapters.chat.telegram.albums import ALBUM_SETTLE_MAX_S, ALBUM_SETTLE_S, AlbumMemory, _Album
+from adapters.chat.telegram.limits import (
+    ALBUM_MAX,
+    LOCAL_MAX_MB,
+    MAX_CAPTION,
+    MAX_DOWNLOAD_MB,
+    MAX_TEXT,
+    MAX_UPLOAD_MB,
+    _clip,
+    photo_fits,
+    split_text,
+)
+from adapters.chat.telegram.menu import EXTENSION_MENU, MENU
+from adapters.chat.telegram.pacing import IN_FLIGHT, Pacer, is_gone
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
 from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
@@ -63,94 +75,17 @@ from bot.ids import is_digits, parse_id
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT = 4096
-MAX_CAPTION = 1024
-MAX_PHOTO_BYTES = 10 * 1024 * 1024
-MAX_PHOTO_DIM_SUM = 10_000
-MAX_PHOTO_RATIO = 20
-MAX_UPLOAD_MB = 50
-MAX_DOWNLOAD_MB = 20
-LOCAL_MAX_MB = 2000  # a local Bot API server
-ALBUM_MAX = 10
-# An album comes as several messages sharing a media_group_id (Bot API, Message:
-# "media_group_id ... The unique identifier of a media message group this message belongs
-# to", https://core.telegram.org/bots/api#message), one update each. The ones seen lately
-# are remembered (bounded) so that /img2img on one item, or in reply to one, uses them all.
-ALBUM_MEMORY_GROUPS = 200
-ALBUM_MEMORY_S = 3600.0
-ALBUM_SETTLE_S = 1.5  # an album captioned /img2img waits this long after its last item
-ALBUM_SETTLE_MAX_S = 10.0
+
 IMG2IMG = {"img2img", "i2i"}
+
+
 ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
+
+
 COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civitai use 1"
+
+
 _CAPTION_REF = re.compile(r"^#([0-9]{1,19})(?: · ([0-9]{1,9})/[0-9]+)?")
-
-
-def photo_fits(size: int, width: int, height: int) -> bool:
-    """Whether Telegram takes it as a photo (else it goes as a document)."""
-    if size > MAX_PHOTO_BYTES or width + height > MAX_PHOTO_DIM_SUM:
-        return False
-    return max(width, height) <= MAX_PHOTO_RATIO * max(1, min(width, height))
-
-
-def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Pieces of at most ``limit`` characters, cut at line ends where possible."""
-    text = text or "…"
-    out: list[str] = []
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        if cut <= 0:
-            cut = limit
-        out.append(text[:cut])
-        text = text[cut:].lstrip("\n")
-    out.append(text)
-    return out
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass(slots=True)
-class _Album:
-    """The items of one album seen so far (message id -> message), and when the last came."""
-
-    items: dict[int, Message] = field(default_factory=dict)
-    last: float = 0.0
-    hinted: bool = False
-
-
-class AlbumMemory:
-    """Recent albums by (chat, media_group_id), the oldest forgotten first: at most
-    ``groups`` albums, none older than ``max_age_s``."""
-
-    def __init__(
-        self, groups: int = ALBUM_MEMORY_GROUPS, max_age_s: float = ALBUM_MEMORY_S
-    ) -> None:
-        self.groups, self.max_age_s = groups, max_age_s
-        self._albums: dict[tuple[int, str], _Album] = {}
-
-    def add(self, chat_id: int, msg: Message) -> _Album | None:
-        if not msg.media_group_id:
-            return None
-        now = time.monotonic()
-        key = (chat_id, msg.media_group_id)
-        album = self._albums.pop(key, None) or _Album()
-        album.items[msg.message_id] = msg
-        album.last = now
-        self._albums[key] = album  # the newest last
-        while self._albums:
-            oldest_key, oldest = next(iter(self._albums.items()))
-            if len(self._albums) <= self.groups and now - oldest.last <= self.max_age_s:
-                break
-            del self._albums[oldest_key]
-        return album
-
-    def get(self, chat_id: int, group: str | None) -> _Album | None:
-        album = self._albums.get((chat_id, group)) if group else None
-        if album is not None and time.monotonic() - album.last > self.max_age_s:
-            return None
-        return album
 
 
 @dataclass(eq=False)

@@ -23,14 +23,24 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import Any
 
 import discord
 from discord import app_commands
-from PIL import Image
 
 from adapters.chat.conversation import Conversation
-from adapters.chat.discord_text import Translator
+from adapters.chat.discord.buttons import CommandButton, ResultButton
+from adapters.chat.discord.files import _is_picture, _read, fit_upload
+from adapters.chat.discord.limits import (
+    DEFAULT_LIMIT,
+    EMBED_TEXT,
+    MAX_EMBEDS,
+    TOKEN_GONE,
+    TOKEN_LIFETIME_S,
+    _clip,
+)
+from adapters.chat.discord.modals import _PromptModal
+from adapters.chat.discord.translator import Translator
 from adapters.chat.status import outcome_text
 from bot.app import App
 from bot.chat import Delivery, DeliveryGone, Progress, UserRef
@@ -42,132 +52,12 @@ from bot.status import JOB_ACTIVE
 
 log = logging.getLogger(__name__)
 
-MAX_CONTENT = 2000
-MAX_EMBEDS = 10  # per message
-EMBED_TEXT = 500  # per embed: ten stay within Discord's 6000 characters of embeds a message
-TOKEN_LIFETIME_S = 15 * 60
-DEFAULT_LIMIT = 10 * 1024 * 1024
+
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
-# Webhook errors that mean "this interaction token can no longer be used".
-TOKEN_GONE = {10015, 50027}
-
-
-def _clip(text: str, limit: int = MAX_CONTENT) -> str:
-    text = text or "…"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _quote(value: str) -> str:
     return '"' + value.replace('"', "'") + '"'
-
-
-def fit_upload(data: bytes, limit: int) -> tuple[bytes, str] | None:
-    """The picture as PNG if it fits, else as a JPEG small enough, else None."""
-    if len(data) <= limit:
-        return data, "png"
-    img: Image.Image = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
-    for quality in (92, 85, 75):
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=quality, optimize=True)
-        if buf.tell() <= limit:
-            return buf.getvalue(), "jpg"
-    while min(img.size) > 64:
-        img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85, optimize=True)
-        if buf.tell() <= limit:
-            return buf.getvalue(), "jpg"
-    return None
-
-
-class ResultButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:(?P<action>[rvoid]):(?P<job>[0-9]{1,19}):(?P<idx>[0-9]{1,9})",
-):
-    """A button under a picture. Everything it needs is in its custom id."""
-
-    STYLES: ClassVar[dict[str, discord.ButtonStyle]] = {
-        "r": discord.ButtonStyle.primary,
-        "v": discord.ButtonStyle.secondary,
-        "o": discord.ButtonStyle.secondary,
-        "i": discord.ButtonStyle.secondary,
-        "d": discord.ButtonStyle.danger,
-    }
-
-    def __init__(self, action: str, job: int, idx: int, label: str = "", row: int | None = None):
-        super().__init__(
-            discord.ui.Button(
-                label=label or action,
-                style=self.STYLES[action],
-                custom_id=f"sd:{action}:{job}:{idx}",
-                row=row,
-            )
-        )
-        self.action, self.job, self.idx = action, job, idx
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: Any,
-    ) -> ResultButton:
-        label = cast(discord.ui.Button[Any], item).label  # the item this class wraps
-        return cls(match["action"], int(match["job"]), int(match["idx"]), label or "")
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        adapter: DiscordAdapter = interaction.client.sdhost_adapter
-        await adapter.on_button(interaction, self.action, self.job, self.idx)
-
-
-class CommandButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:x:(?P<command>/.+)",
-):
-    """A button that runs a command as whoever presses it (``bot.commands.Action``); the
-    command is its custom id, so it needs no state and survives restarts."""
-
-    def __init__(self, command: str, label: str = "", row: int | None = None) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=label[:80] or command,
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"sd:x:{command}",
-                row=row,
-            )
-        )
-        self.command = command
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: Any,
-    ) -> CommandButton:
-        return cls(match["command"], cast(discord.ui.Button[Any], item).label or "")
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        adapter: DiscordAdapter = interaction.client.sdhost_adapter
-        await adapter._command(interaction, self.command)
-
-
-class _PromptModal(discord.ui.Modal):
-    """A modal whose fields go back to the adapter as text (Remix, Batch)."""
-
-    def __init__(
-        self, name: str, title: str, fields: list[discord.ui.TextInput[Any]], done: Any
-    ) -> None:
-        super().__init__(title=title[:45], timeout=900, custom_id=f"sdhost:{name}")
-        self.fields = fields
-        for f in fields:
-            self.add_item(f)
-        self._done = done
-
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        await self._done(interaction, [str(f.value or "") for f in self.fields])
 
 
 class DiscordAdapter(Conversation):
@@ -912,17 +802,6 @@ class DiscordAdapter(Conversation):
 
     async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
         await self._post(reply_to, text)
-
-
-def _is_picture(attachment: discord.Attachment) -> bool:
-    kind = attachment.content_type or ""
-    name = attachment.filename.lower()
-    return kind.startswith("image/") or name.endswith((".png", ".jpg", ".jpeg", ".webp"))
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _delivery_error(exc: discord.HTTPException) -> Exception:
