@@ -165,3 +165,84 @@ def test_the_rule_the_reply_and_the_refund_share(tmp_path) -> None:
     assert cancel_refund_reason(config, job, billed=True) is None
     job.submitted_at = None
     assert cancel_refund_reason(config, job, billed=True) == "unsubmitted"
+
+
+async def test_cancel_from_another_process_is_refunded_by_the_worker(app_factory) -> None:
+    """``sdhost jobs cancel`` only marks the job; the worker sees it when it renews its
+    lease, stops the job and refunds it by the same rule."""
+    app = await app_factory(providers={"demo": {"latency_s": 1.0}}, queue={"lease_s": 1.5})
+    adapter = app.adapters["test"]
+    r = await app.jobs.submit(
+        user(), "txt2img", [P().with_(prompt="a lighthouse demo:slow")], REPLY
+    )
+    (job_id,) = r.job_ids
+    await adapter.wait_for(lambda: any(u.stage == "submitted" for u in adapter.progress_updates))
+    app.jobs.on_cancel = lambda job_id: False  # as from the CLI: no worker in this process
+    said = await app.jobs.cancel(user(), job_id)
+    assert "refunded in full" in said
+    payload = await cancelled_event(app, job_id)
+    assert payload["refunded"] == 1 and await app.jobs.balance(user()) == 20
+    await ledger_matches_balances(app)
+
+
+async def test_cancel_requeued_job_keeps_what_it_delivered(app_factory) -> None:
+    """A job requeued after an attempt that delivered one of its two pictures: cancelled
+    while queued, only the missing picture is refunded, also where nothing is billed."""
+    app = await app_factory(providers=SLOW)
+    await app.scheduler.stop()
+    r = await app.jobs.submit(user(), "txt2img", [P(2)], REPLY)
+    (job_id,) = r.job_ids
+
+    def delivered(conn: Any) -> None:
+        repos.update_job(conn, job_id, submitted_at=1.0, provider_task_id="demo-earlier")
+        repos.add_images(
+            conn,
+            [
+                {
+                    "job_id": job_id,
+                    "idx": 0,
+                    "sha256": "0" * 64,
+                    "width": 64,
+                    "height": 64,
+                    "seed": 1,
+                    "size_bytes": 1,
+                    "created_at": 1.0,
+                }
+            ],
+        )
+
+    await app.db.run_write(delivered)
+    said = await app.jobs.cancel(user(), job_id)
+    assert said == f"job #{job_id} cancelled; 1 credits refunded"
+    assert await app.jobs.balance(user()) == 19
+    await ledger_matches_balances(app)
+
+
+class SlowToCancel(BilledDemo):
+    """A hosted provider whose cancel call takes a while, as a real HTTP call does."""
+
+    def __init__(self, config: DemoProviderConfig) -> None:
+        super().__init__(config)
+        self.cancels: list[str] = []
+
+    async def cancel(self, task_id: str) -> None:
+        self.cancels.append(task_id)
+        await asyncio.sleep(0.5)
+
+
+async def test_second_cancel_does_not_cut_the_first_short(app_factory) -> None:
+    """A cancel while the worker is telling the provider to stop must not interrupt it:
+    the job would be left running, neither finished nor refunded."""
+    provider = SlowToCancel(DemoProviderConfig(latency_s=5.0))
+    app = await app_factory(provider_objs={"demo": provider})
+    job_id = await running(app)
+    await app.jobs.cancel(user(), job_id)
+    async with asyncio.timeout(5):
+        while not provider.cancels:
+            await asyncio.sleep(0.02)
+    again = await app.jobs.cancel(user(), job_id)  # the provider is being told to stop
+    assert "may already have billed" in again
+    payload = await cancelled_event(app, job_id)
+    assert payload["refunded"] == 0 and len(provider.cancels) == 1
+    assert (await app.jobs.job(user(), job_id)).status == "cancelled"
+    await ledger_matches_balances(app)
