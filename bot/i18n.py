@@ -365,6 +365,26 @@ CATALOG: dict[str, dict[str, str]] = {
         "(the refund policy for {kind} jobs)",
         "zh": "它已经交给服务商处理，按{kind}任务的退款规则不退还积分",
     },
+    # why a job cancelled while running gets its credits back, or not (JobService.cancel)
+    "cancel.note.refunded_unbilled": {
+        "en": "the pictures it has not made are refunded in full: "
+        "the {provider} backend bills nothing for an unfinished picture",
+        "zh": "还没生成的图片全额退还积分：{provider} 后端不会为没完成的图片收费",
+    },
+    "cancel.note.refunded_unsubmitted": {
+        "en": "it is refunded in full: it has not reached {provider} yet",
+        "zh": "全额退还积分：它还没有交给 {provider}",
+    },
+    "cancel.note.refunded_policy": {
+        "en": "the pictures it has not made are refunded: "
+        "config credits.refunds.{kind} refunds a cancel",
+        "zh": "还没生成的图片会退还积分：配置 credits.refunds.{kind} 规定取消要退款",
+    },
+    "cancel.note.kept_billed": {
+        "en": "not refunded: the hosted provider {provider} may already have billed it; "
+        "see config credits.refunds.{kind}",
+        "zh": "不退还积分：托管服务商 {provider} 可能已经为它计费；见配置 credits.refunds.{kind}",
+    },
     # --- admin -----------------------------------------------------------------------------
     "admin.granted": {
         "en": "granted {amount} credits to {user}: balance {balance}",

@@ -195,6 +195,22 @@ def refund_due(
     return unit * unmade if failure in policy else 0
 
 
+def cancel_refund_reason(config: Config, job: Any, *, billed: bool) -> str | None:
+    """Why a job cancelled now gets back the pictures it has not made, as ``refund_due``
+    decides it when the job is finished cancelled (with ``uncharged=not billed``):
+    ``"unbilled"`` (its provider bills nothing for an unfinished picture), ``"unsubmitted"``
+    (it never reached its provider), ``"policy"`` (config ``credits.refunds.<kind>`` refunds
+    a cancel); None: the hosted provider may have billed it, and nothing is refunded.
+    ``billed``: ``Router.bills_when_cancelled`` for the job's provider."""
+    if not billed:
+        return "unbilled"
+    if job.submitted_at is None:
+        return "unsubmitted"
+    if FailureClass.CANCELLED in getattr(config.credits.refunds, job.kind):
+        return "policy"
+    return None
+
+
 def finish_job(
     conn: Connection,
     config: Config,
@@ -777,6 +793,7 @@ class JobService:
                 raise UserError.of(
                     "error.already_finished", job_id=job_id, past=i18n.term("past", job.status)
                 )
+            billed = self.router.bills_when_cancelled(job.provider)
             if job.status == JobStatus.QUEUED:
                 refunded = finish_job(
                     conn,
@@ -785,16 +802,22 @@ class JobService:
                     status=JobStatus.CANCELLED,
                     failure=FailureClass.CANCELLED,
                     message="cancelled before it started",
-                    images_made=0,
+                    # pictures an earlier attempt delivered are kept (and paid for)
+                    images_made=len(repos.images_for_job(conn, job.id)),
                     t=now(),
+                    uncharged=not billed,
                 )
                 return i18n.Message("cancel.done", job_id=job_id, refunded=refunded), ""
             repos.request_cancel(conn, job_id)
-            if job.submitted_at is None or FailureClass.CANCELLED in getattr(
-                self.config.credits.refunds, job.kind
-            ):
-                return None, i18n.Message("cancel.note.refunded")
-            return None, i18n.Message("cancel.note.kept", kind=i18n.term("kind", job.kind))
+            # The worker refunds when it stops the job (bot.scheduler), by the same rule.
+            why = cancel_refund_reason(self.config, job, billed=billed)
+            if why is None:
+                return None, i18n.Message(
+                    "cancel.note.kept_billed", provider=job.provider, kind=job.kind
+                )
+            return None, i18n.Message(
+                f"cancel.note.refunded_{why}", provider=job.provider, kind=job.kind
+            )
 
         message, note = await self.db.run_write(tx)
         if message is not None:

@@ -129,6 +129,11 @@ def queued_stage(position: int, wait_s: float | None) -> str:
 
 class Provider(ABC):
     name: str
+    # Whether a task cancelled while it runs may still have cost the operator money. True
+    # (the default) for hosted services that may bill a task they started: a cancel then
+    # follows config ``credits.refunds``. False for backends that bill nothing for a picture
+    # they did not finish: every picture not made is refunded in full on a cancel.
+    bills_when_cancelled: bool = True
 
     @abstractmethod
     def capabilities(self) -> Capabilities: ...

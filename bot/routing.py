@@ -99,6 +99,13 @@ class Router:
         self.config = config
         self.providers = providers
 
+    def bills_when_cancelled(self, provider: str) -> bool:
+        """Whether a job of ``provider`` cancelled while it runs may have cost the operator
+        money (``Provider.bills_when_cancelled``). A provider no longer configured is taken
+        to be a hosted one: it may have billed."""
+        found = self.providers.get(provider)
+        return True if found is None else bool(found.bills_when_cancelled)
+
     def price(self, kind: str, provider: str) -> int:
         per_provider = self.config.credits.provider_prices.get(provider, {})
         return per_provider.get(kind, self.config.credits.prices[kind])

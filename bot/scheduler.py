@@ -241,6 +241,8 @@ class Scheduler:
         task = self._running.get(job_id)
         if task is None or job_id in self._settling:
             return False
+        if job_id in self._cancel_asked:
+            return True  # asked before: a second cancel must not cut the first one's cleanup
         self._cancel_asked.add(job_id)
         task.cancel()
         return True
@@ -686,7 +688,13 @@ class Scheduler:
                 if run is not None
                 else len(repos.images_for_job(conn, job.id)),
                 t=now(),
-                uncharged=uncharged,
+                # a cancel refunds what was not made when the provider bills nothing for it
+                # (JobService.cancel told the person so, by the same rule)
+                uncharged=uncharged
+                or (
+                    status == JobStatus.CANCELLED
+                    and not self.router.bills_when_cancelled(current.provider)
+                ),
             )
             return True
 

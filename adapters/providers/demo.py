@@ -33,6 +33,7 @@ DEMO_NOTE = "demo: draws procedural pictures with Pillow; it is a demo, not an A
 
 class DemoProvider(Provider):
     name = "demo"
+    bills_when_cancelled = False  # drawn locally: nothing is ever billed
 
     def __init__(self, config: DemoProviderConfig) -> None:
         self.config = config

@@ -235,6 +235,12 @@ def http_client(config: HordeConfig, **kw: Any) -> httpx.AsyncClient:
 
 class HordeProvider(Provider):
     name = "horde"
+    # A cancel bills the operator nothing for what was not made. The pool charges kudos per
+    # picture a worker finished (the DELETE answers with those, and the person keeps them),
+    # and kudos are no money: "not a currency and cannot be bought" (artbot.site/faq, a
+    # source of ../shared/api/providers.md, AI Horde). So a cancelled job gets back every
+    # picture it did not make, whatever credits.refunds says.
+    bills_when_cancelled = False
 
     def __init__(
         self,
