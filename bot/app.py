@@ -28,31 +28,6 @@ from storage.migrate import upgrade
 log = logging.getLogger(__name__)
 
 
-def build_providers(config: Config) -> dict[str, Provider]:
-    providers: dict[str, Provider] = {}
-    if config.providers.demo.enabled:
-        from adapters.providers.demo import DemoProvider
-
-        providers["demo"] = DemoProvider(config.providers.demo)
-    if config.providers.dashscope.active:
-        from adapters.providers.dashscope import DashScopeProvider
-
-        providers["dashscope"] = DashScopeProvider(config.providers.dashscope)
-    if config.providers.liblib.active:
-        from adapters.providers.liblib import LiblibProvider
-
-        providers["liblib"] = LiblibProvider(config.providers.liblib)
-    if config.providers.bfl.active:
-        from adapters.providers.bfl import BflProvider
-
-        providers["bfl"] = BflProvider(config.providers.bfl)
-    if config.providers.horde.active:
-        from adapters.providers.horde import HordeProvider
-
-        providers["horde"] = HordeProvider(config.providers.horde)
-    return providers
-
-
 class App:
     """The core, wired: database, file store, providers, jobs, scheduler and delivery."""
 
@@ -73,7 +48,11 @@ class App:
             echo=config.database.echo,
         )
         self.files = FileStore(config.data.dir)
-        self.providers = providers if providers is not None else build_providers(config)
+        if providers is None:
+            from adapters import wiring  # the one place the core meets concrete adapters
+
+            providers = wiring.build_providers(config)
+        self.providers = providers
         if config.providers.default not in self.providers and self.providers:
             log.warning("default provider %r is not configured", config.providers.default)
         self.router = Router(config, self.providers)
@@ -101,11 +80,9 @@ class App:
         )
         self.commands = Commands(config, self.jobs)
         if config.civitai.enabled:
-            from adapters.civitai.commands import build as build_civitai
+            from adapters import wiring
 
-            self.commands.extensions["civitai"] = build_civitai(
-                config, self.jobs, db=self.db, notifier=self
-            )
+            self.commands.extensions.update(wiring.build_extensions(self))
         # False only for one-shot CLI commands (`sdhost credits ...`): they start nothing in
         # the background, such as resuming interrupted model downloads.
         self.long_lived = run_workers
@@ -118,14 +95,10 @@ class App:
 
     def add_configured_adapters(self) -> None:
         """The chat platforms the config turns on (the console is added by `sdhost chat`)."""
-        if self.config.telegram.enabled:
-            from adapters.chat.telegram import TelegramAdapter
+        from adapters import wiring
 
-            self.add_adapter(TelegramAdapter(self))
-        if self.config.discord.enabled:
-            from adapters.chat.discord import DiscordAdapter
-
-            self.add_adapter(DiscordAdapter(self))
+        for adapter in wiring.build_chat_adapters(self):
+            self.add_adapter(adapter)
 
     def add_adapter(self, adapter: ChatAdapter) -> None:
         self.adapters[adapter.platform] = adapter

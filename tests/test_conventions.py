@@ -39,3 +39,69 @@ def test_the_rule_sees_a_call(tmp_path: Path) -> None:
     sample = tmp_path / "x.py"
     sample.write_text("import asyncio\nasync def f(e):\n    await asyncio.wait_for(e.wait(), 1)\n")
     assert _wait_for_calls(sample) == [3]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+# The program's front doors may wire adapters in; the rest of the core never names one.
+FRONT_DOORS = {"bot/app.py", "bot/cli.py"}
+
+
+def test_the_core_imports_no_adapter_outside_its_front_doors() -> None:
+    bad = {
+        str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.startswith("adapters"))
+        for p in (ROOT / "bot").rglob("*.py")
+        if str(p.relative_to(ROOT)) not in FRONT_DOORS
+    }
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def _family(module: str) -> str | None:
+    """The adapter a module belongs to: adapters.chat.telegram, adapters.providers.bfl..."""
+    module = PART_OF.get(module, module)
+    parts = module.split(".")
+    if len(parts) >= 3 and parts[0] == "adapters" and parts[1] in ("chat", "providers"):
+        return ".".join(parts[:3])
+    return None
+
+
+PART_OF = {"adapters.providers.demo_art": "adapters.providers.demo"}
+
+# Shared by the adapters of one kind: not an adapter of its own.
+SHARED = {
+    "adapters.chat.conversation",
+    "adapters.chat.status",
+    "adapters.providers.cloud",
+    "adapters.providers.base",
+}
+
+
+def test_adapters_never_import_each_other() -> None:
+    bad: dict[str, list[str]] = {}
+    for path in (ROOT / "adapters").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        own = _family(module)
+        if own is None or own in SHARED:
+            continue
+        for imported in _imports(path):
+            other = _family(imported)
+            if other is not None and other != own and other not in SHARED:
+                bad.setdefault(module, []).append(imported)
+    assert bad == {}
+
+
+def test_chat_adapters_depend_on_the_host_protocol_not_the_app() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "adapters" / "chat").rglob("*.py")
+        if "bot.app" in _imports(p)
+    ]
+    assert users == []

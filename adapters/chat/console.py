@@ -19,9 +19,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bot.app import App
 from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
+from bot.host import ChatHost, RunningHost
 from bot.i18n import DEFAULT_LANG, render, term
 from bot.status import JOB_TERMINAL
 from bot.text import clean
@@ -32,7 +32,7 @@ class ConsoleAdapter(ChatAdapter):
 
     def __init__(
         self,
-        app: App,
+        app: ChatHost,
         user: UserRef,
         *,
         out: TextIO | None = None,
@@ -160,7 +160,7 @@ def robust_stdio() -> None:
                 reconfigure(errors=errors)
 
 
-async def run_console(app: App, user: UserRef, *, interactive: bool) -> int:
+async def run_console(app: RunningHost, user: UserRef, *, interactive: bool) -> int:
     robust_stdio()
     adapter = ConsoleAdapter(app, user, progress_every_s=2.0 if interactive else 0.0)
     app.add_adapter(adapter)

@@ -42,11 +42,11 @@ from adapters.chat.discord.limits import (
 from adapters.chat.discord.modals import _PromptModal
 from adapters.chat.discord.translator import Translator
 from adapters.chat.status import outcome_text
-from bot.app import App
 from bot.chat import Delivery, DeliveryGone, Progress, UserRef
 from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
+from bot.host import ChatHost
 from bot.i18n import t
 from bot.status import JOB_ACTIVE
 
@@ -64,7 +64,7 @@ class DiscordAdapter(Conversation):
     platform = "discord"
     max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
 
-    def __init__(self, app: App, cfg: DiscordConfig | None = None) -> None:
+    def __init__(self, app: ChatHost, cfg: DiscordConfig | None = None) -> None:
         self.app = app
         self.cfg = cfg or app.config.discord
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client

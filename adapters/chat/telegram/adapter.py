@@ -63,12 +63,12 @@ from adapters.chat.telegram.limits import (
 )
 from adapters.chat.telegram.menu import EXTENSION_MENU, MENU
 from adapters.chat.telegram.pacing import IN_FLIGHT, Pacer, is_gone
-from bot.app import App
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
 from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
+from bot.host import ChatHost
 from bot.i18n import Message as i18n_message
 from bot.i18n import t
 from bot.ids import is_digits, parse_id
@@ -117,7 +117,7 @@ class TelegramAdapter(Conversation):
     platform = "telegram"
     max_group = ALBUM_MAX
 
-    def __init__(self, app: App, cfg: TelegramConfig | None = None) -> None:
+    def __init__(self, app: ChatHost, cfg: TelegramConfig | None = None) -> None:
         self.app = app
         self.cfg = cfg or app.config.telegram
         self.pacer = Pacer(self.cfg)

@@ -1,0 +1,65 @@
+"""Which concrete adapters a config turns on: providers, chat platforms, command extensions.
+
+The only module that names them all; the core (``bot.app``) asks it, so the core itself
+never names a platform or a provider, and no adapter imports ``bot.app``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.chat import ChatAdapter
+from bot.config import Config
+from bot.providers import Provider
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+
+def build_providers(config: Config) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    if config.providers.demo.enabled:
+        from adapters.providers.demo import DemoProvider
+
+        providers["demo"] = DemoProvider(config.providers.demo)
+    if config.providers.dashscope.active:
+        from adapters.providers.dashscope import DashScopeProvider
+
+        providers["dashscope"] = DashScopeProvider(config.providers.dashscope)
+    if config.providers.liblib.active:
+        from adapters.providers.liblib import LiblibProvider
+
+        providers["liblib"] = LiblibProvider(config.providers.liblib)
+    if config.providers.bfl.active:
+        from adapters.providers.bfl import BflProvider
+
+        providers["bfl"] = BflProvider(config.providers.bfl)
+    if config.providers.horde.active:
+        from adapters.providers.horde import HordeProvider
+
+        providers["horde"] = HordeProvider(config.providers.horde)
+    return providers
+
+
+def build_chat_adapters(app: App) -> list[ChatAdapter]:
+    """The chat platforms the config turns on (the console is added by `sdhost chat`)."""
+    adapters: list[ChatAdapter] = []
+    if app.config.telegram.enabled:
+        from adapters.chat.telegram import TelegramAdapter
+
+        adapters.append(TelegramAdapter(app))
+    if app.config.discord.enabled:
+        from adapters.chat.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(app))
+    return adapters
+
+
+def build_extensions(app: App) -> dict[str, object]:
+    """Command extensions (``/civitai``) the config turns on."""
+    extensions: dict[str, object] = {}
+    if app.config.civitai.enabled:
+        from adapters.civitai.commands import build as build_civitai
+
+        extensions["civitai"] = build_civitai(app.config, app.jobs, db=app.db, notifier=app)
+    return extensions
