@@ -361,12 +361,14 @@ class LoopbackServer:
     """Base of a loopback fake: its origins on 127.0.0.1, the call log, faults and files.
 
     Subclasses override :meth:`origins` (and :meth:`key_of`), may set :attr:`record_type`
-    to a :class:`Recorded` subclass with their own property names, :attr:`redact` to the
-    headers whose values are masked in the record, and override :attr:`base_url` when the
-    client is configured with a path under the first origin."""
+    to a :class:`Recorded` subclass with their own fields (filled in by :meth:`describe`) or
+    property names, :attr:`redact` / :attr:`redact_query` to the headers / query parameters
+    masked in the record (:meth:`redacted`), and override :attr:`base_url` when the client is
+    configured with a path under the first origin."""
 
     record_type: ClassVar[type[Recorded]] = Recorded
     redact: ClassVar[frozenset[str]] = frozenset({"authorization"})
+    redact_query: ClassVar[frozenset[str]] = frozenset()  # query parameters recorded as ***
 
     def __init__(self, *, shutdown_timeout: float = 1.0, latency_s: float = 0.0) -> None:
         self.log: CallLog[Any] = CallLog()
@@ -387,6 +389,14 @@ class LoopbackServer:
     def key_of(self, request: web.Request) -> str | None:
         """The credential a request carries (recorded as ``key``)."""
         return None
+
+    def redacted(self, value: str) -> str:
+        """What a header of :attr:`redact` is recorded as: its scheme, the rest masked."""
+        scheme, sep, _ = value.partition(" ")
+        return f"{scheme} ***" if sep else "***"
+
+    def describe(self, call: Any, request: web.Request) -> None:
+        """Fill in a :attr:`record_type`'s own fields, when a call is recorded."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -493,16 +503,18 @@ class LoopbackServer:
         headers = CIMultiDict(request.headers)
         for name in list(headers):
             if name.lower() in self.redact:
-                scheme, sep, _ = headers[name].partition(" ")
-                headers[name] = f"{scheme} ***" if sep else "***"
+                headers[name] = self.redacted(headers[name])
+        query_items = [
+            (k, "***" if k in self.redact_query else v) for k, v in request.query.items()
+        ]
         call = self.record_type(
             index=len(self.log),
             origin=origin,
             endpoint=request.match_info.route.name or "",
             method=request.method,
             path=request.path,
-            query=dict(request.query),
-            query_items=list(request.query.items()),
+            query={k: v for k, v in reversed(query_items)},  # a repeated one's first value
+            query_items=query_items,
             headers=headers,
             key=self.key_of(request),
             raw=b"",
@@ -512,6 +524,7 @@ class LoopbackServer:
             parts=[],
             time=time.monotonic(),
         )
+        self.describe(call, request)
         request[RECORD_KEY] = call
         self.log.append(call)
         self.log.notify()
