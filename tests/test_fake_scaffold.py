@@ -76,6 +76,7 @@ async def test_a_fault_is_served_exactly_as_many_times_as_asked() -> None:
         assert statuses == [429, 429, 200]
         assert len(fake.faults) == 0
         assert [c.status for c in fake.calls_of("hello")] == [503, 200, 200]
+        assert [c.fault is not None for c in fake.log] == [True, False, False, True, True, False]
         assert fake.calls_of("echo")[0].reply == {"detail": "injected failure (HTTP 429)"}
         assert fake.calls_of("echo")[2].reply == {"got": {"n": 1}}
 

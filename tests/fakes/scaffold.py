@@ -38,7 +38,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from aiohttp import hdrs, web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
@@ -96,6 +96,7 @@ class Recorded:
     time: float  # time.monotonic() when it arrived
     status: int = 0
     reply: Any = None
+    fault: Fault | None = None  # the injected fault that answered or held it, if any
     done: bool = False
 
     @property
@@ -400,7 +401,7 @@ class LoopbackServer:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1") -> Any:
+    async def start(self, host: str = "127.0.0.1") -> Self:
         self._closing.clear()
         try:
             for name, app in self.origins().items():
@@ -422,7 +423,7 @@ class LoopbackServer:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -478,7 +479,7 @@ class LoopbackServer:
     ) -> web.StreamResponse:
         if self.latency_s and await self.sleep(self.latency_s):
             self._drop(request)
-        fault = self.faults.take(call)
+        fault = call.fault = self.faults.take(call)
         if fault is None:
             return await handler(request)
         if fault.delay_s and await self.sleep(fault.delay_s):
