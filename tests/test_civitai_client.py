@@ -318,7 +318,7 @@ async def test_retries_give_up_with_a_clear_error(fake: FakeCivitai) -> None:
         assert str(down.value) == (
             f"Civitai is unavailable (HTTP 503: {ERR_OVERLOADED}); try again later"
         )
-    fake._failures.clear()
+    fake.faults.clear()
     async with make_client(fake, max_retry_after=1.0) as client:
         fake.throttle(1, retry_after="120")  # longer than we may wait: give up at once
         with pytest.raises(CivitaiRateLimited, match="retry in 120s"):
@@ -802,13 +802,13 @@ async def test_deterministic_500_is_not_retried(fake: FakeCivitai, client: Civit
     with pytest.raises(CivitaiBadRequest, match="URI malformed"):
         await client.images(limit=2)
     assert [c.status for c in fake.calls_to("images")] == [500]
-    fake._failures.clear()
+    fake.faults.clear()
     # a tRPC client-side code in a 500 body is the same
     fake.fail_next(500, {"error": "bad", "code": "BAD_REQUEST"}, on="models", times=5)
     with pytest.raises(CivitaiBadRequest):
         await client.search_models(limit=1)
     assert len(fake.calls_to("models")) == 1
-    fake._failures.clear()
+    fake.faults.clear()
     # an unexpected 500, 502/503/504 and 429 are still retried
     fake.fail_next(500, on="tags")
     for status in (502, 503, 504):

@@ -163,7 +163,7 @@ async def test_the_key_goes_to_the_api_only_never_to_storage(
     assert fake.storage_hits and not any(h.authorization for h in fake.storage_hits)
     for call in fake.calls_to("storage"):
         assert not any(k.lower() in ("authorization", "cookie") for k in call.headers)
-        assert KEY not in call.path and all(KEY not in v for _, v in call.query)
+        assert KEY not in call.path and all(KEY not in v for _, v in call.query_items)
 
     # and the fake does answer 400 when an Authorization header reaches storage (R2's rule),
     # so the download above succeeding proves we never sent one

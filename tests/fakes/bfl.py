@@ -21,7 +21,9 @@ Usage::
 Failure switches: :meth:`fail_next` (any status and body, on submit, poll or result),
 :meth:`next_outcome` (the next task ends ``Request Moderated``, ``Content Moderated``,
 ``Error`` or ``Task not found``), :attr:`no_credits` (keys answered with 402), and
-:meth:`forget` (a task vanishes).
+:meth:`forget` (a task vanishes); latency and dropped connections through ``fake.faults``.
+Server, call records (``calls``) and the fault queue are the shared scaffold's
+(tests/fakes/scaffold.py).
 
 Deliberate deviations from the real service (small, and written down so tests are not misled):
 
@@ -46,7 +48,6 @@ import binascii
 import hashlib
 import hmac
 import io
-import json
 import math
 import random
 import secrets
@@ -58,6 +59,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.fakes.scaffold import CallLog, LoopbackServer, Recorded
 
 Json = dict[str, Any]
 
@@ -150,6 +153,10 @@ DEFAULT_FORMAT = {
     "flux-kontext-pro": "png",
     "flux-kontext-max": "png",
 }  # the others default to jpeg
+
+
+def _reply(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _err(kind: str, field_name: str, msg: str, value: Any, **ctx: Any) -> Json:
@@ -255,15 +262,13 @@ def validate(model: str, body: Any) -> tuple[list[Json], Json]:
     return errors, images
 
 
-@dataclass
-class Call:
-    method: str
-    path: str
-    origin: str  # api | regional | delivery
-    key: str | None
-    body: Any
-    status: int = 0
-    at: float = 0.0
+class Call(Recorded):
+    """One request (tests/fakes/scaffold.py): ``origin`` is api | regional | delivery and
+    ``key`` the ``x-key`` it carried."""
+
+    @property
+    def at(self) -> float:
+        return self.time
 
 
 @dataclass
@@ -294,7 +299,9 @@ class Task:
         return "Pending" if self.active(now) else self.outcome
 
 
-class FakeBfl:
+class FakeBfl(LoopbackServer):
+    record_type = Call
+
     def __init__(
         self,
         keys: Iterable[str] = ("k1",),
@@ -305,6 +312,7 @@ class FakeBfl:
         retry_after_s: float | None = 1.0,
         regional: bool = True,
     ) -> None:
+        super().__init__()
         self.keys = set(keys)
         self.max_active_per_key = max_active_per_key
         self.delay_s = delay_s  # how long a new task stays Pending
@@ -314,61 +322,42 @@ class FakeBfl:
         self.polling_base: str | None = None  # overrides the polling URL (tests of bad ones)
         self.no_credits: set[str] = set()  # keys answered with 402
         self.credits = 1000.0  # GET /v1/credits, lowered by each task's cost
-        self.calls: list[Call] = []
+        self.calls: CallLog[Call] = self.log
         self.tasks: dict[str, Task] = {}
         self.max_running_per_key: dict[str, int] = {}
-        self._failures: list[tuple[str, int, Any, dict[str, str]]] = []
         self._outcomes: list[tuple[str, Any]] = []
         self._secret = secrets.token_bytes(16)
-        self._runner: web.AppRunner | None = None
-        self._delivery_runner: web.AppRunner | None = None
-        self._ports: dict[str, int] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> FakeBfl:
-        api = web.Application(client_max_size=64 * 1024 * 1024)
-        api.router.add_get("/v1/get_result", self._get_result)
-        api.router.add_get("/v1/credits", self._credits)
-        api.router.add_post("/v1/{model}", self._submit)
-        self._runner = web.AppRunner(api, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
+    def origins(self) -> dict[str, web.Application]:
+        """The API, a "regional" API host serving the same routes, and the delivery host."""
+        apps = {}
         for origin in ("api", "regional"):
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self._ports[origin] = int(self._runner.addresses[-1][1])
+            api = web.Application(client_max_size=64 * 1024 * 1024)
+            api.router.add_get("/v1/get_result", self._get_result, name="poll")
+            api.router.add_get("/v1/credits", self._credits, name="credits")
+            api.router.add_post("/v1/{model}", self._submit, name="submit")
+            apps[origin] = api
         delivery = web.Application()
-        delivery.router.add_get("/results/{task_id}/sample.{ext}", self._result)
-        self._delivery_runner = web.AppRunner(delivery, access_log=None, shutdown_timeout=1.0)
-        await self._delivery_runner.setup()
-        site = web.TCPSite(self._delivery_runner, "127.0.0.1", 0)
-        await site.start()
-        self._ports["delivery"] = int(self._delivery_runner.addresses[0][1])
-        return self
+        delivery.router.add_get("/results/{task_id}/sample.{ext}", self._result, name="result")
+        apps["delivery"] = delivery
+        return apps
 
-    async def stop(self) -> None:
-        for runner in (self._runner, self._delivery_runner):
-            if runner is not None:
-                await runner.cleanup()
-        self._runner = self._delivery_runner = None
-
-    async def __aenter__(self) -> FakeBfl:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+    def key_of(self, request: web.Request) -> str | None:
+        return request.headers.get("x-key")
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._ports['api']}/v1"
+        return f"{self.urls['api']}/v1"
 
     @property
     def regional_url(self) -> str:
-        return f"http://127.0.0.1:{self._ports['regional']}/v1"
+        return f"{self.urls['regional']}/v1"
 
     @property
     def delivery_url(self) -> str:
-        return f"http://127.0.0.1:{self._ports['delivery']}"
+        return self.urls["delivery"]
 
     # --- control -------------------------------------------------------------------------
 
@@ -384,8 +373,7 @@ class FakeBfl:
         """Answer the next ``times`` requests of kind ``on`` (submit | poll | result) with
         ``status`` and ``body`` (JSON; default ``{"detail": "<reason>"}``)."""
         assert on in ("submit", "poll", "result")
-        for _ in range(times):
-            self._failures.append((on, status, body, dict(headers or {})))
+        self.faults.fail(status, body, on=on, headers=headers, times=times)
 
     def next_outcome(self, outcome: str, details: Any = None) -> None:
         """The next task submitted ends with ``outcome`` instead of ``Ready``."""
@@ -405,15 +393,15 @@ class FakeBfl:
 
     @property
     def submits(self) -> list[Call]:
-        return [c for c in self.calls if c.method == "POST"]
+        return self.calls_of("submit")
 
     @property
     def polls(self) -> list[Call]:
-        return [c for c in self.calls if c.path.endswith("/get_result")]
+        return self.calls_of("poll")
 
     @property
     def downloads(self) -> list[Call]:
-        return [c for c in self.calls if c.origin == "delivery"]
+        return self.calls_of(origin="delivery")
 
     def active(self, key: str) -> int:
         now = time.monotonic()
@@ -421,41 +409,11 @@ class FakeBfl:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _origin(self, request: web.Request) -> str:
-        sock = request.transport.get_extra_info("sockname") if request.transport else None
-        port = sock[1] if sock else 0
-        return next((o for o, p in self._ports.items() if p == port), "?")
-
-    def _record(self, request: web.Request, body: Any = None) -> Call:
-        call = Call(
-            request.method,
-            request.path,
-            self._origin(request),
-            request.headers.get("x-key"),
-            body,
-            at=time.monotonic(),
-        )
-        self.calls.append(call)
-        return call
-
-    def _reply(self, call: Call, status: int, body: Any, headers: dict[str, str] | None = None):
-        call.status = status
-        return web.json_response(body, status=status, headers=headers)
-
-    def _injected(self, on: str) -> tuple[int, Any, dict[str, str]] | None:
-        for i, (kind, status, body, headers) in enumerate(self._failures):
-            if kind == on:
-                del self._failures[i]
-                if body is None:
-                    body = {"detail": f"injected failure (HTTP {status})"}
-                return status, body, headers
-        return None
-
     def _auth(self, call: Call) -> web.Response | None:
         if call.key is None:
-            return self._reply(call, 401, {"detail": "Not authenticated"})
+            return _reply(401, {"detail": "Not authenticated"})
         if call.key not in self.keys:
-            return self._reply(call, 403, {"detail": "Not authenticated - Invalid Authentication"})
+            return _reply(403, {"detail": "Not authenticated - Invalid Authentication"})
         return None
 
     def _polling_url(self, task_id: str) -> str:
@@ -490,33 +448,25 @@ class FakeBfl:
 
     async def _submit(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        try:
-            body: Any = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        call = self._record(request, body)
-        injected = self._injected("submit")
-        if injected:
-            return self._reply(call, injected[0], injected[1], injected[2])
+        call = self.record(request)
+        body: Any = call.json
         denied = self._auth(call)
         if denied:
             return denied
         assert call.key is not None
         if call.key in self.no_credits:
-            return self._reply(
-                call, 402, {"detail": "Insufficient credits. Add credits to continue."}
-            )
+            return _reply(402, {"detail": "Insufficient credits. Add credits to continue."})
         if model not in SCHEMAS:
-            return self._reply(call, 404, {"detail": "Not Found"})
+            return _reply(404, {"detail": "Not Found"})
         errors, images = validate(model, body)
         if errors:
-            return self._reply(call, 422, {"detail": errors})
+            return _reply(422, {"detail": errors})
         if self.active(call.key) >= self.max_active_per_key:
             headers = {}
             if self.retry_after_s is not None:
                 headers["Retry-After"] = _fmt(self.retry_after_s)
             detail = f"You have reached the limit of {self.max_active_per_key} active tasks"
-            return self._reply(call, 429, {"detail": detail}, headers)
+            return _reply(429, {"detail": detail}, headers)
         task = self._create(call.key, model, body, images)
         # {id, polling_url, cost, input_mp, output_mp} (providers.md, Endpoints and auth)
         cost = COSTS.get(model, 4.0)
@@ -528,15 +478,15 @@ class FakeBfl:
             "input_mp": round(sum(1 for _ in images) * 1.0, 2),
             "output_mp": 1.0,
         }
-        return self._reply(call, 200, answer)
+        return _reply(200, answer)
 
     async def _credits(self, request: web.Request) -> web.Response:
         """GET /v1/credits -> {credits} (providers.md, Endpoints and auth)."""
-        call = self._record(request)
+        call = self.record(request)
         denied = self._auth(call)
         if denied:
             return denied
-        return self._reply(call, 200, {"credits": round(self.credits, 2)})
+        return _reply(200, {"credits": round(self.credits, 2)})
 
     def _sample_url(self, task: Task) -> str:
         ext = {"png": "png", "webp": "webp"}.get(self._format(task), "jpg")
@@ -551,10 +501,7 @@ class FakeBfl:
         return task.body.get("output_format") or DEFAULT_FORMAT.get(task.model, "jpeg")
 
     async def _get_result(self, request: web.Request) -> web.Response:
-        call = self._record(request)
-        injected = self._injected("poll")
-        if injected:
-            return self._reply(call, injected[0], injected[1], injected[2])
+        call = self.record(request)
         denied = self._auth(call)
         if denied:
             return denied
@@ -562,7 +509,7 @@ class FakeBfl:
         task = self.tasks.get(task_id)
         base: Json = {"id": task_id, "result": None, "progress": None, "details": None}
         if task is None or task.forgotten or task.key != call.key:
-            return self._reply(call, 200, {**base, "status": "Task not found"})
+            return _reply(200, {**base, "status": "Task not found"})
         task.polls += 1
         now = time.monotonic()
         status = task.status(now)
@@ -583,13 +530,9 @@ class FakeBfl:
             }
         elif status in ("Request Moderated", "Content Moderated", "Error"):
             answer["details"] = task.details
-        return self._reply(call, 200, answer)
+        return _reply(200, answer)
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
-        call = self._record(request)
-        injected = self._injected("result")
-        if injected:
-            return self._reply(call, injected[0], injected[1], injected[2])
         task = self.tasks.get(request.match_info["task_id"])
         try:
             expires = int(request.query.get("se", ""))
@@ -602,7 +545,6 @@ class FakeBfl:
             or not hmac.compare_digest(sig, self._sign(task.id, expires))
         )
         if denied or time.time() * 1000 > expires:
-            call.status = 403
             text = (
                 "<?xml version='1.0' encoding='utf-8'?><Error><Code>AuthenticationFailed</Code>"
                 "<Message>Signature not valid in the specified time frame</Message></Error>"
@@ -611,7 +553,6 @@ class FakeBfl:
         assert task is not None
         if task.picture is None:
             task.picture = await asyncio.to_thread(self._draw, task)
-        call.status = 200
         ctype = {"png": "image/png", "webp": "image/webp"}.get(self._format(task), "image/jpeg")
         return web.Response(body=task.picture, content_type=ctype)
 

@@ -32,9 +32,11 @@ Switches: :meth:`fail_next` (any status/body), :meth:`throttle` (429 + Retry-Aft
 Cloudflare's HTML 1015 page), :meth:`overload` (503 + Retry-After, the search-overloaded
 body), :meth:`challenge` (Cloudflare's HTML "Just a moment..." page), :meth:`drop_next`
 (connection closed without an answer), :meth:`loop_cursor` (the known cursor bugs),
-:attr:`ignore_nsfw` (the server forgets to filter by level), :attr:`latency_s`.
+:attr:`ignore_nsfw` (the server forgets to filter by level), :attr:`latency_s`. The server,
+call records (``calls``) and the fault queue behind these switches (``fake.faults``) are the
+shared scaffold's (tests/fakes/scaffold.py).
 
-Origins: the API is the ``"api"`` origin (``base_url``). :meth:`FakeCivitai._build_apps`
+Origins: the API is the ``"api"`` origin (``base_url``). :meth:`FakeCivitai.origins`
 returns ``{name: aiohttp app}``; a subclass (the download/storage fake) adds a ``"storage"``
 app there and routes on the API app, and gets ``self.urls["storage"]`` after start.
 
@@ -58,7 +60,6 @@ Deliberate deviations (so tests are not misled):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -76,6 +77,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image as PILImage
+
+from tests.fakes.scaffold import CallLog, LoopbackServer, Recorded
 
 Json = dict[str, Any]
 UTC = dt.UTC
@@ -897,35 +900,16 @@ class _Bucket:
 
 
 @dataclasses.dataclass
-class Call:
-    """One request as the fake saw it; ``headers`` has any key replaced by ``***``."""
+class Call(Recorded):
+    """One request as the fake saw it (tests/fakes/scaffold.py): ``endpoint`` is its route
+    name, ``token`` the key it carried and ``user`` whose it is; ``headers`` has any key
+    replaced by ``***`` and ``query_items`` the ``token`` parameter."""
 
-    method: str
-    path: str
-    endpoint: str
-    query: list[tuple[str, str]]
-    headers: dict[str, str]
-    token: str | None
-    user: str | None
-    body: Any = None
-    status: int = 0
+    user: str | None = None
 
-    def param(self, name: str) -> str | None:
-        return next((v for k, v in self.query if k == name), None)
-
-    def params(self, name: str) -> list[str]:
-        return [v for k, v in self.query if k == name]
-
-
-@dataclasses.dataclass
-class Failure:
-    on: str  # an endpoint name (images, models, model, version, by-hash, by-hash-bulk,
-    # by-hash-ids, tags, creators, enums) or "any"
-    status: int
-    body: bytes
-    content_type: str
-    headers: dict[str, str]
-    drop: bool = False
+    @property
+    def token(self) -> str | None:
+        return self.key
 
 
 @dataclasses.dataclass
@@ -1000,7 +984,10 @@ REAL_META_JUNK: Json = {
 # --- the server -----------------------------------------------------------------------------------
 
 
-class FakeCivitai:
+class FakeCivitai(LoopbackServer):
+    record_type = Call
+    redact_query = frozenset({"token"})
+
     def __init__(
         self,
         keys: dict[str, str] | None = None,
@@ -1011,9 +998,9 @@ class FakeCivitai:
         image_cdn: bool = True,
         bandwidth_bps: float | None = None,
     ) -> None:
+        super().__init__(latency_s=latency_s)
         self.keys: dict[str, str] = dict(keys or {"civitai-test-key": "alice"})
         self.catalogue = Catalogue(extra_tags=extra_tags, extra_images=extra_images)
-        self.latency_s = latency_s
         self.image_cdn = image_cdn  # serve images on an "images" origin; URLs point at it
         self.bandwidth_bps = bandwidth_bps  # cap on the image CDN's body bytes per second
         self._bucket = _Bucket()
@@ -1028,18 +1015,14 @@ class FakeCivitai:
         # Images that exist but ``/images?imageId=`` answers with nothing (issue 16; the
         # postId query still finds them).
         self.missing_by_image_id: set[int] = set()
-        self.calls: list[Call] = []
-        self.urls: dict[str, str] = {}
-        self.base_url = ""
-        self._failures: list[Failure] = []
+        self.calls: CallLog[Call] = self.log
         self._loop: LoopSpec | None = None
-        self._runners: list[web.AppRunner] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _build_apps(self) -> dict[str, web.Application]:
+    def origins(self) -> dict[str, web.Application]:
         """The origins this fake serves, by name. ``"api"`` is Civitai itself."""
-        api = web.Application(middlewares=[self._middleware()])
+        api = web.Application()
         r = api.router
         r.add_get("/api/v1/images", self._images, name="images")
         r.add_get("/api/v1/models", self._models, name="models")
@@ -1053,32 +1036,19 @@ class FakeCivitai:
         r.add_get("/api/v1/enums", self._enums, name="enums")
         apps = {"api": api}
         if self.image_cdn:
-            cdn = web.Application(middlewares=[self._middleware()])
+            cdn = web.Application()
             cdn.router.add_get("/{key}/{uuid}/{params}/{name}", self._cdn_image, name="image")
             apps["images"] = cdn
         return apps
 
-    async def start(self, host: str = "127.0.0.1") -> FakeCivitai:
-        for name, app in self._build_apps().items():
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.TCPSite(runner, host, 0).start()
-            self._runners.append(runner)
-            self.urls[name] = f"http://{host}:{runner.addresses[0][1]}"
-        self.base_url = self.urls["api"]
-        return self
+    def key_of(self, request: web.Request) -> str | None:
+        return _token(request)
 
-    async def stop(self) -> None:
-        for runner in self._runners:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
-        self._runners.clear()
+    def redacted(self, value: str) -> str:
+        return "***"
 
-    async def __aenter__(self) -> FakeCivitai:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+    def describe(self, call: Call, request: web.Request) -> None:
+        call.user = self.keys.get(call.key) if call.key else None
 
     # --- switches ----------------------------------------------------------------------------
 
@@ -1107,8 +1077,7 @@ class FakeCivitai:
         extra = dict(headers or {})
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
-        for _ in range(times):
-            self._failures.append(Failure(on, status, raw, ctype, extra))
+        self.faults.fail(status, raw, on=on, times=times, headers=extra, content_type=ctype)
 
     def throttle(
         self,
@@ -1159,8 +1128,7 @@ class FakeCivitai:
 
     def drop_next(self, times: int = 1, *, on: str = "any") -> None:
         """Close the connection without an answer."""
-        for _ in range(times):
-            self._failures.append(Failure(on, 0, b"", "", {}, drop=True))
+        self.faults.drop(on=on, times=times)
 
     def _html(
         self, status: int, page: str, *, times: int, on: str, retry_after: float | str | None
@@ -1173,10 +1141,8 @@ class FakeCivitai:
             headers["cf-mitigated"] = "challenge"
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        for _ in range(times):
-            self._failures.append(
-                Failure(on, status, page.encode(), "text/html; charset=UTF-8", headers)
-            )
+        html = "text/html; charset=UTF-8"
+        self.faults.fail(status, page, on=on, times=times, headers=headers, content_type=html)
 
     def loop_cursor(self, mode: str | None = "cursor", *, on: str = "any", after: int = 1) -> None:
         """Reproduce the server's cursor bugs on cursor-paged endpoints (images, models), from
@@ -1196,57 +1162,9 @@ class FakeCivitai:
         self._loop = LoopSpec(mode, on, after)
 
     def calls_to(self, endpoint: str) -> list[Call]:
-        return [c for c in self.calls if c.endpoint == endpoint]
+        return self.calls_of(endpoint)
 
     # --- plumbing ----------------------------------------------------------------------------
-
-    def _middleware(self) -> Any:
-        @web.middleware
-        async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            body = None
-            if request.can_read_body:
-                raw = await request.read()
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode("utf-8", "replace")
-            endpoint = request.match_info.route.name or "unknown"
-            token = _token(request)
-            user = self.keys.get(token) if token else None
-            headers = dict(request.headers)
-            for name in list(headers):
-                if name.lower() == "authorization":
-                    headers[name] = "***"
-            query = [(k, "***" if k == "token" else v) for k, v in request.query.items()]
-            call = Call(request.method, request.path, endpoint, query, headers, token, user, body)
-            self.calls.append(call)
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)
-            failure = self._injected(endpoint)
-            if failure is not None and failure.drop:
-                if request.transport is not None:
-                    request.transport.abort()
-                call.status = 0
-                raise asyncio.CancelledError
-            if failure is not None:
-                response: web.StreamResponse = web.Response(
-                    status=failure.status,
-                    body=failure.body,
-                    headers={"Content-Type": failure.content_type, **failure.headers},
-                )
-            else:
-                response = await handler(request)
-            call.status = response.status
-            return response
-
-        return middleware
-
-    def _injected(self, endpoint: str) -> Failure | None:
-        for failure in self._failures:
-            if failure.on in (endpoint, "any"):
-                self._failures.remove(failure)
-                return failure
-        return None
 
     def _json(self, data: Any, *, cache: str = PUBLIC_CACHE, status: int = 200) -> web.Response:
         return web.json_response(data, status=status, headers={"Cache-Control": cache})
@@ -2237,12 +2155,12 @@ class FakeCivitaiDownloads(FakeCivitai):
         # a host that lies about (or does not give) the size Civitai lists
         self.oversize: dict[int, tuple[int, bool]] = {}
 
-    def _build_apps(self) -> dict[str, web.Application]:
-        apps = super()._build_apps()
+    def origins(self) -> dict[str, web.Application]:
+        apps = super().origins()
         apps["api"].router.add_get(
             "/api/download/models/{modelVersionId}", self._download, name="download"
         )
-        storage = web.Application(middlewares=[self._middleware()])
+        storage = web.Application()
         storage.router.add_route("*", "/{tail:.+}", self._storage, name="storage")
         apps["storage"] = storage
         return apps

@@ -17,6 +17,10 @@ Use::
     async with FakeDashScope(keys={"sk-a", "sk-b"}) as fake:
         ...  # point the client at fake.base_url (the SDK at fake.base_url + "/api/v1")
 
+Server, call records (``calls``: the API's; ``downloads``: the OSS origin's) and the fault
+queue behind :meth:`FakeDashScope.fail_next` are the shared scaffold's
+(tests/fakes/scaffold.py); ``fake.faults`` adds latency or drops connections.
+
 What follows /work/shared/api/providers.md, section "Alibaba Cloud Model Studio
 (DashScope)":
 
@@ -51,7 +55,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -65,6 +68,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageOps
+
+from tests.fakes.scaffold import LoopbackServer, Recorded
 
 Json = dict[str, Any]
 
@@ -132,27 +137,10 @@ def _now_cn() -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
 
 
-@dataclasses.dataclass
-class Call:
-    """One request as the fake saw it. ``headers`` has the key replaced by ``***``;
-    ``key`` is the key itself (the fake's own test keys) so tests can check which was used."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-    key: str | None
-    status: int = 0
-    time: float = 0.0
-
-
-@dataclasses.dataclass
-class Failure:
-    code: str
-    status: int
-    message: str
-    on: str  # submit | task | cancel | any
-    retry_after: float | str | None = None
+class Call(Recorded):
+    """One request as the fake saw it (tests/fakes/scaffold.py). ``headers`` has the key
+    replaced by ``***``; ``key`` is the key itself (the fake's own test keys) so tests can
+    check which was used."""
 
 
 @dataclasses.dataclass
@@ -239,7 +227,9 @@ def _draw(task: Task, index: int) -> bytes:
     return buf.getvalue()
 
 
-class FakeDashScope:
+class FakeDashScope(LoopbackServer):
+    record_type = Call
+
     def __init__(
         self,
         keys: set[str] | frozenset[str] | list[str] = frozenset({"sk-test"}),
@@ -251,6 +241,7 @@ class FakeDashScope:
         account_qps: float | None = None,
         region: str = "beijing",
     ) -> None:
+        super().__init__()
         self.keys = set(keys)
         self.accounts = dict(accounts or {})
         self.account_qps = account_qps
@@ -260,50 +251,42 @@ class FakeDashScope:
         self.queue_delay_s = queue_delay_s
         self.run_delay_s = run_delay_s
         self.result_ttl_s = result_ttl_s
-        self.calls: list[Call] = []
-        self.downloads: list[tuple[str, int]] = []  # (path, status) on the OSS origin
         self.tasks: dict[str, Task] = {}
         self.max_running_per_key: dict[str, int] = collections.defaultdict(int)
-        self._failures: list[Failure] = []
         self._next_task_fail: tuple[str, str] | None = None
         self._next_result_failures: dict[int, tuple[str, str]] = {}
         self._images: dict[tuple[str, int], bytes] = {}
-        self._runners: list[web.AppRunner] = []
-        self.base_url = ""
-        self.oss_url = ""
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1") -> FakeDashScope:
+    def origins(self) -> dict[str, web.Application]:
         api = web.Application(client_max_size=32 * 1024 * 1024)
         api.router.add_post(
             "/api/v1/services/aigc/{group}/image-synthesis", self._submit, name="submit"
         )
-        api.router.add_get("/api/v1/tasks/{task_id}", self._task)
-        api.router.add_post("/api/v1/tasks/{task_id}/cancel", self._cancel)
+        api.router.add_get("/api/v1/tasks/{task_id}", self._task, name="task")
+        api.router.add_post("/api/v1/tasks/{task_id}/cancel", self._cancel, name="cancel")
         oss = web.Application()
-        oss.router.add_get("/{task_id}/{name}", self._oss_get)
-        urls = []
-        for app in (api, oss):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.TCPSite(runner, host, 0).start()
-            self._runners.append(runner)
-            urls.append(f"http://{host}:{runner.addresses[0][1]}")
-        self.base_url, self.oss_url = urls
-        return self
+        oss.router.add_get("/{task_id}/{name}", self._oss_get, name="oss")
+        return {"api": api, "oss": oss}
 
-    async def stop(self) -> None:
-        for runner in self._runners:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
-        self._runners.clear()
+    def key_of(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        return auth[7:].strip() if auth.startswith("Bearer ") else None
 
-    async def __aenter__(self) -> FakeDashScope:
-        return await self.start()
+    @property
+    def oss_url(self) -> str:
+        return self.urls["oss"]
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+    @property
+    def calls(self) -> list[Call]:
+        """Every request to the API (not the OSS origin)."""
+        return self.calls_of(origin="api")
+
+    @property
+    def downloads(self) -> list[tuple[str, int]]:
+        """(path, status) of each answered GET on the OSS origin."""
+        return [(c.path, c.status) for c in self.calls_of(origin="oss") if c.done]
 
     # --- control -----------------------------------------------------------------------------
 
@@ -320,8 +303,11 @@ class FakeDashScope:
         """The next ``times`` requests of kind ``on`` (submit, task, cancel, any) get this
         error instead of an answer."""
         msg = message if message is not None else DEFAULT_MESSAGES.get(code, code)
-        for _ in range(times):
-            self._failures.append(Failure(code, status, msg, on, retry_after))
+        assert on in ("submit", "task", "cancel", "any")
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        for _ in range(times):  # a request_id each
+            body = {"code": code, "message": msg, "request_id": str(uuid.uuid4())}
+            self.faults.fail(status, body, on=_on_api if on == "any" else on, headers=headers)
 
     def throttle(
         self,
@@ -372,7 +358,7 @@ class FakeDashScope:
         )
 
     def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
-        return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
+        return self.calls_of(method=method, prefix=path_prefix, origin="api")
 
     @property
     def submits(self) -> list[Call]:
@@ -384,60 +370,29 @@ class FakeDashScope:
 
     # --- the API -------------------------------------------------------------------------------
 
-    def _record(self, request: web.Request, body: Any) -> tuple[Call, str | None]:
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth.startswith("Bearer ") else None
-        headers = {k: v for k, v in request.headers.items()}
-        if "Authorization" in headers:
-            headers["Authorization"] = "Bearer ***"
-        call = Call(request.method, request.path, headers, body, key, time=time.monotonic())
-        self.calls.append(call)
-        return call, key
-
-    def _injected(self, kind: str) -> web.Response | None:
-        for f in self._failures:
-            if f.on in (kind, "any"):
-                self._failures.remove(f)
-                headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else None
-                return _err(f.status, f.code, f.message, headers)
-        return None
-
-    async def _answer(self, call: Call, response: web.StreamResponse) -> web.StreamResponse:
-        call.status = response.status
-        return response
-
     def _auth(self, key: str | None) -> web.Response | None:
         if key is None or key not in self.keys:
             return _err(401, "InvalidApiKey", ERR_KEY)
         return None
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        call, key = self._record(request, body)
+        body, key = self.record(request).json, self.key_of(request)
         denied = self._auth(key)
         if denied is not None:
-            return await self._answer(call, denied)
+            return denied
         if request.headers.get("X-DashScope-Async", "").lower() != "enable":
-            return await self._answer(call, _err(403, "AccessDenied", ERR_SYNC))
-        injected = self._injected("submit")
-        if injected is not None:
-            return await self._answer(call, injected)
+            return _err(403, "AccessDenied", ERR_SYNC)
         assert key is not None
         account = self.account(key)
         now = time.monotonic()
         times = self.submit_times[account]
         if self.account_qps and times and now - times[-1] < 1.0 / self.account_qps:
-            return await self._answer(
-                call, _err(429, "Throttling.RateQuota", DEFAULT_MESSAGES["Throttling.RateQuota"])
-            )
+            return _err(429, "Throttling.RateQuota", DEFAULT_MESSAGES["Throttling.RateQuota"])
         group = request.match_info["group"]
         try:
             task = self._task_from(group, body, key)
         except _Invalid as exc:
-            return await self._answer(call, _err(400, exc.code, str(exc)))
+            return _err(400, exc.code, str(exc))
         times.append(now)
         self.tasks[task.id] = task
         running = self.running(key)
@@ -445,14 +400,11 @@ class FakeDashScope:
         self.max_running_per_account[account] = max(
             self.max_running_per_account[account], self.running_on_account(account)
         )
-        return await self._answer(
-            call,
-            web.json_response(
-                {
-                    "output": {"task_status": "PENDING", "task_id": task.id},
-                    "request_id": str(uuid.uuid4()),
-                }
-            ),
+        return web.json_response(
+            {
+                "output": {"task_status": "PENDING", "task_id": task.id},
+                "request_id": str(uuid.uuid4()),
+            }
         )
 
     def _task_from(self, group: str, body: Any, key: str) -> Task:
@@ -568,24 +520,18 @@ class FakeDashScope:
         )
 
     async def _task(self, request: web.Request) -> web.StreamResponse:
-        call, key = self._record(request, None)
+        key = self.key_of(request)
         denied = self._auth(key)
         if denied is not None:
-            return await self._answer(call, denied)
-        injected = self._injected("task")
-        if injected is not None:
-            return await self._answer(call, injected)
+            return denied
         task_id = request.match_info["task_id"]
         task = self.tasks.get(task_id)
         if task is None or self.account(task.key) != self.account(key) or task.forgotten:
-            return await self._answer(
-                call,
-                web.json_response(
-                    {
-                        "request_id": str(uuid.uuid4()),
-                        "output": {"task_id": task_id, "task_status": "UNKNOWN"},
-                    }
-                ),
+            return web.json_response(
+                {
+                    "request_id": str(uuid.uuid4()),
+                    "output": {"task_id": task_id, "task_status": "UNKNOWN"},
+                }
             )
         status = task.status(time.monotonic())
         out: Json = {"task_id": task.id, "task_status": status, "submit_time": task.submit_time}
@@ -616,25 +562,22 @@ class FakeDashScope:
             out["results"] = results
             out["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": ok, "FAILED": task.n - ok}
             body["usage"] = {"image_count": ok}
-        return await self._answer(call, web.json_response(body))
+        return web.json_response(body)
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
-        call, key = self._record(request, None)
+        key = self.key_of(request)
         denied = self._auth(key)
         if denied is not None:
-            return await self._answer(call, denied)
-        injected = self._injected("cancel")
-        if injected is not None:
-            return await self._answer(call, injected)
+            return denied
         task = self.tasks.get(request.match_info["task_id"])
         if (
             task is None
             or self.account(task.key) != self.account(key)
             or task.status(time.monotonic()) != "PENDING"
         ):
-            return await self._answer(call, _err(400, "UnsupportedOperation", ERR_CANCEL))
+            return _err(400, "UnsupportedOperation", ERR_CANCEL)
         task.canceled = True
-        return await self._answer(call, web.json_response({"request_id": str(uuid.uuid4())}))
+        return web.json_response({"request_id": str(uuid.uuid4())})
 
     # --- the OSS origin ----------------------------------------------------------------------
 
@@ -655,11 +598,6 @@ class FakeDashScope:
         return f"{self.oss_url}{path}?{query}"
 
     async def _oss_get(self, request: web.Request) -> web.StreamResponse:
-        response = await self._oss_answer(request)
-        self.downloads.append((request.path, response.status))
-        return response
-
-    async def _oss_answer(self, request: web.Request) -> web.StreamResponse:
         expires = request.query.get("Expires", "")
         signature = request.query.get("Signature", "")
         if not expires or not signature:
@@ -684,6 +622,10 @@ class FakeDashScope:
         if cache_key not in self._images:
             self._images[cache_key] = await asyncio.to_thread(_draw, task, index)
         return web.Response(body=self._images[cache_key], content_type="image/png")
+
+
+def _on_api(call: Recorded) -> bool:
+    return call.origin == "api"
 
 
 class _Invalid(Exception):

@@ -26,7 +26,9 @@ The timeline of every request: it waits ``queue_s`` seconds in the queue (its
 ``queue_position`` counting down to 1, ``wait_time`` the seconds left), is processed for
 ``run_s`` seconds, then is done. The anonymous key waits ``anon_extra_queue`` places further
 back (the pool serves anonymous users last). ``next_outcome("impossible" | "faulted")``
-changes the next request's ending; a model no worker serves is impossible too.
+changes the next request's ending; a model no worker serves is impossible too. Requests are
+recorded in ``calls`` and HTTP faults (any status, latency, a dropped connection) are injected
+with ``fake.faults``, both from the shared scaffold (tests/fakes/scaffold.py).
 
 Deliberate deviations (small, and written down so tests are not misled):
 
@@ -53,6 +55,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from tests.fakes.scaffold import CallLog, LoopbackServer, Recorded
+
 ANON = "0000000000"
 Json = dict[str, Any]
 NO_WORKER = (
@@ -61,16 +65,20 @@ NO_WORKER = (
 )
 
 
-@dataclass
-class Call:
-    method: str
-    path: str
-    apikey: str | None
-    client_agent: str | None
-    body: Any = None
-    status: int = 0
-    at: float = field(default_factory=time.monotonic)
-    headers: dict[str, str] = field(default_factory=dict)
+class Call(Recorded):
+    """One request (tests/fakes/scaffold.py); ``apikey`` is the key it carried."""
+
+    @property
+    def apikey(self) -> str | None:
+        return self.key
+
+    @property
+    def client_agent(self) -> str | None:
+        return self.headers.get("Client-Agent")
+
+    @property
+    def at(self) -> float:
+        return self.time
 
 
 @dataclass
@@ -91,7 +99,10 @@ class HordeRequest:
     made_at: float | None = None
 
 
-class FakeHorde:
+class FakeHorde(LoopbackServer):
+    record_type = Call
+    redact = frozenset()
+
     def __init__(
         self,
         *,
@@ -107,6 +118,7 @@ class FakeHorde:
         check_cache_s: float = 1.0,
         r2_ttl_s: float = 600.0,
     ) -> None:
+        super().__init__()
         self.keys = dict(keys or {})  # registered keys and their kudos
         self.models = dict(models if models is not None else {"stable_diffusion": 12})
         self.queue_s = queue_s
@@ -118,47 +130,32 @@ class FakeHorde:
         self.status_window_s = status_window_s
         self.check_cache_s = check_cache_s
         self.r2_ttl_s = r2_ttl_s
-        self.calls: list[Call] = []
+        self.calls: CallLog[Call] = self.log
         self.requests: dict[str, HordeRequest] = {}
         self._outcomes: list[str] = []
         self._status_uses: dict[str, deque[float]] = {}
         self._check_cache: dict[str, tuple[float, Json]] = {}
         self._gen_owner: dict[str, str] = {}  # generation id -> request id
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> FakeHorde:
+    def origins(self) -> dict[str, web.Application]:
         app = web.Application(client_max_size=32 * 1024 * 1024)
-        app.router.add_post("/api/v2/generate/async", self._submit)
-        app.router.add_get("/api/v2/generate/check/{id}", self._check)
-        app.router.add_get("/api/v2/generate/status/{id}", self._status)
-        app.router.add_delete("/api/v2/generate/status/{id}", self._delete)
-        app.router.add_get("/api/v2/status/models", self._models)
-        app.router.add_get("/r2/{gen}.webp", self._r2)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-        return self
+        app.router.add_post("/api/v2/generate/async", self._submit, name="submit")
+        app.router.add_get("/api/v2/generate/check/{id}", self._check, name="check")
+        app.router.add_get("/api/v2/generate/status/{id}", self._status, name="status")
+        app.router.add_delete("/api/v2/generate/status/{id}", self._delete, name="delete")
+        app.router.add_get("/api/v2/status/models", self._models, name="models")
+        app.router.add_get("/r2/{gen}.webp", self._r2, name="r2")
+        return {"api": app}
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._runner = None
-
-    async def __aenter__(self) -> FakeHorde:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+    def key_of(self, request: web.Request) -> str | None:
+        return request.headers.get("apikey")
 
     @property
     def base_url(self) -> str:
         """What a client is configured with (``base_url``; ``AI_HORDE_URL`` for the SDK)."""
-        return f"http://127.0.0.1:{self._port}/api"
+        return f"{self.urls['api']}/api"
 
     # --- control and records --------------------------------------------------------------
 
@@ -184,37 +181,22 @@ class FakeHorde:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _record(self, request: web.Request, body: Any = None) -> Call:
-        call = Call(
-            request.method,
-            request.path,
-            request.headers.get("apikey"),
-            request.headers.get("Client-Agent"),
-            body,
-            headers=dict(request.headers),
-        )
-        self.calls.append(call)
-        return call
-
     @staticmethod
-    def _error(call: Call, status: int, rc: str, message: str, **headers: str) -> web.Response:
+    def _error(status: int, rc: str, message: str, **headers: str) -> web.Response:
         """[RC]: every error is ``{"message", "rc"}``."""
-        call.status = status
         return web.json_response({"message": message, "rc": rc}, status=status, headers=headers)
 
     @staticmethod
-    def _ok(call: Call, body: Any, status: int = 200) -> web.Response:
-        call.status = status
+    def _ok(body: Any, status: int = 200) -> web.Response:
         return web.json_response(body, status=status)
 
     def _kudos_of(self, apikey: str) -> float:
         return 0.0 if apikey == ANON else self.keys.get(apikey, 0.0)
 
-    def _request(self, call: Call, request: web.Request) -> HordeRequest | web.Response:
+    def _request(self, request: web.Request) -> HordeRequest | web.Response:
         found = self.requests.get(request.match_info["id"])
         if found is None or found.cancelled:
             return self._error(
-                call,
                 404,
                 "RequestNotFound",
                 f"Request with ID '{request.match_info['id']}' not found.",
@@ -276,7 +258,7 @@ class FakeHorde:
                 Image.new("RGB", (width, height), colour).save(buf, format="WEBP")
                 req.pictures[gen_id] = buf.getvalue()
             if req.body.get("r2", True):
-                img = f"http://127.0.0.1:{self._port}/r2/{gen_id}.webp"
+                img = f"{self.urls['api']}/r2/{gen_id}.webp"
             else:
                 img = base64.b64encode(req.pictures[gen_id]).decode("ascii")
             out.append(
@@ -297,36 +279,30 @@ class FakeHorde:
     # --- endpoints -------------------------------------------------------------------------
 
     async def _submit(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        call = self._record(request, body)
+        body = self.record(request).json
         apikey = request.headers.get("apikey")
         if not apikey:
-            return self._error(call, 400, "BadRequest", "Input payload validation failed")
+            return self._error(400, "BadRequest", "Input payload validation failed")
         if apikey != ANON and apikey not in self.keys:
-            return self._error(call, 401, "InvalidAPIKey", "Invalid API Key")
+            return self._error(401, "InvalidAPIKey", "Invalid API Key")
         if not isinstance(body, dict) or not body.get("prompt"):
-            return self._error(call, 400, "MissingPrompt", "The generation prompt was not given")
+            return self._error(400, "MissingPrompt", "The generation prompt was not given")
         params = body.get("params") or {}
         width, height = int(params.get("width", 512)), int(params.get("height", 512))
         steps = int(params.get("steps", 30))
         if width % 64 or height % 64:
             return self._error(
-                call,
                 400,
                 "InvalidSize",
                 "Invalid size. The image dimensions must be a multiple of 64.",
             )
         if steps > 500:
-            return self._error(call, 400, "TooManySteps", "Too many sampling steps.")
+            return self._error(400, "TooManySteps", "Too many sampling steps.")
         n = int(params.get("n", 1))
         if width * height > 1024 * 1024 or steps > 50:
             need = self.kudos_per_image * n * 3
             if self._kudos_of(apikey) < need:
                 return self._error(
-                    call,
                     403,
                     "KudosUpfront",
                     f"Due to heavy demand, for requests over 1024x1024 or over 50 steps, the "
@@ -352,24 +328,22 @@ class FakeHorde:
         if outcome == "impossible":  # [NOTES]: accepted anyway, with a warning
             answer["message"] = NO_WORKER
             answer["warnings"] = [{"code": "NoAvailableWorker", "message": NO_WORKER}]
-        return self._ok(call, answer, 202)
+        return self._ok(answer, 202)
 
     async def _check(self, request: web.Request) -> web.Response:
-        call = self._record(request)
-        found = self._request(call, request)
+        found = self._request(request)
         if isinstance(found, web.Response):
             return found
         found.checks += 1
         cached = self._check_cache.get(found.id)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.check_cache_s:  # [INT] 1 s cache
-            return self._ok(call, cached[1])
+            return self._ok(cached[1])
         body = self._progress(found)
         self._check_cache[found.id] = (now, body)
-        return self._ok(call, body)
+        return self._ok(body)
 
     async def _status(self, request: web.Request) -> web.Response:
-        call = self._record(request)
         key = request.headers.get("apikey") or request.remote or ""
         uses = self._status_uses.setdefault(key, deque())
         now = time.monotonic()
@@ -378,35 +352,32 @@ class FakeHorde:
         if len(uses) >= self.status_limit:  # [NOTES] 10 a minute
             wait = math.ceil(uses[0] + self.status_window_s - now)
             return self._error(
-                call,
                 429,
                 "TooManyRequests",
                 f"{self.status_limit} per {self.status_window_s:g} second limit exceeded",
                 **{"Retry-After": str(max(1, wait))},
             )
         uses.append(now)
-        found = self._request(call, request)
+        found = self._request(request)
         if isinstance(found, web.Response):
             return found
         found.statuses += 1
         body = self._progress(found)
         body["generations"] = self._generations(found, request) if body["done"] else []
         body["shared"] = bool(found.body.get("shared")) or found.apikey == ANON
-        return self._ok(call, body)
+        return self._ok(body)
 
     async def _delete(self, request: web.Request) -> web.Response:
-        call = self._record(request)
-        found = self._request(call, request)
+        found = self._request(request)
         if isinstance(found, web.Response):
             return found
         body = self._progress(found)
         body["generations"] = self._generations(found, request) if body["done"] else []
         body["shared"] = False
         found.cancelled = True
-        return self._ok(call, body)
+        return self._ok(body)
 
     async def _models(self, request: web.Request) -> web.Response:
-        call = self._record(request)
         kind = request.query.get("type", "image")
         rows = [
             {
@@ -420,17 +391,13 @@ class FakeHorde:
             }
             for name, count in self.models.items()
         ]
-        return self._ok(call, rows if kind == "image" else [])
+        return self._ok(rows if kind == "image" else [])
 
     async def _r2(self, request: web.Request) -> web.Response:
-        call = self._record(request)
         gen_id = request.match_info["gen"]
         req = self.requests.get(self._gen_owner.get(gen_id, ""))
         if req is None or gen_id not in req.pictures:
-            call.status = 404
             return web.Response(status=404)
         if req.made_at is not None and time.monotonic() - req.made_at > self.r2_ttl_s:
-            call.status = 403
             return web.Response(status=403, text="expired")
-        call.status = 200
         return web.Response(body=req.pictures[gen_id], content_type="image/webp")

@@ -41,7 +41,10 @@ some pictures), ``balance`` (points per AccessKey; a submission that costs more 
 ``concurrency_limit`` and ``submit_qps``.
 
 Records: ``calls`` (every API request), ``tasks``, ``uploads``, ``downloads`` and
-``max_running_per_key`` (most tasks one AccessKey had unfinished at once).
+``max_running_per_key`` (most tasks one AccessKey had unfinished at once). Server, call
+records, the fault queue behind :meth:`fail_next` (``fake.faults`` also adds latency or
+drops connections) and the uploaded-file store are the shared scaffold's
+(tests/fakes/scaffold.py).
 
 Deliberate deviations (kept small so tests are not misled):
 
@@ -55,7 +58,6 @@ Deliberate deviations (kept small so tests are not misled):
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -67,6 +69,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.fakes.scaffold import LoopbackServer, Recorded
 
 STAR3_TXT2IMG_TEMPLATE = "5d7e67009b344550bc1aa6ccbfa1d7f4"
 STAR3_IMG2IMG_TEMPLATE = "07e00af4fc464c7ab55ff906f8acf1b7"
@@ -141,15 +145,20 @@ def liblib_signature(secret: str, path: str, timestamp: str, nonce: str) -> str:
     return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
-@dataclasses.dataclass
-class Call:
-    path: str
-    query: dict[str, str]
-    body: Any
-    access_key: str | None
-    t: float
-    status: int = 200  # HTTP status answered
-    code: int | None = None  # envelope code answered
+class Call(Recorded):
+    """One API request (tests/fakes/scaffold.py), with the envelope ``code`` answered."""
+
+    @property
+    def access_key(self) -> str | None:
+        return self.key
+
+    @property
+    def t(self) -> float:
+        return self.time
+
+    @property
+    def code(self) -> int | None:
+        return self.reply.get("code") if isinstance(self.reply, dict) else None
 
 
 @dataclasses.dataclass
@@ -178,16 +187,6 @@ class Task:
         return self.created + self.wait_s + self.run_s + audit
 
 
-@dataclasses.dataclass
-class _Injection:
-    code: int
-    msg: str
-    status: int
-    path: str | None
-    times: int
-    retry_after: float | None
-
-
 class _Refused(Exception):
     def __init__(self, code: int, msg: str, status: int = 200) -> None:
         super().__init__(msg)
@@ -209,7 +208,9 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-class FakeLiblib:
+class FakeLiblib(LoopbackServer):
+    record_type = Call
+
     def __init__(
         self,
         keys: dict[str, str] | None = None,
@@ -226,6 +227,7 @@ class FakeLiblib:
         http_statuses: bool = True,
         f1_checkpoints: frozenset[str] = frozenset(),
     ) -> None:
+        super().__init__()
         self.http_statuses = http_statuses
         self.f1_checkpoints = set(f1_checkpoints)
         self.keys = dict(keys or {"ak1": "sk1"})
@@ -236,57 +238,46 @@ class FakeLiblib:
         self.reject_reused_nonce = reject_reused_nonce
         self.concurrency_limit = concurrency_limit
         self.submit_qps = submit_qps
-        self.calls: list[Call] = []
         self.tasks: dict[str, Task] = {}
-        self.uploads: dict[str, bytes] = {}
-        self.downloads: list[str] = []  # result picture paths fetched (and answered 200)
         self.max_running_per_key: dict[str, int] = {}
         self._nonces: set[tuple[str, str]] = set()
-        self._injections: list[_Injection] = []
         self._next_task: dict[str, Any] = {}
         self._last_submit: dict[str, float] = {}
         self._policies: dict[str, dict[str, str]] = {}  # OSS object key -> issued form fields
         self._results: dict[str, tuple[bytes, float]] = {}  # name -> (png, expires at)
-        self._runners: list[web.AppRunner] = []
-        self._api_port = 0
-        self._cdn_port = 0
 
     # --------------------------------------------------------------- lifecycle
 
-    async def start(self) -> FakeLiblib:
+    def origins(self) -> dict[str, web.Application]:
         api = web.Application(client_max_size=4 * 1024 * 1024)
-        api.router.add_route("*", "/{path:.*}", self._handle_api)
+        api.router.add_route("*", "/{path:.*}", self._handle_api, name="api")
         cdn = web.Application(client_max_size=MAX_OSS_BYTES + 1024 * 1024)
-        cdn.router.add_post("/", self._handle_oss_upload)
-        cdn.router.add_get("/sd-images/{name}", self._handle_result)
-        cdn.router.add_get("/{key:img/.+}", self._handle_uploaded)
-        for app in (api, cdn):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self._runners.append(runner)
-        self._api_port = int(self._runners[0].addresses[0][1])
-        self._cdn_port = int(self._runners[1].addresses[0][1])
-        return self
+        cdn.router.add_post("/", self._handle_oss_upload, name="upload")
+        cdn.router.add_get("/sd-images/{name}", self._handle_result, name="result")
+        cdn.router.add_get("/{key:img/.+}", self._handle_uploaded, name="uploaded")
+        return {"api": api, "cdn": cdn}
 
-    async def stop(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-
-    async def __aenter__(self) -> FakeLiblib:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._api_port}"
+    def key_of(self, request: web.Request) -> str | None:
+        return request.query.get("AccessKey")
 
     @property
     def cdn_url(self) -> str:
-        return f"http://127.0.0.1:{self._cdn_port}"
+        return self.urls["cdn"]
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every API request (not the storage's)."""
+        return self.calls_of(origin="api")
+
+    @property
+    def uploads(self) -> dict[str, bytes]:
+        """The objects uploaded to the storage, by OSS key."""
+        return self.files.as_bytes()
+
+    @property
+    def downloads(self) -> list[str]:
+        """Result picture paths fetched (and answered 200)."""
+        return [c.path for c in self.calls_of("result") if c.status == 200]
 
     # --------------------------------------------------------------- control
 
@@ -301,7 +292,13 @@ class FakeLiblib:
         retry_after: float | None = None,
     ) -> None:
         """The next ``times`` API requests (to ``path``, or any) answer this error."""
-        self._injections.append(_Injection(code, msg, status, path, times, retry_after))
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+
+        def on(call: Recorded) -> bool:
+            return call.origin == "api" and path in (None, call.path)
+
+        body = {"code": code, "msg": msg, "data": None}
+        self.faults.fail(status, body, on=on, times=times, headers=headers)
 
     def throttle(
         self, times: int = 1, *, retry_after: float | None = None, path: str | None = None
@@ -333,23 +330,9 @@ class FakeLiblib:
     # --------------------------------------------------------------- API
 
     async def _handle_api(self, request: web.Request) -> web.Response:
-        path = request.path
-        query = dict(request.query)
-        raw = await request.read()
+        call = self.record(request)
+        path, query, body = call.path, call.query, call.body
         try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        call = Call(path, query, body, query.get("AccessKey"), time.monotonic())
-        self.calls.append(call)
-        headers: dict[str, str] = {}
-        injected = None
-        try:
-            injected = self._take_injection(path)
-            if injected is not None:
-                if injected.retry_after is not None:
-                    headers["Retry-After"] = str(injected.retry_after)
-                raise _Refused(injected.code, injected.msg, injected.status)
             if request.method != "POST":
                 raise _Refused(CODE_PARAM, "only POST", 405)
             access_key = self._verify_signature(path, query)
@@ -364,22 +347,11 @@ class FakeLiblib:
             else:
                 raise _Refused(CODE_PARAM, "接口不存在 (no such endpoint)", 404)
         except _Refused as exc:
-            if exc.code in (401, 403, 429) and exc.status == 200 and injected is None:
+            if exc.code in (401, 403, 429) and exc.status == 200:
                 exc.status = exc.code if self.http_statuses else 200
-            call.status, call.code = exc.status, exc.code
             payload = {"code": exc.code, "msg": exc.msg, "data": None}
-            return web.json_response(payload, status=exc.status, headers=headers)
-        call.code = 0
+            return web.json_response(payload, status=exc.status)
         return web.json_response({"code": 0, "msg": "", "data": data})
-
-    def _take_injection(self, path: str) -> _Injection | None:
-        for inj in self._injections:
-            if inj.path is None or inj.path == path:
-                inj.times -= 1
-                if inj.times <= 0:
-                    self._injections.remove(inj)
-                return inj
-        return None
 
     def _verify_signature(self, path: str, query: dict[str, str]) -> str:
         access_key = query.get("AccessKey", "")
@@ -529,9 +501,9 @@ class FakeLiblib:
         )
         if url.startswith(self.cdn_url + "/"):
             key = url[len(self.cdn_url) + 1 :]
-            if key not in self.uploads:
+            if key not in self.files:
                 raise _Refused(CODE_IMAGE_URL, "图片无法访问 (sourceImage cannot be fetched)")
-            with Image.open(io.BytesIO(self.uploads[key])) as img:
+            with Image.open(io.BytesIO(self.files.data(key))) as img:
                 return img.size
         return 1024, 1024
 
@@ -621,18 +593,10 @@ class FakeLiblib:
         }
 
     async def _handle_oss_upload(self, request: web.Request) -> web.Response:
-        fields: dict[str, str] = {}
-        data: bytes | None = None
-        after_file = False
-        with contextlib.suppress(Exception):
-            reader = await request.multipart()
-            async for part in reader:
-                if data is not None:
-                    after_file = True
-                if part.name == "file":
-                    data = await part.read()
-                elif part.name:
-                    fields[part.name] = await part.text()
+        call = self.record(request)
+        fields, file = call.form, call.file("file")
+        data = file.data if file is not None else None
+        after_file = "file" in call.parts and call.parts[-1] != "file"
         issued = self._policies.get(fields.get("key", ""))
         if (
             issued is None
@@ -643,14 +607,11 @@ class FakeLiblib:
             return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
         if len(data) > MAX_OSS_BYTES:
             return web.Response(status=400, text="<Error><Code>EntityTooLarge</Code></Error>")
-        self.uploads[issued["key"]] = data
+        self.files.put(data, key=issued["key"], content_type="image/png")
         return web.Response(status=204)
 
     async def _handle_uploaded(self, request: web.Request) -> web.Response:
-        data = self.uploads.get(request.match_info["key"])
-        if data is None:
-            return web.Response(status=404)
-        return web.Response(body=data, content_type="image/png")
+        return self.files.response(request.match_info["key"], "image/png")
 
     async def _handle_result(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -662,5 +623,4 @@ class FakeLiblib:
             return web.Response(
                 status=403, text="<Error><Code>AccessDenied</Code>Request has expired</Error>"
             )
-        self.downloads.append(request.path)
         return web.Response(body=data, content_type="image/png")
