@@ -27,8 +27,9 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters.chat.conversation import picture_policy
 from adapters.chat.discord.buttons import CommandButton, ResultButton
-from adapters.chat.discord.delivery import DiscordDelivery
+from adapters.chat.discord.delivery import NO_MENTIONS, DiscordDelivery
 from adapters.chat.discord.files import _is_picture
 from adapters.chat.discord.limits import (
     DEFAULT_LIMIT,
@@ -65,8 +66,12 @@ class DiscordAdapter(DiscordDelivery):
         self.app = app
         self.cfg = cfg or app.config.discord
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
+        # sdhost has no voice: discord.py's "voice will NOT be supported" is noise to it
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         self.client: discord.Client = client_cls(
             intents=discord.Intents.default(),
+            # nothing the bot writes pings anyone unless a call says so (delivery.py)
+            allowed_mentions=discord.AllowedMentions.none(),
             # None: learnt at login (discord.py reads it with .get; its TypedDict says int)
             application_id=self.cfg.application_id or None,  # type: ignore[arg-type]
         )
@@ -80,6 +85,7 @@ class DiscordAdapter(DiscordDelivery):
         # progress edits: the newest state per status message, one edit per message
         # every progress_edit_s
         self.setup_conversation()
+        self.setup_delivery()
         self.interactions_handled = 0  # answered (the response edited), for benchmarks
 
         @self.client.event
@@ -608,6 +614,37 @@ class DiscordAdapter(DiscordDelivery):
 
     # --- buttons -------------------------------------------------------------------------
 
+    async def _send_original(
+        self,
+        interaction: discord.Interaction[Any],
+        presser: UserRef,
+        lang: str,
+        job_id: int,
+        idx: int,
+    ) -> None:
+        """The PNG of a picture, under the channel's NSFW policy. Anyone who sees the
+        picture may ask: the requester gets it in the channel, anyone else privately."""
+        picture = await self.results.picture(job_id, idx, by=presser)
+        me = await self.app.jobs.user(presser)
+        await interaction.response.defer(thinking=True, ephemeral=me.id != picture.job.user_id)
+        policy = "allow" if self._nsfw_channel(interaction) else self.cfg.nsfw
+        shown = picture_policy(_shown_as_spoiler(interaction.message, job_id, idx), policy)
+        if shown == "withhold":
+            await self._respond(interaction, t(lang, "dc.nsfw_blocked", k=idx + 1, job=job_id))
+            return
+        data = await self.results.picture_bytes(picture)
+        limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
+        if len(data) > limit:
+            mb, limit_mb = len(data) / 1024 / 1024, limit // 1024 // 1024
+            await self._respond(interaction, t(lang, "dc.original_too_big", mb=mb, limit=limit_mb))
+            return
+        name = f"sdhost-{job_id}-{idx + 1}.png"
+        await interaction.edit_original_response(
+            content=t(lang, "tg.original_caption", job=job_id, k=idx + 1),
+            attachments=[discord.File(io.BytesIO(data), name, spoiler=shown == "spoiler")],
+            allowed_mentions=NO_MENTIONS,
+        )
+
     async def on_button(
         self, interaction: discord.Interaction[Any], action: str, job_id: int, idx: int
     ) -> None:
@@ -633,25 +670,7 @@ class DiscordAdapter(DiscordDelivery):
                     await interaction.message.delete()
                 await interaction.edit_original_response(content=t(lang, "dc.deleted"))
             elif action == "o":
-                await interaction.response.defer(thinking=True)
-                picture = await self.results.picture(job_id, idx, by=presser)
-                data = await self.results.picture_bytes(picture)
-                limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
-                if len(data) > limit:
-                    await self._respond(
-                        interaction,
-                        t(
-                            lang,
-                            "dc.original_too_big",
-                            mb=len(data) / 1024 / 1024,
-                            limit=limit // 1024 // 1024,
-                        ),
-                    )
-                    return
-                await interaction.edit_original_response(
-                    content=t(lang, "tg.original_caption", job=job_id, k=idx + 1),
-                    attachments=[discord.File(io.BytesIO(data), f"sdhost-{job_id}-{idx + 1}.png")],
-                )
+                await self._send_original(interaction, presser, lang, job_id, idx)
             else:
                 await interaction.response.defer(thinking=True)
                 original = await interaction.original_response()
@@ -674,3 +693,14 @@ class DiscordAdapter(DiscordDelivery):
                 await self._respond(interaction, exc.render(lang))
             else:
                 await interaction.response.send_message(exc.render(lang), ephemeral=True)
+
+
+def _shown_as_spoiler(message: discord.Message | None, job_id: int, idx: int) -> bool:
+    """Whether the message under the button shows picture ``idx`` of the job as a spoiler
+    (delivery spoilers a picture flagged NSFW where the channel's policy asks for it; the
+    flag itself is not stored with the picture)."""
+    name = f"sdhost-{job_id}-{idx + 1}."
+    for attachment in message.attachments if message is not None else ():
+        if attachment.filename.removeprefix("SPOILER_").startswith(name):
+            return attachment.is_spoiler()
+    return False

@@ -9,14 +9,18 @@ inherits it (and the shared ``Conversation``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import discord
 
-from adapters.chat.conversation import Conversation
+from adapters.chat.conversation import Conversation, picture_policy
 from adapters.chat.discord.buttons import ResultButton
 from adapters.chat.discord.files import _read, fit_upload
 from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
@@ -27,6 +31,14 @@ from bot.i18n import t
 
 log = logging.getLogger(__name__)
 
+# No mention in a reply pings anyone: prompts and Civitai texts may hold @everyone or
+# <@&role> (Discord's allowed_mentions object, resources/message.mdx "Allowed Mentions").
+NO_MENTIONS = discord.AllowedMentions.none()
+
+PROMPT_IN_CHANNEL = 100  # characters of the prompt under a picture posted in the channel
+
+DEAD_TOKENS_KEPT = 4096  # rejected interaction tokens remembered (per process)
+
 
 class DiscordDelivery(Conversation):
     """Results, outcomes, notices and status edits on Discord (see the module docstring)."""
@@ -36,29 +48,82 @@ class DiscordDelivery(Conversation):
 
     # --- delivering ----------------------------------------------------------------------
 
-    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
-        return bool(reply_to.get("token")) and time.time() < float(reply_to.get("token_until", 0))
+    def setup_delivery(self) -> None:
+        # tokens Discord rejected (401, Unknown Webhook) or that expired: never tried again
+        self._dead_tokens: OrderedDict[str, None] = OrderedDict()
+        # one call at a time per token, so a second call waits and sees the first one's
+        # rejection instead of being rejected too
+        self._token_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
-    async def _post(self, reply_to: dict[str, Any], content: str, **kw: Any) -> None:
+    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
+        token = str(reply_to.get("token") or "")
+        return (
+            bool(token)
+            and token not in self._dead_tokens
+            and time.time() < float(reply_to.get("token_until", 0))
+        )
+
+    def _token_died(self, token: str, exc: discord.HTTPException) -> None:
+        log.info(
+            "discord: interaction token rejected (%s %s); the channel from now on",
+            exc.status,
+            exc.code,
+        )
+        self._dead_tokens[token] = None
+        self._dead_tokens.move_to_end(token)
+        while len(self._dead_tokens) > DEAD_TOKENS_KEPT:
+            self._dead_tokens.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def _token_turn(self, token: str) -> AsyncIterator[None]:
+        lock = self._token_locks.get(token)
+        if lock is None:
+            lock = self._token_locks[token] = asyncio.Lock()
+        async with lock:
+            yield
+
+    def _hook(self, reply_to: dict[str, Any]) -> discord.Webhook:
+        return discord.Webhook.partial(
+            int(reply_to["app"]), str(reply_to["token"]), client=self.client
+        )
+
+    async def _post(
+        self,
+        reply_to: dict[str, Any],
+        content: str,
+        *,
+        in_channel: str | None = None,
+        **kw: Any,
+    ) -> None:
         """A follow-up on the interaction while its token lives, else a channel message
-        that mentions the person (with the bot's token: it never expires)."""
+        (``in_channel``, if given, instead of ``content``) that mentions the person, with
+        the bot's token: it never expires. Only that mention may ping anyone."""
         if self._token_fresh(reply_to):
-            hook = discord.Webhook.partial(
-                int(reply_to["app"]), str(reply_to["token"]), client=self.client
-            )
-            try:
-                await hook.send(content=_clip(content), wait=True, **kw)
-                return
-            except discord.HTTPException as exc:
-                if exc.code not in TOKEN_GONE and exc.status != 401:
-                    raise _delivery_error(exc) from exc
-                log.info("discord: interaction token gone; posting in the channel instead")
+            token = str(reply_to["token"])
+            async with self._token_turn(token):
+                if self._token_fresh(reply_to):  # not rejected while we waited
+                    try:
+                        await self._hook(reply_to).send(
+                            content=_clip(content), wait=True, allowed_mentions=NO_MENTIONS, **kw
+                        )
+                        return
+                    except discord.HTTPException as exc:
+                        if not _token_rejected(exc):
+                            raise _delivery_error(exc) from exc
+                        self._token_died(token, exc)
+                        for f in kw.get("files", ()):
+                            f.reset()
         channel = self.client.get_partial_messageable(int(reply_to["channel"]))
-        mention = f"<@{int(reply_to['user'])}> "
+        user = int(reply_to["user"])
+        text = in_channel if in_channel is not None else content
         try:
             await channel.send(
-                content=_clip(mention + content),
-                allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+                content=_clip(f"<@{user}> {text}"),
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, users=[discord.Object(id=user)]
+                ),
                 **kw,
             )
         except discord.HTTPException as exc:
@@ -68,9 +133,10 @@ class DiscordDelivery(Conversation):
         reply_to = deliveries[0].reply_to
         lang = reply_to.get("lang") or self.cfg.default_lang
         limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
-        nsfw_ok = bool(reply_to.get("nsfw_ok")) or self.cfg.nsfw == "allow"
+        policy = "allow" if reply_to.get("nsfw_ok") else self.cfg.nsfw
         files: list[discord.File] = []
-        lines: list[str] = []
+        lines: list[str] = []  # as a follow-up, under the command that asked for them
+        in_channel: list[str] = []  # as a channel message: with the prompt, to place them
         view = discord.ui.View(timeout=None)
         labels = [
             ("r", t(lang, "dc.btn.reroll")),
@@ -83,10 +149,19 @@ class DiscordDelivery(Conversation):
             p = d.payload
             k = int(p["index"]) + 1
             line = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
+            prompt = str(p.get("prompt") or "")
             if p.get("batch_id") is not None:
-                line += f" · {_clip(str(p.get('prompt', '')), 200)}"
-            if p.get("nsfw") and not nsfw_ok and self.cfg.nsfw == "block":
-                lines.append(t(lang, "dc.nsfw_blocked", k=k, job=d.job_id))
+                line += f" · {_clip(prompt, 200)}"
+            placed = (
+                line
+                if p.get("batch_id") is not None or not prompt
+                else f"{line} · {_clip(prompt, PROMPT_IN_CHANNEL)}"
+            )
+            shown = picture_policy(bool(p.get("nsfw")), policy)
+            if shown == "withhold":
+                notice = t(lang, "dc.nsfw_blocked", k=k, job=d.job_id)
+                lines.append(notice)
+                in_channel.append(notice)
                 continue
             try:
                 data = await asyncio.to_thread(_read, p["path"])
@@ -94,23 +169,29 @@ class DiscordDelivery(Conversation):
                 raise DeliveryGone(f"the picture file {p['path']} is gone") from None
             fitted = await asyncio.to_thread(fit_upload, data, limit)
             if fitted is None:
-                lines.append(t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024))
+                notice = t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024)
+                lines.append(notice)
+                in_channel.append(notice)
                 continue
             body, ext = fitted
             if ext != "png":
-                line += " " + t(lang, "dc.reencoded", k=k, limit=limit // 1024 // 1024)
-            spoiler = bool(p.get("nsfw")) and not nsfw_ok
+                note = " " + t(lang, "dc.reencoded", k=k, limit=limit // 1024 // 1024)
+                line += note
+                placed += note
             files.append(
-                discord.File(io.BytesIO(body), f"sdhost-{d.job_id}-{k}.{ext}", spoiler=spoiler)
+                discord.File(
+                    io.BytesIO(body), f"sdhost-{d.job_id}-{k}.{ext}", spoiler=shown == "spoiler"
+                )
             )
             lines.append(line)
+            in_channel.append(placed)
             for action, label in labels:
                 short = label if len(deliveries) == 1 else f"{label} {k}"
                 view.add_item(ResultButton(action, d.job_id, int(p["index"]), short, row=row))
         kw: dict[str, Any] = {"files": files} if files else {}
         if view.children:
             kw["view"] = view
-        await self._post(reply_to, "\n".join(lines), **kw)
+        await self._post(reply_to, "\n".join(lines), in_channel="\n".join(in_channel), **kw)
 
     async def send_outcome(self, d: Delivery) -> None:
         reply_to = d.reply_to
@@ -131,17 +212,22 @@ class DiscordDelivery(Conversation):
         with the bot's token (the bot wrote the message, so it may)."""
         try:
             if self._token_fresh(reply_to):
-                hook = discord.Webhook.partial(
-                    int(reply_to["app"]), str(reply_to["token"]), client=self.client
-                )
-                try:
-                    await hook.edit_message(message_id, content=_clip(text))
-                    return
-                except discord.HTTPException as exc:
-                    if exc.code not in TOKEN_GONE and exc.status != 401:
-                        raise
+                token = str(reply_to["token"])
+                async with self._token_turn(token):
+                    if self._token_fresh(reply_to):
+                        try:
+                            await self._hook(reply_to).edit_message(
+                                message_id, content=_clip(text), allowed_mentions=NO_MENTIONS
+                            )
+                            return
+                        except discord.HTTPException as exc:
+                            if not _token_rejected(exc):
+                                raise
+                            self._token_died(token, exc)
             channel = self.client.get_partial_messageable(int(reply_to["channel"]))
-            await channel.get_partial_message(message_id).edit(content=_clip(text))
+            await channel.get_partial_message(message_id).edit(
+                content=_clip(text), allowed_mentions=NO_MENTIONS
+            )
         except discord.NotFound:
             return  # the message was deleted: nothing to show progress on
         except discord.HTTPException as exc:
@@ -158,6 +244,11 @@ class DiscordDelivery(Conversation):
 
     async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
         await self._post(reply_to, text)
+
+
+def _token_rejected(exc: discord.HTTPException) -> bool:
+    """Discord will never take this interaction token again."""
+    return exc.status == 401 or exc.code in TOKEN_GONE
 
 
 def _delivery_error(exc: discord.HTTPException) -> Exception:
