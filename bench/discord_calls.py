@@ -27,12 +27,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
-from bot.app import App  # noqa: E402
-from bot.config import Config  # noqa: E402
-from tests.fakes.discord_api import CHANNEL_ID, DEFAULT_TOKEN, FakeDiscord  # noqa: E402
+from bot.app import App
+from bot.config import Config
+from tests.fakes.discord_api import CHANNEL_ID, DEFAULT_TOKEN, FakeDiscord
 
 KINDS = [
     ("callback", "POST", r"^/interactions/\d+/[^/]+/callback$"),

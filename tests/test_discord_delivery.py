@@ -145,3 +145,16 @@ async def test_original_is_withheld_under_block(env: Env) -> None:
     answer = original_answer(env, pressed["token"])
     assert not answer["attachments"]
     assert re.search(r"Picture 1 of job #1 was withheld", answer["content"])
+
+
+async def test_the_pictures_of_a_job_go_in_one_message(env: Env) -> None:
+    await env.start(latency_s=0.3)
+    dc = env.dc
+    inter = dc.slash("imagine", {"prompt": "four lanterns", "count": 4})
+    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    await env.until(env.pictures)
+    [msg] = env.pictures()
+    assert sorted(env.files(msg)) == [f"sdhost-1-{k}.png" for k in (1, 2, 3, 4)]
+    rows = [[c["custom_id"] for c in row["components"]] for row in msg["components"]]
+    assert rows == [[f"sd:{a}:1:{i}" for a in "rvoid"] for i in range(4)]
+    assert len(dc.calls("POST", r"^/webhooks/\d+/[^/]+$")) == 1  # one follow-up
