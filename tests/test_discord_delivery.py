@@ -85,10 +85,17 @@ async def test_no_mention_in_a_prompt_pings_anyone(env: Env) -> None:
     await env.until(lambda: len(env.pictures()) == 2)
     await env.until(lambda: "succeeded" in env.original_text(late["token"]))
 
-    calls = written(env)
-    assert len(calls) >= 6
+    info = dc.button(int(env.pictures()[0]["id"]), "sd:i:1:0")  # the prompt, privately
+    await env.until(lambda: dc.interaction(info["token"])["response_type"])
+    calls = written(env) + dc.calls("POST", r"/callback$")
+    assert len(calls) >= 6 and any(pings in str(c.json) for c in calls)
     for call in calls:
-        allowed = (call.json or {}).get("allowed_mentions")
+        body = call.json or {}
+        if body.get("type") in (4, 7):  # an interaction callback with a message
+            body = body["data"]
+        elif "type" in body:
+            continue  # a deferral: no message of its own
+        allowed = body.get("allowed_mentions")
         assert allowed is not None and allowed.get("parse") == [], (call.path, call.json)
         assert allowed.get("roles", []) == [] and allowed.get("replied_user") in (None, False)
         users = [str(u) for u in allowed.get("users", [])]
