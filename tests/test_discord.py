@@ -25,6 +25,7 @@ from adapters.chat.discord import DiscordAdapter
 from adapters.chat.discord.files import fit_upload
 from bot.app import App
 from bot.chat import UserRef
+from tests.chat_helpers import RecordingDemo, decoded, png
 from tests.conftest import make_config, sdhost_run
 from tests.fakes.discord_api import (
     CHANNEL_ID,
@@ -35,7 +36,6 @@ from tests.fakes.discord_api import (
     USER_ID,
     FakeDiscord,
 )
-from tests.test_telegram import RecordingDemo, decoded, png
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -9,7 +9,6 @@ albums, documents; and what the database holds: charges, jobs.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import re
 import socket
@@ -18,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from adapters.chat.telegram import TelegramAdapter, photo_fits, split_text
-from adapters.providers.demo import DemoProvider
 from bot.app import App
-from bot.config import DemoProviderConfig
-from bot.providers import ProviderRun
+from tests.chat_helpers import RecordingDemo, decoded, png
 from tests.conftest import make_config, sdhost_run
 from tests.fakes.telegram import FakeTelegram
 
@@ -34,19 +30,6 @@ ANN = 1001  # a person, in a private chat with the bot (chat id == user id)
 BOB = 1002
 CAT = 1003
 GROUP = -2001
-
-
-class RecordingDemo(DemoProvider):
-    """The demo provider, remembering the init image of every img2img request."""
-
-    def __init__(self, config: DemoProviderConfig) -> None:
-        super().__init__(config)
-        self.init_images: list[bytes] = []
-
-    async def generate(self, run: ProviderRun) -> None:
-        if run.request.init_image is not None:
-            self.init_images.append(run.request.init_image)
-        await super().generate(run)
 
 
 class Env:
@@ -138,18 +121,6 @@ async def env(tmp_path: Path, db_url: str) -> AsyncIterator[Env]:
             yield e
         finally:
             await e.stop()
-
-
-def png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def decoded(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
 
 
 # --- pure helpers ----------------------------------------------------------------------------

@@ -21,28 +21,26 @@ import asyncio
 import contextlib
 import io
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from adapters.chat.conversation import Conversation
+from adapters.chat.conversation import picture_policy
 from adapters.chat.discord.buttons import CommandButton, ResultButton
-from adapters.chat.discord.files import _is_picture, _read, fit_upload
+from adapters.chat.discord.delivery import NO_MENTIONS, DiscordDelivery
+from adapters.chat.discord.files import _is_picture
 from adapters.chat.discord.limits import (
     DEFAULT_LIMIT,
     EMBED_TEXT,
     MAX_EMBEDS,
-    TOKEN_GONE,
     TOKEN_LIFETIME_S,
     _clip,
 )
 from adapters.chat.discord.modals import _PromptModal
 from adapters.chat.discord.translator import Translator
-from adapters.chat.status import outcome_text
-from bot.chat import Delivery, DeliveryGone, Progress, UserRef
+from bot.chat import UserRef
 from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
@@ -60,7 +58,7 @@ def _quote(value: str) -> str:
     return '"' + value.replace('"', "'") + '"'
 
 
-class DiscordAdapter(Conversation):
+class DiscordAdapter(DiscordDelivery):
     platform = "discord"
     max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
 
@@ -68,8 +66,12 @@ class DiscordAdapter(Conversation):
         self.app = app
         self.cfg = cfg or app.config.discord
         client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
+        # sdhost has no voice: discord.py's "voice will NOT be supported" is noise to it
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         self.client: discord.Client = client_cls(
             intents=discord.Intents.default(),
+            # nothing the bot writes pings anyone unless a call says so (delivery.py)
+            allowed_mentions=discord.AllowedMentions.none(),
             # None: learnt at login (discord.py reads it with .get; its TypedDict says int)
             application_id=self.cfg.application_id or None,  # type: ignore[arg-type]
         )
@@ -83,6 +85,7 @@ class DiscordAdapter(Conversation):
         # progress edits: the newest state per status message, one edit per message
         # every progress_edit_s
         self.setup_conversation()
+        self.setup_delivery()
         self.interactions_handled = 0  # answered (the response edited), for benchmarks
 
         @self.client.event
@@ -611,6 +614,37 @@ class DiscordAdapter(Conversation):
 
     # --- buttons -------------------------------------------------------------------------
 
+    async def _send_original(
+        self,
+        interaction: discord.Interaction[Any],
+        presser: UserRef,
+        lang: str,
+        job_id: int,
+        idx: int,
+    ) -> None:
+        """The PNG of a picture, under the channel's NSFW policy. Anyone who sees the
+        picture may ask: the requester gets it in the channel, anyone else privately."""
+        picture = await self.results.picture(job_id, idx, by=presser)
+        me = await self.app.jobs.user(presser)
+        await interaction.response.defer(thinking=True, ephemeral=me.id != picture.job.user_id)
+        policy = "allow" if self._nsfw_channel(interaction) else self.cfg.nsfw
+        shown = picture_policy(_shown_as_spoiler(interaction.message, job_id, idx), policy)
+        if shown == "withhold":
+            await self._respond(interaction, t(lang, "dc.nsfw_blocked", k=idx + 1, job=job_id))
+            return
+        data = await self.results.picture_bytes(picture)
+        limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
+        if len(data) > limit:
+            mb, limit_mb = len(data) / 1024 / 1024, limit // 1024 // 1024
+            await self._respond(interaction, t(lang, "dc.original_too_big", mb=mb, limit=limit_mb))
+            return
+        name = f"sdhost-{job_id}-{idx + 1}.png"
+        await interaction.edit_original_response(
+            content=t(lang, "tg.original_caption", job=job_id, k=idx + 1),
+            attachments=[discord.File(io.BytesIO(data), name, spoiler=shown == "spoiler")],
+            allowed_mentions=NO_MENTIONS,
+        )
+
     async def on_button(
         self, interaction: discord.Interaction[Any], action: str, job_id: int, idx: int
     ) -> None:
@@ -636,25 +670,7 @@ class DiscordAdapter(Conversation):
                     await interaction.message.delete()
                 await interaction.edit_original_response(content=t(lang, "dc.deleted"))
             elif action == "o":
-                await interaction.response.defer(thinking=True)
-                picture = await self.results.picture(job_id, idx, by=presser)
-                data = await self.results.picture_bytes(picture)
-                limit = int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT)
-                if len(data) > limit:
-                    await self._respond(
-                        interaction,
-                        t(
-                            lang,
-                            "dc.original_too_big",
-                            mb=len(data) / 1024 / 1024,
-                            limit=limit // 1024 // 1024,
-                        ),
-                    )
-                    return
-                await interaction.edit_original_response(
-                    content=t(lang, "tg.original_caption", job=job_id, k=idx + 1),
-                    attachments=[discord.File(io.BytesIO(data), f"sdhost-{job_id}-{idx + 1}.png")],
-                )
+                await self._send_original(interaction, presser, lang, job_id, idx)
             else:
                 await interaction.response.defer(thinking=True)
                 original = await interaction.original_response()
@@ -678,134 +694,13 @@ class DiscordAdapter(Conversation):
             else:
                 await interaction.response.send_message(exc.render(lang), ephemeral=True)
 
-    # --- delivering ----------------------------------------------------------------------
 
-    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
-        return bool(reply_to.get("token")) and time.time() < float(reply_to.get("token_until", 0))
-
-    async def _post(self, reply_to: dict[str, Any], content: str, **kw: Any) -> None:
-        """A follow-up on the interaction while its token lives, else a channel message
-        that mentions the person (with the bot's token: it never expires)."""
-        if self._token_fresh(reply_to):
-            hook = discord.Webhook.partial(
-                int(reply_to["app"]), str(reply_to["token"]), client=self.client
-            )
-            try:
-                await hook.send(content=_clip(content), wait=True, **kw)
-                return
-            except discord.HTTPException as exc:
-                if exc.code not in TOKEN_GONE and exc.status != 401:
-                    raise _delivery_error(exc) from exc
-                log.info("discord: interaction token gone; posting in the channel instead")
-        channel = self.client.get_partial_messageable(int(reply_to["channel"]))
-        mention = f"<@{int(reply_to['user'])}> "
-        try:
-            await channel.send(
-                content=_clip(mention + content),
-                allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
-                **kw,
-            )
-        except discord.HTTPException as exc:
-            raise _delivery_error(exc) from exc
-
-    async def send_pictures(self, deliveries: list[Delivery]) -> None:
-        reply_to = deliveries[0].reply_to
-        lang = reply_to.get("lang") or self.cfg.default_lang
-        limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
-        nsfw_ok = bool(reply_to.get("nsfw_ok")) or self.cfg.nsfw == "allow"
-        files: list[discord.File] = []
-        lines: list[str] = []
-        view = discord.ui.View(timeout=None)
-        labels = [
-            ("r", t(lang, "dc.btn.reroll")),
-            ("v", t(lang, "dc.btn.vary")),
-            ("o", t(lang, "dc.btn.original")),
-            ("i", t(lang, "dc.btn.info")),
-            ("d", t(lang, "dc.btn.delete")),
-        ]
-        for row, d in enumerate(deliveries):
-            p = d.payload
-            k = int(p["index"]) + 1
-            line = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
-            if p.get("batch_id") is not None:
-                line += f" · {_clip(str(p.get('prompt', '')), 200)}"
-            if p.get("nsfw") and not nsfw_ok and self.cfg.nsfw == "block":
-                lines.append(t(lang, "dc.nsfw_blocked", k=k, job=d.job_id))
-                continue
-            try:
-                data = await asyncio.to_thread(_read, p["path"])
-            except FileNotFoundError:
-                raise DeliveryGone(f"the picture file {p['path']} is gone") from None
-            fitted = await asyncio.to_thread(fit_upload, data, limit)
-            if fitted is None:
-                lines.append(t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024))
-                continue
-            body, ext = fitted
-            if ext != "png":
-                line += " " + t(lang, "dc.reencoded", k=k, limit=limit // 1024 // 1024)
-            spoiler = bool(p.get("nsfw")) and not nsfw_ok
-            files.append(
-                discord.File(io.BytesIO(body), f"sdhost-{d.job_id}-{k}.{ext}", spoiler=spoiler)
-            )
-            lines.append(line)
-            for action, label in labels:
-                short = label if len(deliveries) == 1 else f"{label} {k}"
-                view.add_item(ResultButton(action, d.job_id, int(p["index"]), short, row=row))
-        kw: dict[str, Any] = {"files": files} if files else {}
-        if view.children:
-            kw["view"] = view
-        await self._post(reply_to, "\n".join(lines), **kw)
-
-    async def send_outcome(self, d: Delivery) -> None:
-        reply_to = d.reply_to
-        lang = reply_to.get("lang") or self.cfg.default_lang
-        text = outcome_text(d.kind, d.job_id, d.payload, lang)
-        status = reply_to.get("message")
-        batch = d.payload.get("batch_id")
-        if status is not None and batch is None:
-            self.edits.finish(int(status))
-            await self._edit_status(reply_to, int(status), text)
-        if d.kind == "failed" or status is None:
-            await self._post(reply_to, text)
-        if batch is not None and status is not None:
-            self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
-
-    async def _edit_status(self, reply_to: dict[str, Any], message_id: int, text: str) -> None:
-        """Edit the status message: through the interaction while its token lives, then
-        with the bot's token (the bot wrote the message, so it may)."""
-        try:
-            if self._token_fresh(reply_to):
-                hook = discord.Webhook.partial(
-                    int(reply_to["app"]), str(reply_to["token"]), client=self.client
-                )
-                try:
-                    await hook.edit_message(message_id, content=_clip(text))
-                    return
-                except discord.HTTPException as exc:
-                    if exc.code not in TOKEN_GONE and exc.status != 401:
-                        raise
-            channel = self.client.get_partial_messageable(int(reply_to["channel"]))
-            await channel.get_partial_message(message_id).edit(content=_clip(text))
-        except discord.NotFound:
-            return  # the message was deleted: nothing to show progress on
-        except discord.HTTPException as exc:
-            raise _delivery_error(exc) from exc
-
-    # --- the status message (the rest is in Conversation) -------------------------------
-
-    def status_key(self, reply_to: dict[str, Any]) -> int | None:
-        status = reply_to.get("message")
-        return None if status is None else int(status)
-
-    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
-        await self._edit_status(reply_to, int(key), text)
-
-    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
-        await self._post(reply_to, text)
-
-
-def _delivery_error(exc: discord.HTTPException) -> Exception:
-    """What an outbox delivery should do after Discord said no."""
-    if isinstance(exc, discord.Forbidden | discord.NotFound):
-        return DeliveryGone(f"discord: {exc.status} {exc.text}")
-    return exc
+def _shown_as_spoiler(message: discord.Message | None, job_id: int, idx: int) -> bool:
+    """Whether the message under the button shows picture ``idx`` of the job as a spoiler
+    (delivery spoilers a picture flagged NSFW where the channel's policy asks for it; the
+    flag itself is not stored with the picture)."""
+    name = f"sdhost-{job_id}-{idx + 1}."
+    for attachment in message.attachments if message is not None else ():
+        if attachment.filename.removeprefix("SPOILER_").startswith(name):
+            return attachment.is_spoiler()
+    return False

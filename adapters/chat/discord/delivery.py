@@ -1,0 +1,285 @@
+"""Delivering to Discord: pictures and outcomes as follow-ups on the interaction while its
+token lives, else as channel messages; the status message edited through the interaction
+or with the bot's own token. A job's pictures go together, in one message; a rejected
+interaction token is never tried again; nothing pings anyone but the requester.
+
+``DiscordDelivery`` is the half of the adapter the outbox calls; ``DiscordAdapter``
+inherits it (and the shared ``Conversation``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import discord
+
+from adapters.chat.conversation import Conversation, picture_policy
+from adapters.chat.discord.buttons import ResultButton
+from adapters.chat.discord.files import _read, fit_upload
+from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
+from adapters.chat.status import outcome_text
+from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress
+from bot.config import DiscordConfig
+from bot.i18n import t
+
+log = logging.getLogger(__name__)
+
+# No mention in a reply pings anyone: prompts and Civitai texts may hold @everyone or
+# <@&role> (Discord's allowed_mentions object, resources/message.mdx "Allowed Mentions").
+NO_MENTIONS = discord.AllowedMentions.none()
+
+PROMPT_IN_CHANNEL = 100  # characters of the prompt under a picture posted in the channel
+
+DEAD_TOKENS_KEPT = 4096  # rejected interaction tokens remembered (per process)
+
+# A job's pictures go in one message: the first waits up to GATHER_S for the others.
+GATHER_S = 3.0
+GATHER_RETRY_S = 0.2
+GATHER_JOBS_KEPT = 1024
+
+
+class DiscordDelivery(Conversation):
+    """Results, outcomes, notices and status edits on Discord (see the module docstring)."""
+
+    cfg: DiscordConfig
+    client: discord.Client
+
+    # --- delivering ----------------------------------------------------------------------
+
+    def setup_delivery(self) -> None:
+        # tokens Discord rejected (401, Unknown Webhook) or that expired: never tried again
+        self._dead_tokens: OrderedDict[str, None] = OrderedDict()
+        # when the first picture of a job still gathering the others came (monotonic)
+        self._first_seen: OrderedDict[int, float] = OrderedDict()
+        # one call at a time per token, so a second call waits and sees the first one's
+        # rejection instead of being rejected too
+        self._token_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
+        token = str(reply_to.get("token") or "")
+        return (
+            bool(token)
+            and token not in self._dead_tokens
+            and time.time() < float(reply_to.get("token_until", 0))
+        )
+
+    def _token_died(self, token: str, exc: discord.HTTPException) -> None:
+        log.info(
+            "discord: interaction token rejected (%s %s); the channel from now on",
+            exc.status,
+            exc.code,
+        )
+        self._dead_tokens[token] = None
+        self._dead_tokens.move_to_end(token)
+        while len(self._dead_tokens) > DEAD_TOKENS_KEPT:
+            self._dead_tokens.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def _token_turn(self, token: str) -> AsyncIterator[None]:
+        lock = self._token_locks.get(token)
+        if lock is None:
+            lock = self._token_locks[token] = asyncio.Lock()
+        async with lock:
+            yield
+
+    def _hook(self, reply_to: dict[str, Any]) -> discord.Webhook:
+        return discord.Webhook.partial(
+            int(reply_to["app"]), str(reply_to["token"]), client=self.client
+        )
+
+    async def _post(
+        self,
+        reply_to: dict[str, Any],
+        content: str,
+        *,
+        in_channel: str | None = None,
+        **kw: Any,
+    ) -> None:
+        """A follow-up on the interaction while its token lives, else a channel message
+        (``in_channel``, if given, instead of ``content``) that mentions the person, with
+        the bot's token: it never expires. Only that mention may ping anyone."""
+        if self._token_fresh(reply_to):
+            token = str(reply_to["token"])
+            async with self._token_turn(token):
+                if self._token_fresh(reply_to):  # not rejected while we waited
+                    try:
+                        await self._hook(reply_to).send(
+                            content=_clip(content), wait=True, allowed_mentions=NO_MENTIONS, **kw
+                        )
+                        return
+                    except discord.HTTPException as exc:
+                        if not _token_rejected(exc):
+                            raise _delivery_error(exc) from exc
+                        self._token_died(token, exc)
+                        for f in kw.get("files", ()):
+                            f.reset()
+        channel = self.client.get_partial_messageable(int(reply_to["channel"]))
+        user = int(reply_to["user"])
+        text = in_channel if in_channel is not None else content
+        try:
+            await channel.send(
+                content=_clip(f"<@{user}> {text}"),
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, users=[discord.Object(id=user)]
+                ),
+                **kw,
+            )
+        except discord.HTTPException as exc:
+            raise _delivery_error(exc) from exc
+
+    def _gathering(self, deliveries: list[Delivery]) -> bool:
+        """True while a job's pictures should wait for each other, to go as one message
+        (one upload, one call) rather than one message each."""
+        p = deliveries[0].payload
+        job = deliveries[0].job_id
+        want = min(int(p.get("count") or 1), self.max_group)
+        if p.get("batch_id") is not None or len(deliveries) >= want:
+            self._first_seen.pop(job, None)
+            return False
+        now = time.monotonic()
+        first = self._first_seen.setdefault(job, now)
+        while len(self._first_seen) > GATHER_JOBS_KEPT:
+            self._first_seen.popitem(last=False)
+        return now - first < GATHER_S
+
+    async def send_pictures(self, deliveries: list[Delivery]) -> None:
+        if self._gathering(deliveries):
+            # the outbox holds the job's later pictures behind this one, and hands them
+            # over together once this is claimed again
+            raise DeliveryRetry(GATHER_RETRY_S, "waiting for the job's other pictures")
+        reply_to = deliveries[0].reply_to
+        lang = reply_to.get("lang") or self.cfg.default_lang
+        limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
+        policy = "allow" if reply_to.get("nsfw_ok") else self.cfg.nsfw
+        files: list[discord.File] = []
+        lines: list[str] = []  # as a follow-up, under the command that asked for them
+        in_channel: list[str] = []  # as a channel message: with the prompt, to place them
+        view = discord.ui.View(timeout=None)
+        labels = [
+            ("r", t(lang, "dc.btn.reroll")),
+            ("v", t(lang, "dc.btn.vary")),
+            ("o", t(lang, "dc.btn.original")),
+            ("i", t(lang, "dc.btn.info")),
+            ("d", t(lang, "dc.btn.delete")),
+        ]
+        for row, d in enumerate(deliveries):
+            p = d.payload
+            k = int(p["index"]) + 1
+            line = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
+            prompt = str(p.get("prompt") or "")
+            if p.get("batch_id") is not None:
+                line += f" · {_clip(prompt, 200)}"
+            placed = (
+                line
+                if p.get("batch_id") is not None or not prompt
+                else f"{line} · {_clip(prompt, PROMPT_IN_CHANNEL)}"
+            )
+            shown = picture_policy(bool(p.get("nsfw")), policy)
+            if shown == "withhold":
+                notice = t(lang, "dc.nsfw_blocked", k=k, job=d.job_id)
+                lines.append(notice)
+                in_channel.append(notice)
+                continue
+            try:
+                data = await asyncio.to_thread(_read, p["path"])
+            except FileNotFoundError:
+                raise DeliveryGone(f"the picture file {p['path']} is gone") from None
+            fitted = await asyncio.to_thread(fit_upload, data, limit)
+            if fitted is None:
+                notice = t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024)
+                lines.append(notice)
+                in_channel.append(notice)
+                continue
+            body, ext = fitted
+            if ext != "png":
+                note = " " + t(lang, "dc.reencoded", k=k, limit=limit // 1024 // 1024)
+                line += note
+                placed += note
+            files.append(
+                discord.File(
+                    io.BytesIO(body), f"sdhost-{d.job_id}-{k}.{ext}", spoiler=shown == "spoiler"
+                )
+            )
+            lines.append(line)
+            in_channel.append(placed)
+            for action, label in labels:
+                short = label if len(deliveries) == 1 else f"{label} {k}"
+                view.add_item(ResultButton(action, d.job_id, int(p["index"]), short, row=row))
+        kw: dict[str, Any] = {"files": files} if files else {}
+        if view.children:
+            kw["view"] = view
+        await self._post(reply_to, "\n".join(lines), in_channel="\n".join(in_channel), **kw)
+
+    async def send_outcome(self, d: Delivery) -> None:
+        reply_to = d.reply_to
+        lang = reply_to.get("lang") or self.cfg.default_lang
+        text = outcome_text(d.kind, d.job_id, d.payload, lang)
+        status = reply_to.get("message")
+        batch = d.payload.get("batch_id")
+        if status is not None and batch is None:
+            self.edits.finish(int(status))
+            await self._edit_status(reply_to, int(status), text)
+        if d.kind == "failed" or status is None:
+            await self._post(reply_to, text)
+        if batch is not None and status is not None:
+            self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
+
+    async def _edit_status(self, reply_to: dict[str, Any], message_id: int, text: str) -> None:
+        """Edit the status message: through the interaction while its token lives, then
+        with the bot's token (the bot wrote the message, so it may)."""
+        try:
+            if self._token_fresh(reply_to):
+                token = str(reply_to["token"])
+                async with self._token_turn(token):
+                    if self._token_fresh(reply_to):
+                        try:
+                            await self._hook(reply_to).edit_message(
+                                message_id, content=_clip(text), allowed_mentions=NO_MENTIONS
+                            )
+                            return
+                        except discord.HTTPException as exc:
+                            if not _token_rejected(exc):
+                                raise
+                            self._token_died(token, exc)
+            channel = self.client.get_partial_messageable(int(reply_to["channel"]))
+            await channel.get_partial_message(message_id).edit(
+                content=_clip(text), allowed_mentions=NO_MENTIONS
+            )
+        except discord.NotFound:
+            return  # the message was deleted: nothing to show progress on
+        except discord.HTTPException as exc:
+            raise _delivery_error(exc) from exc
+
+    # --- the status message (the rest is in Conversation) -------------------------------
+
+    def status_key(self, reply_to: dict[str, Any]) -> int | None:
+        status = reply_to.get("message")
+        return None if status is None else int(status)
+
+    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+        await self._edit_status(reply_to, int(key), text)
+
+    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
+        await self._post(reply_to, text)
+
+
+def _token_rejected(exc: discord.HTTPException) -> bool:
+    """Discord will never take this interaction token again."""
+    return exc.status == 401 or exc.code in TOKEN_GONE
+
+
+def _delivery_error(exc: discord.HTTPException) -> Exception:
+    """What an outbox delivery should do after Discord said no."""
+    if isinstance(exc, discord.Forbidden | discord.NotFound):
+        return DeliveryGone(f"discord: {exc.status} {exc.text}")
+    return exc
