@@ -98,8 +98,8 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "这条消息已经排过队了：",
     },
     "receipt.again_job": {
-        "en": "this message was already handled: job #{id} is {status}",
-        "zh": "这条消息已经处理过了：任务 #{id} {status}",
+        "en": "this message was already handled: job #{id} · {status}",
+        "zh": "这条消息已经处理过了：任务 #{id} · {status}",
     },
     "receipt.again_batch": {
         "en": "this message was already handled: batch #{batch_id} (jobs {span}): {states}",
