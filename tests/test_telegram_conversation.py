@@ -38,6 +38,11 @@ def placeholders(env: Env, chat: int) -> list[Any]:
     return [c for c in calls_in(env, "sendMessage", chat) if c.params.get("text") in WORKING]
 
 
+def job_of(photo: Any) -> int:
+    """The job a picture belongs to, from its caption ("#12 · 1/1 · seed ...")."""
+    return int(photo.caption.split(" ", 1)[0].lstrip("#"))
+
+
 async def job_reply_to(env: Env, job_id: int) -> dict[str, Any]:
     assert env.app is not None
     job = await env.app.db.run_read(repos.get_job, job_id)
@@ -72,14 +77,15 @@ async def test_an_accepted_job_gets_its_status_message_and_keeps_it(env: Env) ->
     await env.start()
     tg = env.tg
     tg.inject_message(ANN, ANN, "/imagine a lighthouse")
-    await env.until(lambda: env.photos(ANN))
+    photo = (await env.until(lambda: env.photos(ANN)))[0]
+    job = job_of(photo)
     [placeholder] = placeholders(env, ANN)
     status_id = placeholder.response["result"]["message_id"]
     # the job carried the status message's id from its first moment: edited in place
-    assert (await job_reply_to(env, 1))["status"] == status_id
+    assert (await job_reply_to(env, job))["status"] == status_id
     await env.until(lambda: "succeeded" in (tg.get_message(ANN, status_id) or {}).get("text", ""))
     texts = [c.params["text"] for c in calls_in(env, "editMessageText", ANN)]
-    assert any("job #1 queued" in text for text in texts)
+    assert any(f"job #{job} queued" in text for text in texts)
 
 
 async def test_a_refused_reroll_is_one_direct_reply(env: Env) -> None:
@@ -186,7 +192,7 @@ async def test_the_same_message_twice_shows_the_jobs_real_state(env: Env) -> Non
     adapter = await env.start()
     tg = env.tg
     update = tg.inject_message(ANN, ANN, "/imagine a kite")
-    await env.until(lambda: env.photos(ANN))
+    job = job_of((await env.until(lambda: env.photos(ANN)))[0])
     [placeholder] = placeholders(env, ANN)
     status_id = placeholder.response["result"]["message_id"]
     await env.until(lambda: "succeeded" in (tg.get_message(ANN, status_id) or {}).get("text", ""))
@@ -196,7 +202,7 @@ async def test_the_same_message_twice_shows_the_jobs_real_state(env: Env) -> Non
     new = calls_in(env, "sendMessage", ANN)[before:]
     assert len(new) == 1
     text = new[0].params["text"]
-    assert "job #1" in text and "succeeded" in text
+    assert f"job #{job} · succeeded" in text
     assert "queued" not in text and "position" not in text
     assert len(placeholders(env, ANN)) == 1  # no second status message
     assert await env.balance(ANN) == 19
