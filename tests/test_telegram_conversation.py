@@ -21,7 +21,7 @@ from bot.chat import UserRef
 from bot.commands import Incoming
 from bot.i18n import t
 from storage import repos
-from tests.test_telegram import ANN, BOB, GROUP, Env, env
+from tests.test_telegram import ANN, BOB, CAT, GROUP, Env, env
 
 __all__ = ["env"]  # the fixture, reused
 
@@ -169,6 +169,10 @@ async def test_a_pdf_captioned_img2img_is_not_a_picture(env: Env) -> None:
     [again] = await env.until(lambda: env.texts(BOB))
     assert "not a picture" in again
     assert "path or URL" not in answer + again
+    # a PDF with a plain caption in a private chat is no prompt either
+    tg.inject_message(CAT, CAT, document_bytes=b"%PDF-1.4\n", document_name="b.pdf", caption="hi")
+    [plain] = await env.until(lambda: env.texts(CAT))
+    assert "not a picture" in plain and await env.balance(CAT) == 20
     assert placeholders(env, ANN) == [] and await env.balance(ANN) == 20
 
 

@@ -377,6 +377,10 @@ class TelegramAdapter(Conversation):
                 album.hinted = True
             await self._say(msg, t(await self.lang_of(user), "tg.photo_hint"))
             return
+        elif private and msg.document is not None and text.strip():  # a captioned PDF
+            mime = msg.document.mime_type or "?"
+            await self._say(msg, t(await self.lang_of(user), "tg.not_a_picture", mime=mime))
+            return
         elif private and self.cfg.private_text_is_prompt and text.strip():
             name, text = "imagine", f"/imagine {text}"
         else:
