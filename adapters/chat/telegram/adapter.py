@@ -5,8 +5,9 @@ How it keeps the core's promises on Telegram:
 * Updates are taken with ``getUpdates`` (or a webhook) and handled before they are
   confirmed, so a crash re-reads them; every command that costs credits carries the
   message's id as its idempotency key, so a re-read update is never charged twice.
-* A command that starts a job gets a status message at once; its id is stored with the
-  job, so progress edits and the final line find it again after a restart.
+* A command that starts a job gets a status message once the core accepted it (a refusal
+  is one direct reply); its id is stored with the job, so progress edits and the final
+  line find it again after a restart.
 * Pictures arrive through the outbox (at least once, in order). Pictures that are ready
   together go as one album, and its buttons on a message of their own; everything sent to
   a chat is paced (see ``pacing``) and flood waits delay, never drop.
