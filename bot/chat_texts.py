@@ -87,6 +87,95 @@ CHAT: dict[str, dict[str, str]] = {
         "en": "look up Civitai models and images, draw with their settings",
         "zh": "查找 Civitai 模型和图片，用其参数画图",
     },
+    # /start and /help, written for each platform (``Incoming.texts`` picks them)
+    "chat.welcome.telegram": {
+        "en": "👋 Hi! I draw pictures from what you write.\n"
+        "Try: /imagine a red fox in the snow\n"
+        "Or send me a photo with what it should become as its caption.\n"
+        "You have {balance} credits. /help shows everything.",
+        "zh": "👋 你好！我可以根据文字画图。\n"
+        "试试：/imagine 雪地里的一只红狐狸\n"
+        "或者发一张照片，把想要的效果写在图片说明里。\n"
+        "你有 {balance} 积分。/help 查看全部用法。",
+    },
+    "chat.help.telegram": {
+        "en": "What I do:\n"
+        "/imagine PROMPT — pictures from a prompt, e.g. /imagine a lighthouse at dusk --ar 16:9\n"
+        "/img2img PROMPT — reply with it to a photo to redraw that photo, or send a photo "
+        "with the prompt as its caption; a reply to an album uses all its pictures\n"
+        "/batch — several prompts at once: one prompt per line under the command\n"
+        "Under each picture: 🔁 Reroll (same prompt, new seed), 🎨 Vary (a variation of it), "
+        "📄 Original (the PNG file, with its parameters), ℹ️ Info (how it was made). Reroll "
+        "and Vary cost like a new picture.\n"
+        "Options go after the prompt: --ar 16:9 (shape), --n 2 (1-4 pictures), --seed 7, "
+        "--no what to leave out, --model NAME (see /models), --strength 0.5 (how much "
+        "/img2img may change).\n"
+        "/credits — your balance and the prices · /jobs — your recent jobs · /cancel ID · "
+        "/retry ID\n"
+        "/models — what can draw · /settings — your default model, shape, negative prompt · "
+        "/lang en or zh — the language I answer in\n"
+        "In groups I answer commands and replies to my pictures.",
+        "zh": "我能做什么：\n"
+        "/imagine 提示词 — 根据提示词画图，例如 /imagine 黄昏的灯塔 --ar 16:9\n"
+        "/img2img 提示词 — 回复一张照片发送，即可重绘这张照片；也可以发照片时把提示词写在"
+        "图片说明里；回复相册时会用上相册里的所有图片\n"
+        "/batch — 一次多个提示词：命令下面每行写一个\n"
+        "每张图片下面的按钮：🔁 重画（同样的提示词，新的种子）、🎨 变体（在这张图上变化）、"
+        "📄 原图（PNG 文件，内含生成参数）、ℹ️ 参数（怎么画出来的）。重画和变体按新图片计费。\n"
+        "参数写在提示词后面：--ar 16:9（宽高比）、--n 2（1-4 张）、--seed 7、--no 不想要的内容、"
+        "--model 模型名（见 /models）、--strength 0.5（图生图的改动程度）。\n"
+        "/credits — 积分余额和价格 · /jobs — 最近的任务 · /cancel 编号 · /retry 编号\n"
+        "/models — 可用的模型 · /settings — 个人默认模型、宽高比、反向提示词 · "
+        "/lang en 或 zh — 回复语言\n"
+        "在群组里，我只回应命令和对我图片的回复。",
+    },
+    "chat.help.discord": {
+        "en": "What I do:\n"
+        "/imagine — pictures from the prompt option; aspect, count (1-4), seed, negative, "
+        "model and the others are optional\n"
+        "/img2img — redraw the picture in the image option (image2-image4 add more, for "
+        "models that take several); strength says how much may change\n"
+        "/batch — opens a box: several prompts, one per line\n"
+        "Remix — on any message with a picture, open the message's Apps menu (right-click "
+        "or long-press › Apps › Remix) and say what it should become\n"
+        "Under each picture: Reroll (same prompt, new seed), Vary (a variation of it), "
+        "Original (the PNG file, with its parameters), Info (how it was made), and Delete "
+        "for the person who asked. Reroll and Vary cost like a new picture.\n"
+        "/credits — your balance and the prices · /jobs — your recent jobs · /job · "
+        "/cancel · /retry (each takes the job number)\n"
+        "/models — what can draw · /settings — your defaults · /lang — the language I "
+        "answer in",
+        "zh": "我能做什么：\n"
+        "/imagine — 根据 prompt 选项画图；宽高比、数量（1-4）、种子、反向提示词、模型等选项"
+        "都可以不填\n"
+        "/img2img — 重绘 image 选项里的图片（image2-image4 可以再加图片，供能接受多张图片的"
+        "模型使用）；strength 决定改动程度\n"
+        "/batch — 打开一个输入框：多个提示词，每行一个\n"
+        "重绘（Remix）— 在任何带图片的消息上打开消息的“应用”菜单（右键或长按 › 应用 › 重绘），"
+        "说说要变成什么样\n"
+        "每张图片下面的按钮：重画（同样的提示词，新的种子）、变体（在这张图上变化）、"
+        "原图（PNG 文件，内含生成参数）、参数（怎么画出来的），以及提问者可用的删除。"
+        "重画和变体按新图片计费。\n"
+        "/credits — 积分余额和价格 · /jobs — 最近的任务 · /job · /cancel · /retry"
+        "（都需要任务编号）\n"
+        "/models — 可用的模型 · /settings — 个人默认值 · /lang — 回复语言",
+    },
+    "tg.original_withheld_blur": {
+        "en": "This picture is marked NSFW and this chat hides such pictures behind a "
+        "spoiler; a file cannot be hidden, so its original PNG is not posted here.",
+        "zh": "这张图片被标记为 NSFW，本聊天会把这类图片遮挡起来；文件无法遮挡，所以不在这里"
+        "发送原始 PNG。",
+    },
+    "tg.original_withheld_block": {
+        "en": "This picture is marked NSFW and this chat does not allow NSFW pictures: its "
+        "original PNG is withheld.",
+        "zh": "这张图片被标记为 NSFW，本聊天不允许 NSFW 图片：原始 PNG 不会发送。",
+    },
+    "tg.original_not_yours": {
+        "en": "Only the person who asked for this picture can get its original here; "
+        "Info shows how it was made.",
+        "zh": "在这里只有生成这张图片的人才能获取原图；“参数”按钮可以查看它是怎么画出来的。",
+    },
     "dc.btn.reroll": {"en": "Reroll", "zh": "重画"},
     "dc.btn.vary": {"en": "Vary", "zh": "变体"},
     "dc.btn.original": {"en": "Original", "zh": "原图"},

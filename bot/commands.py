@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +67,13 @@ class Incoming:
     is_admin: bool = False
     nsfw_ok: bool = False  # the chat may see NSFW lookups (the console, NSFW channels)
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
+    # Called once a command that starts a job is accepted, before the job is queued (see
+    # ``JobService.submit``): the adapter opens the job's status message and returns what to
+    # add to ``reply_to`` (its id). A refusal never calls it, so it is answered directly.
+    on_accept: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # The adapter's own /start and /help texts, written for its platform: catalogue keys
+    # ``chat.welcome.<texts>`` and ``chat.help.<texts>``. None: the general help.
+    texts: str | None = None
 
 
 def job_address(msg: Incoming) -> dict[str, Any]:
@@ -157,7 +164,6 @@ ALIASES = {
     "txt2img": "imagine",
     "i2i": "img2img",
     "balance": "credits",
-    "start": "help",
     "status": "job",
     "language": "lang",
 }
@@ -274,14 +280,26 @@ class Commands:
         params = parse_generation(rest)
         [params], notes = await self._with_defaults(msg, "txt2img", [params])
         receipt = await self.jobs.submit(
-            msg.user, "txt2img", [params], job_address(msg), idem_key=msg.message_key, notes=notes
+            msg.user,
+            "txt2img",
+            [params],
+            job_address(msg),
+            idem_key=msg.message_key,
+            notes=notes,
+            on_accept=msg.on_accept,
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_batch(self, msg: Incoming, rest: str, lang: str) -> Reply:
         tasks, notes = await self._with_defaults(msg, "batch", parse_batch(rest))
         receipt = await self.jobs.submit(
-            msg.user, "batch", tasks, job_address(msg), idem_key=msg.message_key, notes=notes
+            msg.user,
+            "batch",
+            tasks,
+            job_address(msg),
+            idem_key=msg.message_key,
+            notes=notes,
+            on_accept=msg.on_accept,
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
@@ -333,6 +351,7 @@ class Commands:
             fit_more=msg.fit_more,
             idem_key=msg.message_key,
             notes=notes,
+            on_accept=msg.on_accept,
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
@@ -407,7 +426,7 @@ class Commands:
 
     async def cmd_retry(self, msg: Incoming, rest: str, lang: str) -> Reply:
         job_id = _job_id(rest, "retry")
-        receipt = await self.jobs.retry(msg.user, job_id, job_address(msg))
+        receipt = await self.jobs.retry(msg.user, job_id, job_address(msg), on_accept=msg.on_accept)
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
     async def cmd_job(self, msg: Incoming, rest: str, lang: str) -> Reply:
@@ -458,14 +477,25 @@ class Commands:
                 lines.append(f"  {name}:{mi.name}{mark} — {mi.description}")
         return Reply("\n".join(lines) or t(lang, "models.none"), lang=lang)
 
+    async def cmd_start(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """A short welcome where the adapter has one (``Incoming.texts``), else /help."""
+        if msg.texts is None:
+            return await self.cmd_help(msg, rest, lang)
+        balance = await self.jobs.balance(msg.user)
+        return Reply(t(lang, f"chat.welcome.{msg.texts}", balance=balance), lang=lang)
+
     async def cmd_help(self, msg: Incoming, rest: str, lang: str) -> Reply:
         balance = await self.jobs.balance(msg.user)
         extra = [e for ext in self.extensions.values() for e in _extension_help(ext, lang)]
-        lines = [t(lang, "help.intro")]
-        lines += [f"  /{usage} — {what}" for usage, what in help_entries(lang)]
-        lines += [f"  /{usage} — {what}" for usage, what, admin in extra if not admin]
-        lines.append(help_flags(lang))
-        lines.append(t(lang, "help.a1111"))
+        if msg.texts is not None:  # written for the adapter's platform
+            lines = [t(lang, f"chat.help.{msg.texts}")]
+            lines += [f"  /{usage} — {what}" for usage, what, admin in extra if not admin]
+        else:
+            lines = [t(lang, "help.intro")]
+            lines += [f"  /{usage} — {what}" for usage, what in help_entries(lang)]
+            lines += [f"  /{usage} — {what}" for usage, what, admin in extra if not admin]
+            lines.append(help_flags(lang))
+            lines.append(t(lang, "help.a1111"))
         if msg.is_admin:
             lines.append(t(lang, "help.admin"))
             lines += [
@@ -661,7 +691,9 @@ def _shown(ref: UserRef) -> str:
 
 
 def format_receipt(r: Receipt, lang: str = i18n.DEFAULT_LANG) -> str:
-    head = t(lang, "receipt.duplicate") if r.duplicate else ""
+    if r.duplicate:
+        return format_again(r, lang)
+    head = ""
     if r.kind == "batch":
         ids = r.job_ids
         span = f"#{ids[0]}–#{ids[-1]}" if len(ids) > 1 else f"#{ids[0]}"
@@ -694,6 +726,27 @@ def format_receipt(r: Receipt, lang: str = i18n.DEFAULT_LANG) -> str:
         )
     for note in r.notes:
         text += "\n" + i18n.render(note, lang)
+    return text
+
+
+def format_again(r: Receipt, lang: str = i18n.DEFAULT_LANG) -> str:
+    """The same message again (a platform delivered it twice): what it asked for, as it
+    stands now, not as it stood when it was queued."""
+    if r.kind == "batch":
+        ids = r.job_ids
+        span = f"#{ids[0]}–#{ids[-1]}" if len(ids) > 1 else f"#{ids[0]}"
+        counts: dict[str, int] = {}
+        for j in r.jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        states = t(lang, "list.sep").join(
+            t(lang, "count.status", n=n, status=i18n.term("status", status))
+            for status, n in counts.items()
+        )
+        return t(lang, "receipt.again_batch", batch_id=r.batch_id, span=span, states=states)
+    j = r.jobs[0]
+    text = t(lang, "receipt.again_job", id=j.id, status=i18n.term("status", j.status))
+    if j.status == JobStatus.QUEUED and j.position:
+        text += " · " + t(lang, "status.position", position=j.position)
     return text
 
 

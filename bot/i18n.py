@@ -97,6 +97,14 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "already queued (same message): ",
         "zh": "这条消息已经排过队了：",
     },
+    "receipt.again_job": {
+        "en": "this message was already handled: job #{id} · {status}",
+        "zh": "这条消息已经处理过了：任务 #{id} · {status}",
+    },
+    "receipt.again_batch": {
+        "en": "this message was already handled: batch #{batch_id} (jobs {span}): {states}",
+        "zh": "这条消息已经处理过了：批量任务 #{batch_id}（任务 {span}）：{states}",
+    },
     "receipt.batch": {
         "en": "batch #{batch_id}: {tasks} queued (jobs {span}) · next in queue at "
         "position {position} · cost {cost} · balance {balance}",
@@ -462,6 +470,12 @@ CATALOG: dict[str, dict[str, str]] = {
         "Ask an admin for more, or ask for fewer pictures (--n 1)",
         "zh": "积分不足：这次需要 {cost} 积分，你只有 {balance} 积分。"
         "可以找管理员要一些积分，或者少生成几张（--n 1）",
+    },
+    "error.no_credits": {
+        "en": "not enough credits: this costs {cost} and you have {balance}. Credits are "
+        "given by this bot's admins (with /grant): ask one of them for some",
+        "zh": "积分不足：这次需要 {cost} 积分，你只有 {balance} 积分。"
+        "积分由本机器人的管理员发放（/grant）：请找管理员要一些",
     },
     "error.free_limit": {
         "en": "that is {limit} lookups in a minute, the most allowed; try again in {seconds} s",

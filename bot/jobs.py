@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,7 @@ class JobTicket:
     seed: int
     cost: int
     position: int  # 1 = next to start; 0 = no longer waiting
+    status: str = JobStatus.QUEUED  # as it is now (a duplicate's job may have finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +325,7 @@ def _receipt(
             seed=r.params.get("seed") or 0,
             cost=r.cost,
             position=positions.get(r.id, 0),
+            status=getattr(r, "status", JobStatus.QUEUED),
         )
         for r in rows
     )
@@ -642,8 +644,15 @@ class JobService:
         idem_key: str | None = None,
         retry_of: int | None = None,
         notes: Sequence[str] = (),
+        on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> Receipt:
         """Validate, route, charge and queue in one transaction; return the receipt.
+
+        ``on_accept``: called once everything that can refuse the command said yes (and it is
+        not a duplicate), just before the job is queued; what it returns is added to
+        ``reply_to``. A chat adapter opens the job's status message there, so a refusal is
+        answered directly and only an accepted job gets a status message (whose id the job
+        carries from its first moment).
 
         ``init_image`` is the (first) input picture of an img2img job, ``more_images`` the
         others in order (an album), each already checked like the first
@@ -703,22 +712,39 @@ class JobService:
             for p, r in zip(params_list, routes, strict=True)
         ]
 
-        def tx(conn: Connection) -> Receipt:
-            t = now()
+        total = sum(costs)
+        unit = min(r.unit_price for r in routes)
+
+        def admit(conn: Connection, t: float) -> tuple[Row[Any], Receipt | None]:
+            """The person, and the earlier receipt when this is a duplicate; raises what
+            refuses the command."""
             user = self._ensure(conn, ref, t)
             if user.banned:
                 raise Forbidden.of("error.banned")
             if idem_key is not None:
                 existing = repos.jobs_by_idem_key(conn, idem_key)
                 if existing:
-                    return _receipt(conn, user.id, kind, existing, user.balance, duplicate=True)
+                    dup = _receipt(conn, user.id, kind, existing, user.balance, duplicate=True)
+                    return user, dup
             active = repos.active_count(conn, user.id)
             limit = self.config.queue.max_queued_per_user
             if active + len(resolved) > limit:
                 raise LimitReached.of("error.queue_limit", active=active, limit=limit)
-            total = sum(costs)
             if user.balance < total:
-                raise _short_of(total, user.balance)
+                raise _short_of(total, user.balance, unit)
+            return user, None
+
+        if on_accept is not None:
+            _, earlier = await self.db.run_write(admit, now())
+            if earlier is not None:
+                return earlier
+            reply_to = {**reply_to, **(await on_accept())}
+
+        def tx(conn: Connection) -> Receipt:
+            t = now()
+            user, earlier = admit(conn, t)
+            if earlier is not None:
+                return earlier
             batch_id = (
                 repos.insert_batch(conn, user.id, len(resolved), t) if kind == "batch" else None
             )
@@ -746,7 +772,7 @@ class JobService:
             ids = repos.insert_jobs(conn, rows)
             balance = repos.charge(conn, user.id, list(zip(ids, costs, strict=True)), now=t)
             if balance is None:  # lost a race with another process: roll it all back
-                raise _short_of(total, repos.balance(conn, user.id))
+                raise _short_of(total, repos.balance(conn, user.id), unit)
             new = [
                 _NewJob(i, row["provider"], row["model"], row["params"], row["cost"], batch_id)
                 for i, row in zip(ids, rows, strict=True)
@@ -826,7 +852,14 @@ class JobService:
         self.on_cancel(job_id)
         return i18n.Message("cancel.running", job_id=job_id, note=note)
 
-    async def retry(self, ref: UserRef, job_id: int, reply_to: dict[str, Any]) -> Receipt:
+    async def retry(
+        self,
+        ref: UserRef,
+        job_id: int,
+        reply_to: dict[str, Any],
+        *,
+        on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+    ) -> Receipt:
         job = await self.db.run_read(self._own_job, ref, job_id)
         if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUARANTINED):
             raise UserError.of(
@@ -847,6 +880,7 @@ class JobService:
             more_images=more,
             retry_of=job_id,
             notes=(i18n.Message("note.retry_of", job_id=job_id),),
+            on_accept=on_accept,
         )
 
     # --- looking things up ------------------------------------------------------------------
@@ -932,5 +966,9 @@ def check_values(params: GenerationParams) -> None:
             raise BadInput.of("error.number_range")
 
 
-def _short_of(cost: int, balance: int) -> InsufficientCredits:
-    return InsufficientCredits.of("error.not_enough_credits", cost=cost, balance=balance)
+def _short_of(cost: int, balance: int, unit: int) -> InsufficientCredits:
+    """Too few credits: fewer pictures would do when one is affordable; otherwise say where
+    credits come from (this bot's admins, with /grant)."""
+    if balance >= unit:
+        return InsufficientCredits.of("error.not_enough_credits", cost=cost, balance=balance)
+    return InsufficientCredits.of("error.no_credits", cost=cost, balance=balance)

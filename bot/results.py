@@ -8,6 +8,7 @@ database and the file store here, so a button keeps working after any restart.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,10 @@ class Results:
         reply_to: dict[str, Any],
         *,
         idem_key: str | None = None,
+        on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> Receipt:
-        """The same request with a new seed: one picture, charged like a command."""
+        """The same request with a new seed: one picture, charged like a command
+        (``on_accept``: see ``JobService.submit``)."""
         picture = await self.picture(job_id, idx, by=ref)
         params = GenerationParams.from_dict(picture.job.params).with_(seed=None, n=1)
         job = await self.jobs.db.run_read(repos.get_job, job_id)
@@ -88,6 +91,7 @@ class Results:
             init_size=(picture.image["width"], picture.image["height"]) if init else None,
             idem_key=idem_key,
             notes=(f"reroll of job #{job_id} picture {idx + 1}",),
+            on_accept=on_accept,
         )
 
     async def vary(
@@ -100,6 +104,7 @@ class Results:
         idem_key: str | None = None,
         strength: float | None = None,
         prompt: str | None = None,
+        on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> Receipt:
         """img2img of the picture itself, with its prompt (or a new one) and a new seed."""
         picture = await self.picture(job_id, idx, by=ref)
@@ -123,6 +128,14 @@ class Results:
             init_size=(picture.image["width"], picture.image["height"]),
             idem_key=idem_key,
             notes=(f"variation of job #{job_id} picture {idx + 1}",),
+            on_accept=on_accept,
+        )
+
+    async def is_nsfw(self, picture: Picture) -> bool:
+        """Whether the provider flagged the picture NSFW (as said when it was delivered), so
+        what is done with it again (the Original button) follows the chat's policy."""
+        return await self.jobs.db.run_read(
+            repos.picture_flagged_nsfw, picture.job.id, int(picture.image["idx"])
         )
 
     async def batch_counts(self, batch_id: int) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -192,11 +193,14 @@ def test_receipts_in_english_are_unchanged_and_chinese_is_complete() -> None:
         "批量任务 #4：3 个任务已排队（任务 #10–#12）· 最靠前的排在第 1 位 · 花费 3 积分 · 余额 17"
     )
     single = Receipt("batch", (_ticket(10, 2),), 5, 1, 16, duplicate=True)
-    assert format_receipt(single) == (
-        "already queued (same message): batch #5: 1 task queued (jobs #10) · next in queue at "
-        "position 2 · cost 1 · balance 16"
+    # the same message again: its jobs as they are now (issue 13)
+    assert (
+        format_receipt(single) == "this message was already handled: batch #5 (jobs #10): 1 queued"
     )
-    assert format_receipt(single, "zh").startswith("这条消息已经排过队了：批量任务 #5：1 个任务")
+    assert format_receipt(single, "zh").startswith("这条消息已经处理过了：批量任务 #5")
+    again = Receipt("txt2img", (replace(_ticket(3, 0), status="succeeded"),), None, 1, 16, True)
+    assert format_receipt(again) == "this message was already handled: job #3 · succeeded"
+    assert "position" not in format_receipt(again) and "queued" not in format_receipt(again)
     noted = Receipt(
         "txt2img",
         (_ticket(2, 1),),

@@ -125,7 +125,10 @@ async def test_a_one_picture_model_takes_the_picture_replied_to(env: BflEnv) -> 
 async def test_an_album_captioned_for_a_one_picture_model_is_refused_unpaid(env: BflEnv) -> None:
     await env.start()
     album(env, "g4", caption="/img2img blend them --model bfl:flux-pro-1.1")
-    said = await env.until(lambda: env.edited(ANN, "takes at most 1 input picture"))
+    # refused before anything is queued: said directly, no status message (issue 13)
+    said = await env.until(
+        lambda: [x for x in env.texts(ANN) if "takes at most 1 input picture" in x]
+    )
     assert "bfl:flux-2-pro (8)" in said[0]
     assert env.fake.submits == [] and await env.balance(ANN) == 20
 

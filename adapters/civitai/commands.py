@@ -251,6 +251,7 @@ class CivitaiCommands:
                 msg.reply_to,
                 idem_key=msg.message_key,
                 notes=(f"settings of Civitai image {image.id}", *_resource_notes(resolved)),
+                on_accept=msg.on_accept,
             )
             return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
         if sub == "hash":
@@ -277,6 +278,9 @@ class CivitaiCommands:
             if not views:
                 return t(lang, "cv.dl.none")
             return "\n".join(download_text(v, lang, short=True) for v in views)
+        if sub in WITH_STATUS and msg.on_accept is not None and (args or sub != "download"):
+            # accepted: the chat opens the status message its progress is shown on
+            msg.reply_to.update(await msg.on_accept())
         # the status edits and the end message are said in the language of this answer
         # (the person's /lang choice, else their app's), not only in the app's
         notify = {**msg.reply_to, "lang": lang}

@@ -204,3 +204,15 @@ def address_events(conn: Connection, audiences: Mapping[int, str]) -> None:
 
 def unsent_for_user(conn: Connection, user_id: int) -> int:
     return int(conn.execute(_UNSENT_FOR_USER, {"uid": user_id}).scalar_one())
+
+
+_IMAGE_EVENT_PAYLOAD = select(outbox.c.payload).where(
+    outbox.c.job_id == bindparam("jid"), outbox.c.kind == "image", outbox.c.idx == bindparam("idx")
+)
+
+
+def picture_flagged_nsfw(conn: Connection, job_id: int, idx: int) -> bool:
+    """Whether the provider flagged a picture NSFW, as its delivery event says (the images
+    table keeps no such column; no event: not flagged)."""
+    payload = conn.execute(_IMAGE_EVENT_PAYLOAD, {"jid": job_id, "idx": idx}).scalar()
+    return bool(isinstance(payload, dict) and payload.get("nsfw"))

@@ -5,8 +5,9 @@ How it keeps the core's promises on Telegram:
 * Updates are taken with ``getUpdates`` (or a webhook) and handled before they are
   confirmed, so a crash re-reads them; every command that costs credits carries the
   message's id as its idempotency key, so a re-read update is never charged twice.
-* A command that starts a job gets a status message at once; its id is stored with the
-  job, so progress edits and the final line find it again after a restart.
+* A command that starts a job gets a status message once the core accepted it (a refusal
+  is one direct reply); its id is stored with the job, so progress edits and the final
+  line find it again after a restart.
 * Pictures arrive through the outbox (at least once, in order). Pictures that are ready
   together go as one album, and its buttons on a message of their own; everything sent to
   a chat is paced (see ``pacing``) and flood waits delay, never drop.
@@ -47,7 +48,7 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.chat.conversation import Conversation
+from adapters.chat.conversation import Conversation, picture_policy
 from adapters.chat.status import outcome_text
 from adapters.chat.telegram.albums import ALBUM_SETTLE_MAX_S, ALBUM_SETTLE_S, AlbumMemory, _Album
 from adapters.chat.telegram.limits import (
@@ -377,6 +378,10 @@ class TelegramAdapter(Conversation):
                 album.hinted = True
             await self._say(msg, t(await self.lang_of(user), "tg.photo_hint"))
             return
+        elif private and msg.document is not None and text.strip():  # a captioned PDF
+            mime = msg.document.mime_type or "?"
+            await self._say(msg, t(await self.lang_of(user), "tg.not_a_picture", mime=mime))
+            return
         elif private and self.cfg.private_text_is_prompt and text.strip():
             name, text = "imagine", f"/imagine {text}"
         else:
@@ -393,6 +398,13 @@ class TelegramAdapter(Conversation):
             self._album_tasks.add(task)
             task.add_done_callback(self._album_tasks.discard)
             return
+        for given in (msg, replied):
+            if given is None or self._has_picture(given):
+                break
+            if given.document is not None:  # a PDF, a zip: not "give a picture first"
+                mime = given.document.mime_type or "?"
+                await self._say(msg, t(await self.lang_of(user), "tg.not_a_picture", mime=mime))
+                return
         source = msg if self._has_picture(msg) else replied
         sources: list[Message] = []
         fit_more, notes = False, cast(tuple[str, ...], ())
@@ -493,21 +505,30 @@ class TelegramAdapter(Conversation):
             is_admin=self.is_admin(tg_user.id),
             lang=tg_user.language_code,
             nsfw_ok=self._nsfw_policy(chat.id) == "allow",
+            texts="telegram",
         )
+        opened: dict[str, Any] = {}
         if self.app.commands.wants_status(text):
             lang = await self.lang_of(user)
             base_reply_to["lang"] = lang
-            status = await self._say(msg, t(lang, "tg.working"))
-            if status is None:
-                return
-            base_reply_to.update(message=msg.message_id, status=status.message_id)
-            reply = await self.app.commands.handle(incoming)
-            # what it started may have ended already, its outcome shown: that stays
-            if not self.edits.is_final((chat.id, status.message_id)):
-                await self._edit_status(chat.id, status.message_id, reply.text)
-        else:
-            reply = await self.app.commands.handle(incoming)
+            incoming.on_accept = functools.partial(self._open_status, msg, lang, opened)
+        reply = await self.app.commands.handle(incoming)
+        status = opened.get("status")
+        if status is None:  # a refusal, an answer, or the same message again: said directly
             await self._answer(msg, reply)
+        elif not self.edits.is_final((chat.id, status)):
+            # what it started may have ended already, its outcome shown: that stays
+            await self._edit_status(chat.id, status, reply.text)
+
+    async def _open_status(self, msg: Message, lang: str, opened: dict[str, Any]) -> dict[str, Any]:
+        """The core accepted the job (``Incoming.on_accept``): its status message, once, in
+        reply to ``msg``; the job carries its id from its first moment."""
+        if not opened:
+            status = await self._say(msg, t(lang, "tg.working"))
+            if status is None:  # the chat cannot be reached: nothing is queued or charged
+                raise UserError("this chat cannot be reached")
+            opened.update(message=msg.message_id, status=status.message_id)
+        return dict(opened)
 
     async def _answer(self, msg: Message, reply: Reply) -> None:
         """A reply with its pictures and buttons: one picture goes as a photo captioned with
@@ -695,33 +716,43 @@ class TelegramAdapter(Conversation):
         if not self._allowed(chat_id, query.from_user.id):
             await _answer(query, t(lang, "tg.private", id=query.from_user.id), alert=True)
             return
-        await _answer(query)  # at once: the spinner on the button stops
+        if action != "original":  # Original may still answer with an alert
+            await _answer(query)  # at once: the spinner on the button stops
         try:
             if action in ("reroll", "vary"):
-                status = await self._say(message, t(lang, "tg.working"))
-                if status is None:
-                    return
                 reply_to: dict[str, Any] = {
                     "platform": "telegram",
                     "chat": chat_id,
-                    "message": message.message_id,
-                    "status": status.message_id,
                     "lang": lang,
                     "nsfw_ok": self._nsfw_policy(chat_id) == "allow",
                 }
                 if message.is_topic_message and message.message_thread_id:
                     reply_to["thread"] = message.message_thread_id
                 run = self.results.reroll if action == "reroll" else self.results.vary
+                opened: dict[str, Any] = {}
                 try:
                     receipt = await run(
-                        user, job_id, idx, reply_to, idem_key=f"telegram:cb:{query.id}"
+                        user,
+                        job_id,
+                        idx,
+                        reply_to,
+                        idem_key=f"telegram:cb:{query.id}",
+                        on_accept=functools.partial(self._open_status, message, lang, opened),
                     )
                     text = format_receipt(receipt, lang)
                 except UserError as exc:
                     text = exc.render(lang)
-                await self._edit_status(chat_id, status.message_id, text)
+                status = opened.get("status")
+                if status is None:  # refused, or the same press again: said directly
+                    await self._say(message, text)
+                elif not self.edits.is_final((chat_id, status)):
+                    await self._edit_status(chat_id, status, text)
             elif action == "original":
                 picture = await self.results.picture(job_id, idx, by=user)
+                refusal = await self._original_refusal(picture, message, query.from_user)
+                await _answer(query, t(lang, refusal) if refusal else None, alert=bool(refusal))
+                if refusal is not None:
+                    return
                 data = await self.results.picture_bytes(picture)
                 limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
                 if len(data) > limit:
@@ -758,7 +789,30 @@ class TelegramAdapter(Conversation):
                 picture = await self.results.picture(job_id, idx, by=user)
                 await self._say(message, format_image_info(picture.job, picture.image, lang))
         except UserError as exc:
+            if action == "original":
+                await _answer(query)
             await self._say(message, exc.render(lang))
+
+    async def _original_refusal(self, picture: Any, message: Message, tg_user: Any) -> str | None:
+        """Why the Original button gives no file here (a catalogue key), or None.
+
+        The chat's NSFW policy holds for the PNG too: Telegram cannot hide a document behind
+        a spoiler (``has_spoiler`` exists for sendPhoto, sendVideo and sendAnimation, not
+        sendDocument; /bots/api#senddocument), so a flagged picture's PNG goes only where
+        NSFW is allowed. In a group only the person who asked (or an admin) gets the file:
+        anyone else pressing would repost it for everybody."""
+        chat_id = message.chat.id
+        flagged = await self.results.is_nsfw(picture)
+        policy = picture_policy(flagged, self._nsfw_policy(chat_id))
+        if policy == "withhold":
+            return "tg.original_withheld_block"
+        if policy == "spoiler":
+            return "tg.original_withheld_blur"
+        if message.chat.type != "private" and not self.is_admin(tg_user.id):
+            person = await self.app.jobs.user(self._user(tg_user))
+            if person.id != picture.job.user_id:
+                return "tg.original_not_yours"
+        return None
 
     async def _on_command_button(self, query: Any, command: str) -> None:
         """A button that runs a command (``bot.commands.Action``), as its presser."""
