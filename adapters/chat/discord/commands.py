@@ -1,0 +1,315 @@
+"""The slash commands and the Remix message command: one method per command.
+
+Why a plain class and not an ``app_commands.Group`` subclass: a Group is itself one slash
+command whose methods become its subcommands, so people would have to type
+``/sdhost imagine`` instead of ``/imagine``. The names people type stay top-level, so each
+method is registered on its own (``register``) as an ``app_commands.Command`` whose callback
+is the bound method: discord.py binds the command to this object and passes it as ``self``
+(to the autocomplete methods too). The decorators on the methods (describe, rename,
+choices, permissions) are read from them as from any callback; what is only known at run
+time (the providers' names, whether /civitai is installed) is added in ``register``. The
+Remix message command is a closure there: discord.py refuses context menus defined in a
+class.
+
+Every command turns into the text a person would type at the console and goes through the
+adapter's ``_command``, so all platforms share one command grammar.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from adapters.chat.discord.modals import _PromptModal
+from bot.i18n import t
+from bot.status import JOB_ACTIVE
+
+if TYPE_CHECKING:
+    from adapters.chat.discord.adapter import DiscordAdapter
+
+L = app_commands.locale_str
+
+ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', "'") + '"'
+
+
+admin = app_commands.default_permissions(administrator=True)
+
+
+class SlashCommands:
+    """What people type on Discord, each command a method taking the interaction first."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        self.adapter = adapter
+        self.app = adapter.app
+
+    def register(self, tree: app_commands.CommandTree[Any]) -> None:
+        """Add every command to ``tree`` under the name people type."""
+        providers = list(self.app.providers)
+
+        def add(name: str, description: str, callback: Any) -> app_commands.Command[Any, ..., Any]:
+            command: app_commands.Command[Any, ..., Any] = app_commands.Command(
+                name=L(name), description=L(description), callback=callback
+            )
+            return command
+
+        imagine = add("imagine", "Make pictures from a prompt", self.imagine)
+        imagine = app_commands.choices(
+            provider=[app_commands.Choice(name=p, value=p) for p in providers]
+            or [app_commands.Choice(name="none", value="none")],
+        )(imagine)
+        tree.add_command(imagine)
+        tree.add_command(add("img2img", "Redraw a picture", self.img2img))
+        tree.add_command(add("batch", "Several prompts at once, one per line", self.batch))
+        tree.add_command(add("credits", "Your balance and the prices", self.credits))
+        tree.add_command(add("jobs", "Your recent jobs", self.jobs))
+        tree.add_command(add("models", "Providers, models and prices", self.models))
+        tree.add_command(add("help", "What this bot does", self.help))
+        tree.add_command(add("job", "One job in detail", self.job))
+        tree.add_command(add("cancel", "Cancel a job", self.cancel))
+        tree.add_command(add("retry", "Run a failed job again", self.retry))
+        tree.add_command(add("lang", "Reply language", self.lang))
+        tree.add_command(
+            add("settings", "Your defaults: model, aspect, negative prompt", self.settings)
+        )
+        tree.add_command(add("grant", "Give or take credits (admins)", self.grant))
+        tree.add_command(add("ban", "Stop someone using the bot (admins)", self.ban))
+        tree.add_command(add("unban", "Let someone use the bot again (admins)", self.unban))
+        tree.add_command(
+            add("stats", "Queue, jobs and credits of the last day (admins)", self.stats)
+        )
+        if "civitai" in self.app.commands.extensions:
+            tree.add_command(add("civitai", "Look up Civitai models and images", self.civitai))
+
+        async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
+            await self.adapter._remix_modal(interaction, message)
+
+        tree.add_command(app_commands.ContextMenu(name=L("Remix"), callback=remix))
+
+    # --- autocomplete ----------------------------------------------------------------------
+
+    async def _model_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = []
+        for pname, provider in self.app.providers.items():
+            for mi in provider.capabilities().models:
+                names.append(f"{pname}:{mi.name}")
+        current = current.lower()
+        return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+    async def _my_jobs(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[int]]:
+        views = await self.app.jobs.jobs(self.adapter._user(interaction.user), limit=25)
+        out = []
+        for v in views:
+            if v.status in JOB_ACTIVE and current in str(v.id):
+                prompt = str(v.params.get("prompt", ""))[:60]
+                out.append(app_commands.Choice(name=f"#{v.id} {v.status} {prompt}", value=v.id))
+        return out[:25]
+
+    # --- making pictures -------------------------------------------------------------------
+
+    @app_commands.describe(
+        prompt=L("What to draw; flags like --ar 16:9 work too"),
+        negative=L("What to leave out"),
+        aspect=L("Aspect ratio"),
+        seed=L("Seed (-1: random)"),
+        steps=L("Sampling steps"),
+        cfg=L("Prompt guidance (CFG)"),
+        count=L("Pictures, 1-4"),
+        model=L("Model (see /models)"),
+        provider=L("Provider"),
+    )
+    @app_commands.rename(
+        prompt=L("prompt"),
+        negative=L("negative"),
+        aspect=L("aspect"),
+        seed=L("seed"),
+        steps=L("steps"),
+        cfg=L("cfg"),
+        count=L("count"),
+        model=L("model"),
+        provider=L("provider"),
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    @app_commands.autocomplete(model=_model_choices)  # type: ignore[type-var]
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        negative: str | None = None,
+        aspect: str | None = None,
+        seed: app_commands.Range[int, -1, 4294967295] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        flags = []
+        if negative:
+            flags.append(f"--no {_quote(negative)}")
+        for name, value in (
+            ("ar", aspect),
+            ("seed", seed),
+            ("steps", steps),
+            ("cfg", cfg),
+            ("n", count),
+            ("model", model),
+            ("provider", provider),
+        ):
+            if value is not None:
+                flags.append(f"--{name} {_quote(str(value))}")
+        await self.adapter._command(interaction, " ".join(["/imagine", prompt, *flags]))
+
+    @app_commands.describe(
+        image=L("The picture to redraw"),
+        prompt=L("What to draw; flags like --ar 16:9 work too"),
+        strength=L("How much may change, 0-1"),
+        image2=L("Another picture, for models that take several (FLUX.2)"),
+        image3=L("Another picture, for models that take several (FLUX.2)"),
+        image4=L("Another picture, for models that take several (FLUX.2)"),
+    )
+    @app_commands.rename(
+        image=L("image"),
+        prompt=L("prompt"),
+        strength=L("strength"),
+        image2=L("image2"),
+        image3=L("image3"),
+        image4=L("image4"),
+    )
+    async def img2img(
+        self,
+        interaction: discord.Interaction[Any],
+        image: discord.Attachment,
+        prompt: str,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+    ) -> None:
+        text = f"/img2img {prompt}" + (f" --strength {strength}" if strength is not None else "")
+        more = [a for a in (image2, image3, image4) if a is not None]
+        await self.adapter._command(interaction, text, attachment=image, more_attachments=more)
+
+    async def batch(self, interaction: discord.Interaction[Any]) -> None:
+        lang = await self.adapter._lang(interaction)
+        field: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label=t(lang, "dc.batch.prompts")[:45],
+            style=discord.TextStyle.paragraph,
+            max_length=4000,
+            custom_id="prompts",
+        )
+
+        async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
+            await self.adapter._command(inter, "/batch " + values[0])
+
+        await interaction.response.send_modal(
+            _PromptModal("batch", t(lang, "dc.batch.title"), [field], done)
+        )
+
+    # --- asking about things ---------------------------------------------------------------
+
+    async def credits(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter._command(interaction, "/credits")
+
+    async def jobs(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter._command(interaction, "/jobs")
+
+    async def models(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter._command(interaction, "/models")
+
+    async def help(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter._command(interaction, "/help")
+
+    @app_commands.describe(id=L("Job number"))
+    async def job(self, interaction: discord.Interaction[Any], id: int) -> None:
+        await self.adapter._command(interaction, f"/job {id}")
+
+    @app_commands.describe(id=L("Job number"))
+    @app_commands.autocomplete(id=_my_jobs)  # type: ignore[type-var]
+    async def cancel(self, interaction: discord.Interaction[Any], id: int) -> None:
+        await self.adapter._command(interaction, f"/cancel {id}")
+
+    @app_commands.describe(id=L("Job number"))
+    async def retry(self, interaction: discord.Interaction[Any], id: int) -> None:
+        await self.adapter._command(interaction, f"/retry {id}")
+
+    # --- the person's choices --------------------------------------------------------------
+
+    @app_commands.rename(language=L("language"))
+    @app_commands.choices(
+        language=[
+            app_commands.Choice(name="English", value="en"),
+            app_commands.Choice(name="简体中文", value="zh"),
+            app_commands.Choice(name="auto", value="auto"),
+        ]
+    )
+    async def lang(self, interaction: discord.Interaction[Any], language: str) -> None:
+        await self.adapter._command(interaction, f"/lang {language}")
+
+    @app_commands.describe(
+        model=L("Model (see /models)"),
+        aspect=L("Aspect ratio"),
+        negative=L("What to leave out"),
+        clear=L("Forget all your defaults"),
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    @app_commands.autocomplete(model=_model_choices)  # type: ignore[type-var]
+    async def settings(
+        self,
+        interaction: discord.Interaction[Any],
+        model: str | None = None,
+        aspect: str | None = None,
+        negative: str | None = None,
+        clear: bool = False,
+    ) -> None:
+        texts = []
+        if clear:
+            texts.append("/settings clear")
+        for key, value in (("model", model), ("aspect", aspect), ("negative", negative)):
+            if value:
+                texts.append(f"/settings {key} {value}")
+        await self.adapter._command(interaction, texts or ["/settings"])
+
+    # --- admins ----------------------------------------------------------------------------
+
+    @app_commands.describe(user=L("Who"), amount=L("Credits (negative takes back)"), note=L("Why"))
+    @admin
+    async def grant(
+        self,
+        interaction: discord.Interaction[Any],
+        user: discord.User,
+        amount: int,
+        note: str | None = None,
+    ) -> None:
+        await self.adapter._command(
+            interaction, f"/grant discord:{user.id} {amount} {note or ''}".strip()
+        )
+
+    @app_commands.describe(user=L("Who"))
+    @admin
+    async def ban(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+        await self.adapter._command(interaction, f"/ban discord:{user.id}")
+
+    @app_commands.describe(user=L("Who"))
+    @admin
+    async def unban(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+        await self.adapter._command(interaction, f"/unban discord:{user.id}")
+
+    @admin
+    async def stats(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter._command(interaction, "/stats")
+
+    # --- extensions ------------------------------------------------------------------------
+
+    @app_commands.describe(query=L("models QUERY, model ID, images, image ID, use ID or hash HASH"))
+    async def civitai(self, interaction: discord.Interaction[Any], query: str) -> None:
+        await self.adapter._command(interaction, f"/civitai {query}")
