@@ -23,7 +23,9 @@ import discord
 from discord import app_commands
 
 from adapters.chat.discord.modals import _PromptModal
+from bot.grammar import format_flags
 from bot.i18n import t
+from bot.params import GenerationParams
 from bot.status import JOB_ACTIVE
 
 if TYPE_CHECKING:
@@ -34,8 +36,11 @@ L = app_commands.locale_str
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace('"', "'") + '"'
+def _text(command: str, prompt: str, options: GenerationParams) -> str:
+    """The command as typed at the console: the prompt as given (flags in it work too), then
+    the options as flags (``format_flags`` quotes and escapes them so they read back as
+    given)."""
+    return " ".join(part for part in (command, prompt, format_flags(options)) if part)
 
 
 admin = app_commands.default_permissions(administrator=True)
@@ -153,21 +158,17 @@ class SlashCommands:
         model: str | None = None,
         provider: str | None = None,
     ) -> None:
-        flags = []
-        if negative:
-            flags.append(f"--no {_quote(negative)}")
-        for name, value in (
-            ("ar", aspect),
-            ("seed", seed),
-            ("steps", steps),
-            ("cfg", cfg),
-            ("n", count),
-            ("model", model),
-            ("provider", provider),
-        ):
-            if value is not None:
-                flags.append(f"--{name} {_quote(str(value))}")
-        await self.adapter._command(interaction, " ".join(["/imagine", prompt, *flags]))
+        options = GenerationParams(
+            negative=negative or "",
+            aspect=aspect,
+            seed=None if seed is None or seed < 0 else seed,
+            steps=steps,
+            cfg=cfg,
+            n=count or 1,
+            model=model,
+            provider=provider,
+        )
+        await self.adapter._command(interaction, _text("/imagine", prompt, options))
 
     @app_commands.describe(
         image=L("The picture to redraw"),
@@ -195,7 +196,7 @@ class SlashCommands:
         image3: discord.Attachment | None = None,
         image4: discord.Attachment | None = None,
     ) -> None:
-        text = f"/img2img {prompt}" + (f" --strength {strength}" if strength is not None else "")
+        text = _text("/img2img", prompt, GenerationParams(strength=strength))
         more = [a for a in (image2, image3, image4) if a is not None]
         await self.adapter._command(interaction, text, attachment=image, more_attachments=more)
 
