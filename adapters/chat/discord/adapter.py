@@ -31,7 +31,7 @@ from discord import app_commands
 from adapters.chat.conversation import Conversation
 from adapters.chat.discord.buttons import CommandButton, ResultButton
 from adapters.chat.discord.commands import SlashCommands
-from adapters.chat.discord.files import _is_picture, _read, fit_upload
+from adapters.chat.discord.files import _read, fit_upload
 from adapters.chat.discord.limits import (
     DEFAULT_LIMIT,
     EMBED_TEXT,
@@ -40,7 +40,6 @@ from adapters.chat.discord.limits import (
     TOKEN_LIFETIME_S,
     _clip,
 )
-from adapters.chat.discord.modals import _PromptModal
 from adapters.chat.discord.translator import Translator
 from adapters.chat.status import outcome_text
 from bot.app import App
@@ -251,6 +250,17 @@ class DiscordAdapter(Conversation):
         else:
             await self._respond(interaction, text)
 
+    async def _refuse(self, interaction: discord.Interaction[Any], error: UserError) -> None:
+        """A mistake found before anything was shown: said only to the person (ephemeral),
+        so the channel sees accepted jobs only."""
+        if self._closing:
+            return
+        lang = await self._lang(interaction)
+        allowed = self._allowed(interaction)
+        text = error.render(lang) if allowed else t(lang, "dc.not_allowed")
+        await interaction.response.send_message(_clip(text), ephemeral=True)
+        self.interactions_handled += 1
+
     async def _respond(
         self,
         interaction: discord.Interaction[Any],
@@ -298,51 +308,6 @@ class DiscordAdapter(Conversation):
             return await attachment.read()
         except (discord.HTTPException, discord.NotFound):
             raise UserError.of("dc.picture_gone") from None
-
-    async def _remix_modal(
-        self, interaction: discord.Interaction[Any], message: discord.Message
-    ) -> None:
-        lang = await self._lang(interaction)
-        if not self._allowed(interaction):
-            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
-            return
-        if not any(_is_picture(a) for a in message.attachments):
-            await interaction.response.send_message(t(lang, "dc.no_picture"), ephemeral=True)
-            return
-        channel_id, message_id = message.channel.id, message.id
-        prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t(lang, "dc.remix.prompt")[:45], max_length=1000, custom_id="prompt"
-        )
-        strength: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t(lang, "dc.remix.strength")[:45],
-            required=False,
-            default="0.6",
-            max_length=4,
-            custom_id="strength",
-        )
-
-        async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
-            await inter.response.defer(thinking=True)
-            try:
-                # Attachment URLs expire: read the message again for fresh ones.
-                channel = self.client.get_partial_messageable(channel_id)
-                fresh = await channel.fetch_message(message_id)
-                picture = next(a for a in fresh.attachments if _is_picture(a))
-                data = await self._read_attachment(picture)
-            except (discord.HTTPException, StopIteration):
-                await self._respond(inter, t(await self._lang(inter), "dc.picture_gone"))
-                return
-            except UserError as exc:
-                await self._respond(inter, exc.render(await self._lang(inter)))
-                return
-            text = f"/img2img {values[0]}"
-            if values[1].strip():
-                text += f" --strength {values[1].strip()}"
-            await self._command(inter, text, image=data)
-
-        await interaction.response.send_modal(
-            _PromptModal("remix", t(lang, "dc.remix.title"), [prompt, strength], done)
-        )
 
     async def _on_tree_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError

@@ -22,7 +22,20 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from adapters.chat.discord.modals import _PromptModal
+from adapters.chat.discord.files import _is_picture
+from adapters.chat.discord.modals import _PromptModal, box_id
+from adapters.chat.discord.options import (
+    BATCH_MAX,
+    NEGATIVE_MAX,
+    PROMPT_MAX,
+    SETTING_NEGATIVE_MAX,
+    STRENGTH_MAX,
+    check_text,
+    check_uploads,
+    read_options,
+    read_strength_field,
+)
+from bot.errors import BadInput, UserError
 from bot.grammar import format_flags
 from bot.i18n import t
 from bot.params import GenerationParams
@@ -92,7 +105,7 @@ class SlashCommands:
             tree.add_command(add("civitai", "Look up Civitai models and images", self.civitai))
 
         async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
-            await self.adapter._remix_modal(interaction, message)
+            await self.remix(interaction, message)
 
         tree.add_command(app_commands.ContextMenu(name=L("Remix"), callback=remix))
 
@@ -148,8 +161,8 @@ class SlashCommands:
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
-        prompt: str,
-        negative: str | None = None,
+        prompt: app_commands.Range[str, 1, PROMPT_MAX],
+        negative: app_commands.Range[str, 1, NEGATIVE_MAX] | None = None,
         aspect: str | None = None,
         seed: app_commands.Range[int, -1, 4294967295] | None = None,
         steps: app_commands.Range[int, 1, 150] | None = None,
@@ -158,17 +171,25 @@ class SlashCommands:
         model: str | None = None,
         provider: str | None = None,
     ) -> None:
-        options = GenerationParams(
-            negative=negative or "",
-            aspect=aspect,
-            seed=None if seed is None or seed < 0 else seed,
-            steps=steps,
-            cfg=cfg,
-            n=count or 1,
-            model=model,
-            provider=provider,
-        )
-        await self.adapter._command(interaction, _text("/imagine", prompt, options))
+        try:
+            options = read_options(
+                {
+                    "negative": negative,
+                    "aspect": aspect,
+                    "seed": seed,
+                    "steps": steps,
+                    "cfg": cfg,
+                    "count": count,
+                    "model": model,
+                    "provider": provider,
+                }
+            )
+            text = _text("/imagine", prompt, options)
+            check_text(text, empty=BadInput.of("dc.opt.prompt_empty"))
+        except UserError as err:
+            await self.adapter._refuse(interaction, err)
+            return
+        await self.adapter._command(interaction, text)
 
     @app_commands.describe(
         image=L("The picture to redraw"),
@@ -190,30 +211,112 @@ class SlashCommands:
         self,
         interaction: discord.Interaction[Any],
         image: discord.Attachment,
-        prompt: str,
+        prompt: app_commands.Range[str, 1, PROMPT_MAX],
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         image2: discord.Attachment | None = None,
         image3: discord.Attachment | None = None,
         image4: discord.Attachment | None = None,
     ) -> None:
-        text = _text("/img2img", prompt, GenerationParams(strength=strength))
+        try:
+            check_uploads(
+                {"image": image, "image2": image2, "image3": image3, "image4": image4},
+                self.app.config.images.max_input_bytes,
+            )
+            text = _text("/img2img", prompt, read_options({"strength": strength}))
+            check_text(text, empty=BadInput.of("dc.opt.prompt_empty"))
+        except UserError as err:
+            await self.adapter._refuse(interaction, err)
+            return
         more = [a for a in (image2, image3, image4) if a is not None]
         await self.adapter._command(interaction, text, attachment=image, more_attachments=more)
 
     async def batch(self, interaction: discord.Interaction[Any]) -> None:
         lang = await self.adapter._lang(interaction)
+        label = t(lang, "dc.batch.prompts")[:45]
         field: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t(lang, "dc.batch.prompts")[:45],
+            label=label,
             style=discord.TextStyle.paragraph,
-            max_length=4000,
+            max_length=BATCH_MAX,
             custom_id="prompts",
         )
 
         async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
-            await self.adapter._command(inter, "/batch " + values[0])
+            text = "/batch " + values[0]
+            try:
+                check_text(text, empty=BadInput.of("dc.batch.empty", field=label))
+            except UserError as err:
+                await self.adapter._refuse(inter, err)
+                return
+            await self.adapter._command(inter, text)
 
         await interaction.response.send_modal(
-            _PromptModal("batch", t(lang, "dc.batch.title"), [field], done)
+            _PromptModal(box_id("batch", interaction), t(lang, "dc.batch.title"), [field], done)
+        )
+
+    async def remix(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        """Remix on a message: a box asks what its picture should become."""
+        adapter = self.adapter
+        lang = await adapter._lang(interaction)
+        if not adapter._allowed(interaction):
+            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
+            return
+        pictures = [a for a in message.attachments if _is_picture(a)]
+        if not pictures:
+            await interaction.response.send_message(t(lang, "dc.no_picture"), ephemeral=True)
+            return
+        limit = self.app.config.images.max_input_bytes
+        if pictures[0].size > limit:
+            too_big = UserError.of(
+                "tg.too_big_input", mb=pictures[0].size / 1024 / 1024, limit=limit / 1024 / 1024
+            )
+            await adapter._refuse(interaction, too_big)
+            return
+        channel_id, message_id = message.channel.id, message.id
+        prompt_label = t(lang, "dc.remix.prompt")[:45]
+        strength_label = t(lang, "dc.remix.strength")[:45]
+        prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label=prompt_label, max_length=PROMPT_MAX, custom_id="prompt"
+        )
+        strength: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label=strength_label,
+            required=False,
+            default="0.6",
+            max_length=STRENGTH_MAX,
+            custom_id="strength",
+        )
+
+        async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
+            empty = BadInput.of("dc.remix.prompt_empty", field=prompt_label)
+            try:
+                if not values[0].strip():
+                    raise empty
+                options = GenerationParams(strength=read_strength_field(values[1], strength_label))
+                text = _text("/img2img", values[0], options)
+                check_text(text, empty=empty)
+            except UserError as err:
+                await adapter._refuse(inter, err)
+                return
+            if adapter._closing:
+                return
+            await inter.response.defer(thinking=True)
+            try:
+                # Attachment URLs expire: read the message again for fresh ones.
+                channel = adapter.client.get_partial_messageable(channel_id)
+                fresh = await channel.fetch_message(message_id)
+                picture = next(a for a in fresh.attachments if _is_picture(a))
+                data = await adapter._read_attachment(picture)
+            except (discord.HTTPException, StopIteration):
+                await adapter._respond(inter, t(await adapter._lang(inter), "dc.picture_gone"))
+                return
+            except UserError as exc:
+                await adapter._respond(inter, exc.render(await adapter._lang(inter)))
+                return
+            await adapter._command(inter, text, image=data)
+
+        await interaction.response.send_modal(
+            _PromptModal(
+                box_id("remix", interaction), t(lang, "dc.remix.title"), [prompt, strength], done
+            )
         )
 
     # --- asking about things ---------------------------------------------------------------
@@ -269,7 +372,7 @@ class SlashCommands:
         interaction: discord.Interaction[Any],
         model: str | None = None,
         aspect: str | None = None,
-        negative: str | None = None,
+        negative: app_commands.Range[str, 1, SETTING_NEGATIVE_MAX] | None = None,
         clear: bool = False,
     ) -> None:
         texts = []
