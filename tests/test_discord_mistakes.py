@@ -127,6 +127,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Env], Awaitable[dict[str, Any]]], list[str
     ("blank prompt", imagine(prompt="   "), ["`prompt` option is empty"], ["/imagine"]),
     ("only flags", imagine(prompt="--ar 16:9"), ["`prompt` option is empty"], ["/imagine"]),
     ("twice", imagine(prompt="a cat --ar 1:1", aspect="16:9"), ["twice"], []),
+    ("unknown model", imagine(prompt="a cat", model="nosuch"), ["unknown model 'nosuch'"], []),
     (
         "not a picture",
         img2img(uploads={"image": ("notes.txt", b"just some words, no picture")}),
@@ -158,6 +159,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Env], Awaitable[dict[str, Any]]], list[str
     ),
     ("blank batch", batch("  \n  "), ["Batch box is empty"], ["/batch"]),
     ("batch --n", batch("a red fox | a blue whale --n 3"), ["task 2", "--n"], []),
+    ("batch model", batch("a red fox --model nosuch"), ["unknown model 'nosuch'"], []),
 ]
 
 

@@ -30,6 +30,7 @@ from adapters.chat.discord.options import (
     PROMPT_MAX,
     SETTING_NEGATIVE_MAX,
     STRENGTH_MAX,
+    check_model,
     check_text,
     check_uploads,
     read_options,
@@ -186,6 +187,7 @@ class SlashCommands:
             )
             text = _text("/imagine", prompt, options)
             check_text(text, empty=BadInput.of("dc.opt.prompt_empty"))
+            check_model(self.app.jobs.router, text)
         except UserError as err:
             await self.adapter._refuse(interaction, err)
             return
@@ -244,6 +246,7 @@ class SlashCommands:
             text = "/batch " + values[0]
             try:
                 check_text(text, empty=BadInput.of("dc.batch.empty", field=label))
+                check_model(self.app.jobs.router, text)
             except UserError as err:
                 await self.adapter._refuse(inter, err)
                 return

@@ -24,6 +24,7 @@ from adapters.chat.discord.files import _is_picture
 from bot.errors import BadInput, UserError
 from bot.grammar import EMPTY_PROMPT, parse_batch, parse_command, parse_generation, read_flag
 from bot.params import MAX_IMAGES_PER_JOB, GenerationParams
+from bot.routing import Router
 from bot.text import shown_char, unusable_char
 
 PROMPT_MAX = 2000
@@ -94,6 +95,18 @@ def check_text(text: str, *, empty: UserError) -> None:
         if err.message == EMPTY_PROMPT:
             raise empty from None
         raise
+
+
+def check_model(router: Router, text: str) -> None:
+    """A model named in the options or the prompt must exist and fit the request: the
+    router's own check, before anything is shown (for text-to-image; the rest of routing
+    depends on the person's /settings and is the core's)."""
+    cmd = parse_command(text)
+    batch = cmd.name == "batch"
+    tasks = parse_batch(cmd.rest) if batch else [parse_generation(cmd.rest)]
+    for params in tasks:
+        if params.model:
+            router.resolve(params, "batch" if batch else "txt2img")
 
 
 def check_uploads(uploads: dict[str, discord.Attachment | None], max_bytes: int) -> None:
