@@ -268,3 +268,17 @@ async def test_remix_on_a_picture_over_the_limit_is_refused_before_the_box(env: 
     assert "MB" in first["data"]["content"]
     assert not env.dc.interaction(opened["token"])["modal"]
     assert bot_posts(env) == []
+
+
+async def test_an_upload_is_acknowledged_before_it_is_downloaded(env: Env) -> None:
+    """Checking first must not cost the 3 s: only what Discord says about an upload (type,
+    size) is checked before the acknowledgement; the download comes after it."""
+    await env.start()
+    sent = env.dc.slash("img2img", {"prompt": "a sketch"}, attachments={"image": ("in.png", png())})
+    await env.until(lambda: env.dc.cdn_fetches)
+    [callback] = [
+        c for c in env.dc.interaction_responses(sent["token"]) if c.path.endswith("/callback")
+    ]
+    assert callback.json["type"] == CB_DEFERRED
+    assert callback.time < env.dc.cdn_fetches[0].time
+    await env.until(lambda: any(m.get("attachments") for m in bot_posts(env)))
