@@ -142,11 +142,11 @@ CHAT: dict[str, dict[str, str]] = {
     "dc.opt.seed": {
         "en": "The `seed` option needs a whole number 0..4294967295, or -1 for random "
         "(you gave {value}).",
-        "zh": "“seed”选项需要 0..4294967295 之间的整数，-1 表示随机（你填的是 {value}）。",
+        "zh": "“种子”（seed）选项需要 0..4294967295 之间的整数，-1 表示随机（你填的是 {value}）。",
     },
     "dc.opt.steps": {
         "en": "The `steps` option needs a whole number 1..150 (you gave {value}).",
-        "zh": "“steps”选项需要 1..150 之间的整数（你填的是 {value}）。",
+        "zh": "“步数”（steps）选项需要 1..150 之间的整数（你填的是 {value}）。",
     },
     "dc.opt.cfg": {
         "en": "The `cfg` option needs a number 0..30, e.g. 7.5 (you gave {value}).",
@@ -154,7 +154,7 @@ CHAT: dict[str, dict[str, str]] = {
     },
     "dc.opt.aspect": {
         "en": "The `aspect` option needs W:H between 1:4 and 4:1, e.g. 16:9 (you gave {value}).",
-        "zh": "“aspect”选项需要 1:4 到 4:1 之间的宽高比，例如 16:9（你填的是 {value}）。",
+        "zh": "“宽高比”（aspect）选项需要 1:4 到 4:1 之间的比例，例如 16:9（你填的是 {value}）。",
     },
     "dc.opt.strength": {
         "en": "The `strength` option needs a number 0..1, e.g. 0.6 (you gave {value}).",
@@ -166,7 +166,7 @@ CHAT: dict[str, dict[str, str]] = {
     },
     "dc.opt.prompt_empty": {
         "en": "The `prompt` option is empty: type what you want to see, e.g. a lighthouse at dusk.",
-        "zh": "“prompt”（提示词）选项是空的：写下你想看到的内容，例如 黄昏时的灯塔。",
+        "zh": "“提示词”（prompt）选项是空的：写下你想看到的内容，例如 黄昏时的灯塔。",
     },
     "dc.opt.not_picture": {
         "en": "The file in `{option}` is not a picture ({kind}); attach a PNG, JPEG or WebP.",

@@ -191,6 +191,15 @@ async def test_mistakes_are_said_in_the_persons_language(env: Env) -> None:
     first = await first_response(env, sent["token"])
     assert first["data"]["flags"] & EPHEMERAL
     assert "数量" in first["data"]["content"] and "1..4" in first["data"]["content"]
+    sent = env.dc.slash(
+        "img2img",
+        {"prompt": "素描"},
+        attachments={"image": ("notes.txt", b"no picture here")},
+        locale="zh-CN",
+    )
+    first = await first_response(env, sent["token"])
+    assert first["data"]["flags"] & EPHEMERAL
+    assert "“图片（image）”里的文件不是图片" in first["data"]["content"]
 
 
 async def test_an_accepted_job_is_still_posted_for_all(env: Env) -> None:

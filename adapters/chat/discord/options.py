@@ -21,8 +21,10 @@ from typing import Any
 import discord
 
 from adapters.chat.discord.files import _is_picture
+from bot.chat_texts import COMMAND_NAMES_ZH
 from bot.errors import BadInput, UserError
 from bot.grammar import EMPTY_PROMPT, parse_batch, parse_command, parse_generation, read_flag
+from bot.i18n import Message
 from bot.params import MAX_IMAGES_PER_JOB, GenerationParams
 from bot.routing import Router
 from bot.text import shown_char, unusable_char
@@ -49,6 +51,25 @@ _OPTIONS: dict[str, tuple[str, str]] = {
 _OWN_TEXT = frozenset({"aspect", "seed", "steps", "cfg", "count", "strength"})
 
 
+class _OptionName(Message):
+    """An option's name as the person's client shows it: Chinese clients show the Chinese
+    name (``bot.chat_texts.COMMAND_NAMES_ZH``), so both are said there."""
+
+    name: str
+
+    def __new__(cls, name: str) -> _OptionName:
+        obj = str.__new__(cls, name)
+        obj.key, obj.kw, obj.name = "", {}, name
+        return obj
+
+    def render(self, lang: str) -> str:
+        shown = COMMAND_NAMES_ZH.get(self.name, self.name)
+        return f"{shown}（{self.name}）" if lang == "zh" and shown != self.name else self.name
+
+    def __reduce__(self) -> Any:
+        return (_OptionName, (self.name,))
+
+
 def _shown(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 30 else text[:29] + "…"
@@ -69,7 +90,7 @@ def read_options(values: dict[str, Any]) -> GenerationParams:
                 raise BadInput.of(
                     f"dc.opt.{option}", value=_shown(value), max=MAX_IMAGES_PER_JOB
                 ) from None
-            raise BadInput.of("dc.opt.bad", option=option, error=err.message) from None
+            raise BadInput.of("dc.opt.bad", option=_OptionName(option), error=err.message) from None
     return GenerationParams(**fields)
 
 
@@ -116,11 +137,11 @@ def check_uploads(uploads: dict[str, discord.Attachment | None], max_bytes: int)
             continue
         if not _is_picture(attachment):
             kind = attachment.content_type or attachment.filename.rpartition(".")[2] or "?"
-            raise BadInput.of("dc.opt.not_picture", option=option, kind=_shown(kind))
+            raise BadInput.of("dc.opt.not_picture", option=_OptionName(option), kind=_shown(kind))
         if attachment.size > max_bytes:
             raise BadInput.of(
                 "dc.opt.too_big",
-                option=option,
+                option=_OptionName(option),
                 mb=attachment.size / 1024 / 1024,
                 limit=max_bytes / 1024 / 1024,
             )
