@@ -502,7 +502,7 @@ def _split_block(text: str) -> tuple[str, str] | None:
 
 def read_flag(flag: str, value: str, *, max_n: int = MAX_IMAGES_PER_JOB) -> Any:
     """One flag's value read with that flag's own rules, for forms whose fields stand for
-    flags (a Discord option, a field of a box): ``read_flag("n", "2") == 2``.
+    flags (a chat command's option, a field of a form): ``read_flag("n", "2") == 2``.
 
     Returns the value as ``GenerationParams`` holds it (``ar``: the aspect, ``size``: (w, h),
     ``seed``: ``None`` for -1, ``no``: the negative); raises the flag's ``BadInput``.

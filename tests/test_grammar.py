@@ -586,7 +586,7 @@ def _as_params_value(flag: str, params: GenerationParams) -> object:
     | st.sampled_from(["16:9", "1024x768", "-1", "7.5", "0,6", "4", "5", "DPM++"]),
 )
 def test_read_flag_reads_a_value_as_the_flag_in_a_command_would(flag: str, value: str) -> None:
-    """A form field standing for a flag (a Discord option) is read by the flag's own rules."""
+    """A form field standing for a flag (a command's option) is read by the flag's rules."""
     value = value.strip()
     assume(value and " " not in value)
     try:
