@@ -68,8 +68,8 @@ class DiscordAdapter(Conversation):
         self.client.sdhost_adapter = self  # type: ignore[attr-defined]
         self.tree = app_commands.CommandTree(self.client)
         self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
-        self.commands = SlashCommands(self)
-        self.commands.register(self.tree)
+        self.slash_commands = SlashCommands(self)
+        self.slash_commands.register(self.tree)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
