@@ -4,6 +4,8 @@ How it keeps the core's promises on Discord:
 
 * Every interaction is acknowledged at once (deferred), well inside Discord's 3 seconds;
   the original response becomes the job's status message and its id is stored with the job.
+  Mistakes found without waiting (``options``: flags, options, uploads as Discord describes
+  them) are answered before that, ephemerally, so the channel sees accepted requests only.
 * Pictures arrive through the outbox as follow-ups on the interaction's webhook while its
   token is fresh; past ``15 min - token_margin_s`` (or when Discord says the token is no
   longer valid) they are posted in the channel with a mention, with the bot's own token:
