@@ -186,6 +186,10 @@ CHAT: dict[str, dict[str, str]] = {
         "(you gave {value}).",
         "zh": "重绘框里的“{field}”需要 0..1 之间的数字，例如 0.6（你填的是 {value}）。",
     },
+    "dc.box.expired": {
+        "en": "This box was open too long, or the bot restarted meanwhile: please open it again.",
+        "zh": "这个输入框打开太久了，或者机器人期间重启过：请重新打开。",
+    },
     "dc.batch.empty": {
         "en": "The “{field}” field of the Batch box is empty: type one prompt per line.",
         "zh": "批量框里的“{field}”是空的：每行写一个提示词。",

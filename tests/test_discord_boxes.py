@@ -115,3 +115,25 @@ async def test_one_person_may_have_two_boxes_open(env: Env) -> None:
     await env.until(lambda: followup_pictures(env, sent_1) and followup_pictures(env, sent_2))
     prompts = sorted(j.params["prompt"] for j in await jobs_of(env, ALICE))
     assert prompts == ["a first thought", "a second thought"]
+
+
+async def test_a_box_from_before_a_restart_asks_to_be_opened_again(env: Env) -> None:
+    await env.start()
+    dc = env.dc
+    opened = dc.slash("batch")
+    await env.until(lambda: dc.interaction(opened["token"])["modal"])
+    box = box_of(env, opened)
+    await env.stop()
+    await env.start()  # a new process: the box is no longer in memory
+    sent = dc.modal_submit(box, {"prompts": "a late fox"})
+    await env.until(lambda: dc.interaction(sent["token"])["response_type"])
+    [first] = [c for c in dc.interaction_responses(sent["token"]) if c.path.endswith("/callback")]
+    assert first.json["data"]["flags"] & 64
+    assert "open it again" in first.json["data"]["content"]
+    assert await jobs_of(env, ALICE) == []
+    # and a box this process opened is answered by that box alone
+    fresh = dc.slash("batch")
+    await env.until(lambda: dc.interaction(fresh["token"])["modal"])
+    sent = dc.modal_submit(box_of(env, fresh), {"prompts": "a fresh fox"})
+    await env.until(lambda: followup_pictures(env, sent))
+    assert len([c for c in dc.interaction_responses(sent["token"]) if "callback" in c.path]) == 1

@@ -84,6 +84,10 @@ class DiscordAdapter(Conversation):
         async def on_ready() -> None:
             self._ready.set()
 
+        @self.client.event
+        async def on_interaction(interaction: discord.Interaction[Any]) -> None:
+            await self.slash_commands.stale_box(interaction)
+
     # --- lifecycle -----------------------------------------------------------------------
 
     def _point_at_endpoints(self) -> None:

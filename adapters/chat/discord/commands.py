@@ -23,7 +23,7 @@ import discord
 from discord import app_commands
 
 from adapters.chat.discord.files import _is_picture
-from adapters.chat.discord.modals import _PromptModal, box_id
+from adapters.chat.discord.modals import OpenBoxes, _PromptModal, box_id
 from adapters.chat.discord.options import (
     BATCH_MAX,
     NEGATIVE_MAX,
@@ -66,6 +66,7 @@ class SlashCommands:
     def __init__(self, adapter: DiscordAdapter) -> None:
         self.adapter = adapter
         self.app = adapter.app
+        self.boxes = OpenBoxes()
 
     def register(self, tree: app_commands.CommandTree[Any]) -> None:
         """Add every command to ``tree`` under the name people type."""
@@ -252,9 +253,11 @@ class SlashCommands:
                 return
             await self.adapter._command(inter, text)
 
+        box = box_id("batch", interaction)
         await interaction.response.send_modal(
-            _PromptModal(box_id("batch", interaction), t(lang, "dc.batch.title"), [field], done)
+            _PromptModal(box, t(lang, "dc.batch.title"), [field], done)
         )
+        self.boxes.add(box)
 
     async def remix(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
         """Remix on a message: a box asks what its picture should become."""
@@ -316,11 +319,23 @@ class SlashCommands:
                 return
             await adapter._command(inter, text, image=data)
 
+        box = box_id("remix", interaction)
         await interaction.response.send_modal(
-            _PromptModal(
-                box_id("remix", interaction), t(lang, "dc.remix.title"), [prompt, strength], done
-            )
+            _PromptModal(box, t(lang, "dc.remix.title"), [prompt, strength], done)
         )
+        self.boxes.add(box)
+
+    async def stale_box(self, interaction: discord.Interaction[Any]) -> None:
+        """A submit for a box this process does not know (discord.py drops it unanswered):
+        ask the person to open it again."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
+        if not OpenBoxes.ours(custom_id) or custom_id in self.boxes or self.adapter._closing:
+            return
+        lang = await self.adapter._lang(interaction)
+        await interaction.response.send_message(t(lang, "dc.box.expired"), ephemeral=True)
 
     # --- asking about things ---------------------------------------------------------------
 
