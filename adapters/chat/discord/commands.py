@@ -11,8 +11,10 @@ time (the providers' names, whether /civitai is installed) is added in ``registe
 Remix message command is a closure there: discord.py refuses context menus defined in a
 class.
 
-Every command turns into the text a person would type at the console and goes through the
-adapter's ``_command``, so all platforms share one command grammar.
+Every command turns into the text a person would type at the console (options written
+with ``bot.grammar.format_flags``) and goes through the adapter's ``_command``, so all
+platforms share one command grammar. Commands that make pictures check their input first
+(``options``): a mistake is answered ephemerally before anything is shown in the channel.
 """
 
 from __future__ import annotations
