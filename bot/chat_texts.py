@@ -223,6 +223,66 @@ CHAT: dict[str, dict[str, str]] = {
     "dc.remix.strength": {"en": "Strength 0-1 (how much may change)", "zh": "强度 0-1（改动程度）"},
     "dc.batch.title": {"en": "Batch: one prompt per line", "zh": "批量：每行一个提示词"},
     "dc.batch.prompts": {"en": "Prompts (at most 10 lines)", "zh": "提示词（最多 10 行）"},
+    # Mistakes in options and box fields, named as the person sees them (issue 13).
+    "dc.opt.count": {
+        "en": "The `count` option takes 1..{max} pictures (you gave {value}).",
+        "zh": "“数量”（count）选项只能是 1..{max} 张（你填的是 {value}）。",
+    },
+    "dc.opt.seed": {
+        "en": "The `seed` option needs a whole number 0..4294967295, or -1 for random "
+        "(you gave {value}).",
+        "zh": "“种子”（seed）选项需要 0..4294967295 之间的整数，-1 表示随机（你填的是 {value}）。",
+    },
+    "dc.opt.steps": {
+        "en": "The `steps` option needs a whole number 1..150 (you gave {value}).",
+        "zh": "“步数”（steps）选项需要 1..150 之间的整数（你填的是 {value}）。",
+    },
+    "dc.opt.cfg": {
+        "en": "The `cfg` option needs a number 0..30, e.g. 7.5 (you gave {value}).",
+        "zh": "“cfg”选项需要 0..30 之间的数字，例如 7.5（你填的是 {value}）。",
+    },
+    "dc.opt.aspect": {
+        "en": "The `aspect` option needs W:H between 1:4 and 4:1, e.g. 16:9 (you gave {value}).",
+        "zh": "“宽高比”（aspect）选项需要 1:4 到 4:1 之间的比例，例如 16:9（你填的是 {value}）。",
+    },
+    "dc.opt.strength": {
+        "en": "The `strength` option needs a number 0..1, e.g. 0.6 (you gave {value}).",
+        "zh": "“强度”（strength）选项需要 0..1 之间的数字，例如 0.6（你填的是 {value}）。",
+    },
+    "dc.opt.bad": {
+        "en": "The `{option}` option: {error}",
+        "zh": "“{option}”选项有误：{error}",
+    },
+    "dc.opt.prompt_empty": {
+        "en": "The `prompt` option is empty: type what you want to see, e.g. a lighthouse at dusk.",
+        "zh": "“提示词”（prompt）选项是空的：写下你想看到的内容，例如 黄昏时的灯塔。",
+    },
+    "dc.opt.not_picture": {
+        "en": "The file in `{option}` is not a picture ({kind}); attach a PNG, JPEG or WebP.",
+        "zh": "“{option}”里的文件不是图片（{kind}）；请上传 PNG、JPEG 或 WebP 图片。",
+    },
+    "dc.opt.too_big": {
+        "en": "The picture in `{option}` is {mb:.1f} MB; the limit here is {limit:.0f} MB.",
+        "zh": "“{option}”里的图片有 {mb:.1f} MB，本机器人的上限是 {limit:.0f} MB。",
+    },
+    "dc.remix.prompt_empty": {
+        "en": "The “{field}” field of the Remix box is empty: type what the picture should "
+        "become, e.g. as a watercolor.",
+        "zh": "重绘框里的“{field}”是空的：写下图片要变成什么样，例如 水彩画风格。",
+    },
+    "dc.remix.strength_bad": {
+        "en": "The “{field}” field of the Remix box needs a number 0..1, e.g. 0.6 "
+        "(you gave {value}).",
+        "zh": "重绘框里的“{field}”需要 0..1 之间的数字，例如 0.6（你填的是 {value}）。",
+    },
+    "dc.box.expired": {
+        "en": "This box was open too long, or the bot restarted meanwhile: please open it again.",
+        "zh": "这个输入框打开太久了，或者机器人期间重启过：请重新打开。",
+    },
+    "dc.batch.empty": {
+        "en": "The “{field}” field of the Batch box is empty: type one prompt per line.",
+        "zh": "批量框里的“{field}”是空的：每行写一个提示词。",
+    },
 }
 
 # What Chinese Discord clients see in the command picker: names, descriptions, option names.

@@ -500,6 +500,26 @@ def _split_block(text: str) -> tuple[str, str] | None:
     return text, ""
 
 
+def read_flag(flag: str, value: str, *, max_n: int = MAX_IMAGES_PER_JOB) -> Any:
+    """One flag's value read with that flag's own rules, for forms whose fields stand for
+    flags (a chat command's option, a field of a form): ``read_flag("n", "2") == 2``.
+
+    Returns the value as ``GenerationParams`` holds it (``ar``: the aspect, ``size``: (w, h),
+    ``seed``: ``None`` for -1, ``no``: the negative); raises the flag's ``BadInput``.
+    """
+    name = _NAMES.get(flag.lower())
+    if name is None:
+        raise _unknown(flag)
+    value = value.strip()
+    if name == "n":
+        return _n_reader(max_n)(value)
+    if name == "no":
+        if not value:
+            raise BadInput("--no needs what to leave out, for example --no blurry, text")
+        return value
+    return _READERS[name][1](value)
+
+
 def _block_values(kv: dict[str, str], explicit: dict[str, Any]) -> dict[str, Any]:
     """The block's values, checked with the flags' own rules, except those typed explicitly."""
     out: dict[str, Any] = {}

@@ -183,7 +183,8 @@ async def test_remix_fetches_the_message_again_and_sends_its_picture(env: Env) -
     opened = dc.message_command("Remix", int(posted["id"]))
     await env.until(lambda: dc.interaction(opened["token"])["modal"])
     dc.expire_attachments()  # the URLs in the interaction no longer work
-    dc.modal_submit("sdhost:remix", {"prompt": "as a watercolor", "strength": "0.4"})
+    box = dc.interaction(opened["token"])["modal"]["custom_id"]  # each box has its own id
+    dc.modal_submit(box, {"prompt": "as a watercolor", "strength": "0.4"})
     await env.until(lambda: [m for m in env.pictures() if m["id"] != posted["id"]])
     assert env.provider is not None and len(env.provider.init_images) == 1
     got = decoded(env.provider.init_images[0])
@@ -208,7 +209,8 @@ async def test_batch_modal_streams_results(env: Env) -> None:
     dc = env.dc
     opened = dc.slash("batch")
     await env.until(lambda: dc.interaction(opened["token"])["modal"])
-    dc.modal_submit("sdhost:batch", {"prompts": "a red apple\na green pear\na blue plum"})
+    box = dc.interaction(opened["token"])["modal"]["custom_id"]  # each box has its own id
+    dc.modal_submit(box, {"prompts": "a red apple\na green pear\na blue plum"})
     await env.until(lambda: len(env.pictures()) == 3)
     contents = sorted(m["content"].split(" · ")[0] for m in env.pictures())
     assert contents == ["#1", "#2", "#3"]

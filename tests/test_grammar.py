@@ -17,6 +17,7 @@ from bot.grammar import (
     parse_batch,
     parse_command,
     parse_generation,
+    read_flag,
     split_source,
 )
 from bot.params import GenerationParams
@@ -565,3 +566,40 @@ def test_batch_n_form_makes_n_single_tasks(prompt: str, n: int) -> None:
     tasks = parse_batch(f"{format_flags(P(prompt=prompt))} --n {n} --seed 10")
     assert [t.seed for t in tasks] == list(range(10, 10 + n))
     assert {(t.prompt, t.n) for t in tasks} == {(prompt, 1)}
+
+
+# --- read_flag ---------------------------------------------------------------------------------
+
+_FIELD = {"ar": "aspect", "no": "negative"}
+
+
+def _as_params_value(flag: str, params: GenerationParams) -> object:
+    if flag == "size":
+        return (params.width, params.height)
+    return getattr(params, _FIELD.get(flag, flag))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(FLAGS),
+    st.text(alphabet=st.sampled_from("0123456789.,:x-abAB+ "), min_size=0, max_size=12)
+    | st.sampled_from(["16:9", "1024x768", "-1", "7.5", "0,6", "4", "5", "DPM++"]),
+)
+def test_read_flag_reads_a_value_as_the_flag_in_a_command_would(flag: str, value: str) -> None:
+    """A form field standing for a flag (a command's option) is read by the flag's rules."""
+    value = value.strip()
+    assume(value and " " not in value)
+    try:
+        expected = _as_params_value(flag, parse_generation(f"x --{flag}={value}"))
+    except BadInput:
+        with pytest.raises(BadInput):
+            read_flag(flag, value)
+        return
+    assert read_flag(flag, value) == expected
+
+
+def test_read_flag_names() -> None:
+    assert read_flag("count", "3") == 3 and read_flag("aspect", "16:9") == "16:9"
+    assert read_flag("seed", "-1") is None
+    with pytest.raises(BadInput, match="unknown flag --colour"):
+        read_flag("colour", "red")

@@ -4,6 +4,8 @@ How it keeps the core's promises on Discord:
 
 * Every interaction is acknowledged at once (deferred), well inside Discord's 3 seconds;
   the original response becomes the job's status message and its id is stored with the job.
+  Mistakes found without waiting (``options``: flags, options, uploads as Discord describes
+  them) are answered before that, ephemerally, so the channel sees accepted requests only.
 * Pictures arrive through the outbox as follow-ups on the interaction's webhook while its
   token is fresh; past ``15 min - token_margin_s`` (or when Discord says the token is no
   longer valid) they are posted in the channel with a mention, with the bot's own token:
@@ -29,8 +31,8 @@ from discord import app_commands
 
 from adapters.chat.conversation import picture_policy
 from adapters.chat.discord.buttons import CommandButton, ResultButton
+from adapters.chat.discord.commands import SlashCommands
 from adapters.chat.discord.delivery import NO_MENTIONS, DiscordDelivery
-from adapters.chat.discord.files import _is_picture
 from adapters.chat.discord.limits import (
     DEFAULT_LIMIT,
     EMBED_TEXT,
@@ -38,7 +40,6 @@ from adapters.chat.discord.limits import (
     TOKEN_LIFETIME_S,
     _clip,
 )
-from adapters.chat.discord.modals import _PromptModal
 from adapters.chat.discord.translator import Translator
 from bot.chat import UserRef
 from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
@@ -46,16 +47,8 @@ from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.host import ChatHost
 from bot.i18n import t
-from bot.status import JOB_ACTIVE
 
 log = logging.getLogger(__name__)
-
-
-ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace('"', "'") + '"'
 
 
 class DiscordAdapter(DiscordDelivery):
@@ -78,7 +71,8 @@ class DiscordAdapter(DiscordDelivery):
         self.client.sdhost_adapter = self  # type: ignore[attr-defined]
         self.tree = app_commands.CommandTree(self.client)
         self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
-        self._define_commands()
+        self.slash_commands = SlashCommands(self)
+        self.slash_commands.register(self.tree)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
@@ -91,6 +85,10 @@ class DiscordAdapter(DiscordDelivery):
         @self.client.event
         async def on_ready() -> None:
             self._ready.set()
+
+        @self.client.event
+        async def on_interaction(interaction: discord.Interaction[Any]) -> None:
+            await self.slash_commands.stale_box(interaction)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -198,251 +196,6 @@ class DiscordAdapter(DiscordDelivery):
 
     # --- commands ------------------------------------------------------------------------
 
-    def _define_commands(self) -> None:
-        tree, L = self.tree, app_commands.locale_str
-        providers = list(self.app.providers)
-
-        async def model_choices(
-            interaction: discord.Interaction[Any], current: str
-        ) -> list[app_commands.Choice[str]]:
-            names = []
-            for pname, provider in self.app.providers.items():
-                for mi in provider.capabilities().models:
-                    names.append(f"{pname}:{mi.name}")
-            current = current.lower()
-            return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
-
-        @tree.command(name=L("imagine"), description=L("Make pictures from a prompt"))
-        @app_commands.describe(
-            prompt=L("What to draw; flags like --ar 16:9 work too"),
-            negative=L("What to leave out"),
-            aspect=L("Aspect ratio"),
-            seed=L("Seed (-1: random)"),
-            steps=L("Sampling steps"),
-            cfg=L("Prompt guidance (CFG)"),
-            count=L("Pictures, 1-4"),
-            model=L("Model (see /models)"),
-            provider=L("Provider"),
-        )
-        @app_commands.rename(
-            prompt=L("prompt"),
-            negative=L("negative"),
-            aspect=L("aspect"),
-            seed=L("seed"),
-            steps=L("steps"),
-            cfg=L("cfg"),
-            count=L("count"),
-            model=L("model"),
-            provider=L("provider"),
-        )
-        @app_commands.choices(
-            aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
-            provider=[app_commands.Choice(name=p, value=p) for p in providers]
-            or [app_commands.Choice(name="none", value="none")],
-        )
-        @app_commands.autocomplete(model=model_choices)
-        async def imagine(
-            interaction: discord.Interaction[Any],
-            prompt: str,
-            negative: str | None = None,
-            aspect: str | None = None,
-            seed: app_commands.Range[int, -1, 4294967295] | None = None,
-            steps: app_commands.Range[int, 1, 150] | None = None,
-            cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
-            count: app_commands.Range[int, 1, 4] | None = None,
-            model: str | None = None,
-            provider: str | None = None,
-        ) -> None:
-            flags = []
-            if negative:
-                flags.append(f"--no {_quote(negative)}")
-            for name, value in (
-                ("ar", aspect),
-                ("seed", seed),
-                ("steps", steps),
-                ("cfg", cfg),
-                ("n", count),
-                ("model", model),
-                ("provider", provider),
-            ):
-                if value is not None:
-                    flags.append(f"--{name} {_quote(str(value))}")
-            await self._command(interaction, " ".join(["/imagine", prompt, *flags]))
-
-        @tree.command(name=L("img2img"), description=L("Redraw a picture"))
-        @app_commands.describe(
-            image=L("The picture to redraw"),
-            prompt=L("What to draw; flags like --ar 16:9 work too"),
-            strength=L("How much may change, 0-1"),
-            image2=L("Another picture, for models that take several (FLUX.2)"),
-            image3=L("Another picture, for models that take several (FLUX.2)"),
-            image4=L("Another picture, for models that take several (FLUX.2)"),
-        )
-        @app_commands.rename(
-            image=L("image"),
-            prompt=L("prompt"),
-            strength=L("strength"),
-            image2=L("image2"),
-            image3=L("image3"),
-            image4=L("image4"),
-        )
-        async def img2img(
-            interaction: discord.Interaction[Any],
-            image: discord.Attachment,
-            prompt: str,
-            strength: app_commands.Range[float, 0.0, 1.0] | None = None,
-            image2: discord.Attachment | None = None,
-            image3: discord.Attachment | None = None,
-            image4: discord.Attachment | None = None,
-        ) -> None:
-            text = f"/img2img {prompt}" + (
-                f" --strength {strength}" if strength is not None else ""
-            )
-            more = [a for a in (image2, image3, image4) if a is not None]
-            await self._command(interaction, text, attachment=image, more_attachments=more)
-
-        @tree.command(name=L("batch"), description=L("Several prompts at once, one per line"))
-        async def batch(interaction: discord.Interaction[Any]) -> None:
-            lang = await self._lang(interaction)
-            field: discord.ui.TextInput[Any] = discord.ui.TextInput(
-                label=t(lang, "dc.batch.prompts")[:45],
-                style=discord.TextStyle.paragraph,
-                max_length=4000,
-                custom_id="prompts",
-            )
-
-            async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
-                await self._command(inter, "/batch " + values[0])
-
-            await interaction.response.send_modal(
-                _PromptModal("batch", t(lang, "dc.batch.title"), [field], done)
-            )
-
-        async def my_jobs(
-            interaction: discord.Interaction[Any], current: str
-        ) -> list[app_commands.Choice[int]]:
-            views = await self.app.jobs.jobs(self._user(interaction.user), limit=25)
-            out = []
-            for v in views:
-                if v.status in JOB_ACTIVE and current in str(v.id):
-                    prompt = str(v.params.get("prompt", ""))[:60]
-                    out.append(app_commands.Choice(name=f"#{v.id} {v.status} {prompt}", value=v.id))
-            return out[:25]
-
-        def simple(name: str, description: str, text: str) -> None:
-            async def run(interaction: discord.Interaction[Any]) -> None:
-                await self._command(interaction, text)
-
-            tree.command(name=L(name), description=L(description))(run)
-
-        simple("credits", "Your balance and the prices", "/credits")
-        simple("jobs", "Your recent jobs", "/jobs")
-        simple("models", "Providers, models and prices", "/models")
-        simple("help", "What this bot does", "/help")
-
-        @tree.command(name=L("job"), description=L("One job in detail"))
-        @app_commands.describe(id=L("Job number"))
-        async def job(interaction: discord.Interaction[Any], id: int) -> None:
-            await self._command(interaction, f"/job {id}")
-
-        @tree.command(name=L("cancel"), description=L("Cancel a job"))
-        @app_commands.describe(id=L("Job number"))
-        @app_commands.autocomplete(id=my_jobs)
-        async def cancel(interaction: discord.Interaction[Any], id: int) -> None:
-            await self._command(interaction, f"/cancel {id}")
-
-        @tree.command(name=L("retry"), description=L("Run a failed job again"))
-        @app_commands.describe(id=L("Job number"))
-        async def retry(interaction: discord.Interaction[Any], id: int) -> None:
-            await self._command(interaction, f"/retry {id}")
-
-        @tree.command(name=L("lang"), description=L("Reply language"))
-        @app_commands.rename(language=L("language"))
-        @app_commands.choices(
-            language=[
-                app_commands.Choice(name="English", value="en"),
-                app_commands.Choice(name="简体中文", value="zh"),
-                app_commands.Choice(name="auto", value="auto"),
-            ]
-        )
-        async def lang(interaction: discord.Interaction[Any], language: str) -> None:
-            await self._command(interaction, f"/lang {language}")
-
-        @tree.command(
-            name=L("settings"), description=L("Your defaults: model, aspect, negative prompt")
-        )
-        @app_commands.describe(
-            model=L("Model (see /models)"),
-            aspect=L("Aspect ratio"),
-            negative=L("What to leave out"),
-            clear=L("Forget all your defaults"),
-        )
-        @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-        @app_commands.autocomplete(model=model_choices)
-        async def settings(
-            interaction: discord.Interaction[Any],
-            model: str | None = None,
-            aspect: str | None = None,
-            negative: str | None = None,
-            clear: bool = False,
-        ) -> None:
-            texts = []
-            if clear:
-                texts.append("/settings clear")
-            for key, value in (("model", model), ("aspect", aspect), ("negative", negative)):
-                if value:
-                    texts.append(f"/settings {key} {value}")
-            await self._command(interaction, texts or ["/settings"])
-
-        admin = app_commands.default_permissions(administrator=True)
-
-        @tree.command(name=L("grant"), description=L("Give or take credits (admins)"))
-        @app_commands.describe(
-            user=L("Who"), amount=L("Credits (negative takes back)"), note=L("Why")
-        )
-        @admin
-        async def grant(
-            interaction: discord.Interaction[Any],
-            user: discord.User,
-            amount: int,
-            note: str | None = None,
-        ) -> None:
-            await self._command(
-                interaction, f"/grant discord:{user.id} {amount} {note or ''}".strip()
-            )
-
-        @tree.command(name=L("ban"), description=L("Stop someone using the bot (admins)"))
-        @app_commands.describe(user=L("Who"))
-        @admin
-        async def ban(interaction: discord.Interaction[Any], user: discord.User) -> None:
-            await self._command(interaction, f"/ban discord:{user.id}")
-
-        @tree.command(name=L("unban"), description=L("Let someone use the bot again (admins)"))
-        @app_commands.describe(user=L("Who"))
-        @admin
-        async def unban(interaction: discord.Interaction[Any], user: discord.User) -> None:
-            await self._command(interaction, f"/unban discord:{user.id}")
-
-        @tree.command(
-            name=L("stats"), description=L("Queue, jobs and credits of the last day (admins)")
-        )
-        @admin
-        async def stats(interaction: discord.Interaction[Any]) -> None:
-            await self._command(interaction, "/stats")
-
-        if "civitai" in self.app.commands.extensions:
-
-            @tree.command(name=L("civitai"), description=L("Look up Civitai models and images"))
-            @app_commands.describe(
-                query=L("models QUERY, model ID, images, image ID, use ID or hash HASH")
-            )
-            async def civitai(interaction: discord.Interaction[Any], query: str) -> None:
-                await self._command(interaction, f"/civitai {query}")
-
-        @tree.context_menu(name=L("Remix"))
-        async def remix(interaction: discord.Interaction[Any], message: discord.Message) -> None:
-            await self._remix_modal(interaction, message)
-
     async def _command(
         self,
         interaction: discord.Interaction[Any],
@@ -493,6 +246,7 @@ class DiscordAdapter(DiscordDelivery):
                     is_admin=self.is_admin(interaction.user.id),
                     lang=str(interaction.locale),
                     nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
+                    texts="discord",  # /help and /start say chat.help.discord
                 )
             )
             replies.append(reply)
@@ -504,6 +258,17 @@ class DiscordAdapter(DiscordDelivery):
             await self._respond(interaction, text, replies[0].pictures, replies[0].actions)
         else:
             await self._respond(interaction, text)
+
+    async def _refuse(self, interaction: discord.Interaction[Any], error: UserError) -> None:
+        """A mistake found before anything was shown: said only to the person (ephemeral),
+        so the channel sees accepted jobs only."""
+        if self._closing:
+            return
+        lang = await self._lang(interaction)
+        allowed = self._allowed(interaction)
+        text = error.render(lang) if allowed else t(lang, "dc.not_allowed")
+        await interaction.response.send_message(_clip(text), ephemeral=True)
+        self.interactions_handled += 1
 
     async def _respond(
         self,
@@ -552,51 +317,6 @@ class DiscordAdapter(DiscordDelivery):
             return await attachment.read()
         except (discord.HTTPException, discord.NotFound):
             raise UserError.of("dc.picture_gone") from None
-
-    async def _remix_modal(
-        self, interaction: discord.Interaction[Any], message: discord.Message
-    ) -> None:
-        lang = await self._lang(interaction)
-        if not self._allowed(interaction):
-            await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
-            return
-        if not any(_is_picture(a) for a in message.attachments):
-            await interaction.response.send_message(t(lang, "dc.no_picture"), ephemeral=True)
-            return
-        channel_id, message_id = message.channel.id, message.id
-        prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t(lang, "dc.remix.prompt")[:45], max_length=1000, custom_id="prompt"
-        )
-        strength: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t(lang, "dc.remix.strength")[:45],
-            required=False,
-            default="0.6",
-            max_length=4,
-            custom_id="strength",
-        )
-
-        async def done(inter: discord.Interaction[Any], values: list[str]) -> None:
-            await inter.response.defer(thinking=True)
-            try:
-                # Attachment URLs expire: read the message again for fresh ones.
-                channel = self.client.get_partial_messageable(channel_id)
-                fresh = await channel.fetch_message(message_id)
-                picture = next(a for a in fresh.attachments if _is_picture(a))
-                data = await self._read_attachment(picture)
-            except (discord.HTTPException, StopIteration):
-                await self._respond(inter, t(await self._lang(inter), "dc.picture_gone"))
-                return
-            except UserError as exc:
-                await self._respond(inter, exc.render(await self._lang(inter)))
-                return
-            text = f"/img2img {values[0]}"
-            if values[1].strip():
-                text += f" --strength {values[1].strip()}"
-            await self._command(inter, text, image=data)
-
-        await interaction.response.send_modal(
-            _PromptModal("remix", t(lang, "dc.remix.title"), [prompt, strength], done)
-        )
 
     async def _on_tree_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
