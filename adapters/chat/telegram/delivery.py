@@ -215,6 +215,7 @@ class TelegramDelivery(Conversation):
             lambda cid: self.bot.send_media_group(
                 cid, media, reply_parameters=reply, message_thread_id=thread
             ),
+            messages=len(media),
         )
         for message in sent:  # a reply to any of them may use them all (/img2img)
             self.albums.add(chat_id, message)

@@ -3,7 +3,10 @@
 Telegram's limits are unpublished and change with load; the FAQ asks for about one message
 a second per chat, twenty a minute per group and thirty a second overall. Every call that
 puts something in a chat (send, edit, album) goes through :class:`Pacer`, which keeps to
-those rates with leaky buckets and, when Telegram still says "retry after N", holds that chat
+those rates with a :class:`Bucket` per chat: a small burst, then calls evenly spaced at the
+chat's rate (a group's 20 a minute is one every 3 s from the first message, not 20 at once
+and then a stall), an album counting as its pictures in a group. When Telegram still says
+"retry after N", the Pacer holds that chat
 for N seconds and tries again: a flood wait delays a message, it never drops it. A wait longer
 than ``max_inline_wait_s`` is handed back to the outbox as ``DeliveryRetry`` so one flooded
 chat does not pin a delivery slot for minutes.
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+BURST = 3  # calls a chat may take at once (a receipt, a picture, its buttons)
 MAX_CHATS = 10_000  # per-chat buckets kept (least recently used chats are forgotten)
 # Requests in flight to Telegram at once. It matches the HTTP connection pool: httpx's pool
 # spends time quadratic in the requests queued inside it, so they wait here instead.
@@ -60,24 +64,59 @@ def is_gone(exc: Exception) -> bool:
     )
 
 
+class Bucket:
+    """An even rate with a small burst (GCRA, a token bucket in virtual time): calls are
+    given their slot in the order they ask, ``weight`` slots each, and the bucket never lets
+    more than ``burst`` go at once. A slot is reserved when asked for, so waiting callers
+    never race each other for the next one."""
+
+    def __init__(
+        self, per_s: float, burst: int = BURST, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = 1.0 / per_s
+        self.tolerance = max(0, burst - 1) * self.interval
+        self.clock = clock
+        self._tat = 0.0  # when the bucket would be empty again ("theoretical arrival time")
+
+    def delay(self) -> float:
+        """Seconds until a call could go."""
+        now = self.clock()
+        return max(0.0, max(self._tat, now) - self.tolerance - now)
+
+    def has_capacity(self) -> bool:
+        return self.delay() <= 0.0
+
+    def reserve(self, weight: float = 1.0) -> float:
+        """Take the next slot; returns how long to wait for it."""
+        now = self.clock()
+        tat = max(self._tat, now)
+        wait = max(0.0, tat - self.tolerance - now)
+        self._tat = tat + weight * self.interval
+        return wait
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        wait = self.reserve(weight)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 class Pacer:
     def __init__(self, cfg: TelegramConfig) -> None:
         self.cfg = cfg
         self.overall = AsyncLimiter(cfg.overall_per_s, 1.0)
-        self._chats: OrderedDict[int, AsyncLimiter] = OrderedDict()
+        self._chats: OrderedDict[int, Bucket] = OrderedDict()
         self._held_until: dict[int, float] = {}
         self.migrated: dict[int, int] = {}
         self.flood_waits = 0  # how many times Telegram said "retry after" (for tests, stats)
         self.in_flight = asyncio.Semaphore(IN_FLIGHT)
 
-    def _bucket(self, chat_id: int) -> AsyncLimiter:
+    def _bucket(self, chat_id: int) -> Bucket:
         bucket = self._chats.get(chat_id)
         if bucket is None:
             if chat_id < 0:  # groups, supergroups and channels have negative ids
-                bucket = AsyncLimiter(self.cfg.per_group_per_min, 60.0)
+                bucket = Bucket(self.cfg.per_group_per_min / 60.0)
             else:  # a short burst (receipt, picture, buttons), then one a second
-                burst = 3
-                bucket = AsyncLimiter(burst, burst / self.cfg.per_chat_per_s)
+                bucket = Bucket(self.cfg.per_chat_per_s)
             self._chats[chat_id] = bucket
             while len(self._chats) > MAX_CHATS:
                 self._chats.popitem(last=False)
@@ -97,8 +136,13 @@ class Pacer:
         """The chat's current id (a group that became a supergroup got a new one)."""
         return self.migrated.get(chat_id, chat_id)
 
-    async def call(self, chat_id: int, fn: Callable[[int], Awaitable[T]]) -> T:
-        """Run ``fn(chat_id)`` within the chat's and the bot's budget; wait out flood control."""
+    async def call(
+        self, chat_id: int, fn: Callable[[int], Awaitable[T]], *, messages: int = 1
+    ) -> T:
+        """Run ``fn(chat_id)`` within the chat's and the bot's budget; wait out flood control.
+
+        ``messages``: how many messages the call puts in the chat (an album: its pictures);
+        a group's budget counts them all, a private chat's the call."""
         chat_id = self.chat(chat_id)
         while True:
             held = self._held_until.get(chat_id, 0.0) - time.monotonic()
@@ -106,7 +150,7 @@ class Pacer:
                 if held > self.cfg.max_inline_wait_s:
                     raise DeliveryRetry(held, f"chat {chat_id} is under flood control")
                 await asyncio.sleep(held)
-            await self._bucket(chat_id).acquire()
+            await self._bucket(chat_id).acquire(messages if chat_id < 0 else 1)
             await self.overall.acquire()
             try:
                 async with self.in_flight:
@@ -122,10 +166,12 @@ class Pacer:
                 self.migrated[chat_id] = new_id
                 chat_id = new_id
 
-    async def deliver(self, chat_id: int, fn: Callable[[int], Awaitable[T]]) -> T:
+    async def deliver(
+        self, chat_id: int, fn: Callable[[int], Awaitable[T]], *, messages: int = 1
+    ) -> T:
         """``call`` for outbox deliveries: an unreachable chat is ``DeliveryGone``."""
         try:
-            return await self.call(chat_id, fn)
+            return await self.call(chat_id, fn, messages=messages)
         except (Forbidden, BadRequest) as exc:
             if is_gone(exc):
                 raise DeliveryGone(f"telegram chat {chat_id}: {exc.message}") from exc
