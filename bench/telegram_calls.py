@@ -75,9 +75,7 @@ async def run(latency: float, chat: int) -> tuple[list[Any], float, float]:
                     while pictures_in(tg, chat) < 4:
                         await asyncio.sleep(0.01)
                     last_picture = len(tg.get_calls())
-                    while not any(
-                        "✅" in (m.text or "") for m in tg.sent_messages(chat) if m.text
-                    ):
+                    while not any("✅" in (m.text or "") for m in tg.sent_messages(chat) if m.text):
                         await asyncio.sleep(0.01)
                 await asyncio.sleep(3.0)  # anything sent after the outcome counts too
                 calls = [c for c in tg.get_calls()[start:] if c.method != "getUpdates"]

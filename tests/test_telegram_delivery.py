@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from adapters.chat.telegram.pacing import BURST, Bucket
+from bot.chat import UserRef
 from tests.fakes.telegram import FakeTelegram
 from tests.test_telegram import ANN, BOB, GROUP, Env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
+SLACK = 3
 PACED = {"sendMessage", "sendPhoto", "sendDocument", "sendMediaGroup", "editMessageText"}
 
 
@@ -62,9 +65,7 @@ async def test_a_jobs_pictures_go_as_one_album_with_one_message_of_buttons(env: 
     # one message carries the buttons, one numbered row per picture, under the album
     [keyboard] = keyboards
     assert keyboard.message["reply_to_message"]["message_id"] == photos[0].message_id
-    assert buttons_of(keyboard.reply_markup) == [
-        [f"{a}:1:{i}" for a in "rvoi"] for i in range(4)
-    ]
+    assert buttons_of(keyboard.reply_markup) == [[f"{a}:1:{i}" for a in "rvoi"] for i in range(4)]
     labels = [b["text"] for b in keyboard.reply_markup["inline_keyboard"][2]]
     assert all(label.endswith(" 3") for label in labels)
 
@@ -98,24 +99,103 @@ def test_a_groups_budget_is_an_even_rate_after_a_small_burst() -> None:
 
 
 async def test_sends_to_a_group_are_evenly_paced_from_the_first_message(env: Env) -> None:
-    per_min = 300  # one message every 0.2 s, so the test is quick
+    per_min = 200  # one message every 0.3 s, so the test is quick
     interval = 60 / per_min
     await env.start(per_group_per_min=per_min)
     tg = env.tg
     for i, who in enumerate([ANN, BOB] * 3):
         tg.inject_message(GROUP, who, f"/imagine a tiny boat {i}", chat_type="group")
     await env.until(lambda: len(env.photos(GROUP)) == 6, timeout=30)
-    calls = [
-        c for c in tg.get_calls() if c.method in PACED and c.params.get("chat_id") == GROUP
-    ]
+    calls = [c for c in tg.get_calls() if c.method in PACED and c.params.get("chat_id") == GROUP]
     assert len(calls) >= 18
     weights = [len(c.params["media"]) if c.method == "sendMediaGroup" else 1 for c in calls]
     # Token-bucket conformance: between any two calls, no more went than the burst plus
-    # what the rate earned in between (a little slack for the event loop).
+    # what the rate earned in between (some slack: the fake stamps a call when it arrives,
+    # and a loaded machine delays some more than others). Before, 20 went at once.
     for i, j in itertools.combinations(range(len(calls)), 2):
         sent = sum(weights[i : j + 1])
         earned = (calls[j].time - calls[i].time) / interval
-        assert sent <= BURST + earned + 1, (i, j, sent, earned)
+        assert sent <= BURST + earned + SLACK, (i, j, sent, earned)
     # and it is a rate, not a stall: the calls spread over about their count of intervals
     span = calls[-1].time - calls[0].time
     assert span <= (sum(weights) + 6) * interval
+
+
+# --- 11: the status shows the state as it is, the balance as it is -------------------------
+
+
+async def test_no_status_says_queued_once_its_pictures_are_in_the_chat(env: Env) -> None:
+    # A busy group: one job runs at a time, sends are paced, and the chat's pictures go
+    # out while progress edits wait for their turn.
+    assert env.app is None
+    await env.start(latency_s=0.3, per_group_per_min=600, progress_edit_s=0.05)
+    assert env.app is not None
+    env.app.config.providers.demo.concurrency = 1
+    tg = env.tg
+    people = [ANN, BOB, 1003, 1004, 1005]
+    for i, who in enumerate(people):
+        tg.inject_message(GROUP, who, f"/imagine a small house {i}", chat_type="group")
+    await env.until(lambda: len(env.photos(GROUP)) == len(people), timeout=40)
+    await env.until(lambda: len(env.edited(GROUP, "✅")) == len(people), timeout=20)
+    calls = tg.get_calls()
+    for photo in env.photos(GROUP):
+        job = photo.caption.split(" · ")[0]  # "#3"
+        status = next(
+            c.params["message_id"]
+            for c in calls
+            if c.method == "editMessageText" and f"job {job} " in str(c.params.get("text"))
+        )
+        sent_at = next(
+            c.index
+            for c in calls
+            if c.method == "sendPhoto" and c.ok and c.result["message_id"] == photo.message_id
+        )
+        later = [
+            str(c.params.get("text"))
+            for c in calls[sent_at:]
+            if c.method == "editMessageText" and c.params.get("message_id") == status
+        ]
+        # after its pictures, the status message only ever changes to the job's outcome
+        assert later and all("✅" in t for t in later), (job, later)
+
+
+async def test_the_outcome_shows_the_balance_as_it_is_when_shown(env: Env) -> None:
+    await env.start(latency_s=0.1)
+    tg = env.tg
+    assert env.app is not None and env.adapter is not None
+    # the picture waits out a flood wait; meanwhile the job has finished (balance 19) and
+    # the person is granted 7 more: the outcome, shown after the picture, says 26
+    tg.flood(1, retry_after=1.5, method="sendPhoto", chat_id=ANN)
+    tg.inject_message(ANN, ANN, "/imagine a lighthouse")
+    adapter = env.adapter
+    await env.until(lambda: adapter.pacer.flood_waits == 1)
+    ref = UserRef("telegram", str(ANN))
+    async with asyncio.timeout(10):
+        while (await env.app.jobs.job(None, 1)).status != "succeeded":
+            await asyncio.sleep(0.02)
+    assert await env.app.jobs.grant(ref, 7) == 26
+    [outcome] = await env.until(lambda: env.edited(ANN, "✅"))
+    assert "balance 26" in outcome, outcome
+
+
+# --- 16: no edit identical to the last one, also after a restart ---------------------------
+
+
+async def test_no_status_edit_repeats_the_last_text_also_after_a_restart(env: Env) -> None:
+    await env.start(latency_s=3.0, progress_edit_s=0.05)
+    tg = env.tg
+    tg.inject_message(ANN, ANN, "/imagine a slow cat")
+    await env.until(lambda: env.edited(ANN, "%"))
+    await asyncio.sleep(1.0)
+    await env.stop()  # mid-job: the job goes on in the next process
+    await env.start(latency_s=1.0, progress_edit_s=0.05)
+    await env.until(lambda: env.edited(ANN, "✅"), timeout=30)
+    await asyncio.sleep(0.3)
+    edits = [c for c in tg.calls_of("editMessageText") if c.params.get("chat_id") == ANN]
+    texts = [str(c.params.get("text")) for c in edits]
+    assert len({c.params.get("message_id") for c in edits}) == 1
+    assert any("%" in t for t in texts) and "✅" in texts[-1]
+    repeats = [b for a, b in itertools.pairwise(texts) if a == b]
+    assert repeats == [], texts
+    # and so Telegram never had to answer "message is not modified"
+    assert all(c.ok for c in edits), [c.response for c in edits if not c.ok]

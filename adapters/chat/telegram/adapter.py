@@ -46,7 +46,7 @@ from telegram.ext import (
 )
 
 from adapters.chat.telegram.albums import ALBUM_SETTLE_MAX_S, ALBUM_SETTLE_S, AlbumMemory, _Album
-from adapters.chat.telegram.delivery import TelegramDelivery, _Outgoing
+from adapters.chat.telegram.delivery import TelegramDelivery
 from adapters.chat.telegram.limits import (
     ALBUM_MAX,
     LOCAL_MAX_MB,
@@ -93,8 +93,7 @@ class TelegramAdapter(TelegramDelivery):
         self.pacer = Pacer(self.cfg)
         self.application: Application[Any, Any, Any, Any, Any, Any] = self._build()
         self.username = ""
-        self._chat_locks: dict[int, asyncio.Lock] = {}
-        self._outgoing: dict[int, list[_Outgoing]] = {}
+        self.setup_delivery()
         # progress edits: the newest state per status message, at most one edit per chat
         # every progress_edit_s, keyed (chat, message)
         self.setup_conversation()

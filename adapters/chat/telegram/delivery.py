@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -70,6 +71,13 @@ class TelegramDelivery(Conversation):
     albums: AlbumMemory
     _chat_locks: dict[int, asyncio.Lock]
     _outgoing: dict[int, list[_Outgoing]]
+    _status_locks: weakref.WeakValueDictionary[Any, asyncio.Lock]
+
+    def setup_delivery(self) -> None:
+        self._chat_locks = {}  # pictures: one sender per chat, which sends what waits there
+        self._outgoing = {}
+        # a status message's edits, one at a time (kept while someone holds or awaits it)
+        self._status_locks = weakref.WeakValueDictionary()
 
     @property
     def bot(self) -> Any:
@@ -101,6 +109,10 @@ class TelegramDelivery(Conversation):
             if item.done.cancelled():  # its sender was stopped: the outbox sends it again
                 raise DeliveryRetry(0.0, "stopped while sending")
             item.done.result()  # raises what its send raised
+        for d in deliveries:
+            key = self.status_key(d.reply_to)
+            if key is not None and d.payload.get("batch_id") is None:
+                self.note_pictures_shown(key)
 
     async def _drain(self, chat_id: int, queue: list[_Outgoing], items: list[_Outgoing]) -> None:
         async with self._lock(chat_id):
@@ -285,36 +297,43 @@ class TelegramDelivery(Conversation):
         text = outcome_text(d.kind, d.job_id, d.payload, lang)
         status = d.reply_to.get("status")
         batch = d.payload.get("batch_id")
-        async with self._lock(chat_id):
-            if batch is None and status is not None:
-                self.edits.finish((chat_id, int(status)))
+        if batch is None and status is not None:
+            key = (chat_id, int(status))
+            self.edits.finish(key)
+            async with self.status_lock(key):
                 try:
-                    await self._edit_status(chat_id, int(status), text)
+                    await self.put_status(d.reply_to, key, text, job_id=d.job_id)
                 except BadRequest as exc:
                     if is_gone(exc):
                         raise DeliveryGone(str(exc)) from exc
                     raise
-            if d.kind == "failed" or (batch is None and status is None):
-                reply = d.reply_to.get("message")
-                await self.pacer.deliver(
-                    chat_id,
-                    lambda cid: self.bot.send_message(
-                        cid,
-                        _clip(text, MAX_TEXT),
-                        reply_parameters=ReplyParameters(
-                            int(reply), allow_sending_without_reply=True
-                        )
-                        if reply
-                        else None,
-                        message_thread_id=d.reply_to.get("thread"),
-                    ),
-                )
+        if d.kind == "failed" or (batch is None and status is None):
+            reply = d.reply_to.get("message")
+            await self.pacer.deliver(
+                chat_id,
+                lambda cid: self.bot.send_message(
+                    cid,
+                    _clip(text, MAX_TEXT),
+                    reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
+                    if reply
+                    else None,
+                    message_thread_id=d.reply_to.get("thread"),
+                ),
+            )
         if batch is not None and status is not None:
             self.mark_dirty(
                 Progress(d.job_id, 100, d.kind, reply_to=d.reply_to, batch_id=int(batch))
             )
 
     async def _edit_status(self, chat_id: int, message_id: int, text: str) -> None:
+        """Put a reply on a status message (a receipt, a refusal), unless its job has gone
+        past it: its pictures or outcome came first (a receipt would say "queued" again)."""
+        key = (chat_id, message_id)
+        async with self.status_lock(key):
+            if not self.receipt_is_past(key):
+                await self.put_status({}, key, text)
+
+    async def _send_status_edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Edit a status message; if it is gone, say it in a new message instead."""
         text = _clip(text, MAX_TEXT)
         try:
@@ -343,10 +362,16 @@ class TelegramDelivery(Conversation):
         return int(key[0])  # Telegram limits calls per chat
 
     async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
-        await self._edit_status(key[0], key[1], text)
+        await self._send_status_edit(key[0], key[1], text)
 
     def status_lock(self, key: Any) -> asyncio.Lock:
-        return self._lock(key[0])
+        """Per status message, not per chat: its edits wait for each other, never for the
+        pictures of other jobs waiting to be sent in the chat."""
+        lock = self._status_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._status_locks[key] = lock
+        return lock
 
     def has_room(self, key: Any) -> bool:
         return self.pacer.has_room(key[0])
