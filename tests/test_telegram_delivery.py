@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,39 +126,45 @@ async def test_sends_to_a_group_are_evenly_paced_from_the_first_message(env: Env
 # --- 11: the status shows the state as it is, the balance as it is -------------------------
 
 
-async def test_no_status_says_queued_once_its_pictures_are_in_the_chat(env: Env) -> None:
-    # A busy group: one job runs at a time, sends are paced, and the chat's pictures go
-    # out while progress edits wait for their turn.
-    assert env.app is None
-    await env.start(latency_s=0.3, per_group_per_min=600, progress_edit_s=0.05)
-    assert env.app is not None
-    env.app.config.providers.demo.concurrency = 1
+async def test_a_jobs_status_follows_its_pictures_in_a_busy_group(env: Env) -> None:
+    # Five people in a group, their jobs finishing together, sends paced: each job's
+    # pictures, buttons and outcome come one after the other, so a status message does not
+    # say "queued" under pictures while other jobs' pictures go first.
+    await env.start(latency_s=0.3, per_group_per_min=400)
     tg = env.tg
     people = [ANN, BOB, 1003, 1004, 1005]
     for i, who in enumerate(people):
-        tg.inject_message(GROUP, who, f"/imagine a small house {i}", chat_type="group")
-    await env.until(lambda: len(env.photos(GROUP)) == len(people), timeout=40)
-    await env.until(lambda: len(env.edited(GROUP, "✅")) == len(people), timeout=20)
-    calls = tg.get_calls()
-    for photo in env.photos(GROUP):
-        job = photo.caption.split(" · ")[0]  # "#3"
-        status = next(
-            c.params["message_id"]
-            for c in calls
-            if c.method == "editMessageText" and f"job {job} " in str(c.params.get("text"))
+        tg.inject_message(GROUP, who, f"/imagine a small house {i} --n 2", chat_type="group")
+    await env.until(lambda: len(env.edited(GROUP, "✅")) == len(people), timeout=40)
+    calls = [c for c in tg.get_calls() if c.params.get("chat_id") == GROUP and c.ok]
+    status_of: dict[int, int] = {}  # status message -> job
+    for c in calls:
+        m = re.match(r"(?:✅ )?job #(\d+)", str(c.params.get("text", "")))
+        if c.method == "editMessageText" and m:
+            status_of[c.params["message_id"]] = int(m.group(1))
+
+    def job_of(c: Any) -> int | None:
+        if c.method == "sendMediaGroup":
+            return int(c.params["media"][0]["caption"].split(" · ")[0][1:])
+        if c.method == "editMessageText":
+            return status_of.get(c.params["message_id"])
+        markup = c.params.get("reply_markup") or {}
+        rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+        return int(rows[0][0]["callback_data"].split(":")[1]) if rows else None
+
+    assert len(status_of) == len(people)
+    for job in status_of.values():
+        first = next(
+            i for i, c in enumerate(calls) if c.method == "sendMediaGroup" and job_of(c) == job
         )
-        sent_at = next(
-            c.index
-            for c in calls
-            if c.method == "sendPhoto" and c.ok and c.result["message_id"] == photo.message_id
+        done = next(
+            i
+            for i, c in enumerate(calls)
+            if c.method == "editMessageText" and f"✅ job #{job} " in c.params["text"]
         )
-        later = [
-            str(c.params.get("text"))
-            for c in calls[sent_at:]
-            if c.method == "editMessageText" and c.params.get("message_id") == status
-        ]
-        # after its pictures, the status message only ever changes to the job's outcome
-        assert later and all("✅" in t for t in later), (job, later)
+        between = [(c.method, job_of(c)) for c in calls[first : done + 1]]
+        assert all(j == job for _, j in between), (job, between)
+        assert len(between) == 3, between  # the album, its buttons, the outcome
 
 
 async def test_the_outcome_shows_the_balance_as_it_is_when_shown(env: Env) -> None:

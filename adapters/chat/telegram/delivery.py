@@ -245,6 +245,7 @@ class TelegramDelivery(Conversation):
                     reply_parameters=anchor,
                     message_thread_id=thread,
                 ),
+                urgent=True,  # right under its album, before other sends waiting
             )
         except Exception:
             log.warning("telegram: the buttons for an album in chat %s were lost", chat_id)
@@ -340,6 +341,7 @@ class TelegramDelivery(Conversation):
             await self.pacer.call(
                 chat_id,
                 lambda cid: self.bot.edit_message_text(text, chat_id=cid, message_id=message_id),
+                urgent=True,  # where a job stands goes before more pictures
             )
         except BadRequest as exc:
             lowered = exc.message.lower()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -65,10 +67,11 @@ def is_gone(exc: Exception) -> bool:
 
 
 class Bucket:
-    """An even rate with a small burst (GCRA, a token bucket in virtual time): calls are
-    given their slot in the order they ask, ``weight`` slots each, and the bucket never lets
-    more than ``burst`` go at once. A slot is reserved when asked for, so waiting callers
-    never race each other for the next one."""
+    """An even rate with a small burst (GCRA, a token bucket in virtual time): calls go
+    ``weight`` slots each, never more than ``burst`` at once, then evenly spaced. Callers
+    that must wait are let go one by one as slots come free, in the order they asked, except
+    that an ``urgent`` call (an edit that says where a job stands) goes before the sends
+    waiting at the time."""
 
     def __init__(
         self, per_s: float, burst: int = BURST, clock: Callable[[], float] = time.monotonic
@@ -77,6 +80,9 @@ class Bucket:
         self.tolerance = max(0, burst - 1) * self.interval
         self.clock = clock
         self._tat = 0.0  # when the bucket would be empty again ("theoretical arrival time")
+        self._waiting: list[tuple[int, int, float, asyncio.Future[None]]] = []  # a heap
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
 
     def delay(self) -> float:
         """Seconds until a call could go."""
@@ -84,20 +90,42 @@ class Bucket:
         return max(0.0, max(self._tat, now) - self.tolerance - now)
 
     def has_capacity(self) -> bool:
-        return self.delay() <= 0.0
+        return not self._waiting and self.delay() <= 0.0
 
     def reserve(self, weight: float = 1.0) -> float:
-        """Take the next slot; returns how long to wait for it."""
+        """Take the next slot; returns how long until it comes."""
         now = self.clock()
         tat = max(self._tat, now)
         wait = max(0.0, tat - self.tolerance - now)
         self._tat = tat + weight * self.interval
         return wait
 
-    async def acquire(self, weight: float = 1.0) -> None:
-        wait = self.reserve(weight)
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async def acquire(self, weight: float = 1.0, *, urgent: bool = False) -> None:
+        if self.has_capacity():
+            self.reserve(weight)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (0 if urgent else 1, next(self._order), weight, turn))
+        self._wake_later()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            turn.cancel()  # its place is skipped (a slot it was given is spent)
+            raise
+
+    def _wake_later(self) -> None:
+        if self._timer is None and self._waiting:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.delay(), self._let_go)
+
+    def _let_go(self) -> None:
+        self._timer = None
+        while self._waiting and self.delay() <= 0.0:
+            _, _, weight, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                self.reserve(weight)
+                turn.set_result(None)
+        self._wake_later()
 
 
 class Pacer:
@@ -137,12 +165,18 @@ class Pacer:
         return self.migrated.get(chat_id, chat_id)
 
     async def call(
-        self, chat_id: int, fn: Callable[[int], Awaitable[T]], *, messages: int = 1
+        self,
+        chat_id: int,
+        fn: Callable[[int], Awaitable[T]],
+        *,
+        messages: int = 1,
+        urgent: bool = False,
     ) -> T:
         """Run ``fn(chat_id)`` within the chat's and the bot's budget; wait out flood control.
 
         ``messages``: how many messages the call puts in the chat (an album: its pictures);
-        a group's budget counts them all, a private chat's the call."""
+        a group's budget counts them all, a private chat's the call. ``urgent``: goes before
+        the sends waiting for the chat's budget (a status edit)."""
         chat_id = self.chat(chat_id)
         while True:
             held = self._held_until.get(chat_id, 0.0) - time.monotonic()
@@ -150,7 +184,7 @@ class Pacer:
                 if held > self.cfg.max_inline_wait_s:
                     raise DeliveryRetry(held, f"chat {chat_id} is under flood control")
                 await asyncio.sleep(held)
-            await self._bucket(chat_id).acquire(messages if chat_id < 0 else 1)
+            await self._bucket(chat_id).acquire(messages if chat_id < 0 else 1, urgent=urgent)
             await self.overall.acquire()
             try:
                 async with self.in_flight:
@@ -167,11 +201,16 @@ class Pacer:
                 chat_id = new_id
 
     async def deliver(
-        self, chat_id: int, fn: Callable[[int], Awaitable[T]], *, messages: int = 1
+        self,
+        chat_id: int,
+        fn: Callable[[int], Awaitable[T]],
+        *,
+        messages: int = 1,
+        urgent: bool = False,
     ) -> T:
         """``call`` for outbox deliveries: an unreachable chat is ``DeliveryGone``."""
         try:
-            return await self.call(chat_id, fn, messages=messages)
+            return await self.call(chat_id, fn, messages=messages, urgent=urgent)
         except (Forbidden, BadRequest) as exc:
             if is_gone(exc):
                 raise DeliveryGone(f"telegram chat {chat_id}: {exc.message}") from exc
