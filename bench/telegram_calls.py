@@ -74,14 +74,13 @@ async def run(latency: float, chat: int) -> tuple[list[Any], float, float]:
                 async with asyncio.timeout(120):
                     while pictures_in(tg, chat) < 4:
                         await asyncio.sleep(0.01)
-                    last_picture = len(tg.get_calls())
                     while not any("✅" in (m.text or "") for m in tg.sent_messages(chat) if m.text):
                         await asyncio.sleep(0.01)
                 await asyncio.sleep(3.0)  # anything sent after the outcome counts too
                 calls = [c for c in tg.get_calls()[start:] if c.method != "getUpdates"]
                 first = calls[0].time if calls else 0.0
-                upto = [c for c in tg.get_calls()[start:last_picture] if c.method != "getUpdates"]
-                return calls, len(upto), first - t0
+                last = max(i for i, c in enumerate(calls) if c.method in PICTURE_METHODS)
+                return calls, last + 1, first - t0
             finally:
                 await app.stop()
 
