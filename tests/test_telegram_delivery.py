@@ -100,6 +100,25 @@ def test_a_groups_budget_is_an_even_rate_after_a_small_burst() -> None:
     assert bucket.reserve() == pytest.approx(6.0)  # 4 taken, burst 3: two slots later
 
 
+async def test_waiting_calls_go_in_order_and_status_edits_first() -> None:
+    loop = asyncio.get_running_loop()
+    bucket = Bucket(50.0, clock=loop.time)  # one every 20 ms after a burst of 3
+    went: list[tuple[str, float]] = []
+
+    async def call(name: str, urgent: bool = False) -> None:
+        await bucket.acquire(urgent=urgent)
+        went.append((name, loop.time()))
+
+    sends = [asyncio.create_task(call(f"send {i}")) for i in range(6)]
+    await asyncio.sleep(0)  # they are all waiting (the last three for their slots)
+    assert not bucket.has_capacity()
+    await asyncio.gather(*sends[:3], call("status edit", urgent=True), *sends[3:])
+    names = [name for name, _ in went]
+    assert names == ["send 0", "send 1", "send 2", "status edit", "send 3", "send 4", "send 5"]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(went[2:])]
+    assert all(0.015 <= g <= 0.1 for g in gaps), gaps
+
+
 async def test_sends_to_a_group_are_evenly_paced_from_the_first_message(env: Env) -> None:
     per_min = 200  # one message every 0.3 s, so the test is quick
     interval = 60 / per_min
