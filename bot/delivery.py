@@ -11,6 +11,12 @@ means the event is delivered again after a restart (at least once, never lost); 
 dead process on this host was sending are taken back at start-up, others once their
 send lease runs out.
 
+An adapter that sends several pictures at once (``ChatAdapter.max_group`` > 1, an album)
+gets a job's pictures together: pictures claimed while the job's earlier ones wait their turn
+join them, and a group still missing pictures of its job waits up to ``album_settle_s``
+for them (less once the job's outcome or its last picture is in). Pictures that come far
+apart (a provider that makes them one by one) still go as they come.
+
 A platform whose delivery is bound to one process (``ChatAdapter.audiences``) is handed only
 the events of the people this process serves; the others' events wait for theirs, also
 those a process of theirs left behind.
@@ -39,6 +45,7 @@ MAX_ATTEMPTS = 12
 SEND_LEASE_S = 120.0
 CLAIM_BATCH = 100
 STOP_GRACE_S = 10.0  # how long stopping waits for deliveries under way
+ALBUM_SETTLE_S = 1.0  # how long a job's first pictures wait for the job's other pictures
 
 
 class Deliverer:
@@ -49,11 +56,16 @@ class Deliverer:
         owner: str,
         *,
         poll_idle_s: float = 0.5,
+        album_settle_s: float = ALBUM_SETTLE_S,
     ) -> None:
         self.db = db
         self.adapters = adapters
         self.owner = owner
         self.poll_idle_s = poll_idle_s
+        self.album_settle_s = album_settle_s
+        # a job's pictures not yet handed to the adapter, which pictures of the job claimed
+        # meanwhile join (job id -> the group and an event set when it grew or closed)
+        self._open: dict[int, tuple[list[Delivery], asyncio.Event]] = {}
         self._wake = asyncio.Event()
         self._chains: dict[int, asyncio.Task[bool]] = {}
         self._marks: list[dict[str, Any]] = []
@@ -178,9 +190,24 @@ class Deliverer:
             for ev in events
         ]
         job_id = deliveries[0].job_id
+        platform = events[0].platform
+        open_group = self._open.get(job_id)
+        if open_group is not None:
+            group, grew = open_group
+            if all(d.kind == "image" for d in deliveries):
+                room = self.adapters[platform].max_group - len(group)
+                group.extend(deliveries[:room])
+                deliveries = deliveries[room:]
+            else:  # the job's outcome: no more pictures are coming
+                del self._open[job_id]
+            grew.set()
+            if not deliveries:
+                return
         prev = self._chains.get(job_id)
-        task = asyncio.create_task(self._deliver_after(prev, events[0].platform, deliveries))
+        task = asyncio.create_task(self._deliver_after(prev, platform, deliveries))
         self._chains[job_id] = task
+        if deliveries[0].kind == "image" and self.adapters[platform].max_group > 1:
+            self._open[job_id] = (deliveries, asyncio.Event())
 
         def _done(t: asyncio.Task[bool], job_id: int = job_id) -> None:
             if self._chains.get(job_id) is t:
@@ -211,15 +238,20 @@ class Deliverer:
             return asyncio.gather(*marks)
 
         first = deliveries[0]
-        if prev is not None:
-            try:
-                ok = await prev
-            except BaseException:
-                ok = False
-            if not ok:  # give it back: it is claimed again once its predecessor is through
-                await mark_all(OutboxStatus.PENDING, next_try=now())
-                return False
         adapter = self.adapters[platform]
+        try:
+            if prev is not None:
+                try:
+                    ok = await prev
+                except BaseException:
+                    ok = False
+                if not ok:  # give it back: claimed again once its predecessor is through
+                    self._close(deliveries)
+                    await mark_all(OutboxStatus.PENDING, next_try=now())
+                    return False
+            await self._gather_pictures(adapter, deliveries)
+        finally:
+            self._close(deliveries)
         try:
             if len(deliveries) == 1:
                 await adapter.deliver(first)
@@ -247,6 +279,28 @@ class Deliverer:
             return False
         mark_all(OutboxStatus.SENT, sent_at=now())
         return True
+
+    async def _gather_pictures(self, adapter: ChatAdapter, deliveries: list[Delivery]) -> None:
+        """Let the job's pictures still to come join ``deliveries`` (in place), for a while:
+        until the group is full, the job's outcome came, or ``album_settle_s`` passed."""
+        job_id = deliveries[0].job_id
+        open_group = self._open.get(job_id)
+        if open_group is None or open_group[0] is not deliveries:
+            return
+        grew = open_group[1]
+        deadline = asyncio.get_running_loop().time() + self.album_settle_s
+        while self._open.get(job_id) is open_group and not _all_in(deliveries, adapter.max_group):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            grew.clear()
+            await wait_for_event(grew, left)
+
+    def _close(self, deliveries: list[Delivery]) -> None:
+        """Nothing joins ``deliveries`` any more: it is being handed over (or given back)."""
+        open_group = self._open.get(deliveries[0].job_id)
+        if open_group is not None and open_group[0] is deliveries:
+            del self._open[deliveries[0].job_id]
 
     # --- recording outcomes ------------------------------------------------------------------
 
@@ -303,6 +357,15 @@ class Deliverer:
             if not mark["written"].done():
                 mark["written"].set_result(None)
         self.wake()  # events waiting on these may go now
+
+
+def _all_in(pictures: list[Delivery], max_group: int) -> bool:
+    """Whether a group of a job's pictures is as full as it gets: the job's last picture is
+    in (they come in order), or the adapter takes no more at once."""
+    if len(pictures) >= max_group:
+        return True
+    last = max(int(d.payload.get("index", 0)) for d in pictures)
+    return last + 1 >= int(pictures[0].payload.get("count", 1) or 1)
 
 
 async def _cancel(tasks: list[asyncio.Task[Any] | None]) -> None:

@@ -69,6 +69,11 @@ async def load_more_inputs(files: FileStore, params: dict[str, Any] | None) -> l
     ]
 
 
+# The key of a job's reply target under which a stopping process notes what the job's
+# status message shows (a digest of its text), for the process that goes on with the job.
+STATUS_SHOWN = "shown"
+
+
 @dataclass(frozen=True, slots=True)
 class JobTicket:
     id: int
@@ -910,6 +915,35 @@ class JobService:
             return view
 
         return await self.db.run_read(tx)
+
+    async def owner_balance(self, job_id: int) -> int | None:
+        """The balance of the person a job is for, as it is now (None: no such job). An
+        outcome shows this rather than the balance when the job finished: the outbox may
+        deliver it later, after other jobs were charged or finished."""
+
+        def tx(conn: Connection) -> int | None:
+            job = repos.get_job(conn, job_id)
+            return None if job is None else repos.balance(conn, job.user_id)
+
+        return await self.db.run_read(tx)
+
+    async def note_status_shown(self, shown: dict[int, str]) -> None:
+        """Write on each job's reply target what its status message shows (``{job id:
+        digest}``, see ``adapters.chat.conversation``), so the process that takes the job
+        over after a restart does not send the same text again."""
+
+        def tx(conn: Connection) -> None:
+            for job_id, digest in shown.items():
+                job = repos.get_job(conn, job_id)
+                if job is None or job.status in JOB_TERMINAL:
+                    continue
+                reply_to = dict(job.reply_to or {})
+                if reply_to.get(STATUS_SHOWN) != digest:
+                    reply_to[STATUS_SHOWN] = digest
+                    repos.update_job(conn, job_id, reply_to=reply_to)
+
+        if shown:
+            await self.db.run_write(tx)
 
     async def jobs(self, ref: UserRef, limit: int = 10) -> list[JobView]:
         def tx(conn: Connection) -> list[JobView]:

@@ -5,22 +5,41 @@ A platform adapter subclasses ``Conversation`` and supplies only what differs: w
 reply target's status message is (``status_key``), how to edit it (``edit_status``) and how
 to post a notice (``post_notice``). Everything else is written once here, so a fix made for
 one platform is made for all of them.
+
+A status message is edited through ``put_status``, which never sends the text the message
+shows already (Telegram refuses such an edit with "message is not modified"; Discord would
+just spend a call): the last text per message is kept (bounded), and on the way out a digest
+of it is written on each running job's reply target, so the process that goes on with the
+job after a restart does not send it again either. A progress edit's text is rendered when
+its turn comes, under the chat's lock, so it shows the job as it is then, not as it was
+when the edit was queued behind pictures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Literal
 
 from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
 from bot.chat import Progress, UserRef
 from bot.i18n import normalize
+from bot.jobs import STATUS_SHOWN
 from bot.results import Results
 from bot.status import JOB_TERMINAL
 
 log = logging.getLogger(__name__)
+
+MAX_SHOWN = 20_000  # status messages whose last text is kept in mind
+
+
+def text_digest(text: str) -> str:
+    """A short digest of a status text (what is written on a job's reply target)."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+
 
 PicturePolicy = Literal["send", "spoiler", "withhold"]
 
@@ -45,7 +64,13 @@ class Conversation(ResultsAdapter):
 
     def setup_conversation(self) -> None:
         self.results = Results(self.app.jobs)
-        self.edits = ProgressEditor(self.cfg.progress_edit_s, self.lane, self._edit_progress)
+        self.edits = ProgressEditor(
+            self.cfg.progress_edit_s, self.lane, self._edit_progress, on_stop=self._note_shown
+        )
+        # status key -> (the text it shows, the job whose state that is; 0: not a job's)
+        self._shown: OrderedDict[Hashable, tuple[str, int]] = OrderedDict()
+        # status messages whose job's pictures are in the chat: a receipt is past for them
+        self._pictured: OrderedDict[Hashable, None] = OrderedDict()
 
     # --- who -----------------------------------------------------------------------------
 
@@ -85,6 +110,55 @@ class Conversation(ResultsAdapter):
         """False when the platform's budget for this lane is spoken for: try again later."""
         return True
 
+    def shows(self, key: Hashable, reply_to: dict[str, Any], text: str) -> bool:
+        """Whether the status message shows ``text`` already (sent by this process, or
+        noted on the job's reply target by the one before)."""
+        entry = self._shown.get(key)
+        if entry is not None:
+            return entry[0] == text
+        return reply_to.get(STATUS_SHOWN) == text_digest(text)
+
+    def _remember(self, key: Hashable, text: str, job_id: int) -> None:
+        self._shown[key] = (text, job_id)
+        self._shown.move_to_end(key)
+        while len(self._shown) > MAX_SHOWN:
+            self._shown.popitem(last=False)
+
+    async def put_status(
+        self, reply_to: dict[str, Any], key: Hashable, text: str, *, job_id: int = 0
+    ) -> None:
+        """Edit the status message to ``text`` unless that is what it shows; ``job_id``:
+        the job whose state the text is (0: a receipt, a refusal, not a job's state)."""
+        if not self.shows(key, reply_to, text):
+            await self.edit_status(reply_to, key, text)
+        self._remember(key, text, job_id)
+
+    def note_pictures_shown(self, key: Hashable) -> None:
+        """The job of this status message has pictures in the chat: a receipt that comes
+        later would show it as queued again (see ``receipt_is_past``)."""
+        self._pictured[key] = None
+        self._pictured.move_to_end(key)
+        while len(self._pictured) > MAX_SHOWN:
+            self._pictured.popitem(last=False)
+
+    def receipt_is_past(self, key: Hashable) -> bool:
+        """Whether the status message shows more than a receipt could: its job's outcome,
+        or its pictures came already."""
+        return self.edits.is_final(key) or key in self._pictured
+
+    async def _note_shown(self) -> None:
+        """On the way out: note on each running job's reply target what its status message
+        shows, for the process that goes on with it."""
+        shown = {
+            job_id: text_digest(text)
+            for key, (text, job_id) in self._shown.items()
+            if job_id > 0 and not self.edits.is_final(key)
+        }
+        try:
+            await self.app.jobs.note_status_shown(shown)
+        except Exception as exc:
+            log.warning("%s: could not note what status messages show: %s", self.platform, exc)
+
     async def progress(self, update: Progress) -> None:
         if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
@@ -107,23 +181,26 @@ class Conversation(ResultsAdapter):
         self.edits.finish(key)
         async with self.status_lock(key):
             try:
-                await self.edit_status(reply_to, key, text)
+                await self.put_status(reply_to, key, text)
             except Exception as exc:
                 if not self.is_gone(exc):
                     log.warning("%s: status edit failed: %s", self.platform, exc)
 
     async def _edit_progress(self, key: Any, update: Progress) -> None:
         try:
-            text = await progress_text(self.results, update, self.reply_lang(update.reply_to))
-            if text is None:
-                return
             async with self.status_lock(key):
                 if self.edits.is_final(key):
                     return
                 if not self.has_room(key):
                     self.edits.retry_later(key, update)
                     return
-                await self.edit_status(update.reply_to, key, text)
+                # rendered now: the job as it is, not as it was when this edit was queued
+                lang = self.reply_lang(update.reply_to)
+                text = await progress_text(self.results, update, lang)
+                if text is None:
+                    return
+                job_id = update.job_id if update.text is None else 0
+                await self.put_status(update.reply_to, key, text, job_id=job_id)
         except Exception as exc:
             if not self.is_gone(exc):
                 log.info("%s: progress edit failed: %s", self.platform, exc)

@@ -9,6 +9,8 @@ outbox has written a message's outcome it is final, and older progress never ove
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
@@ -18,6 +20,8 @@ from bot.commands import format_batch_status, format_outcome, format_status
 from bot.results import Results
 from bot.status import JOB_ACTIVE
 from bot.waiting import wait_for_event
+
+log = logging.getLogger(__name__)
 
 # The console's tag line says what happened; in a chat a mark does (zh text has the word).
 OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
@@ -51,10 +55,13 @@ class ProgressEditor:
         interval: float,
         lane: Callable[[Any], Hashable],
         send: Callable[[Any, Progress], Coroutine[Any, Any, None]],
+        *,
+        on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.interval = interval
         self.lane = lane
         self.send = send
+        self.on_stop = on_stop
         self.dirty: dict[Any, Progress] = {}
         self._final: dict[Any, None] = {}
         self._last: dict[Hashable, float] = {}
@@ -71,6 +78,8 @@ class ProgressEditor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        if self.on_stop is not None:
+            await self.on_stop()
 
     def update(self, key: Any, progress: Progress) -> None:
         """The newest state of a status message; sent when its lane's turn comes."""
@@ -123,11 +132,28 @@ class ProgressEditor:
 class ResultsAdapter(ChatAdapter):
     """A chat adapter that posts pictures (several at once where it can) and outcomes."""
 
+    results: Results
+
     async def deliver(self, delivery: Delivery) -> None:
         if delivery.kind == "image":
             await self.send_pictures([delivery])
         else:
-            await self.send_outcome(delivery)
+            await self.send_outcome(await self.as_it_is_now(delivery))
+
+    async def as_it_is_now(self, delivery: Delivery) -> Delivery:
+        """The outcome with the person's balance as it is now: the outbox may deliver it
+        well after the job finished, when other jobs were charged or refunded since (the
+        event's balance is the one at the finish, kept if the database cannot say)."""
+        if "balance" not in delivery.payload:
+            return delivery
+        try:
+            balance = await self.results.jobs.owner_balance(delivery.job_id)
+        except Exception:
+            log.warning("reading the balance for job %s failed", delivery.job_id, exc_info=True)
+            return delivery
+        if balance is None:
+            return delivery
+        return dataclasses.replace(delivery, payload={**delivery.payload, "balance": balance})
 
     async def deliver_group(self, deliveries: list[Delivery]) -> None:
         await self.send_pictures(deliveries)

@@ -24,8 +24,6 @@ import hmac
 import logging
 import re
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from telegram import (
@@ -48,23 +46,21 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.chat.conversation import Conversation, picture_policy
-from adapters.chat.status import outcome_text
+from adapters.chat.conversation import picture_policy
 from adapters.chat.telegram.albums import ALBUM_SETTLE_MAX_S, ALBUM_SETTLE_S, AlbumMemory, _Album
+from adapters.chat.telegram.delivery import TelegramDelivery
 from adapters.chat.telegram.limits import (
     ALBUM_MAX,
     LOCAL_MAX_MB,
     MAX_CAPTION,
     MAX_DOWNLOAD_MB,
-    MAX_TEXT,
     MAX_UPLOAD_MB,
     _clip,
-    photo_fits,
     split_text,
 )
 from adapters.chat.telegram.menu import EXTENSION_MENU, MENU
 from adapters.chat.telegram.pacing import IN_FLIGHT, Pacer, is_gone
-from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, UserRef
+from bot.chat import UserRef
 from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
@@ -89,32 +85,7 @@ COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civita
 _CAPTION_REF = re.compile(r"^#([0-9]{1,19})(?: · ([0-9]{1,9})/[0-9]+)?")
 
 
-@dataclass(eq=False)
-class _Outgoing:
-    """A picture waiting for its turn in a chat; ``done`` resolves once it is in the chat."""
-
-    delivery: Delivery
-    data: bytes | None  # None: a text notice instead (withheld or too large)
-    as_photo: bool
-    spoiler: bool
-    caption: str
-    notice: str = ""
-    done: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    @property
-    def reply_message(self) -> int | None:
-        value = self.delivery.reply_to.get("message")
-        return int(value) if value is not None else None
-
-    @property
-    def thread(self) -> int | None:
-        value = self.delivery.reply_to.get("thread")
-        return int(value) if value is not None else None
-
-
-class TelegramAdapter(Conversation):
+class TelegramAdapter(TelegramDelivery):
     platform = "telegram"
     max_group = ALBUM_MAX
 
@@ -124,8 +95,7 @@ class TelegramAdapter(Conversation):
         self.pacer = Pacer(self.cfg)
         self.application: Application[Any, Any, Any, Any, Any, Any] = self._build()
         self.username = ""
-        self._chat_locks: dict[int, asyncio.Lock] = {}
-        self._outgoing: dict[int, list[_Outgoing]] = {}
+        self.setup_delivery()
         # progress edits: the newest state per status message, at most one edit per chat
         # every progress_edit_s, keyed (chat, message)
         self.setup_conversation()
@@ -678,23 +648,6 @@ class TelegramAdapter(Conversation):
                 return None
         return sent
 
-    async def _edit_status(self, chat_id: int, message_id: int, text: str) -> None:
-        """Edit a status message; if it is gone, say it in a new message instead."""
-        text = _clip(text, MAX_TEXT)
-        try:
-            await self.pacer.call(
-                chat_id,
-                lambda cid: self.bot.edit_message_text(text, chat_id=cid, message_id=message_id),
-            )
-        except BadRequest as exc:
-            lowered = exc.message.lower()
-            if "not modified" in lowered:
-                return
-            if "not found" in lowered or "can't be edited" in lowered:
-                await self.pacer.deliver(chat_id, lambda cid: self.bot.send_message(cid, text))
-                return
-            raise
-
     # --- buttons -------------------------------------------------------------------------
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -827,283 +780,6 @@ class TelegramAdapter(Conversation):
         await _answer(query)  # at once: the spinner on the button stops
         await self._run_command(message, query.from_user, command, key=f"telegram:cb:{query.id}")
 
-    # --- delivering ----------------------------------------------------------------------
-
-    def _lock(self, chat_id: int) -> asyncio.Lock:
-        lock = self._chat_locks.get(chat_id)
-        if lock is None:
-            lock = self._chat_locks[chat_id] = asyncio.Lock()
-        return lock
-
-    async def send_pictures(self, deliveries: list[Delivery]) -> None:
-        chat_id = int(deliveries[0].reply_to["chat"])
-        items = [await self._prepare(d, chat_id) for d in deliveries]
-        queue = self._outgoing.setdefault(chat_id, [])
-        queue.extend(items)
-        try:
-            await self._drain(chat_id, queue, items)
-        except asyncio.CancelledError:
-            # what nobody took yet stays with the outbox, which sends it again
-            queue[:] = [item for item in queue if item not in items]
-            raise
-        if not queue:
-            self._outgoing.pop(chat_id, None)
-        for item in items:
-            if item.done.cancelled():  # its sender was stopped: the outbox sends it again
-                raise DeliveryRetry(0.0, "stopped while sending")
-            item.done.result()  # raises what its send raised
-
-    async def _drain(self, chat_id: int, queue: list[_Outgoing], items: list[_Outgoing]) -> None:
-        async with self._lock(chat_id):
-            # Whoever holds the chat sends everything waiting there, as albums where it can:
-            # pictures that finished while the previous send was paced go out together.
-            while not all(item.done.done() for item in items):
-                batch = _take_album(queue)
-                try:
-                    await self._send_batch(chat_id, batch)
-                except asyncio.CancelledError:
-                    for item in batch:
-                        item.done.cancel()
-                    raise
-                except Exception as exc:
-                    for item in batch:
-                        if not item.done.done():
-                            item.done.set_exception(exc)
-                else:
-                    for item in batch:
-                        if not item.done.done():
-                            item.done.set_result(None)
-
-    async def _prepare(self, d: Delivery, chat_id: int) -> _Outgoing:
-        p = d.payload
-        lang = d.reply_to.get("lang") or self.cfg.default_lang
-        k = int(p["index"]) + 1
-        caption = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
-        if p.get("batch_id") is not None:
-            caption += f"\n{_clip(str(p.get('prompt', '')), 300)}"
-        policy = self._nsfw_policy(chat_id)
-        if p.get("nsfw") and policy == "block":
-            notice = t(lang, "tg.nsfw_blocked", k=k, job=d.job_id)
-            return _Outgoing(d, None, False, False, caption, notice=notice)
-        try:
-            data = await asyncio.to_thread(Path(p["path"]).read_bytes)
-        except FileNotFoundError:
-            raise DeliveryGone(f"the picture file {p['path']} is gone") from None
-        limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
-        if len(data) > limit:
-            notice = t(
-                lang,
-                "tg.too_big_upload",
-                k=k,
-                job=d.job_id,
-                mb=len(data) / 1024 / 1024,
-                limit=limit // 1024 // 1024,
-            )
-            return _Outgoing(d, None, False, False, caption, notice=notice)
-        as_photo = photo_fits(len(data), int(p["width"]), int(p["height"]))
-        spoiler = bool(p.get("nsfw")) and policy == "blur"
-        return _Outgoing(d, data, as_photo, spoiler, caption)
-
-    def _keyboard(self, items: list[_Outgoing], lang: str) -> InlineKeyboardMarkup:
-        labels = [
-            ("r", t(lang, "tg.btn.reroll")),
-            ("v", t(lang, "tg.btn.vary")),
-            ("o", t(lang, "tg.btn.original")),
-            ("i", t(lang, "tg.btn.info")),
-        ]
-        rows = []
-        for n, item in enumerate(items, start=1):
-            d = item.delivery
-            ref = f"{d.job_id}:{d.payload['index']}"
-            if len(items) == 1:
-                rows.append(
-                    [InlineKeyboardButton(label, callback_data=f"{a}:{ref}") for a, label in labels]
-                )
-            else:
-                short = [label.split(" ", 1)[0] for _, label in labels]
-                rows.append(
-                    [
-                        InlineKeyboardButton(f"{s} {n}", callback_data=f"{a}:{ref}")
-                        for (a, _), s in zip(labels, short, strict=True)
-                    ]
-                )
-        if len(items) == 1:  # two rows of two read better than four in a row
-            row = rows[0]
-            rows = [row[:2], row[2:]]
-        return InlineKeyboardMarkup(rows)
-
-    async def _send_batch(self, chat_id: int, batch: list[_Outgoing]) -> None:
-        first = batch[0]
-        lang = first.delivery.reply_to.get("lang") or self.cfg.default_lang
-        reply = (
-            ReplyParameters(first.reply_message, allow_sending_without_reply=True)
-            if first.reply_message
-            else None
-        )
-        thread = first.thread
-        if first.data is None:
-            await self.pacer.deliver(
-                chat_id,
-                lambda cid: self.bot.send_message(
-                    cid, first.notice, reply_parameters=reply, message_thread_id=thread
-                ),
-            )
-            return
-        if len(batch) == 1:
-            await self._send_single(chat_id, first, reply, lang)
-            return
-        media = [
-            InputMediaPhoto(
-                cast(bytes, item.data),  # an album holds pictures only (_take_album)
-                caption=_clip(item.caption, MAX_CAPTION),
-                has_spoiler=item.spoiler or None,
-                filename=f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png",
-            )
-            for item in batch
-        ]
-        sent = await self.pacer.deliver(
-            chat_id,
-            lambda cid: self.bot.send_media_group(
-                cid, media, reply_parameters=reply, message_thread_id=thread
-            ),
-        )
-        for message in sent:  # a reply to any of them may use them all (/img2img)
-            self.albums.add(chat_id, message)
-        # An album carries no buttons; they go on a message of their own, best effort (the
-        # pictures are what must arrive, and resending an album for its buttons would not do).
-        anchor = ReplyParameters(sent[0].message_id, allow_sending_without_reply=True)
-        markup = self._keyboard(batch, lang)
-        try:
-            await self.pacer.deliver(
-                chat_id,
-                lambda cid: self.bot.send_message(
-                    cid,
-                    t(lang, "tg.album_buttons", n=len(batch)),
-                    reply_markup=markup,
-                    reply_parameters=anchor,
-                    message_thread_id=thread,
-                ),
-            )
-        except Exception:
-            log.warning("telegram: the buttons for an album in chat %s were lost", chat_id)
-
-    async def _send_single(
-        self, chat_id: int, item: _Outgoing, reply: ReplyParameters | None, lang: str
-    ) -> None:
-        markup = self._keyboard([item], lang)
-        caption = _clip(item.caption, MAX_CAPTION)
-        name = f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png"
-        if item.as_photo:
-            try:
-                await self.pacer.deliver(
-                    chat_id,
-                    lambda cid: self.bot.send_photo(
-                        cid,
-                        item.data,
-                        caption=caption,
-                        reply_markup=markup,
-                        has_spoiler=item.spoiler or None,
-                        reply_parameters=reply,
-                        message_thread_id=item.thread,
-                        filename=name,
-                    ),
-                )
-                return
-            except BadRequest as exc:
-                # Telegram judges photos by rules of its own (PHOTO_INVALID_DIMENSIONS,
-                # IMAGE_PROCESS_FAILED): a document always goes through.
-                if is_gone(exc):
-                    raise
-                log.info("telegram: photo refused (%s); sending it as a file", exc.message)
-        await self.pacer.deliver(
-            chat_id,
-            lambda cid: self.bot.send_document(
-                cid,
-                item.data,
-                filename=name,
-                caption=caption,
-                reply_markup=markup,
-                disable_content_type_detection=True,
-                reply_parameters=reply,
-                message_thread_id=item.thread,
-            ),
-        )
-
-    async def send_outcome(self, d: Delivery) -> None:
-        chat_id = int(d.reply_to["chat"])
-        lang = d.reply_to.get("lang") or self.cfg.default_lang
-        text = outcome_text(d.kind, d.job_id, d.payload, lang)
-        status = d.reply_to.get("status")
-        batch = d.payload.get("batch_id")
-        async with self._lock(chat_id):
-            if batch is None and status is not None:
-                self.edits.finish((chat_id, int(status)))
-                try:
-                    await self._edit_status(chat_id, int(status), text)
-                except BadRequest as exc:
-                    if is_gone(exc):
-                        raise DeliveryGone(str(exc)) from exc
-                    raise
-            if d.kind == "failed" or (batch is None and status is None):
-                reply = d.reply_to.get("message")
-                await self.pacer.deliver(
-                    chat_id,
-                    lambda cid: self.bot.send_message(
-                        cid,
-                        _clip(text, MAX_TEXT),
-                        reply_parameters=ReplyParameters(
-                            int(reply), allow_sending_without_reply=True
-                        )
-                        if reply
-                        else None,
-                        message_thread_id=d.reply_to.get("thread"),
-                    ),
-                )
-        if batch is not None and status is not None:
-            self.mark_dirty(
-                Progress(d.job_id, 100, d.kind, reply_to=d.reply_to, batch_id=int(batch))
-            )
-
-    # --- the status message (the rest is in Conversation) -------------------------------
-
-    def status_key(self, reply_to: dict[str, Any]) -> tuple[int, int] | None:
-        chat, status = reply_to.get("chat"), reply_to.get("status")
-        if chat is None or status is None:
-            return None
-        return int(chat), int(status)
-
-    def lane(self, key: Any) -> int:
-        return int(key[0])  # Telegram limits calls per chat
-
-    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
-        await self._edit_status(key[0], key[1], text)
-
-    def status_lock(self, key: Any) -> asyncio.Lock:
-        return self._lock(key[0])
-
-    def has_room(self, key: Any) -> bool:
-        return self.pacer.has_room(key[0])
-
-    def is_gone(self, exc: Exception) -> bool:
-        return is_gone(exc)
-
-    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
-        chat = reply_to.get("chat")
-        if chat is None:
-            return
-        reply = reply_to.get("status") or reply_to.get("message")
-        await self.pacer.call(
-            int(chat),
-            lambda cid: self.bot.send_message(
-                cid,
-                _clip(text, MAX_TEXT),
-                reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
-                if reply
-                else None,
-                message_thread_id=reply_to.get("thread"),
-            ),
-        )
-
 
 def _action_markup(actions: list[Action]) -> InlineKeyboardMarkup | None:
     """Buttons that run commands, up to three a row."""
@@ -1125,28 +801,6 @@ def _parse_data(data: object) -> tuple[str, int, int] | None:
     if job_id is None or not is_digits(parts[2]) or len(parts[2]) > 9:
         return None
     return ACTIONS[parts[0]], job_id, int(parts[2])
-
-
-def _take_album(queue: list[_Outgoing]) -> list[_Outgoing]:
-    """The next send: one item, or up to ten photos for the same message as an album."""
-    first = queue.pop(0)
-    if first.data is None or not first.as_photo:
-        return [first]
-    batch = [first]
-    rest: list[_Outgoing] = []
-    for item in queue:
-        if (
-            len(batch) < ALBUM_MAX
-            and item.data is not None
-            and item.as_photo
-            and item.reply_message == first.reply_message
-            and item.thread == first.thread
-        ):
-            batch.append(item)
-        else:
-            rest.append(item)
-    queue[:] = rest
-    return batch
 
 
 async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
