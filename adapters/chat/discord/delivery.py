@@ -26,7 +26,7 @@ from adapters.chat.discord.buttons import ResultButton
 from adapters.chat.discord.files import _read, fit_upload
 from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
 from adapters.chat.status import outcome_text
-from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress
+from bot.chat import Delivery, DeliveryGone, Progress
 from bot.config import DiscordConfig
 from bot.i18n import t
 
@@ -40,10 +40,8 @@ PROMPT_IN_CHANNEL = 100  # characters of the prompt under a picture posted in th
 
 DEAD_TOKENS_KEPT = 4096  # rejected interaction tokens remembered (per process)
 
-# A job's pictures go in one message: the first waits up to GATHER_S for the others.
-GATHER_S = 3.0
-GATHER_RETRY_S = 0.2
-GATHER_JOBS_KEPT = 1024
+# A job's pictures go in one message (max_group): the outbox (bot/delivery.py) hands
+# over the ones ready together, and lets a job's first pictures wait briefly for the rest.
 
 
 class DiscordDelivery(Conversation):
@@ -58,7 +56,6 @@ class DiscordDelivery(Conversation):
         # tokens Discord rejected (401, Unknown Webhook) or that expired: never tried again
         self._dead_tokens: OrderedDict[str, None] = OrderedDict()
         # when the first picture of a job still gathering the others came (monotonic)
-        self._first_seen: OrderedDict[int, float] = OrderedDict()
         # one call at a time per token, so a second call waits and sees the first one's
         # rejection instead of being rejected too
         self._token_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
@@ -137,26 +134,7 @@ class DiscordDelivery(Conversation):
         except discord.HTTPException as exc:
             raise _delivery_error(exc) from exc
 
-    def _gathering(self, deliveries: list[Delivery]) -> bool:
-        """True while a job's pictures should wait for each other, to go as one message
-        (one upload, one call) rather than one message each."""
-        p = deliveries[0].payload
-        job = deliveries[0].job_id
-        want = min(int(p.get("count") or 1), self.max_group)
-        if p.get("batch_id") is not None or len(deliveries) >= want:
-            self._first_seen.pop(job, None)
-            return False
-        now = time.monotonic()
-        first = self._first_seen.setdefault(job, now)
-        while len(self._first_seen) > GATHER_JOBS_KEPT:
-            self._first_seen.popitem(last=False)
-        return now - first < GATHER_S
-
     async def send_pictures(self, deliveries: list[Delivery]) -> None:
-        if self._gathering(deliveries):
-            # the outbox holds the job's later pictures behind this one, and hands them
-            # over together once this is claimed again
-            raise DeliveryRetry(GATHER_RETRY_S, "waiting for the job's other pictures")
         reply_to = deliveries[0].reply_to
         lang = reply_to.get("lang") or self.cfg.default_lang
         limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
@@ -228,7 +206,7 @@ class DiscordDelivery(Conversation):
         batch = d.payload.get("batch_id")
         if status is not None and batch is None:
             self.edits.finish(int(status))
-            await self._edit_status(reply_to, int(status), text)
+            await self.put_status(reply_to, int(status), text, job_id=d.job_id)
         if d.kind == "failed" or status is None:
             await self._post(reply_to, text)
         if batch is not None and status is not None:
