@@ -117,7 +117,9 @@ async def test_an_accepted_job_is_posted_for_all(env: Env) -> None:
     assert name == "sdhost-1-1.png" and decoded(data).format == "PNG"
     # the status message went up once and was edited in place (receipt, progress, outcome)
     edits = env.dc.calls("PATCH", rf"/messages/{status['id']}$")
-    assert edits and all((c.json or {}).get("allowed_mentions", {}).get("parse") == [] for c in edits)
+    assert edits and all(
+        (c.json or {}).get("allowed_mentions", {}).get("parse") == [] for c in edits
+    )
     assert await env.balance() == 19
 
 
