@@ -212,8 +212,9 @@ class DiscordAdapter(DiscordDelivery):
         more_attachments: Sequence[discord.Attachment] = (),
         image: bytes | None = None,
     ) -> None:
-        """Acknowledge at once, run the shared command(s), answer by editing the response
-        (which is also the status message of a command that starts a job or a download)."""
+        """Acknowledge at once, run the shared command(s), answer by editing the response.
+        A command that may start a job or a download is acknowledged privately; once the
+        core accepts it, its status message is a public follow-up (``_open_status``)."""
         if self._closing:
             return
         if not self._allowed(interaction):
