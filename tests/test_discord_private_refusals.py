@@ -170,3 +170,14 @@ async def test_reroll_is_refused_privately_and_posted_when_accepted(env: Env) ->
     await env.until(lambda: len(env.pictures()) == 2)
     assert original(env, again["token"])["flags"] & EPHEMERAL
     assert len(public(env)) == before + 2  # its status message and its picture
+
+
+async def test_the_queue_limit_is_said_privately(env: Env) -> None:
+    await env.start(latency_s=3.0)
+    assert env.app is not None
+    env.app.jobs.config.queue.max_queued_per_user = 1
+    first = env.dc.slash("imagine", {"prompt": "a slow sunrise"})
+    await env.until(lambda: "#1" in env.status_text(first["token"]))
+    second = env.dc.slash("imagine", {"prompt": "a slow sunset"})
+    assert "the limit is 1" in await refused_privately(env, second["token"])
+    assert [m["id"] for m in public(env)] == [env.status(first["token"])["id"]]
