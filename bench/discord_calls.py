@@ -91,8 +91,14 @@ async def scenario(latency: float, expire: bool) -> dict[str, Any]:
                 token = inter["token"]
 
                 def original() -> str:
-                    mid = dc.interaction(token)["original_message_id"]
-                    return str(dc.message(int(mid)).get("content", "")) if mid else ""
+                    """The job's status message: the public one of the original response
+                    and the first follow-up (the original is private for a job)."""
+                    info = dc.interaction(token)
+                    for mid in [info["original_message_id"], *info["followup_message_ids"][:1]]:
+                        msg = dc.message(int(mid)) if mid else {}
+                        if msg and not int(msg.get("flags") or 0) & 64:
+                            return str(msg.get("content", ""))
+                    return ""
 
                 if expire:
                     await until(lambda: "#1" in original())

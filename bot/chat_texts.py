@@ -185,6 +185,16 @@ CHAT: dict[str, dict[str, str]] = {
         "en": "This bot is not enabled here. Ask the server's admins.",
         "zh": "这里没有启用本机器人，请联系服务器管理员。",
     },
+    # said only to the person once the core accepted their job; the job itself is posted
+    # in the channel (a public follow-up, its status message)
+    "dc.accepted": {
+        "en": "✓ Accepted: your job is posted in the channel, its pictures will follow there.",
+        "zh": "✓ 已受理：任务已发到频道，图片也会发在那里。",
+    },
+    "dc.status_failed": {
+        "en": "Could not post in this channel, so nothing was queued or charged. Try again.",
+        "zh": "无法在此频道发帖，因此没有排队，也没有扣积分。请再试一次。",
+    },
     "dc.nsfw_blocked": {
         "en": "Picture {k} of job #{job} was withheld: this channel is not marked NSFW.",
         "zh": "任务 #{job} 的第 {k} 张图片未发送：本频道没有标记为 NSFW。",

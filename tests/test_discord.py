@@ -106,6 +106,19 @@ class Env:
         mid = self.dc.interaction(token)["original_message_id"]
         return self.dc.message(int(mid)).get("content", "") if mid else ""
 
+    def status(self, token: str) -> dict[str, Any]:
+        """What the channel sees of a command: its public response, or for an accepted job
+        its status message (the public follow-up after the private, ephemeral response)."""
+        info = self.dc.interaction(token)
+        for mid in [info["original_message_id"], *info["followup_message_ids"][:1]]:
+            msg = self.dc.message(int(mid)) if mid else {}
+            if msg and not int(msg.get("flags") or 0) & 64:
+                return msg
+        return {}
+
+    def status_text(self, token: str) -> str:
+        return str(self.status(token).get("content", ""))
+
 
 @pytest.fixture
 async def env(tmp_path: Path, db_url: str) -> AsyncIterator[Env]:
@@ -152,10 +165,11 @@ async def test_imagine_answers_in_time_and_posts_the_picture(env: Env) -> None:
     assert name.endswith(".png") and abs(img.width / img.height - 16 / 9) < 0.02
     assert "#1 · 1/1 · seed 7" in msg["content"]
     assert custom_ids(msg) == ["sd:r:1:0", "sd:v:1:0", "sd:o:1:0", "sd:i:1:0", "sd:d:1:0"]
-    # the original response: deferred at once, edited with the receipt, then the outcome
+    # deferred at once, privately; the job's status message is a public follow-up, edited
+    # with the receipt, then the outcome
     callback = dc.interaction_responses(inter["token"])[0]
-    assert callback.json["type"] == 5
-    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    assert callback.json["type"] == 5 and callback.json["data"]["flags"] == 64
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
     assert await env.balance() == 19
 
 
@@ -169,7 +183,7 @@ async def test_text_commands_and_flags_in_the_prompt(env: Env) -> None:
     msg = env.pictures()[0]
     img = decoded(next(iter(env.files(msg).values())))
     assert abs(img.width / img.height - 1.5) < 0.02
-    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
     bad = dc.slash("imagine", {"prompt": "x --steps 9000"})
     await env.until(lambda: "steps" in env.original_text(bad["token"]))
     assert await env.balance() == 18
@@ -266,14 +280,14 @@ async def test_an_expired_token_falls_back_to_a_channel_message(env: Env) -> Non
     await env.start(latency_s=0.5)
     dc = env.dc
     inter = dc.slash("imagine", {"prompt": "a long queue"})
-    await env.until(lambda: "#1" in env.original_text(inter["token"]))
+    await env.until(lambda: "#1" in env.status_text(inter["token"]))
     dc.expire_token(inter["token"])
     msg = (await env.until(env.pictures))[0]
     assert msg["content"].startswith(f"<@{USER_ID}>")
     assert env.files(msg)
     sent = [c for c in dc.calls() if c.method == "POST" and c.path.endswith("/messages")]
     assert sent, "posted with the bot's token"
-    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
 
 
 async def test_a_429_delays_but_loses_nothing(env: Env) -> None:
@@ -378,7 +392,7 @@ async def test_cancel_autocompletes_your_running_jobs_and_model_autocompletes(en
     await env.start(latency_s=5.0)
     dc = env.dc
     inter = dc.slash("imagine", {"prompt": "a slow sunrise demo:slow"})
-    await env.until(lambda: "#1" in env.original_text(inter["token"]))
+    await env.until(lambda: "#1" in env.status_text(inter["token"]))
     typing = dc.autocomplete("cancel", {"id": ""}, "id")
     choices = await env.until(lambda: dc.autocomplete_choices(typing["token"]))
     assert [c["value"] for c in choices] == [1] and "#1" in choices[0]["name"]
@@ -387,7 +401,7 @@ async def test_cancel_autocompletes_your_running_jobs_and_model_autocompletes(en
     assert [c["value"] for c in got] == ["demo:mono"]
     cancel = dc.slash("cancel", {"id": 1})
     await env.until(lambda: "cancel" in env.original_text(cancel["token"]))
-    await env.until(lambda: "cancelled" in env.original_text(inter["token"]))
+    await env.until(lambda: "cancelled" in env.status_text(inter["token"]))
 
 
 async def test_sharded_client(tmp_path: Path, db_url: str) -> None:
@@ -470,10 +484,10 @@ async def test_an_admin_downloads_a_model_from_discord(env: Env) -> None:
         assert civitai.download_hits == 0
 
         inter = env.dc.slash("civitai", {"query": "download 52013"}, user=OWNER_ID)
-        await env.until(lambda: "downloaded" in env.original_text(inter["token"]))
-        final = env.original_text(inter["token"])
+        await env.until(lambda: "downloaded" in env.status_text(inter["token"]))
+        final = env.status_text(inter["token"])
         assert "matches Civitai" in final and "checkpoints" in final, final
-        status = env.dc.message(int(env.dc.interaction(inter["token"])["original_message_id"]))
+        status = env.status(inter["token"])
         # progress went through the response, edited: a bar, bytes, speed and time left
         edits = [c.json.get("content", "") for c in env.dc.calls("PATCH", r"/messages/")]
         assert any("▰" in e and "MB/s" in e and "left" in e for e in edits), edits

@@ -55,14 +55,14 @@ async def test_a_rejected_token_is_tried_once_then_the_channel_is_used(env: Env)
     dc = env.dc
     prompt = "a lighthouse on a cliff at dusk, " + "waves breaking below, " * 8
     inter = dc.slash("imagine", {"prompt": prompt})
-    await env.until(lambda: "#1" in env.original_text(inter["token"]))
+    await env.until(lambda: "#1" in env.status_text(inter["token"]))
     dc.expire_token(inter["token"])  # long before its 15 minutes: Discord may do that
     msg = (await env.until(env.pictures))[0]
-    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
     rejected = [c for c in dc.calls() if c.status == 401]
     assert len(rejected) <= 1, [(c.method, c.path) for c in rejected]
     # progress went on with the bot's token, edits of the status message in the channel
-    status_id = dc.interaction(inter["token"])["original_message_id"]
+    status_id = env.status(inter["token"])["id"]
     assert dc.calls("PATCH", rf"^/channels/\d+/messages/{status_id}$", ok=True)
     # the picture, posted in the channel, says whose and what it is
     assert msg["content"].startswith(f"<@{USER_ID}> #1 · 1/1 · seed ")
@@ -77,13 +77,13 @@ async def test_no_mention_in_a_prompt_pings_anyone(env: Env) -> None:
     dc = env.dc
     pings = f"@everyone @here <@&{ROLE_ARTIST_ID}> <@{OWNER_ID}> a fox"
     fresh = dc.slash("imagine", {"prompt": pings, "negative": f"@everyone <@&{ROLE_ARTIST_ID}>"})
-    await env.until(lambda: "succeeded" in env.original_text(fresh["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(fresh["token"]))
     await env.until(lambda: len(env.pictures()) == 1)
     late = dc.slash("imagine", {"prompt": pings})
-    await env.until(lambda: "#2" in env.original_text(late["token"]))
+    await env.until(lambda: "#2" in env.status_text(late["token"]))
     dc.expire_token(late["token"])  # its picture goes to the channel, with a mention
     await env.until(lambda: len(env.pictures()) == 2)
-    await env.until(lambda: "succeeded" in env.original_text(late["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(late["token"]))
 
     info = dc.button(int(env.pictures()[0]["id"]), "sd:i:1:0")  # the prompt, privately
     await env.until(lambda: dc.interaction(info["token"])["response_type"])
@@ -158,10 +158,12 @@ async def test_the_pictures_of_a_job_go_in_one_message(env: Env) -> None:
     await env.start(latency_s=0.3)
     dc = env.dc
     inter = dc.slash("imagine", {"prompt": "four lanterns", "count": 4})
-    await env.until(lambda: "succeeded" in env.original_text(inter["token"]))
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
     await env.until(env.pictures)
     [msg] = env.pictures()
     assert sorted(env.files(msg)) == [f"sdhost-1-{k}.png" for k in (1, 2, 3, 4)]
     rows = [[c["custom_id"] for c in row["components"]] for row in msg["components"]]
     assert rows == [[f"sd:{a}:1:{i}" for a in "rvoid"] for i in range(4)]
-    assert len(dc.calls("POST", r"^/webhooks/\d+/[^/]+$")) == 1  # one follow-up
+    # one follow-up with the pictures (the other is the job's status message)
+    followups = dc.calls("POST", r"^/webhooks/\d+/[^/]+$")
+    assert len([c for c in followups if c.uploads]) == 1 and len(followups) == 2

@@ -2,10 +2,16 @@
 
 How it keeps the core's promises on Discord:
 
-* Every interaction is acknowledged at once (deferred), well inside Discord's 3 seconds;
-  the original response becomes the job's status message and its id is stored with the job.
+* Every interaction is acknowledged at once (deferred), well inside Discord's 3 seconds.
   Mistakes found without waiting (``options``: flags, options, uploads as Discord describes
   them) are answered before that, ephemerally, so the channel sees accepted requests only.
+* A command that may start a job is deferred ephemerally, so what the core refuses after
+  that (credits, the queue limit, a ban, an upload that does not decode) is said to the
+  person only. Once the core accepts the job (``Incoming.on_accept``) the private response
+  says so and a public follow-up becomes the job's status message (its id goes with the
+  job): the channel sees accepted jobs, their progress and outcome. The private response is
+  edited first: while a deferred response still "thinks", the first follow-up would fill it
+  (and be ephemeral with it).
 * Pictures arrive through the outbox as follow-ups on the interaction's webhook while its
   token is fresh; past ``15 min - token_margin_s`` (or when Discord says the token is no
   longer valid) they are posted in the channel with a mention, with the bot's own token:
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -205,22 +212,23 @@ class DiscordAdapter(DiscordDelivery):
         more_attachments: Sequence[discord.Attachment] = (),
         image: bytes | None = None,
     ) -> None:
-        """Acknowledge at once, run the shared command(s), answer by editing the response
-        (which is also the status message of a command that starts a job or a download)."""
+        """Acknowledge at once, run the shared command(s), answer by editing the response.
+        A command that may start a job or a download is acknowledged privately; once the
+        core accepts it, its status message is a public follow-up (``_open_status``)."""
         if self._closing:
             return
         if not self._allowed(interaction):
             lang = await self._lang(interaction)
             await interaction.response.send_message(t(lang, "dc.not_allowed"), ephemeral=True)
             return
+        starts = isinstance(text, str) and self.app.commands.wants_status(text)
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            # may start a job: private until the core accepts it (see the module docstring)
+            await interaction.response.defer(thinking=True, ephemeral=starts)
         lang = await self._lang(interaction)
-        status = None
-        if isinstance(text, str) and self.app.commands.wants_status(text):
-            original = await interaction.original_response()
-            status = original.id
-        reply_to = self._reply_to(interaction, lang, status)
+        reply_to = self._reply_to(interaction, lang, None)
+        opened: dict[str, Any] = {}
+        on_accept = functools.partial(self._open_status, interaction, lang, opened)
         user = self._user(interaction.user)
         more: list[bytes] = []
         try:
@@ -247,17 +255,51 @@ class DiscordAdapter(DiscordDelivery):
                     lang=str(interaction.locale),
                     nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
                     texts="discord",  # /help and /start say chat.help.discord
+                    on_accept=on_accept if starts else None,
                 )
             )
             replies.append(reply)
-        if status is not None and self.edits.is_final(status):
+        status = opened.get("message")
+        if status is not None:  # accepted: the receipt goes on the public status message
+            await self._receipt(reply_to, int(status), replies[0].text)
             self.interactions_handled += 1
-            return  # what it started has ended already, its outcome shown: that stays
+            return
         text = "\n".join(r.text for r in replies)
         if len(replies) == 1:
             await self._respond(interaction, text, replies[0].pictures, replies[0].actions)
         else:
             await self._respond(interaction, text)
+
+    async def _open_status(
+        self, interaction: discord.Interaction[Any], lang: str, opened: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The core accepted the job (``Incoming.on_accept``): the private response says so,
+        then a public follow-up becomes the job's status message. In that order: while the
+        deferred response still "thinks", a follow-up would fill it, privately."""
+        if not opened:
+            try:
+                await interaction.edit_original_response(
+                    content=t(lang, "dc.accepted"), allowed_mentions=NO_MENTIONS
+                )
+                status = await interaction.followup.send(
+                    t(lang, "tg.working"), wait=True, allowed_mentions=NO_MENTIONS
+                )
+            except discord.HTTPException as exc:
+                # the channel cannot be reached: nothing is queued or charged
+                log.warning("discord: opening a status message failed: %s", exc)
+                raise UserError.of("dc.status_failed") from None
+            opened["message"] = status.id
+        return dict(opened)
+
+    async def _receipt(self, reply_to: dict[str, Any], status: int, text: str) -> None:
+        """The receipt (or a late refusal) on the public status message, unless what the
+        job started shows more already (its pictures or its outcome)."""
+        if self.receipt_is_past(status):
+            return
+        try:
+            await self.put_status({**reply_to, "message": status}, status, text)
+        except Exception as exc:  # the outbox shows the job's progress and outcome anyway
+            log.warning("discord: showing a receipt failed: %s", exc)
 
     async def _refuse(self, interaction: discord.Interaction[Any], error: UserError) -> None:
         """A mistake found before anything was shown: said only to the person (ephemeral),
@@ -392,9 +434,10 @@ class DiscordAdapter(DiscordDelivery):
             elif action == "o":
                 await self._send_original(interaction, presser, lang, job_id, idx)
             else:
-                await interaction.response.defer(thinking=True)
-                original = await interaction.original_response()
-                reply_to = self._reply_to(interaction, lang, original.id)
+                # private until the core accepts the job, like a command (see _command)
+                await interaction.response.defer(thinking=True, ephemeral=True)
+                reply_to = self._reply_to(interaction, lang, None)
+                opened: dict[str, Any] = {}
                 run = self.results.reroll if action == "r" else self.results.vary
                 try:
                     receipt = await run(
@@ -403,11 +446,17 @@ class DiscordAdapter(DiscordDelivery):
                         idx,
                         reply_to,
                         idem_key=f"discord:{interaction.id}",
+                        on_accept=functools.partial(self._open_status, interaction, lang, opened),
                     )
                     text = format_receipt(receipt, lang)
                 except UserError as exc:
                     text = exc.render(lang)
-                await self._respond(interaction, text)
+                status = opened.get("message")
+                if status is not None:
+                    await self._receipt(reply_to, int(status), text)
+                    self.interactions_handled += 1
+                else:
+                    await self._respond(interaction, text)
         except UserError as exc:
             if interaction.response.is_done():
                 await self._respond(interaction, exc.render(lang))

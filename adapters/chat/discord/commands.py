@@ -306,7 +306,8 @@ class SlashCommands:
                 return
             if adapter._closing:
                 return
-            await inter.response.defer(thinking=True)
+            # private until the core accepts the job (the adapter's _command)
+            await inter.response.defer(thinking=True, ephemeral=True)
             try:
                 # Attachment URLs expire: read the message again for fresh ones.
                 channel = adapter.client.get_partial_messageable(channel_id)

@@ -1006,7 +1006,10 @@ class InteractionsMixin:
         prefix = f"attachments/{inter.channel_id}"
         if self.followup_edits_deferred and inter.original_loading and inter.original_id:
             # After a type 5 defer, the first follow-up fills the "thinking" message
-            # (receiving-and-responding.mdx, deprecated but still live).
+            # (receiving-and-responding.mdx, deprecated but still live). It keeps the
+            # defer's ephemeral flag, whatever the follow-up's own flags say
+            # (_edit_message): an ephemeral defer makes that follow-up private too. Once
+            # the original was edited, follow-ups are messages of their own (below).
             msg = self.messages[inter.original_id]
             fields = self._message_fields(req.json or {}, req.uploads, prefix=prefix)
             self._edit_message(msg, fields)
