@@ -137,7 +137,7 @@ async def test_initialize_calls_get_me(tg: FakeTelegram, bot: Bot) -> None:
     assert bot.bot.can_join_groups is True
     assert bot.bot.can_read_all_group_messages is False  # privacy mode, the BotFather default
     assert bot.id == 123456
-    assert [c.method for c in tg.calls] == ["getMe"]
+    assert [c.api_method for c in tg.calls] == ["getMe"]
 
 
 async def test_wrong_token_raises_invalid_token(tg: FakeTelegram) -> None:
@@ -256,7 +256,8 @@ async def test_raw_wire_formats(tg: FakeTelegram) -> None:
         )
         query = await http.get("sendMessage", params={"chat_id": USER, "text": "via GET"})
         assert query.json()["result"]["text"] == "via GET"
-    assert [c.method for c in tg.calls] == ["getMe", "sendMessage", "sendMessage", "sendMessage"]
+    methods = [c.api_method for c in tg.calls]
+    assert methods == ["getMe", "sendMessage", "sendMessage", "sendMessage"]
     assert tg.calls[2].params == {"chat_id": USER, "text": "true", "reply_markup": "{bad"}
 
 
@@ -354,7 +355,7 @@ async def test_send_photo_sizes_and_download(tg: FakeTelegram, bot: Bot) -> None
         assert max(thumb.size) <= 90
     sent = tg.sent_messages(USER)[-1]
     assert sent.photo_bytes == png
-    assert tg.calls_of("sendPhoto")[-1].files["photo"].data == png
+    assert tg.calls_of("sendPhoto")[-1].uploads["photo"].data == png
     # Re-sending by file_id gives the same set of sizes without an upload.
     again = await bot.send_photo(USER, largest.file_id)
     assert [p.file_id for p in again.photo] == [p.file_id for p in message.photo]
