@@ -261,6 +261,37 @@ async def test_raw_wire_formats(tg: FakeTelegram) -> None:
     assert tg.calls[2].params == {"chat_id": USER, "text": "true", "reply_markup": "{bad"}
 
 
+async def test_a_call_looked_at_before_its_body_arrived_is_still_answered_on_it(
+    tg: FakeTelegram,
+) -> None:
+    """The record is in the log as soon as the request arrives; reading its params while the
+    body is still on its way must not leave the handler without them."""
+    halfway = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield f"chat_id={USER}&".encode()
+        halfway.set()
+        await go_on.wait()
+        yield b"text=late"
+
+    async with httpx.AsyncClient(
+        base_url=f"{tg.base_url}{DEFAULT_TOKEN}/", trust_env=False
+    ) as http:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        sending = asyncio.create_task(http.post("sendMessage", content=body(), headers=headers))
+        async with asyncio.timeout(5):
+            await halfway.wait()
+            while not tg.calls_of("sendMessage"):
+                await asyncio.sleep(0.01)
+        assert tg.calls_of("sendMessage")[0].params == {}  # nothing read yet
+        go_on.set()
+        answer = (await sending).json()
+    assert answer["ok"], answer
+    assert answer["result"]["text"] == "late"
+    assert tg.calls_of("sendMessage")[0].params == {"chat_id": USER, "text": "late"}
+
+
 async def test_long_poll_returns_promptly_and_offset_confirms(tg: FakeTelegram, bot: Bot) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
