@@ -137,7 +137,7 @@ async def test_initialize_calls_get_me(tg: FakeTelegram, bot: Bot) -> None:
     assert bot.bot.can_join_groups is True
     assert bot.bot.can_read_all_group_messages is False  # privacy mode, the BotFather default
     assert bot.id == 123456
-    assert [c.method for c in tg.calls] == ["getMe"]
+    assert [c.api_method for c in tg.calls] == ["getMe"]
 
 
 async def test_wrong_token_raises_invalid_token(tg: FakeTelegram) -> None:
@@ -256,8 +256,40 @@ async def test_raw_wire_formats(tg: FakeTelegram) -> None:
         )
         query = await http.get("sendMessage", params={"chat_id": USER, "text": "via GET"})
         assert query.json()["result"]["text"] == "via GET"
-    assert [c.method for c in tg.calls] == ["getMe", "sendMessage", "sendMessage", "sendMessage"]
+    methods = [c.api_method for c in tg.calls]
+    assert methods == ["getMe", "sendMessage", "sendMessage", "sendMessage"]
     assert tg.calls[2].params == {"chat_id": USER, "text": "true", "reply_markup": "{bad"}
+
+
+async def test_a_call_looked_at_before_its_body_arrived_is_still_answered_on_it(
+    tg: FakeTelegram,
+) -> None:
+    """The record is in the log as soon as the request arrives; reading its params while the
+    body is still on its way must not leave the handler without them."""
+    halfway = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield f"chat_id={USER}&".encode()
+        halfway.set()
+        await go_on.wait()
+        yield b"text=late"
+
+    async with httpx.AsyncClient(
+        base_url=f"{tg.base_url}{DEFAULT_TOKEN}/", trust_env=False
+    ) as http:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        sending = asyncio.create_task(http.post("sendMessage", content=body(), headers=headers))
+        async with asyncio.timeout(5):
+            await halfway.wait()
+            while not tg.calls_of("sendMessage"):
+                await asyncio.sleep(0.01)
+        assert tg.calls_of("sendMessage")[0].params == {}  # nothing read yet
+        go_on.set()
+        answer = (await sending).json()
+    assert answer["ok"], answer
+    assert answer["result"]["text"] == "late"
+    assert tg.calls_of("sendMessage")[0].params == {"chat_id": USER, "text": "late"}
 
 
 async def test_long_poll_returns_promptly_and_offset_confirms(tg: FakeTelegram, bot: Bot) -> None:
@@ -354,7 +386,7 @@ async def test_send_photo_sizes_and_download(tg: FakeTelegram, bot: Bot) -> None
         assert max(thumb.size) <= 90
     sent = tg.sent_messages(USER)[-1]
     assert sent.photo_bytes == png
-    assert tg.calls_of("sendPhoto")[-1].files["photo"].data == png
+    assert tg.calls_of("sendPhoto")[-1].uploads["photo"].data == png
     # Re-sending by file_id gives the same set of sizes without an upload.
     again = await bot.send_photo(USER, largest.file_id)
     assert [p.file_id for p in again.photo] == [p.file_id for p in message.photo]

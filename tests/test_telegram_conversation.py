@@ -64,7 +64,7 @@ async def test_a_refusal_is_one_direct_reply_without_a_placeholder(env: Env) -> 
         took = time.monotonic() - started
         await asyncio.sleep(0.3)  # nothing more comes
         calls = [c for c in tg.get_calls()[before:] if c.params.get("chat_id") == chat]
-        assert [c.method for c in calls] == ["sendMessage"], calls
+        assert [c.api_method for c in calls] == ["sendMessage"], calls
         assert "--n" in sent[0].params["text"] and sent[0].params["text"] not in WORKING
         reply = sent[0].params["reply_parameters"]
         assert reply["message_id"] == cmd["message"]["message_id"]

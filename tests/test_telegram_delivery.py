@@ -127,9 +127,11 @@ async def test_sends_to_a_group_are_evenly_paced_from_the_first_message(env: Env
     for i, who in enumerate([ANN, BOB] * 3):
         tg.inject_message(GROUP, who, f"/imagine a tiny boat {i}", chat_type="group")
     await env.until(lambda: len(env.photos(GROUP)) == 6, timeout=30)
-    calls = [c for c in tg.get_calls() if c.method in PACED and c.params.get("chat_id") == GROUP]
+    calls = [
+        c for c in tg.get_calls() if c.api_method in PACED and c.params.get("chat_id") == GROUP
+    ]
     assert len(calls) >= 18
-    weights = [len(c.params["media"]) if c.method == "sendMediaGroup" else 1 for c in calls]
+    weights = [len(c.params["media"]) if c.api_method == "sendMediaGroup" else 1 for c in calls]
     # Token-bucket conformance: between any two calls, no more went than the burst plus
     # what the rate earned in between (some slack: the fake stamps a call when it arrives,
     # and a loaded machine delays some more than others). Before, 20 went at once.
@@ -159,13 +161,13 @@ async def test_a_jobs_status_follows_its_pictures_in_a_busy_group(env: Env) -> N
     status_of: dict[int, int] = {}  # status message -> job
     for c in calls:
         m = re.match(r"(?:✅ )?job #(\d+)", str(c.params.get("text", "")))
-        if c.method == "editMessageText" and m:
+        if c.api_method == "editMessageText" and m:
             status_of[c.params["message_id"]] = int(m.group(1))
 
     def job_of(c: Any) -> int | None:
-        if c.method == "sendMediaGroup":
+        if c.api_method == "sendMediaGroup":
             return int(c.params["media"][0]["caption"].split(" · ")[0][1:])
-        if c.method == "editMessageText":
+        if c.api_method == "editMessageText":
             return status_of.get(c.params["message_id"])
         markup = c.params.get("reply_markup") or {}
         rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
@@ -174,14 +176,14 @@ async def test_a_jobs_status_follows_its_pictures_in_a_busy_group(env: Env) -> N
     assert len(status_of) == len(people)
     for job in status_of.values():
         first = next(
-            i for i, c in enumerate(calls) if c.method == "sendMediaGroup" and job_of(c) == job
+            i for i, c in enumerate(calls) if c.api_method == "sendMediaGroup" and job_of(c) == job
         )
         done = next(
             i
             for i, c in enumerate(calls)
-            if c.method == "editMessageText" and f"✅ job #{job} " in c.params["text"]
+            if c.api_method == "editMessageText" and f"✅ job #{job} " in c.params["text"]
         )
-        between = [(c.method, job_of(c)) for c in calls[first : done + 1]]
+        between = [(c.api_method, job_of(c)) for c in calls[first : done + 1]]
         assert all(j == job for _, j in between), (job, between)
         assert len(between) == 3, between  # the album, its buttons, the outcome
 

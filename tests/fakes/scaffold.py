@@ -401,7 +401,9 @@ class LoopbackServer:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1") -> Self:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
+        """Serve every origin; ``port`` is the first one's (0, and always for the others, picks
+        a free port)."""
         self._closing.clear()
         try:
             for name, app in self.origins().items():
@@ -409,7 +411,7 @@ class LoopbackServer:
                 runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout)
                 await runner.setup()
                 self._runners.append(runner)
-                await web.TCPSite(runner, host, 0).start()
+                await web.TCPSite(runner, host, port if len(self._runners) == 1 else 0).start()
                 self.urls[name] = f"http://{host}:{runner.addresses[0][1]}"
         except BaseException:
             await self.stop()

@@ -5,12 +5,16 @@ and the bugs that matter (wrong wire format, unparsed replies, flood control, 20
 limit, "message is not modified", albums of 2-10, HTML that Telegram refuses) only show up when
 PTB talks HTTP to something that answers like Telegram. The fake speaks the Bot API wire format
 (``/bot<token>/<method>`` and ``/file/bot<token>/<path>``), records every call, and exposes a
-control API to inject updates and failures.
+control API to inject updates and failures. Server, call records, injected failures and stored
+files are the shared loopback scaffold's (tests/fakes/scaffold.py): a :class:`Call` is its
+record with the Bot API view added (``api_method``, ``params``, ``uploads``), and
+:meth:`FakeTelegram.fail_next` queues a scaffold fault answering the Bot API error body.
 
 Two ways to run it:
 
 * in-process: ``async with FakeTelegram() as tg:`` then point PTB at ``tg.base_url`` and
-  ``tg.base_file_url``; the control API is the Python methods of :class:`FakeTelegram`.
+  ``tg.base_file_url`` (``tg.root_url`` is the server's root); the control API is the
+  Python methods of :class:`FakeTelegram`.
 * as a subprocess: ``python -m tests.fakes.telegram --port 0`` prints
   ``READY http://127.0.0.1:<port>`` once listening; the same control methods are exposed as
   ``GET|POST /_control/<name>`` with JSON arguments (bytes travel as base64 in ``<arg>_b64``);
@@ -57,6 +61,7 @@ from aiohttp import web
 from PIL import Image
 
 from bot.waiting import wait_for_event
+from tests.fakes.scaffold import LoopbackServer, Recorded, UploadedFile
 
 _LOG = logging.getLogger(__name__)
 
@@ -203,49 +208,66 @@ def _bad(description: str) -> TelegramApiError:
 # --------------------------------------------------------------------------------------------
 
 
+def _upload_json(upload: UploadedFile, include_bytes: bool = False) -> Json:
+    out: Json = {
+        "name": upload.field,
+        "filename": upload.filename,
+        "content_type": upload.content_type,
+        "size": len(upload.data),
+        "sha256": upload.sha256,
+    }
+    if include_bytes:
+        out["data_b64"] = _b64(upload.data)
+    return out
+
+
+def _decode_value(key: str, value: Any) -> Any:
+    """A form field as the Bot API means it: JSON-decoded unless it is a string field."""
+    if not isinstance(value, str) or key in _STRING_FIELDS:
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return value if isinstance(decoded, str) else decoded
+
+
 @dataclasses.dataclass
-class UploadedFile:
-    """One multipart file part of a request, exactly as the client sent it."""
+class Call(Recorded):
+    """One request as the fake saw it (the scaffold's record), with the Bot API view of it.
 
-    name: str
-    data: bytes
-    filename: str | None
-    content_type: str | None
-
-    def to_json(self, include_bytes: bool = False) -> Json:
-        out: Json = {
-            "name": self.name,
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "size": len(self.data),
-            "sha256": hashlib.sha256(self.data).hexdigest(),
-        }
-        if include_bytes:
-            out["data_b64"] = _b64(self.data)
-        return out
-
-
-@dataclasses.dataclass
-class Call:
-    """One Bot API request as the fake saw it, with the answer it gave.
-
-    ``params`` are decoded (JSON fields parsed, ``attach://`` left as sent); ``files`` holds the
-    uploaded parts by form-field name.
+    ``api_method`` is the Bot API method (canonical spelling; ``method`` stays the HTTP one);
+    ``params`` merges the query and the body (JSON fields decoded, ``attach://`` left as
+    sent); ``uploads`` are the multipart file parts by form-field name (``files`` lists them).
     """
 
-    index: int
-    method: str
-    params: Json
-    files: dict[str, UploadedFile]
-    time: float
-    token: str
-    http_method: str
-    status: int = 0
-    response: Json | None = None
+    api_method: str = ""
 
     @property
-    def ok(self) -> bool:
-        return self.status == 200
+    def params(self) -> Json:
+        # Not cached: the record is in the log before its body is read, and a test looking
+        # at it then must not freeze the params empty for the handler.
+        raw: Json = dict(self.query)
+        if isinstance(self.json, dict):
+            raw.update(self.json)
+        raw.update(self.form)
+        return {k: _decode_value(k, v) for k, v in raw.items()}
+
+    @property
+    def uploads(self) -> dict[str, UploadedFile]:
+        return {f.field: f for f in self.files}
+
+    @property
+    def token(self) -> str:
+        return self.key or ""
+
+    @property
+    def http_method(self) -> str:
+        return self.method
+
+    @property
+    def response(self) -> Json | None:
+        return self.reply if isinstance(self.reply, dict) else None
 
     @property
     def chat_id(self) -> int | str | None:
@@ -259,12 +281,12 @@ class Call:
     def to_json(self, include_bytes: bool = False) -> Json:
         return {
             "index": self.index,
-            "method": self.method,
+            "method": self.api_method,
             "params": self.params,
-            "files": {k: v.to_json(include_bytes) for k, v in self.files.items()},
+            "files": {f.field: _upload_json(f, include_bytes) for f in self.files},
             "time": self.time,
             "token": self.token,
-            "http_method": self.http_method,
+            "http_method": self.method,
             "status": self.status,
             "response": self.response,
         }
@@ -318,30 +340,12 @@ class SentMessage:
 
 
 @dataclasses.dataclass
-class _StoredFile:
-    file_id: str
-    file_unique_id: str
-    data: bytes
-    file_path: str
-    mime_type: str
-    kind: str  # "photo" or "document"
-
-
-@dataclasses.dataclass
 class _StoredMessage:
     message: Json
     token: str | None  # the bot that sent it; None for users' messages
     method: str
     deleted: bool = False
     history: list[Json] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class _FailureRule:
-    remaining: int
-    error: TelegramApiError
-    method: str | None
-    chat_id: int | str | None
 
 
 @dataclasses.dataclass
@@ -876,12 +880,17 @@ _CONTROL_METHODS = frozenset(
 )
 
 
-class FakeTelegram:
+class FakeTelegram(LoopbackServer):
     """In-process fake Telegram Bot API server (see the module docstring).
 
+    A :class:`~tests.fakes.scaffold.LoopbackServer` with one origin, ``"api"``: the scaffold
+    records every request (``log``; :attr:`calls` are the Bot API ones, as :class:`Call`),
+    serves the injected failures (``faults``) and keeps the files (``files``, by file_id).
     All state lives on the event loop that runs the server; call the control methods from that
     loop (or over HTTP from anywhere).
     """
+
+    record_type = Call
 
     def __init__(
         self,
@@ -899,10 +908,10 @@ class FakeTelegram:
         commands, replies to its own messages and mentions of it; other injected group messages
         are recorded but not delivered (as on Telegram, where they never reach the bot).
         """
+        super().__init__(shutdown_timeout=2.0)
         self.privacy_mode = privacy_mode
         self.webhook_retry_delay = webhook_retry_delay
         self.webhook_timeout = webhook_timeout
-        self.calls: list[Call] = []
         self.undelivered: list[Json] = []
         self._bots: dict[str, _BotState] = {}
         self._default_token = token
@@ -911,23 +920,16 @@ class FakeTelegram:
         self._users: dict[int, Json] = {}
         self._messages: dict[int, dict[int, _StoredMessage]] = {}
         self._next_message_id: dict[int, int] = {}
-        self._files: dict[str, _StoredFile] = {}
-        self._files_by_path: dict[str, _StoredFile] = {}
+        self._file_paths: dict[str, str] = {}  # file_path -> file_id (the key in ``files``)
         self._photo_sets: dict[str, list[Json]] = {}
         self._documents: dict[str, Json] = {}
         self._file_counter = itertools.count(1)
         self._media_group_counter = itertools.count(13000000000000001)
         self._callback_counter = itertools.count(1)
-        self._failures: list[_FailureRule] = []
         self._blocked: set[int | str] = set()
         self._vanished: set[int | str] = set()
         self._migrated: dict[int, int] = {}
-        self._calls_changed = asyncio.Event()
-        self._closing = False
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._host = "127.0.0.1"
-        self._port = 0
         self._methods: dict[str, _Handler] = {
             "getMe": self._m_get_me,
             "getUpdates": self._m_get_updates,
@@ -963,65 +965,63 @@ class FakeTelegram:
 
     # ---------------------------------------------------------------- lifecycle
 
+    def origins(self) -> dict[str, web.Application]:
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 16 * 1024 * 1024)
+        app.router.add_route("*", "/bot{token}/{method}", self._handle_api, name="api")
+        app.router.add_route("GET", "/file/bot{token}/{path:.+}", self._handle_file, name="file")
+        app.router.add_route("*", "/_control/{name}", self._handle_control, name="control")
+        return {"api": app}
+
+    def key_of(self, request: web.Request) -> str | None:
+        """The bot token of ``/bot<token>/<method>`` and ``/file/bot<token>/<path>``."""
+        return request.match_info.get("token")
+
+    def describe(self, call: Call, request: web.Request) -> None:
+        method = request.match_info.get("method")
+        call.api_method = self._canonical(method) if method else ""
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeTelegram:
         """Listen on ``host:port`` (0 picks a free port; read it from :attr:`port`)."""
-        app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 16 * 1024 * 1024)
-        app.router.add_route("*", "/bot{token}/{method}", self._handle_api)
-        app.router.add_route("GET", "/file/bot{token}/{path:.+}", self._handle_file)
-        app.router.add_route("*", "/_control/{name}", self._handle_control)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self._host = host
-        self._port = int(self._runner.addresses[0][1])
+        await super().start(host, port)
         self._session = aiohttp.ClientSession(trust_env=False)
-        self._closing = False
         return self
 
     async def stop(self) -> None:
         """Answer pending long polls with ``[]``, stop webhook delivery, close the server."""
-        self._closing = True
+        self._closing.set()
         tasks = []
         for bot in self._bots.values():
             bot.notify()
             if bot.webhook and bot.webhook.task:
                 bot.webhook.task.cancel()
                 tasks.append(bot.webhook.task)
-        self._notify_calls()
+        self.log.notify()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeTelegram:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def port(self) -> int:
-        return self._port
+        return int(self.urls["api"].rsplit(":", 1)[1])
 
     @property
-    def url(self) -> str:
+    def root_url(self) -> str:
         """Root URL of the server, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self._host}:{self._port}"
+        return self.urls["api"]
 
     @property
     def base_url(self) -> str:
         """For PTB's ``base_url`` (PTB appends the token)."""
-        return f"{self.url}/bot"
+        return f"{self.root_url}/bot"
 
     @property
     def base_file_url(self) -> str:
         """For PTB's ``base_file_url``."""
-        return f"{self.url}/file/bot"
+        return f"{self.root_url}/file/bot"
 
     @property
     def token(self) -> str:
@@ -1188,17 +1188,22 @@ class FakeTelegram:
 
     # ---------------------------------------------------------------- control API: inspection
 
+    @property
+    def calls(self) -> list[Call]:
+        """The Bot API calls, in arrival order (one still being answered has status 0)."""
+        return self.log.calls_of("api")
+
     def get_calls(self, method: str | None = None, *, since: int = 0) -> list[Call]:
         """Recorded calls from index ``since`` on, optionally of one method."""
         wanted = self._canonical(method) if method else None
-        return [c for c in self.calls[since:] if wanted is None or c.method == wanted]
+        return [c for c in self.calls[since:] if wanted is None or c.api_method == wanted]
 
-    def calls_of(self, method: str) -> list[Call]:
+    def calls_of(self, method: str) -> list[Call]:  # type: ignore[override]
         """All recorded calls of one Bot API method (case-insensitive, like the server)."""
         return self.get_calls(method)
 
     def clear_calls(self) -> None:
-        self.calls.clear()
+        self.log.clear()
 
     def sent_messages(self, chat_id: int) -> list[SentMessage]:
         """Every message any bot sent to the chat, in order, current state plus bytes."""
@@ -1209,9 +1214,9 @@ class FakeTelegram:
             message = copy.deepcopy(stored.message)
             photo = document = None
             if message.get("photo"):
-                photo = self._files[message["photo"][-1]["file_id"]].data
+                photo = self.files.data(message["photo"][-1]["file_id"])
             if message.get("document"):
-                document = self._files[message["document"]["file_id"]].data
+                document = self.files.data(message["document"]["file_id"])
             result.append(
                 SentMessage(
                     chat_id=chat_id,
@@ -1233,7 +1238,7 @@ class FakeTelegram:
 
     def file_bytes(self, file_id: str) -> bytes:
         """The stored bytes behind a file_id (KeyError if unknown)."""
-        return self._files[file_id].data
+        return self.files.data(file_id)
 
     async def wait_for(
         self,
@@ -1252,26 +1257,21 @@ class FakeTelegram:
         wanted = self._canonical(method) if method else None
 
         def matches(call: Call) -> bool:
-            if wanted is not None and call.method != wanted:
+            if wanted is not None and call.api_method != wanted:
                 return False
             if chat_id is not None and str(call.params.get("chat_id")) != str(chat_id):
                 return False
             return predicate is None or predicate(call)
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        checked = since
-        while True:
-            changed = self._calls_changed
-            for call in self.calls[checked:]:
-                if matches(call):
-                    return call
-            checked = max(checked, len(self.calls))
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self._closing:
-                seen = [c.method for c in self.calls[since:]][-20:]
-                raise TimeoutError(f"no matching call within {timeout}s; recent calls: {seen}")
-            await wait_for_event(changed, remaining)
+        calls = self.calls
+        first = calls[since].index if since < len(calls) else len(self.log)
+        try:
+            return await self.log.wait_for_call("api", where=matches, since=first, timeout=timeout)
+        except TimeoutError:
+            seen = [c.api_method for c in self.calls[since:]][-20:]
+            raise TimeoutError(
+                f"no matching call within {timeout}s; recent calls: {seen}"
+            ) from None
 
     # ---------------------------------------------------------------- control API: failures
 
@@ -1314,12 +1314,23 @@ class FakeTelegram:
                 "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>"
                 "\r\n</body>\r\n</html>\r\n"
             )
-        error = TelegramApiError(error_code, description, parameters or None, html=html)
-        self._failures.append(
-            _FailureRule(
-                n, error, self._canonical(method) if method else None, self._norm_chat(chat_id)
-            )
-        )
+        wanted = self._canonical(method) if method else None
+        chat = self._norm_chat(chat_id)
+
+        def on(call: Recorded) -> bool:
+            if not isinstance(call, Call) or call.endpoint != "api":
+                return False
+            if wanted is None and call.api_method == "getUpdates":
+                return False
+            if wanted is not None and call.api_method != wanted:
+                return False
+            return chat is None or self._norm_chat(call.chat_id) == chat
+
+        error = TelegramApiError(error_code, description, parameters or None)
+        if html is not None:
+            self.faults.fail(error_code, html, on=on, times=n, content_type="text/html")
+        else:
+            self.faults.fail(error_code, error.body(), on=on, times=n)
 
     def flood(
         self,
@@ -1380,7 +1391,7 @@ class FakeTelegram:
 
     def clear_failures(self) -> None:
         """Drop pending fail_next/flood/server_error rules and chat switches."""
-        self._failures.clear()
+        self.faults.clear()
         self._blocked.clear()
         self._vanished.clear()
         self._migrated.clear()
@@ -1395,10 +1406,6 @@ class FakeTelegram:
         if isinstance(chat_id, str) and re.fullmatch(r"-?\d+", chat_id):
             return int(chat_id)
         return chat_id
-
-    def _notify_calls(self) -> None:
-        old, self._calls_changed = self._calls_changed, asyncio.Event()
-        old.set()
 
     def _allocate_message_id(self, chat_id: int) -> int:
         message_id = self._next_message_id.get(chat_id, 1)
@@ -1441,22 +1448,21 @@ class FakeTelegram:
                     return True
         return False
 
-    def _new_file(self, data: bytes, kind: str, ext: str, mime_type: str) -> _StoredFile:
+    def _new_file(self, data: bytes, kind: str, ext: str, mime_type: str) -> str:
+        """Keep the bytes in :attr:`files` under a new file_id (returned); its ``filename`` is
+        the ``file_path`` getFile answers."""
         number = next(self._file_counter)
-        digest = hashlib.sha256(data).hexdigest()
         folder = "photos" if kind == "photo" else "documents"
         prefix = "AgAC" if kind == "photo" else "BQAC"  # the real prefixes of these kinds
-        stored = _StoredFile(
-            file_id=f"{prefix}fake{number:06d}{secrets.token_hex(6)}",
-            file_unique_id=f"AQAD{digest[:14]}",
-            data=data,
-            file_path=f"{folder}/file_{number}.{ext}",
-            mime_type=mime_type,
-            kind=kind,
-        )
-        self._files[stored.file_id] = stored
-        self._files_by_path[stored.file_path] = stored
-        return stored
+        file_id = f"{prefix}fake{number:06d}{secrets.token_hex(6)}"
+        file_path = f"{folder}/file_{number}.{ext}"
+        self.files.put(data, key=file_id, content_type=mime_type, filename=file_path)
+        self._file_paths[file_path] = file_id
+        return file_id
+
+    @staticmethod
+    def _unique_id(data: bytes) -> str:
+        return f"AQAD{hashlib.sha256(data).hexdigest()[:14]}"
 
     def _store_photo(self, data: bytes) -> list[Json]:
         """Store a user's photo (no Bot API limits apply to what users send)."""
@@ -1468,11 +1474,11 @@ class FakeTelegram:
         sizes = []
         for variant, width, height, ext in variants:
             mime = mimetypes.types_map.get(f".{ext}", "image/jpeg")
-            stored = self._new_file(variant, "photo", ext, mime)
+            file_id = self._new_file(variant, "photo", ext, mime)
             sizes.append(
                 {
-                    "file_id": stored.file_id,
-                    "file_unique_id": stored.file_unique_id,
+                    "file_id": file_id,
+                    "file_unique_id": self._unique_id(variant),
                     "width": width,
                     "height": height,
                     "file_size": len(variant),
@@ -1485,15 +1491,15 @@ class FakeTelegram:
     def _store_document(self, data: bytes, filename: str, content_type: str | None) -> Json:
         mime = mimetypes.guess_type(filename)[0] or content_type or "application/octet-stream"
         ext = filename.rsplit(".", 1)[1].lower() if "." in filename else "bin"
-        stored = self._new_file(data, "document", re.sub(r"[^a-z0-9]", "", ext) or "bin", mime)
+        file_id = self._new_file(data, "document", re.sub(r"[^a-z0-9]", "", ext) or "bin", mime)
         document = {
-            "file_id": stored.file_id,
-            "file_unique_id": stored.file_unique_id,
+            "file_id": file_id,
+            "file_unique_id": self._unique_id(data),
             "file_name": filename,
             "mime_type": mime,
             "file_size": len(data),
         }
-        self._documents[stored.file_id] = document
+        self._documents[file_id] = document
         return copy.deepcopy(document)
 
     def _ensure_chat(self, chat_id: int) -> Json:
@@ -1743,7 +1749,7 @@ class FakeTelegram:
         deadline = loop.time() + timeout
         while True:
             changed = bot.changed
-            if self._closing:
+            if self._closing.is_set():
                 return []
             if bot.poll_generation != generation:
                 raise TelegramApiError(409, ERR_OTHER_POLL)
@@ -1813,7 +1819,7 @@ class FakeTelegram:
 
     async def _webhook_worker(self, bot: _BotState, webhook: _Webhook) -> None:
         """Deliver pending updates one at a time, in order, retrying until the bot says 2xx."""
-        while not self._closing and bot.webhook is webhook:
+        while not self._closing.is_set() and bot.webhook is webhook:
             changed = bot.changed
             pending = bot.take(1)
             if not pending:
@@ -2133,16 +2139,16 @@ class FakeTelegram:
 
     async def _m_get_file(self, bot: _BotState, p: Json, f: dict[str, UploadedFile]) -> Json:
         file_id = p.get("file_id")
-        stored = self._files.get(file_id) if isinstance(file_id, str) else None
+        stored = self.files.get(file_id) if isinstance(file_id, str) else None
         if stored is None:
             raise _bad("wrong file_id or the file is temporarily unavailable")
         if len(stored.data) > MAX_DOWNLOAD_BYTES:
             raise _bad("file is too big")
         return {
-            "file_id": stored.file_id,
-            "file_unique_id": stored.file_unique_id,
+            "file_id": stored.key,
+            "file_unique_id": self._unique_id(stored.data),
             "file_size": len(stored.data),
-            "file_path": stored.file_path,
+            "file_path": stored.filename,
         }
 
     async def _m_answer_callback_query(
@@ -2174,130 +2180,42 @@ class FakeTelegram:
 
     # ---------------------------------------------------------------- HTTP: Bot API
 
-    async def _parse_request(self, request: web.Request) -> tuple[Json, dict[str, UploadedFile]]:
-        """Merge query string and body (urlencoded, multipart or JSON) into decoded params."""
-        raw: Json = dict(request.query)
-        files: dict[str, UploadedFile] = {}
-        content_type = request.content_type
-        if request.method == "POST" and request.can_read_body:
-            if content_type == "multipart/form-data":
-                reader = await request.multipart()
-                total = 0
-                too_big = False
-                async for part in reader:
-                    if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
-                        continue
-                    chunks = []
-                    while chunk := await part.read_chunk(1 << 20):
-                        total += len(chunk)
-                        if total > MAX_UPLOAD_BYTES:
-                            too_big = True  # keep draining so the client can read the answer
-                        else:
-                            chunks.append(chunk)
-                    data = b"".join(chunks)
-                    if part.filename is not None:
-                        files[part.name] = UploadedFile(
-                            part.name,
-                            data,
-                            part.filename,
-                            part.headers.get(aiohttp.hdrs.CONTENT_TYPE),
-                        )
-                    else:
-                        raw[part.name] = data.decode(part.get_charset("utf-8"))
-                if too_big:
-                    raise TelegramApiError(413, "Request Entity Too Large")
-            elif content_type == "application/json":
-                try:
-                    body = await request.json()
-                except ValueError:
-                    raise _bad("can't parse JSON object") from None  # fake wording
-                if not isinstance(body, dict):
-                    raise _bad("can't parse JSON object")
-                raw.update(body)
-            else:
-                try:
-                    form = await request.post()
-                except web.HTTPRequestEntityTooLarge:
-                    raise TelegramApiError(413, "Request Entity Too Large") from None
-                for key, value in form.items():
-                    if isinstance(value, str):
-                        raw[key] = value
-        return {k: self._decode_value(k, v) for k, v in raw.items()}, files
-
     @staticmethod
-    def _decode_value(key: str, value: Any) -> Any:
-        if not isinstance(value, str) or key in _STRING_FIELDS:
-            return value
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return value
-        return value if isinstance(decoded, str) else decoded
-
-    def _match_failure(self, method: str, params: Json) -> TelegramApiError | None:
-        for rule in self._failures:
-            if rule.remaining <= 0:
-                continue
-            if rule.method is not None and rule.method != method:
-                continue
-            if rule.method is None and method == "getUpdates":
-                continue
-            if rule.chat_id is not None and self._norm_chat(params.get("chat_id")) != rule.chat_id:
-                continue
-            rule.remaining -= 1
-            self._failures = [r for r in self._failures if r.remaining > 0]
-            return rule.error
-        return None
+    def _check_body(call: Call, content_type: str) -> None:
+        """Refuse what the real server refuses before any method runs: a JSON body that is not
+        an object, an upload over 50 MB."""
+        if content_type == "application/json" and call.raw and not isinstance(call.json, dict):
+            raise _bad("can't parse JSON object")  # fake wording
+        size = sum(len(f.data) for f in call.files) + sum(len(v) for v in call.form.values())
+        if size > MAX_UPLOAD_BYTES:
+            raise TelegramApiError(413, "Request Entity Too Large")
 
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
-        token = request.match_info["token"]
-        method = self._canonical(request.match_info["method"])
-        started = time.time()
-        params: Json = {}
-        files: dict[str, UploadedFile] = {}
+        call: Call = self.record(request)
         try:
-            params, files = await self._parse_request(request)
-            bot = self._bots.get(token)
+            self._check_body(call, request.content_type if request.method == "POST" else "")
+            bot = self._bots.get(call.token)
             if bot is None:
                 raise TelegramApiError(401, "Unauthorized")
-            failure = self._match_failure(method, params)
-            if failure is not None:
-                raise failure
-            handler = self._methods.get(method)
+            handler = self._methods.get(call.api_method)
             if handler is None:
                 raise TelegramApiError(404, "Not Found")
-            result = await handler(bot, params, files)
-            status, body, html = 200, {"ok": True, "result": result}, None
+            result = await handler(bot, call.params, call.uploads)
+            status, body = 200, {"ok": True, "result": result}
         except TelegramApiError as exc:
-            status, body, html = exc.status, exc.body(), exc.html
+            status, body = exc.status, exc.body()
         except (ValueError, TypeError) as exc:
             # Malformed parameters (e.g. a non-numeric message_id): Telegram answers 400.
-            status, body, html = 400, _bad(f"invalid parameter: {exc}").body(), None
-        self.calls.append(
-            Call(
-                index=len(self.calls),
-                method=method,
-                params=params,
-                files=files,
-                time=started,
-                token=token,
-                http_method=request.method,
-                status=status,
-                response=body,
-            )
-        )
-        self._notify_calls()
-        if html is not None:
-            return web.Response(status=status, text=html, content_type="text/html")
+            status, body = 400, _bad(f"invalid parameter: {exc}").body()
         return web.json_response(body, status=status)
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] not in self._bots:
             return web.json_response(TelegramApiError(401, "Unauthorized").body(), status=401)
-        stored = self._files_by_path.get(request.match_info["path"])
-        if stored is None:
+        file_id = self._file_paths.get(request.match_info["path"])
+        if file_id is None:
             return web.json_response(TelegramApiError(404, "Not Found").body(), status=404)
-        return web.Response(body=stored.data, content_type=stored.mime_type)
+        return self.files.response(file_id)
 
     # ---------------------------------------------------------------- HTTP: control API
 
@@ -2305,15 +2223,12 @@ class FakeTelegram:
         name = request.match_info["name"]
         if name not in _CONTROL_METHODS:
             return web.json_response({"error": f"unknown control method {name!r}"}, status=404)
-        kwargs: Json = {k: self._decode_value(k, v) for k, v in request.query.items()}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
+        kwargs: Json = {k: _decode_value(k, v) for k, v in request.query.items()}
+        call: Call = self.record(request)  # the scaffold has read the body already
+        if call.raw:
+            if not isinstance(call.json, dict):
                 return web.json_response({"error": "body must be a JSON object"}, status=400)
-            if not isinstance(body, dict):
-                return web.json_response({"error": "body must be a JSON object"}, status=400)
-            kwargs.update(body)
+            kwargs.update(call.json)
         include_bytes = bool(kwargs.pop("include_bytes", False))
         for key in [k for k in kwargs if k.endswith("_b64")]:
             value = kwargs.pop(key)
@@ -2423,7 +2338,7 @@ async def _serve(args: argparse.Namespace) -> None:
     for extra in args.token[1:]:
         fake.add_bot(extra, f"{args.username}_{extra.split(':', 1)[0]}")
     await fake.start(args.host, args.port)
-    print(f"READY {fake.url}", flush=True)
+    print(f"READY {fake.root_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
