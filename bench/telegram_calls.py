@@ -77,9 +77,9 @@ async def run(latency: float, chat: int) -> tuple[list[Any], float, float]:
                     while not any("✅" in (m.text or "") for m in tg.sent_messages(chat) if m.text):
                         await asyncio.sleep(0.01)
                 await asyncio.sleep(3.0)  # anything sent after the outcome counts too
-                calls = [c for c in tg.get_calls()[start:] if c.method != "getUpdates"]
+                calls = [c for c in tg.get_calls()[start:] if c.api_method != "getUpdates"]
                 first = calls[0].time if calls else 0.0
-                last = max(i for i, c in enumerate(calls) if c.method in PICTURE_METHODS)
+                last = max(i for i, c in enumerate(calls) if c.api_method in PICTURE_METHODS)
                 return calls, last + 1, first - t0
             finally:
                 await app.stop()
@@ -92,7 +92,7 @@ async def main() -> None:
     args = parser.parse_args()
     calls, to_last_picture, _ = await run(args.latency, GROUP if args.group else PERSON)
     where = "a group" if args.group else "a private chat"
-    counts = Counter(c.method for c in calls)
+    counts = Counter(c.api_method for c in calls)
     table = Table(title=f"Bot API calls for /imagine a cat --n 4 in {where}")
     table.add_column("method")
     table.add_column("calls", justify="right")
@@ -105,9 +105,9 @@ async def main() -> None:
     t0 = calls[0].time if calls else 0.0
     for c in calls:
         extra = ""
-        if c.method == "editMessageText":
+        if c.api_method == "editMessageText":
             extra = repr(str(c.params.get("text", "")).split("\n")[0][:50])
-        console.print(f"  {c.time - t0:6.2f}s  {c.method:<16} {c.status}  {extra}")
+        console.print(f"  {c.time - t0:6.2f}s  {c.api_method:<16} {c.status}  {extra}")
 
 
 if __name__ == "__main__":
