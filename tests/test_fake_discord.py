@@ -375,7 +375,7 @@ async def test_slash_defer_followup_file_and_edit_original(fake: FakeDiscord) ->
         )
         assert callback.response["interaction"]["response_message_loading"] is True
         assert followup.method == "POST" and followup.query["wait"] == "1"
-        assert followup.files == {"cat.png": png}
+        assert followup.file_bytes == {"cat.png": png}
         assert followup.json["attachments"] == [{"id": 0, "filename": "cat.png"}]
         assert patch.method == "PATCH" and patch.path.endswith("/messages/@original")
 
@@ -628,9 +628,50 @@ async def test_429_on_followup_waits_retry_after_and_succeeds_once(fake: FakeDis
             "global": False,
         }
         assert accepted.time - limited.time >= 0.3
-        assert accepted.files == {"out.png": png}  # the retry re-sent the file intact
+        assert accepted.file_bytes == {"out.png": png}  # the retry re-sent the file intact
         contents = [m["content"] for m in fake.channel_messages(CHANNEL_ID)]
         assert contents == ["queued", "a cat"]  # arrived exactly once
+
+
+async def test_injected_429_keeps_discord_py_traps_and_records_the_upload(
+    fake: FakeDiscord,
+) -> None:
+    """The scaffold answers the injected 429; discord.py retries it only with ``Via``, a JSON
+    body and a Content-Type of exactly application/json. The call still names its payload."""
+    png = _png()
+    fake.rate_limit_next(1.5, path_regex=r"/messages$", method="POST")
+    form = aiohttp.FormData()
+    form.add_field("payload_json", json.dumps({"content": "hi"}), content_type="application/json")
+    form.add_field("files[0]", png, filename="out.png", content_type="image/png")
+    headers = {"Authorization": f"Bot {DEFAULT_TOKEN}"}
+    url = f"{fake.api_base}/channels/{CHANNEL_ID}/messages"
+    async with aiohttp.ClientSession() as http, http.post(url, data=form, headers=headers) as resp:
+        assert resp.status == 429
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.headers["Via"] and resp.headers["Retry-After"] == "2"
+        assert resp.headers["X-RateLimit-Remaining"] == "0"
+        assert await resp.json() == {
+            "message": "You are being rate limited.",
+            "retry_after": 1.5,
+            "global": False,
+        }
+    [call] = fake.calls("POST")
+    assert call.route == "POST /channels/{channel_id}/messages" and call.status == 429
+    assert call.json == {"content": "hi"} and call.file_bytes == {"out.png": png}
+    assert call.authorization == f"Bot {DEFAULT_TOKEN}"
+    assert fake.channel_messages(CHANNEL_ID) == []  # the fake never handled it
+
+
+async def test_cdn_is_its_own_origin_and_keeps_bytes_in_the_file_store(fake: FakeDiscord) -> None:
+    png = _png()
+    posted = fake.post_user_message(CHANNEL_ID, "", {"in.png": png})
+    [attachment] = posted["attachments"]
+    assert attachment["url"].startswith(fake.cdn_base) and not fake.cdn_base.startswith(fake.url)
+    assert fake.files[attachment["id"]].data == png
+    async with aiohttp.ClientSession() as http, http.get(attachment["url"]) as resp:
+        assert resp.status == 200 and await resp.read() == png
+    assert [f.status for f in fake.cdn_fetches] == [200]
+    assert fake.calls() == []  # a CDN fetch is no REST call
 
 
 async def test_expired_token_then_bot_token_delivery(fake: FakeDiscord) -> None:

@@ -24,6 +24,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
+from tests.fakes.scaffold import Recorded, StoredFile, UploadedFile
+
 _LOG = logging.getLogger(__name__)
 
 Json = dict[str, Any]
@@ -276,64 +278,65 @@ def _decode_bytes(value: Any) -> Any:
 # ---------------------------------------------------------------------------------- records
 
 
-@dataclasses.dataclass
-class UploadedFile:
-    """One ``files[i]`` part of a multipart request."""
-
-    field: str
-    filename: str
-    data: bytes
-    content_type: str | None
-
-    def to_json(self, include_bytes: bool = False) -> Json:
-        out: Json = {
-            "field": self.field,
-            "filename": self.filename,
-            "size": len(self.data),
-            "content_type": self.content_type,
-        }
-        if include_bytes:
-            out["data_b64"] = _b64(self.data)
-        return out
+def _upload_json(upload: UploadedFile, include_bytes: bool = False) -> Json:
+    out: Json = {
+        "field": upload.field,
+        "filename": upload.filename,
+        "size": len(upload.data),
+        "content_type": upload.content_type,
+    }
+    if include_bytes:
+        out["data_b64"] = _b64(upload.data)
+    return out
 
 
 @dataclasses.dataclass
-class Call:
-    """One REST request as the fake saw it, with the answer it gave."""
+class Call(Recorded):
+    """One REST request (the scaffold's record), with the Discord view of it.
 
-    index: int
-    method: str
-    path: str
-    route: str
-    query: dict[str, str]
-    json: Any
-    uploads: list[UploadedFile]
-    time: float
-    status: int
-    response: Any
-    authorization: str | None
+    ``path`` is the part after ``/api/v10``; ``endpoint`` is the route template
+    (``"POST /channels/{channel_id}/messages"``, ``"POST ?"`` when none matched); ``json`` is
+    the JSON body, or a multipart request's ``payload_json``; ``files`` are the ``files[i]``
+    parts and ``key`` the Authorization header. ``route``, ``uploads``, ``response`` and
+    ``authorization`` are the older names of ``endpoint``, ``files``, ``reply`` and ``key``.
+    ``rest`` is False for what is not a REST call (the gateway, the control API, the CDN).
+    """
+
+    rest: bool = False
 
     @property
-    def files(self) -> dict[str, bytes]:
+    def route(self) -> str:
+        return self.endpoint
+
+    @property
+    def uploads(self) -> list[UploadedFile]:
+        return self.files
+
+    @property
+    def response(self) -> Any:
+        return self.reply
+
+    @property
+    def authorization(self) -> str | None:
+        return self.key
+
+    @property
+    def file_bytes(self) -> dict[str, bytes]:
         """Uploaded files by filename (what ``files[i]`` parts carried)."""
-        return {u.filename: u.data for u in self.uploads}
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
+        return {u.filename: u.data for u in self.files}
 
     def to_json(self, include_bytes: bool = False) -> Json:
         return {
             "index": self.index,
             "method": self.method,
             "path": self.path,
-            "route": self.route,
+            "route": self.endpoint,
             "query": self.query,
             "json": self.json,
-            "uploads": [u.to_json(include_bytes) for u in self.uploads],
+            "uploads": [_upload_json(u, include_bytes) for u in self.files],
             "time": self.time,
             "status": self.status,
-            "response": self.response,
+            "response": self.reply,
         }
 
 
@@ -348,9 +351,11 @@ class CdnFetch:
 
 @dataclasses.dataclass
 class _Attachment:
+    """An attachment's metadata; its bytes are in the fake's FileStore (``stored``)."""
+
     id: int
     filename: str
-    data: bytes
+    stored: StoredFile
     content_type: str
     width: int | None
     height: int | None
@@ -358,6 +363,10 @@ class _Attachment:
     description: str | None = None
     spoiler: bool = False
     ephemeral: bool = False
+
+    @property
+    def data(self) -> bytes:
+        return self.stored.data
 
 
 @dataclasses.dataclass
@@ -421,24 +430,6 @@ class _Interaction:
 
     def token_valid(self, now: float) -> bool:
         return not self.expired and now - self.created < self.lifetime
-
-
-@dataclasses.dataclass
-class _Fault:
-    kind: str  # "status" or "delay"
-    remaining: int
-    method: str | None
-    path_regex: re.Pattern[str] | None
-    status: int = 500
-    body: Json | None = None
-    retry_after: float = 0.0
-    is_global: bool = False
-    delay: float = 0.0
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method:
-            return False
-        return self.path_regex is None or self.path_regex.search(path) is not None
 
 
 @dataclasses.dataclass
@@ -984,8 +975,10 @@ def _modal_submission(components: list[Json], fields: dict[str, Any]) -> list[Js
 
 
 def _to_json(value: Any, include_bytes: bool) -> Any:
-    if isinstance(value, Call | UploadedFile):
+    if isinstance(value, Call):
         return value.to_json(include_bytes)
+    if isinstance(value, UploadedFile):
+        return _upload_json(value, include_bytes)
     if isinstance(value, GatewayFrame | CdnFetch):
         return dataclasses.asdict(value)
     if isinstance(value, bytes):

@@ -37,10 +37,13 @@ class CdnMixin:
         ephemeral: bool = False,
     ) -> _Attachment:
         content_type, width, height = _guess_type(filename, data)
+        att_id = self._ids.next()
         att = _Attachment(
-            id=self._ids.next(),
+            id=att_id,
             filename=filename,
-            data=data,
+            stored=self.files.put(
+                data, key=str(att_id), content_type=content_type, filename=filename
+            ),
             content_type=content_type,
             width=width,
             height=height,
@@ -66,8 +69,8 @@ class CdnMixin:
             "id": str(att.id),
             "filename": att.filename,
             "size": len(att.data),
-            "url": f"{self.url}/cdn/{path}?{query}",
-            "proxy_url": f"{self.url}/media/{path}?{query}",
+            "url": f"{self.cdn_url}/cdn/{path}?{query}",
+            "proxy_url": f"{self.cdn_url}/media/{path}?{query}",
             "content_type": att.content_type,
             "flags": ATTACHMENT_FLAG_SPOILER if att.spoiler else 0,
         }
@@ -88,6 +91,15 @@ class CdnMixin:
         how a bot must recover (reference.mdx "Signed Attachment CDN URLs").
         """
         self._cdn_key = secrets.token_bytes(16)
+
+    @property
+    def cdn_fetches(self) -> list[CdnFetch]:
+        """Every GET on the CDN origin (answered), in order."""
+        return [
+            CdnFetch(c.path.split("/", 2)[2], c.status, c.time)
+            for c in self.log.calls_of(origin="cdn")
+            if c.done
+        ]
 
     def attachment_bytes(self, attachment_id: int) -> bytes:
         return self._attachments[int(attachment_id)].data
@@ -111,6 +123,5 @@ class CdnMixin:
                 fresh = False
             if fresh and hmac.compare_digest(expected, hm):
                 status, body, content_type = 200, att.data, att.content_type
-        self.cdn_fetches.append(CdnFetch(path, status, time.time()))
         self._notify()
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +19,10 @@ from tests.fakes.discord.base import (
     DiscordApiError,
     Json,
     _decode_bytes,
-    _Fault,
     _json_response,
     _to_json,
 )
+from tests.fakes.scaffold import Recorded
 
 
 # The mixins share FakeDiscord's state (set up in server.py).
@@ -28,6 +30,22 @@ class ControlMixin:
     """The control API: injected faults, the record of calls, test controls."""
 
     # ---------------------------------------------------------- faults
+
+    def _on(self, method: str | None, path_regex: str | None) -> Callable[[Recorded], bool]:
+        """A fault's match: REST calls of ``method`` whose path (after /api/v10) has
+        ``path_regex``."""
+        pattern = re.compile(path_regex) if path_regex else None
+
+        def on(call: Recorded) -> bool:
+            return (
+                isinstance(call, Call)
+                and call.origin == "api"
+                and call.rest
+                and (method is None or call.method == method.upper())
+                and (pattern is None or pattern.search(call.path) is not None)
+            )
+
+        return on
 
     def fail_next(
         self,
@@ -39,16 +57,13 @@ class ControlMixin:
         body: Json | None = None,
     ) -> None:
         """The next ``count`` matching REST calls answer ``status`` (without being processed)."""
-        self._faults.append(
-            _Fault(
-                "status",
-                count,
-                method,
-                re.compile(path_regex) if path_regex else None,
-                status=status,
-                body=body,
-            )
-        )
+        body = body or {
+            "message": {500: "500: Internal Server Error", 502: "502: Bad Gateway"}.get(
+                status, f"{status}: Error"
+            ),
+            "code": 0,
+        }
+        self.faults.fail(status, body, on=self._on(method, path_regex), times=count)
 
     def rate_limit_next(
         self,
@@ -59,17 +74,29 @@ class ControlMixin:
         method: str | None = None,
         is_global: bool = False,
     ) -> None:
-        """The next ``count`` matching calls answer 429 like Discord (Via, Retry-After, ...)."""
-        self._faults.append(
-            _Fault(
-                "status",
-                count,
-                method,
-                re.compile(path_regex) if path_regex else None,
-                status=429,
-                retry_after=retry_after,
-                is_global=is_global,
-            )
+        """The next ``count`` matching calls answer 429 like Discord: ``Via`` (else discord.py
+        takes it for a Cloudflare ban), ``Retry-After``, ``X-RateLimit-*`` and the JSON body
+        ``{"message", "retry_after", "global"}`` as exactly ``application/json``. No
+        ``X-RateLimit-Bucket``: the route keeps the bucket its normal answers name."""
+        headers = {
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, math.ceil(retry_after))),
+            "X-RateLimit-Limit": str(self.ratelimit_limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
+        body = {"message": "You are being rate limited.", "retry_after": retry_after}
+        self.faults.fail(
+            429,
+            {**body, "global": is_global},
+            on=self._on(method, path_regex),
+            times=count,
+            headers=headers,
+            content_type="application/json",
         )
 
     def server_error_next(
@@ -95,26 +122,10 @@ class ControlMixin:
 
         On ``/callback`` the delay counts against the 3 s rule, like a slow network would.
         """
-        self._faults.append(
-            _Fault(
-                "delay",
-                count,
-                method,
-                re.compile(path_regex) if path_regex else None,
-                delay=seconds,
-            )
-        )
+        self.faults.delay(seconds, on=self._on(method, path_regex), times=count)
 
     def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _take_fault(self, kind: str, method: str, path: str) -> _Fault | None:
-        for fault in self._faults:
-            if fault.kind == kind and fault.remaining > 0 and fault.matches(method, path):
-                fault.remaining -= 1
-                self._faults = [f for f in self._faults if f.remaining > 0]
-                return fault
-        return None
+        self.faults.clear()
 
     # ---------------------------------------------------------- recording
 
@@ -124,19 +135,26 @@ class ControlMixin:
     def calls(
         self, method: str | None = None, path_regex: str | None = None, *, ok: bool | None = None
     ) -> list[Call]:
-        """Recorded REST calls, optionally filtered by method, path regex and success."""
+        """Answered REST calls, optionally filtered by method, path regex and success."""
         pattern = re.compile(path_regex) if path_regex else None
+        for c in self.log:
+            if isinstance(c, Call) and c.rest and c.done and c.json is None and c.parts:
+                c.json = self._payload(c)[0]  # answered by a fault: the handler never parsed it
         return [
             c
-            for c in self.call_log
-            if (method is None or c.method == method.upper())
+            for c in self.log
+            if isinstance(c, Call)
+            and c.rest
+            and c.done
+            and (method is None or c.method == method.upper())
             and (pattern is None or pattern.search(c.path))
             and (ok is None or c.ok == ok)
         ]
 
     def reset_calls(self) -> None:
-        self.call_log.clear()
-        self.cdn_fetches.clear()
+        """Forget every recorded call and CDN fetch (indexes start again at 0)."""
+        self.log.clear()
+        self._rest_count = 0
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Wait until ``predicate()`` is truthy (re-checked on every call/frame); return it."""
@@ -157,7 +175,8 @@ class ControlMixin:
         since: int = 0,
         ok: bool | None = None,
     ) -> Call:
-        """Wait for a REST call (index >= ``since``) matching method and path regex."""
+        """Wait for an answered REST call (index >= ``since``) matching method and path
+        regex."""
 
         def find() -> Call | None:
             for call in self.calls(method, path_regex, ok=ok):
@@ -174,11 +193,9 @@ class ControlMixin:
         if name not in _CONTROL_METHODS:
             return _json_response(404, {"error": f"unknown control method {name!r}"})
         kwargs: Json = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                return _json_response(400, {"error": "body must be a JSON object"})
+        record = self.record(request)  # the scaffold has read the body
+        if record.raw:
+            body = record.json
             if not isinstance(body, dict):
                 return _json_response(400, {"error": "body must be a JSON object"})
             kwargs.update(body)

@@ -738,7 +738,7 @@ class InteractionsMixin:
 
     def interaction_responses(self, token: str) -> list[Call]:
         """Callback, @original and follow-up calls made with this token, in order."""
-        return [c for c in self.call_log if f"/{token}/" in c.path or c.path.endswith(f"/{token}")]
+        return [c for c in self.calls() if f"/{token}/" in c.path or c.path.endswith(f"/{token}")]
 
     def _metadata(self, inter: _Interaction) -> Json:
         meta: Json = {

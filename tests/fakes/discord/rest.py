@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from tests.fakes.discord.base import (
     MAX_REQUEST_BYTES,
     Call,
     DiscordApiError,
-    Json,
-    UploadedFile,
     _compile,
-    _Fault,
     _Handler,
     _json_response,
     _Request,
@@ -147,90 +142,49 @@ class RestMixin:
             "_remaining_raw": str(remaining),
         }
 
-    async def _parse_body(
-        self, request: web.Request
-    ) -> tuple[Any, list[UploadedFile], DiscordApiError | None]:
-        """JSON or multipart (payload_json + files[i]); size errors are returned, not raised,
-        so the body is always drained and the client can read the 413."""
-        uploads: list[UploadedFile] = []
-        if not request.can_read_body:
-            return None, uploads, None
-        if request.content_type == "multipart/form-data":
-            reader = await request.multipart()
-            total = 0
-            error: DiscordApiError | None = None
+    def _payload(self, call: Call) -> tuple[Any, DiscordApiError | None]:
+        """The JSON body, or a multipart request's payload_json (+ other text fields), with
+        the size and JSON errors Discord answers."""
+        error: DiscordApiError | None = None
+        if call.files or "payload_json" in call.form or call.parts:
+            if len(call.raw) > MAX_REQUEST_BYTES or any(
+                len(f.data) > self.attachment_size_limit for f in call.files
+            ):
+                error = _too_large()
+            form = {k: v for k, v in call.form.items() if k != "payload_json"}
             payload: Any = None
-            form: Json = {}
-            async for part in reader:
-                if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
-                    continue
-                chunks = []
-                size = 0
-                while chunk := await part.read_chunk(1 << 16):
-                    size += len(chunk)
-                    total += len(chunk)
-                    if total > MAX_REQUEST_BYTES or size > self.attachment_size_limit:
-                        if part.filename is not None or total > MAX_REQUEST_BYTES:
-                            error = _too_large()
-                        continue
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-                if part.filename is not None:
-                    uploads.append(
-                        UploadedFile(
-                            part.name,
-                            part.filename,
-                            data,
-                            part.headers.get(aiohttp.hdrs.CONTENT_TYPE),
-                        )
+            if "payload_json" in call.form:
+                try:
+                    payload = json.loads(call.form["payload_json"])
+                except ValueError:
+                    error = error or DiscordApiError(
+                        400, 50109, "The request body contains invalid JSON."
                     )
-                elif part.name == "payload_json":
-                    try:
-                        payload = json.loads(data.decode("utf-8"))
-                    except ValueError:
-                        error = error or DiscordApiError(
-                            400, 50109, "The request body contains invalid JSON."
-                        )
-                else:
-                    form[part.name] = data.decode("utf-8", "replace")
-            if payload is None:
-                payload = form or {}
-            return payload, uploads, error
-        raw = await request.read()
-        if not raw:
-            return None, uploads, None
+            return (form or {}) if payload is None else payload, error
+        if not call.raw:
+            return None, None
         try:
-            return json.loads(raw.decode("utf-8")), uploads, None
+            return json.loads(call.raw.decode("utf-8")), None
         except ValueError:
-            return (
-                None,
-                uploads,
-                DiscordApiError(400, 50109, "The request body contains invalid JSON."),
-            )
+            return None, DiscordApiError(400, 50109, "The request body contains invalid JSON.")
 
     async def _handle_rest(self, request: web.Request) -> web.StreamResponse:
-        method = request.method
-        path = "/" + request.match_info["tail"]
-        started = time.time()
+        call: Call = self.record(request)
+        method, path = call.method, call.path
         route, params, path_known = self._match(method, path)
-        payload, uploads, parse_error = await self._parse_body(request)
+        payload, parse_error = self._payload(call)
+        call.json = payload
         auth = request.headers.get("Authorization")
         headers: dict[str, str] = {}
         status: int
         body: Any
         try:
-            delay = self._take_fault("delay", method, path)
-            if delay is not None:
-                await asyncio.sleep(delay.delay)
             if route is None:
                 if path_known:
                     raise DiscordApiError(405, 0, "405: Method Not Allowed")
                 raise DiscordApiError(404, 0, "404: Not Found")
             if route.auth and auth != f"Bot {self.token}":
                 raise DiscordApiError(401, 0, "401: Unauthorized")
-            fault = self._take_fault("status", method, path)
-            if fault is not None:
-                raise self._fault_error(fault, route, params)
             headers = self._ratelimit_headers(route, params)
             if int(headers.pop("_remaining_raw")) < 0:
                 retry = float(headers["X-RateLimit-Reset-After"])
@@ -238,7 +192,7 @@ class RestMixin:
             if parse_error is not None:
                 raise parse_error
             request_obj = _Request(
-                method, path, params, dict(request.query), payload, uploads, auth
+                method, path, params, dict(request.query), payload, call.files, auth
             )
             result = await route.handler(request_obj)
             if result is None:
@@ -248,20 +202,6 @@ class RestMixin:
         except DiscordApiError as exc:
             status, body = exc.status, exc.body()
             headers = {**{k: v for k, v in headers.items() if not k.startswith("_")}, **exc.headers}
-        call = Call(
-            index=len(self.call_log),
-            method=method,
-            path=path,
-            route=route.key if route else f"{method} ?",
-            query=dict(request.query),
-            json=payload,
-            uploads=uploads,
-            time=started,
-            status=status,
-            response=body,
-            authorization=auth,
-        )
-        self.call_log.append(call)
         self._notify()
         if status == 204:
             return web.Response(status=204, headers=headers)
@@ -290,22 +230,4 @@ class RestMixin:
                 "global": is_global,
             },
             headers=hdrs,
-        )
-
-    def _fault_error(self, fault: _Fault, route: _Route, params: dict[str, str]) -> DiscordApiError:
-        if fault.status == 429:
-            headers = self._ratelimit_headers(route, params)
-            headers.pop("_remaining_raw", None)
-            headers["X-RateLimit-Remaining"] = "0"
-            headers["X-RateLimit-Reset-After"] = f"{fault.retry_after:.3f}"
-            headers["X-RateLimit-Reset"] = f"{time.time() + fault.retry_after:.3f}"
-            return self._rate_limit_error(fault.retry_after, fault.is_global, headers)
-        body = fault.body or {
-            "message": {500: "500: Internal Server Error", 502: "502: Bad Gateway"}.get(
-                fault.status, f"{fault.status}: Error"
-            ),
-            "code": 0,
-        }
-        return DiscordApiError(
-            fault.status, int(body.get("code", 0)), str(body.get("message")), body=body
         )

@@ -20,22 +20,20 @@ from tests.fakes.discord.base import (
     EVERYONE_PERMISSIONS,
     GUILD_ID,
     INTENT_GUILD_MEMBERS,
+    MAX_REQUEST_BYTES,
     OWNER_ID,
     P_ADMINISTRATOR,
     PRIVILEGED_INTENTS,
     ROLE_BOT_ID,
     USER_ID,
     Call,
-    CdnFetch,
     DiscordApiError,
     GatewayFrame,
     Json,
-    MiB,
     _Attachment,
     _channel_json,
     _Connection,
     _default_guild,
-    _Fault,
     _Interaction,
     _Message,
     _now_iso,
@@ -51,12 +49,23 @@ from tests.fakes.discord.gateway import GatewayMixin
 from tests.fakes.discord.interactions import InteractionsMixin
 from tests.fakes.discord.messages import MessagesMixin
 from tests.fakes.discord.rest import RestMixin
+from tests.fakes.scaffold import LoopbackServer
 
 
 class FakeDiscord(
-    CdnMixin, MessagesMixin, InteractionsMixin, GatewayMixin, ControlMixin, RestMixin
+    CdnMixin,
+    MessagesMixin,
+    InteractionsMixin,
+    GatewayMixin,
+    ControlMixin,
+    RestMixin,
+    LoopbackServer,
 ):
-    """The fake Discord: REST under ``/api/v10``, the gateway at ``/``, the CDN under ``/cdn``.
+    """The fake Discord, on the loopback scaffold (tests/fakes/scaffold.py): the ``api``
+    origin serves REST under ``/api/v10``, the gateway websocket at ``/`` and the control API;
+    the ``cdn`` origin serves attachments under ``/cdn`` and ``/media`` (their bytes are in
+    :attr:`files`, keyed by attachment id). Every request is in :attr:`log`; :meth:`calls`
+    lists the answered REST ones.
 
     World model: users, guilds (channels, roles, members), DM channels, messages with stored
     attachment bytes, registered application commands, interactions with their tokens, and
@@ -90,6 +99,7 @@ class FakeDiscord(
         ratelimit_window: float = 1.0,
         enforce_rate_limits: bool = False,
     ) -> None:
+        super().__init__()
         self.token = token
         self.application_id = application_id
         self.bot_user_id = bot_user_id if bot_user_id is not None else application_id
@@ -124,22 +134,16 @@ class FakeDiscord(
         self.interactions: dict[int, _Interaction] = {}
         self._by_token: dict[str, _Interaction] = {}
         self._modals: dict[tuple[int, str], tuple[Json, _Interaction]] = {}
-        self.call_log: list[Call] = []
-        self.cdn_fetches: list[CdnFetch] = []
         self.presence_updates: list[Json] = []
         self._frames: list[GatewayFrame] = []
-        self._faults: list[_Fault] = []
         self._buckets: dict[str, tuple[float, int]] = {}
         self._cdn_key = secrets.token_bytes(16)
         self._sessions: dict[str, _Session] = {}
         self._connections: list[_Connection] = []
         self._conn_numbers = itertools.count(1)
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._host = "127.0.0.1"
-        self._port = 0
         self._routes = self._build_routes()
+        self._rest_count = 0
 
         for spec in users or []:
             self._add_user(spec)
@@ -152,23 +156,36 @@ class FakeDiscord(
 
     # ------------------------------------------------------------------ lifecycle
 
+    record_type = Call
+
+    def origins(self) -> dict[str, web.Application]:
+        api = web.Application(client_max_size=MAX_REQUEST_BYTES * 4)
+        api.router.add_route("*", "/api/v10/{tail:.*}", self._handle_rest, name="rest")
+        api.router.add_route("*", "/_control/{name}", self._handle_control, name="control")
+        api.router.add_get("/", self._handle_gateway, name="gateway")
+        cdn = web.Application()
+        cdn.router.add_get("/cdn/{path:.*}", self._handle_cdn, name="cdn")
+        cdn.router.add_get("/media/{path:.*}", self._handle_cdn, name="media")
+        return {"api": api, "cdn": cdn}
+
+    def key_of(self, request: web.Request) -> str | None:
+        return request.headers.get("Authorization")
+
+    def describe(self, call: Call, request: web.Request) -> None:
+        """A REST call: its path after /api/v10, its route template, its index among REST
+        calls (what ``since=`` counts)."""
+        if call.endpoint != "rest":
+            return
+        call.rest = True
+        call.path = "/" + request.match_info["tail"]
+        route, _, _ = self._match(call.method, call.path)
+        call.endpoint = route.key if route else f"{call.method} ?"
+        call.index = self._rest_count
+        self._rest_count += 1
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeDiscord:
-        """Listen on ``host:port`` (0 picks a free port)."""
-        app = web.Application(client_max_size=64 * MiB)
-        app.router.add_route("*", "/api/v10/{tail:.*}", self._handle_rest)
-        app.router.add_get("/cdn/{path:.*}", self._handle_cdn)
-        app.router.add_get("/media/{path:.*}", self._handle_cdn)
-        app.router.add_route("*", "/_control/{name}", self._handle_control)
-        app.router.add_get("/", self._handle_gateway)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
-        server = self._site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self._host = host
-        self._port = sockets[0].getsockname()[1] if sockets else port
+        """Listen on ``host:port`` (0 picks a free port); the CDN gets a free port."""
+        await super().start(host, port)
         return self
 
     async def stop(self) -> None:
@@ -180,23 +197,19 @@ class FakeDiscord(
                     await conn.ws.close(code=1001, message=b"server stopping")
             if conn.writer is not None:
                 conn.writer.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDiscord:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def port(self) -> int:
-        return self._port
+        return int(self.urls["api"].rsplit(":", 1)[1])
 
     @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
+    def url(self) -> str:  # type: ignore[override]
+        return self.urls["api"]
+
+    @property
+    def cdn_url(self) -> str:
+        return self.urls["cdn"]
 
     @property
     def api_base(self) -> str:
@@ -206,11 +219,11 @@ class FakeDiscord(
     @property
     def gateway_url(self) -> str:
         """What ``DiscordWebSocket.DEFAULT_GATEWAY`` must be set to (and /gateway/bot answers)."""
-        return f"ws://{self._host}:{self._port}/"
+        return "ws" + self.url.removeprefix("http") + "/"
 
     @property
     def cdn_base(self) -> str:
-        return f"{self.url}/cdn"
+        return f"{self.cdn_url}/cdn"
 
     @property
     def guild_id(self) -> int:
