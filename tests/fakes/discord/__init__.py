@@ -5,7 +5,10 @@ matter (an ack later than 3 s, a follow-up after the 15-minute token lifetime, 4
 images, 429s with ``retry_after``, expired CDN links, buttons that must survive a restart, modals)
 only show up when the real client talks HTTP and websocket to something that answers like
 Discord. The fake speaks the wire format discord.py 2.7 expects, records every call, and exposes
-a control API to inject interactions, user messages and failures.
+a control API to inject interactions, user messages and failures. It stands on the loopback
+scaffold (tests/fakes/scaffold.py): the scaffold records each request (:class:`Call` is its
+record), serves injected faults and keeps attachment bytes in its FileStore; the gateway
+websocket is the fake's own code, served on the REST origin.
 
 Two ways to run it:
 
