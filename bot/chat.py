@@ -187,8 +187,9 @@ class Delivery:
     attempts: int = 0
 
     @property
-    def reply_to(self) -> dict[str, Any]:
-        return self.payload.get("reply_to", {})
+    def reply_to(self) -> ReplyTo:
+        """Where it goes, in whichever form it was stored (``ReplyTo.from_json``)."""
+        return ReplyTo.from_json(self.payload.get("reply_to"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,7 @@ class Progress:
     job_id: int
     percent: int
     stage: str  # received | submitted | generating | done
-    reply_to: dict[str, Any] = field(default_factory=dict)
+    reply_to: ReplyTo = field(default_factory=ReplyTo)
     batch_id: int | None = None
     # A status text already written, shown as is: the state of something that is not a job
     # (a model download), sent through the same paced edits as job progress.
@@ -245,7 +246,7 @@ class ChatAdapter(ABC):
         """
         return None
 
-    def serves(self, reply_to: Mapping[str, Any]) -> bool:
+    def serves(self, reply_to: ReplyTo | Mapping[str, Any]) -> bool:
         served = self.audiences()
         return served is None or audience_of(reply_to) in served
 
@@ -285,12 +286,12 @@ class ChatAdapter(ABC):
         """
 
     async def show_status(  # noqa: B027 - optional
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
+        self, reply_to: ReplyTo, text: str, *, final: bool = False
     ) -> None:
         """Show ``text`` on the status message ``reply_to`` names, for something that is not a
         job (a model download). Paced like job progress, so it must return quickly;
         ``final`` is the last state: sent now, and nothing older may overwrite it."""
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None:  # noqa: B027
+    async def announce(self, reply_to: ReplyTo, text: str) -> None:  # noqa: B027
         """A new message in the chat of ``reply_to`` (news worth a notification, such as a
         finished download, where an edit would go unnoticed). Best effort."""
