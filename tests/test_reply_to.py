@@ -7,11 +7,14 @@ must keep working after an upgrade, without a migration.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import hypothesis
 from hypothesis import strategies as st
 
 from bot.chat import ReplyTo, ResponseToken, audience_of, outbox_address
+from bot.commands import Incoming
+from tests.conftest import user
 
 ids = st.integers(min_value=-(2**62), max_value=2**62)
 maybe_id = st.none() | ids
@@ -113,3 +116,63 @@ def test_response_token_freshness() -> None:
     tok = ResponseToken(1, "t", until=100.0)
     assert tok.fresh(99.0) and not tok.fresh(100.0)
     assert not ResponseToken(1, "", until=100.0).fresh(0.0)
+
+
+old_telegram = st.fixed_dictionaries(
+    {"platform": st.just("telegram"), "chat": ids},
+    optional={
+        "thread": ids,
+        "lang": st.sampled_from(["en", "zh-hans"]),
+        "message": ids,
+        "status": ids,
+        "nsfw_ok": st.booleans(),
+        "shown": st.text(min_size=1, max_size=8),
+    },
+)
+old_discord = st.fixed_dictionaries(
+    {
+        "platform": st.just("discord"),
+        "channel": ids,
+        "guild": st.none() | ids,
+        "user": ids,
+        "app": ids,
+        "token": st.text(min_size=1, max_size=20),
+        "token_until": st.floats(0, 2e9),
+        "message": st.none() | ids,
+        "limit": ids,
+        "nsfw_ok": st.booleans(),
+        "lang": st.sampled_from(["en", "zh-hans"]),
+    }
+)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(old_telegram | old_discord)
+def test_an_old_form_keeps_its_meaning_once_stored_again(old: dict[str, object]) -> None:
+    """Read once, stored in this version's form, read again: nothing moves."""
+    r = ReplyTo.from_json(old)
+    assert ReplyTo.from_json(json.loads(json.dumps(r.to_json()))) == r
+    if old["platform"] == "telegram":
+        assert (r.source_message, r.status_message) == (old.get("message"), old.get("status"))
+    else:
+        assert (r.chat, r.status_message, r.person) == (
+            old["channel"],
+            old["message"],
+            str(old["user"]),
+        )
+    assert audience_of(r) == f"{old['platform']}:{r.chat}"
+
+
+async def test_a_servers_default_model_applies_in_its_channels(app_factory: Any) -> None:
+    """The operator's model for a Discord server (``community``), from the typed form and
+    from the old stored form alike."""
+    app = await app_factory(providers={"chat_models": {"discord:9": "demo:mono"}})
+    for where in (
+        ReplyTo(platform="discord", chat=555, community=9),
+        {"platform": "discord", "channel": 555, "guild": 9},  # the old form
+    ):
+        reply = await app.commands.handle(Incoming(user(), "/imagine a kite", where))
+        assert reply.receipt is not None and reply.receipt.jobs[0].model == "mono"
+    elsewhere = ReplyTo(platform="discord", chat=555, community=10)
+    reply = await app.commands.handle(Incoming(user(), "/imagine a kite", elsewhere))
+    assert reply.receipt is not None and reply.receipt.jobs[0].model != "mono"
