@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from bot import crashes
-from bot.chat import ChatAdapter, Progress
+from bot.chat import ChatAdapter, Progress, ReplyTo
 from bot.commands import Commands
 from bot.config import Config
 from bot.delivery import Deliverer
@@ -174,24 +174,22 @@ class App:
     # a console running someone else's job prints nothing of it.
 
     async def _progress(self, update: Progress) -> None:
-        adapter = self.adapters.get(update.reply_to.get("platform", ""))
+        adapter = self.adapters.get(update.reply_to.platform)
         if adapter is not None and adapter.serves(update.reply_to):
             await adapter.progress(update)
 
     # What extensions tell a chat about work that is not a job (a model download).
 
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None:
-        adapter = self.adapters.get(reply_to.get("platform", ""))
+    async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None:
+        adapter = self.adapters.get(reply_to.platform)
         if adapter is not None and adapter.serves(reply_to):
             try:
                 await adapter.show_status(reply_to, text, final=final)
             except Exception:
                 log.exception("showing a status on %s failed", adapter.platform)
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
-        adapter = self.adapters.get(reply_to.get("platform", ""))
+    async def announce(self, reply_to: ReplyTo, text: str) -> None:
+        adapter = self.adapters.get(reply_to.platform)
         if adapter is not None and adapter.serves(reply_to):
             try:
                 await adapter.announce(reply_to, text)

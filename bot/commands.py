@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot import i18n
-from bot.chat import UserRef
+from bot.chat import ReplyTo, UserRef
 from bot.config import Config
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
 from bot.fetch import fetch_image
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 class Incoming:
     user: UserRef
     text: str
-    reply_to: dict[str, Any]
+    reply_to: ReplyTo
     image: bytes | None = None  # a picture attached to, or replied to by, the message
     # The other pictures, in order, when the message brings several (a reply to an album,
     # Discord's image2..image4): img2img passes them all to models that take several.
@@ -69,17 +69,22 @@ class Incoming:
     lang: str | None = None  # the platform's language code for the person, e.g. "zh-hans"
     # Called once a command that starts a job is accepted, before the job is queued (see
     # ``JobService.submit``): the adapter opens the job's status message and returns what to
-    # add to ``reply_to`` (its id). A refusal never calls it, so it is answered directly.
+    # change on ``reply_to`` (``ReplyTo`` field names: its status message). A refusal never
+    # calls it, so it is answered directly.
     on_accept: Callable[[], Awaitable[dict[str, Any]]] | None = None
     # The adapter's own /start and /help texts, written for its platform: catalogue keys
     # ``chat.welcome.<texts>`` and ``chat.help.<texts>``. None: the general help.
     texts: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.reply_to, ReplyTo):  # a stored (JSON) form
+            self.reply_to = ReplyTo.from_json(self.reply_to)
 
-def job_address(msg: Incoming) -> dict[str, Any]:
+
+def job_address(msg: Incoming) -> ReplyTo:
     """Where a job's results go, with the chat's NSFW policy at the time it was asked for
     (``nsfw_ok``): providers that filter at the source follow it (see ``ResolvedRequest``)."""
-    return {**msg.reply_to, "nsfw_ok": bool(msg.nsfw_ok)}
+    return msg.reply_to.with_(nsfw_ok=bool(msg.nsfw_ok))
 
 
 @dataclass(slots=True, frozen=True)
@@ -202,11 +207,11 @@ class Commands:
         # against this per-person limit (free for the person, not for the operator).
         self.free_commands = SlidingWindow(config.limits.free_commands_per_minute, 60.0)
 
-    async def busy(self, reply_to: Mapping[str, Any]) -> bool:
+    async def busy(self, reply_to: ReplyTo) -> bool:
         """Whether an extension still works for this chat (a download it started)."""
         for extension in self.extensions.values():
             busy = getattr(extension, "busy", None)
-            if busy is not None and await busy(dict(reply_to)):
+            if busy is not None and await busy(reply_to):
                 return True
         return False
 
@@ -383,12 +388,11 @@ class Commands:
             used.update(applied)
         return out, [_defaults_note(used)] if used else []
 
-    def _chat_model(self, reply_to: Mapping[str, Any]) -> str | None:
+    def _chat_model(self, reply_to: ReplyTo) -> str | None:
         """The model the operator set for this chat (or Discord channel or server)."""
         models = self.config.providers.chat_models
-        platform = reply_to.get("platform", "")
-        for where in ("chat", "channel", "guild"):
-            value = reply_to.get(where)
+        platform = reply_to.platform
+        for value in (reply_to.chat, reply_to.community):
             if value is not None and f"{platform}:{value}" in models:
                 return models[f"{platform}:{value}"]
         return None

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from bot import i18n
-from bot.chat import UserRef, outbox_address
+from bot.chat import ReplyTo, UserRef, outbox_address
 from bot.config import Config
 from bot.errors import (
     BadInput,
@@ -67,11 +67,6 @@ async def load_more_inputs(files: FileStore, params: dict[str, Any] | None) -> l
         await asyncio.to_thread(files.get, sha, kind="inputs", ext="png")
         for sha in more_input_shas(params)
     ]
-
-
-# The key of a job's reply target under which a stopping process notes what the job's
-# status message shows (a digest of its text), for the process that goes on with the job.
-STATUS_SHOWN = "shown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +244,7 @@ def finish_job(
     if refund:
         repos.credit(conn, job.user_id, refund, reason="refund", job_id=job.id, now=t)
     payload: dict[str, Any] = {
-        "reply_to": job.reply_to,
+        "reply_to": ReplyTo.from_json(job.reply_to).to_json(),
         "status": status,
         "refunded": refund,
         "balance": repos.balance(conn, job.user_id),
@@ -640,7 +635,7 @@ class JobService:
         ref: UserRef,
         kind: str,
         params_list: Sequence[GenerationParams],
-        reply_to: dict[str, Any],
+        reply_to: ReplyTo | Mapping[str, Any],
         *,
         init_image: bytes | None = None,
         init_size: tuple[int, int] | None = None,
@@ -654,10 +649,11 @@ class JobService:
         """Validate, route, charge and queue in one transaction; return the receipt.
 
         ``on_accept``: called once everything that can refuse the command said yes (and it is
-        not a duplicate), just before the job is queued; what it returns is added to
-        ``reply_to``. A chat adapter opens the job's status message there, so a refusal is
-        answered directly and only an accepted job gets a status message (whose id the job
-        carries from its first moment).
+        not a duplicate), just before the job is queued; the ``ReplyTo`` fields it returns
+        are set on ``reply_to`` (a stored, JSON form is read by ``ReplyTo.from_json``). A
+        chat adapter opens the job's status message there, so a refusal is answered
+        directly and only an accepted job gets a status message (whose id the job carries
+        from its first moment).
 
         ``init_image`` is the (first) input picture of an img2img job, ``more_images`` the
         others in order (an album), each already checked like the first
@@ -669,6 +665,7 @@ class JobService:
         Everything that can be refused (an unknown model, a size the provider cannot make,
         too many tasks) is refused before the transaction, so a refusal costs nothing.
         """
+        reply_to = ReplyTo.from_json(reply_to)
         if kind not in KINDS:
             raise BadInput(f"unknown job kind {kind!r}")
         if not params_list:
@@ -743,7 +740,7 @@ class JobService:
             _, earlier = await self.db.run_write(admit, now())
             if earlier is not None:
                 return earlier
-            reply_to = {**reply_to, **(await on_accept())}
+            reply_to = reply_to.with_(**(await on_accept()))
 
         def tx(conn: Connection) -> Receipt:
             t = now()
@@ -767,7 +764,7 @@ class JobService:
                     "model": r.model,
                     "input_sha256": input_sha,
                     "cost": cost,
-                    "reply_to": reply_to,
+                    "reply_to": reply_to.to_json(),
                     "retry_of": retry_of,
                     "idem_key": (idem_key if i == 0 else f"{idem_key}#{i}") if idem_key else None,
                     "created_at": t,
@@ -861,7 +858,7 @@ class JobService:
         self,
         ref: UserRef,
         job_id: int,
-        reply_to: dict[str, Any],
+        reply_to: ReplyTo | Mapping[str, Any] | None,
         *,
         on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> Receipt:
@@ -880,7 +877,7 @@ class JobService:
             ref,
             job.kind,
             [GenerationParams.from_dict(job.params)],
-            reply_to or job.reply_to,
+            reply_to or ReplyTo.from_json(job.reply_to),
             init_image=init,
             more_images=more,
             retry_of=job_id,
@@ -937,10 +934,9 @@ class JobService:
                 job = repos.get_job(conn, job_id)
                 if job is None or job.status in JOB_TERMINAL:
                     continue
-                reply_to = dict(job.reply_to or {})
-                if reply_to.get(STATUS_SHOWN) != digest:
-                    reply_to[STATUS_SHOWN] = digest
-                    repos.update_job(conn, job_id, reply_to=reply_to)
+                reply_to = ReplyTo.from_json(job.reply_to)
+                if reply_to.shown != digest:
+                    repos.update_job(conn, job_id, reply_to=reply_to.with_(shown=digest).to_json())
 
         if shown:
             await self.db.run_write(tx)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.chat import UserRef
+from bot.chat import ReplyTo, UserRef
 from bot.errors import NotFound
 from bot.jobs import JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
@@ -64,7 +64,7 @@ class Results:
         ref: UserRef,
         job_id: int,
         idx: int,
-        reply_to: dict[str, Any],
+        reply_to: ReplyTo | Mapping[str, Any],
         *,
         idem_key: str | None = None,
         on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
@@ -99,7 +99,7 @@ class Results:
         ref: UserRef,
         job_id: int,
         idx: int,
-        reply_to: dict[str, Any],
+        reply_to: ReplyTo | Mapping[str, Any],
         *,
         idem_key: str | None = None,
         strength: float | None = None,

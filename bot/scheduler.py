@@ -35,7 +35,7 @@ from PIL import Image
 from sqlalchemy import Connection, Row
 
 from bot import crashes
-from bot.chat import Progress, outbox_address
+from bot.chat import Progress, ReplyTo, outbox_address
 from bot.config import Config
 from bot.errors import FailureClass, ProviderFailure, UserError
 from bot.fairness import plan_fair_share
@@ -624,7 +624,7 @@ class Scheduler:
             init_image=init,
             init_images=(init, *more) if init is not None and more else (),
             # the chat's NSFW policy when the job was asked for (see Commands.job_address)
-            nsfw_ok=bool((job.reply_to or {}).get("nsfw_ok")),
+            nsfw_ok=ReplyTo.from_json(job.reply_to).nsfw_ok,
         )
 
     # --- state changes (all guarded by lease ownership) --------------------------------------
@@ -741,7 +741,7 @@ class Scheduler:
                     job_id=job.id,
                     percent=percent,
                     stage=stage,
-                    reply_to=job.reply_to,
+                    reply_to=ReplyTo.from_json(job.reply_to),
                     batch_id=job.batch_id,
                 )
             )
@@ -777,7 +777,7 @@ class Scheduler:
             "idx": index,
             "created_at": t,
             "payload": {
-                "reply_to": job.reply_to,
+                "reply_to": ReplyTo.from_json(job.reply_to).to_json(),
                 "path": stored["path"],
                 "sha256": stored["sha256"],
                 "width": stored["width"],

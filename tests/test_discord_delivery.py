@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from adapters.chat.status import outcome_text
+from bot.chat import ReplyTo
+from storage import repos
 from tests.chat_helpers import decoded
 from tests.fakes.discord_api import (
     NSFW_CHANNEL_ID,
@@ -167,3 +170,59 @@ async def test_the_pictures_of_a_job_go_in_one_message(env: Env) -> None:
     # one follow-up with the pictures (the other is the job's status message)
     followups = dc.calls("POST", r"^/webhooks/\d+/[^/]+$")
     assert len([c for c in followups if c.uploads]) == 1 and len(followups) == 2
+
+
+async def test_an_event_in_the_old_reply_to_form_is_still_delivered(env: Env) -> None:
+    """The previous version stored Discord's ``reply_to`` as a dict where "message" was the
+    bot's status message (Telegram's "message" is the person's), "channel" the chat and
+    "token"/"app"/"token_until" the interaction: such a row, written as it was, still edits
+    that status message and follows up on that interaction (issue 13, typed reply target)."""
+    await env.start()
+    dc = env.dc
+    app = env.app
+    assert app is not None
+    inter = dc.slash("imagine", {"prompt": "a lighthouse"})
+    await env.until(lambda: "succeeded" in env.status_text(inter["token"]))
+    status = int(env.status(inter["token"])["id"])
+    stored = ReplyTo.from_json((await app.db.run_read(repos.get_job, 1)).reply_to)
+    assert stored.response is not None and stored.status_message == status
+    old_reply_to = {
+        "platform": "discord",
+        "channel": stored.chat,
+        "guild": stored.community,
+        "user": int(stored.person or 0),
+        "app": stored.response.app,
+        "token": stored.response.token,
+        "token_until": stored.response.until,
+        "message": status,
+        "limit": stored.upload_limit,
+        "nsfw_ok": False,
+        "lang": "en",
+    }
+    payload = {
+        "reply_to": old_reply_to,
+        "status": "failed",
+        "refunded": 0,
+        "balance": 19,
+        "images": 0,
+        "n": 1,
+        "batch_id": None,
+        "batch_index": None,
+        "prompt": "a lighthouse",
+        "elapsed": 1.0,
+        "failure": "provider_error",
+        "message": "the old row",
+    }
+    expected = outcome_text("failed", 1, payload, "en")
+
+    def write(conn: Any) -> None:
+        event = {"job_id": 1, "platform": "discord", "audience": None, "kind": "failed"}
+        repos.add_events(conn, [{**event, "payload": payload, "created_at": 0.0}])
+
+    await app.db.run_write(write)
+    app.deliverer.wake()
+    await env.until(lambda: env.status_text(inter["token"]) == expected)  # the status message
+    follow_ups = dc.interaction(inter["token"])["followup_message_ids"]
+    await env.until(
+        lambda: any(dc.message(int(mid)).get("content") == expected for mid in follow_ups)
+    )

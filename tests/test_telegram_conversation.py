@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from telegram import Update
 
-from bot.chat import UserRef
+from bot.chat import ReplyTo, UserRef
 from bot.commands import Incoming
 from bot.i18n import t
 from storage import repos
@@ -82,7 +82,7 @@ async def test_an_accepted_job_gets_its_status_message_and_keeps_it(env: Env) ->
     [placeholder] = placeholders(env, ANN)
     status_id = placeholder.response["result"]["message_id"]
     # the job carried the status message's id from its first moment: edited in place
-    assert (await job_reply_to(env, job))["status"] == status_id
+    assert ReplyTo.from_json(await job_reply_to(env, job)).status_message == status_id
     await env.until(lambda: "succeeded" in (tg.get_message(ANN, status_id) or {}).get("text", ""))
     texts = [c.params["text"] for c in calls_in(env, "editMessageText", ANN)]
     assert any(f"job #{job} queued" in text for text in texts)

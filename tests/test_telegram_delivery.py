@@ -23,6 +23,7 @@ import pytest
 
 from adapters.chat.telegram.pacing import BURST, Bucket
 from bot.chat import UserRef
+from storage import repos
 from tests.fakes.telegram import FakeTelegram
 from tests.test_telegram import ANN, BOB, GROUP, Env
 
@@ -228,3 +229,69 @@ async def test_no_status_edit_repeats_the_last_text_also_after_a_restart(env: En
     assert repeats == [], texts
     # and so Telegram never had to answer "message is not modified"
     assert all(c.ok for c in edits), [c.response for c in edits if not c.ok]
+
+
+# --- an outbox event stored by the previous version, in the old reply_to form ---------------
+
+
+async def test_an_event_in_the_old_reply_to_form_is_still_delivered(env: Env) -> None:
+    """The previous version stored ``reply_to`` as a dict where "message" was the person's
+    message and "status" the bot's status message: such a row, written as it was, still
+    edits that status message and answers that message (issue 13, typed reply target)."""
+    await env.start(latency_s=0.1)
+    tg = env.tg
+    app = env.app
+    assert app is not None
+    update = tg.inject_message(ANN, ANN, "/imagine a lighthouse")
+    asked = int(update["message"]["message_id"])
+    await env.until(lambda: env.edited(ANN, "✅"))
+    status = int(tg.calls_of("editMessageText")[-1].params["message_id"])
+    old_reply_to = {"platform": "telegram", "chat": ANN, "message": asked, "status": status}
+    payload = {
+        "reply_to": old_reply_to,
+        "status": "failed",
+        "refunded": 0,
+        "balance": 19,
+        "images": 0,
+        "n": 1,
+        "batch_id": None,
+        "batch_index": None,
+        "prompt": "a lighthouse",
+        "elapsed": 1.0,
+        "failure": "provider_error",
+        "message": "the old row",
+    }
+
+    def write(conn: Any) -> None:
+        repos.add_events(
+            conn,
+            [
+                {
+                    "job_id": 1,
+                    "platform": "telegram",
+                    "audience": None,
+                    "kind": "failed",
+                    "payload": payload,
+                    "created_at": 0.0,
+                }
+            ],
+        )
+
+    await app.db.run_write(write)
+    app.deliverer.wake()
+    [failed] = await env.until(
+        lambda: [
+            c
+            for c in tg.calls_of("sendMessage")
+            if c.params.get("chat_id") == ANN and "#1" in str(c.params.get("text"))
+        ]
+    )
+    assert failed.params["reply_parameters"]["message_id"] == asked  # the person's message
+    edits = await env.until(
+        lambda: [
+            c
+            for c in tg.calls_of("editMessageText")
+            if c.params.get("text") == failed.params["text"]
+        ]
+    )
+    assert {c.params["message_id"] for c in edits} == {status}  # the status message

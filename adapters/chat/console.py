@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bot.chat import ChatAdapter, Delivery, Progress, UserRef, audience_of
+from bot.chat import ChatAdapter, Delivery, Progress, ReplyTo, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.host import ChatHost, RunningHost
 from bot.i18n import DEFAULT_LANG, render, term
@@ -58,8 +58,8 @@ class ConsoleAdapter(ChatAdapter):
         self.out.flush()
 
     @property
-    def reply_to(self) -> dict[str, str]:
-        return {"platform": self.platform, "chat": self.user.id}
+    def reply_to(self) -> ReplyTo:
+        return ReplyTo(platform=self.platform, chat=self.user.id, person=self.user.id)
 
     def audiences(self) -> frozenset[str] | None:
         """Only the person at this terminal: another console's people wait for theirs."""
@@ -96,9 +96,7 @@ class ConsoleAdapter(ChatAdapter):
         stage = render(term("stage", update.stage), self.lang)
         self.emit("progress", f"job #{update.job_id} {update.percent}% {stage}")
 
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None:
+    async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None:
         """One ``status:`` line per change worth a line: a new headline (a download that
         started, paused, ended) or, in between, at most one every ``progress_every_s`` (a
         script reading the output gets one per tenth of the way)."""

@@ -25,9 +25,8 @@ from collections.abc import Hashable
 from typing import Any, Literal
 
 from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
-from bot.chat import Progress, UserRef
+from bot.chat import Progress, ReplyTo, UserRef
 from bot.i18n import normalize
-from bot.jobs import STATUS_SHOWN
 from bot.results import Results
 from bot.status import JOB_TERMINAL
 
@@ -85,12 +84,12 @@ class Conversation(ResultsAdapter):
         stored = await self.app.jobs.user_lang(user)
         return stored or normalize(locale or user.locale) or self.cfg.default_lang
 
-    def reply_lang(self, reply_to: dict[str, Any]) -> str:
-        return str(reply_to.get("lang") or self.cfg.default_lang)
+    def reply_lang(self, reply_to: ReplyTo) -> str:
+        return reply_to.lang or self.cfg.default_lang
 
     # --- the status message --------------------------------------------------------------
 
-    def status_key(self, reply_to: dict[str, Any]) -> Hashable | None:
+    def status_key(self, reply_to: ReplyTo) -> Hashable | None:
         """The status message a reply target points at, or None."""
         raise NotImplementedError
 
@@ -99,7 +98,7 @@ class Conversation(ResultsAdapter):
         hashable: Hashable = key
         return hashable
 
-    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+    async def edit_status(self, reply_to: ReplyTo, key: Any, text: str) -> None:
         raise NotImplementedError
 
     def status_lock(self, key: Any) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -110,13 +109,13 @@ class Conversation(ResultsAdapter):
         """False when the platform's budget for this lane is spoken for: try again later."""
         return True
 
-    def shows(self, key: Hashable, reply_to: dict[str, Any], text: str) -> bool:
+    def shows(self, key: Hashable, reply_to: ReplyTo, text: str) -> bool:
         """Whether the status message shows ``text`` already (sent by this process, or
         noted on the job's reply target by the one before)."""
         entry = self._shown.get(key)
         if entry is not None:
             return entry[0] == text
-        return reply_to.get(STATUS_SHOWN) == text_digest(text)
+        return reply_to.shown == text_digest(text)
 
     def _remember(self, key: Hashable, text: str, job_id: int) -> None:
         self._shown[key] = (text, job_id)
@@ -125,7 +124,7 @@ class Conversation(ResultsAdapter):
             self._shown.popitem(last=False)
 
     async def put_status(
-        self, reply_to: dict[str, Any], key: Hashable, text: str, *, job_id: int = 0
+        self, reply_to: ReplyTo, key: Hashable, text: str, *, job_id: int = 0
     ) -> None:
         """Edit the status message to ``text`` unless that is what it shows; ``job_id``:
         the job whose state the text is (0: a receipt, a refusal, not a job's state)."""
@@ -169,9 +168,7 @@ class Conversation(ResultsAdapter):
         if key is not None:
             self.edits.update(key, update)
 
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None:
+    async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None:
         key = self.status_key(reply_to)
         if key is None:
             return
@@ -207,10 +204,10 @@ class Conversation(ResultsAdapter):
 
     # --- notices -------------------------------------------------------------------------
 
-    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
+    async def post_notice(self, reply_to: ReplyTo, text: str) -> None:
         raise NotImplementedError
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None:
+    async def announce(self, reply_to: ReplyTo, text: str) -> None:
         try:
             await self.post_notice(reply_to, text)
         except Exception as exc:

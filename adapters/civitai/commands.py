@@ -47,6 +47,7 @@ from adapters.civitai.download.record import DownloadRecord, format_bytes, forma
 from adapters.civitai.resolve import Resolved, resolve_resources
 from adapters.civitai.text import TEXT, say_error
 from bot import i18n
+from bot.chat import ReplyTo
 from bot.commands import Action, Incoming, Picture, Reply, format_receipt
 from bot.errors import BadInput, Forbidden
 from bot.i18n import t
@@ -86,13 +87,11 @@ i18n.register(TEXT)
 
 
 class Notifier(Protocol):
-    """Where download states go: the chat adapter of ``reply_to["platform"]``."""
+    """Where download states go: the chat adapter of ``reply_to.platform``."""
 
-    async def show_status(
-        self, reply_to: dict[str, Any], text: str, *, final: bool = False
-    ) -> None: ...
+    async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None: ...
 
-    async def announce(self, reply_to: dict[str, Any], text: str) -> None: ...
+    async def announce(self, reply_to: ReplyTo, text: str) -> None: ...
 
 
 def _split(rest: str) -> tuple[list[str], dict[str, str]]:
@@ -152,7 +151,7 @@ class CivitaiCommands:
         self.notifier = notifier
         # per download: the status message last shown (its reply_to), and the last final
         # state said there, so each message gets each ending once
-        self._shown: dict[int, dict[str, Any]] = {}
+        self._shown: dict[int, ReplyTo] = {}
         self._ended: dict[int, str] = {}
         self.picture_wait_s = PICTURE_WAIT_S
         self._decodes = asyncio.Semaphore(PREVIEW_DECODES)
@@ -195,15 +194,15 @@ class CivitaiCommands:
             ]
         return entries
 
-    async def busy(self, reply_to: dict[str, Any]) -> bool:
+    async def busy(self, reply_to: ReplyTo) -> bool:
         """Whether a download that shows its progress at ``reply_to``'s chat is unfinished
         (the console waits for them before it exits)."""
         if self.downloads is None:
             return False
-        where = (reply_to.get("platform"), reply_to.get("chat"))
+        where = (reply_to.platform, reply_to.chat)
         for view in await self.downloads.tasks(statuses=DOWNLOAD_UNDER_WAY, limit=200):
-            target = view.notify or {}
-            if (target.get("platform"), target.get("chat")) == where:
+            target = ReplyTo.from_json(view.notify)
+            if (target.platform, target.chat) == where:
                 return True
         return False
 
@@ -280,10 +279,10 @@ class CivitaiCommands:
             return "\n".join(download_text(v, lang, short=True) for v in views)
         if sub in WITH_STATUS and msg.on_accept is not None and (args or sub != "download"):
             # accepted: the chat opens the status message its progress is shown on
-            msg.reply_to.update(await msg.on_accept())
+            msg.reply_to = msg.reply_to.with_(**(await msg.on_accept()))
         # the status edits and the end message are said in the language of this answer
         # (the person's /lang choice, else their app's), not only in the app's
-        notify = {**msg.reply_to, "lang": lang}
+        notify = msg.reply_to.with_(lang=lang).to_json()
         if sub == "download":
             if not args:
                 raise BadInput(
@@ -315,14 +314,14 @@ class CivitaiCommands:
     async def _on_download(self, view: DownloadRecord) -> None:
         """Every progress step and state change of a download: shown on its status message,
         and its end said once more in a new message (an edit makes no notification)."""
-        target = view.notify
+        target = None if view.notify is None else ReplyTo.from_json(view.notify)
         notifier = self.notifier
         if notifier is None:
             return
         before = self._shown.get(view.id)
         if before is not None and before != target and view.status in DOWNLOAD_UNDER_WAY:
             # someone asked again: the progress goes on the newer message
-            lang = before.get("lang") or i18n.DEFAULT_LANG
+            lang = before.lang or i18n.DEFAULT_LANG
             name = _name(view)
             await notifier.show_status(
                 before, t(lang, "cv.dl.moved", id=view.id, name=name), final=True
@@ -332,7 +331,7 @@ class CivitaiCommands:
             self._shown.pop(view.id, None)
             return
         self._shown[view.id] = target
-        lang = target.get("lang") or i18n.DEFAULT_LANG
+        lang = target.lang or i18n.DEFAULT_LANG
         final = view.status not in DOWNLOAD_UNDER_WAY
         if not final:
             self._ended.pop(view.id, None)

@@ -48,7 +48,7 @@ from adapters.chat.discord.limits import (
     _clip,
 )
 from adapters.chat.discord.translator import Translator
-from bot.chat import UserRef
+from bot.chat import ReplyTo, ResponseToken, UserRef
 from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
 from bot.config import DiscordConfig
 from bot.errors import UserError
@@ -184,22 +184,24 @@ class DiscordAdapter(DiscordDelivery):
 
     def _reply_to(
         self, interaction: discord.Interaction[Any], lang: str, status: int | None
-    ) -> dict[str, Any]:
-        return {
-            "platform": "discord",
-            "channel": interaction.channel_id,
-            "guild": interaction.guild_id,
-            "user": interaction.user.id,
-            "app": interaction.application_id,
-            "token": interaction.token,
-            "token_until": interaction.created_at.timestamp()
-            + TOKEN_LIFETIME_S
-            - self.cfg.token_margin_s,
-            "message": status,
-            "limit": int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT),
-            "nsfw_ok": self._nsfw_channel(interaction),
-            "lang": lang,
-        }
+    ) -> ReplyTo:
+        return ReplyTo(
+            platform="discord",
+            chat=interaction.channel_id,
+            community=interaction.guild_id,
+            person=str(interaction.user.id),
+            response=ResponseToken(
+                app=int(interaction.application_id or 0),
+                token=interaction.token,
+                until=interaction.created_at.timestamp()
+                + TOKEN_LIFETIME_S
+                - self.cfg.token_margin_s,
+            ),
+            status_message=status,
+            upload_limit=int(getattr(interaction, "filesize_limit", 0) or DEFAULT_LIMIT),
+            nsfw_ok=self._nsfw_channel(interaction),
+            lang=lang,
+        )
 
     # --- commands ------------------------------------------------------------------------
 
@@ -253,13 +255,13 @@ class DiscordAdapter(DiscordDelivery):
                     message_key=f"discord:{interaction.id}",
                     is_admin=self.is_admin(interaction.user.id),
                     lang=str(interaction.locale),
-                    nsfw_ok=bool(reply_to["nsfw_ok"]) or self.cfg.nsfw == "allow",
+                    nsfw_ok=reply_to.nsfw_ok or self.cfg.nsfw == "allow",
                     texts="discord",  # /help and /start say chat.help.discord
                     on_accept=on_accept if starts else None,
                 )
             )
             replies.append(reply)
-        status = opened.get("message")
+        status = opened.get("status_message")
         if status is not None:  # accepted: the receipt goes on the public status message
             await self._receipt(reply_to, int(status), replies[0].text)
             self.interactions_handled += 1
@@ -288,16 +290,16 @@ class DiscordAdapter(DiscordDelivery):
                 # the channel cannot be reached: nothing is queued or charged
                 log.warning("discord: opening a status message failed: %s", exc)
                 raise UserError.of("dc.status_failed") from None
-            opened["message"] = status.id
+            opened["status_message"] = status.id
         return dict(opened)
 
-    async def _receipt(self, reply_to: dict[str, Any], status: int, text: str) -> None:
+    async def _receipt(self, reply_to: ReplyTo, status: int, text: str) -> None:
         """The receipt (or a late refusal) on the public status message, unless what the
         job started shows more already (its pictures or its outcome)."""
         if self.receipt_is_past(status):
             return
         try:
-            await self.put_status({**reply_to, "message": status}, status, text)
+            await self.put_status(reply_to.with_(status_message=status), status, text)
         except Exception as exc:  # the outbox shows the job's progress and outcome anyway
             log.warning("discord: showing a receipt failed: %s", exc)
 
@@ -451,7 +453,7 @@ class DiscordAdapter(DiscordDelivery):
                     text = format_receipt(receipt, lang)
                 except UserError as exc:
                     text = exc.render(lang)
-                status = opened.get("message")
+                status = opened.get("status_message")
                 if status is not None:
                     await self._receipt(reply_to, int(status), text)
                     self.interactions_handled += 1

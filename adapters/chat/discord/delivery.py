@@ -26,7 +26,7 @@ from adapters.chat.discord.buttons import ResultButton
 from adapters.chat.discord.files import _read, fit_upload
 from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
 from adapters.chat.status import outcome_text
-from bot.chat import Delivery, DeliveryGone, Progress
+from bot.chat import Delivery, DeliveryGone, Progress, ReplyTo, ResponseToken
 from bot.config import DiscordConfig
 from bot.i18n import t
 
@@ -62,12 +62,12 @@ class DiscordDelivery(Conversation):
             weakref.WeakValueDictionary()
         )
 
-    def _token_fresh(self, reply_to: dict[str, Any]) -> bool:
-        token = str(reply_to.get("token") or "")
+    def _token_fresh(self, reply_to: ReplyTo) -> bool:
+        response = reply_to.response
         return (
-            bool(token)
-            and token not in self._dead_tokens
-            and time.time() < float(reply_to.get("token_until", 0))
+            response is not None
+            and response.token not in self._dead_tokens
+            and response.fresh(time.time())
         )
 
     def _token_died(self, token: str, exc: discord.HTTPException) -> None:
@@ -89,14 +89,12 @@ class DiscordDelivery(Conversation):
         async with lock:
             yield
 
-    def _hook(self, reply_to: dict[str, Any]) -> discord.Webhook:
-        return discord.Webhook.partial(
-            int(reply_to["app"]), str(reply_to["token"]), client=self.client
-        )
+    def _hook(self, response: ResponseToken) -> discord.Webhook:
+        return discord.Webhook.partial(response.app, response.token, client=self.client)
 
     async def _post(
         self,
-        reply_to: dict[str, Any],
+        reply_to: ReplyTo,
         content: str,
         *,
         in_channel: str | None = None,
@@ -105,12 +103,13 @@ class DiscordDelivery(Conversation):
         """A follow-up on the interaction while its token lives, else a channel message
         (``in_channel``, if given, instead of ``content``) that mentions the person, with
         the bot's token: it never expires. Only that mention may ping anyone."""
-        if self._token_fresh(reply_to):
-            token = str(reply_to["token"])
+        response = reply_to.response
+        if response is not None and self._token_fresh(reply_to):
+            token = response.token
             async with self._token_turn(token):
                 if self._token_fresh(reply_to):  # not rejected while we waited
                     try:
-                        await self._hook(reply_to).send(
+                        await self._hook(response).send(
                             content=_clip(content), wait=True, allowed_mentions=NO_MENTIONS, **kw
                         )
                         return
@@ -120,8 +119,8 @@ class DiscordDelivery(Conversation):
                         self._token_died(token, exc)
                         for f in kw.get("files", ()):
                             f.reset()
-        channel = self.client.get_partial_messageable(int(reply_to["channel"]))
-        user = int(reply_to["user"])
+        channel = self.client.get_partial_messageable(int(reply_to.chat or 0))
+        user = int(reply_to.person or 0)
         text = in_channel if in_channel is not None else content
         try:
             await channel.send(
@@ -136,9 +135,9 @@ class DiscordDelivery(Conversation):
 
     async def send_pictures(self, deliveries: list[Delivery]) -> None:
         reply_to = deliveries[0].reply_to
-        lang = reply_to.get("lang") or self.cfg.default_lang
-        limit = int(reply_to.get("limit") or DEFAULT_LIMIT)
-        policy = "allow" if reply_to.get("nsfw_ok") else self.cfg.nsfw
+        lang = reply_to.lang or self.cfg.default_lang
+        limit = reply_to.upload_limit or DEFAULT_LIMIT
+        policy = "allow" if reply_to.nsfw_ok else self.cfg.nsfw
         files: list[discord.File] = []
         lines: list[str] = []  # as a follow-up, under the command that asked for them
         in_channel: list[str] = []  # as a channel message: with the prompt, to place them
@@ -200,9 +199,9 @@ class DiscordDelivery(Conversation):
 
     async def send_outcome(self, d: Delivery) -> None:
         reply_to = d.reply_to
-        lang = reply_to.get("lang") or self.cfg.default_lang
+        lang = reply_to.lang or self.cfg.default_lang
         text = outcome_text(d.kind, d.job_id, d.payload, lang)
-        status = reply_to.get("message")
+        status = reply_to.status_message
         batch = d.payload.get("batch_id")
         if status is not None and batch is None:
             self.edits.finish(int(status))
@@ -212,16 +211,17 @@ class DiscordDelivery(Conversation):
         if batch is not None and status is not None:
             self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
 
-    async def _edit_status(self, reply_to: dict[str, Any], message_id: int, text: str) -> None:
+    async def _edit_status(self, reply_to: ReplyTo, message_id: int, text: str) -> None:
         """Edit the status message: through the interaction while its token lives, then
         with the bot's token (the bot wrote the message, so it may)."""
         try:
-            if self._token_fresh(reply_to):
-                token = str(reply_to["token"])
+            response = reply_to.response
+            if response is not None and self._token_fresh(reply_to):
+                token = response.token
                 async with self._token_turn(token):
                     if self._token_fresh(reply_to):
                         try:
-                            await self._hook(reply_to).edit_message(
+                            await self._hook(response).edit_message(
                                 message_id, content=_clip(text), allowed_mentions=NO_MENTIONS
                             )
                             return
@@ -229,7 +229,7 @@ class DiscordDelivery(Conversation):
                             if not _token_rejected(exc):
                                 raise
                             self._token_died(token, exc)
-            channel = self.client.get_partial_messageable(int(reply_to["channel"]))
+            channel = self.client.get_partial_messageable(int(reply_to.chat or 0))
             await channel.get_partial_message(message_id).edit(
                 content=_clip(text), allowed_mentions=NO_MENTIONS
             )
@@ -240,14 +240,13 @@ class DiscordDelivery(Conversation):
 
     # --- the status message (the rest is in Conversation) -------------------------------
 
-    def status_key(self, reply_to: dict[str, Any]) -> int | None:
-        status = reply_to.get("message")
-        return None if status is None else int(status)
+    def status_key(self, reply_to: ReplyTo) -> int | None:
+        return reply_to.status_message
 
-    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+    async def edit_status(self, reply_to: ReplyTo, key: Any, text: str) -> None:
         await self._edit_status(reply_to, int(key), text)
 
-    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
+    async def post_notice(self, reply_to: ReplyTo, text: str) -> None:
         await self._post(reply_to, text)
 
 

@@ -60,7 +60,7 @@ from adapters.chat.telegram.limits import (
 )
 from adapters.chat.telegram.menu import EXTENSION_MENU, MENU
 from adapters.chat.telegram.pacing import IN_FLIGHT, Pacer, is_gone
-from bot.chat import UserRef
+from bot.chat import ReplyTo, UserRef
 from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
 from bot.config import TelegramConfig
 from bot.errors import UserError
@@ -460,13 +460,18 @@ class TelegramAdapter(TelegramDelivery):
         answer in reply to ``msg``: on a status message of its own when it starts something
         that reports, else with its text, pictures and buttons."""
         chat, user = msg.chat, self._user(tg_user)
-        base_reply_to: dict[str, Any] = {"platform": "telegram", "chat": chat.id}
-        if msg.is_topic_message and msg.message_thread_id:
-            base_reply_to["thread"] = msg.message_thread_id
+        reply_to = ReplyTo(
+            platform="telegram",
+            chat=chat.id,
+            person=str(tg_user.id),
+            thread=msg.message_thread_id
+            if msg.is_topic_message and msg.message_thread_id
+            else None,
+        )
         incoming = Incoming(
             user=user,
             text=text,
-            reply_to=base_reply_to,
+            reply_to=reply_to,
             image=image,
             more_images=more_images,
             fit_more=fit_more,
@@ -480,10 +485,10 @@ class TelegramAdapter(TelegramDelivery):
         opened: dict[str, Any] = {}
         if self.app.commands.wants_status(text):
             lang = await self.lang_of(user)
-            base_reply_to["lang"] = lang
+            incoming.reply_to = reply_to.with_(lang=lang)
             incoming.on_accept = functools.partial(self._open_status, msg, lang, opened)
         reply = await self.app.commands.handle(incoming)
-        status = opened.get("status")
+        status = opened.get("status_message")
         if status is None:  # a refusal, an answer, or the same message again: said directly
             await self._answer(msg, reply)
         elif not self.edits.is_final((chat.id, status)):
@@ -497,7 +502,7 @@ class TelegramAdapter(TelegramDelivery):
             status = await self._say(msg, t(lang, "tg.working"))
             if status is None:  # the chat cannot be reached: nothing is queued or charged
                 raise UserError("this chat cannot be reached")
-            opened.update(message=msg.message_id, status=status.message_id)
+            opened.update(source_message=msg.message_id, status_message=status.message_id)
         return dict(opened)
 
     async def _answer(self, msg: Message, reply: Reply) -> None:
@@ -673,14 +678,16 @@ class TelegramAdapter(TelegramDelivery):
             await _answer(query)  # at once: the spinner on the button stops
         try:
             if action in ("reroll", "vary"):
-                reply_to: dict[str, Any] = {
-                    "platform": "telegram",
-                    "chat": chat_id,
-                    "lang": lang,
-                    "nsfw_ok": self._nsfw_policy(chat_id) == "allow",
-                }
-                if message.is_topic_message and message.message_thread_id:
-                    reply_to["thread"] = message.message_thread_id
+                reply_to = ReplyTo(
+                    platform="telegram",
+                    chat=chat_id,
+                    person=str(query.from_user.id),
+                    lang=lang,
+                    nsfw_ok=self._nsfw_policy(chat_id) == "allow",
+                    thread=message.message_thread_id
+                    if message.is_topic_message and message.message_thread_id
+                    else None,
+                )
                 run = self.results.reroll if action == "reroll" else self.results.vary
                 opened: dict[str, Any] = {}
                 try:
@@ -695,7 +702,7 @@ class TelegramAdapter(TelegramDelivery):
                     text = format_receipt(receipt, lang)
                 except UserError as exc:
                     text = exc.render(lang)
-                status = opened.get("status")
+                status = opened.get("status_message")
                 if status is None:  # refused, or the same press again: said directly
                     await self._say(message, text)
                 elif not self.edits.is_final((chat_id, status)):

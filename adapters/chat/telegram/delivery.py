@@ -31,7 +31,7 @@ from adapters.chat.telegram.limits import (
     photo_fits,
 )
 from adapters.chat.telegram.pacing import Pacer, is_gone
-from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress
+from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, ReplyTo
 from bot.config import TelegramConfig
 from bot.i18n import t
 
@@ -54,13 +54,11 @@ class _Outgoing:
 
     @property
     def reply_message(self) -> int | None:
-        value = self.delivery.reply_to.get("message")
-        return int(value) if value is not None else None
+        return self.delivery.reply_to.source_message
 
     @property
     def thread(self) -> int | None:
-        value = self.delivery.reply_to.get("thread")
-        return int(value) if value is not None else None
+        return self.delivery.reply_to.thread
 
 
 class TelegramDelivery(Conversation):
@@ -93,7 +91,7 @@ class TelegramDelivery(Conversation):
         return lock
 
     async def send_pictures(self, deliveries: list[Delivery]) -> None:
-        chat_id = int(deliveries[0].reply_to["chat"])
+        chat_id = int(deliveries[0].reply_to.chat or 0)
         items = [await self._prepare(d, chat_id) for d in deliveries]
         queue = self._outgoing.setdefault(chat_id, [])
         queue.extend(items)
@@ -137,7 +135,7 @@ class TelegramDelivery(Conversation):
 
     async def _prepare(self, d: Delivery, chat_id: int) -> _Outgoing:
         p = d.payload
-        lang = d.reply_to.get("lang") or self.cfg.default_lang
+        lang = d.reply_to.lang or self.cfg.default_lang
         k = int(p["index"]) + 1
         caption = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
         if p.get("batch_id") is not None:
@@ -195,7 +193,7 @@ class TelegramDelivery(Conversation):
 
     async def _send_batch(self, chat_id: int, batch: list[_Outgoing]) -> None:
         first = batch[0]
-        lang = first.delivery.reply_to.get("lang") or self.cfg.default_lang
+        lang = first.delivery.reply_to.lang or self.cfg.default_lang
         reply = (
             ReplyParameters(first.reply_message, allow_sending_without_reply=True)
             if first.reply_message
@@ -293,23 +291,24 @@ class TelegramDelivery(Conversation):
         )
 
     async def send_outcome(self, d: Delivery) -> None:
-        chat_id = int(d.reply_to["chat"])
-        lang = d.reply_to.get("lang") or self.cfg.default_lang
+        reply_to = d.reply_to
+        chat_id = int(reply_to.chat or 0)
+        lang = reply_to.lang or self.cfg.default_lang
         text = outcome_text(d.kind, d.job_id, d.payload, lang)
-        status = d.reply_to.get("status")
+        status = reply_to.status_message
         batch = d.payload.get("batch_id")
         if batch is None and status is not None:
-            key = (chat_id, int(status))
+            key = (chat_id, status)
             self.edits.finish(key)
             async with self.status_lock(key):
                 try:
-                    await self.put_status(d.reply_to, key, text, job_id=d.job_id)
+                    await self.put_status(reply_to, key, text, job_id=d.job_id)
                 except BadRequest as exc:
                     if is_gone(exc):
                         raise DeliveryGone(str(exc)) from exc
                     raise
         if d.kind == "failed" or (batch is None and status is None):
-            reply = d.reply_to.get("message")
+            reply = reply_to.source_message
             await self.pacer.deliver(
                 chat_id,
                 lambda cid: self.bot.send_message(
@@ -318,13 +317,11 @@ class TelegramDelivery(Conversation):
                     reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
                     if reply
                     else None,
-                    message_thread_id=d.reply_to.get("thread"),
+                    message_thread_id=reply_to.thread,
                 ),
             )
         if batch is not None and status is not None:
-            self.mark_dirty(
-                Progress(d.job_id, 100, d.kind, reply_to=d.reply_to, batch_id=int(batch))
-            )
+            self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
 
     async def _edit_status(self, chat_id: int, message_id: int, text: str) -> None:
         """Put a reply on a status message (a receipt, a refusal), unless its job has gone
@@ -332,7 +329,7 @@ class TelegramDelivery(Conversation):
         key = (chat_id, message_id)
         async with self.status_lock(key):
             if not self.receipt_is_past(key):
-                await self.put_status({}, key, text)
+                await self.put_status(ReplyTo(), key, text)
 
     async def _send_status_edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Edit a status message; if it is gone, say it in a new message instead."""
@@ -354,16 +351,16 @@ class TelegramDelivery(Conversation):
 
     # --- the status message (the rest is in Conversation) -------------------------------
 
-    def status_key(self, reply_to: dict[str, Any]) -> tuple[int, int] | None:
-        chat, status = reply_to.get("chat"), reply_to.get("status")
+    def status_key(self, reply_to: ReplyTo) -> tuple[int, int] | None:
+        chat, status = reply_to.chat, reply_to.status_message
         if chat is None or status is None:
             return None
-        return int(chat), int(status)
+        return int(chat), status
 
     def lane(self, key: Any) -> int:
         return int(key[0])  # Telegram limits calls per chat
 
-    async def edit_status(self, reply_to: dict[str, Any], key: Any, text: str) -> None:
+    async def edit_status(self, reply_to: ReplyTo, key: Any, text: str) -> None:
         await self._send_status_edit(key[0], key[1], text)
 
     def status_lock(self, key: Any) -> asyncio.Lock:
@@ -381,11 +378,11 @@ class TelegramDelivery(Conversation):
     def is_gone(self, exc: Exception) -> bool:
         return is_gone(exc)
 
-    async def post_notice(self, reply_to: dict[str, Any], text: str) -> None:
-        chat = reply_to.get("chat")
+    async def post_notice(self, reply_to: ReplyTo, text: str) -> None:
+        chat = reply_to.chat
         if chat is None:
             return
-        reply = reply_to.get("status") or reply_to.get("message")
+        reply = reply_to.status_message or reply_to.source_message
         await self.pacer.call(
             int(chat),
             lambda cid: self.bot.send_message(
@@ -394,7 +391,7 @@ class TelegramDelivery(Conversation):
                 reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
                 if reply
                 else None,
-                message_thread_id=reply_to.get("thread"),
+                message_thread_id=reply_to.thread,
             ),
         )
 
