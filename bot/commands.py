@@ -252,11 +252,6 @@ class Commands:
             if token is not None:
                 _DEFAULTS.reset(token)
 
-    async def lang_for(self, msg: Incoming) -> str:
-        """The language to answer in: the person's /lang choice, else their app's."""
-        stored = await self.jobs.user_lang(msg.user)
-        return i18n.pick(stored, msg.lang, msg.user.locale)
-
     async def _dispatch(self, msg: Incoming, lang: str) -> Reply:
         cmd = parse_command(msg.text)
         name = ALIASES.get(cmd.name, cmd.name)

@@ -87,3 +87,8 @@ def unusable_char(text: str) -> str | None:
 def shown_char(c: str) -> str:
     """A character named so a person can find it: ``U+0000``."""
     return f"U+{ord(c):04X}"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

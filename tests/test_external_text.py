@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from adapters.civitai.api.client import CivitaiClient
 from bot.commands import Incoming
 from bot.errors import FailureClass, ProviderFailure
-from bot.text import clean, unusable_char
+from bot.text import clean, clip, unusable_char
 from tests.conftest import REPLY, user
 from tests.fakes.civitai import FakeCivitai
 
@@ -151,3 +153,10 @@ def test_the_model_table_shows_names_as_text_not_rich_markup(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     assert "a [red]alert [31mmodel" in out.stdout, out.stdout
     assert "\x1b" not in out.stdout
+
+
+@given(st.text(max_size=50), st.integers(min_value=1, max_value=60))
+def test_clip_keeps_short_text_and_marks_a_cut(text: str, limit: int) -> None:
+    out = clip(text, limit)
+    assert len(out) <= limit
+    assert out == text if len(text) <= limit else out == text[: limit - 1] + "…"

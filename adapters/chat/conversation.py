@@ -18,14 +18,17 @@ when the edit was queued behind pictures.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Literal
 
 from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
 from bot.chat import Progress, ReplyTo, UserRef
+from bot.commands import format_receipt
+from bot.errors import UserError
 from bot.i18n import normalize
 from bot.results import Results
 from bot.status import JOB_TERMINAL
@@ -201,6 +204,40 @@ class Conversation(ResultsAdapter):
         except Exception as exc:
             if not self.is_gone(exc):
                 log.info("%s: progress edit failed: %s", self.platform, exc)
+
+    # --- buttons -------------------------------------------------------------------------
+
+    async def remake(
+        self,
+        vary: bool,
+        user: UserRef,
+        job_id: int,
+        idx: int,
+        reply_to: ReplyTo,
+        lang: str,
+        *,
+        idem_key: str,
+        open_status: Callable[..., Awaitable[Any]],
+    ) -> tuple[str, Any]:
+        """Reroll (or Vary) a picture: the receipt or the refusal to show, and the status
+        message ``open_status`` made once the core accepted the job (None: refused, or the
+        same press again). ``open_status(opened, ...)`` is the platform's ``on_accept`` with
+        a dict to note the message in."""
+        run = self.results.vary if vary else self.results.reroll
+        opened: dict[str, Any] = {}
+        try:
+            receipt = await run(
+                user,
+                job_id,
+                idx,
+                reply_to,
+                idem_key=idem_key,
+                on_accept=functools.partial(open_status, opened),
+            )
+            text = format_receipt(receipt, lang)
+        except UserError as exc:
+            text = exc.render(lang)
+        return text, opened.get("status_message")
 
     # --- notices -------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ from bot.ids import parse_id
 from bot.imaging import make_preview
 from bot.jobs import JobService
 from bot.status import DOWNLOAD_ACTIVE, DOWNLOAD_UNDER_WAY, DownloadStatus
-from bot.text import clean
+from bot.text import clean, clip
 
 log = logging.getLogger(__name__)
 
@@ -529,13 +529,13 @@ def _prompt(image: Image, limit: int) -> str:
     prompt = " ".join(image.params().prompt.split())
     if not prompt:
         return "(no prompt)"
-    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+    return clip(prompt, limit)
 
 
 def _label(text: str, limit: int = 32) -> str:
     """A button's label: Telegram and Discord show about this much."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
 
 
 def _name(view: DownloadRecord) -> str:

@@ -59,6 +59,7 @@ from adapters.providers.cloud import (
 from bot.config import DashScopeConfig
 from bot.errors import FailureClass, ProviderFailure
 from bot.providers import Capabilities, ModelInfo, Provider, ProviderRun, ResultImage
+from bot.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
 
 
 def classify(

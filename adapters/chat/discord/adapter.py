@@ -49,7 +49,7 @@ from adapters.chat.discord.limits import (
 )
 from adapters.chat.discord.translator import Translator
 from bot.chat import ReplyTo, ResponseToken, UserRef
-from bot.commands import Action, Incoming, Picture, Reply, format_image_info, format_receipt
+from bot.commands import Action, Incoming, Picture, Reply, format_image_info
 from bot.config import DiscordConfig
 from bot.errors import UserError
 from bot.host import ChatHost
@@ -439,21 +439,16 @@ class DiscordAdapter(DiscordDelivery):
                 # private until the core accepts the job, like a command (see _command)
                 await interaction.response.defer(thinking=True, ephemeral=True)
                 reply_to = self._reply_to(interaction, lang, None)
-                opened: dict[str, Any] = {}
-                run = self.results.reroll if action == "r" else self.results.vary
-                try:
-                    receipt = await run(
-                        self._user(interaction.user),
-                        job_id,
-                        idx,
-                        reply_to,
-                        idem_key=f"discord:{interaction.id}",
-                        on_accept=functools.partial(self._open_status, interaction, lang, opened),
-                    )
-                    text = format_receipt(receipt, lang)
-                except UserError as exc:
-                    text = exc.render(lang)
-                status = opened.get("status_message")
+                text, status = await self.remake(
+                    action == "v",
+                    self._user(interaction.user),
+                    job_id,
+                    idx,
+                    reply_to,
+                    lang,
+                    idem_key=f"discord:{interaction.id}",
+                    open_status=functools.partial(self._open_status, interaction, lang),
+                )
                 if status is not None:
                     await self._receipt(reply_to, int(status), text)
                     self.interactions_handled += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.text import clip
+
 MAX_CONTENT = 2000
 
 
@@ -23,4 +25,4 @@ TOKEN_GONE = {10015, 50027}
 
 def _clip(text: str, limit: int = MAX_CONTENT) -> str:
     text = text or "…"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)

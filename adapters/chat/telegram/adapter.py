@@ -55,13 +55,12 @@ from adapters.chat.telegram.limits import (
     MAX_CAPTION,
     MAX_DOWNLOAD_MB,
     MAX_UPLOAD_MB,
-    _clip,
     split_text,
 )
 from adapters.chat.telegram.menu import EXTENSION_MENU, MENU
 from adapters.chat.telegram.pacing import IN_FLIGHT, Pacer, is_gone
 from bot.chat import ReplyTo, UserRef
-from bot.commands import Action, Incoming, Reply, format_image_info, format_receipt
+from bot.commands import Action, Incoming, Reply, format_image_info
 from bot.config import TelegramConfig
 from bot.errors import UserError
 from bot.grammar import parse_command
@@ -69,6 +68,7 @@ from bot.host import ChatHost
 from bot.i18n import Message as i18n_message
 from bot.i18n import t
 from bot.ids import is_digits, parse_id
+from bot.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -533,14 +533,14 @@ class TelegramAdapter(TelegramDelivery):
                     lambda cid: self.bot.send_photo(
                         cid,
                         data,
-                        caption=_clip(caption, MAX_CAPTION),
+                        caption=clip(caption, MAX_CAPTION),
                         reply_markup=markup,
                         reply_parameters=reply,
                         message_thread_id=thread,
                     ),
                 )
             else:
-                media = [InputMediaPhoto(d, caption=_clip(c, MAX_CAPTION)) for d, c in pictures]
+                media = [InputMediaPhoto(d, caption=clip(c, MAX_CAPTION)) for d, c in pictures]
                 await self.pacer.call(
                     msg.chat.id,
                     lambda cid: self.bot.send_media_group(
@@ -688,21 +688,16 @@ class TelegramAdapter(TelegramDelivery):
                     if message.is_topic_message and message.message_thread_id
                     else None,
                 )
-                run = self.results.reroll if action == "reroll" else self.results.vary
-                opened: dict[str, Any] = {}
-                try:
-                    receipt = await run(
-                        user,
-                        job_id,
-                        idx,
-                        reply_to,
-                        idem_key=f"telegram:cb:{query.id}",
-                        on_accept=functools.partial(self._open_status, message, lang, opened),
-                    )
-                    text = format_receipt(receipt, lang)
-                except UserError as exc:
-                    text = exc.render(lang)
-                status = opened.get("status_message")
+                text, status = await self.remake(
+                    action == "vary",
+                    user,
+                    job_id,
+                    idx,
+                    reply_to,
+                    lang,
+                    idem_key=f"telegram:cb:{query.id}",
+                    open_status=functools.partial(self._open_status, message, lang),
+                )
                 if status is None:  # refused, or the same press again: said directly
                     await self._say(message, text)
                 elif not self.edits.is_final((chat_id, status)):
@@ -812,4 +807,4 @@ def _parse_data(data: object) -> tuple[str, int, int] | None:
 
 async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
     with contextlib.suppress(Exception):  # an old query (>15 min) cannot be answered: fine
-        await query.answer(text=_clip(text, 200) if text else None, show_alert=alert)
+        await query.answer(text=clip(text, 200) if text else None, show_alert=alert)

@@ -27,13 +27,13 @@ from adapters.chat.telegram.limits import (
     MAX_CAPTION,
     MAX_TEXT,
     MAX_UPLOAD_MB,
-    _clip,
     photo_fits,
 )
 from adapters.chat.telegram.pacing import Pacer, is_gone
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, ReplyTo
 from bot.config import TelegramConfig
 from bot.i18n import t
+from bot.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class TelegramDelivery(Conversation):
         k = int(p["index"]) + 1
         caption = f"#{d.job_id} · {k}/{p['count']} · seed {p['seed']}"
         if p.get("batch_id") is not None:
-            caption += f"\n{_clip(str(p.get('prompt', '')), 300)}"
+            caption += f"\n{clip(str(p.get('prompt', '')), 300)}"
         policy = self._nsfw_policy(chat_id)
         if p.get("nsfw") and policy == "block":
             notice = t(lang, "tg.nsfw_blocked", k=k, job=d.job_id)
@@ -214,7 +214,7 @@ class TelegramDelivery(Conversation):
         media = [
             InputMediaPhoto(
                 cast(bytes, item.data),  # an album holds pictures only (_take_album)
-                caption=_clip(item.caption, MAX_CAPTION),
+                caption=clip(item.caption, MAX_CAPTION),
                 has_spoiler=item.spoiler or None,
                 filename=f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png",
             )
@@ -252,7 +252,7 @@ class TelegramDelivery(Conversation):
         self, chat_id: int, item: _Outgoing, reply: ReplyParameters | None, lang: str
     ) -> None:
         markup = self._keyboard([item], lang)
-        caption = _clip(item.caption, MAX_CAPTION)
+        caption = clip(item.caption, MAX_CAPTION)
         name = f"sdhost-{item.delivery.job_id}-{item.delivery.payload['index'] + 1}.png"
         if item.as_photo:
             try:
@@ -313,7 +313,7 @@ class TelegramDelivery(Conversation):
                 chat_id,
                 lambda cid: self.bot.send_message(
                     cid,
-                    _clip(text, MAX_TEXT),
+                    clip(text, MAX_TEXT),
                     reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
                     if reply
                     else None,
@@ -333,7 +333,7 @@ class TelegramDelivery(Conversation):
 
     async def _send_status_edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Edit a status message; if it is gone, say it in a new message instead."""
-        text = _clip(text, MAX_TEXT)
+        text = clip(text, MAX_TEXT)
         try:
             await self.pacer.call(
                 chat_id,
@@ -387,7 +387,7 @@ class TelegramDelivery(Conversation):
             int(chat),
             lambda cid: self.bot.send_message(
                 cid,
-                _clip(text, MAX_TEXT),
+                clip(text, MAX_TEXT),
                 reply_parameters=ReplyParameters(int(reply), allow_sending_without_reply=True)
                 if reply
                 else None,

@@ -48,7 +48,3 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
         text = text[cut:].lstrip("\n")
     out.append(text)
     return out
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,7 +13,7 @@ from typing import Any
 from adapters.civitai.text import localised
 from bot import i18n
 from bot.errors import BadInput, Forbidden, LimitReached, NotFound, UserError
-from bot.text import clean
+from bot.text import clean, clip
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class CivitaiBadResponse(CivitaiError):
 
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(clean(text, multiline=False).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
 
 
 def _issues_text(issues: Sequence[Any]) -> str | None:

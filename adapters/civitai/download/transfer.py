@@ -67,6 +67,7 @@ from adapters.civitai.download.partfile import _PartFile, _sha256_of
 from adapters.civitai.download.record import DownloadRecord, format_bytes
 from adapters.civitai.text import LANGS, said
 from adapters.http import backoff_s, declared_length, retry_after_s
+from bot.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _range_total(header: str | None) -> int | None:
 
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
 
 
 class Hooks(Protocol):
