@@ -202,6 +202,9 @@ class Progress:
     # A status text already written, shown as is: the state of something that is not a job
     # (a model download), sent through the same paced edits as job progress.
     text: str | None = None
+    # The picture as it develops (encoded, any format Pillow reads), from providers that
+    # have one (a self-hosted GPU's live preview); chats show it with the status, paced.
+    preview: bytes | None = None
 
 
 def audience_of(reply_to: ReplyTo | Mapping[str, Any]) -> str | None:

@@ -563,6 +563,11 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "{model} 最多接受 {limit} 张输入图片，你给了 {count} 张；"
         "可接受多张图片的模型：{several}（用 --model 选择）",
     },
+    "error.no_upscale": {
+        "en": "{provider} cannot upscale pictures; upscaling works on pictures from your "
+        "own GPUs (see /models)",
+        "zh": "{provider} 不能放大图片；放大只适用于你自己的 GPU 生成的图片（见 /models）",
+    },
     "error.model_prompt_long": {
         "en": "{model} takes prompts of at most {limit} characters (yours has {length}); "
         "it would cut the rest silently, so shorten it",

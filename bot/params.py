@@ -30,6 +30,14 @@ class GenerationParams:
     model: str | None = None
     provider: str | None = None
     strength: float | None = None
+    # Self-hosted backends (AUTOMATIC1111 and its forks): LoRAs as (name, weight) beside any
+    # <lora:NAME:W> typed in the prompt, the VAE, the sampler's noise schedule, a hires-fix
+    # second pass, and an upscale of the input picture by this factor (the Upscale button).
+    loras: tuple[tuple[str, float], ...] = ()
+    vae: str | None = None
+    scheduler: str | None = None
+    hires: bool = False
+    upscale: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,7 +45,10 @@ class GenerationParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "loras" in values:  # stored as JSON lists
+            values["loras"] = tuple((str(n), float(w)) for n, w in values["loras"] or ())
+        return cls(**values)
 
     def with_(self, **changes: Any) -> GenerationParams:
         return replace(self, **changes)

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from bot.params import GenerationParams
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -47,6 +49,11 @@ class Capabilities:
     size_multiple: int = 8
     is_demo: bool = False
     description: str = ""
+    # It can enlarge a finished picture (GenerationParams.upscale: the Upscale button).
+    upscale: bool = False
+    # Named things besides models that requests may pick, for /models and autocomplete:
+    # {"loras": (...), "samplers": (...), "schedulers": (...), "vaes": (...)}.
+    lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,13 @@ class ResolvedRequest:
     # right), for providers that have them; no chat action fills these yet.
     mask: bytes | None = None
     expand: tuple[int, int, int, int] | None = None
+    # Self-hosted backends (see GenerationParams): LoRAs, VAE, noise schedule, hires fix,
+    # and an upscale factor for the input picture (img2img only).
+    loras: tuple[tuple[str, float], ...] = ()
+    vae: str | None = None
+    scheduler: str | None = None
+    hires: bool = False
+    upscale: float | None = None
 
 
 @dataclass(slots=True)
@@ -103,9 +117,11 @@ class ProviderRun(Protocol):
         *,
         queue_position: int | None = None,
         wait_s: float | None = None,
+        preview: bytes | None = None,
     ) -> None:
         """``queue_position``/``wait_s``: the job waits in the provider's own queue (AI
-        Horde), at that place, expected to start in about that many seconds."""
+        Horde), at that place, expected to start in about that many seconds. ``preview``:
+        the picture as it develops (any format Pillow reads), shown in the chat's status."""
 
     async def image(self, index: int, result: ResultImage) -> None: ...
 
@@ -141,6 +157,19 @@ class Provider(ABC):
     @abstractmethod
     async def generate(self, run: ProviderRun) -> None:
         """Produce ``run.request.n`` images through ``run.image``; raise ProviderFailure."""
+
+    def find_model(self, name: str) -> ModelInfo | None:
+        """The model ``name`` means, or None. The default matches a listed name exactly;
+        providers whose models go by several names (a title, a hash, a Civitai name)
+        override it. The router calls it before anything is charged."""
+        return next((mi for mi in self.capabilities().models if mi.name == name), None)
+
+    def check(self, params: GenerationParams, model: str) -> None:  # noqa: B027
+        """Optional: refuse (raise ``bot.errors.BadInput``) a request this provider would
+        not render as asked (an unknown sampler or LoRA), before anything is charged."""
+
+    async def models_changed(self) -> None:  # noqa: B027
+        """Optional: new model files may have arrived (a Civitai download); look again."""
 
     async def cancel(self, task_id: str) -> None:  # noqa: B027 - optional for providers
         """Best effort: tell the remote side to stop. The core has already stopped waiting."""

@@ -122,11 +122,7 @@ class Router:
                     raise BadInput(f"--model {model} belongs to {prefix}, not --provider {name}")
                 name, model = prefix, rest
         if name is None and model:
-            owners = [
-                p
-                for p, prov in self.providers.items()
-                if any(mi.name == model for mi in prov.capabilities().models)
-            ]
+            owners = [p for p, prov in self.providers.items() if prov.find_model(model)]
             if owners:
                 name = owners[0]
         name = name or self.config.providers.default
@@ -143,7 +139,8 @@ class Router:
         inputs: int = 1,
     ) -> Route:
         name, model = self._pick_provider(params)
-        caps = self.providers[name].capabilities()
+        provider = self.providers[name]
+        caps = provider.capabilities()
         need = "img2img" if kind == "img2img" else "txt2img"
         if need not in caps.kinds:
             raise BadInput(f"{name} cannot do {need}; try another --provider (see /models)")
@@ -152,12 +149,16 @@ class Router:
             # edit model next to text-to-image ones)
             fits = [mi.name for mi in caps.models if need in mi.kinds]
             model = caps.default_model if caps.default_model in fits or not fits else fits[0]
-        info = next((mi for mi in caps.models if mi.name == model), None)
+        info = provider.find_model(model)
         if info is None:
             names = ", ".join(mi.name for mi in caps.models)
             raise BadInput(f"unknown model {model!r} for {name}; available: {names} (see /models)")
+        model = info.name  # the model's own name, however it was asked for
         if need not in info.kinds:
             raise BadInput(f"model {model} cannot do {need}")
+        if params.upscale and not caps.upscale:
+            raise BadInput.of("error.no_upscale", provider=name)
+        provider.check(params, model)
         if kind == "img2img" and inputs > max(1, info.max_inputs):
             several = [
                 f"{p}:{mi.name} ({mi.max_inputs})"

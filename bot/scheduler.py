@@ -131,19 +131,20 @@ class _Run:
         *,
         queue_position: int | None = None,
         wait_s: float | None = None,
+        preview: bytes | None = None,
     ) -> None:
         pct = 30 + int(60 * min(max(fraction, 0.0), 1.0))
         stage = "generating"
         if queue_position is not None:  # waiting in the provider's own queue
             stage = queued_stage(queue_position, wait_s)
-        if (pct, stage) == (self._last_percent, self._last_stage):
+        if (pct, stage) == (self._last_percent, self._last_stage) and preview is None:
             return
         self._last_percent, self._last_stage = pct, stage
         t = time.monotonic()
         if t - self._last_db_progress >= PROGRESS_DB_INTERVAL:
             self._last_db_progress = t
             await self.sched._update(self.job, progress=pct, stage=stage)
-        await self.sched._progress(self.job, pct, stage)
+        await self.sched._progress(self.job, pct, stage, preview)
 
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
@@ -621,6 +622,11 @@ class Scheduler:
             cfg=p.cfg,
             sampler=p.sampler,
             strength=p.strength,
+            loras=p.loras,
+            vae=p.vae,
+            scheduler=p.scheduler,
+            hires=p.hires,
+            upscale=p.upscale,
             init_image=init,
             init_images=(init, *more) if init is not None and more else (),
             # the chat's NSFW policy when the job was asked for (see Commands.job_address)
@@ -732,7 +738,9 @@ class Scheduler:
             except Exception:
                 log.warning("provider %s could not cancel task %s", provider.name, task_id)
 
-    async def _progress(self, job: Row[Any], percent: int, stage: str) -> None:
+    async def _progress(
+        self, job: Row[Any], percent: int, stage: str, preview: bytes | None = None
+    ) -> None:
         if self.on_progress is None:
             return
         try:
@@ -743,6 +751,7 @@ class Scheduler:
                     stage=stage,
                     reply_to=ReplyTo.from_json(job.reply_to),
                     batch_id=job.batch_id,
+                    preview=preview,
                 )
             )
             if asyncio.iscoroutine(res):
