@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING
 
 from bot.chat import ChatAdapter
 from bot.config import Config
+from bot.model_registry import ModelRegistry
 from bot.providers import Provider
 
 if TYPE_CHECKING:
     from bot.app import App
 
 
-def build_providers(config: Config) -> dict[str, Provider]:
+def build_providers(
+    config: Config, *, registry: ModelRegistry | None = None
+) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     if config.providers.demo.enabled:
         from adapters.providers.demo import DemoProvider
@@ -38,6 +41,10 @@ def build_providers(config: Config) -> dict[str, Provider]:
         from adapters.providers.horde import HordeProvider
 
         providers["horde"] = HordeProvider(config.providers.horde)
+    if config.providers.a1111.active:
+        from adapters.providers.a1111 import A1111Provider
+
+        providers["a1111"] = A1111Provider(config.providers.a1111, registry=registry)
     return providers
 
 

@@ -17,6 +17,7 @@ from bot.config import Config
 from bot.delivery import Deliverer
 from bot.housekeeping import sweep_forever
 from bot.jobs import JobService
+from bot.model_registry import ModelRegistry
 from bot.owners import make_owner
 from bot.providers import Provider
 from bot.routing import Router
@@ -51,7 +52,7 @@ class App:
         if providers is None:
             from adapters import wiring  # the one place the core meets concrete adapters
 
-            providers = wiring.build_providers(config)
+            providers = wiring.build_providers(config, registry=ModelRegistry(self.db))
         self.providers = providers
         if config.providers.default not in self.providers and self.providers:
             log.warning("default provider %r is not configured", config.providers.default)
@@ -116,6 +117,8 @@ class App:
         if self.run_workers:
             if self.crash_reports:
                 crashes.arm(self.config.data.dir, self.owner)
+            for provider in self.providers.values():
+                await provider.start()
             await self.scheduler.start()
         await self.deliverer.start()
         if self.long_lived:
@@ -179,6 +182,15 @@ class App:
             await adapter.progress(update)
 
     # What extensions tell a chat about work that is not a job (a model download).
+
+    async def models_changed(self) -> None:
+        """Model files may have arrived (a Civitai download, a scan): every provider that
+        serves model folders looks again."""
+        for name, provider in self.providers.items():
+            try:
+                await provider.models_changed()
+            except Exception:
+                log.exception("provider %s could not look for new models", name)
 
     async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None:
         adapter = self.adapters.get(reply_to.platform)

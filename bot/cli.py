@@ -174,16 +174,23 @@ async def _db(args: argparse.Namespace) -> int:
 
 
 async def _with_database(
-    args: argparse.Namespace, fn: Callable[[Config, Database], Awaitable[int]]
+    args: argparse.Namespace,
+    fn: Callable[[Config, Database], Awaitable[int]],
+    *,
+    models_changed: bool = False,
 ) -> int:
     """Run ``fn(config, db)`` with the app's database, migrated as the app does, and nothing
-    else of the app started."""
+    else of the app started. ``models_changed``: when it succeeds, model files may have
+    arrived: the providers that serve model folders (your own GPUs) look again."""
     config = _load(args)
     app = App(config, run_workers=False)
     try:
         if config.database.auto_migrate:
             await app.migrate()
-        return await fn(config, app.db)
+        code = await fn(config, app.db)
+        if code == 0 and models_changed:
+            await app.models_changed()
+        return code
     finally:
         await app.stop()
 
@@ -193,13 +200,17 @@ async def _civitai(args: argparse.Namespace) -> int:
 
     if args.action == "images":  # the harvest keeps its state in files, not the database
         return await cli.run_harvest_cli(args, _load(args))
-    return await _with_database(args, lambda config, db: cli.run_cli(args, config, db))
+    return await _with_database(
+        args, lambda config, db: cli.run_cli(args, config, db), models_changed=True
+    )
 
 
 async def _models(args: argparse.Namespace) -> int:
     from adapters.civitai import cli
 
-    return await _with_database(args, lambda config, db: cli.run_scan_cli(args, config, db))
+    return await _with_database(
+        args, lambda config, db: cli.run_scan_cli(args, config, db), models_changed=True
+    )
 
 
 async def _discord(args: argparse.Namespace) -> int:

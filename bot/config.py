@@ -288,6 +288,62 @@ class HordeConfig(ProviderSection):
         return f"sdhost:{version}:{contact}"
 
 
+class GpuInstanceConfig(_Section):
+    """One self-hosted web UI the operator runs (a GPU): a name for logs and /models, its
+    URL, and HTTP Basic credentials when it was started with --api-auth."""
+
+    name: str = ""  # default gpu1, gpu2, ... in order
+    url: str
+    user: str = ""
+    password: str = ""
+
+
+class A1111Config(ProviderSection):
+    """The operator's own GPUs running the AUTOMATIC1111 web UI, Forge or SD.Next with
+    --api: a pool, one job per instance at a time (adapters/providers/a1111)."""
+
+    instances: list[GpuInstanceConfig] = []
+    default_model: str = ""  # a checkpoint; empty: whatever the instance has loaded
+    # Jobs this process holds at once: the ones rendering, plus as many again waiting so a
+    # freed instance can pick one that needs no checkpoint switch. 0: twice the instances.
+    concurrency: int = Field(0, ge=0)
+    request_timeout_s: float = Field(600, gt=0)  # one picture, switch included
+    # How often each instance's checkpoint/LoRA/sampler lists are read again.
+    lists_ttl_s: float = Field(60, ge=1)
+    # Progress (and the live preview) is read this often while a job renders.
+    progress_interval_s: float = Field(1.0, gt=0)
+    # An instance that stopped answering is checked again after this, doubling up to the max.
+    recheck_s: float = Field(2.0, gt=0)
+    recheck_max_s: float = Field(60.0, gt=0)
+    # A job no instance can take (all down) waits this long for one, then fails over to the
+    # next provider in [providers] failover, or fails with its credits back.
+    wait_for_instance_s: float = Field(120.0, gt=0)
+    # --hires: the second pass's scale and denoising; the Upscale button's upscaler
+    # (empty: the instance's first of R-ESRGAN 4x+, ESRGAN_4x, Lanczos).
+    hires_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hires_denoise: float = Field(0.45, ge=0.0, le=1.0)
+    upscaler: str = ""
+
+    @model_validator(mode="after")
+    def _names(self) -> A1111Config:
+        seen: set[str] = set()
+        for i, inst in enumerate(self.instances, 1):
+            if not inst.name:
+                inst.name = f"gpu{i}"
+            if inst.name in seen:
+                raise ValueError(f"two instances are named {inst.name!r}")
+            seen.add(inst.name)
+            if not inst.url.startswith(("http://", "https://")):
+                raise ValueError(f"instance {inst.name}: url must start with http:// or https://")
+        if not self.concurrency:
+            self.concurrency = max(1, 2 * len(self.instances))
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.instances)
+
+
 class ProvidersConfig(_Section):
     default: str = "demo"
     # When a provider is down or throttled past its retries, jobs that have not reached it
@@ -303,6 +359,7 @@ class ProvidersConfig(_Section):
     liblib: LiblibConfig = LiblibConfig()
     bfl: BflConfig = BflConfig()
     horde: HordeConfig = HordeConfig()
+    a1111: A1111Config = A1111Config()
 
 
 class ConsoleConfig(_Section):

@@ -563,6 +563,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "{model} 最多接受 {limit} 张输入图片，你给了 {count} 张；"
         "可接受多张图片的模型：{several}（用 --model 选择）",
     },
+    "error.gpu_unknown": {
+        "en": "no GPU instance has the {what} {name!r}; some it has: {near} (see /models)",
+        "zh": "没有 GPU 实例有 {what} {name!r}；可用的有：{near}（见 /models）",
+    },
     "error.no_upscale": {
         "en": "{provider} cannot upscale pictures; upscaling works on pictures from your "
         "own GPUs (see /models)",

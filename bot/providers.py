@@ -168,6 +168,9 @@ class Provider(ABC):
         """Optional: refuse (raise ``bot.errors.BadInput``) a request this provider would
         not render as asked (an unknown sampler or LoRA), before anything is charged."""
 
+    async def start(self) -> None:  # noqa: B027
+        """Optional: called once before the first job (look at the backends, start upkeep)."""
+
     async def models_changed(self) -> None:  # noqa: B027
         """Optional: new model files may have arrived (a Civitai download); look again."""
 

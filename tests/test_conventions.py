@@ -80,6 +80,7 @@ SHARED = {
     "adapters.chat.conversation",
     "adapters.chat.status",
     "adapters.providers.cloud",
+    "adapters.providers.gpupool",
     "adapters.providers.base",
 }
 

@@ -93,6 +93,8 @@ class Notifier(Protocol):
 
     async def announce(self, reply_to: ReplyTo, text: str) -> None: ...
 
+    async def models_changed(self) -> None: ...
+
 
 def _split(rest: str) -> tuple[list[str], dict[str, str]]:
     """Words and ``--flag value`` pairs (``--nsfw`` takes no value)."""
@@ -148,6 +150,7 @@ class CivitaiCommands:
         self.jobs = jobs
         self.db = db  # the model registry, to find an image's checkpoint and LoRAs here
         self.downloads = downloads
+        self._refreshed: set[int] = set()  # downloads whose new file was announced
         self.notifier = notifier
         # per download: the status message last shown (its reply_to), and the last final
         # state said there, so each message gets each ending once
@@ -318,6 +321,9 @@ class CivitaiCommands:
         notifier = self.notifier
         if notifier is None:
             return
+        if view.status == DownloadStatus.DONE and view.id not in self._refreshed:
+            self._refreshed.add(view.id)  # a new file: the GPU instances look again
+            await notifier.models_changed()
         before = self._shown.get(view.id)
         if before is not None and before != target and view.status in DOWNLOAD_UNDER_WAY:
             # someone asked again: the progress goes on the newer message

@@ -1,0 +1,327 @@
+"""A pool of self-hosted GPU instances (web UIs the operator runs), shared by the jobs of
+one provider: one job per instance at a time, health checks, and checkpoint affinity.
+
+Any self-hosted backend uses it (AUTOMATIC1111 and its forks today); the backend supplies
+a ``check`` coroutine that says whether an instance answers (and refreshes what it knows
+about it), and reports after each job which checkpoint the instance now has loaded.
+
+**One job per instance.** A web UI renders one request at a time behind a lock; a second
+request would only wait there, out of sight, and could not be moved to an idle instance.
+So an instance is lent to one job at a time (``acquire`` ... ``release``).
+
+**Affinity.** Loading another checkpoint costs seconds to a minute, so the scheduler lends
+the pool a few more jobs than it has instances (``concurrency``, twice the instances by
+default) and a freed instance chooses among the jobs waiting for one:
+
+1. the oldest job that wants the checkpoint it has loaded (or does not care);
+2. else the oldest job whose checkpoint no other healthy instance has loaded: a switch is
+   needed anyway, and this instance is free now;
+3. else the oldest job whose checkpoint another instance has loaded, but only once the jobs
+   queued for it would keep those instances busy longer than a switch takes (measured),
+   or the job has waited longer than a switch plus a job: then switching is faster than
+   waiting.
+
+A job that no instance can serve (its checkpoint or LoRA is on none that is up) waits for
+one to come back, and is refused after ``wait_for_instance_s`` with a retryable failure.
+
+**Health.** An instance that stops answering is taken out (``mark_down``) and checked again
+after ``recheck_s``, doubling up to ``recheck_max_s``; when the check passes it is back.
+Every instance is checked once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from bot.waiting import wait_for_event
+
+log = logging.getLogger(__name__)
+
+B = TypeVar("B")
+
+TICK_S = 0.25  # how often waiting jobs are looked at again without any event
+
+
+class NoInstance(Exception):
+    """No healthy instance could take the job within the time allowed."""
+
+
+@dataclass
+class Member(Generic[B]):
+    """One instance: its backend object and what the pool knows about it."""
+
+    name: str
+    backend: B
+    up: bool = False
+    checked: bool = False  # checked at least once (up or down)
+    busy: bool = False
+    loaded: str | None = None  # the checkpoint key it has in memory, as far as we know
+    current: str | None = None  # the task it renders now
+    failures: int = 0
+    next_check: float = 0.0
+    down_reason: str = ""
+    jobs: int = 0
+    switches: int = 0
+
+
+@dataclass
+class _Waiter(Generic[B]):
+    seq: int
+    want: str | None
+    fits: Callable[[Member[B]], bool]
+    since: float
+    avoid: frozenset[str]
+    future: asyncio.Future[Member[B]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _Ewma:
+    def __init__(self, first: float) -> None:
+        self.value = first
+        self.seen = 0
+
+    def add(self, sample: float) -> None:
+        self.seen += 1
+        a = 0.5 if self.seen < 5 else 0.2
+        self.value = sample if self.seen == 1 else (1 - a) * self.value + a * sample
+
+
+class GpuPool(Generic[B]):
+    def __init__(
+        self,
+        members: list[Member[B]],
+        *,
+        check: Callable[[Member[B]], Awaitable[bool]],
+        recheck_s: float = 2.0,
+        recheck_max_s: float = 60.0,
+        wait_for_instance_s: float = 120.0,
+        job_s: float = 5.0,
+        switch_s: float = 10.0,
+    ) -> None:
+        self.members = members
+        self._check = check
+        self.recheck_s = recheck_s
+        self.recheck_max_s = recheck_max_s
+        self.wait_for_instance_s = wait_for_instance_s
+        self.job_s = _Ewma(job_s)  # one job's time on an instance, without a switch
+        self.switch_s = _Ewma(switch_s)  # what a checkpoint switch adds
+        self._waiters: list[_Waiter[B]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._checking: set[str] = set()
+        self._checks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._upkeep(), name="gpu-pool")
+
+    async def aclose(self) -> None:
+        tasks = [*self._checks, *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+
+    async def _upkeep(self) -> None:
+        await asyncio.gather(*(self._run_check(m) for m in self.members))
+        while True:
+            await wait_for_event(self._changed, TICK_S)
+            self._changed.clear()
+            t = time.monotonic()
+            due = [m for m in self.members if not m.up and m.next_check <= t]
+            for m in due:
+                if m.name not in self._checking:
+                    task = asyncio.create_task(self._run_check(m), name=f"gpu-check-{m.name}")
+                    self._checks.add(task)
+                    task.add_done_callback(self._checks.discard)
+            self._assign()
+
+    async def _run_check(self, m: Member[B]) -> None:
+        self._checking.add(m.name)
+        try:
+            ok = await self._check(m)
+        except Exception as exc:  # a check that breaks counts as a failed check
+            log.debug("instance %s: check failed: %r", m.name, exc)
+            ok = False
+        finally:
+            self._checking.discard(m.name)
+        was_up, m.checked = m.up, True
+        if ok:
+            m.up, m.failures, m.down_reason = True, 0, ""
+            if not was_up:
+                log.info("instance %s is up", m.name)
+        else:
+            m.up = False
+            m.failures += 1
+            delay = min(self.recheck_max_s, self.recheck_s * 2 ** (m.failures - 1))
+            m.next_check = time.monotonic() + delay
+        self._changed.set()
+        self._assign()
+
+    def mark_down(self, m: Member[B], reason: str) -> None:
+        """The instance stopped answering: out of the pool until a check passes."""
+        if m.up:
+            log.warning("instance %s is down (%s); checking again shortly", m.name, reason)
+        m.up, m.down_reason = False, reason
+        m.failures = max(m.failures, 0) + 1
+        m.next_check = time.monotonic() + self.recheck_s
+        self._changed.set()
+
+    async def recheck(self) -> None:
+        """Check every instance now (at start, after new model files arrived)."""
+        await asyncio.gather(*(self._run_check(m) for m in self.members))
+
+    async def recheck_one(self, m: Member[B]) -> None:
+        if m.name not in self._checking:
+            await self._run_check(m)
+
+    # --- lending -------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(
+        self,
+        want: str | None,
+        *,
+        fits: Callable[[Member[B]], bool] = lambda m: True,
+        avoid: frozenset[str] = frozenset(),
+        on_wait: Callable[[int], Awaitable[None]] | None = None,
+    ) -> Member[B]:
+        """An instance for one job that wants checkpoint ``want`` (None: any), among those
+        ``fits`` accepts and not named in ``avoid``; waits for one. ``on_wait(place)`` is
+        told the job's place among those waiting whenever it changes. Raises NoInstance when
+        none that fits has been up for ``wait_for_instance_s``."""
+        self.start()
+        w: _Waiter[B] = _Waiter(next(self._seq), want, fits, time.monotonic(), avoid)
+        self._waiters.append(w)
+        self._assign()
+        told = -1
+        no_one_since: float | None = None
+        lent = asyncio.Event()
+        w.future.add_done_callback(lambda _f: lent.set())
+        try:
+            while not w.future.done():
+                place = self._waiters.index(w) + 1 if w in self._waiters else 0
+                if on_wait is not None and place != told and place:
+                    told = place
+                    await on_wait(place)
+                if any(self._usable(m, w) for m in self.members if m.up) or not all(
+                    m.checked for m in self.members
+                ):
+                    no_one_since = None
+                elif no_one_since is None:
+                    no_one_since = time.monotonic()
+                elif time.monotonic() - no_one_since > self.wait_for_instance_s:
+                    raise NoInstance(self._why_none(w))
+                await wait_for_event(lent, TICK_S * 4)
+            return w.future.result()
+        except BaseException:
+            if w in self._waiters:
+                self._waiters.remove(w)
+            if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
+                self.release(w.future.result())  # lent just as we gave up: give it back
+            elif not w.future.done():
+                w.future.cancel()
+            raise
+
+    def _why_none(self, w: _Waiter[B]) -> str:
+        up = [m for m in self.members if m.up and m.name not in w.avoid]
+        if not up:
+            reasons = "; ".join(
+                f"{m.name}: {m.down_reason or 'not answering'}" for m in self.members
+            )
+            return f"no GPU instance is answering ({reasons})"
+        return "no GPU instance that is up has what this job needs"
+
+    def release(self, m: Member[B]) -> None:
+        """The job is done with ``m`` (its ``loaded`` says what it has in memory now)."""
+        m.busy, m.current = False, None
+        self._changed.set()
+        self._assign()
+
+    def observe(
+        self, m: Member[B], seconds: float, *, switched: bool, pure_switch: bool = False
+    ) -> None:
+        """One picture took ``seconds`` on ``m``; ``switched``: a checkpoint was loaded
+        for it (``pure_switch``: the seconds are the switch alone). The estimates steer
+        the choice between switching and waiting."""
+        if switched:
+            m.switches += 1
+            extra = seconds if pure_switch else seconds - self.job_s.value
+            self.switch_s.add(max(0.0, extra))
+        else:
+            self.job_s.add(seconds)
+
+    # --- choosing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _usable(m: Member[B], w: _Waiter[B]) -> bool:
+        return m.name not in w.avoid and w.fits(m)
+
+    def _assign(self) -> None:
+        """Lend every idle healthy instance to the job it serves best (module docstring)."""
+        changed = True
+        while changed and self._waiters:
+            changed = False
+            for m in self.members:
+                if not m.up or m.busy:
+                    continue
+                w = self._choose(m)
+                if w is None:
+                    continue
+                self._waiters.remove(w)
+                m.busy = True
+                m.jobs += 1
+                w.future.set_result(m)
+                changed = True
+
+    def _choose(self, m: Member[B]) -> _Waiter[B] | None:
+        mine = [w for w in self._waiters if not w.future.done() and self._usable(m, w)]
+        if not mine:
+            return None
+        for w in mine:  # 1: no switch needed
+            if w.want is None or w.want == m.loaded:
+                return w
+        held: dict[str, int] = {}
+        for other in self.members:
+            if other is not m and other.up and other.loaded is not None:
+                held[other.loaded] = held.get(other.loaded, 0) + 1
+        for w in mine:  # 2: a switch is needed anyway
+            if w.want not in held:
+                return w
+        # 3: switch only when waiting for the instances that have it would take longer
+        t = time.monotonic()
+        switch, job = self.switch_s.value, self.job_s.value
+        for w in mine:
+            queued = sum(1 for x in self._waiters if x.want == w.want)
+            if queued * job / held[w.want or ""] > switch or t - w.since > switch + job:
+                return w
+        return None
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": m.name,
+                "up": m.up,
+                "busy": m.busy,
+                "loaded": m.loaded,
+                "jobs": m.jobs,
+                "switches": m.switches,
+                "down_reason": m.down_reason,
+            }
+            for m in self.members
+        ]
