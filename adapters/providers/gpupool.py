@@ -104,12 +104,16 @@ class GpuPool(Generic[B]):
         wait_for_instance_s: float = 120.0,
         job_s: float = 5.0,
         switch_s: float = 10.0,
+        affinity: bool = True,
     ) -> None:
         self.members = members
         self._check = check
         self.recheck_s = recheck_s
         self.recheck_max_s = recheck_max_s
         self.wait_for_instance_s = wait_for_instance_s
+        # False: the oldest waiting job takes the next free instance, whatever it has loaded
+        # (plain first-come first-served; bench/a1111_pool.py compares the two)
+        self.affinity = affinity
         self.job_s = _Ewma(job_s)  # one job's time on an instance, without a switch
         self.switch_s = _Ewma(switch_s)  # what a checkpoint switch adds
         self._waiters: list[_Waiter[B]] = []
@@ -291,6 +295,8 @@ class GpuPool(Generic[B]):
         mine = [w for w in self._waiters if not w.future.done() and self._usable(m, w)]
         if not mine:
             return None
+        if not self.affinity:
+            return mine[0]
         for w in mine:  # 1: no switch needed
             if w.want is None or w.want == m.loaded:
                 return w

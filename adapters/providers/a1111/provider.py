@@ -465,7 +465,9 @@ class A1111Provider(Provider):
         m.current = token
         if run.task_id is None or not run.task_id.startswith(f"{m.name}:{req.job_id}:"):
             await run.submitted(token, {"instance": m.name})
-        cp = info.checkpoints.get(want) if want else None
+        # "whatever the instance has loaded" is named outright: a job without a checkpoint
+        # would load the one the instance's option names, which may not be the one in memory
+        cp = info.checkpoints.get(want or info.loaded or "")
         watch = _Watch()
         try:
             if cp is not None and info.switch_by_options and info.loaded != cp.key:
