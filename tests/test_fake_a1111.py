@@ -116,6 +116,9 @@ async def test_webuiapi_img2img_renders_512_without_a_size() -> None:
         result = await asyncio.to_thread(api.img2img, images=[init], prompt="sea", seed=7)
         assert [im.size for im in result.images] == [(512, 512)]
         assert fake.rendered[-1]["kind"] == "img2img"
+        # webuiapi's aiohttp path (use_async=True) runs on this loop
+        result = await api.img2img(images=[init], width=64, height=80, use_async=True)
+        assert [im.size for im in result.images] == [(64, 80)]
         assert result.info["denoising_strength"] == pytest.approx(0.75)
         # the init image went in: the picture leans blue
         _r, _g, b = result.images[0].convert("RGB").getpixel((10, 10))
