@@ -100,7 +100,7 @@ async def test_checkpoint_vae_loras_sampler_and_size_reach_the_instance() -> Non
         first = jobs[0]
         assert first["checkpoint"].startswith("dreamshaper_8")
         assert first["vae"] == "sdxl_vae.safetensors"
-        assert first["sampler"] == "Euler a" and first["scheduler"] == "karras"
+        assert first["sampler"] == "Euler a" and first["scheduler"].lower() == "karras"
         assert "<lora:add_detail:0.6>" in first["prompt"]
         assert "<lora:lcm_lora_sdxl:0.8>" in first["prompt"]
         assert [j["seed"] for j in jobs] == [42, 43]
@@ -277,7 +277,7 @@ async def test_forge_switches_through_options_and_sdnext_lists_names(
         p.pool.members[1].up = False  # only Forge may take it
         await p.generate(run)
         assert forge.rendered[-1]["checkpoint"].startswith("sdxl_base")
-        assert any(c.json.get("sd_model_checkpoint") for c in forge.calls_of("options", "POST"))
+        assert any(c.json.get("sd_model_checkpoint") for c in forge.calls_of("options", method="POST"))
 
 
 async def test_an_instance_that_ignores_override_settings_is_learnt() -> None:

@@ -137,7 +137,7 @@ class GpuPool(Generic[B]):
         self._task = None
 
     async def _upkeep(self) -> None:
-        await asyncio.gather(*(self._run_check(m) for m in self.members))
+        await asyncio.gather(*(self._run_check(m) for m in self.members if not m.checked))
         while True:
             await wait_for_event(self._changed, TICK_S)
             self._changed.clear()
@@ -186,8 +186,9 @@ class GpuPool(Generic[B]):
         await asyncio.gather(*(self._run_check(m) for m in self.members))
 
     async def recheck_one(self, m: Member[B]) -> None:
-        if m.name not in self._checking:
-            await self._run_check(m)
+        while m.name in self._checking:  # one is under way: wait, then look again
+            await asyncio.sleep(0.02)
+        await self._run_check(m)
 
     # --- lending -------------------------------------------------------------------------
 
