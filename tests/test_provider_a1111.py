@@ -277,7 +277,9 @@ async def test_forge_switches_through_options_and_sdnext_lists_names(
         p.pool.members[1].up = False  # only Forge may take it
         await p.generate(run)
         assert forge.rendered[-1]["checkpoint"].startswith("sdxl_base")
-        assert any(c.json.get("sd_model_checkpoint") for c in forge.calls_of("options", method="POST"))
+        assert any(
+            c.json.get("sd_model_checkpoint") for c in forge.calls_of("options", method="POST")
+        )
 
 
 async def test_an_instance_that_ignores_override_settings_is_learnt() -> None:
