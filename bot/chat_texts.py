@@ -263,6 +263,10 @@ CHAT: dict[str, dict[str, str]] = {
         "en": "The `{option}` option: {error}",
         "zh": "“{option}”选项有误：{error}",
     },
+    "dc.opt.lora_twice": {
+        "en": "The `lora` option names {name} twice; keep one.",
+        "zh": "“LoRA”（lora）选项里 {name} 出现了两次；请只保留一个。",
+    },
     "dc.opt.prompt_empty": {
         "en": "The `prompt` option is empty: type what you want to see, e.g. a lighthouse at dusk.",
         "zh": "“提示词”（prompt）选项是空的：写下你想看到的内容，例如 黄昏时的灯塔。",
@@ -364,6 +368,18 @@ COMMAND_NAMES_ZH: dict[str, str] = {
     ),
     "strength": "强度",
     "How much may change, 0-1": "允许改动的程度，0-1",
+    "sampler": "采样器",
+    "Sampler (your own GPUs list theirs)": "采样器（自有 GPU 会列出可用的）",
+    "lora": "lora",
+    "LoRAs: name or name:weight, several comma-separated": (
+        "LoRA：名称 或 名称:权重，多个用逗号分隔"
+    ),
+    "vae": "vae",
+    "VAE (your own GPUs)": "VAE（自有 GPU）",
+    "scheduler": "调度器",
+    "Noise schedule, e.g. karras (your own GPUs)": "噪声调度，例如 karras（自有 GPU）",
+    "hires": "高清修复",
+    "Hires fix: a second pass that enlarges and sharpens": "高清修复：再放大并细化一遍",
     "id": "编号",
     "Job number": "任务编号",
     "language": "语言",
