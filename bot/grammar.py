@@ -385,7 +385,7 @@ def _strength(value: str) -> float:
 
 
 LORA_WEIGHT_MAX = 4.0
-_WEIGHT_RE = re.compile(r"[-+]?(?:[0-9]{1,12}(?:[.,][0-9]*)?|[.,][0-9]+)")
+_WEIGHT_RE = re.compile(r"[-+]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)")
 _LORA_MSG = (
     "--lora needs NAME or NAME:WEIGHT, for example --lora film_grain:0.8 "
     "(a name with a colon needs its weight: NAME:1)"
