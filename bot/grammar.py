@@ -103,7 +103,7 @@ HELP_FLAGS = "\n".join(
         "  --strength X     0..1, how much img2img may change the picture",
         "  --lora NAME[:W]  a LoRA at weight W, -4..4 (default 1); repeat for more;",
         "                   <lora:NAME:W> in the prompt works too (your own GPUs)",
-        '  --vae NAME       the VAE, e.g. --vae sdxl_vae.safetensors (your own GPUs)',
+        "  --vae NAME       the VAE, e.g. --vae sdxl_vae.safetensors (your own GPUs)",
         "  --scheduler NAME noise schedule, e.g. --scheduler karras (your own GPUs)",
         "  --hires          hires fix: a second pass that enlarges and sharpens; takes",
         "                   no value (--hires=off turns off a pasted block's)",
