@@ -110,6 +110,9 @@ CHAT: dict[str, dict[str, str]] = {
         "Options go after the prompt: --ar 16:9 (shape), --n 2 (1-4 pictures), --seed 7, "
         "--no what to leave out, --model NAME (see /models), --strength 0.5 (how much "
         "/img2img may change).\n"
+        "On the operator's own GPUs also: --lora NAME:0.8 (repeat for more, or <lora:NAME:0.8> "
+        "in the prompt), --sampler, --scheduler karras, --vae NAME, --hires; /models lists "
+        "what they have.\n"
         "/credits — your balance and the prices · /jobs — your recent jobs · /cancel ID · "
         "/retry ID\n"
         "/models — what can draw · /settings — your default model, shape, negative prompt · "
@@ -124,6 +127,8 @@ CHAT: dict[str, dict[str, str]] = {
         "📄 原图（PNG 文件，内含生成参数）、ℹ️ 参数（怎么画出来的）。重画和变体按新图片计费。\n"
         "参数写在提示词后面：--ar 16:9（宽高比）、--n 2（1-4 张）、--seed 7、--no 不想要的内容、"
         "--model 模型名（见 /models）、--strength 0.5（图生图的改动程度）。\n"
+        "在运营者自己的 GPU 上还可以用：--lora 名称:0.8（可重复，或在提示词里写 <lora:名称:0.8>）、"
+        "--sampler、--scheduler karras、--vae 名称、--hires（高清修复）；/models 会列出可用的。\n"
         "/credits — 积分余额和价格 · /jobs — 最近的任务 · /cancel 编号 · /retry 编号\n"
         "/models — 可用的模型 · /settings — 个人默认模型、宽高比、反向提示词 · "
         "/lang en 或 zh — 回复语言\n"
@@ -132,7 +137,8 @@ CHAT: dict[str, dict[str, str]] = {
     "chat.help.discord": {
         "en": "What I do:\n"
         "/imagine — pictures from the prompt option; aspect, count (1-4), seed, negative, "
-        "model and the others are optional\n"
+        "model and the others are optional (lora, vae, scheduler and hires: for the "
+        "operator's own GPUs, completed from what they have)\n"
         "/img2img — redraw the picture in the image option (image2-image4 add more, for "
         "models that take several); strength says how much may change\n"
         "/batch — opens a box: several prompts, one per line\n"
@@ -147,7 +153,7 @@ CHAT: dict[str, dict[str, str]] = {
         "answer in",
         "zh": "我能做什么：\n"
         "/imagine — 根据 prompt 选项画图；宽高比、数量（1-4）、种子、反向提示词、模型等选项"
-        "都可以不填\n"
+        "都可以不填（lora、vae、调度器和高清修复用于运营者自己的 GPU，会按其已有内容自动补全）\n"
         "/img2img — 重绘 image 选项里的图片（image2-image4 可以再加图片，供能接受多张图片的"
         "模型使用）；strength 决定改动程度\n"
         "/batch — 打开一个输入框：多个提示词，每行一个\n"
@@ -263,6 +269,10 @@ CHAT: dict[str, dict[str, str]] = {
         "en": "The `{option}` option: {error}",
         "zh": "“{option}”选项有误：{error}",
     },
+    "dc.opt.lora_twice": {
+        "en": "The `lora` option names {name} twice; keep one.",
+        "zh": "“LoRA”（lora）选项里 {name} 出现了两次；请只保留一个。",
+    },
     "dc.opt.prompt_empty": {
         "en": "The `prompt` option is empty: type what you want to see, e.g. a lighthouse at dusk.",
         "zh": "“提示词”（prompt）选项是空的：写下你想看到的内容，例如 黄昏时的灯塔。",
@@ -364,6 +374,18 @@ COMMAND_NAMES_ZH: dict[str, str] = {
     ),
     "strength": "强度",
     "How much may change, 0-1": "允许改动的程度，0-1",
+    "sampler": "采样器",
+    "Sampler (your own GPUs list theirs)": "采样器（自有 GPU 会列出可用的）",
+    "lora": "lora",
+    "LoRAs: name or name:weight, several comma-separated": (
+        "LoRA：名称 或 名称:权重，多个用逗号分隔"
+    ),
+    "vae": "vae",
+    "VAE (your own GPUs)": "VAE（自有 GPU）",
+    "scheduler": "调度器",
+    "Noise schedule, e.g. karras (your own GPUs)": "噪声调度，例如 karras（自有 GPU）",
+    "hires": "高清修复",
+    "Hires fix: a second pass that enlarges and sharpens": "高清修复：再放大并细化一遍",
     "id": "编号",
     "Job number": "任务编号",
     "language": "语言",

@@ -42,9 +42,31 @@ from bot.localfile import is_regular_file, read_local_picture
 from bot.params import GenerationParams
 from bot.ratelimit import SlidingWindow
 from bot.status import JobStatus
-from bot.text import shown_char, unusable_char
+from bot.text import clip, shown_char, unusable_char
 
 log = logging.getLogger(__name__)
+
+# Capabilities.lists that /models shows, in this order ("models.list.<kind>" names them).
+LIST_KINDS = ("loras", "samplers", "schedulers", "vaes")
+# How much of each list /models shows: names, characters (the rest is "and N more");
+# /models PROVIDER shows more, still within a chat message.
+_LIST_NAMES, _LIST_CHARS = 8, 160
+_DETAIL_NAMES, _DETAIL_CHARS = 200, 1500
+_NAME_CHARS = 48  # one name at most
+
+
+def _summary(names: Sequence[str], most: int, chars: int) -> tuple[str, int]:
+    """As many of ``names`` (each clipped) as fit ``most`` names and ``chars`` characters,
+    joined; and how many were left out."""
+    shown: list[str] = []
+    used = 0
+    for name in names[:most]:
+        piece = clip(name, _NAME_CHARS)
+        if shown and used + 2 + len(piece) > chars:
+            break
+        shown.append(piece)
+        used += len(piece) + (2 if len(shown) > 1 else 0)
+    return ", ".join(shown), len(names) - len(shown)
 
 
 @dataclass(slots=True)
@@ -452,9 +474,19 @@ class Commands:
         return Reply(text, lang=lang)
 
     async def cmd_models(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """Every provider with its models and the names its requests may pick (LoRAs,
+        samplers, ...: ``Capabilities.lists``), those summarized; ``/models PROVIDER``
+        shows one provider with its lists in full (as far as a message allows)."""
         lines = []
         router = self.jobs.router
-        for name, provider in router.providers.items():
+        wanted = rest.strip().lower()
+        providers = list(router.providers.items())
+        if wanted:
+            providers = [(n, p) for n, p in providers if n.lower() == wanted]
+            if not providers:
+                known = ", ".join(sorted(router.providers)) or "-"
+                raise BadInput.of("models.unknown", name=clip(rest.strip(), 40), known=known)
+        for name, provider in providers:
             caps = provider.capabilities()
             kinds = "/".join(sorted(caps.kinds))
             default = t(lang, "models.default") if name == self.config.providers.default else ""
@@ -474,6 +506,27 @@ class Commands:
             for mi in caps.models:
                 mark = " *" if mi.name == caps.default_model else ""
                 lines.append(f"  {name}:{mi.name}{mark} — {mi.description}")
+            summarized = False
+            for kind in LIST_KINDS:
+                names = [n for n in caps.lists.get(kind, ()) if n]
+                if not names:
+                    continue
+                limit = (_DETAIL_NAMES, _DETAIL_CHARS) if wanted else (_LIST_NAMES, _LIST_CHARS)
+                shown, more = _summary(names, *limit)
+                if more:
+                    shown += ", " + t(lang, "models.more", n=more)
+                    summarized = True
+                lines.append(
+                    t(
+                        lang,
+                        "models.list",
+                        kind=t(lang, f"models.list.{kind}"),
+                        count=len(names),
+                        names=shown,
+                    )
+                )
+            if summarized and not wanted:
+                lines.append("  " + t(lang, "models.detail", name=name))
         return Reply("\n".join(lines) or t(lang, "models.none"), lang=lang)
 
     async def cmd_start(self, msg: Incoming, rest: str, lang: str) -> Reply:

@@ -22,6 +22,22 @@ How text is split:
   alone. ``format_flags`` applies exactly these escapes, which is why its output always
   parses back to the same parameters (for prompts on a single line with single spaces,
   i.e. what ``parse_generation`` itself produces outside pasted A1111 blocks).
+
+Flags and their values:
+
+* Every flag takes one value (the next word or group, or ``=value``) and may be given once;
+  a flag given twice is an error. Two exceptions: ``--no`` takes every word up to the next
+  flag and may repeat (the negatives are joined), and ``--lora`` may repeat (one LoRA each).
+* ``--lora NAME[:WEIGHT]``: the text after the *last* colon is the weight, a number -4..4
+  (default 1). A name that itself has a colon needs the weight written out
+  (``--lora "style:v2:1"``); ``--lora style:v2`` is an error rather than a guess, because
+  ``v2`` is not a number. Names with spaces are quoted (``--lora "film grain:0.7"``). The
+  same name twice, or a name also typed in the prompt as ``<lora:NAME:W>``, is an error
+  (A1111 would apply it twice); LoRA tags typed in the prompt stay in the prompt, where
+  A1111 reads them, and ``prompt_loras`` lists them.
+* ``--hires`` takes no value: alone it turns the hires fix on, and only the ``=`` form
+  gives it one (``--hires=on|off|true|false|yes|no|1|0``; ``=off`` turns off what a pasted
+  block turned on). ``--hires sharp`` is the flag followed by the prompt word ``sharp``.
 """
 
 from __future__ import annotations
@@ -36,7 +52,13 @@ from decimal import Decimal
 from typing import Any
 
 from bot.errors import BadInput
-from bot.infotext import NEGATIVE_PREFIX, format_number, parse_infotext_full
+from bot.infotext import (
+    HIRES_KEYS,
+    NEGATIVE_PREFIX,
+    format_number,
+    parse_infotext_full,
+    prompt_loras,
+)
 from bot.params import MAX_BATCH_TASKS, MAX_IMAGES_PER_JOB, GenerationParams
 
 FLAGS: tuple[str, ...] = (
@@ -51,10 +73,16 @@ FLAGS: tuple[str, ...] = (
     "model",
     "provider",
     "strength",
+    "vae",
+    "scheduler",
+    "hires",
 )
+# Flags that may be given more than once, one value each time (``FLAGS`` are given once,
+# except ``--no``, whose repeats are joined).
+REPEATABLE_FLAGS: tuple[str, ...] = ("lora",)
 ALIASES: dict[str, str] = {"aspect": "ar", "count": "n"}
-_NAMES: dict[str, str] = {**{f: f for f in FLAGS}, **ALIASES}
-_FLAG_LIST = " ".join(f"--{f}" for f in FLAGS)
+_NAMES: dict[str, str] = {**{f: f for f in FLAGS + REPEATABLE_FLAGS}, **ALIASES}
+_FLAG_LIST = " ".join(f"--{f}" for f in FLAGS + REPEATABLE_FLAGS)
 
 MAX_SEED = 4_294_967_295
 EMPTY_PROMPT = "the prompt is empty: type what you want to see, e.g. /imagine a lighthouse at dusk"
@@ -73,6 +101,12 @@ HELP_FLAGS = "\n".join(
         "  --model NAME     see /models",
         "  --provider NAME  see /models",
         "  --strength X     0..1, how much img2img may change the picture",
+        "  --lora NAME[:W]  a LoRA at weight W, -4..4 (default 1); repeat for more;",
+        "                   <lora:NAME:W> in the prompt works too (your own GPUs)",
+        "  --vae NAME       the VAE, e.g. --vae sdxl_vae.safetensors (your own GPUs)",
+        "  --scheduler NAME noise schedule, e.g. --scheduler karras (your own GPUs)",
+        "  --hires          hires fix: a second pass that enlarges and sharpens; takes",
+        "                   no value (--hires=off turns off a pasted block's)",
         "Quote a value with spaces (\"...\" or '...').",
         "Put \\ before a prompt word that starts with -- to keep it in the prompt.",
     ]
@@ -93,6 +127,12 @@ HELP_FLAGS_ZH = "\n".join(
         "  --model NAME     模型，见 /models",
         "  --provider NAME  服务商，见 /models",
         "  --strength X     0..1，图生图时允许改动原图的程度",
+        "  --lora NAME[:W]  LoRA，权重 W 为 -4..4（默认 1）；可重复写多个；",
+        "                   提示词里写 <lora:NAME:W> 也可以（自有 GPU）",
+        "  --vae NAME       VAE，例如 --vae sdxl_vae.safetensors（自有 GPU）",
+        "  --scheduler NAME 噪声调度，例如 --scheduler karras（自有 GPU）",
+        "  --hires          高清修复：再放大并细化一遍；不带值",
+        "                   （--hires=off 可关闭粘贴参数里开启的高清修复）",
         "带空格的值要加引号（\"...\" 或 '...'）。",
         "提示词里以 -- 开头的词，前面加上 \\ 就会留在提示词里。",
     ]
@@ -344,6 +384,46 @@ def _strength(value: str) -> float:
     return _number(value, 0, 1, "--strength needs a number 0..1, for example --strength 0.6")
 
 
+LORA_WEIGHT_MAX = 4.0
+_WEIGHT_RE = re.compile(r"[-+]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)")
+_LORA_MSG = (
+    "--lora needs NAME or NAME:WEIGHT, for example --lora film_grain:0.8 "
+    "(a name with a colon needs its weight: NAME:1)"
+)
+_LORA_WEIGHT_MSG = "--lora needs a weight -4..4 after the colon, for example --lora film_grain:0.8"
+
+
+def _lora(value: str) -> tuple[str, float]:
+    """``NAME[:WEIGHT]``: the text after the last colon is the weight (see the docstring)."""
+    name, colon, tail = value.rpartition(":")
+    if not colon:
+        name, weight = value.strip(), 1.0
+    else:
+        name, tail = name.strip(), tail.strip()
+        if not _WEIGHT_RE.fullmatch(tail):
+            raise _bad(_LORA_MSG, value)
+        weight = float(tail.replace(",", "."))
+        if not (math.isfinite(weight) and -LORA_WEIGHT_MAX <= weight <= LORA_WEIGHT_MAX):
+            raise _bad(_LORA_WEIGHT_MSG, value)
+    if not name:
+        raise _bad(_LORA_MSG, value)
+    return name, weight + 0.0  # -0.0 -> 0.0
+
+
+_ON = frozenset({"on", "true", "yes", "1"})
+_OFF = frozenset({"off", "false", "no", "0"})
+
+
+def _hires(value: str) -> bool:
+    """``--hires`` alone is on; only ``--hires=VALUE`` gives it a value."""
+    word = value.strip().lower()
+    if word in _ON:
+        return True
+    if word in _OFF:
+        return False
+    raise _bad("--hires takes no value (--hires), or --hires=on / --hires=off", value)
+
+
 def _name(flag: str, example: str) -> Callable[[str], str]:
     def read(value: str) -> str:
         if not value:
@@ -381,16 +461,27 @@ _READERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model": ("model", _name("model", "sdxl (see /models)")),
     "provider": ("provider", _name("provider", "local (see /models)")),
     "strength": ("strength", _strength),
+    "lora": ("loras", _lora),
+    "vae": ("vae", _name("vae", "sdxl_vae.safetensors")),
+    "scheduler": ("scheduler", _name("scheduler", "karras")),
+    "hires": ("hires", _hires),
 }
 
 # A1111 key -> our flag, for checking values in a pasted block with the same rules.
+# Besides these (``_block_values``): any hires key (``HIRES_KEYS``: "Hires upscale: 2",
+# "Hires upscaler: Latent", ...) turns ``--hires`` on; "Model hash" stands for the model
+# when the block names no "Model" (self-hosted providers find checkpoints by hash); and
+# "Lora hashes" is not read, because a block's LoRAs are the <lora:NAME:W> tags in its
+# prompt, which stay there.
 _BLOCK_KEYS: dict[str, str] = {
     "Steps": "steps",
     "Sampler": "sampler",
+    "Schedule type": "scheduler",
     "CFG scale": "cfg",
     "Seed": "seed",
     "Size": "size",
     "Model": "model",
+    "VAE": "vae",
     "Denoising strength": "strength",
 }
 
@@ -403,6 +494,7 @@ class _Parsed:
     words: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)  # present = typed explicitly
     negatives: list[str] = field(default_factory=list)
+    loras: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _unknown(name: str) -> BadInput:
@@ -446,7 +538,14 @@ def _parse_words(text: str, *, max_n: int | None) -> _Parsed:
                 raise BadInput("--no needs what to leave out, for example --no blurry, text")
             out.negatives.append(negative)
             continue
-        if flag in seen:
+        if flag == "hires" and eq_value is None:
+            # value-less: the next word, whatever it is, stays where it was
+            if flag in seen:
+                raise BadInput("--hires is given twice; keep one")
+            seen.add(flag)
+            out.values["hires"] = True
+            continue
+        if flag in seen and flag not in REPEATABLE_FLAGS:
             other = [a for a, f in ALIASES.items() if f == flag]
             also = f" (--{other[0]} is the same flag)" if other else ""
             raise BadInput(f"--{flag} is given twice{also}; keep one")
@@ -458,6 +557,8 @@ def _parse_words(text: str, *, max_n: int | None) -> _Parsed:
         value = (eq_value or "").strip()
         if flag == "n":
             out.values["n"] = n_reader(value)
+        elif flag == "lora":
+            out.loras.append(_lora(value))
         else:
             key, reader = _READERS[flag]
             out.values[key] = reader(value)
@@ -505,7 +606,9 @@ def read_flag(flag: str, value: str, *, max_n: int = MAX_IMAGES_PER_JOB) -> Any:
     flags (a chat command's option, a field of a form): ``read_flag("n", "2") == 2``.
 
     Returns the value as ``GenerationParams`` holds it (``ar``: the aspect, ``size``: (w, h),
-    ``seed``: ``None`` for -1, ``no``: the negative); raises the flag's ``BadInput``.
+    ``seed``: ``None`` for -1, ``no``: the negative), except ``lora``: one ``(name, weight)``
+    (a form with several LoRAs reads each); ``hires`` with no value is on. Raises the
+    flag's ``BadInput``.
     """
     name = _NAMES.get(flag.lower())
     if name is None:
@@ -517,6 +620,8 @@ def read_flag(flag: str, value: str, *, max_n: int = MAX_IMAGES_PER_JOB) -> Any:
         if not value:
             raise BadInput("--no needs what to leave out, for example --no blurry, text")
         return value
+    if name == "hires" and not value:
+        return True  # the flag typed alone
     return _READERS[name][1](value)
 
 
@@ -536,7 +641,27 @@ def _block_values(kv: dict[str, str], explicit: dict[str, Any]) -> dict[str, Any
                 f"the pasted parameters have {a1111_key}: {_shown(raw)}, but {err.message}; "
                 f"type --{flag} after the block to override it"
             ) from None
+    if "hires" not in explicit and any(kv.get(k, "").strip() for k in HIRES_KEYS):
+        out["hires"] = True
+    model_hash = kv.get("Model hash", "").strip()
+    if model_hash and "model" not in explicit and "model" not in out:
+        out["model"] = model_hash
     return out
+
+
+def _check_loras(loras: list[tuple[str, float]], prompt: str) -> None:
+    """Each LoRA once: A1111 would apply a name given twice twice."""
+    in_prompt = {name for name, _ in prompt_loras(prompt)}
+    seen: set[str] = set()
+    for name, _ in loras:
+        if name in seen:
+            raise BadInput(f"--lora {_shown(name)} is given twice; keep one")
+        if name in in_prompt:
+            raise BadInput(
+                f"the LoRA {_shown(name)} is both in the prompt (<lora:{_shown(name)}:…>) "
+                "and in --lora; keep one"
+            )
+        seen.add(name)
 
 
 def _parse(text: str, *, max_n: int | None, allow_empty_prompt: bool) -> GenerationParams:
@@ -556,6 +681,9 @@ def _parse(text: str, *, max_n: int | None, allow_empty_prompt: bool) -> Generat
         parsed = _parse_words(text, max_n=max_n)
         prompt = " ".join(parsed.words)
     values.update(parsed.values)
+    if parsed.loras:
+        _check_loras(parsed.loras, prompt)
+        values["loras"] = tuple(parsed.loras)
     if parsed.negatives:
         negative = ", ".join(parsed.negatives)
     if not prompt and not allow_empty_prompt:
@@ -723,9 +851,25 @@ def format_flags(params: GenerationParams) -> str:
         parts.append(f"--provider {_encode_value(params.provider)}")
     if params.strength is not None:
         parts.append(f"--strength {_plain_number(params.strength)}")
+    for name, weight in params.loras:
+        parts.append(f"--lora {_encode_value(format_lora(name, weight))}")
+    if params.vae:
+        parts.append(f"--vae {_encode_value(params.vae)}")
+    if params.scheduler:
+        parts.append(f"--scheduler {_encode_value(params.scheduler)}")
+    if params.hires:
+        parts.append("--hires")
     if params.negative:
         parts.append(f"--no {_encode_text(params.negative, whole_group_is_value=True)}")
     return " ".join(parts)
+
+
+def format_lora(name: str, weight: float) -> str:
+    """One ``--lora`` value: ``NAME`` at weight 1 unless the name has a colon, else
+    ``NAME:WEIGHT`` (so the last colon is always the weight's)."""
+    if weight == 1 and ":" not in name:
+        return name
+    return f"{name}:{_plain_number(weight)}"
 
 
 def _plain_number(x: float) -> str:

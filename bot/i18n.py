@@ -228,6 +228,21 @@ CATALOG: dict[str, dict[str, str]] = {
     },
     "models.default": {"en": " (default)", "zh": "（默认）"},
     "models.none": {"en": "no providers are configured", "zh": "还没有配置任何服务商"},
+    "models.unknown": {
+        "en": "no provider is called {name}; configured: {known}",
+        "zh": "没有名为 {name} 的服务商；已配置：{known}",
+    },
+    # Capabilities.lists of a provider (its own GPUs): what --lora, --sampler, ... may name.
+    "models.list": {"en": "  {kind} ({count}): {names}", "zh": "  {kind}（{count} 个）：{names}"},
+    "models.list.loras": {"en": "LoRAs (--lora)", "zh": "LoRA（--lora）"},
+    "models.list.samplers": {"en": "samplers (--sampler)", "zh": "采样器（--sampler）"},
+    "models.list.schedulers": {"en": "schedulers (--scheduler)", "zh": "调度器（--scheduler）"},
+    "models.list.vaes": {"en": "VAEs (--vae)", "zh": "VAE（--vae）"},
+    "models.more": {"en": "and {n} more", "zh": "等，另有 {n} 个"},
+    "models.detail": {
+        "en": "/models {name} lists them all",
+        "zh": "发送 /models {name} 查看完整列表",
+    },
     "help.intro": {
         "en": "sdhost makes pictures from prompts. Commands:",
         "zh": "sdhost 根据提示词生成图片。命令：",

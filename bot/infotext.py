@@ -25,10 +25,34 @@ _RE_SIZE = re.compile(r"([0-9]{1,9})\s*x\s*([0-9]{1,9})")
 _RE_INT = re.compile(r"-?[0-9]{1,20}")
 _RE_FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 
+# A1111 writes these for a hires-fix second pass ("Hires upscale: 2, Hires steps: 10,
+# Hires upscaler: Latent", or "Hires resize: WxH"); any of them means the pass was on.
+HIRES_KEYS: tuple[str, ...] = ("Hires upscale", "Hires upscaler", "Hires steps", "Hires resize")
+# What we write for ``GenerationParams.hires``: the request carries no factor, and A1111's
+# default one is 2. A caller that knows the factor used passes "Hires upscale" in ``extra``.
+HIRES_DEFAULT_UPSCALE = "2"
+
 # Keys only A1111-style tools write; one of them must be present for a line to be the key line.
 KNOWN_KEYS = frozenset(
-    {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Model hash", "Denoising strength"}
+    {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size",
+        "Model",
+        "Model hash",
+        "VAE",
+        "VAE hash",
+        "Denoising strength",
+        "Lora hashes",
+        *HIRES_KEYS,
+    }
 )
+
+# A1111's extra-network tags in a prompt (modules/extra_networks.py): <lora:NAME:W>.
+_RE_EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")
 
 
 def quote(value: str) -> str:
@@ -59,6 +83,40 @@ def format_number(x: float) -> str:
     return short if float(short) == x else repr(x)
 
 
+def prompt_loras(prompt: str) -> list[tuple[str, float]]:
+    """The LoRAs a prompt's ``<lora:NAME:W>`` tags ask for, as A1111 reads them.
+
+    ``<lora:NAME>`` is weight 1; the weight is the first positional argument after the name
+    or a named ``te=W`` (A1111's text-encoder multiplier; a second positional or ``unet=``
+    is the UNet's, not reported). A weight A1111 could not read counts as 1. Names are
+    what A1111 looks up (an alias or file name without extension); ``<lyco:...>`` and
+    other networks are not LoRAs here. Pure: for providers checking the names exist.
+    """
+    out: list[tuple[str, float]] = []
+    for kind, args in _RE_EXTRA_NET.findall(prompt):
+        if kind != "lora":
+            continue
+        positional: list[str] = []
+        named: dict[str, str] = {}
+        for item in args.split(":"):
+            parts = item.split("=", 2)
+            if len(parts) == 2:
+                named[parts[0]] = parts[1]
+            else:
+                positional.append(item)
+        if not positional or not positional[0]:
+            continue
+        raw = named.get("te", positional[1] if len(positional) > 1 else "1")
+        weight = _float(raw)
+        out.append((positional[0], 1.0 if weight is None else weight))
+    return out
+
+
+def lora_tag(name: str, weight: float) -> str:
+    """``<lora:NAME:W>`` as A1111 writes it into a prompt."""
+    return f"<lora:{name}:{format_number(weight)}>"
+
+
 def format_infotext(
     params: GenerationParams,
     *,
@@ -68,19 +126,31 @@ def format_infotext(
     model: str | None,
     extra: dict[str, str] | None = None,
 ) -> str:
-    """Write what was actually generated (resolved size, seed and model), in A1111's layout."""
+    """Write what was actually generated (resolved size, seed and model), in A1111's layout.
+
+    LoRAs asked for with ``--lora`` are written into the prompt as ``<lora:NAME:W>`` tags,
+    as A1111's own prompt carries them, so the picture asks for them again when pasted back.
+    A hires fix is written as "Hires upscale" (``HIRES_DEFAULT_UPSCALE``). ``extra`` keys
+    replace ours of the same name (a provider that knows the factor it used).
+    """
     pairs: list[tuple[str, object]] = [
         ("Steps", params.steps),
         ("Sampler", params.sampler),
+        ("Schedule type", params.scheduler),
         ("CFG scale", None if params.cfg is None else format_number(params.cfg)),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", model),
+        ("VAE", params.vae),
         ("Denoising strength", None if params.strength is None else format_number(params.strength)),
+        ("Hires upscale", HIRES_DEFAULT_UPSCALE if params.hires else None),
     ]
-    pairs += list((extra or {}).items())
+    extra = dict(extra or {})
+    pairs = [(k, extra.pop(k) if k in extra else v) for k, v in pairs]
+    pairs += list(extra.items())
     key_line = ", ".join(f"{k}: {quote(str(v))}" for k, v in pairs if v is not None and v != "")
-    lines = [params.prompt]
+    prompt = " ".join([params.prompt, *(lora_tag(n, w) for n, w in params.loras)]).strip()
+    lines = [prompt]
     if params.negative:
         lines.append(f"{NEGATIVE_PREFIX} {params.negative}")
     lines.append(key_line)
@@ -173,8 +243,11 @@ def parse_infotext_full(text: str) -> tuple[GenerationParams, dict[str, str]] | 
         steps=_int(kv.get("Steps")),
         cfg=_float(kv.get("CFG scale")),
         sampler=_text(kv.get("Sampler")),
-        model=_text(kv.get("Model")),
+        model=_text(kv.get("Model")) or _text(kv.get("Model hash")),
         strength=_float(kv.get("Denoising strength")),
+        vae=_text(kv.get("VAE")),
+        scheduler=_text(kv.get("Schedule type")),
+        hires=any(_text(kv.get(k)) for k in HIRES_KEYS),
     )
     return params, kv
 

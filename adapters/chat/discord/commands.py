@@ -28,6 +28,8 @@ from adapters.chat.discord.files import _is_picture
 from adapters.chat.discord.modals import OpenBoxes, _PromptModal, box_id
 from adapters.chat.discord.options import (
     BATCH_MAX,
+    LORAS_MAX,
+    NAME_MAX,
     NEGATIVE_MAX,
     PROMPT_MAX,
     SETTING_NEGATIVE_MAX,
@@ -37,12 +39,14 @@ from adapters.chat.discord.options import (
     check_uploads,
     read_options,
     read_strength_field,
+    split_loras,
 )
 from bot.errors import BadInput, UserError
 from bot.grammar import format_flags
 from bot.i18n import t
 from bot.params import GenerationParams
 from bot.status import JOB_ACTIVE
+from bot.text import clip
 
 if TYPE_CHECKING:
     from adapters.chat.discord.adapter import DiscordAdapter
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 L = app_commands.locale_str
 
 ASPECTS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
+CHOICES_MAX = 25  # Discord's most autocomplete results
+CHOICE_MAX = 100  # characters in a choice's name and in its (string) value
 
 
 def _text(command: str, prompt: str, options: GenerationParams) -> str:
@@ -125,6 +131,78 @@ class SlashCommands:
         current = current.lower()
         return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
 
+    def _listed(self, kind: str, interaction: discord.Interaction[Any]) -> list[str]:
+        """The names the providers list under ``kind`` (``Capabilities.lists``: "loras",
+        "samplers", ...), asked afresh each time so new files show up; only the provider
+        the person picked (the provider option, or the model's ``provider:`` prefix)."""
+        namespace = interaction.namespace
+        chosen = getattr(namespace, "provider", None) or None
+        model = getattr(namespace, "model", None)
+        if not chosen and isinstance(model, str) and ":" in model:
+            prefix = model.partition(":")[0]
+            chosen = prefix if prefix in self.app.providers else None
+        names: dict[str, None] = {}
+        for pname, provider in self.app.providers.items():
+            if chosen and pname != chosen:
+                continue
+            for name in provider.capabilities().lists.get(kind, ()):
+                if name and len(name) <= CHOICE_MAX:
+                    names.setdefault(name)
+        return list(names)
+
+    @staticmethod
+    def _matching(names: list[str], typed: str) -> list[str]:
+        """Names starting with what is typed first, then names containing it."""
+        typed = typed.strip().lower()
+        starts = [n for n in names if n.lower().startswith(typed)]
+        within = [n for n in names if typed in n.lower() and n not in starts]
+        return starts + within
+
+    def _name_choices(
+        self, kind: str, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        found = self._matching(self._listed(kind, interaction), current)
+        return [app_commands.Choice(name=n, value=n) for n in found[:CHOICES_MAX]]
+
+    async def _sampler_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return self._name_choices("samplers", interaction, current)
+
+    async def _scheduler_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return self._name_choices("schedulers", interaction, current)
+
+    async def _vae_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return self._name_choices("vaes", interaction, current)
+
+    async def _lora_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Completes the last item of the list typed so far ("film_grain:0.8, det" offers
+        "film_grain:0.8, detail_tweaker"), leaving the earlier ones as typed; a weight
+        typed after the name being completed is kept."""
+        head, comma, last = current.rpartition(",")
+        done = split_loras(head) if comma else []
+        prefix = ", ".join(done) + ", " if done else ""
+        chosen = {item.rpartition(":")[0] or item for item in done}
+        names = [n for n in self._listed("loras", interaction) if n not in chosen]
+        typed, suffix = last.strip(), ""
+        found = self._matching(names, typed)
+        if not found and ":" in typed:
+            typed, _, weight = typed.rpartition(":")
+            suffix = ":" + weight.strip()
+            found = self._matching(names, typed)
+        out = []
+        for name in found:
+            value = prefix + name + suffix
+            if len(value) <= CHOICE_MAX:
+                out.append(app_commands.Choice(name=clip(value, CHOICE_MAX), value=value))
+        return out[:CHOICES_MAX]
+
     async def _my_jobs(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[int]]:
@@ -148,6 +226,11 @@ class SlashCommands:
         count=L("Pictures, 1-4"),
         model=L("Model (see /models)"),
         provider=L("Provider"),
+        sampler=L("Sampler (your own GPUs list theirs)"),
+        lora=L("LoRAs: name or name:weight, several comma-separated"),
+        vae=L("VAE (your own GPUs)"),
+        scheduler=L("Noise schedule, e.g. karras (your own GPUs)"),
+        hires=L("Hires fix: a second pass that enlarges and sharpens"),
     )
     @app_commands.rename(
         prompt=L("prompt"),
@@ -159,9 +242,20 @@ class SlashCommands:
         count=L("count"),
         model=L("model"),
         provider=L("provider"),
+        sampler=L("sampler"),
+        lora=L("lora"),
+        vae=L("vae"),
+        scheduler=L("scheduler"),
+        hires=L("hires"),
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-    @app_commands.autocomplete(model=_model_choices)  # type: ignore[type-var]
+    @app_commands.autocomplete(  # type: ignore[type-var]
+        model=_model_choices,
+        sampler=_sampler_choices,
+        lora=_lora_choices,
+        vae=_vae_choices,
+        scheduler=_scheduler_choices,
+    )
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
@@ -174,6 +268,11 @@ class SlashCommands:
         count: app_commands.Range[int, 1, 4] | None = None,
         model: str | None = None,
         provider: str | None = None,
+        sampler: app_commands.Range[str, 1, NAME_MAX] | None = None,
+        lora: app_commands.Range[str, 1, LORAS_MAX] | None = None,
+        vae: app_commands.Range[str, 1, NAME_MAX] | None = None,
+        scheduler: app_commands.Range[str, 1, NAME_MAX] | None = None,
+        hires: bool | None = None,
     ) -> None:
         try:
             options = read_options(
@@ -186,6 +285,11 @@ class SlashCommands:
                     "count": count,
                     "model": model,
                     "provider": provider,
+                    "sampler": sampler,
+                    "lora": lora,
+                    "vae": vae,
+                    "scheduler": scheduler,
+                    "hires": hires,
                 }
             )
             text = _text("/imagine", prompt, options)

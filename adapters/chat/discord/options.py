@@ -15,6 +15,7 @@ prompt 1000. A box's text input holds at most 4000 characters.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +35,8 @@ NEGATIVE_MAX = 1000
 BATCH_MAX = 4000  # Discord's most for one text input
 STRENGTH_MAX = 5  # "0.625"
 SETTING_NEGATIVE_MAX = 500  # bot.jobs.MAX_DEFAULT_NEGATIVE
+NAME_MAX = 200  # a sampler, scheduler or VAE name
+LORAS_MAX = 1000  # the lora option: several NAME:WEIGHT
 
 # option name -> (grammar flag, GenerationParams field)
 _OPTIONS: dict[str, tuple[str, str]] = {
@@ -46,7 +49,13 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "model": ("model", "model"),
     "provider": ("provider", "provider"),
     "strength": ("strength", "strength"),
+    "sampler": ("sampler", "sampler"),
+    "scheduler": ("scheduler", "scheduler"),
+    "vae": ("vae", "vae"),
 }
+# The lora option holds one LoRA or several, comma-separated ("film_grain:0.8, detail");
+# a comma between two digits is a decimal comma (a weight typed 0,8), not a separator.
+_LORA_SEPARATOR = re.compile(r"(?<![0-9]),|,(?![0-9])")
 # options whose mistakes have a text of their own (the rest: "dc.opt.bad")
 _OWN_TEXT = frozenset({"aspect", "seed", "steps", "cfg", "count", "strength"})
 
@@ -75,11 +84,37 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 30 else text[:29] + "…"
 
 
+def split_loras(value: str) -> list[str]:
+    """The lora option's items as typed (blank ones dropped)."""
+    return [part.strip() for part in _LORA_SEPARATOR.split(value) if part.strip()]
+
+
+def _read_loras(value: str) -> tuple[tuple[str, float], ...]:
+    loras: list[tuple[str, float]] = []
+    for item in split_loras(value):
+        try:
+            lora: tuple[str, float] = read_flag("lora", item)
+        except BadInput as err:
+            raise BadInput.of("dc.opt.bad", option=_OptionName("lora"), error=err.message) from None
+        if any(lora[0] == name for name, _ in loras):
+            raise BadInput.of("dc.opt.lora_twice", name=_shown(lora[0]))
+        loras.append(lora)
+    return tuple(loras)
+
+
 def read_options(values: dict[str, Any]) -> GenerationParams:
-    """The options given (``None``: not given) as parameters; a bad one is refused by name."""
+    """The options given (``None``: not given) as parameters; a bad one is refused by name.
+
+    ``lora`` is a list (``split_loras``); ``hires`` a yes/no (no: not asked for)."""
     fields: dict[str, Any] = {}
     for option, value in values.items():
         if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if option == "lora":
+            fields["loras"] = _read_loras(str(value))
+            continue
+        if option == "hires":
+            fields["hires"] = bool(value)
             continue
         flag, field = _OPTIONS[option]
         text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
