@@ -415,3 +415,13 @@ async def test_an_unknown_checkpoint_is_refused_before_charging(
             assert not gpu.rendered
         finally:
             await app.stop()
+
+
+async def test_hires_renders_the_asked_size_through_a_second_pass() -> None:
+    async with A1111Fake() as gpu, provider(cfg(gpu, hires_scale=2.0)) as p:
+        run = Recorder(request(width=1024, height=768, hires=True))
+        await p.generate(run)
+        assert size_of(run.images[0].data) == (1024, 768)
+        body = gpu.calls_of("txt2img")[0].json
+        assert (body["width"], body["height"], body["enable_hr"]) == (512, 384, True)
+        assert body["hr_scale"] == 2.0 and body["hr_upscaler"] == "Latent"

@@ -31,7 +31,6 @@ import binascii
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from adapters.providers.a1111.catalog import (
 from adapters.providers.gpupool import GpuPool, Member, NoInstance
 from bot.config import A1111Config
 from bot.errors import BadInput, FailureClass, ProviderFailure
+from bot.infotext import prompt_loras
 from bot.model_registry import ModelRegistry
 from bot.params import MAX_IMAGES_PER_JOB, GenerationParams
 from bot.providers import (
@@ -62,15 +62,9 @@ from bot.providers import (
 
 log = logging.getLogger(__name__)
 
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>", re.IGNORECASE)
 _UPSCALERS = ("R-ESRGAN 4x+", "ESRGAN_4x", "R-ESRGAN 4x+ Anime6B", "Lanczos")
 _HIRES_UPSCALERS = ("Latent", "R-ESRGAN 4x+", "Lanczos")
 START_PROBE_S = 10.0  # how long start-up waits for the first look at every instance
-
-
-def prompt_loras(prompt: str) -> list[str]:
-    """The LoRA names of ``<lora:NAME:W>`` tags in a prompt."""
-    return [m.group(1).strip() for m in _LORA_TAG.finditer(prompt)]
 
 
 @dataclass
@@ -377,7 +371,7 @@ class A1111Provider(Provider):
             info.schedulers is None or params.scheduler.lower() in info.schedulers for info in infos
         ):
             raise self._unknown("scheduler", params.scheduler, "schedulers", infos)
-        for lora in [n for n, _ in params.loras] + prompt_loras(params.prompt):
+        for lora in [n for n, _ in [*params.loras, *prompt_loras(params.prompt)]]:
             if not any(lora.lower() in info.loras for info in infos):
                 raise self._unknown("LoRA", lora, "loras", infos)
 
@@ -413,7 +407,7 @@ class A1111Provider(Provider):
                 uncharged=True,
             )
         want = None if key == LOADED else key
-        loras = [n.lower() for n, _ in req.loras] + [n.lower() for n in prompt_loras(req.prompt)]
+        loras = [n.lower() for n, _ in [*req.loras, *prompt_loras(req.prompt)]]
 
         def fits(m: Inst) -> bool:
             info = self.infos.get(m.name)
@@ -544,6 +538,11 @@ class A1111Provider(Provider):
             body["denoising_strength"] = req.strength if req.strength is not None else 0.75
             return "img2img", body
         if req.hires:
+            # --size is the picture delivered: the first pass is that divided by the scale
+            # (so a pasted block of a hires picture asks for the same picture again)
+            scale = self.cfg.hires_scale
+            body["width"] = max(64, round(req.width / scale / 8) * 8)
+            body["height"] = max(64, round(req.height / scale / 8) * 8)
             body.update(
                 enable_hr=True,
                 hr_scale=self.cfg.hires_scale,
@@ -625,11 +624,13 @@ class A1111Provider(Provider):
             elif cp is not None:
                 info.loaded = m.loaded = cp.key
         picture = _first_picture(answer, m.name)
-        self.pool.observe(
-            m,
-            time.monotonic() - started,
-            switched=route != "extra-single-image" and info.loaded != before,
-        )
+        took = time.monotonic() - started
+        switched = route != "extra-single-image" and info.loaded != before
+        if switched:
+            log.info(
+                "instance %s: %s loaded for job %s (%.1f s)", m.name, info.loaded, req.job_id, took
+            )
+        self.pool.observe(m, took, switched=switched)
         seeds = details.get("all_seeds") or []
         seed = details.get("seed")
         if isinstance(seeds, list) and seeds:
