@@ -594,6 +594,11 @@ CATALOG: dict[str, dict[str, str]] = {
         "zh": "这张图片放大 ×{factor} 后是 {width}×{height}；放大后长边最多 {limit} 像素："
         "请用更小的 --scale",
     },
+    "error.upscale_nsfw": {
+        "en": "this picture is marked NSFW and this chat does not show such pictures openly, "
+        "so it is not upscaled here",
+        "zh": "这张图片被标记为 NSFW，本聊天不公开显示这类图片，所以不在这里放大",
+    },
     "note.upscale": {
         "en": "upscale ×{factor} of job #{job} picture {k}",
         "zh": "任务 #{job} 第 {k} 张图片放大 ×{factor}",

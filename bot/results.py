@@ -162,6 +162,10 @@ class Results:
         provider = picture.job.provider
         if not self.can_upscale(provider):  # before the file is even read
             raise BadInput.of("error.no_upscale", provider=provider)
+        if await self.is_nsfw(picture) and not ReplyTo.from_json(reply_to).nsfw_ok:
+            # the same picture, larger: it must not come back plain where it was spoilered
+            # or withheld (the provider need not flag it again)
+            raise BadInput.of("error.upscale_nsfw")
         data = await self.picture_bytes(picture)
         old = GenerationParams.from_dict(picture.job.params)
         params = old.with_(

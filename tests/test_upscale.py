@@ -81,7 +81,8 @@ class Upscaler(Provider):
             return
         for i in range(req.n):
             img = Image.new("RGB", (req.width, req.height), (40 * i, 90, 200))
-            await run.image(i, ResultImage(image=img, seed=req.seed + i))
+            nsfw = "nsfw" in req.prompt  # flags at the source, never when upscaling
+            await run.image(i, ResultImage(image=img, seed=req.seed + i, nsfw=nsfw))
 
     def upscales(self) -> list[ResolvedRequest]:
         return [r for r in self.requests if r.upscale]
@@ -215,6 +216,27 @@ async def test_refusals_come_before_any_charge(app_factory: Any) -> None:
     assert await app.jobs.balance(ann) == balance
     assert await _job_count(app) == jobs
     assert demo.init_images == [] and gpu.upscales() == []
+
+
+async def test_a_picture_flagged_nsfw_is_upscaled_only_where_nsfw_is_shown(
+    app_factory: Any,
+) -> None:
+    gpu = Upscaler()
+    app = await app_factory(provider_objs={"gpu": gpu}, credits=PRICES)
+    ann = user()
+    receipt = await app.jobs.submit(
+        ann, "txt2img", [GenerationParams(prompt="nsfw pinup", provider="gpu")], REPLY
+    )
+    job_id = receipt.job_ids[0]
+    assert await _wait_done(app, job_id) == "succeeded"
+    results = Results(app.jobs)
+    with pytest.raises(BadInput) as refused:
+        await results.upscale(ann, job_id, 0, REPLY, idem_key="a")
+    assert "NSFW" in str(refused.value)
+    assert await app.jobs.balance(ann) == 19 and gpu.upscales() == []
+    allowed = await results.upscale(ann, job_id, 0, {**REPLY, "nsfw_ok": True}, idem_key="b")
+    assert await _wait_done(app, allowed.job_ids[0]) == "succeeded"
+    assert len(gpu.upscales()) == 1
 
 
 async def test_a_failed_upscale_is_refunded_and_can_be_retried(app_factory: Any) -> None:
@@ -517,3 +539,26 @@ async def test_discord_four_pictures_keep_within_five_rows(dc_env: DiscordEnv) -
         upscale_ids += [c for c in shape[-1] if c.startswith("sd:u:")]
         assert len(shape) == len(message["attachments"]) + 1  # Upscale: the last row
     assert sorted(upscale_ids) == [f"sd:u:1:{i}" for i in range(4)]
+
+
+async def test_telegram_album_buttons_carry_upscale_per_picture(tg_env: TelegramEnv) -> None:
+    await tg_env.start()
+    tg = tg_env.tg
+    tg.inject_message(ANN, ANN, "/imagine a harbour --provider gpu --size 256x256 --n 3")
+    await until(lambda: len(tg_env.photos()) == 3)
+
+    def upscale_buttons() -> dict[str, Any]:
+        return {c: m for m in tg.sent_messages(ANN) for c in callback_data(m) if c.startswith("u:")}
+
+    buttons = await until(lambda: len(upscale_buttons()) == 3 and upscale_buttons())
+    assert sorted(buttons) == [f"u:1:{i}" for i in range(3)]
+    assert tg.calls_of("sendMediaGroup"), "pictures that finish together go as an album"
+    for message in {id(m): m for m in buttons.values()}.values():
+        for row in message.reply_markup["inline_keyboard"]:
+            if message.text:  # the album's buttons: a row per picture, numbered
+                assert len(row) == 5 and row[-1]["text"].startswith("🔍 ")
+                assert row[-1]["callback_data"].startswith("u:1:")
+    tg.inject_callback_query(ANN, ANN, buttons["u:1:2"].message_id, "u:1:2")
+    upscaled = (await until(lambda: tg_env.photos()[3:]))[0]
+    assert decoded(upscaled.photo_bytes).size == (512, 512)
+    assert decoded(tg_env.gpu.upscales()[0].init_image or b"").getpixel((1, 1)) == (80, 90, 200)
