@@ -31,9 +31,10 @@ class Route:
 # picture by a factor in this range; the result's long side is at most UPSCALE_MAX_SIDE.
 # That bound holds whatever the provider's ``max_size``: the provider's size limits are for
 # what it generates from noise, an upscaler enlarges what exists (A1111's extras or hires
-# fix take 2048 -> 4096 in stride); 4096 keeps a picture within what chats take (a PNG of
-# 4096 x 4096 stays under Telegram's 50 MB, Discord's uploads are re-encoded to fit) and
-# what one GPU's memory holds. Above it an upscale is refused before anything is charged.
+# fix take 2048 -> 4096 in stride); 4096 keeps a picture near what chats take (a PNG of
+# that size is usually well under Telegram's 50 MB for bots, a larger one is announced, not
+# sent; Discord's uploads are re-encoded to fit) and what one GPU's memory holds. Above it
+# an upscale is refused before anything is charged.
 UPSCALE_MIN_FACTOR = 1.5
 UPSCALE_MAX_FACTOR = 4.0
 UPSCALE_MAX_SIDE = 4096
