@@ -13,6 +13,7 @@ CHAT: dict[str, dict[str, str]] = {
     "tg.btn.vary": {"en": "🎨 Vary", "zh": "🎨 变体"},
     "tg.btn.original": {"en": "📄 Original", "zh": "📄 原图"},
     "tg.btn.info": {"en": "ℹ️ Info", "zh": "ℹ️ 参数"},
+    "tg.btn.upscale": {"en": "🔍 Upscale ×2", "zh": "🔍 放大 ×2"},
     "tg.album_buttons": {
         "en": "Buttons for the {n} pictures above (numbered as in the album):",
         "zh": "上面 {n} 张图片的按钮（编号与相册顺序一致）：",
@@ -72,6 +73,10 @@ CHAT: dict[str, dict[str, str]] = {
         "en": "several prompts at once, one per line",
         "zh": "批量生成，每行一个提示词",
     },
+    "tg.cmd.upscale": {
+        "en": "enlarge one of my pictures (reply to it)",
+        "zh": "放大我画的图片（回复一张图片使用）",
+    },
     "tg.cmd.credits": {"en": "your balance and prices", "zh": "查看积分余额和价格"},
     "tg.cmd.jobs": {"en": "your recent jobs", "zh": "最近的任务"},
     "tg.cmd.cancel": {"en": "cancel a job", "zh": "取消任务"},
@@ -105,8 +110,10 @@ CHAT: dict[str, dict[str, str]] = {
         "with the prompt as its caption; a reply to an album uses all its pictures\n"
         "/batch — several prompts at once: one prompt per line under the command\n"
         "Under each picture: 🔁 Reroll (same prompt, new seed), 🎨 Vary (a variation of it), "
-        "📄 Original (the PNG file, with its parameters), ℹ️ Info (how it was made). Reroll "
-        "and Vary cost like a new picture.\n"
+        "📄 Original (the PNG file, with its parameters), ℹ️ Info (how it was made), and "
+        "🔍 Upscale ×2 under pictures from providers that can enlarge them (also /upscale "
+        "in reply to one, --scale 1.5 to 4). Reroll, Vary and Upscale cost like a new "
+        "picture.\n"
         "Options go after the prompt: --ar 16:9 (shape), --n 2 (1-4 pictures), --seed 7, "
         "--no what to leave out, --model NAME (see /models), --strength 0.5 (how much "
         "/img2img may change).\n"
@@ -124,7 +131,9 @@ CHAT: dict[str, dict[str, str]] = {
         "图片说明里；回复相册时会用上相册里的所有图片\n"
         "/batch — 一次多个提示词：命令下面每行写一个\n"
         "每张图片下面的按钮：🔁 重画（同样的提示词，新的种子）、🎨 变体（在这张图上变化）、"
-        "📄 原图（PNG 文件，内含生成参数）、ℹ️ 参数（怎么画出来的）。重画和变体按新图片计费。\n"
+        "📄 原图（PNG 文件，内含生成参数）、ℹ️ 参数（怎么画出来的），能放大图片的服务商画的"
+        "图片下面还有 🔍 放大 ×2（也可以回复图片发送 /upscale，--scale 1.5 到 4）。"
+        "重画、变体和放大按新图片计费。\n"
         "参数写在提示词后面：--ar 16:9（宽高比）、--n 2（1-4 张）、--seed 7、--no 不想要的内容、"
         "--model 模型名（见 /models）、--strength 0.5（图生图的改动程度）。\n"
         "在运营者自己的 GPU 上还可以用：--lora 名称:0.8（可重复，或在提示词里写 <lora:名称:0.8>）、"
@@ -146,7 +155,8 @@ CHAT: dict[str, dict[str, str]] = {
         "or long-press › Apps › Remix) and say what it should become\n"
         "Under each picture: Reroll (same prompt, new seed), Vary (a variation of it), "
         "Original (the PNG file, with its parameters), Info (how it was made), and Delete "
-        "for the person who asked. Reroll and Vary cost like a new picture.\n"
+        "for the person who asked; Upscale ×2 under pictures from providers that can "
+        "enlarge them. Reroll, Vary and Upscale cost like a new picture.\n"
         "/credits — your balance and the prices · /jobs — your recent jobs · /job · "
         "/cancel · /retry (each takes the job number)\n"
         "/models — what can draw · /settings — your defaults · /lang — the language I "
@@ -160,8 +170,8 @@ CHAT: dict[str, dict[str, str]] = {
         "重绘（Remix）— 在任何带图片的消息上打开消息的“应用”菜单（右键或长按 › 应用 › 重绘），"
         "说说要变成什么样\n"
         "每张图片下面的按钮：重画（同样的提示词，新的种子）、变体（在这张图上变化）、"
-        "原图（PNG 文件，内含生成参数）、参数（怎么画出来的），以及提问者可用的删除。"
-        "重画和变体按新图片计费。\n"
+        "原图（PNG 文件，内含生成参数）、参数（怎么画出来的），以及提问者可用的删除；"
+        "能放大图片的服务商画的图片下面还有“放大 ×2”。重画、变体和放大按新图片计费。\n"
         "/credits — 积分余额和价格 · /jobs — 最近的任务 · /job · /cancel · /retry"
         "（都需要任务编号）\n"
         "/models — 可用的模型 · /settings — 个人默认值 · /lang — 回复语言",
@@ -187,6 +197,7 @@ CHAT: dict[str, dict[str, str]] = {
     "dc.btn.original": {"en": "Original", "zh": "原图"},
     "dc.btn.info": {"en": "Info", "zh": "参数"},
     "dc.btn.delete": {"en": "Delete", "zh": "删除"},
+    "dc.btn.upscale": {"en": "Upscale ×2", "zh": "放大 ×2"},
     "dc.not_allowed": {
         "en": "This bot is not enabled here. Ask the server's admins.",
         "zh": "这里没有启用本机器人，请联系服务器管理员。",

@@ -41,6 +41,8 @@ from bot.jobs import SETTING_KEYS, JobService, JobView, Receipt
 from bot.localfile import is_regular_file, read_local_picture
 from bot.params import GenerationParams
 from bot.ratelimit import SlidingWindow
+from bot.results import UPSCALE_FACTOR, Results
+from bot.routing import UPSCALE_MAX_FACTOR, UPSCALE_MIN_FACTOR
 from bot.status import JobStatus
 from bot.text import clip, shown_char, unusable_char
 
@@ -82,6 +84,9 @@ class Incoming:
     # can, with a note, instead of refusing the lot.
     fit_more: bool = False
     notes: tuple[str, ...] = ()  # said in the receipt (e.g. an album not known any more)
+    # One of the bot's own pictures the message replies to, as (job id, picture index):
+    # what /upscale acts on when no job is named.
+    replied_picture: tuple[int, int] | None = None
     message_key: str | None = None  # platform message id: the same message never runs twice
     # Only the console (the operator's own terminal) may read files from this machine by
     # path, and only there are the paths of stored files shown.
@@ -159,6 +164,7 @@ _HELP = [
     ("imagine", "usage.imagine"),
     ("img2img", "usage.img2img"),
     ("batch", "usage.batch"),
+    ("upscale", "usage.upscale"),
     ("credits", "usage.credits"),
     ("jobs", "usage.jobs"),
     ("job", "usage.job"),
@@ -196,7 +202,7 @@ ALIASES = {
 }
 
 # Commands that answer on a status message of their own, edited as their job runs.
-_STATUS_COMMANDS = frozenset({"imagine", "img2img", "batch", "retry"})
+_STATUS_COMMANDS = frozenset({"imagine", "img2img", "batch", "retry", "upscale"})
 
 _MAX_GRANT = 1_000_000_000
 
@@ -374,6 +380,33 @@ class Commands:
             idem_key=msg.message_key,
             notes=notes,
             on_accept=msg.on_accept,
+        )
+        return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
+
+    async def cmd_upscale(self, msg: Incoming, rest: str, lang: str) -> Reply:
+        """/upscale in reply to one of the bot's pictures, or /upscale JOB [PICTURE]; the
+        Upscale button's job (``Results.upscale``), ×2 unless ``--scale``."""
+        factor, words = _upscale_args(rest)
+        if words:
+            if len(words) > 2:
+                raise BadInput.of("error.upscale_needs_picture")
+            job_id = _job_id(words[0], "upscale")
+            number = parse_id(words[1]) if len(words) > 1 else 1
+            if number is None or number > 1_000_000_000:
+                raise BadInput.of("error.upscale_needs_picture")
+            idx = number - 1
+        elif msg.replied_picture is not None:
+            job_id, idx = msg.replied_picture
+        else:
+            raise BadInput.of("error.upscale_needs_picture")
+        receipt = await Results(self.jobs).upscale(
+            msg.user,
+            job_id,
+            idx,
+            job_address(msg),
+            idem_key=msg.message_key,
+            on_accept=msg.on_accept,
+            factor=factor,
         )
         return Reply(format_receipt(receipt, lang), receipt=receipt, lang=lang)
 
@@ -1091,6 +1124,40 @@ def _job_id(rest: str, cmd: str) -> int:
         raise BadInput.of("error.job_number", cmd=cmd)
     shown = token if len(token) <= 24 else token[:23] + "…"
     raise NotFound.of("error.no_job_of_yours", job_id=shown)
+
+
+def _upscale_args(rest: str) -> tuple[float, list[str]]:
+    """/upscale's ``--scale F`` (also ``--scale=F``, ``2x``, ``x2``) and the other words.
+    The range is checked by the router with the size (``bot.routing.upscale_size``); here
+    only that it is a number."""
+    factor = UPSCALE_FACTOR
+    words: list[str] = []
+    tokens = rest.split()
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        name, eq, value = token.partition("=")
+        if name.lower() in ("--scale", "--upscale"):
+            if not eq:
+                i += 1
+                value = tokens[i] if i < len(tokens) else ""
+            number = value.lower().removesuffix("x").removeprefix("x").removeprefix("×")
+            try:
+                factor = float(number) if number.isascii() else math.nan
+            except ValueError:
+                factor = math.nan
+            if not math.isfinite(factor):
+                raise BadInput.of(
+                    "error.upscale_factor",
+                    low=f"{UPSCALE_MIN_FACTOR:g}",
+                    high=f"{UPSCALE_MAX_FACTOR:g}",
+                )
+        elif token.startswith("--"):
+            raise BadInput.of("error.upscale_needs_picture")
+        else:
+            words.append(token)
+        i += 1
+    return factor, words
 
 
 def _merge_embedded(

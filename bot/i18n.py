@@ -258,6 +258,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "img2img PATH_OR_URL PROMPT [--strength 0..1]",
         "zh": "img2img 路径或网址 提示词 [--strength 0..1]",
     },
+    "usage.upscale": {
+        "en": "upscale [JOB [PICTURE]] [--scale 1.5..4] (or reply to a picture)",
+        "zh": "upscale [任务编号 [图片序号]] [--scale 1.5..4]（或回复一张图片）",
+    },
     "usage.batch": {"en": "batch PROMPT | PROMPT | …", "zh": "batch 提示词 | 提示词 | …"},
     "usage.credits": {"en": "credits", "zh": "credits"},
     "usage.jobs": {"en": "jobs", "zh": "jobs"},
@@ -282,6 +286,12 @@ CATALOG: dict[str, dict[str, str]] = {
     "help.img2img": {
         "en": "redraw a picture (or reply to one)",
         "zh": "重绘一张图片（也可以直接回复图片）",
+    },
+    "help.upscale": {
+        "en": "enlarge one of this bot's pictures (×2 unless --scale; the price of an "
+        "img2img; only pictures from providers that can upscale)",
+        "zh": "放大本机器人画的一张图片（默认 ×2，可用 --scale；按图生图计费；"
+        "只适用于能放大的服务商画的图片）",
     },
     "help.batch": {
         "en": "up to 10 prompts at once (one per line, or PROMPT --n K)",
@@ -586,6 +596,31 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "{provider} cannot upscale pictures; upscaling works on pictures from your "
         "own GPUs (see /models)",
         "zh": "{provider} 不能放大图片；放大只适用于你自己的 GPU 生成的图片（见 /models）",
+    },
+    "error.upscale_needs_picture": {
+        "en": "upscale needs one of this bot's pictures: press Upscale under it, reply to it "
+        "with /upscale, or give its job and number: /upscale JOB [PICTURE] [--scale 2]",
+        "zh": "放大需要本机器人画的一张图片：点图片下面的“放大”按钮，或者回复它发送 /upscale，"
+        "或者给出任务编号和图片序号：/upscale 任务编号 [图片序号] [--scale 2]",
+    },
+    "error.upscale_factor": {
+        "en": "--scale must be a number from {low} to {high}, e.g. --scale 2",
+        "zh": "--scale 必须是 {low} 到 {high} 之间的数字，例如 --scale 2",
+    },
+    "error.upscale_too_big": {
+        "en": "upscaled ×{factor} this picture would be {width}×{height}; upscales go up to "
+        "{limit} pixels on the long side: use a smaller --scale",
+        "zh": "这张图片放大 ×{factor} 后是 {width}×{height}；放大后长边最多 {limit} 像素："
+        "请用更小的 --scale",
+    },
+    "error.upscale_nsfw": {
+        "en": "this picture is marked NSFW and this chat does not show such pictures openly, "
+        "so it is not upscaled here",
+        "zh": "这张图片被标记为 NSFW，本聊天不公开显示这类图片，所以不在这里放大",
+    },
+    "note.upscale": {
+        "en": "upscale ×{factor} of job #{job} picture {k}",
+        "zh": "任务 #{job} 第 {k} 张图片放大 ×{factor}",
     },
     "error.model_prompt_long": {
         "en": "{model} takes prompts of at most {limit} characters (yours has {length}); "

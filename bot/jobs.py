@@ -31,6 +31,7 @@ from bot.errors import (
 )
 from bot.grammar import MAX_SEED, OPENERS, parse_generation
 from bot.ids import valid_id
+from bot.imaging import image_size
 from bot.params import MAX_BATCH_TASKS, GenerationParams
 from bot.routing import Route, Router
 from bot.text import shown_char, unusable_char
@@ -873,12 +874,17 @@ class JobService:
                 self.files.get, job.input_sha256, kind="inputs", ext="png"
             )
         more = await load_more_inputs(self.files, job.params)
+        params = GenerationParams.from_dict(job.params)
+        # an upscale is sized from its input picture (bot.routing.upscale_size); its stored
+        # width and height are the result's
+        init_size = image_size(init) if init is not None and params.upscale else None
         return await self.submit(
             ref,
             job.kind,
-            [GenerationParams.from_dict(job.params)],
+            [params],
             reply_to or ReplyTo.from_json(job.reply_to),
             init_image=init,
+            init_size=init_size,
             more_images=more,
             retry_of=job_id,
             notes=(i18n.Message("note.retry_of", job_id=job_id),),

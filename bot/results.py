@@ -1,4 +1,4 @@
-"""What a chat can do with a finished picture: find it again, reroll it, vary it.
+"""What a chat can do with a finished picture: find it again, reroll it, vary it, upscale it.
 
 Chat buttons carry only ``job id`` and ``picture index`` (Telegram allows 64 bytes of
 callback data, Discord 100 characters of custom id); everything else is read back from the
@@ -12,13 +12,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bot import i18n
 from bot.chat import ReplyTo, UserRef
-from bot.errors import NotFound
+from bot.errors import BadInput, NotFound
 from bot.jobs import JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
 from storage import repos
 
 VARY_STRENGTH = 0.55
+UPSCALE_FACTOR = 2.0  # the Upscale button's, and /upscale's without --scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,65 @@ class Results:
             init_size=(picture.image["width"], picture.image["height"]),
             idem_key=idem_key,
             notes=(f"variation of job #{job_id} picture {idx + 1}",),
+            on_accept=on_accept,
+        )
+
+    def can_upscale(self, model: str) -> bool:
+        """Whether pictures of a job whose ``model`` is this (``provider:model`` as delivery
+        payloads carry it, or a bare provider name) can be upscaled on the same provider:
+        chats show the Upscale button only then."""
+        provider = self.jobs.router.providers.get(model.partition(":")[0])
+        return provider is not None and provider.capabilities().upscale
+
+    async def upscale(
+        self,
+        ref: UserRef,
+        job_id: int,
+        idx: int,
+        reply_to: ReplyTo | Mapping[str, Any],
+        *,
+        idem_key: str | None = None,
+        on_accept: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+        factor: float = UPSCALE_FACTOR,
+    ) -> Receipt:
+        """The picture enlarged ``factor`` times by the provider that made it, with the same
+        model: an img2img job of the picture itself (``GenerationParams.upscale``), one
+        picture, its prompt and seed kept (they go into the new picture's parameters), at the
+        picture's size times ``factor`` (the router's rule, ``bot.routing.upscale_size``).
+        Charged like an img2img on that provider, refunded like any job. A provider that
+        cannot upscale, a factor out of range or a result too large are refused by the
+        router before anything is charged."""
+        picture = await self.picture(job_id, idx, by=ref)
+        provider = picture.job.provider
+        if not self.can_upscale(provider):  # before the file is even read
+            raise BadInput.of("error.no_upscale", provider=provider)
+        if await self.is_nsfw(picture) and not ReplyTo.from_json(reply_to).nsfw_ok:
+            # the same picture, larger: it must not come back plain where it was spoilered
+            # or withheld (the provider need not flag it again)
+            raise BadInput.of("error.upscale_nsfw")
+        data = await self.picture_bytes(picture)
+        old = GenerationParams.from_dict(picture.job.params)
+        params = old.with_(
+            provider=provider,
+            model=picture.job.model or old.model,
+            seed=picture.image.get("seed", old.seed),
+            n=1,
+            width=None,
+            height=None,
+            aspect=None,
+            strength=None,  # the provider's own for an upscale, not the job's img2img one
+            hires=False,
+            upscale=factor,
+        )
+        return await self.jobs.submit(
+            ref,
+            "img2img",
+            [params],
+            reply_to,
+            init_image=data,
+            init_size=(int(picture.image["width"]), int(picture.image["height"])),
+            idem_key=idem_key,
+            notes=(i18n.Message("note.upscale", factor=f"{factor:g}", job=job_id, k=idx + 1),),
             on_accept=on_accept,
         )
 

@@ -27,6 +27,43 @@ class Route:
     max_inputs: int = 1  # input pictures the model takes (ModelInfo.max_inputs)
 
 
+# An upscale (GenerationParams.upscale: the Upscale button, /upscale) enlarges a finished
+# picture by a factor in this range; the result's long side is at most UPSCALE_MAX_SIDE.
+# That bound holds whatever the provider's ``max_size``: the provider's size limits are for
+# what it generates from noise, an upscaler enlarges what exists (A1111's extras or hires
+# fix take 2048 -> 4096 in stride); 4096 keeps a picture near what chats take (a PNG of
+# that size is usually well under Telegram's 50 MB for bots, a larger one is announced, not
+# sent; Discord's uploads are re-encoded to fit) and what one GPU's memory holds. Above it
+# an upscale is refused before anything is charged.
+UPSCALE_MIN_FACTOR = 1.5
+UPSCALE_MAX_FACTOR = 4.0
+UPSCALE_MAX_SIDE = 4096
+
+
+def upscale_size(
+    init_size: tuple[int, int] | None, factor: float, multiple: int = 8
+) -> tuple[int, int]:
+    """The size of an upscale: the input picture's size times ``factor`` (rounded to the
+    provider's multiple), or a clear refusal (no picture, a factor out of range, too big)."""
+    if init_size is None:
+        raise BadInput.of("error.upscale_needs_picture")
+    if not (math.isfinite(factor) and UPSCALE_MIN_FACTOR <= factor <= UPSCALE_MAX_FACTOR):
+        raise BadInput.of(
+            "error.upscale_factor", low=f"{UPSCALE_MIN_FACTOR:g}", high=f"{UPSCALE_MAX_FACTOR:g}"
+        )
+    w, h = init_size
+    width, height = _round(w * factor, multiple), _round(h * factor, multiple)
+    if max(width, height) > UPSCALE_MAX_SIDE:
+        raise BadInput.of(
+            "error.upscale_too_big",
+            width=width,
+            height=height,
+            factor=f"{factor:g}",
+            limit=UPSCALE_MAX_SIDE,
+        )
+    return width, height
+
+
 def _round(v: float, multiple: int) -> int:
     return max(multiple, round(v / multiple) * multiple)
 
@@ -198,9 +235,16 @@ class Router:
                 min_size=info.min_side or caps.min_size,
                 max_size=info.max_side or caps.max_size,
             )
-        width, height = resolve_size(params, caps, self.config.images.default_size, init_size)
-        explicit = bool(params.width and params.height)
-        width, height = _fit_pixels(width, height, info, caps.size_multiple, explicit)
+        if params.upscale is not None:
+            # the picture times the factor: not the provider's sizes for generating, nor the
+            # model's pixel limits (see UPSCALE_MAX_SIDE)
+            if kind != "img2img":
+                raise BadInput.of("error.upscale_needs_picture")
+            width, height = upscale_size(init_size, params.upscale, caps.size_multiple)
+        else:
+            width, height = resolve_size(params, caps, self.config.images.default_size, init_size)
+            explicit = bool(params.width and params.height)
+            width, height = _fit_pixels(width, height, info, caps.size_multiple, explicit)
         seed = (
             params.seed if params.seed is not None else random.randrange(0, 2**32 - caps.max_images)
         )

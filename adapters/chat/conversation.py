@@ -22,7 +22,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal
 
 from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
@@ -44,6 +44,9 @@ def text_digest(text: str) -> str:
 
 
 PicturePolicy = Literal["send", "spoiler", "withhold"]
+# What the buttons under a picture that start a job do (``Conversation.remake``).
+RemakeAction = Literal["reroll", "vary", "upscale"]
+REMAKE_ACTIONS: tuple[RemakeAction, ...] = ("reroll", "vary", "upscale")
 
 
 def picture_policy(nsfw: bool, policy: str) -> PicturePolicy:
@@ -207,9 +210,14 @@ class Conversation(ResultsAdapter):
 
     # --- buttons -------------------------------------------------------------------------
 
+    def can_upscale(self, payload: Mapping[str, Any]) -> bool:
+        """Whether a delivered picture (its outbox payload) gets an Upscale button: its
+        job's provider can upscale."""
+        return self.results.can_upscale(str(payload.get("model") or ""))
+
     async def remake(
         self,
-        vary: bool,
+        action: RemakeAction,
         user: UserRef,
         job_id: int,
         idx: int,
@@ -219,11 +227,15 @@ class Conversation(ResultsAdapter):
         idem_key: str,
         open_status: Callable[..., Awaitable[Any]],
     ) -> tuple[str, Any]:
-        """Reroll (or Vary) a picture: the receipt or the refusal to show, and the status
-        message ``open_status`` made once the core accepted the job (None: refused, or the
-        same press again). ``open_status(opened, ...)`` is the platform's ``on_accept`` with
-        a dict to note the message in."""
-        run = self.results.vary if vary else self.results.reroll
+        """Reroll, Vary or Upscale a picture: the receipt or the refusal to show, and the
+        status message ``open_status`` made once the core accepted the job (None: refused,
+        or the same press again). ``open_status(opened, ...)`` is the platform's
+        ``on_accept`` with a dict to note the message in."""
+        run = {
+            "reroll": self.results.reroll,
+            "vary": self.results.vary,
+            "upscale": self.results.upscale,
+        }[action]
         opened: dict[str, Any] = {}
         try:
             receipt = await run(

@@ -36,7 +36,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from adapters.chat.conversation import picture_policy
+from adapters.chat.conversation import RemakeAction, picture_policy
 from adapters.chat.discord.buttons import CommandButton, ResultButton
 from adapters.chat.discord.commands import SlashCommands
 from adapters.chat.discord.delivery import NO_MENTIONS, DiscordDelivery
@@ -57,10 +57,13 @@ from bot.i18n import t
 
 log = logging.getLogger(__name__)
 
+# The buttons that start a job (``Conversation.remake``), by their letter in custom ids.
+REMAKES: dict[str, RemakeAction] = {"r": "reroll", "v": "vary", "u": "upscale"}
+
 
 class DiscordAdapter(DiscordDelivery):
     platform = "discord"
-    max_group = 4  # a job's pictures in one message (rows of buttons: 5 at most)
+    max_group = 4  # a job's pictures in one message (a row of buttons each, and Upscale: 5)
 
     def __init__(self, app: ChatHost, cfg: DiscordConfig | None = None) -> None:
         self.app = app
@@ -440,7 +443,7 @@ class DiscordAdapter(DiscordDelivery):
                 await interaction.response.defer(thinking=True, ephemeral=True)
                 reply_to = self._reply_to(interaction, lang, None)
                 text, status = await self.remake(
-                    action == "v",
+                    REMAKES[action],
                     self._user(interaction.user),
                     job_id,
                     idx,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:(?P<action>[rvoid]):(?P<job>[0-9]{1,19}):(?P<idx>[0-9]{1,9})",
+    template=r"sd:(?P<action>[rvoidu]):(?P<job>[0-9]{1,19}):(?P<idx>[0-9]{1,9})",
 ):
     """A button under a picture. Everything it needs is in its custom id."""
 
@@ -23,6 +23,7 @@ class ResultButton(
         "o": discord.ButtonStyle.secondary,
         "i": discord.ButtonStyle.secondary,
         "d": discord.ButtonStyle.danger,
+        "u": discord.ButtonStyle.secondary,
     }
 
     def __init__(self, action: str, job: int, idx: int, label: str = "", row: int | None = None):

@@ -192,6 +192,14 @@ class DiscordDelivery(Conversation):
             for action, label in labels:
                 short = label if len(deliveries) == 1 else f"{label} {k}"
                 view.add_item(ResultButton(action, d.job_id, int(p["index"]), short, row=row))
+            if self.can_upscale(p):
+                # a row holds five buttons, each picture's row is full: the Upscale buttons
+                # share the row after the last picture's (max_group 4: rows 0-3, this 4)
+                label = t(lang, "dc.btn.upscale")
+                short = label if len(deliveries) == 1 else f"{label} {k}"
+                view.add_item(
+                    ResultButton("u", d.job_id, int(p["index"]), short, row=len(deliveries))
+                )
         kw: dict[str, Any] = {"files": files} if files else {}
         if view.children:
             kw["view"] = view

@@ -46,7 +46,7 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.chat.conversation import picture_policy
+from adapters.chat.conversation import REMAKE_ACTIONS, picture_policy
 from adapters.chat.telegram.albums import ALBUM_SETTLE_MAX_S, ALBUM_SETTLE_S, AlbumMemory, _Album
 from adapters.chat.telegram.delivery import TelegramDelivery
 from adapters.chat.telegram.limits import (
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 IMG2IMG = {"img2img", "i2i"}
 
 
-ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info"}
+ACTIONS = {"r": "reroll", "v": "vary", "o": "original", "i": "info", "u": "upscale"}
 
 
 COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civitai use 1"
@@ -358,7 +358,10 @@ class TelegramAdapter(TelegramDelivery):
             return  # groups: only commands and replies to the bot's pictures
         key = f"telegram:{chat.id}:{msg.message_id}"
         if name not in IMG2IMG:
-            await self._run_command(msg, tg_user, text, key=key)
+            # one of the bot's own pictures replied to (/upscale): which job and picture
+            own = replied is not None and self._is_own(replied)
+            ref = self._picture_ref(replied) if replied is not None and own else None
+            await self._run_command(msg, tg_user, text, key=key, replied_picture=ref)
             return
         if album is not None:
             # An album captioned /img2img: its other items come as updates of their own,
@@ -455,6 +458,7 @@ class TelegramAdapter(TelegramDelivery):
         fit_more: bool = False,
         notes: tuple[str, ...] = (),
         key: str,
+        replied_picture: tuple[int, int] | None = None,
     ) -> None:
         """Run a command ``tg_user`` gave (typed in ``msg``, or a button under ``msg``) and
         answer in reply to ``msg``: on a status message of its own when it starts something
@@ -476,6 +480,7 @@ class TelegramAdapter(TelegramDelivery):
             more_images=more_images,
             fit_more=fit_more,
             notes=notes,
+            replied_picture=replied_picture,
             message_key=key,
             is_admin=self.is_admin(tg_user.id),
             lang=tg_user.language_code,
@@ -677,7 +682,7 @@ class TelegramAdapter(TelegramDelivery):
         if action != "original":  # Original may still answer with an alert
             await _answer(query)  # at once: the spinner on the button stops
         try:
-            if action in ("reroll", "vary"):
+            if action in REMAKE_ACTIONS:
                 reply_to = ReplyTo(
                     platform="telegram",
                     chat=chat_id,
@@ -689,7 +694,7 @@ class TelegramAdapter(TelegramDelivery):
                     else None,
                 )
                 text, status = await self.remake(
-                    action == "vary",
+                    action,
                     user,
                     job_id,
                     idx,

@@ -164,31 +164,37 @@ class TelegramDelivery(Conversation):
         return _Outgoing(d, data, as_photo, spoiler, caption)
 
     def _keyboard(self, items: list[_Outgoing], lang: str) -> InlineKeyboardMarkup:
+        """Reroll, Vary, Original, Info under each picture, and Upscale under those whose
+        provider can upscale (``Conversation.can_upscale``). Callback data is
+        ``action:job:index``, at most 31 bytes of Telegram's 64."""
         labels = [
             ("r", t(lang, "tg.btn.reroll")),
             ("v", t(lang, "tg.btn.vary")),
             ("o", t(lang, "tg.btn.original")),
             ("i", t(lang, "tg.btn.info")),
         ]
+        upscale = ("u", t(lang, "tg.btn.upscale"))
         rows = []
         for n, item in enumerate(items, start=1):
             d = item.delivery
             ref = f"{d.job_id}:{d.payload['index']}"
+            shown = [*labels, upscale] if self.can_upscale(d.payload) else labels
             if len(items) == 1:
-                rows.append(
-                    [InlineKeyboardButton(label, callback_data=f"{a}:{ref}") for a, label in labels]
-                )
+                row = [
+                    InlineKeyboardButton(label, callback_data=f"{a}:{ref}") for a, label in shown
+                ]
+                # Reroll, Vary (and Upscale) above Original and Info: rows of two or three
+                # read better than five in a row
+                rows = [row[:2] + row[4:], row[2:4]]
             else:
-                short = [label.split(" ", 1)[0] for _, label in labels]
                 rows.append(
                     [
-                        InlineKeyboardButton(f"{s} {n}", callback_data=f"{a}:{ref}")
-                        for (a, _), s in zip(labels, short, strict=True)
+                        InlineKeyboardButton(
+                            f"{label.split(' ', 1)[0]} {n}", callback_data=f"{a}:{ref}"
+                        )
+                        for a, label in shown
                     ]
                 )
-        if len(items) == 1:  # two rows of two read better than four in a row
-            row = rows[0]
-            rows = [row[:2], row[2:]]
         return InlineKeyboardMarkup(rows)
 
     async def _send_batch(self, chat_id: int, batch: list[_Outgoing]) -> None:

@@ -7,6 +7,7 @@ MENU = (
     "imagine",
     "img2img",
     "batch",
+    "upscale",
     "credits",
     "jobs",
     "cancel",
