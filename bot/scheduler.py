@@ -536,6 +536,8 @@ class Scheduler:
         tried = [*job.params.get("failed_over", []), job.provider]
         w, h = params.width or 1, params.height or 1  # stored params carry the resolved size
         init_size = (w, h) if job.kind == "img2img" else None
+        if params.upscale:  # the stored size is the result's: the input is that over the factor
+            init_size = (max(1, round(w / params.upscale)), max(1, round(h / params.upscale)))
         for name in chain:
             if name in tried or name not in self.providers:
                 continue
