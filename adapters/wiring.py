@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot.chat import ChatAdapter
 from bot.config import Config
+from bot.locks import NamedLocks
 from bot.model_registry import ModelRegistry
 from bot.providers import Provider
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def build_providers(
-    config: Config, *, registry: ModelRegistry | None = None
+    config: Config, *, registry: ModelRegistry | None = None, locks: NamedLocks | None = None
 ) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     if config.providers.demo.enabled:
@@ -44,7 +45,7 @@ def build_providers(
     if config.providers.a1111.active:
         from adapters.providers.a1111 import A1111Provider
 
-        providers["a1111"] = A1111Provider(config.providers.a1111, registry=registry)
+        providers["a1111"] = A1111Provider(config.providers.a1111, registry=registry, locks=locks)
     return providers
 
 

@@ -17,6 +17,7 @@ from bot.config import Config
 from bot.delivery import Deliverer
 from bot.housekeeping import sweep_forever
 from bot.jobs import JobService
+from bot.locks import NamedLocks
 from bot.model_registry import ModelRegistry
 from bot.owners import make_owner
 from bot.providers import Provider
@@ -49,10 +50,14 @@ class App:
             echo=config.database.echo,
         )
         self.files = FileStore(config.data.dir)
+        # locks every process sharing the database sees (one job per GPU instance)
+        self.locks = NamedLocks(self.db)
         if providers is None:
             from adapters import wiring  # the one place the core meets concrete adapters
 
-            providers = wiring.build_providers(config, registry=ModelRegistry(self.db))
+            providers = wiring.build_providers(
+                config, registry=ModelRegistry(self.db), locks=self.locks
+            )
         self.providers = providers
         if config.providers.default not in self.providers and self.providers:
             log.warning("default provider %r is not configured", config.providers.default)
@@ -161,6 +166,7 @@ class App:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        await self.locks.aclose()
         await self.db.dispose()
         if self.crash_reports:
             crashes.disarm()  # a clean stop: nothing to report

@@ -32,10 +32,10 @@ async def test_an_instance_is_lent_to_one_job_at_a_time() -> None:
     second = asyncio.create_task(pool.acquire(None))
     await asyncio.sleep(0.2)
     assert not second.done()  # gpu1 is busy: the second job waits
-    pool.release(first)
+    await pool.release(first)
     got = await second
     assert got is first
-    pool.release(got)
+    await pool.release(got)
     await pool.aclose()
 
 
@@ -49,11 +49,11 @@ async def test_a_freed_instance_takes_the_job_that_needs_no_switch() -> None:
     # waiting, oldest first: b, b, a
     waiting = [asyncio.create_task(pool.acquire(w)) for w in ("b", "b", "a")]
     await asyncio.sleep(0.05)
-    pool.release(a1)  # gpu1 has "a": it skips the two older "b" jobs
+    await pool.release(a1)  # gpu1 has "a": it skips the two older "b" jobs
     await asyncio.sleep(0.05)
     assert waiting[2].done() and waiting[2].result().name == "gpu1"
     assert not waiting[0].done() and not waiting[1].done()
-    pool.release(b1)
+    await pool.release(b1)
     await asyncio.sleep(0.05)
     assert waiting[0].done() and waiting[0].result().name == "gpu2"
     for t in waiting:
@@ -72,7 +72,7 @@ async def test_a_free_instance_switches_rather_than_idle_when_the_queue_is_long(
     # gpu1 (with "a") is idle; four "b" jobs wait for gpu2: 4 x 1 s > a 2 s switch
     assert sum(t.done() for t in waiting) == 1
     assert next(t for t in waiting if t.done()).result().name == "gpu1"
-    pool.release(b1)
+    await pool.release(b1)
     for t in waiting:
         t.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
@@ -87,7 +87,7 @@ async def test_a_short_queue_waits_for_the_instance_that_has_its_checkpoint() ->
     waiting = asyncio.create_task(pool.acquire("b"))
     await asyncio.sleep(0.3)
     assert not waiting.done()  # one job of 1 s is not worth a 20 s switch on gpu1
-    pool.release(b1)
+    await pool.release(b1)
     assert (await waiting).name == "gpu2"
     await pool.aclose()
 
@@ -98,7 +98,7 @@ async def test_a_dead_instance_is_skipped_checked_again_and_put_back() -> None:
     gpu1 = await pool.acquire(None)
     alive["gpu1"] = False
     pool.mark_down(gpu1, "connection refused")
-    pool.release(gpu1)
+    await pool.release(gpu1)
     got = await pool.acquire(None)
     assert got.name == "gpu2"  # gpu1 is out
     other = asyncio.create_task(pool.acquire(None))
@@ -129,7 +129,7 @@ async def test_a_job_cancelled_while_waiting_leaves_no_trace() -> None:
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     assert pool.waiting == 0
-    pool.release(held)
+    await pool.release(held)
     again = await pool.acquire(None)  # not lent to the cancelled job
     assert again is held and again.busy
     await pool.aclose()

@@ -27,17 +27,22 @@ one to come back, and is refused after ``wait_for_instance_s`` with a retryable 
 **Health.** An instance that stops answering is taken out (``mark_down``) and checked again
 after ``recheck_s``, doubling up to ``recheck_max_s``; when the check passes it is back.
 Every instance is checked once at start.
+
+**Several processes.** With ``hold`` (``bot.locks.NamedLocks``), an instance lent to a job
+is also locked for every sdhost process sharing the database; one another process holds is
+skipped for a moment, and the job keeps its place in the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from bot.waiting import wait_for_event
 
@@ -46,6 +51,11 @@ log = logging.getLogger(__name__)
 B = TypeVar("B")
 
 TICK_S = 0.25  # how often waiting jobs are looked at again without any event
+ELSEWHERE_S = 0.5  # an instance another process holds is tried again after this
+
+
+class Hold(Protocol):
+    async def release(self) -> None: ...
 
 
 class NoInstance(Exception):
@@ -68,6 +78,8 @@ class Member(Generic[B]):
     down_reason: str = ""
     jobs: int = 0
     switches: int = 0
+    handle: Any = None  # the cross-process lock held while lent
+    elsewhere_until: float = 0.0  # another sdhost process holds it: lend it to no one
 
 
 @dataclass
@@ -80,6 +92,10 @@ class _Waiter(Generic[B]):
     future: asyncio.Future[Member[B]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+def _set_event(event: asyncio.Event, _future: object) -> None:
+    event.set()
 
 
 class _Ewma:
@@ -105,6 +121,7 @@ class GpuPool(Generic[B]):
         job_s: float = 5.0,
         switch_s: float = 10.0,
         affinity: bool = True,
+        hold: Callable[[Member[B]], Awaitable[Hold | None]] | None = None,
     ) -> None:
         self.members = members
         self._check = check
@@ -114,6 +131,8 @@ class GpuPool(Generic[B]):
         # False: the oldest waiting job takes the next free instance, whatever it has loaded
         # (plain first-come first-served; bench/a1111_pool.py compares the two)
         self.affinity = affinity
+        # the cross-process lock of an instance (bot.locks): None when another process has it
+        self._hold = hold
         self.job_s = _Ewma(job_s)  # one job's time on an instance, without a switch
         self.switch_s = _Ewma(switch_s)  # what a checkpoint switch adds
         self._waiters: list[_Waiter[B]] = []
@@ -207,39 +226,67 @@ class GpuPool(Generic[B]):
         """An instance for one job that wants checkpoint ``want`` (None: any), among those
         ``fits`` accepts and not named in ``avoid``; waits for one. ``on_wait(place)`` is
         told the job's place among those waiting whenever it changes. Raises NoInstance when
-        none that fits has been up for ``wait_for_instance_s``."""
+        none that fits has been up for ``wait_for_instance_s``. Give it back with
+        ``release``."""
         self.start()
         w: _Waiter[B] = _Waiter(next(self._seq), want, fits, time.monotonic(), avoid)
-        self._waiters.append(w)
-        self._assign()
         told = -1
         no_one_since: float | None = None
-        lent = asyncio.Event()
-        w.future.add_done_callback(lambda _f: lent.set())
+        while True:
+            self._enqueue(w)
+            lent = asyncio.Event()
+            w.future.add_done_callback(functools.partial(_set_event, lent))
+            try:
+                while not w.future.done():
+                    place = self._waiters.index(w) + 1 if w in self._waiters else 0
+                    if on_wait is not None and place != told and place:
+                        told = place
+                        await on_wait(place)
+                    if any(self._usable(m, w) for m in self.members if m.up) or not all(
+                        m.checked for m in self.members
+                    ):
+                        no_one_since = None
+                    elif no_one_since is None:
+                        no_one_since = time.monotonic()
+                    elif time.monotonic() - no_one_since > self.wait_for_instance_s:
+                        raise NoInstance(self._why_none(w))
+                    await wait_for_event(lent, TICK_S * 4)
+                m = w.future.result()
+            except BaseException:
+                if w in self._waiters:
+                    self._waiters.remove(w)
+                if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
+                    self._idle(w.future.result())  # lent just as we gave up: give it back
+                elif not w.future.done():
+                    w.future.cancel()
+                raise
+            if await self._hold_for(m):
+                return m
+            # another sdhost process is using it: wait for the next one, keeping our place
+            w.future = asyncio.get_running_loop().create_future()
+
+    def _enqueue(self, w: _Waiter[B]) -> None:
+        """Into the queue at its place by age (a job sent back keeps its turn)."""
+        at = next((i for i, x in enumerate(self._waiters) if x.seq > w.seq), len(self._waiters))
+        self._waiters.insert(at, w)
+        self._assign()
+
+    async def _hold_for(self, m: Member[B]) -> bool:
+        """Take the instance's cross-process lock (``hold``); False when another process
+        holds it (it is marked busy elsewhere for a moment, and lent to no one)."""
+        if self._hold is None:
+            return True
         try:
-            while not w.future.done():
-                place = self._waiters.index(w) + 1 if w in self._waiters else 0
-                if on_wait is not None and place != told and place:
-                    told = place
-                    await on_wait(place)
-                if any(self._usable(m, w) for m in self.members if m.up) or not all(
-                    m.checked for m in self.members
-                ):
-                    no_one_since = None
-                elif no_one_since is None:
-                    no_one_since = time.monotonic()
-                elif time.monotonic() - no_one_since > self.wait_for_instance_s:
-                    raise NoInstance(self._why_none(w))
-                await wait_for_event(lent, TICK_S * 4)
-            return w.future.result()
+            handle = await self._hold(m)
         except BaseException:
-            if w in self._waiters:
-                self._waiters.remove(w)
-            if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
-                self.release(w.future.result())  # lent just as we gave up: give it back
-            elif not w.future.done():
-                w.future.cancel()
+            self._idle(m)
             raise
+        if handle is None:
+            m.elsewhere_until = time.monotonic() + ELSEWHERE_S
+            self._idle(m)
+            return False
+        m.handle = handle
+        return True
 
     def _why_none(self, w: _Waiter[B]) -> str:
         up = [m for m in self.members if m.up and m.name not in w.avoid]
@@ -250,8 +297,18 @@ class GpuPool(Generic[B]):
             return f"no GPU instance is answering ({reasons})"
         return "no GPU instance that is up has what this job needs"
 
-    def release(self, m: Member[B]) -> None:
-        """The job is done with ``m`` (its ``loaded`` says what it has in memory now)."""
+    async def release(self, m: Member[B]) -> None:
+        """The job is done with ``m`` (its ``loaded`` says what it has in memory now). The
+        cross-process lock is given back before the instance is lent again."""
+        handle, m.handle = m.handle, None
+        if handle is None:
+            self._idle(m)
+            return
+        task = asyncio.ensure_future(handle.release())
+        task.add_done_callback(lambda _t: self._idle(m))
+        await asyncio.shield(task)
+
+    def _idle(self, m: Member[B]) -> None:
         m.busy, m.current = False, None
         self._changed.set()
         self._assign()
@@ -281,7 +338,7 @@ class GpuPool(Generic[B]):
         while changed and self._waiters:
             changed = False
             for m in self.members:
-                if not m.up or m.busy:
+                if not m.up or m.busy or m.elsewhere_until > time.monotonic():
                     continue
                 w = self._choose(m)
                 if w is None:
@@ -325,6 +382,7 @@ class GpuPool(Generic[B]):
                 "name": m.name,
                 "up": m.up,
                 "busy": m.busy,
+                "elsewhere": m.elsewhere_until > time.monotonic(),
                 "loaded": m.loaded,
                 "jobs": m.jobs,
                 "switches": m.switches,

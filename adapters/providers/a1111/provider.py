@@ -49,6 +49,7 @@ from adapters.providers.gpupool import GpuPool, Member, NoInstance
 from bot.config import A1111Config
 from bot.errors import BadInput, FailureClass, ProviderFailure
 from bot.infotext import prompt_loras
+from bot.locks import HeldLock, NamedLocks
 from bot.model_registry import ModelRegistry
 from bot.params import MAX_IMAGES_PER_JOB, GenerationParams
 from bot.providers import (
@@ -80,9 +81,16 @@ class A1111Provider(Provider):
     name = "a1111"
     bills_when_cancelled = False  # the operator's own GPU: nothing is billed
 
-    def __init__(self, cfg: A1111Config, *, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cfg: A1111Config,
+        *,
+        registry: ModelRegistry | None = None,
+        locks: NamedLocks | None = None,
+    ) -> None:
         self.cfg = cfg
         self.registry = registry
+        self.locks = locks
         self.infos: dict[str, InstanceInfo] = {}
         members = [
             Member(inst.name, InstanceApi(inst, timeout_s=cfg.request_timeout_s))
@@ -94,6 +102,7 @@ class A1111Provider(Provider):
             recheck_s=cfg.recheck_s,
             recheck_max_s=cfg.recheck_max_s,
             wait_for_instance_s=cfg.wait_for_instance_s,
+            hold=self._hold if locks is not None else None,
         )
         self._registered: dict[str, Registered] = {}  # checkpoint key -> registry entry
         self._caps: Capabilities | None = None
@@ -187,6 +196,12 @@ class A1111Provider(Provider):
         if found != self._registered:
             self._registered = found
             self._caps = None
+
+    async def _hold(self, m: Inst) -> HeldLock | None:
+        """The instance's lock across sdhost processes, named by its URL (two processes may
+        call one instance by different names)."""
+        assert self.locks is not None
+        return await self.locks.try_hold(f"gpu:{m.backend.url}")
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -448,7 +463,7 @@ class A1111Provider(Provider):
                     ) from None
             finally:
                 if member.busy:
-                    self.pool.release(member)
+                    await self.pool.release(member)
 
     async def _render_on(
         self, m: Inst, run: ProviderRun, want: str | None, todo: list[int]
