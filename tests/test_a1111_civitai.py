@@ -36,7 +36,7 @@ async def test_a_cli_download_makes_the_instances_look_again_and_answers_to_its_
         A1111Fake(checkpoints=["sd15.safetensors"]) as gpu,
     ):
         cfg = config(tmp_path, civitai, gpu)
-        code, out, err = await sdhost(cfg, "civitai", "download", "52013", "--no-progress")
+        code, _, err = await sdhost(cfg, "civitai", "download", "52013", "--no-progress")
         assert code == 0, err
         assert gpu.refreshes["checkpoints"] == 1  # asked right after the download
         [path] = (tmp_path / "data" / "models" / "checkpoints").iterdir()
