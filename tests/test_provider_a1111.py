@@ -425,3 +425,39 @@ async def test_hires_renders_the_asked_size_through_a_second_pass() -> None:
         body = gpu.calls_of("txt2img")[0].json
         assert (body["width"], body["height"], body["enable_hr"]) == (512, 384, True)
         assert body["hr_scale"] == 2.0 and body["hr_upscaler"] == "Latent"
+
+
+async def test_cancel_through_the_bot_interrupts_and_refunds_in_full(
+    tmp_path: Path, db_url: str
+) -> None:
+    async with A1111Fake(time_per_image_s=5.0) as gpu:
+        config = make_config(
+            tmp_path,
+            db_url,
+            providers={"default": "a1111", "a1111": {"instances": [{"url": gpu.base_url}], **FAST}},
+        )
+        config.database.auto_migrate = False
+        app = App(config)
+        if db_url.startswith("sqlite"):
+            await app.db.create_all()
+        adapter = RecordingAdapter()
+        app.add_adapter(adapter)
+        await app.start()
+        try:
+            start = await app.jobs.balance(user())
+            receipt = await app.jobs.submit(
+                user(), "txt2img", [GenerationParams("a fox", n=2)], REPLY
+            )
+            async with asyncio.timeout(10):
+                while not gpu.running:
+                    await asyncio.sleep(0.02)
+            await app.jobs.cancel(user(), receipt.job_ids[0])
+            await adapter.wait_for(
+                lambda: any(d.kind != "image" for d in adapter.deliveries), timeout=15
+            )
+            view = await app.jobs.job(None, receipt.job_ids[0])
+            assert view.status == "cancelled" and not view.images
+            assert gpu.interrupts == 1
+            assert await app.jobs.balance(user()) == start  # nothing was billed: all back
+        finally:
+            await app.stop()
