@@ -180,6 +180,8 @@ async def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=40)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if os.environ.get("POOL_DEBUG"):
+        logging.getLogger("adapters.providers.gpupool").setLevel(logging.DEBUG)
     rng = random.Random(args.seed)
     order = [CHECKPOINTS[i % 3] for i in range(args.jobs)]
     rng.shuffle(order)

@@ -304,8 +304,9 @@ class A1111Config(ProviderSection):
 
     instances: list[GpuInstanceConfig] = []
     default_model: str = ""  # a checkpoint; empty: whatever the instance has loaded
-    # Jobs this process holds at once: the ones rendering, plus as many again waiting so a
-    # freed instance can pick one that needs no checkpoint switch. 0: twice the instances.
+    # Jobs this process holds at once: the ones rendering, plus three times as many
+    # waiting, so a freed instance can pick one that needs no checkpoint switch. 0: four
+    # times the instances.
     concurrency: int = Field(0, ge=0)
     request_timeout_s: float = Field(600, gt=0)  # one picture, switch included
     # How often each instance's checkpoint/LoRA/sampler lists are read again.
@@ -336,7 +337,7 @@ class A1111Config(ProviderSection):
             if not inst.url.startswith(("http://", "https://")):
                 raise ValueError(f"instance {inst.name}: url must start with http:// or https://")
         if not self.concurrency:
-            self.concurrency = max(1, 2 * len(self.instances))
+            self.concurrency = max(1, 4 * len(self.instances))
         return self
 
     @property

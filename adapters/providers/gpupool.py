@@ -78,6 +78,7 @@ class Member(Generic[B]):
     down_reason: str = ""
     jobs: int = 0
     switches: int = 0
+    target: str | None = None  # the checkpoint the job it is lent to wants
     handle: Any = None  # the cross-process lock held while lent
     elsewhere_until: float = 0.0  # another sdhost process holds it: lend it to no one
 
@@ -344,7 +345,16 @@ class GpuPool(Generic[B]):
                 if w is None:
                     continue
                 self._waiters.remove(w)
+                log.debug(
+                    "lend %s (has %s) to a job for %s; %d waiting: %s",
+                    m.name,
+                    m.loaded,
+                    w.want,
+                    len(self._waiters),
+                    [x.want for x in self._waiters],
+                )
                 m.busy = True
+                m.target = w.want  # what it will have loaded once this job starts
                 m.jobs += 1
                 w.future.set_result(m)
                 changed = True
@@ -360,8 +370,9 @@ class GpuPool(Generic[B]):
                 return w
         held: dict[str, int] = {}
         for other in self.members:
-            if other is not m and other.up and other.loaded is not None:
-                held[other.loaded] = held.get(other.loaded, 0) + 1
+            has = other.target if other.busy and other.target else other.loaded
+            if other is not m and other.up and has is not None:
+                held[has] = held.get(has, 0) + 1
         for w in mine:  # 2: a switch is needed anyway
             if w.want not in held:
                 return w
