@@ -1,9 +1,9 @@
 """The terminal chat: the same commands as Telegram and Discord, one line per event.
 
 Interactive on a terminal; when standard input is a pipe or a file it reads one command per
-line, prints one tagged line per event (``receipt:``, ``progress:``, ``image:``, ``done:``,
-``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along, and exits
-once input has ended and every job it knows about has finished and been reported.
+line, prints one tagged line per event (``receipt:``, ``progress:``, ``preview:``, ``image:``,
+``done:``, ``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along,
+and exits once input has ended and every job it knows about has finished and been reported.
 
 A console serves the one person at its terminal (``audiences``): consoles of several people
 on one database each print only their own person's progress and results, whichever
