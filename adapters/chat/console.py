@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapters.chat.preview import preview_digest, shrink_preview
+from adapters.chat.status import preview_digest, shrink_preview
 from bot.chat import ChatAdapter, Delivery, Progress, ReplyTo, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.host import ChatHost, RunningHost

@@ -14,7 +14,7 @@ job after a restart does not send it again either. A progress edit's text is ren
 its turn comes, under the chat's lock, so it shows the job as it is then, not as it was
 when the edit was queued behind pictures.
 
-A job's live preview (``adapters.chat.preview``) goes with its status message: paced on its
+A job's live preview (see ``adapters.chat.status``) goes with its status message: paced on its
 own, shown by the platform (``show_preview``), and taken away (``end_preview``) once the
 job's pictures or its outcome are in the chat.
 """
@@ -32,8 +32,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Literal
 
-from adapters.chat.preview import preview_digest, shrink_preview
-from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
+from adapters.chat.status import (
+    ProgressEditor,
+    ResultsAdapter,
+    preview_digest,
+    progress_text,
+    shrink_preview,
+)
 from bot.chat import Delivery, Progress, ReplyTo, UserRef
 from bot.commands import format_receipt
 from bot.errors import UserError
