@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from adapters.chat.telegram.previews import PreviewLedger
 from tests.chat_helpers import decoded
 from tests.fakes.telegram import FakeTelegram
 from tests.preview_helpers import BLUE, GREEN, RED, PreviewDemo, color_of, near, shades, square_png
@@ -226,3 +227,20 @@ async def test_a_stop_deletes_the_preview_and_a_crash_is_cleaned_up_at_the_next_
         )
     )
     assert list(folder.glob("dead.*")) == []
+
+
+def test_the_ledger_of_a_living_process_is_left_alone(tmp_path: Path) -> None:
+    alive, other = PreviewLedger(tmp_path), PreviewLedger(tmp_path)
+    assert alive.open() == []
+    alive.add(ANN, 7)
+    alive.add(BOB, 8)
+    alive.remove(BOB, 8)
+    assert other.open() == []  # its process holds the lock: nothing to take over
+    alive.close()  # stopped with a preview it could not delete: the file stays
+    late = PreviewLedger(tmp_path)
+    assert late.open() == [(ANN, 7)]
+    again = PreviewLedger(tmp_path)
+    assert again.open() == []  # taken over once only
+    for ledger in (other, late, again):
+        ledger.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
