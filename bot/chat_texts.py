@@ -9,6 +9,10 @@ from __future__ import annotations
 
 CHAT: dict[str, dict[str, str]] = {
     "tg.working": {"en": "⏳ working on it…", "zh": "⏳ 处理中…"},
+    "chat.preview": {
+        "en": "👀 job #{job} as it develops (the pictures follow)",
+        "zh": "👀 任务 #{job} 的实时预览（完成后发送图片）",
+    },
     "tg.btn.reroll": {"en": "🔁 Reroll", "zh": "🔁 重画"},
     "tg.btn.vary": {"en": "🎨 Vary", "zh": "🎨 变体"},
     "tg.btn.original": {"en": "📄 Original", "zh": "📄 原图"},

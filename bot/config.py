@@ -107,6 +107,9 @@ class ImagesConfig(_Section):
     fetch_timeout_s: float = Field(20, gt=0)
     allow_private_urls: bool = False
     default_size: int = Field(1024, ge=64, le=4096)  # the long side when only --ar is given
+    # A running job's live preview (self-hosted GPUs) in its chat status: at most one
+    # picture edit per status message this often, in seconds; 0: no previews.
+    preview_interval_s: float = Field(4.0, ge=0)
 
 
 class ProviderSection(_Section):

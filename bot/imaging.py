@@ -164,13 +164,18 @@ def make_thumbnail(data: bytes, *, max_side: int = 256) -> bytes:
 
 
 def make_preview(
-    data: bytes, *, max_side: int = 1280, max_pixels: int = PREVIEW_MAX_PIXELS
+    data: bytes,
+    *,
+    max_side: int = 1280,
+    max_pixels: int = PREVIEW_MAX_PIXELS,
+    quality: int = 85,
 ) -> bytes:
     """A picture from elsewhere (a Civitai example) made fit to show in a chat: decoded
     under the pixel budget, upright, at most ``max_side`` a side, flattened onto white, as a
     JPEG without metadata, which every chat platform shows inline. Raises ``BadInput`` when
     the bytes are not a PNG, JPEG or WebP picture, or when decoding them would take more
-    than ``max_pixels`` (read from the header: nothing is decoded then)."""
+    than ``max_pixels`` (read from the header: nothing is decoded then). A job's live
+    preview goes through here too, smaller and at a lower ``quality``."""
     im = _to_rgb(_decode_upright(data, max_side, max_pixels))
     if im.mode == "RGBA":
         flat = Image.new("RGB", im.size, (255, 255, 255))
@@ -178,7 +183,7 @@ def make_preview(
         im = flat
     im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     out = BytesIO()
-    im.save(out, "JPEG", quality=85, optimize=True)
+    im.save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue()
 
 

@@ -1,30 +1,41 @@
 """The terminal chat: the same commands as Telegram and Discord, one line per event.
 
 Interactive on a terminal; when standard input is a pipe or a file it reads one command per
-line, prints one tagged line per event (``receipt:``, ``progress:``, ``image:``, ``done:``,
-``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along, and exits
-once input has ended and every job it knows about has finished and been reported.
+line, prints one tagged line per event (``receipt:``, ``progress:``, ``preview:``, ``image:``,
+``done:``, ``failed:``, ``cancelled:``, ``error:``, ``info:``) so scripts can follow along,
+and exits once input has ended and every job it knows about has finished and been reported.
 
 A console serves the one person at its terminal (``audiences``): consoles of several people
 on one database each print only their own person's progress and results, whichever
 process ran the job.
+
+A job's live preview (a self-hosted GPU's picture as it develops) is written, small, to a
+file of that person's own under ``data.dir/previews/console/``, at most once every
+``[images] preview_interval_s``, with a ``preview:`` line saying where; the file goes when
+the job's outcome is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
+from adapters.chat.status import preview_digest, shrink_preview
 from bot.chat import ChatAdapter, Delivery, Progress, ReplyTo, UserRef, audience_of
 from bot.commands import Incoming, format_outcome
 from bot.host import ChatHost, RunningHost
 from bot.i18n import DEFAULT_LANG, render, term
 from bot.status import JOB_TERMINAL
 from bot.text import clean
+
+log = logging.getLogger(__name__)
 
 
 class ConsoleAdapter(ChatAdapter):
@@ -48,6 +59,9 @@ class ConsoleAdapter(ChatAdapter):
         self._last_status: dict[str, tuple[str, float]] = {}  # headline -> (body, when)
         self._status_said: str | None = None  # the last status text printed
         self.lang = DEFAULT_LANG  # the language of the last reply: results follow it
+        # live previews: job -> (digest of the picture written, when); 0 s: none
+        self.preview_interval_s = float(app.config.images.preview_interval_s)
+        self._previews: dict[int, tuple[bytes, float]] = {}
 
     def emit(self, tag: str, text: str) -> None:
         # The last line of defence for the operator's terminal: whatever the text holds,
@@ -80,10 +94,13 @@ class ConsoleAdapter(ChatAdapter):
             self.emit(tag, format_outcome(kind, d.job_id, p, self.lang))
         if d.kind != "image":
             self._last_progress.pop(d.job_id, None)
+            self._end_preview(d.job_id)
 
     async def progress(self, update: Progress) -> None:
         if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
+        if update.preview is not None:
+            await self._preview(update.job_id, update.preview)
         t = time.monotonic()
         last = self._last_progress.get(update.job_id)
         if last is not None:
@@ -95,6 +112,44 @@ class ConsoleAdapter(ChatAdapter):
         self._last_progress[update.job_id] = (update.percent, update.stage, t)
         stage = render(term("stage", update.stage), self.lang)
         self.emit("progress", f"job #{update.job_id} {update.percent}% {stage}")
+
+    def preview_path(self, job_id: int) -> Path:
+        """Where this person's preview of a job goes: a folder of their own (named by their
+        id, made safe, and a digest of it, so no two people share one)."""
+        who = self.user.key
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.user.id)[:40].lstrip(".") or "_"
+        tag = hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        folder = Path(self.app.config.data.dir) / "previews" / "console" / f"{safe}-{tag}"
+        return folder / f"job-{job_id}.jpg"
+
+    async def _preview(self, job_id: int, data: bytes) -> None:
+        """Write the job's newest preview and say where, at most once per interval; the
+        same picture again is not written again."""
+        if self.preview_interval_s <= 0:
+            return
+        now = time.monotonic()
+        last = self._previews.get(job_id)
+        if last is not None and now - last[1] < self.preview_interval_s:
+            return
+        digest = preview_digest(data)
+        if last is not None and last[0] == digest:
+            return
+        picture = await asyncio.to_thread(shrink_preview, data)
+        if picture is None:
+            return  # not a picture (logged at debug): progress goes on
+        path = self.preview_path(job_id)
+        try:
+            await asyncio.to_thread(_write, path, picture)
+        except OSError as exc:
+            log.debug("console: a preview could not be written: %s", exc)
+            return
+        self._previews[job_id] = (digest, now)
+        self.emit("preview", f"job #{job_id} {path}")
+
+    def _end_preview(self, job_id: int) -> None:
+        if self._previews.pop(job_id, None) is not None:
+            with contextlib.suppress(OSError):
+                self.preview_path(job_id).unlink(missing_ok=True)
 
     async def show_status(self, reply_to: ReplyTo, text: str, *, final: bool = False) -> None:
         """One ``status:`` line per change worth a line: a new headline (a download that
@@ -199,6 +254,14 @@ def _read_line(interactive: bool) -> str | None:
             return None
     line = sys.stdin.readline()
     return line if line else None
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Whole or not at all: a viewer never opens half a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _tenth(text: str) -> int | None:

@@ -13,20 +13,33 @@ of it is written on each running job's reply target, so the process that goes on
 job after a restart does not send it again either. A progress edit's text is rendered when
 its turn comes, under the chat's lock, so it shows the job as it is then, not as it was
 when the edit was queued behind pictures.
+
+A job's live preview (see ``adapters.chat.status``) goes with its status message: paced on its
+own, shown by the platform (``show_preview``), and taken away (``end_preview``) once the
+job's pictures or its outcome are in the chat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Literal
 
-from adapters.chat.status import ProgressEditor, ResultsAdapter, progress_text
-from bot.chat import Progress, ReplyTo, UserRef
+from adapters.chat.status import (
+    ProgressEditor,
+    ResultsAdapter,
+    preview_digest,
+    progress_text,
+    shrink_preview,
+)
+from bot.chat import Delivery, Progress, ReplyTo, UserRef
 from bot.commands import format_receipt
 from bot.errors import UserError
 from bot.i18n import normalize
@@ -66,11 +79,25 @@ class Conversation(ResultsAdapter):
     cfg: Any  # the platform's config section: admin_ids, default_lang, progress_edit_s
     results: Results
     edits: ProgressEditor
+    previews: ProgressEditor
 
     def setup_conversation(self) -> None:
         self.results = Results(self.app.jobs)
         self.edits = ProgressEditor(
             self.cfg.progress_edit_s, self.lane, self._edit_progress, on_stop=self._note_shown
+        )
+        # a job's live preview: one picture edit per status message this often; 0: none
+        self.preview_interval_s = float(self.app.config.images.preview_interval_s)
+        self.previews = ProgressEditor(
+            self.preview_interval_s or 1.0,
+            lambda key: key,
+            self._edit_preview,
+            on_stop=self.previews_stopped,
+        )
+        # status key -> the digest of the preview it shows (bounded)
+        self._preview_shown: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._preview_locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
         )
         # status key -> (the text it shows, the job whose state that is; 0: not a job's)
         self._shown: OrderedDict[Hashable, tuple[str, int]] = OrderedDict()
@@ -164,9 +191,20 @@ class Conversation(ResultsAdapter):
         except Exception as exc:
             log.warning("%s: could not note what status messages show: %s", self.platform, exc)
 
+    def start_status_edits(self) -> None:
+        self.edits.start()
+        self.previews.start()
+
+    async def stop_status_edits(self) -> None:
+        await self.previews.stop()
+        await self.edits.stop()
+
     async def progress(self, update: Progress) -> None:
         if update.stage in JOB_TERMINAL:
             return  # the outbox event says it, with the details
+        if update.preview is not None:
+            self.mark_preview(update)
+            update = dataclasses.replace(update, preview=None)  # the text needs no picture
         self.mark_dirty(update)
 
     def mark_dirty(self, update: Progress) -> None:
@@ -207,6 +245,101 @@ class Conversation(ResultsAdapter):
         except Exception as exc:
             if not self.is_gone(exc):
                 log.info("%s: progress edit failed: %s", self.platform, exc)
+
+    # --- the live preview ----------------------------------------------------------------
+
+    def mark_preview(self, update: Progress) -> None:
+        """The newest picture of a running job: shown with its status when its turn comes.
+        A batch's status counts its tasks and shows none of their pictures."""
+        if self.preview_interval_s <= 0 or update.batch_id is not None:
+            return
+        key = self.status_key(update.reply_to)
+        if key is None or self.receipt_is_past(key):
+            return
+        if self.preview_policy(update.reply_to) == "withhold":
+            return
+        self.previews.update(key, update)
+
+    def preview_policy(self, reply_to: ReplyTo) -> PicturePolicy:
+        """What the chat does with a preview: nothing has judged it yet, so the chat's NSFW
+        policy holds as for a flagged picture (a spoiler where NSFW is hidden, no preview
+        where it is blocked)."""
+        return "send"
+
+    def _preview_lock(self, key: Any) -> asyncio.Lock:
+        """Held around showing and taking away a status message's preview, so the last
+        preview sent is the one taken away."""
+        lock = self._preview_locks.get(key)
+        if lock is None:
+            lock = self._preview_locks[key] = asyncio.Lock()
+        return lock
+
+    async def _edit_preview(self, key: Any, update: Progress) -> None:
+        raw = update.preview
+        if raw is None:
+            return
+        try:
+            async with self._preview_lock(key):
+                if self.previews.is_final(key) or self.receipt_is_past(key):
+                    return
+                if not self.has_room(key):
+                    self.previews.retry_later(key, update)
+                    return
+                digest = preview_digest(raw)
+                if self._preview_shown.get(key) == digest:
+                    return  # the status shows this picture already
+                picture = await asyncio.to_thread(shrink_preview, raw)
+                if picture is None or self.previews.is_final(key):
+                    return  # not a picture (logged at debug): the text progress goes on
+                spoiler = self.preview_policy(update.reply_to) == "spoiler"
+                await self.show_preview(
+                    update.reply_to, key, picture, job_id=update.job_id, spoiler=spoiler
+                )
+                self._preview_shown[key] = digest
+                self._preview_shown.move_to_end(key)
+                while len(self._preview_shown) > MAX_SHOWN:
+                    self._preview_shown.popitem(last=False)
+        except Exception as exc:
+            if not self.is_gone(exc):
+                log.info("%s: a preview edit failed: %s", self.platform, exc)
+
+    async def end_preview(self, reply_to: ReplyTo) -> None:
+        """The job's pictures or its outcome are in the chat: no preview comes any more, and
+        the one shown goes (``drop_preview``). Best effort: a preview left is no error."""
+        key = self.status_key(reply_to)
+        if key is None:
+            return
+        self.previews.finish(key)
+        try:
+            async with self._preview_lock(key):  # after a preview edit under way
+                if self._preview_shown.pop(key, None) is not None:
+                    await self.drop_preview(reply_to, key)
+        except Exception as exc:
+            if not self.is_gone(exc):
+                log.info("%s: taking a preview away failed: %s", self.platform, exc)
+
+    async def show_preview(
+        self, reply_to: ReplyTo, key: Any, picture: bytes, *, job_id: int, spoiler: bool
+    ) -> None:
+        """Show ``picture`` (a small JPEG, behind a spoiler if ``spoiler``) with the status
+        message of job ``job_id``, in place of the one shown before."""
+
+    async def drop_preview(self, reply_to: ReplyTo, key: Any) -> None:
+        """Take the preview shown with the status message away."""
+
+    async def previews_stopped(self) -> None:
+        """On the way out, after the last preview edit: previews this process showed can be
+        taken away (nobody else knows of them)."""
+
+    async def deliver(self, delivery: Delivery) -> None:
+        await super().deliver(delivery)
+        if delivery.payload.get("batch_id") is None:
+            await self.end_preview(delivery.reply_to)
+
+    async def deliver_group(self, deliveries: list[Delivery]) -> None:
+        await super().deliver_group(deliveries)
+        if deliveries and deliveries[0].payload.get("batch_id") is None:
+            await self.end_preview(deliveries[0].reply_to)
 
     # --- buttons -------------------------------------------------------------------------
 

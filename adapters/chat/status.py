@@ -4,12 +4,20 @@ A job's status message is edited as it runs. Platforms limit edits, so only the 
 state of each message is kept and sent at most once per ``interval`` per lane (a chat on
 Telegram, a message on Discord); several updates in between become one edit. Once the
 outbox has written a message's outcome it is final, and older progress never overwrites it.
+
+A job's live preview (the picture a self-hosted GPU reports as it develops,
+``Progress.preview``) goes with its status message, paced the same way on its own editor
+(``[images] preview_interval_s``): only the newest waits, and when its turn comes it is
+shrunk once to a small JPEG (``shrink_preview``), off the event loop, through
+``bot.imaging`` (the decompression-bomb limits hold). One that does not decode is dropped
+(logged at debug); the text progress goes on regardless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Hashable
@@ -17,6 +25,8 @@ from typing import Any
 
 from bot.chat import ChatAdapter, Delivery, Progress
 from bot.commands import format_batch_status, format_outcome, format_status
+from bot.errors import BadInput
+from bot.imaging import make_preview
 from bot.results import Results
 from bot.status import JOB_ACTIVE
 from bot.waiting import wait_for_event
@@ -26,6 +36,11 @@ log = logging.getLogger(__name__)
 # The console's tag line says what happened; in a chat a mark does (zh text has the word).
 OUTCOME_MARK = {"finished": "✅ ", "failed": "⚠️ ", "cancelled": "🚫 "}
 MAX_REMEMBERED = 20_000  # final status messages kept in mind
+
+PREVIEW_SIDE = 512  # the long side of a live preview in the chat, in pixels
+PREVIEW_QUALITY = 70  # JPEG quality: a preview is looked at for seconds
+# What a preview may decode to at most: a 2048x2048 picture, well over any GPU's preview.
+PREVIEW_MAX_PIXELS = 4_194_304
 
 
 def outcome_text(kind: str, job_id: int, payload: dict[str, Any], lang: str) -> str:
@@ -47,6 +62,25 @@ async def progress_text(results: Results, update: Progress, lang: str) -> str | 
     if view.status not in JOB_ACTIVE:
         return None
     return format_status(view, lang)
+
+
+def preview_digest(data: bytes) -> bytes:
+    """What tells two previews apart (the status shows one already: not sent again)."""
+    return hashlib.sha256(data).digest()
+
+
+def shrink_preview(data: bytes) -> bytes | None:
+    """A live preview as a small JPEG (at most ``PREVIEW_SIDE`` a side), or None when it
+    does not decode. Synchronous and CPU-bound: run it with ``asyncio.to_thread``."""
+    try:
+        return make_preview(
+            data, max_side=PREVIEW_SIDE, max_pixels=PREVIEW_MAX_PIXELS, quality=PREVIEW_QUALITY
+        )
+    except BadInput as exc:
+        log.debug("a preview was dropped: %s", exc)
+    except Exception as exc:  # Pillow's own surprises: a preview is never worth an error
+        log.debug("a preview was dropped: %r", exc)
+    return None
 
 
 class ProgressEditor:

@@ -140,7 +140,7 @@ class DiscordAdapter(DiscordDelivery):
 
     async def listen(self) -> None:
         self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
-        self.edits.start()
+        self.start_status_edits()
         ready = asyncio.create_task(self._ready.wait())
         done, _ = await asyncio.wait({self._task, ready}, timeout=60, return_when="FIRST_COMPLETED")
         if ready not in done:
@@ -151,7 +151,7 @@ class DiscordAdapter(DiscordDelivery):
 
     async def stop_listening(self) -> None:
         self._closing = True  # new interactions are left alone from here on
-        await self.edits.stop()
+        await self.stop_status_edits()
 
     async def disconnect(self) -> None:
         with contextlib.suppress(Exception):

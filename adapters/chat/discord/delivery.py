@@ -21,7 +21,7 @@ from typing import Any
 
 import discord
 
-from adapters.chat.conversation import Conversation, picture_policy
+from adapters.chat.conversation import Conversation, PicturePolicy, picture_policy
 from adapters.chat.discord.buttons import ResultButton
 from adapters.chat.discord.files import _read, fit_upload
 from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
@@ -219,9 +219,22 @@ class DiscordDelivery(Conversation):
         if batch is not None and status is not None:
             self.mark_dirty(Progress(d.job_id, 100, d.kind, reply_to=reply_to, batch_id=int(batch)))
 
-    async def _edit_status(self, reply_to: ReplyTo, message_id: int, text: str) -> None:
+    async def _edit_status(
+        self,
+        reply_to: ReplyTo,
+        message_id: int,
+        text: str | None,
+        *,
+        attachments: list[discord.File] | None = None,
+    ) -> None:
         """Edit the status message: through the interaction while its token lives, then
-        with the bot's token (the bot wrote the message, so it may)."""
+        with the bot's token (the bot wrote the message, so it may). ``text`` None leaves
+        the text; ``attachments`` replace the message's (an empty list: none left)."""
+        kw: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
+        if text is not None:
+            kw["content"] = _clip(text)
+        if attachments is not None:
+            kw["attachments"] = attachments
         try:
             response = reply_to.response
             if response is not None and self._token_fresh(reply_to):
@@ -229,22 +242,34 @@ class DiscordDelivery(Conversation):
                 async with self._token_turn(token):
                     if self._token_fresh(reply_to):
                         try:
-                            await self._hook(response).edit_message(
-                                message_id, content=_clip(text), allowed_mentions=NO_MENTIONS
-                            )
+                            await self._hook(response).edit_message(message_id, **kw)
                             return
                         except discord.HTTPException as exc:
                             if not _token_rejected(exc):
                                 raise
                             self._token_died(token, exc)
+                            for f in attachments or ():
+                                f.reset()
             channel = self.client.get_partial_messageable(int(reply_to.chat or 0))
-            await channel.get_partial_message(message_id).edit(
-                content=_clip(text), allowed_mentions=NO_MENTIONS
-            )
+            await channel.get_partial_message(message_id).edit(**kw)
         except discord.NotFound:
             return  # the message was deleted: nothing to show progress on
         except discord.HTTPException as exc:
             raise _delivery_error(exc) from exc
+
+    # --- the live preview: an attachment of the status message ---------------------------
+
+    def preview_policy(self, reply_to: ReplyTo) -> PicturePolicy:
+        return picture_policy(True, "allow" if reply_to.nsfw_ok else self.cfg.nsfw)
+
+    async def show_preview(
+        self, reply_to: ReplyTo, key: Any, picture: bytes, *, job_id: int, spoiler: bool
+    ) -> None:
+        preview = discord.File(io.BytesIO(picture), f"preview-{job_id}.jpg", spoiler=spoiler)
+        await self._edit_status(reply_to, int(key), None, attachments=[preview])
+
+    async def drop_preview(self, reply_to: ReplyTo, key: Any) -> None:
+        await self._edit_status(reply_to, int(key), None, attachments=[])
 
     # --- the status message (the rest is in Conversation) -------------------------------
 
@@ -252,7 +277,10 @@ class DiscordDelivery(Conversation):
         return reply_to.status_message
 
     async def edit_status(self, reply_to: ReplyTo, key: Any, text: str) -> None:
-        await self._edit_status(reply_to, int(key), text)
+        # The last word on the message takes any preview away with it: one left by a
+        # process that stopped mid-job is known to nobody else.
+        final = self.edits.is_final(key)
+        await self._edit_status(reply_to, int(key), text, attachments=[] if final else None)
 
     async def post_notice(self, reply_to: ReplyTo, text: str) -> None:
         await self._post(reply_to, text)

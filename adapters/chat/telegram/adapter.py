@@ -155,7 +155,12 @@ class TelegramAdapter(TelegramDelivery):
     async def listen(self) -> None:
         """Start taking updates (after the core has started)."""
         await self.application.start()
-        self.edits.start()
+        leftovers = self.preview_ledger.open()  # before the first preview of this process
+        if leftovers:
+            self._tasks.append(
+                asyncio.create_task(self.sweep_previews(leftovers), name="telegram-previews")
+            )
+        self.start_status_edits()
         if self.cfg.mode == "webhook":
             await self._start_webhook()
         else:
@@ -166,7 +171,7 @@ class TelegramAdapter(TelegramDelivery):
     async def stop_listening(self) -> None:
         if self._album_tasks:  # albums captioned /img2img still settling: finish them
             await asyncio.wait(set(self._album_tasks), timeout=ALBUM_SETTLE_MAX_S + 5)
-        await self.edits.stop()
+        await self.stop_status_edits()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

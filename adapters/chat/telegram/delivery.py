@@ -18,7 +18,7 @@ from typing import Any, cast
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, ReplyParameters
 from telegram.error import BadRequest
 
-from adapters.chat.conversation import Conversation
+from adapters.chat.conversation import Conversation, PicturePolicy, picture_policy
 from adapters.chat.status import outcome_text
 from adapters.chat.telegram.albums import AlbumMemory
 from adapters.chat.telegram.limits import (
@@ -30,6 +30,7 @@ from adapters.chat.telegram.limits import (
     photo_fits,
 )
 from adapters.chat.telegram.pacing import Pacer, is_gone
+from adapters.chat.telegram.previews import PreviewLedger
 from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, ReplyTo
 from bot.config import TelegramConfig
 from bot.i18n import t
@@ -76,6 +77,10 @@ class TelegramDelivery(Conversation):
         self._outgoing = {}
         # a status message's edits, one at a time (kept while someone holds or awaits it)
         self._status_locks = weakref.WeakValueDictionary()
+        # status message -> the photo message showing its job's live preview
+        self._preview_messages: dict[tuple[int, int], int] = {}
+        data_dir = Path(self.app.config.data.dir)
+        self.preview_ledger = PreviewLedger(data_dir / "telegram" / "previews")
 
     @property
     def bot(self) -> Any:
@@ -354,6 +359,95 @@ class TelegramDelivery(Conversation):
                 await self.pacer.deliver(chat_id, lambda cid: self.bot.send_message(cid, text))
                 return
             raise
+
+    # --- the live preview: a photo message next to the status (see ``previews``) ---------
+
+    def preview_policy(self, reply_to: ReplyTo) -> PicturePolicy:
+        return picture_policy(True, self._nsfw_policy(int(reply_to.chat or 0)))
+
+    async def show_preview(
+        self, reply_to: ReplyTo, key: Any, picture: bytes, *, job_id: int, spoiler: bool
+    ) -> None:
+        chat_id, status = key
+        lang = reply_to.lang or self.cfg.default_lang
+        caption = t(lang, "chat.preview", job=job_id)
+        message_id = self._preview_messages.get(key)
+        if message_id is not None:
+            media = InputMediaPhoto(
+                picture, caption=caption, has_spoiler=spoiler or None, filename="preview.jpg"
+            )
+            try:
+                await self.pacer.call(
+                    chat_id,
+                    lambda cid: self.bot.edit_message_media(
+                        media, chat_id=cid, message_id=message_id
+                    ),
+                )
+                return
+            except BadRequest as exc:
+                lowered = exc.message.lower()
+                if "not modified" in lowered:
+                    return
+                if "not found" not in lowered and "can't be edited" not in lowered:
+                    raise
+                self._forget_preview(key)  # deleted by someone: a new one
+        sent = await self.pacer.call(
+            chat_id,
+            lambda cid: self.bot.send_photo(
+                cid,
+                picture,
+                caption=caption,
+                has_spoiler=spoiler or None,
+                disable_notification=True,  # the pictures notify; their preview need not
+                reply_parameters=ReplyParameters(status, allow_sending_without_reply=True),
+                message_thread_id=reply_to.thread,
+                filename="preview.jpg",
+            ),
+        )
+        self._preview_messages[key] = sent.message_id
+        self.preview_ledger.add(sent.chat.id, sent.message_id)
+
+    async def drop_preview(self, reply_to: ReplyTo, key: Any) -> None:
+        message_id = self._preview_messages.get(key)
+        if message_id is not None:
+            await self._delete_preview(key[0], message_id)
+            self._forget_preview(key)
+
+    def _forget_preview(self, key: tuple[int, int]) -> None:
+        message_id = self._preview_messages.pop(key, None)
+        if message_id is not None:
+            self.preview_ledger.remove(self.pacer.chat(key[0]), message_id)
+
+    async def _delete_preview(self, chat_id: int, message_id: int) -> None:
+        try:
+            await self.pacer.call(
+                chat_id, lambda cid: self.bot.delete_message(chat_id=cid, message_id=message_id)
+            )
+        except BadRequest as exc:
+            if "not found" not in exc.message.lower() and not is_gone(exc):
+                raise  # gone already, or its chat is: nothing is left to delete
+
+    async def sweep_previews(self, leftovers: list[tuple[int, int]]) -> None:
+        """At start: delete the preview messages processes that died left behind
+        (``PreviewLedger.open``)."""
+        for chat_id, message_id in leftovers:
+            try:
+                async with asyncio.timeout(10):
+                    await self._delete_preview(chat_id, message_id)
+            except Exception as exc:
+                log.info("telegram: a preview message left behind stays: %s", exc)
+
+    async def previews_stopped(self) -> None:
+        """On the way out: this process's previews go (the next process runs the job on,
+        with a preview of its own); what cannot be deleted now, the next start deletes."""
+        try:
+            async with asyncio.timeout(10):
+                for key, message_id in list(self._preview_messages.items()):
+                    await self._delete_preview(key[0], message_id)
+                    self._forget_preview(key)
+        except Exception as exc:
+            log.info("telegram: preview messages left for the next start: %s", exc)
+        self.preview_ledger.close()
 
     # --- the status message (the rest is in Conversation) -------------------------------
 
