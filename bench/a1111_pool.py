@@ -36,12 +36,12 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from rich.console import Console
 from rich.table import Table
-from tests.fakes.a1111 import A1111Fake
 
 from bot.app import App
 from bot.chat import ChatAdapter, Delivery, UserRef
 from bot.config import Config
 from bot.params import GenerationParams
+from tests.fakes.a1111 import A1111Fake
 
 CHECKPOINTS = ["ckpt_a.safetensors", "ckpt_b.safetensors", "ckpt_c.safetensors"]
 
