@@ -327,6 +327,10 @@ class A1111Config(ProviderSection):
     hires_scale: float = Field(2.0, ge=1.0, le=4.0)
     hires_denoise: float = Field(0.45, ge=0.0, le=1.0)
     upscaler: str = ""
+    # Forge: the extra files (text encoders, VAE) a checkpoint needs, by checkpoint name,
+    # sent as forge_additional_modules whenever it is loaded (Flux: the clip_l, t5xxl and
+    # ae files): { "flux1-dev-fp8" = ["clip_l.safetensors", "t5xxl.safetensors", "ae.sft"] }
+    forge_modules: dict[str, list[str]] = {}
 
     @model_validator(mode="after")
     def _names(self) -> A1111Config:

@@ -461,3 +461,16 @@ async def test_cancel_through_the_bot_interrupts_and_refunds_in_full(
             assert await app.jobs.balance(user()) == start  # nothing was billed: all back
         finally:
             await app.stop()
+
+
+async def test_forge_gets_the_extra_modules_a_flux_checkpoint_needs() -> None:
+    modules = ["clip_l.safetensors", "t5xxl_fp8.safetensors", "ae.safetensors"]
+    async with (
+        A1111Fake(flavour="forge", checkpoints=["sd15.safetensors", "flux1-dev.safetensors"]) as g,
+        provider(cfg(g, forge_modules={"flux1-dev": modules})) as p,
+    ):
+        await p.generate(Recorder(request(model="flux1-dev")))
+        [switch] = [c for c in g.calls_of("options", method="POST")]
+        assert switch.json["forge_additional_modules"] == modules
+        body = g.calls_of("txt2img")[0].json
+        assert body["override_settings"]["forge_additional_modules"] == modules

@@ -496,7 +496,7 @@ class A1111Provider(Provider):
         """Load ``cp`` through /options (Forge): safe, as we hold the instance alone."""
         t = time.monotonic()
         try:
-            await m.backend.post("options", {"sd_model_checkpoint": cp.title})
+            await m.backend.post("options", {"sd_model_checkpoint": cp.title, **self._modules(cp)})
         except ProviderFailure as exc:
             raise ProviderFailure(
                 FailureClass.PROVIDER_ERROR,
@@ -546,6 +546,8 @@ class A1111Provider(Provider):
             override["sd_model_checkpoint"] = cp.title
         if req.vae:
             override["sd_vae"] = info.vaes.get(req.vae.lower(), req.vae)
+        if cp is not None and info.flavour == "forge":
+            override.update(self._modules(cp))
         if override:
             body["override_settings"] = override
         if req.kind == "img2img" and req.init_image is not None:
@@ -565,6 +567,14 @@ class A1111Provider(Provider):
                 denoising_strength=self.cfg.hires_denoise,
             )
         return "txt2img", body
+
+    def _modules(self, cp: Checkpoint) -> dict[str, Any]:
+        """Forge's forge_additional_modules for ``cp`` (config ``forge_modules``), if any:
+        a Flux checkpoint loaded without its text encoders and VAE does not render."""
+        for name, modules in self.cfg.forge_modules.items():
+            if norm(name) == cp.key:
+                return {"forge_additional_modules": list(modules)}
+        return {}
 
     @staticmethod
     def _sampler(info: InstanceInfo, name: str) -> tuple[str, str | None]:
