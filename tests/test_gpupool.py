@@ -67,9 +67,10 @@ async def test_a_free_instance_switches_rather_than_idle_when_the_queue_is_long(
     await pool.recheck()
     pool.members[0].loaded, pool.members[1].loaded = "a", "b"
     b1 = await pool.acquire("b")
-    waiting = [asyncio.create_task(pool.acquire("b")) for _ in range(4)]
+    waiting = [asyncio.create_task(pool.acquire("b")) for _ in range(6)]
     await asyncio.sleep(0.05)
-    # gpu1 (with "a") is idle; four "b" jobs wait for gpu2: 4 x 1 s > a 2 s switch
+    # gpu1 (with "a") is idle; six "b" jobs wait for gpu2: 6 x 1 s is more than a 2 s
+    # switch there and one back later
     assert sum(t.done() for t in waiting) == 1
     assert next(t for t in waiting if t.done()).result().name == "gpu1"
     await pool.release(b1)
@@ -140,4 +141,23 @@ async def test_only_instances_that_fit_are_lent() -> None:
     await pool.recheck()
     got = await pool.acquire("x", fits=lambda m: m.name == "gpu2")
     assert got.name == "gpu2"
+    await pool.aclose()
+
+
+async def test_instances_that_share_a_checkpoint_spread_to_the_ones_nobody_has() -> None:
+    pool, alive = _pool(["gpu1", "gpu2"], job_s=1.0, switch_s=20.0)
+    await pool.recheck()
+    pool.members[0].loaded = pool.members[1].loaded = "a"
+    a1 = await pool.acquire("a")
+    alive["gpu2"] = pool.members[1].up = False  # both jobs wait before gpu2 may choose
+    waiting = [asyncio.create_task(pool.acquire(w)) for w in ("a", "b")]
+    await asyncio.sleep(0.05)
+    alive["gpu2"] = pool.members[1].up = True
+    pool._assign()
+    await asyncio.sleep(0.05)
+    # gpu2 also has "a": the "b" job nobody has goes first, though the "a" job is older
+    assert waiting[1].done() and waiting[1].result().name == "gpu2"
+    assert not waiting[0].done()
+    await pool.release(a1)
+    assert (await waiting[0]).name == "gpu1"
     await pool.aclose()

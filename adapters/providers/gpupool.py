@@ -13,13 +13,15 @@ So an instance is lent to one job at a time (``acquire`` ... ``release``).
 the pool a few more jobs than it has instances (``concurrency``, twice the instances by
 default) and a freed instance chooses among the jobs waiting for one:
 
+0. when another instance has the same checkpoint loaded, the oldest job whose checkpoint
+   no instance has (nor is about to load): spread over the checkpoints first;
 1. the oldest job that wants the checkpoint it has loaded (or does not care);
 2. else the oldest job whose checkpoint no other healthy instance has loaded: a switch is
    needed anyway, and this instance is free now;
 3. else the oldest job whose checkpoint another instance has loaded, but only once the jobs
-   queued for it would keep those instances busy longer than a switch takes (measured),
-   or the job has waited longer than a switch plus a job: then switching is faster than
-   waiting.
+   queued for it would keep those instances busy longer than two switches take (one now,
+   one back later for this instance's own work; measured), or the job has waited longer
+   than that plus a job: then switching is faster than waiting.
 
 A job that no instance can serve (its checkpoint or LoRA is on none that is up) waits for
 one to come back, and is refused after ``wait_for_instance_s`` with a retryable failure.
@@ -52,6 +54,7 @@ B = TypeVar("B")
 
 TICK_S = 0.25  # how often waiting jobs are looked at again without any event
 ELSEWHERE_S = 0.5  # an instance another process holds is tried again after this
+SWITCH_BACK = 2.0  # see _choose, rule 3
 
 
 class Hold(Protocol):
@@ -365,23 +368,28 @@ class GpuPool(Generic[B]):
             return None
         if not self.affinity:
             return mine[0]
-        for w in mine:  # 1: no switch needed
-            if w.want is None or w.want == m.loaded:
-                return w
         held: dict[str, int] = {}
         for other in self.members:
             has = other.target if other.busy and other.target else other.loaded
             if other is not m and other.up and has is not None:
                 held[has] = held.get(has, 0) + 1
-        for w in mine:  # 2: a switch is needed anyway
-            if w.want not in held:
+        orphans = [w for w in mine if w.want is not None and w.want not in held]
+        if orphans and m.loaded in held:
+            return orphans[0]  # 0: another instance has ours too; nobody has theirs
+        for w in mine:  # 1: no switch needed
+            if w.want is None or w.want == m.loaded:
                 return w
+        if orphans:  # 2: a switch is needed anyway
+            return orphans[0]
         # 3: switch only when waiting for the instances that have it would take longer
         t = time.monotonic()
         switch, job = self.switch_s.value, self.job_s.value
         for w in mine:
             queued = sum(1 for x in self._waiters if x.want == w.want)
-            if queued * job / held[w.want or ""] > switch or t - w.since > switch + job:
+            # a switch away is paid twice: once now, once to come back for our own work
+            if queued * job / held[w.want or ""] > SWITCH_BACK * switch:
+                return w
+            if t - w.since > SWITCH_BACK * switch + job:
                 return w
         return None
 
