@@ -330,91 +330,77 @@ async def test_new_model_files_are_found_after_models_changed() -> None:
 # --- through the whole bot --------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def bot_on(
+    tmp_path: Path, db_url: str, *fakes: A1111Fake, default: bool = True
+) -> AsyncIterator[tuple[App, RecordingAdapter]]:
+    """The whole bot (SQLite or PostgreSQL), with these instances as [providers.a1111]."""
+    instances = [{"name": f"gpu{i}", "url": f.base_url} for i, f in enumerate(fakes, 1)]
+    providers: dict[str, Any] = {"a1111": {"instances": instances, **FAST}}
+    if default:
+        providers["default"] = "a1111"
+    config = make_config(tmp_path, db_url, providers=providers)
+    config.database.auto_migrate = False
+    app = App(config)
+    if db_url.startswith("sqlite"):
+        await app.db.create_all()
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    await app.start()
+    try:
+        yield app, adapter
+    finally:
+        await app.stop()
+
+
 async def test_a_job_through_the_bot_is_charged_once_when_its_instance_dies(
     tmp_path: Path, db_url: str
 ) -> None:
     async with (
         A1111Fake(time_per_image_s=0.5) as g1,
         A1111Fake(time_per_image_s=0.5) as g2,
+        bot_on(tmp_path, db_url, g1, g2) as (app, adapter),
     ):
-        config = make_config(
-            tmp_path,
-            db_url,
-            providers={
-                "default": "a1111",
-                "a1111": {
-                    "instances": [
-                        {"name": "gpu1", "url": g1.base_url},
-                        {"name": "gpu2", "url": g2.base_url},
-                    ],
-                    **FAST,
-                },
-            },
+        start = await app.jobs.balance(user())
+        g1.die_after_s = 0.25
+        g2.die_after_s = None
+        receipt = await app.jobs.submit(
+            user(), "txt2img", [GenerationParams("a fox", model="sd15", n=2)], REPLY
         )
-        config.database.auto_migrate = False
-        app = App(config)
-        if db_url.startswith("sqlite"):
-            await app.db.create_all()
-        adapter = RecordingAdapter()
-        app.add_adapter(adapter)
-        await app.start()
-        try:
-            start = await app.jobs.balance(user())
-            g1.die_after_s = 0.25
-            g2.die_after_s = None
-            receipt = await app.jobs.submit(
-                user(), "txt2img", [GenerationParams("a fox", model="sd15", n=2)], REPLY
-            )
-            second = await app.jobs.submit(
-                user("bob"), "txt2img", [GenerationParams("a cat", model="a1111:sd15")], REPLY
-            )
-            await adapter.wait_for(
-                lambda: len([d for d in adapter.deliveries if d.kind == "finished"]) == 2,
-                timeout=30,
-            )
-            view = await app.jobs.job(None, receipt.job_ids[0])
-            assert view.status == "succeeded" and len(view.images) == 2
-            assert view.attempts <= 1  # an instance dying is not the job's crash
-            assert await app.jobs.balance(user()) == start - receipt.cost
-            assert [r for r, _ in view.ledger] == ["charge"]
-            other = await app.jobs.job(None, second.job_ids[0])
-            assert other.status == "succeeded"
-        finally:
-            await app.stop()
+        second = await app.jobs.submit(
+            user("bob"), "txt2img", [GenerationParams("a cat", model="a1111:sd15")], REPLY
+        )
+        await adapter.wait_for(
+            lambda: len([d for d in adapter.deliveries if d.kind == "finished"]) == 2,
+            timeout=30,
+        )
+        view = await app.jobs.job(None, receipt.job_ids[0])
+        assert view.status == "succeeded" and len(view.images) == 2
+        assert view.attempts <= 1  # an instance dying is not the job's crash
+        assert await app.jobs.balance(user()) == start - receipt.cost
+        assert [r for r, _ in view.ledger] == ["charge"]
+        other = await app.jobs.job(None, second.job_ids[0])
+        assert other.status == "succeeded"
 
 
 async def test_an_unknown_checkpoint_is_refused_before_charging(
     tmp_path: Path, db_url: str
 ) -> None:
-    async with A1111Fake() as gpu:
-        config = make_config(
-            tmp_path,
-            db_url,
-            providers={"a1111": {"instances": [{"url": gpu.base_url}], **FAST}},
-        )
-        config.database.auto_migrate = False
-        app = App(config)
-        if db_url.startswith("sqlite"):
-            await app.db.create_all()
-        app.add_adapter(RecordingAdapter())
-        await app.start()
-        try:
-            start = await app.jobs.balance(user())
-            with pytest.raises(BadInput, match="unknown model"):
-                await app.jobs.submit(
-                    user(), "txt2img", [GenerationParams("x", model="a1111:missing")], REPLY
-                )
-            with pytest.raises(BadInput, match="sampler"):
-                await app.jobs.submit(
-                    user(),
-                    "txt2img",
-                    [GenerationParams("x", model="a1111:sd15", sampler="Euler z")],
-                    REPLY,
-                )
-            assert await app.jobs.balance(user()) == start
-            assert not gpu.rendered
-        finally:
-            await app.stop()
+    async with A1111Fake() as gpu, bot_on(tmp_path, db_url, gpu, default=False) as (app, _):
+        start = await app.jobs.balance(user())
+        with pytest.raises(BadInput, match="unknown model"):
+            await app.jobs.submit(
+                user(), "txt2img", [GenerationParams("x", model="a1111:missing")], REPLY
+            )
+        with pytest.raises(BadInput, match="sampler"):
+            await app.jobs.submit(
+                user(),
+                "txt2img",
+                [GenerationParams("x", model="a1111:sd15", sampler="Euler z")],
+                REPLY,
+            )
+        assert await app.jobs.balance(user()) == start
+        assert not gpu.rendered
 
 
 async def test_hires_renders_the_asked_size_through_a_second_pass() -> None:
@@ -430,37 +416,23 @@ async def test_hires_renders_the_asked_size_through_a_second_pass() -> None:
 async def test_cancel_through_the_bot_interrupts_and_refunds_in_full(
     tmp_path: Path, db_url: str
 ) -> None:
-    async with A1111Fake(time_per_image_s=5.0) as gpu:
-        config = make_config(
-            tmp_path,
-            db_url,
-            providers={"default": "a1111", "a1111": {"instances": [{"url": gpu.base_url}], **FAST}},
+    async with (
+        A1111Fake(time_per_image_s=5.0) as gpu,
+        bot_on(tmp_path, db_url, gpu) as (app, adapter),
+    ):
+        start = await app.jobs.balance(user())
+        receipt = await app.jobs.submit(user(), "txt2img", [GenerationParams("a fox", n=2)], REPLY)
+        async with asyncio.timeout(10):
+            while not gpu.running:
+                await asyncio.sleep(0.02)
+        await app.jobs.cancel(user(), receipt.job_ids[0])
+        await adapter.wait_for(
+            lambda: any(d.kind != "image" for d in adapter.deliveries), timeout=15
         )
-        config.database.auto_migrate = False
-        app = App(config)
-        if db_url.startswith("sqlite"):
-            await app.db.create_all()
-        adapter = RecordingAdapter()
-        app.add_adapter(adapter)
-        await app.start()
-        try:
-            start = await app.jobs.balance(user())
-            receipt = await app.jobs.submit(
-                user(), "txt2img", [GenerationParams("a fox", n=2)], REPLY
-            )
-            async with asyncio.timeout(10):
-                while not gpu.running:
-                    await asyncio.sleep(0.02)
-            await app.jobs.cancel(user(), receipt.job_ids[0])
-            await adapter.wait_for(
-                lambda: any(d.kind != "image" for d in adapter.deliveries), timeout=15
-            )
-            view = await app.jobs.job(None, receipt.job_ids[0])
-            assert view.status == "cancelled" and not view.images
-            assert gpu.interrupts == 1
-            assert await app.jobs.balance(user()) == start  # nothing was billed: all back
-        finally:
-            await app.stop()
+        view = await app.jobs.job(None, receipt.job_ids[0])
+        assert view.status == "cancelled" and not view.images
+        assert gpu.interrupts == 1
+        assert await app.jobs.balance(user()) == start  # nothing was billed: all back
 
 
 async def test_forge_gets_the_extra_modules_a_flux_checkpoint_needs() -> None:
