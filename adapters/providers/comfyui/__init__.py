@@ -1,0 +1,2 @@
+"""The ComfyUI provider: self-hosted ComfyUI instances driven through their HTTP/websocket
+API with API-format workflow graphs (``workflows`` puts a request's values into a graph)."""
