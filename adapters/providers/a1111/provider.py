@@ -445,8 +445,9 @@ class A1111Provider(Provider):
                 raise ProviderFailure(
                     FailureClass.PROVIDER_ERROR, str(exc), retry_after=30.0, uncharged=True
                 ) from None
+            last = None
             try:
-                await self._render_on(member, run, want, todo)
+                last = await self._render_on(member, run, want, todo)
             except InstanceDown as exc:
                 deaths += 1
                 self.pool.mark_down(member, f"died during job {req.job_id} ({exc})")
@@ -464,10 +465,14 @@ class A1111Provider(Provider):
             finally:
                 if member.busy:
                     await self.pool.release(member)
+            if last is not None:  # stored while the instance already renders the next job
+                await run.image(*last)
 
     async def _render_on(
         self, m: Inst, run: ProviderRun, want: str | None, todo: list[int]
-    ) -> None:
+    ) -> tuple[int, ResultImage] | None:
+        """Render the pictures ``todo`` on ``m``, delivering each but the last, which is
+        returned: it is stored once the instance is free for the next job."""
         req = run.request
         info = self.infos[m.name]
         token = f"{m.name}:{req.job_id}:{uuid.uuid4().hex[:8]}"
@@ -481,9 +486,13 @@ class A1111Provider(Provider):
         try:
             if cp is not None and info.switch_by_options and info.loaded != cp.key:
                 await self._switch_by_options(m, info, cp)
+            last: tuple[int, ResultImage] | None = None
             for i in list(todo):
-                await self._one_picture(m, run, info, cp, i, watch)
+                if last is not None:
+                    await run.image(*last)
+                last = (i, await self._one_picture(m, run, info, cp, i, watch))
                 todo.remove(i)
+            return last
         except asyncio.CancelledError:
             # the person cancelled (or the job's time ran out): stop the instance, but only
             # while it still renders this job
@@ -605,7 +614,8 @@ class A1111Provider(Provider):
         cp: Checkpoint | None,
         i: int,
         watch: _Watch,
-    ) -> None:
+    ) -> ResultImage:
+        """One picture, as the instance rendered it (not yet delivered)."""
         req = run.request
         route, body = self._payload(req, info, cp, i)
         before = info.loaded
@@ -642,8 +652,7 @@ class A1111Provider(Provider):
                 info.switch_by_options = True
                 info.loaded = m.loaded = rendered
                 await self._switch_by_options(m, info, cp)
-                await self._one_picture(m, run, info, cp, i, watch)
-                return
+                return await self._one_picture(m, run, info, cp, i, watch)
             if rendered is not None:
                 info.loaded = m.loaded = rendered
             elif cp is not None:
@@ -660,13 +669,10 @@ class A1111Provider(Provider):
         seed = details.get("seed")
         if isinstance(seeds, list) and seeds:
             seed = seeds[0]
-        await run.image(
-            i,
-            ResultImage(
-                data=picture,
-                seed=int(seed) if isinstance(seed, int | float) and seed >= 0 else None,
-                extra={"instance": m.name, "checkpoint": info.loaded or ""},
-            ),
+        return ResultImage(
+            data=picture,
+            seed=int(seed) if isinstance(seed, int | float) and seed >= 0 else None,
+            extra={"instance": m.name, "checkpoint": info.loaded or ""},
         )
 
     async def _watch(self, m: Inst, run: ProviderRun, i: int, watch: _Watch) -> None:
