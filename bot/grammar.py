@@ -76,6 +76,7 @@ FLAGS: tuple[str, ...] = (
     "vae",
     "scheduler",
     "hires",
+    "workflow",
 )
 # Flags that may be given more than once, one value each time (``FLAGS`` are given once,
 # except ``--no``, whose repeats are joined).
@@ -107,6 +108,7 @@ HELP_FLAGS = "\n".join(
         "  --scheduler NAME noise schedule, e.g. --scheduler karras (your own GPUs)",
         "  --hires          hires fix: a second pass that enlarges and sharpens; takes",
         "                   no value (--hires=off turns off a pasted block's)",
+        "  --workflow NAME  a ComfyUI workflow, see /models (your own GPUs)",
         "Quote a value with spaces (\"...\" or '...').",
         "Put \\ before a prompt word that starts with -- to keep it in the prompt.",
     ]
@@ -133,6 +135,7 @@ HELP_FLAGS_ZH = "\n".join(
         "  --scheduler NAME 噪声调度，例如 --scheduler karras（自有 GPU）",
         "  --hires          高清修复：再放大并细化一遍；不带值",
         "                   （--hires=off 可关闭粘贴参数里开启的高清修复）",
+        "  --workflow NAME  ComfyUI 工作流，见 /models（自有 GPU）",
         "带空格的值要加引号（\"...\" 或 '...'）。",
         "提示词里以 -- 开头的词，前面加上 \\ 就会留在提示词里。",
     ]
@@ -464,6 +467,7 @@ _READERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "lora": ("loras", _lora),
     "vae": ("vae", _name("vae", "sdxl_vae.safetensors")),
     "scheduler": ("scheduler", _name("scheduler", "karras")),
+    "workflow": ("workflow", _name("workflow", "txt2img (see /models)")),
     "hires": ("hires", _hires),
 }
 
@@ -859,6 +863,8 @@ def format_flags(params: GenerationParams) -> str:
         parts.append(f"--scheduler {_encode_value(params.scheduler)}")
     if params.hires:
         parts.append("--hires")
+    if params.workflow:
+        parts.append(f"--workflow {_encode_value(params.workflow)}")
     if params.negative:
         parts.append(f"--no {_encode_text(params.negative, whole_group_is_value=True)}")
     return " ".join(parts)

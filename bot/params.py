@@ -38,6 +38,7 @@ class GenerationParams:
     scheduler: str | None = None
     hires: bool = False
     upscale: float | None = None
+    workflow: str | None = None  # a ComfyUI workflow by name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -91,6 +91,7 @@ class ResolvedRequest:
     scheduler: str | None = None
     hires: bool = False
     upscale: float | None = None
+    workflow: str | None = None  # a ComfyUI workflow by name
 
 
 @dataclass(slots=True)

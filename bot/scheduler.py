@@ -629,6 +629,7 @@ class Scheduler:
             scheduler=p.scheduler,
             hires=p.hires,
             upscale=p.upscale,
+            workflow=p.workflow,
             init_image=init,
             init_images=(init, *more) if init is not None and more else (),
             # the chat's NSFW policy when the job was asked for (see Commands.job_address)

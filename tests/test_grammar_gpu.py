@@ -211,6 +211,7 @@ def _gpu_params(draw: st.DrawFn) -> GenerationParams:
         loras=tuple((n, draw(_weight)) for n in names),
         vae=draw(st.none() | _name),
         scheduler=draw(st.none() | _name),
+        workflow=draw(st.none() | _name),
         hires=draw(st.booleans()),
     )
 
