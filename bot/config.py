@@ -293,12 +293,28 @@ class HordeConfig(ProviderSection):
 
 class GpuInstanceConfig(_Section):
     """One self-hosted web UI the operator runs (a GPU): a name for logs and /models, its
-    URL, and HTTP Basic credentials when it was started with --api-auth."""
+    URL, HTTP Basic credentials (A1111's --api-auth, or a proxy's), and headers sent with
+    every request and websocket (a proxy's ``Authorization = "Bearer ..."``). Header
+    values are secrets: they never reach the logs."""
 
     name: str = ""  # default gpu1, gpu2, ... in order
     url: str
     user: str = ""
     password: str = ""
+    headers: dict[str, str] = {}
+
+
+def _name_instances(instances: list[GpuInstanceConfig]) -> None:
+    """gpu1, gpu2, ... for instances without a name; names unique; URLs that are URLs."""
+    seen: set[str] = set()
+    for i, inst in enumerate(instances, 1):
+        if not inst.name:
+            inst.name = f"gpu{i}"
+        if inst.name in seen:
+            raise ValueError(f"two instances are named {inst.name!r}")
+        seen.add(inst.name)
+        if not inst.url.startswith(("http://", "https://")):
+            raise ValueError(f"instance {inst.name}: url must start with http:// or https://")
 
 
 class A1111Config(ProviderSection):
@@ -334,15 +350,38 @@ class A1111Config(ProviderSection):
 
     @model_validator(mode="after")
     def _names(self) -> A1111Config:
-        seen: set[str] = set()
-        for i, inst in enumerate(self.instances, 1):
-            if not inst.name:
-                inst.name = f"gpu{i}"
-            if inst.name in seen:
-                raise ValueError(f"two instances are named {inst.name!r}")
-            seen.add(inst.name)
-            if not inst.url.startswith(("http://", "https://")):
-                raise ValueError(f"instance {inst.name}: url must start with http:// or https://")
+        _name_instances(self.instances)
+        if not self.concurrency:
+            self.concurrency = max(1, 4 * len(self.instances))
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.instances)
+
+
+class ComfyUIConfig(ProviderSection):
+    """The operator's own GPUs running ComfyUI: shipped workflows and the operator's own
+    (adapters/providers/comfyui), pooled like AUTOMATIC1111's instances."""
+
+    instances: list[GpuInstanceConfig] = []
+    workflows_dir: str = ""  # API-format workflow files; empty: only the shipped ones
+    default_workflow: str = "txt2img"
+    default_model: str = ""  # a checkpoint; empty: the first each instance lists
+    # The upscale workflow's model (UpscaleModelLoader); empty: the first the instance has.
+    upscale_model: str = ""
+    concurrency: int = Field(0, ge=0)  # 0: four times the instances (see [providers.a1111])
+    request_timeout_s: float = Field(60, gt=0)  # one HTTP call (a job is followed by socket)
+    lists_ttl_s: float = Field(60, ge=1)
+    recheck_s: float = Field(2.0, gt=0)
+    recheck_max_s: float = Field(60.0, gt=0)
+    wait_for_instance_s: float = Field(120.0, gt=0)
+    # Previews: ComfyUI sends none unless asked ("auto", "latent2rgb", "taesd"; "none": off).
+    preview_method: str = "auto"
+
+    @model_validator(mode="after")
+    def _names(self) -> ComfyUIConfig:
+        _name_instances(self.instances)
         if not self.concurrency:
             self.concurrency = max(1, 4 * len(self.instances))
         return self
@@ -368,6 +407,7 @@ class ProvidersConfig(_Section):
     bfl: BflConfig = BflConfig()
     horde: HordeConfig = HordeConfig()
     a1111: A1111Config = A1111Config()
+    comfyui: ComfyUIConfig = ComfyUIConfig()
 
 
 class ConsoleConfig(_Section):
@@ -565,6 +605,10 @@ def _collect_secrets(node: Any, found: set[str]) -> None:
             value = getattr(node, name)
             if name in SECRET_FIELDS and isinstance(value, str):
                 found.add(value)
+            elif name == "headers" and isinstance(value, dict):
+                for header in value.values():  # "Bearer abc": the whole and the token
+                    found.add(str(header))
+                    found.add(str(header).split()[-1] if str(header).split() else "")
             else:
                 _collect_secrets(value, found)
     elif isinstance(node, list | tuple):

@@ -61,6 +61,10 @@ class Hold(Protocol):
     async def release(self) -> None: ...
 
 
+class InstanceDown(Exception):
+    """The instance did not answer (refused, reset, timed out): it is out of the pool."""
+
+
 class NoInstance(Exception):
     """No healthy instance could take the job within the time allowed."""
 

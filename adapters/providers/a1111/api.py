@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from adapters import http
+from adapters.providers.gpupool import InstanceDown
 from bot.config import GpuInstanceConfig
 from bot.errors import FailureClass, ProviderFailure
 
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 160 * 1024 * 1024  # four 2048x2048 PNGs in base64 fit well below this
 _OOM_WORDS = ("out of memory", "outofmemory", "oom")
-
-
-class InstanceDown(Exception):
-    """The instance did not answer (refused, reset, timed out): it is out of the pool."""
 
 
 class RouteMissing(Exception):

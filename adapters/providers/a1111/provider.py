@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.providers.a1111.api import InstanceApi, InstanceDown, RouteMissing
+from adapters.providers.a1111.api import InstanceApi, RouteMissing
 from adapters.providers.a1111.catalog import (
     LOADED,
     Checkpoint,
@@ -45,7 +45,7 @@ from adapters.providers.a1111.catalog import (
     close_names,
     norm,
 )
-from adapters.providers.gpupool import GpuPool, Member, NoInstance
+from adapters.providers.gpupool import GpuPool, InstanceDown, Member, NoInstance
 from bot.config import A1111Config
 from bot.errors import BadInput, FailureClass, ProviderFailure
 from bot.infotext import prompt_loras
