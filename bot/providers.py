@@ -165,9 +165,12 @@ class Provider(ABC):
         override it. The router calls it before anything is charged."""
         return next((mi for mi in self.capabilities().models if mi.name == name), None)
 
-    def check(self, params: GenerationParams, model: str) -> None:  # noqa: B027
-        """Optional: refuse (raise ``bot.errors.BadInput``) a request this provider would
-        not render as asked (an unknown sampler or LoRA), before anything is charged."""
+    def check(  # noqa: B027
+        self, params: GenerationParams, model: str, kind: str = "txt2img"
+    ) -> None:
+        """Optional: refuse (raise ``bot.errors.BadInput``) a ``kind`` (txt2img, img2img)
+        request this provider would not render as asked (an unknown sampler or LoRA),
+        before anything is charged."""
 
     async def start(self) -> None:  # noqa: B027
         """Optional: called once before the first job (look at the backends, start upkeep)."""

@@ -195,7 +195,7 @@ class Router:
             raise BadInput(f"model {model} cannot do {need}")
         if params.upscale and not caps.upscale:
             raise BadInput.of("error.no_upscale", provider=name)
-        provider.check(params, model)
+        provider.check(params, model, need)
         if kind == "img2img" and inputs > max(1, info.max_inputs):
             several = [
                 f"{p}:{mi.name} ({mi.max_inputs})"

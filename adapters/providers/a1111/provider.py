@@ -367,7 +367,7 @@ class A1111Provider(Provider):
 
     # --- refusing before charging ----------------------------------------------------------
 
-    def check(self, params: GenerationParams, model: str) -> None:
+    def check(self, params: GenerationParams, model: str, kind: str = "txt2img") -> None:
         key = self._key_of(model)
         infos = [
             info for info in self.infos.values() if key in (None, LOADED) or key in info.checkpoints
