@@ -46,6 +46,10 @@ def build_providers(
         from adapters.providers.a1111 import A1111Provider
 
         providers["a1111"] = A1111Provider(config.providers.a1111, registry=registry, locks=locks)
+    if config.providers.comfyui.active:
+        from adapters.providers.comfyui import ComfyUIProvider
+
+        providers["comfyui"] = ComfyUIProvider(config.providers.comfyui, locks=locks)
     return providers
 
 

@@ -477,8 +477,10 @@ class A1111Provider(Provider):
         info = self.infos[m.name]
         token = f"{m.name}:{req.job_id}:{uuid.uuid4().hex[:8]}"
         m.current = token
+        noted: asyncio.Task[None] | None = None
         if run.task_id is None or not run.task_id.startswith(f"{m.name}:{req.job_id}:"):
-            await run.submitted(token, {"instance": m.name})
+            # written while the instance already renders (it is not on the critical path)
+            noted = asyncio.create_task(run.submitted(token, {"instance": m.name}))
         # "whatever the instance has loaded" is named outright: a job without a checkpoint
         # would load the one the instance's option names, which may not be the one in memory
         cp = info.checkpoints.get(want or info.loaded or "")
@@ -492,6 +494,9 @@ class A1111Provider(Provider):
                     await run.image(*last)
                 last = (i, await self._one_picture(m, run, info, cp, i, watch))
                 todo.remove(i)
+                if noted is not None:
+                    await noted
+                    noted = None
             return last
         except asyncio.CancelledError:
             # the person cancelled (or the job's time ran out): stop the instance, but only
@@ -500,6 +505,10 @@ class A1111Provider(Provider):
                 watch.we_interrupted = True
                 await self._interrupt(m)
             raise
+        finally:
+            if noted is not None and not noted.done():
+                noted.cancel()
+                await asyncio.gather(noted, return_exceptions=True)
 
     async def _switch_by_options(self, m: Inst, info: InstanceInfo, cp: Checkpoint) -> None:
         """Load ``cp`` through /options (Forge): safe, as we hold the instance alone."""
