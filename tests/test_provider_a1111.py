@@ -238,21 +238,11 @@ async def test_cancel_interrupts_only_the_instance_running_that_job() -> None:
 
 async def test_progress_carries_the_live_preview() -> None:
     async with A1111Fake(time_per_image_s=0.6) as gpu, provider(cfg(gpu)) as p:
-        previews: list[bytes] = []
-
-        class WithPreview(Recorder):
-            async def progress(self, fraction: float, **kw: Any) -> None:
-                if kw.get("preview"):
-                    previews.append(kw["preview"])
-                await super().progress(
-                    fraction, queue_position=kw.get("queue_position"), wait_s=kw.get("wait_s")
-                )
-
-        run = WithPreview(request())
+        run = Recorder(request())
         await p.generate(run)
-        assert previews, "no preview reached the core"
-        Image.open(io.BytesIO(previews[0])).verify()
-        assert len(previews) == len(set(previews))  # an unchanged preview is not sent again
+        assert run.previews, "no preview reached the core"
+        Image.open(io.BytesIO(run.previews[0])).verify()
+        assert len(run.previews) == len(set(run.previews))  # an unchanged preview is not sent again
 
 
 # --- flavours and probing ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -72,19 +73,6 @@ def png(w: int = 96, h: int = 64) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (w, h), (200, 30, 30)).save(out, "PNG")
     return out.getvalue()
-
-
-class Previews(Recorder):
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.previews: list[bytes] = []
-
-    async def progress(self, fraction: float, **kw: Any) -> None:
-        if kw.get("preview"):
-            self.previews.append(kw["preview"])
-        await super().progress(
-            fraction, queue_position=kw.get("queue_position"), wait_s=kw.get("wait_s")
-        )
 
 
 # --- what the graph holds -----------------------------------------------------------------------
@@ -162,16 +150,18 @@ def test_a_workflow_that_maps_no_prompt_is_refused_at_start(tmp_path: Path) -> N
 
 
 async def test_img2img_uploads_the_picture_and_uses_the_name_the_server_gave() -> None:
+    picture = png()
+    name = f"sdhost-{hashlib.sha256(picture).hexdigest()[:16]}.png"
     async with ComfyUIFake() as gpu, provider(cfg(gpu)) as p:
-        first = Recorder(request(kind="img2img", init_image=png(), strength=0.5))
-        await p.generate(first)
-        # a different picture under the same name: the server renames the upload
-        gpu.put_input("sdhost-clash.png", png(10, 10))
+        gpu.put_input(name, png(10, 10))  # another file by that name: the upload is renamed
+        run = Recorder(request(kind="img2img", init_image=picture, strength=0.5))
+        await p.generate(run)
         graph = gpu.executed[0]["graph"]
-        loads = [n for n in graph.values() if n["class_type"] == "LoadImage"]
-        assert loads and loads[0]["inputs"]["image"].startswith("sdhost-")
+        [load] = [n for n in graph.values() if n["class_type"] == "LoadImage"]
+        assert load["inputs"]["image"] != name and load["inputs"]["image"].startswith("sdhost-")
+        assert gpu.file(load["inputs"]["image"], type="input") == picture
         assert gpu.executed[0]["denoise"] == 0.5
-        assert first.images
+        assert size_of(run.images[0].data) == (512, 384)
 
 
 async def test_upscale_runs_the_upscale_workflow() -> None:
@@ -206,13 +196,10 @@ async def test_unknown_workflow_sampler_and_lora_are_refused_before_charging() -
 
 async def test_previews_are_ours_and_decoded() -> None:
     async with ComfyUIFake(time_per_step_s=0.05) as gpu, provider(cfg(gpu)) as p:
-        run = Previews(request(steps=6))
+        run = Recorder(request(steps=6))
         await p.generate(run)
         assert run.previews, "no preview reached the core"
         Image.open(io.BytesIO(run.previews[0])).verify()
-        assert gpu.socket_flags and all(
-            f.get("supports_preview_metadata") for f in gpu.socket_flags.values()
-        )
 
 
 async def test_a_socket_that_drops_mid_job_still_delivers_once() -> None:
@@ -276,7 +263,7 @@ async def test_cancel_of_a_queued_prompt_deletes_it_and_interrupts_nothing() -> 
         await queued.task_known.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        deletes = [c for c in gpu.calls_to("queue") if c.method == "POST"]
+        deletes = gpu.calls_to("post.queue")
         assert deletes and deletes[0].json == {"delete": [queued.task_id.split(":", 1)[1]]}
         assert gpu.interrupts == 0  # the foreign prompt runs on
 

@@ -46,6 +46,7 @@ class Recorder:
         self.fractions: list[float] = []
         self.queue: list[tuple[int, float | None]] = []  # (queue position, expected wait)
         self.costs: list[tuple[float, str]] = []
+        self.previews: list[bytes] = []  # live previews, in order
         self.task_known = asyncio.Event()  # set on the first ``submitted``
         self.on_submitted = on_submitted
         self.restart_after_submissions = restart_after_submissions
@@ -66,8 +67,11 @@ class Recorder:
         *,
         queue_position: int | None = None,
         wait_s: float | None = None,
+        preview: bytes | None = None,
     ) -> None:
         self.fractions.append(fraction)
+        if preview is not None:
+            self.previews.append(preview)
         if queue_position is not None:
             self.queue.append((queue_position, wait_s))
 
