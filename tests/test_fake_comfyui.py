@@ -162,8 +162,13 @@ async def comfy_run(fake: ComfyUIFake, workflow: Path, home: Path) -> tuple[int,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("comfy-cli did not finish within 30 s") from None
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert lines, err.decode()[-2000:]
     return proc.returncode or 0, lines
@@ -217,7 +222,7 @@ def example_client_get_images(
     ``executing`` with node null for our prompt, then GET /history/{id} and /view each image."""
     client_id = str(uuid.uuid4())
     ws = websocket.WebSocket()
-    ws.connect(f"ws://{server_address}/ws?clientId={client_id}")
+    ws.connect(f"ws://{server_address}/ws?clientId={client_id}", timeout=10)
     try:
         prompt_id = str(uuid.uuid4())
         body = json.dumps({"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id})
