@@ -3,6 +3,13 @@
 clients"), by a client written from ComfyUI's published ``script_examples/
 websockets_api_example.py`` flow, and by raw HTTP / websocket for what a provider must cope with.
 
+comfy-cli 1.23.0 is in the ``test`` extra: pip adds it to this project's environment without
+changing any installed package (about 20 s; it brings uv, gitpython, cookiecutter, posthog,
+mixpanel, imageio-ffmpeg...). Its telemetry is off by ``DO_NOT_TRACK=1`` (its tracking.py) and
+its config and job files go to the test's own HOME. It is run as ``python -m comfy_cli``. Note
+that it checks a workflow against ``/object_info`` before submitting (an unknown checkpoint
+never reaches ``POST /prompt``), so the server-side 400s are tested with raw HTTP.
+
 The fake was compared with the real ComfyUI server (Comfy-Org/ComfyUI a125cd8, 0.3.64) running
 on this machine's CPU, by hand, not in CI: the same probe script ran against both and the JSON
 answers were diffed. Compared and matching: validation answers (unknown class, missing
@@ -202,13 +209,22 @@ async def test_comfy_cli_runs_the_default_graph_and_fetches_the_pictures(tmp_pat
         assert record["client_id"] == envelope["data"]["client_id"]
         assert (record["checkpoint"], record["seed"], record["steps"]) == ("sd15.safetensors", 7, 3)
 
-        # a graph the server refuses: comfy-cli reports it as a failure
+        # an unknown checkpoint: comfy-cli's own preflight refuses it from /object_info's list
         workflow.write_text(json.dumps(txt2img(ckpt="missing.safetensors")))
         code, events = await comfy_run(fake, workflow, tmp_path)
         assert code != 0
         assert events[-1]["ok"] is False
-        assert "missing.safetensors" in json.dumps(events)
-        assert len(fake.executed) == 1
+        assert "sd15.safetensors" in json.dumps(events[-1])
+        assert len(fake.executed) == 1 and not fake.calls_to("post.prompt", since=0)[1:]
+
+        # a node failing on the server: execution_error reaches comfy-cli as a failed run
+        fake.fail_node("VAEDecode", "CUDA error: out of memory")
+        workflow.write_text(json.dumps(txt2img(seed=8, steps=2)))
+        code, events = await comfy_run(fake, workflow, tmp_path)
+        assert code != 0
+        assert events[-1]["ok"] is False
+        assert "CUDA error: out of memory" in json.dumps(events)
+        assert fake.executed[-1]["status"] == "error"
 
 
 # --- ComfyUI's websockets_api_example.py flow (websocket-client + urllib) -------------------------
