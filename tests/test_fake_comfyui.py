@@ -695,12 +695,19 @@ async def test_fail_node_drop_sockets_auth_and_death() -> None:
         # the socket drops mid-job; the job goes on and its history has the outputs
         fake.drop_socket_after_s = 0.05
         _, body = await http(
-            fake, "POST", "/prompt", {"prompt": txt2img(steps=10), "client_id": "a"}, headers=auth
+            fake, "POST", "/prompt", {"prompt": txt2img(steps=20), "client_id": "a"}, headers=auth
         )
         async with asyncio.timeout(5):
             async for _ in ws:
                 pass
         assert ws.closed
+        # back with the same client id mid-job: the server says which node runs now
+        ws = await session.ws_connect(fake.base_url + "/ws?clientId=a", headers=auth)
+        assert (await ws.receive_json())["data"]["sid"] == "a"
+        assert await ws.receive_json() == {"type": "executing", "data": {"node": "3"}}
+        seen = await messages_until_done(ws, body["prompt_id"])
+        assert "executed" in types(seen)
+        await ws.close()
         entry = await _wait_history(fake, body["prompt_id"])
         assert entry["status"]["completed"] is True and len(entry["outputs"]["9"]["images"]) == 2
 

@@ -88,7 +88,11 @@ What it does, as the real server does:
 
 Test switches: ``headers_required`` (every HTTP request and the websocket upgrade must carry
 these headers, else 401: a proxy in front), ``fail_node`` (the next execution fails at a node id
-or class), ``drop_socket_after_s`` / :meth:`drop_sockets` (websockets lost, the job goes on),
+or class), :meth:`drop_sockets` (every open websocket loses its connection now; jobs go on and
+their history gets the outputs) and ``drop_socket_after_s`` (one shot: that long after the next
+prompt starts running, :meth:`drop_sockets`; then it is None again). A socket that comes back
+with the same ``clientId`` mid-job first gets ``status`` then ``executing {node}`` (no
+prompt_id), as the real server sends,
 :meth:`die` / :meth:`revive` (the server stops and comes back on the SAME port, as a restart: the
 queue, history and caches are gone, files on disk stay, nothing is loaded).
 
