@@ -291,3 +291,62 @@ async def test_two_instances_each_take_one_prompt_at_a_time() -> None:
         assert all(r.images for r in runs)
         assert g1.max_in_flight == 1 and g2.max_in_flight == 1
         assert len(g1.executed) + len(g2.executed) == 6
+
+
+async def test_an_instance_that_dies_mid_job_hands_it_to_another() -> None:
+    async with (
+        ComfyUIFake(time_per_step_s=0.1) as g1,
+        ComfyUIFake(time_per_step_s=0.1) as g2,
+        provider(cfg(g1, g2)) as p,
+    ):
+        first = Recorder(request(job_id=1, steps=10))
+        second = Recorder(request(job_id=2, steps=10))
+        task = asyncio.create_task(p.generate(first))
+        await first.task_known.wait()
+        dying = g1 if first.task_id and first.task_id.startswith("gpu1:") else g2
+        await asyncio.gather(dying.die(), p.generate(second))
+        await task
+        assert first.images and second.images
+        assert {d["name"]: d["up"] for d in p.pool.describe()}[
+            "gpu1" if dying is g1 else "gpu2"
+        ] is False
+
+
+async def test_a_job_through_the_bot_with_a_workflow(tmp_path: Path, db_url: str) -> None:
+    from bot.app import App
+    from tests.conftest import REPLY, RecordingAdapter, make_config, user
+
+    async with ComfyUIFake() as gpu:
+        config = make_config(
+            tmp_path,
+            db_url,
+            providers={
+                "default": "comfyui",
+                "comfyui": {"instances": [{"url": gpu.base_url}], **FAST},
+            },
+        )
+        config.database.auto_migrate = False
+        app = App(config)
+        if db_url.startswith("sqlite"):
+            await app.db.create_all()
+        adapter = RecordingAdapter()
+        app.add_adapter(adapter)
+        await app.start()
+        try:
+            start = await app.jobs.balance(user())
+            receipt = await app.jobs.submit(
+                user(),
+                "txt2img",
+                [GenerationParams("a fox", model="comfyui:sd15", n=2, sampler="euler")],
+                REPLY,
+            )
+            await adapter.wait_for(lambda: any(d.kind == "finished" for d in adapter.deliveries))
+            view = await app.jobs.job(None, receipt.job_ids[0])
+            assert view.status == "succeeded" and len(view.images) == 2
+            assert await app.jobs.balance(user()) == start - receipt.cost
+            with pytest.raises(BadInput, match="workflow"):
+                await app.jobs.submit(
+                    user(), "txt2img", [GenerationParams("x", workflow="nope")], REPLY
+                )
+        finally:
+            await app.stop()

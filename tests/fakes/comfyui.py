@@ -1366,6 +1366,12 @@ class ComfyUIFake(LoopbackServer):
         init = [p.crop((0, 0, width, height)) for p in pixels]
         return (_Latent(width, height, len(pixels), init=init),), None
 
+    async def _node_RepeatLatentBatch(
+        self, run: _Run, node_id: str, samples: _Latent, amount: int
+    ) -> Any:
+        init = (samples.init or [])[:1] * amount if samples.init else None
+        return (_Latent(samples.width, samples.height, samples.batch * amount, init=init),), None
+
     async def _node_KSampler(
         self,
         run: _Run,
