@@ -350,3 +350,15 @@ async def test_a_job_through_the_bot_with_a_workflow(tmp_path: Path, db_url: str
                 )
         finally:
             await app.stop()
+
+
+async def test_a_server_restarted_mid_job_runs_the_job_again() -> None:
+    async with ComfyUIFake(time_per_step_s=0.1) as gpu, provider(cfg(gpu)) as p:
+        run = Recorder(request(steps=10))
+        task = asyncio.create_task(p.generate(run))
+        await run.task_known.wait()
+        await gpu.die()
+        await gpu.revive()  # a fresh process: the queue and history are gone
+        async with asyncio.timeout(20):
+            await task
+        assert run.images and len(run.submissions) == 2  # submitted again, delivered once

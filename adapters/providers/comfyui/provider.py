@@ -523,11 +523,17 @@ class ComfyUIProvider(Provider):
     async def _poll_history(self, api: ComfyApi, prompt_id: str) -> None:
         """The socket dropped: wait for the prompt in /history (the instance going away is
         ``InstanceDown``, and the job moves on)."""
+        missing = 0
         while True:
             entry = await api.history(prompt_id)
             status = (entry or {}).get("status") or {}
             if entry is not None and (status.get("completed") or status.get("status_str")):
                 return
+            if entry is None:
+                running, pending = await api.queue()
+                missing = 0 if prompt_id in running or prompt_id in pending else missing + 1
+                if missing >= 2:  # neither queued, running nor done: the server restarted
+                    raise InstanceDown("the prompt is gone from the server (restarted?)")
             await asyncio.sleep(HISTORY_POLL_S)
 
     async def _pictures(
