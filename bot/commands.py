@@ -49,7 +49,7 @@ from bot.text import clip, shown_char, unusable_char
 log = logging.getLogger(__name__)
 
 # Capabilities.lists that /models shows, in this order ("models.list.<kind>" names them).
-LIST_KINDS = ("loras", "samplers", "schedulers", "vaes")
+LIST_KINDS = ("workflows", "loras", "samplers", "schedulers", "vaes", "upscalers")
 # How much of each list /models shows: names, characters (the rest is "and N more");
 # /models PROVIDER shows more, still within a chat message.
 _LIST_NAMES, _LIST_CHARS = 8, 160

@@ -238,6 +238,8 @@ CATALOG: dict[str, dict[str, str]] = {
     "models.list.samplers": {"en": "samplers (--sampler)", "zh": "采样器（--sampler）"},
     "models.list.schedulers": {"en": "schedulers (--scheduler)", "zh": "调度器（--scheduler）"},
     "models.list.vaes": {"en": "VAEs (--vae)", "zh": "VAE（--vae）"},
+    "models.list.workflows": {"en": "workflows (--workflow)", "zh": "工作流（--workflow）"},
+    "models.list.upscalers": {"en": "upscalers (Upscale)", "zh": "放大模型（放大按钮）"},
     "models.more": {"en": "and {n} more", "zh": "等，另有 {n} 个"},
     "models.detail": {
         "en": "/models {name} lists them all",

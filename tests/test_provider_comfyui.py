@@ -362,3 +362,40 @@ async def test_a_server_restarted_mid_job_runs_the_job_again() -> None:
         async with asyncio.timeout(20):
             await task
         assert run.images and len(run.submissions) == 2  # submitted again, delivered once
+
+
+async def test_an_identical_graph_answered_from_the_cache_is_delivered() -> None:
+    async with ComfyUIFake() as gpu, provider(cfg(gpu)) as p:
+        first, again = Recorder(request()), Recorder(request())  # same seed: same graph
+        await p.generate(first)
+        await p.generate(again)
+        assert again.images and gpu.executed[-1]["cached"]
+        assert again.images[0].data == first.images[0].data
+
+
+async def test_models_lists_the_workflows_and_the_instances_lists(
+    tmp_path: Path, db_url: str
+) -> None:
+    from bot.app import App
+    from bot.commands import Incoming
+    from tests.conftest import REPLY, RecordingAdapter, make_config, user
+
+    async with ComfyUIFake(loras=["add_detail.safetensors"]) as gpu:
+        config = make_config(
+            tmp_path, db_url, providers={"comfyui": {"instances": [{"url": gpu.base_url}], **FAST}}
+        )
+        config.database.auto_migrate = False
+        app = App(config)
+        if db_url.startswith("sqlite"):
+            await app.db.create_all()
+        app.add_adapter(RecordingAdapter())
+        await app.start()
+        try:
+            reply = await app.commands.handle(
+                Incoming(user=user(), text="/models comfyui", reply_to=REPLY)
+            )
+            text = reply.text
+            assert "workflows (--workflow)" in text and "txt2img" in text
+            assert "add_detail" in text and "dpmpp_2m" in text and "sd15" in text
+        finally:
+            await app.stop()

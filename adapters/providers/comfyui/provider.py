@@ -231,7 +231,7 @@ class ComfyUIProvider(Provider):
                 "loras": tuple(sorted(self._listed("loras").values())),
                 "samplers": tuple(sorted(self._listed("samplers").values())),
                 "schedulers": tuple(sorted(self._listed("schedulers").values())),
-                "upscale models": tuple(sorted(self._listed("upscale_models").values())),
+                "upscalers": tuple(sorted(self._listed("upscale_models").values())),
             },
         )
         return self._caps
