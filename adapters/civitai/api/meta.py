@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.grammar import MAX_SEED
-from bot.infotext import NEGATIVE_PREFIX, format_number, quote
+from bot.infotext import HIRES_KEYS, NEGATIVE_PREFIX, format_number, quote
 from bot.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,9 @@ def generation_params(
     meta: Any, *, width: int | None = None, height: int | None = None
 ) -> GenerationParams:
     """The generation parameters in an image's ``meta`` (flat or nested): prompt, negative
-    prompt, seed, steps, CFG, sampler, size and model. ``width``/``height`` are used when
-    ``meta`` has no size (pass the picture's own). Odd values become ``None``."""
+    prompt, seed, steps, CFG, sampler, size, model, and whether a hires fix made it.
+    ``width``/``height`` are used when ``meta`` has no size (pass the picture's own). Odd
+    values become ``None``."""
     m = flat_meta(meta) or {}
     meta_w, meta_h = _size(m)
     seed = _as_int(_first(m, "seed", "Seed"))
@@ -161,6 +162,8 @@ def generation_params(
         width=meta_w if meta_w and meta_h else width,
         height=meta_h if meta_w and meta_h else height,
         model=_model_name(_first(m, "Model", "model")),
+        # made with a hires fix: asked again with --hires, as a pasted block would be
+        hires=any(_as_text(m.get(k)) for k in (*HIRES_KEYS, "hrUpscale", "hires_upscale")),
     )
 
 
