@@ -220,9 +220,12 @@ async def main() -> None:
         table.add_row(
             label,
             f"{r['took']:.1f} s",
-            f"{ideal / r['took']:.2f} (ideal {ideal:.1f} s)"
-            if not kill
-            else f"{ideal / r['took']:.2f}",
+            (
+                f"{ideal / r['took']:.2f} (ideal {ideal:.1f} s; {spread / r['took']:.2f} of "
+                f"{spread:.1f} s)"
+                if not kill
+                else f"{ideal / r['took']:.2f}"
+            ),
             f"{r['switches']} ({min_switches})",
             f"{r['succeeded']}/{args.jobs}",
             str(r["lost"]),
