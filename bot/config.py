@@ -536,12 +536,32 @@ class DiscordConfig(_Section):
     nsfw: Literal["allow", "spoiler", "block"] = "spoiler"
     # One gateway connection per shard, as Discord asks of bots in many servers.
     sharded: bool = False
+    # Several processes: each runs a slice of the shards (shard_ids of shard_count, the
+    # same shard_count everywhere); a guild's events go to shard (guild_id >> 22) %
+    # shard_count. Pictures go out over REST, so any process delivers any job's.
+    shard_ids: list[int] = []
+    shard_count: int = Field(0, ge=0)  # 0: as many as Discord recommends (with sharded)
     # At most one progress edit of a response this often, in seconds.
     progress_edit_s: float = Field(2.0, ge=0)
     # Stop using an interaction's token this long before its 15 minutes run out; later
     # results are posted in the channel with a mention.
     token_margin_s: float = Field(60, ge=0, le=600)
     default_lang: Literal["en", "zh"] = "en"
+
+    @model_validator(mode="after")
+    def _shards_of_the_count(self) -> DiscordConfig:
+        if self.shard_ids:
+            if not self.shard_count:
+                raise ValueError("discord.shard_ids needs discord.shard_count (the total)")
+            bad = [s for s in self.shard_ids if not 0 <= s < self.shard_count]
+            if bad:
+                raise ValueError(
+                    f"discord.shard_ids {bad} are not shards of discord.shard_count = "
+                    f"{self.shard_count} (0 to {self.shard_count - 1})"
+                )
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError("discord.shard_ids lists a shard twice")
+        return self
 
     @property
     def enabled(self) -> bool:
