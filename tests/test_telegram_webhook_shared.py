@@ -305,3 +305,33 @@ def test_the_webhook_url_and_secret_are_checked_at_config_load() -> None:
         with pytest.raises(ValueError, match="A-Z a-z 0-9 _ -"):
             TelegramConfig(token="1:x", webhook_secret=secret)
     TelegramConfig(token="1:x", webhook_secret="A-z_09" * 40)
+
+
+async def test_sdhost_telegram_sets_the_webhook_once_and_deletes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    async with FakeTelegram() as tg:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            "[telegram]\n"
+            f'token = "{tg.token}"\n'
+            f'base_url = "{tg.base_url}"\n'
+            f'base_file_url = "{tg.base_file_url}"\n'
+            'mode = "webhook"\n'
+            'webhook_url = "http://127.0.0.1:9/telegram/hook"\n'
+            f'webhook_secret = "{SECRET}"\n'
+            f'[data]\ndir = "{tmp_path / "data"}"\n',
+            encoding="utf-8",
+        )
+        code = await asyncio.to_thread(main, ["-c", str(config), "telegram", "set-webhook"])
+        assert code == 0 and "webhook set" in capsys.readouterr().out
+        [call] = tg.calls_of("setWebhook")
+        assert call.params["url"] == "http://127.0.0.1:9/telegram/hook"
+        assert call.params["secret_token"] == SECRET
+        assert "message" in call.params["allowed_updates"]
+        code = await asyncio.to_thread(main, ["-c", str(config), "telegram", "delete-webhook"])
+        assert code == 0 and len(tg.calls_of("deleteWebhook")) == 1
+        [drop] = [c.params.get("drop_pending_updates") for c in tg.calls_of("deleteWebhook")]
+        assert drop in (None, False)  # updates not yet taken stay for the poller
