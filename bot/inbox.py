@@ -79,6 +79,11 @@ class Inbox:
     async def done(self, ids: list[int]) -> None:
         await self.db.run_write(repos.finish_updates, ids=ids, owner=self.owner, now=now())
 
+    async def release(self) -> None:
+        """Give back what this process holds and has not finished (it is stopping), so
+        another process takes it at once instead of after the lease."""
+        await self.db.run_write(repos.release_updates, source=self.source, owner=self.owner)
+
     async def forget_old(self, *, at: float | None = None) -> int:
         """Forget updates received more than ``forget_after_s`` ago."""
         moment = now() if at is None else at

@@ -214,6 +214,8 @@ async def test_an_update_of_a_process_that_died_is_handled_by_the_other(
 
     monkeypatch.setattr(Application, "process_update", hangs_in_a)
     a = await cluster.start("a", update_lease_s=1.0)
+    # a killed process runs no shutdown code: it gives nothing back (only its lease lapses)
+    monkeypatch.setattr(a._inbox, "release", _nothing)
     update = cluster.tg.inject_message(ANN, ANN, "/credits")
     async with httpx.AsyncClient() as client:
         assert await post(client, a, update) == 200
@@ -233,6 +235,37 @@ async def test_an_update_of_a_process_that_died_is_handled_by_the_other(
     [row] = await cluster.rows()
     assert row.claimed_by == cluster.apps[0].owner  # b's
     assert len(cluster.replies(ANN)) == 1
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def test_a_process_stopping_mid_update_gives_it_back_at_once(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Application.process_update
+
+    async def hangs_in_a(self: Any, update: Any) -> None:
+        if self is a.application:
+            await asyncio.Event().wait()
+        await original(self, update)
+
+    monkeypatch.setattr(Application, "process_update", hangs_in_a)
+    a = await cluster.start("a", update_lease_s=60.0)
+    update = cluster.tg.inject_message(ANN, ANN, "/credits")
+    async with httpx.AsyncClient() as client:
+        assert await post(client, a, update) == 200
+    async with asyncio.timeout(10):
+        while (await cluster.rows())[0].claimed_by is None:
+            await asyncio.sleep(0.05)
+    assert (await cluster.rows())[0].claimed_by == cluster.apps[0].owner
+    b = await cluster.start("b", update_lease_s=60.0)
+    await asyncio.sleep(0.6)
+    assert cluster.replies(ANN) == []  # a holds it
+    await cluster.stop(a)  # a clean stop: long before the 60 s lease runs out
+    await cluster.until(lambda: cluster.replies(ANN), timeout=5)
+    assert b.updates_handled == 1
 
 
 async def test_stored_updates_are_forgotten_by_age(cluster: Cluster) -> None:

@@ -79,6 +79,7 @@ from storage.repos.updates import (
     claim_updates,
     finish_updates,
     forget_updates,
+    release_updates,
     store_update,
 )
 from storage.repos.users import (
@@ -149,6 +150,7 @@ __all__ = [
     "referenced_files",
     "release_events",
     "release_held",
+    "release_updates",
     "renew_leases",
     "request_cancel",
     "retried_waiting",

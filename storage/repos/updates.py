@@ -59,6 +59,15 @@ _FINISH = (
     .where(incoming.c.id == bindparam("uid"), incoming.c.claimed_by == bindparam("me"))
     .values(done_at=bindparam("now"), claimed_until=0.0)
 )
+_RELEASE = (
+    update(incoming)
+    .where(
+        incoming.c.source == bindparam("src"),
+        incoming.c.claimed_by == bindparam("me"),
+        incoming.c.done_at.is_(None),
+    )
+    .values(claimed_until=0.0)
+)
 _FORGET = delete(incoming).where(incoming.c.received_at < bindparam("before"))
 
 
@@ -99,6 +108,11 @@ def finish_updates(conn: Connection, *, ids: Sequence[int], owner: str, now: flo
     if not ids:
         return 0
     return conn.execute(_FINISH, [{"uid": i, "me": owner, "now": now} for i in ids]).rowcount
+
+
+def release_updates(conn: Connection, *, source: str, owner: str) -> int:
+    """Give back the unhandled updates ``owner`` holds (it is stopping): claimable at once."""
+    return conn.execute(_RELEASE, {"src": source, "me": owner}).rowcount
 
 
 def forget_updates(conn: Connection, *, before: float) -> int:

@@ -69,6 +69,7 @@ from bot.host import ChatHost
 from bot.i18n import Message as i18n_message
 from bot.i18n import t
 from bot.ids import is_digits, parse_id
+from bot.inbox import Inbox
 from bot.text import clip
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class TelegramAdapter(TelegramDelivery):
         self._tasks: list[asyncio.Task[None]] = []
         self._offset: int | None = None
         self._webhook_runner: Any = None
+        self._inbox: Inbox | None = None
         self.updates_handled = 0
         self.albums = AlbumMemory()
         self.album_settle_s = ALBUM_SETTLE_S
@@ -214,6 +216,11 @@ class TelegramAdapter(TelegramDelivery):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._inbox is not None:  # what this process had claimed and not finished
+            try:
+                await self._inbox.release()
+            except Exception:  # the others take it once the lease runs out
+                log.warning("telegram: could not give back unhandled updates", exc_info=True)
         if self._webhook_runner is not None:
             await self._webhook_runner.cleanup()
             self._webhook_runner = None
@@ -317,7 +324,7 @@ class TelegramAdapter(TelegramDelivery):
             raise UserError("telegram.mode is webhook but telegram.webhook_url is empty")
         secret = self.cfg.effective_webhook_secret
         expected = secret.encode()
-        inbox = self.app.inbox(self._source, lease_s=self.cfg.update_lease_s)
+        inbox = self._inbox = self.app.inbox(self._source, lease_s=self.cfg.update_lease_s)
 
         async def receive(request: web.Request) -> web.Response:
             # constant time: how long a wrong guess takes says nothing about the secret
