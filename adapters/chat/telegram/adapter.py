@@ -2,9 +2,13 @@
 
 How it keeps the core's promises on Telegram:
 
-* Updates are taken with ``getUpdates`` (or a webhook) and handled before they are
-  confirmed, so a crash re-reads them; every command that costs credits carries the
-  message's id as its idempotency key, so a re-read update is never charged twice.
+* Updates are taken with ``getUpdates`` and handled before they are confirmed, so a crash
+  re-reads them; every command that costs credits carries the message's id as its
+  idempotency key, so a re-read update is never charged twice.
+* In webhook mode every process behind the balancer takes updates: each is stored once in
+  the database (``bot.inbox``; a copy is ignored) and answered at once, then handled by
+  whichever process claims it, in order per chat. The webhook is the bot's: set once
+  (``set_webhook``), never deleted by a process that polls.
 * A command that starts a job gets a status message once the core accepted it (a refusal
   is one direct reply); its id is stored with the job, so progress edits and the final
   line find it again after a restart.
