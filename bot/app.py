@@ -16,6 +16,7 @@ from bot.commands import Commands
 from bot.config import Config
 from bot.delivery import Deliverer
 from bot.housekeeping import sweep_forever
+from bot.inbox import LEASE_S, Inbox
 from bot.jobs import JobService
 from bot.locks import NamedLocks
 from bot.model_registry import ModelRegistry
@@ -98,6 +99,10 @@ class App:
         self.crash_reports = crash_reports
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
+
+    def inbox(self, source: str, *, lease_s: float = LEASE_S) -> Inbox:
+        """The updates pushed to any process for ``source`` (one bot), handled once."""
+        return Inbox(self.db, self.owner, source, lease_s=lease_s)
 
     def add_configured_adapters(self) -> None:
         """The chat platforms the config turns on (the console is added by `sdhost chat`)."""

@@ -213,6 +213,26 @@ async def _models(args: argparse.Namespace) -> int:
     )
 
 
+async def _telegram(args: argparse.Namespace) -> int:
+    """Set the bot's webhook once (every process behind the balancer shares it), or delete
+    it (to poll again)."""
+    config = _load(args)
+    if not config.telegram.enabled:
+        raise UserError("set telegram.token (or SDHOST_TELEGRAM__TOKEN) first")
+    from adapters.chat.telegram.adapter import delete_webhook, set_webhook
+
+    cfg = config.telegram
+    if args.action == "set-webhook":
+        if not cfg.webhook_url:
+            raise UserError("set telegram.webhook_url (the public URL of the balancer) first")
+        await set_webhook(cfg)
+        print(f"webhook set: Telegram posts this bot's updates to {cfg.webhook_url}")
+    else:
+        await delete_webhook(cfg)
+        print("webhook deleted: a process in polling mode may take the updates now")
+    return 0
+
+
 async def _discord(args: argparse.Namespace) -> int:
     """Publish the slash commands now (to discord.guild_ids, else globally)."""
     config = _load(args)
@@ -349,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         md_sub.add_parser("scan", help="hash the model folders and look the files up on Civitai")
     )
 
+    tg = sub.add_parser("telegram", help="Telegram maintenance")
+    tg_sub = tg.add_subparsers(dest="action", required=True)
+    tg_sub.add_parser("set-webhook", help="point the bot's webhook at telegram.webhook_url, once")
+    tg_sub.add_parser("delete-webhook", help="delete the bot's webhook (to poll again)")
+
     dc = sub.add_parser("discord", help="Discord maintenance")
     dc_sub = dc.add_subparsers(dest="action", required=True)
     dc_sub.add_parser("sync", help="publish the slash commands now")
@@ -373,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "db": _db,
             "store": _store,
             "discord": _discord,
+            "telegram": _telegram,
             "civitai": _civitai,
             "models": _models,
         }[args.command]

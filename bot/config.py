@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -417,6 +419,10 @@ class ConsoleConfig(_Section):
 NsfwPolicy = Literal["allow", "blur", "block"]
 
 
+WEBHOOK_PORTS = (443, 80, 88, 8443)
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
 class TelegramConfig(_Section):
     """The Telegram bot. It runs when a token is set (here or in SDHOST_TELEGRAM__TOKEN)."""
 
@@ -433,6 +439,12 @@ class TelegramConfig(_Section):
     webhook_port: int = Field(8443, ge=0, le=65535)
     webhook_path: str = "/telegram"
     webhook_secret: str = ""  # empty: derived from the token
+    # The webhook belongs to the bot, not to a process: every process behind the balancer
+    # takes updates at webhook_url, and only one sets it (this, or `sdhost telegram
+    # set-webhook` once). A process setting it for itself would take it from the others.
+    set_webhook: bool = False
+    # How long a process may take to handle an update before another one takes it over.
+    update_lease_s: float = Field(120.0, gt=0)
     # Who may use the bot; empty lists: everyone.
     allowed_chats: list[int] = []
     allowed_users: list[int] = []
@@ -460,6 +472,37 @@ class TelegramConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.token)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_charset(cls, v: str) -> str:
+        if v and not _WEBHOOK_SECRET.fullmatch(v):
+            raise ValueError(
+                "Telegram accepts a webhook secret of 1 to 256 characters A-Z a-z 0-9 _ -"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _webhook_url_telegram_posts_to(self) -> TelegramConfig:
+        # Telegram's own servers post only over https to ports 443, 80, 88 and 8443; a local
+        # Bot API server (base_url elsewhere) posts to any port, also over http.
+        if self.mode != "webhook" or not self.webhook_url:
+            return self
+        url = urlsplit(self.webhook_url)
+        if urlsplit(self.base_url).hostname != "api.telegram.org":
+            return self
+        if url.scheme != "https":
+            raise ValueError(f"telegram.webhook_url must be https:// ({self.webhook_url})")
+        try:
+            port = url.port or 443
+        except ValueError:
+            raise ValueError(f"telegram.webhook_url has a bad port ({self.webhook_url})") from None
+        if port not in WEBHOOK_PORTS:
+            raise ValueError(
+                f"Telegram posts only to ports 443, 80, 88 and 8443; telegram.webhook_url "
+                f"uses {port} (let the reverse proxy listen on one of those)"
+            )
+        return self
 
     @property
     def effective_webhook_secret(self) -> str:
@@ -493,12 +536,32 @@ class DiscordConfig(_Section):
     nsfw: Literal["allow", "spoiler", "block"] = "spoiler"
     # One gateway connection per shard, as Discord asks of bots in many servers.
     sharded: bool = False
+    # Several processes: each runs a slice of the shards (shard_ids of shard_count, the
+    # same shard_count everywhere); a guild's events go to shard (guild_id >> 22) %
+    # shard_count. Pictures go out over REST, so any process delivers any job's.
+    shard_ids: list[int] = []
+    shard_count: int = Field(0, ge=0)  # 0: as many as Discord recommends (with sharded)
     # At most one progress edit of a response this often, in seconds.
     progress_edit_s: float = Field(2.0, ge=0)
     # Stop using an interaction's token this long before its 15 minutes run out; later
     # results are posted in the channel with a mention.
     token_margin_s: float = Field(60, ge=0, le=600)
     default_lang: Literal["en", "zh"] = "en"
+
+    @model_validator(mode="after")
+    def _shards_of_the_count(self) -> DiscordConfig:
+        if self.shard_ids:
+            if not self.shard_count:
+                raise ValueError("discord.shard_ids needs discord.shard_count (the total)")
+            bad = [s for s in self.shard_ids if not 0 <= s < self.shard_count]
+            if bad:
+                raise ValueError(
+                    f"discord.shard_ids {bad} are not shards of discord.shard_count = "
+                    f"{self.shard_count} (0 to {self.shard_count - 1})"
+                )
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError("discord.shard_ids lists a shard twice")
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -13,6 +13,7 @@ from bot.chat import ChatAdapter
 from bot.commands import Commands
 from bot.config import Config
 from bot.delivery import Deliverer
+from bot.inbox import Inbox
 from bot.jobs import JobService
 from bot.providers import Provider
 
@@ -39,6 +40,10 @@ class ChatHost(Protocol):
     @property
     def deliverer(self) -> Deliverer:
         """Whether every result has been delivered (the console waits for it)."""
+
+    def inbox(self, source: str, *, lease_s: float = ...) -> Inbox:
+        """Updates pushed to any process for ``source`` (one bot), handled once, in order
+        per chat, by whichever process claims them."""
 
 
 class RunningHost(ChatHost, Protocol):

@@ -262,3 +262,26 @@ class ModelFileRecord(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     hashed_at: Mapped[float] = mapped_column(Float)
+
+
+class IncomingUpdate(Base):
+    """An update a chat platform pushed to one of the processes (a webhook), kept until one
+    process has handled it: stored once per ``(source, update_id)``, claimed with a lease,
+    handled in order per chat, forgotten by age (platforms may reuse ids later)."""
+
+    __tablename__ = "incoming_updates"
+    __table_args__ = (
+        UniqueConstraint("source", "update_id", name="uq_incoming_updates_id"),
+        Index("ix_incoming_updates_open", "source", "done_at", "update_id"),
+        Index("ix_incoming_updates_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))  # the bot the updates are for
+    update_id: Mapped[int] = mapped_column(BigInteger)
+    chat: Mapped[str] = mapped_column(String(64))  # updates of one chat run in order
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[float] = mapped_column(Float)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -504,6 +504,7 @@ async def test_webhook_mode(env: Env) -> None:
         webhook_listen="127.0.0.1",
         webhook_port=port,
         webhook_url=f"http://127.0.0.1:{port}/telegram",
+        set_webhook=True,
     )
     tg = env.tg
     assert tg.calls_of("setWebhook")[0].params["secret_token"]
@@ -524,6 +525,7 @@ async def test_webhook_refuses_a_wrong_secret_of_the_same_length(env: Env) -> No
         webhook_listen="127.0.0.1",
         webhook_port=port,
         webhook_url=f"http://127.0.0.1:{port}/telegram",
+        set_webhook=True,
         webhook_secret=secret,
     )
     assert env.tg.calls_of("setWebhook")[0].params["secret_token"] == secret

@@ -1,6 +1,7 @@
 """Repositories: the SQL the core needs, written once for SQLite and PostgreSQL, one
 module per concern (people and credits, jobs, claims, outbox, statistics, downloads, the
-model registry). Callers use ``from storage import repos`` and ``repos.charge(...)``.
+model registry, incoming updates). Callers use ``from storage import repos`` and
+``repos.charge(...)``.
 
 Every function takes a ``Connection`` that is already inside a transaction (see
 ``Database.run_write`` / ``run_read``) and none commits. Statements are built once, with
@@ -74,6 +75,13 @@ from storage.repos.outbox import (
 from storage.repos.stats import (
     stats,
 )
+from storage.repos.updates import (
+    claim_updates,
+    finish_updates,
+    forget_updates,
+    release_updates,
+    store_update,
+)
 from storage.repos.users import (
     balance,
     charge,
@@ -103,10 +111,13 @@ __all__ = [
     "claim_download_task",
     "claim_events",
     "claim_jobs",
+    "claim_updates",
     "credit",
     "delete_model_files",
     "download_tasks_for_version",
     "ensure_user",
+    "finish_updates",
+    "forget_updates",
     "get_download_task",
     "get_job",
     "get_model",
@@ -139,6 +150,7 @@ __all__ = [
     "referenced_files",
     "release_events",
     "release_held",
+    "release_updates",
     "renew_leases",
     "request_cancel",
     "retried_waiting",
@@ -148,6 +160,7 @@ __all__ = [
     "set_locale",
     "set_settings",
     "stats",
+    "store_update",
     "unaddressed_events",
     "unsent_for_user",
     "update_download_task",

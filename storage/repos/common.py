@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.models import (
     Batch,
     DownloadTask,
+    IncomingUpdate,
     Job,
     LedgerEntry,
     ModelFileRecord,
@@ -29,6 +30,7 @@ jobs = Job.__table__
 batches = Batch.__table__
 images = StoredImage.__table__
 outbox = OutboxEvent.__table__
+incoming = IncomingUpdate.__table__
 
 
 download_tasks = DownloadTask.__table__
@@ -43,7 +45,7 @@ def _ids(name: str = "ids") -> Any:
 @cache
 def _insert_ignore(dialect: str, table_name: str, index: tuple[str, ...], returning: bool) -> Any:
     """``INSERT ... ON CONFLICT (index) DO NOTHING [RETURNING id]`` for one dialect."""
-    table = {t.name: t for t in (users, ledger, images, outbox)}[table_name]
+    table = {t.name: t for t in (users, ledger, images, outbox, incoming)}[table_name]
     make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = make(table).on_conflict_do_nothing(index_elements=list(index))
     return stmt.returning(table.c.id) if returning else stmt

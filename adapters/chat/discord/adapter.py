@@ -68,10 +68,10 @@ class DiscordAdapter(DiscordDelivery):
     def __init__(self, app: ChatHost, cfg: DiscordConfig | None = None) -> None:
         self.app = app
         self.cfg = cfg or app.config.discord
-        client_cls = discord.AutoShardedClient if self.cfg.sharded else discord.Client
         # sdhost has no voice: discord.py's "voice will NOT be supported" is noise to it
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
-        self.client: discord.Client = client_cls(
+        self.client: discord.Client = self._client_class()(
+            **self._shards(),
             intents=discord.Intents.default(),
             # nothing the bot writes pings anyone unless a call says so (delivery.py)
             allowed_mentions=discord.AllowedMentions.none(),
@@ -101,6 +101,22 @@ class DiscordAdapter(DiscordDelivery):
             await self.slash_commands.stale_box(interaction)
 
     # --- lifecycle -----------------------------------------------------------------------
+
+    def _client_class(self) -> type[discord.Client]:
+        cfg = self.cfg
+        if cfg.sharded or cfg.shard_ids or cfg.shard_count:
+            return discord.AutoShardedClient
+        return discord.Client
+
+    def _shards(self) -> dict[str, Any]:
+        """This process's slice of the shards: ``shard_ids`` of ``shard_count`` (another
+        process runs the others); ``shard_count`` alone: all of them, here."""
+        shards: dict[str, Any] = {}
+        if self.cfg.shard_count:
+            shards["shard_count"] = self.cfg.shard_count
+        if self.cfg.shard_ids:
+            shards["shard_ids"] = list(self.cfg.shard_ids)
+        return shards
 
     def _point_at_endpoints(self) -> None:
         import discord.gateway

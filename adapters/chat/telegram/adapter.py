@@ -2,9 +2,13 @@
 
 How it keeps the core's promises on Telegram:
 
-* Updates are taken with ``getUpdates`` (or a webhook) and handled before they are
-  confirmed, so a crash re-reads them; every command that costs credits carries the
-  message's id as its idempotency key, so a re-read update is never charged twice.
+* Updates are taken with ``getUpdates`` and handled before they are confirmed, so a crash
+  re-reads them; every command that costs credits carries the message's id as its
+  idempotency key, so a re-read update is never charged twice.
+* In webhook mode every process behind the balancer takes updates: each is stored once in
+  the database (``bot.inbox``; a copy is ignored) and answered at once, then handled by
+  whichever process claims it, in order per chat. The webhook is the bot's: set once
+  (``set_webhook``), never deleted by a process that polls.
 * A command that starts a job gets a status message once the core accepted it (a refusal
   is one direct reply); its id is stored with the job, so progress edits and the final
   line find it again after a restart.
@@ -27,6 +31,7 @@ import time
 from typing import Any, cast
 
 from telegram import (
+    Bot,
     BotCommand,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -68,6 +73,7 @@ from bot.host import ChatHost
 from bot.i18n import Message as i18n_message
 from bot.i18n import t
 from bot.ids import is_digits, parse_id
+from bot.inbox import Inbox
 from bot.text import clip
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,43 @@ COMMAND_DATA = "x:"  # callback data of a button that runs a command: "x:/civita
 
 
 _CAPTION_REF = re.compile(r"^#([0-9]{1,19})(?: · ([0-9]{1,9})/[0-9]+)?")
+
+
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+
+def _bare_bot(cfg: TelegramConfig) -> Bot:
+    return Bot(cfg.token, base_url=cfg.base_url, base_file_url=cfg.base_file_url)
+
+
+async def set_webhook(cfg: TelegramConfig, bot: Any = None) -> None:
+    """Point the bot's webhook at ``webhook_url`` (the balancer's), with the secret: once
+    for the bot, not once per process."""
+    if bot is None:
+        async with _bare_bot(cfg) as bare:
+            await set_webhook(cfg, bare)
+        return
+    await bot.set_webhook(
+        url=cfg.webhook_url,
+        secret_token=cfg.effective_webhook_secret,
+        allowed_updates=ALLOWED_UPDATES,
+        max_connections=min(100, cfg.concurrent_updates),
+    )
+
+
+async def delete_webhook(cfg: TelegramConfig) -> None:
+    """Delete the bot's webhook; updates not yet taken stay (polling reads them)."""
+    async with _bare_bot(cfg) as bare:
+        await bare.delete_webhook(drop_pending_updates=False)
+
+
+def _chat_key(update: Update) -> str:
+    """Which updates must run in order: those of one chat (or one person without a chat)."""
+    if update.effective_chat is not None:
+        return f"c{update.effective_chat.id}"
+    if update.effective_user is not None:
+        return f"u{update.effective_user.id}"
+    return f"#{update.update_id}"
 
 
 class TelegramAdapter(TelegramDelivery):
@@ -102,6 +145,7 @@ class TelegramAdapter(TelegramDelivery):
         self._tasks: list[asyncio.Task[None]] = []
         self._offset: int | None = None
         self._webhook_runner: Any = None
+        self._inbox: Inbox | None = None
         self.updates_handled = 0
         self.albums = AlbumMemory()
         self.album_settle_s = ALBUM_SETTLE_S
@@ -164,7 +208,7 @@ class TelegramAdapter(TelegramDelivery):
         if self.cfg.mode == "webhook":
             await self._start_webhook()
         else:
-            await self.bot.delete_webhook(drop_pending_updates=False)
+            await self._refuse_polling_under_a_webhook()
             self._tasks.append(asyncio.create_task(self._poll(), name="telegram-poll"))
         log.info("telegram: @%s is %s", self.username, self.cfg.mode)
 
@@ -176,6 +220,11 @@ class TelegramAdapter(TelegramDelivery):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._inbox is not None:  # what this process had claimed and not finished
+            try:
+                await self._inbox.release()
+            except Exception:  # the others take it once the lease runs out
+                log.warning("telegram: could not give back unhandled updates", exc_info=True)
         if self._webhook_runner is not None:
             await self._webhook_runner.cleanup()
             self._webhook_runner = None
@@ -210,7 +259,7 @@ class TelegramAdapter(TelegramDelivery):
                 updates = await self.bot.get_updates(
                     offset=self._offset,
                     timeout=self.cfg.poll_timeout_s,
-                    allowed_updates=["message", "callback_query"],
+                    allowed_updates=ALLOWED_UPDATES,
                 )
                 backoff = 1.0
             except TimedOut:
@@ -250,7 +299,28 @@ class TelegramAdapter(TelegramDelivery):
 
         await asyncio.gather(*(run(u) for u in by_chat.values()))
 
+    async def _refuse_polling_under_a_webhook(self) -> None:
+        """Polling reads the updates of a bot without a webhook only. A webhook set for the
+        bot is the other processes' (behind a balancer): deleting it would take their
+        updates away from them all, so this process refuses to start instead."""
+        info = await self.bot.get_webhook_info()
+        if info.url:
+            raise UserError(
+                f"telegram.mode is polling, but a webhook is set for this bot ({info.url}): "
+                "other sdhost processes may be taking its updates. Set telegram.mode = "
+                '"webhook" in this process too, or stop those processes and delete the '
+                "webhook (`sdhost telegram delete-webhook`) to poll again"
+            )
+
+    @property
+    def _source(self) -> str:
+        """The inbox of this bot: updates are per bot, whatever process received them."""
+        return f"telegram:{self.cfg.token.partition(':')[0]}"
+
     async def _start_webhook(self) -> None:
+        """Take updates at the webhook: check the secret, store the update (a second copy
+        is ignored) and answer at once; the inbox claimer of whichever process is free
+        handles it, once, in order per chat."""
         from aiohttp import web
 
         url = self.cfg.webhook_url
@@ -258,6 +328,7 @@ class TelegramAdapter(TelegramDelivery):
             raise UserError("telegram.mode is webhook but telegram.webhook_url is empty")
         secret = self.cfg.effective_webhook_secret
         expected = secret.encode()
+        inbox = self._inbox = self.app.inbox(self._source, lease_s=self.cfg.update_lease_s)
 
         async def receive(request: web.Request) -> web.Response:
             # constant time: how long a wrong guess takes says nothing about the secret
@@ -269,11 +340,23 @@ class TelegramAdapter(TelegramDelivery):
                 update = Update.de_json(data, self.bot)
             except Exception:
                 return web.Response(status=400)
-            if update is not None:
-                # Answered after it is handled: a crash makes Telegram send it again.
-                await self.handle_updates([update])
+            if update is None:
+                return web.Response(text="ok")
+            try:
+                await inbox.put(update.update_id, _chat_key(update), data)
+            except Exception:
+                # not stored: Telegram sends it again later (to this process or another)
+                log.warning("telegram: could not store update %s", update.update_id, exc_info=True)
+                return web.Response(status=503)
             return web.Response(text="ok")
 
+        async def handle(update_id: int, raw: dict[str, Any]) -> None:
+            update = Update.de_json(raw, self.bot)
+            if update is not None:
+                await self.application.process_update(update)
+                self.updates_handled += 1
+
+        self._tasks.append(asyncio.create_task(inbox.run(handle), name="telegram-inbox"))
         web_app = web.Application()
         web_app.router.add_post(self.cfg.webhook_path, receive)
         runner = web.AppRunner(web_app, access_log=None)
@@ -281,12 +364,8 @@ class TelegramAdapter(TelegramDelivery):
         site = web.TCPSite(runner, self.cfg.webhook_listen, self.cfg.webhook_port)
         await site.start()
         self._webhook_runner = runner
-        await self.bot.set_webhook(
-            url=url,
-            secret_token=secret,
-            allowed_updates=["message", "callback_query"],
-            max_connections=min(100, self.cfg.concurrent_updates),
-        )
+        if self.cfg.set_webhook:
+            await set_webhook(self.cfg, self.bot)
 
     @property
     def webhook_port(self) -> int:
