@@ -148,6 +148,9 @@ async def test_a_job_taken_by_one_shard_is_delivered_by_the_other_process(
     inter_token = inter["token"]
     await procs.until(lambda: dc.interaction(inter_token)["original_message_id"])
     assert other.interactions_handled == 0  # the command went to the taker's shard only
+    async with asyncio.timeout(15):  # the job is in the queue (the command has done its part)
+        while not await procs.apps[1 - taker_shard].jobs.all_jobs():
+            await asyncio.sleep(0.05)
     await procs.stop(taker_shard)  # gone before the picture is ready
     pictures = await procs.until(lambda: procs.pictures(OTHER_CHANNEL), timeout=30)
     assert pictures and procs.pictures(CHANNEL_ID) == []
