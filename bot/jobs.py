@@ -37,7 +37,7 @@ from bot.routing import Route, Router
 from bot.text import shown_char, unusable_char
 from storage import repos
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import PictureStore
 from storage.status import JOB_TERMINAL, JobStatus
 
 KINDS = ("txt2img", "img2img", "batch")
@@ -62,7 +62,7 @@ def more_input_shas(params: dict[str, Any] | None) -> list[str]:
     return [str(s) for s in got if isinstance(s, str)] if isinstance(got, list) else []
 
 
-async def load_more_inputs(files: FileStore, params: dict[str, Any] | None) -> list[bytes]:
+async def load_more_inputs(files: PictureStore, params: dict[str, Any] | None) -> list[bytes]:
     """The bytes of a job's input pictures after the first, in order."""
     return [
         await asyncio.to_thread(files.get, sha, kind="inputs", ext="png")
@@ -366,7 +366,7 @@ class JobService:
         config: Config,
         db: Database,
         router: Router,
-        files: FileStore,
+        files: PictureStore,
         *,
         on_submit: Callable[[str], None] | None = None,
         on_cancel: Callable[[int], bool] | None = None,
@@ -906,7 +906,7 @@ class JobService:
                     "width": im.width,
                     "height": im.height,
                     "seed": im.seed,
-                    "path": str(self.files.path_for(im.sha256)),
+                    "path": self.files.locate(im.sha256),
                 }
                 for im in repos.images_for_job(conn, job_id)
             ]

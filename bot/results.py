@@ -14,10 +14,11 @@ from typing import Any
 
 from bot import i18n
 from bot.chat import ReplyTo, UserRef
-from bot.errors import BadInput, NotFound
+from bot.errors import BadInput, NotFound, UserError
 from bot.jobs import JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
 from storage import repos
+from storage.files import StorageError
 
 VARY_STRENGTH = 0.55
 UPSCALE_FACTOR = 2.0  # the Upscale button's, and /upscale's without --scale
@@ -54,12 +55,24 @@ class Results:
 
     async def picture_bytes(self, picture: Picture) -> bytes:
         try:
-            return await asyncio.to_thread(self.jobs.files.get, picture.sha256)
+            return await self.stored_picture(picture.sha256)
         except FileNotFoundError:
             raise NotFound(
                 f"the file of job #{picture.job.id} picture {picture.image['idx'] + 1} is gone "
                 "from this bot's storage"
             ) from None
+        except StorageError as exc:
+            raise UserError(
+                f"the picture store cannot give job #{picture.job.id} picture "
+                f"{picture.image['idx'] + 1} right now; try again later"
+            ) from exc
+
+    async def stored_picture(self, sha256: str) -> bytes:
+        """A finished picture's bytes from the store, whichever it is (a folder here, a
+        bucket shared by every process): what chats deliver and send as the Original.
+        ``FileNotFoundError`` if it is gone; ``StorageError`` (``StorageUnavailable``) if
+        the store cannot give it now."""
+        return await asyncio.to_thread(self.jobs.files.get, sha256)
 
     async def reroll(
         self,
