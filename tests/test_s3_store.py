@@ -517,3 +517,31 @@ async def test_no_s3_secret_reaches_the_log(
     out = buffer.getvalue()
     assert "PutObject" in out or "put_object" in out.lower()
     assert s3_server.access_key not in out and s3_server.secret_key not in out
+
+
+async def test_a_delivery_waits_for_an_unreachable_store_and_drops_a_gone_picture(
+    tg_env: S3Env, s3_server: S3Server
+) -> None:
+    from bot.chat import DeliveryGone, DeliveryRetry
+
+    bucket = s3_server.new_bucket()
+    tg_env.s3 = s3_section(s3_server, bucket)["s3"]
+    adapter = await tg_env.start()
+    assert tg_env.app is not None
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(DeliveryGone, match="gone from the store"):
+        await adapter.delivered_picture({"sha256": missing})
+    (port,) = free_ports(1)
+    working = tg_env.app.jobs.files
+    tg_env.app.jobs.files = S3Store(
+        bucket=bucket,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        access_key="a",
+        secret_key="b",
+        connect_timeout_s=1,
+        max_attempts=1,
+    )
+    with pytest.raises(DeliveryRetry, match="the picture store failed while reading") as caught:
+        await adapter.delivered_picture({"sha256": missing})
+    assert caught.value.retry_after > 0
+    tg_env.app.jobs.files = working
