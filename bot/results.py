@@ -15,7 +15,7 @@ from typing import Any
 from bot import i18n
 from bot.chat import ReplyTo, UserRef
 from bot.errors import BadInput, NotFound, UserError
-from bot.jobs import JobService, JobView, Receipt, load_more_inputs
+from bot.jobs import STORE_DOWN, JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
 from storage import repos
 from storage.files import StorageError
@@ -90,12 +90,15 @@ class Results:
         params = GenerationParams.from_dict(picture.job.params).with_(seed=None, n=1)
         job = await self.jobs.db.run_read(repos.get_job, job_id)
         init = None
-        if job is not None and job.input_sha256:
-            init = await asyncio.to_thread(
-                self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
-            )
+        try:
+            if job is not None and job.input_sha256:
+                init = await asyncio.to_thread(
+                    self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
+                )
+            more = await load_more_inputs(self.jobs.files, job.params) if job and init else []
+        except StorageError as exc:
+            raise UserError(STORE_DOWN) from exc
         kind = "img2img" if init is not None else "txt2img"
-        more = await load_more_inputs(self.jobs.files, job.params) if job and init else []
         return await self.jobs.submit(
             ref,
             kind,

@@ -545,3 +545,27 @@ async def test_a_delivery_waits_for_an_unreachable_store_and_drops_a_gone_pictur
         await adapter.delivered_picture({"sha256": missing})
     assert caught.value.retry_after > 0
     tg_env.app.jobs.files = working
+
+
+async def test_an_img2img_asked_while_the_store_is_down_is_refused_uncharged(
+    app_factory: Callable[..., Any], s3_server: S3Server
+) -> None:
+    from bot.errors import UserError
+
+    (port,) = free_ports(1)  # nothing listens: the store is down
+    app = await app_factory(
+        data=s3_section(
+            s3_server, "sdhost", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1
+        )
+    )
+    before = await app.jobs.balance(user())
+    with pytest.raises(UserError, match="picture store is unavailable right now"):
+        await app.jobs.submit(
+            user(),
+            "img2img",
+            [GenerationParams(prompt="a boat", strength=0.5)],
+            REPLY,
+            init_image=png((1, 2, 3), (512, 512)),
+        )
+    assert await app.jobs.balance(user()) == before
+    assert await app.db.run_read(lambda c: c.execute(select(Job.id)).all()) == []
