@@ -25,10 +25,31 @@ from bot.providers import Provider
 from bot.routing import Router
 from bot.scheduler import Scheduler
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import FileStore, PictureStore
 from storage.migrate import upgrade
 
 log = logging.getLogger(__name__)
+
+
+def open_store(config: Config) -> PictureStore:
+    """The picture store ``data.store`` names: the folder under ``data.dir`` or a bucket."""
+    data = config.data
+    if data.store == "s3":
+        from storage.s3 import S3Store  # boto3 is loaded only by those who use it
+
+        s3 = data.s3
+        return S3Store(
+            bucket=s3.bucket,
+            endpoint_url=s3.endpoint_url,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            region=s3.region,
+            public_base_url=s3.public_base_url,
+            connect_timeout_s=s3.connect_timeout_s,
+            read_timeout_s=s3.read_timeout_s,
+            max_attempts=s3.max_attempts,
+        )
+    return FileStore(data.dir)
 
 
 class App:
@@ -50,7 +71,7 @@ class App:
             busy_timeout_ms=config.database.busy_timeout_ms,
             echo=config.database.echo,
         )
-        self.files = FileStore(config.data.dir)
+        self.files = open_store(config)
         # locks every process sharing the database sees (one job per GPU instance)
         self.locks = NamedLocks(self.db)
         if providers is None:

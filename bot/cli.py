@@ -156,7 +156,7 @@ async def _store(args: argparse.Namespace) -> int:
         removed = await sweep_store(app.db, app.files, grace_s=args.grace)
         for path in removed:
             print(f"removed {path}")
-        print(f"{len(removed)} file(s) no row refers to removed from {app.files.root}")
+        print(f"{len(removed)} file(s) no row refers to removed from {app.files.describe()}")
         return 0
 
     return await _with_app(args, go)

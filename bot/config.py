@@ -32,8 +32,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class S3StoreConfig(_Section):
+    """An S3-compatible bucket for the pictures (``data.store = "s3"``): AWS S3, SeaweedFS,
+    MinIO... Keys are the local store's (``images/ab/<sha>.png``)."""
+
+    endpoint_url: str = "http://127.0.0.1:8333"  # empty: AWS S3 itself
+    bucket: str = "sdhost"
+    access_key: str = ""  # empty: botocore's chain (AWS_* environment, instance role)
+    secret_key: str = ""
+    region: str = ""  # empty: us-east-1
+    public_base_url: str = ""  # optional: a CDN in front of the bucket, for links shown
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)  # per request, botocore's retries included
+
+
 class DataConfig(_Section):
     dir: Path = Path("./data")
+    store: Literal["local", "s3"] = "local"
+    s3: S3StoreConfig = Field(default_factory=S3StoreConfig)
+
+    @model_validator(mode="after")
+    def _bucket_named(self) -> DataConfig:
+        if self.store == "s3" and not self.s3.bucket.strip():
+            raise ValueError('data.store = "s3" needs data.s3.bucket')
+        return self
 
 
 class DatabaseConfig(_Section):

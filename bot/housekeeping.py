@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 from storage import repos
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import PictureStore
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ SWEEP_GRACE_S = 600.0
 
 
 async def sweep_store(
-    db: Database, files: FileStore, *, grace_s: float = SWEEP_GRACE_S
-) -> list[Path]:
+    db: Database, files: PictureStore, *, grace_s: float = SWEEP_GRACE_S
+) -> Sequence[object]:
     """Remove the store's files no row refers to; return what went."""
     t = time.time()
     # The oldest running job first, then the rows: a job that finishes in between has its
@@ -43,7 +43,7 @@ async def sweep_store(
 
 
 async def sweep_forever(
-    db: Database, files: FileStore, *, interval_s: float = SWEEP_INTERVAL_S
+    db: Database, files: PictureStore, *, interval_s: float = SWEEP_INTERVAL_S
 ) -> None:
     while True:
         try:

@@ -37,7 +37,7 @@ from bot.routing import Route, Router
 from bot.text import shown_char, unusable_char
 from storage import repos
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import PictureStore, StorageError
 from storage.status import JOB_TERMINAL, JobStatus
 
 KINDS = ("txt2img", "img2img", "batch")
@@ -52,6 +52,10 @@ MAX_DEFAULT_NEGATIVE = 500
 MORE_INPUTS = "more_inputs"
 
 
+# What a person is told when the picture store cannot take or give a picture right now.
+STORE_DOWN = "the picture store is unavailable right now; nothing was charged, try again later"
+
+
 def now() -> float:
     return time.time()
 
@@ -62,7 +66,7 @@ def more_input_shas(params: dict[str, Any] | None) -> list[str]:
     return [str(s) for s in got if isinstance(s, str)] if isinstance(got, list) else []
 
 
-async def load_more_inputs(files: FileStore, params: dict[str, Any] | None) -> list[bytes]:
+async def load_more_inputs(files: PictureStore, params: dict[str, Any] | None) -> list[bytes]:
     """The bytes of a job's input pictures after the first, in order."""
     return [
         await asyncio.to_thread(files.get, sha, kind="inputs", ext="png")
@@ -366,7 +370,7 @@ class JobService:
         config: Config,
         db: Database,
         router: Router,
-        files: FileStore,
+        files: PictureStore,
         *,
         on_submit: Callable[[str], None] | None = None,
         on_cancel: Callable[[int], bool] | None = None,
@@ -631,6 +635,15 @@ class JobService:
 
     # --- submitting -------------------------------------------------------------------------
 
+    async def _store_input(self, data: bytes) -> str:
+        """Keep an input picture in the store; its sha256. Before anything is charged, so a
+        store that cannot take it now refuses the request with a clear word."""
+        try:
+            stored = await asyncio.to_thread(self.files.put, data, kind="inputs", ext="png")
+        except StorageError as exc:
+            raise UserError(STORE_DOWN) from exc
+        return stored.sha256
+
     async def submit(
         self,
         ref: UserRef,
@@ -704,12 +717,10 @@ class JobService:
         ]
         input_sha = None
         if init_image is not None:
-            stored = await asyncio.to_thread(self.files.put, init_image, kind="inputs", ext="png")
-            input_sha = stored.sha256
+            input_sha = await self._store_input(init_image)
         more_shas: list[str] = []
         for data in more_images:
-            stored = await asyncio.to_thread(self.files.put, data, kind="inputs", ext="png")
-            more_shas.append(stored.sha256)
+            more_shas.append(await self._store_input(data))
         resolved = [
             p.with_(seed=r.seed, width=r.width, height=r.height, model=r.model, provider=r.provider)
             for p, r in zip(params_list, routes, strict=True)
@@ -906,7 +917,7 @@ class JobService:
                     "width": im.width,
                     "height": im.height,
                     "seed": im.seed,
-                    "path": str(self.files.path_for(im.sha256)),
+                    "path": self.files.locate(im.sha256),
                 }
                 for im in repos.images_for_job(conn, job_id)
             ]

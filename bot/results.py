@@ -14,10 +14,11 @@ from typing import Any
 
 from bot import i18n
 from bot.chat import ReplyTo, UserRef
-from bot.errors import BadInput, NotFound
-from bot.jobs import JobService, JobView, Receipt, load_more_inputs
+from bot.errors import BadInput, NotFound, UserError
+from bot.jobs import STORE_DOWN, JobService, JobView, Receipt, load_more_inputs
 from bot.params import GenerationParams
 from storage import repos
+from storage.files import StorageError
 
 VARY_STRENGTH = 0.55
 UPSCALE_FACTOR = 2.0  # the Upscale button's, and /upscale's without --scale
@@ -54,12 +55,24 @@ class Results:
 
     async def picture_bytes(self, picture: Picture) -> bytes:
         try:
-            return await asyncio.to_thread(self.jobs.files.get, picture.sha256)
+            return await self.stored_picture(picture.sha256)
         except FileNotFoundError:
             raise NotFound(
                 f"the file of job #{picture.job.id} picture {picture.image['idx'] + 1} is gone "
                 "from this bot's storage"
             ) from None
+        except StorageError as exc:
+            raise UserError(
+                f"the picture store cannot give job #{picture.job.id} picture "
+                f"{picture.image['idx'] + 1} right now; try again later"
+            ) from exc
+
+    async def stored_picture(self, sha256: str) -> bytes:
+        """A finished picture's bytes from the store, whichever it is (a folder here, a
+        bucket shared by every process): what chats deliver and send as the Original.
+        ``FileNotFoundError`` if it is gone; ``StorageError`` (``StorageUnavailable``) if
+        the store cannot give it now."""
+        return await asyncio.to_thread(self.jobs.files.get, sha256)
 
     async def reroll(
         self,
@@ -77,12 +90,15 @@ class Results:
         params = GenerationParams.from_dict(picture.job.params).with_(seed=None, n=1)
         job = await self.jobs.db.run_read(repos.get_job, job_id)
         init = None
-        if job is not None and job.input_sha256:
-            init = await asyncio.to_thread(
-                self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
-            )
+        try:
+            if job is not None and job.input_sha256:
+                init = await asyncio.to_thread(
+                    self.jobs.files.get, job.input_sha256, kind="inputs", ext="png"
+                )
+            more = await load_more_inputs(self.jobs.files, job.params) if job and init else []
+        except StorageError as exc:
+            raise UserError(STORE_DOWN) from exc
         kind = "img2img" if init is not None else "txt2img"
-        more = await load_more_inputs(self.jobs.files, job.params) if job and init else []
         return await self.jobs.submit(
             ref,
             kind,

@@ -49,13 +49,15 @@ from bot.routing import Router
 from bot.waiting import wait_for_event
 from storage import repos
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import PictureStore, StorageUnavailable
 from storage.status import JobStatus
 
 log = logging.getLogger(__name__)
 
 PROGRESS_DB_INTERVAL = 2.0  # seconds between progress writes for one job
 FAILOVER_COOLDOWN_S = 30.0  # a provider that failed transiently is skipped this long
+# The error of a job put back because the picture store was down (see ``_storage_down``).
+STORAGE_WAIT = "waiting for the picture store: "
 
 
 class LeaseLost(BaseException):
@@ -85,6 +87,9 @@ class _Run:
         self.cost_amount: float | None = getattr(job, "provider_cost", None)
         self.cost_unit: str | None = getattr(job, "provider_cost_unit", None)
         self.cost_dirty = False
+        # Set when storing a picture met an unreachable store: whatever the provider makes
+        # of the exception (some wrap every error), the job waits for the store.
+        self.storage_error: StorageUnavailable | None = None
 
     def has_image(self, index: int) -> bool:
         return index in self.images
@@ -149,7 +154,12 @@ class _Run:
     async def image(self, index: int, result: ResultImage) -> None:
         if index in self.images:
             return
-        self.pending.append(await self.sched._store_picture(self.job, self.request, index, result))
+        try:
+            stored = await self.sched._store_picture(self.job, self.request, index, result)
+        except StorageUnavailable as exc:
+            self.storage_error = exc
+            raise
+        self.pending.append(stored)
         self.images.add(index)
         # The last picture's rows go in with the job's outcome, which follows at once,
         # saving a transaction per job (every way out of the job writes them); others now.
@@ -163,7 +173,7 @@ class Scheduler:
         config: Config,
         db: Database,
         providers: dict[str, Provider],
-        files: FileStore,
+        files: PictureStore,
         *,
         owner: str | None = None,
         on_event: Callable[[], None] | None = None,
@@ -457,12 +467,16 @@ class Scheduler:
             return
         remaining = (job.deadline or now() + q.job_timeout_s) - now()
         if remaining <= 0:
-            await self._finish(
-                job, JobStatus.FAILED, FailureClass.TIMEOUT, _timeout_msg(q.job_timeout_s)
-            )
+            message = _timeout_msg(q.job_timeout_s)
+            if (job.error or "").startswith(STORAGE_WAIT):  # say why it never finished
+                message = f"{message} ({job.error})"
+            await self._finish(job, JobStatus.FAILED, FailureClass.TIMEOUT, message[:2000])
             return
         try:
             request = await self._request_for(job)
+        except StorageUnavailable as exc:
+            await self._storage_down(job, None, exc)
+            return
         except Exception as exc:
             log.exception("job %s: cannot build its request", job.id)
             await self._finish(
@@ -470,7 +484,12 @@ class Scheduler:
             )
             return
         have: set[int] = set()
-        if job.provider_task_id or job.attempts > 1 or job.lost_runs:
+        if (
+            job.provider_task_id
+            or job.attempts > 1
+            or job.lost_runs
+            or (job.error or "").startswith(STORAGE_WAIT)
+        ):
             have = {im.idx for im in await self.db.run_read(repos.images_for_job, job.id)}
         run = _Run(self, job, request, have)
         holder.append(run)
@@ -484,7 +503,12 @@ class Scheduler:
         try:
             async with asyncio.timeout(remaining) as deadline:
                 await provider.generate(run)
+        except StorageUnavailable as exc:
+            await self._storage_down(job, run, exc)
         except ProviderFailure as exc:
+            if run.storage_error is not None:  # the provider wrapped it
+                await self._storage_down(job, run, run.storage_error)
+                return
             if exc.retry_after is not None and run.task_id is None and not run.images:
                 # down or throttled past its retries, before it took the job: next in chain
                 self._down_until[job.provider] = time.monotonic() + FAILOVER_COOLDOWN_S
@@ -514,6 +538,9 @@ class Scheduler:
                 return
             raise
         except Exception as exc:
+            if run.storage_error is not None:  # the provider wrapped it
+                await self._storage_down(job, run, run.storage_error)
+                return
             log.exception("job %s crashed on attempt %s", job.id, job.attempts)
             await self._crashed(job, run, repr(exc))
         else:
@@ -579,6 +606,24 @@ class Scheduler:
             self.wake(name)
             return True
         return False
+
+    async def _storage_down(self, job: Row[Any], run: _Run | None, exc: StorageUnavailable) -> None:
+        """The picture store is unreachable: not the job's fault, so not an attempt (it is
+        never quarantined for it). Back in the queue after ``queue.retry_backoff_s``, with
+        the pictures already stored kept; the job's deadline bounds the wait, and a job
+        still waiting then fails as timed out (refunded as the refund policy says)."""
+        log.warning("job %s: %s; back in the queue, not counted as an attempt", job.id, exc)
+        await self._update(
+            job,
+            run,
+            status=JobStatus.QUEUED,
+            lease_owner=None,
+            lease_until=None,
+            attempts=max(0, job.attempts - 1),
+            run_after=now() + self.config.queue.retry_backoff_s,
+            error=f"{STORAGE_WAIT}{exc}"[:2000],
+        )
+        self.wake(job.provider)
 
     async def _crashed(self, job: Row[Any], run: _Run, error: str) -> None:
         q = self.config.queue
@@ -808,7 +853,7 @@ class Scheduler:
 
 
 def _encode_and_store(
-    files: FileStore,
+    files: PictureStore,
     result: ResultImage,
     params: dict[str, Any],
     seed: int,
@@ -841,7 +886,8 @@ def _encode_and_store(
         files.put_thumbnail(stored.sha256, thumbnail_of(img))
     return {
         "sha256": stored.sha256,
-        "path": str(stored.path),
+        # for display only (the console shows it): readers ask the store by sha256
+        "path": str(stored.path) if stored.path is not None else files.locate(stored.sha256),
         "size": stored.size,
         "width": img.width,
         "height": img.height,

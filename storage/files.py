@@ -11,7 +11,8 @@ what no row refers to (the pictures of jobs that ended quarantined or failed bef
 rows were written, ``.tmp-*`` leftovers of a kill).
 
 The methods are synchronous (plain file I/O); async callers wrap them in
-``asyncio.to_thread``.
+``asyncio.to_thread``. ``PictureStore`` is what the rest of the bot sees; ``FileStore`` here
+and ``storage.s3.S3Store`` (a bucket, same keys) both are one, chosen by ``data.store``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["KINDS", "FileStore", "StoredFile"]
+__all__ = [
+    "KINDS",
+    "FileStore",
+    "PictureStore",
+    "StorageError",
+    "StorageUnavailable",
+    "StoredFile",
+    "key_for",
+]
 
 KINDS = frozenset({"images", "thumbs", "inputs"})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -33,11 +43,64 @@ _EXT = re.compile(r"[a-z0-9]{1,8}")
 TEMP_PREFIX = ".tmp-"
 
 
+class StorageError(Exception):
+    """The store answered with something unusable (an object larger than any picture we
+    write, bytes that are not what their name says): a fault of the store, not of a job."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached or refuses to work (connection refused, timeouts, 5xx
+    after retries, credentials refused). Nothing was half-written; trying again later may
+    succeed. The scheduler puts a job that meets this back in the queue without counting
+    an attempt (see ``bot.scheduler``)."""
+
+
 @dataclass(frozen=True)
 class StoredFile:
     sha256: str
-    path: Path
+    path: Path | None  # on this machine's disk; None in a store that has no local files
     size: int
+
+
+def key_for(sha256: str, *, kind: str = "images", ext: str = "png") -> str:
+    """``<kind>/<sha[:2]>/<sha>.<ext>``: the name of a file in every store (relative to the
+    folder of the local one, the key in a bucket). Arguments are validated because a hash
+    may come from a chat command or a URL, and must never be able to point elsewhere."""
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"not a lowercase hex SHA-256: {sha256!r}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown file kind {kind!r}; expected one of {sorted(KINDS)}")
+    if not _EXT.fullmatch(ext):
+        raise ValueError(f"bad file extension {ext!r}")
+    return f"{kind}/{sha256[:2]}/{sha256}.{ext}"
+
+
+class PictureStore(Protocol):
+    """What the bot needs of a store of pictures. Synchronous: async callers use
+    ``asyncio.to_thread``. Every method may raise ``StorageUnavailable``."""
+
+    def put(self, data: bytes, *, kind: str = "images", ext: str = "png") -> StoredFile: ...
+
+    def put_thumbnail(self, sha256: str, data: bytes) -> object: ...
+
+    def get(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bytes:
+        """The bytes; ``FileNotFoundError`` if there are none."""
+        ...
+
+    def exists(self, sha256: str, *, kind: str = "images", ext: str = "png") -> bool: ...
+
+    def locate(self, sha256: str, *, kind: str = "images", ext: str = "png") -> str:
+        """Where a person finds the file (a path, an s3:// or public URL): for display only,
+        nothing opens it."""
+        ...
+
+    def describe(self) -> str:
+        """The store in a few words, for messages (a folder, a bucket)."""
+        ...
+
+    def sweep(self, referenced: Collection[str], *, keep_since: float) -> Sequence[object]:
+        """Remove what no row refers to and is older than ``keep_since``; what went."""
+        ...
 
 
 class FileStore:
@@ -48,15 +111,14 @@ class FileStore:
         self.root = Path(root)
 
     def path_for(self, sha256: str, *, kind: str = "images", ext: str = "png") -> Path:
-        """Where a file lives. Arguments are validated because a hash may come from a chat
-        command or a URL, and must never be able to point outside the store."""
-        if not _SHA256.fullmatch(sha256):
-            raise ValueError(f"not a lowercase hex SHA-256: {sha256!r}")
-        if kind not in KINDS:
-            raise ValueError(f"unknown file kind {kind!r}; expected one of {sorted(KINDS)}")
-        if not _EXT.fullmatch(ext):
-            raise ValueError(f"bad file extension {ext!r}")
-        return self.root / kind / sha256[:2] / f"{sha256}.{ext}"
+        """Where a file lives (``key_for`` validates the arguments)."""
+        return self.root / key_for(sha256, kind=kind, ext=ext)
+
+    def locate(self, sha256: str, *, kind: str = "images", ext: str = "png") -> str:
+        return str(self.path_for(sha256, kind=kind, ext=ext))
+
+    def describe(self) -> str:
+        return str(self.root)
 
     def put(self, data: bytes, *, kind: str = "images", ext: str = "png") -> StoredFile:
         """Store ``data`` under its own hash; a no-op when an intact copy is already there."""

@@ -39,14 +39,17 @@ from adapters.chat.status import (
     progress_text,
     shrink_preview,
 )
-from bot.chat import Delivery, Progress, ReplyTo, UserRef
+from bot.chat import Delivery, DeliveryGone, DeliveryRetry, Progress, ReplyTo, UserRef
 from bot.commands import format_receipt
 from bot.errors import UserError
 from bot.i18n import normalize
 from bot.results import Results
 from bot.status import JOB_TERMINAL
+from storage.files import StorageUnavailable
 
 log = logging.getLogger(__name__)
+# How long a picture event waits when the picture store cannot be reached.
+STORAGE_RETRY_S = 15.0
 
 MAX_SHOWN = 20_000  # status messages whose last text is kept in mind
 
@@ -340,6 +343,18 @@ class Conversation(ResultsAdapter):
         await super().deliver_group(deliveries)
         if deliveries and deliveries[0].payload.get("batch_id") is None:
             await self.end_preview(deliveries[0].reply_to)
+
+    async def delivered_picture(self, payload: Mapping[str, Any]) -> bytes:
+        """The bytes of a picture event, from the store by its sha256 (never from a path:
+        the store may be a bucket, and the picture made by a process on another machine).
+        A picture gone from the store drops the event; a store that cannot be reached now
+        puts it off."""
+        try:
+            return await self.results.stored_picture(str(payload["sha256"]))
+        except FileNotFoundError:
+            raise DeliveryGone(f"the picture {payload['sha256']} is gone from the store") from None
+        except StorageUnavailable as exc:
+            raise DeliveryRetry(STORAGE_RETRY_S, str(exc)) from exc
 
     # --- buttons -------------------------------------------------------------------------
 

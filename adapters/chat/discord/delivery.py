@@ -23,7 +23,7 @@ import discord
 
 from adapters.chat.conversation import Conversation, PicturePolicy, picture_policy
 from adapters.chat.discord.buttons import ResultButton
-from adapters.chat.discord.files import _read, fit_upload
+from adapters.chat.discord.files import fit_upload
 from adapters.chat.discord.limits import DEFAULT_LIMIT, TOKEN_GONE, _clip
 from adapters.chat.status import outcome_text
 from bot.chat import Delivery, DeliveryGone, Progress, ReplyTo, ResponseToken
@@ -167,10 +167,7 @@ class DiscordDelivery(Conversation):
                 lines.append(notice)
                 in_channel.append(notice)
                 continue
-            try:
-                data = await asyncio.to_thread(_read, p["path"])
-            except FileNotFoundError:
-                raise DeliveryGone(f"the picture file {p['path']} is gone") from None
+            data = await self.delivered_picture(p)
             fitted = await asyncio.to_thread(fit_upload, data, limit)
             if fitted is None:
                 notice = t(lang, "dc.too_big", k=k, job=d.job_id, limit=limit // 1024 // 1024)

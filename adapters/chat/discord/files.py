@@ -33,8 +33,3 @@ def _is_picture(attachment: discord.Attachment) -> bool:
     kind = attachment.content_type or ""
     name = attachment.filename.lower()
     return kind.startswith("image/") or name.endswith((".png", ".jpg", ".jpeg", ".webp"))
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

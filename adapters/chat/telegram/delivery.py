@@ -149,10 +149,7 @@ class TelegramDelivery(Conversation):
         if p.get("nsfw") and policy == "block":
             notice = t(lang, "tg.nsfw_blocked", k=k, job=d.job_id)
             return _Outgoing(d, None, False, False, caption, notice=notice)
-        try:
-            data = await asyncio.to_thread(Path(p["path"]).read_bytes)
-        except FileNotFoundError:
-            raise DeliveryGone(f"the picture file {p['path']} is gone") from None
+        data = await self.delivered_picture(p)
         limit = (LOCAL_MAX_MB if self.cfg.local_mode else MAX_UPLOAD_MB) * 1024 * 1024
         if len(data) > limit:
             notice = t(
