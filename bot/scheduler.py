@@ -47,7 +47,7 @@ from bot.params import GenerationParams
 from bot.providers import Provider, ResolvedRequest, ResultImage, queued_stage
 from bot.routing import Router
 from bot.waiting import wait_for_event
-from storage import repos
+from storage import notify, repos
 from storage.db import Database
 from storage.files import FileStore
 from storage.status import JobStatus
@@ -289,7 +289,7 @@ class Scheduler:
                 else:
                     _requeue(
                         conn,
-                        job.id,
+                        job,
                         run_after=t + q.retry_backoff_s * job.attempts,
                         error="the worker process running it crashed",
                     )
@@ -301,7 +301,7 @@ class Scheduler:
                 self._set_aside(conn, job, _lost_msg(lost), t, lost_runs=lost)
             else:
                 _requeue(
-                    conn, job.id, attempts=max(0, job.attempts - 1), lost_runs=lost, run_after=0.0
+                    conn, job, attempts=max(0, job.attempts - 1), lost_runs=lost, run_after=0.0
                 )
         return n
 
@@ -656,6 +656,8 @@ class Scheduler:
             if not repos.update_owned(conn, job.id, self.owner, **values):
                 return False
             self._write_pictures(conn, written)
+            if values.get("status") == JobStatus.QUEUED:  # back in the queue: wake workers
+                notify.jobs_queued(conn, [values.get("provider", job.provider)])
             return True
 
         if not await self.db.run_write(tx):
@@ -728,6 +730,7 @@ class Scheduler:
         def tx(conn: Connection) -> None:
             if repos.update_owned(conn, job.id, self.owner, **values):
                 self._write_pictures(conn, run.pending if run is not None else [])
+                notify.jobs_queued(conn, [job.provider])  # another process may take it now
 
         try:
             await asyncio.shield(self.db.run_write(tx))
@@ -848,11 +851,13 @@ def _encode_and_store(
     }
 
 
-def _requeue(conn: Connection, job_id: int, **values: Any) -> None:
-    """Back to the queue, held by nobody (a job taken back from a dead process)."""
+def _requeue(conn: Connection, job: Row[Any], **values: Any) -> None:
+    """Back to the queue, held by nobody (a job taken back from a dead process); idle
+    workers of every process sharing the database are woken at commit."""
     repos.update_job(
-        conn, job_id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, **values
+        conn, job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, **values
     )
+    notify.jobs_queued(conn, [job.provider])
 
 
 def _quarantine_msg(attempts: int) -> str:
