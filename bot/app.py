@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bot import crashes
@@ -148,7 +149,7 @@ class App:
         this one) queues work: PostgreSQL only, with ``queue.listen``."""
         if self.db.is_sqlite or not self.config.queue.listen or not self.long_lived:
             return
-        handlers = {}
+        handlers: dict[str, Callable[[str], None]] = {}
         if self.run_workers and self.providers:
             handlers[JOBS_CHANNEL] = self._jobs_notified
         if self.adapters:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -70,7 +70,7 @@ class Listener:
     def __init__(
         self,
         url: str,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Handler],
         *,
         on_connect: Callable[[], Any] | None = None,
         application_name: str = APPLICATION_NAME,

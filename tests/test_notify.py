@@ -32,9 +32,7 @@ async def pg_apps(tmp_path: Path, pg_url: str | None) -> AsyncIterator[Callable[
     apps: list[App] = []
 
     async def make(*, chat: bool, workers: bool, **queue: Any) -> App:
-        config = make_config(
-            tmp_path, pg_url, queue={**SLOW_POLL, "run_workers": workers, **queue}
-        )
+        config = make_config(tmp_path, pg_url, queue={**SLOW_POLL, "run_workers": workers, **queue})
         config.database.auto_migrate = False
         app = App(config)
         if chat:
