@@ -131,7 +131,7 @@ class Listener:
             pause = min(pause * 2, self.RETRY_MAX_S)
 
     async def _connect(self) -> Any:
-        import asyncpg  # type: ignore[import-untyped]  # PostgreSQL deployments only
+        import asyncpg  # PostgreSQL deployments only
 
         async with asyncio.timeout(10):
             conn = await asyncpg.connect(

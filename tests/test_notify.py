@@ -80,7 +80,7 @@ async def test_a_job_wakes_another_process_and_its_result_wakes_the_chat(pg_apps
     (ticket,) = receipt.jobs
     assert await _claim_delay(front, ticket.id, within=2.0) < 2.0
     # the worker wrote the pictures and the outcome; the front's deliverer hears of them
-    await adapter.wait_for(lambda: adapter.of_kind("finished"), timeout=3.0)
+    await adapter.wait_for(lambda: bool(adapter.of_kind("finished")), timeout=3.0)
     assert time.monotonic() - t0 < 3.0
     assert sorted(d.payload["index"] for d in adapter.of_kind("image")) == [0, 1]
     rows = await query_db(
@@ -125,7 +125,7 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(pg_apps) -
     receipt = await front.jobs.submit(user(), "txt2img", [P(width=64, height=64)], REPLY)
     assert await _claim_delay(front, receipt.jobs[0].id, within=2.0) < 2.0
     adapter = _adapter(front)
-    await adapter.wait_for(lambda: adapter.of_kind("finished"), timeout=3.0)
+    await adapter.wait_for(lambda: bool(adapter.of_kind("finished")), timeout=3.0)
 
 
 @pytest.mark.postgres
@@ -143,7 +143,7 @@ async def test_a_job_given_back_at_shutdown_wakes_another_process(pg_apps) -> No
     await slow.stop()  # gives the job back
     t0 = time.monotonic()
     adapter = _adapter(front)
-    await adapter.wait_for(lambda: adapter.of_kind("finished"), timeout=3.0)
+    await adapter.wait_for(lambda: bool(adapter.of_kind("finished")), timeout=3.0)
     assert time.monotonic() - t0 < 3.0
     rows = await query_db(
         front.config.database_url, f"SELECT lease_owner, status FROM jobs WHERE id={job_id}"
@@ -161,4 +161,4 @@ async def test_sqlite_has_no_listener(tmp_path: Path) -> None:
         assert app.listener is None
         await app.jobs.submit(user(), "txt2img", [P(width=64, height=64)], REPLY)
         adapter = _adapter(app)
-        await adapter.wait_for(lambda: adapter.of_kind("finished"))
+        await adapter.wait_for(lambda: bool(adapter.of_kind("finished")))
