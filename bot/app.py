@@ -31,6 +31,10 @@ from storage.notify import JOBS_CHANNEL, OUTBOX_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
 
+# While notifications wake a process (PostgreSQL, queue.listen), its idle poll, the safety
+# net, runs this many times less often than queue.poll_idle_s.
+LISTENING_POLL_FACTOR = 10
+
 
 class App:
     """The core, wired: database, file store, providers, jobs, scheduler and delivery."""
@@ -156,7 +160,18 @@ class App:
             handlers[OUTBOX_CHANNEL] = self._outbox_notified
         if not handlers:
             return
-        self.listener = Listener(self.config.database_url, handlers, on_connect=self._wake_all)
+        self.listener = Listener(self.config.database_url, handlers, on_change=self._wake_all)
+        # While it listens, the poll is only the safety net: look ten times less often.
+        poll = self.config.queue.poll_idle_s
+        listener = self.listener
+
+        def idle_poll() -> float:
+            return poll * LISTENING_POLL_FACTOR if listener.healthy else poll
+
+        if JOBS_CHANNEL in handlers:
+            self.scheduler.idle_poll = idle_poll
+        if OUTBOX_CHANNEL in handlers:
+            self.deliverer.idle_poll = idle_poll
         await self.listener.start()
 
     def _jobs_notified(self, provider: str) -> None:

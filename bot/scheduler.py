@@ -192,6 +192,10 @@ class Scheduler:
         # repos.claim_jobs) runs alone, and while it does nothing else is claimed here.
         self._claim_lock = asyncio.Lock()
         self._solo: int | None = None
+        # How long an idle dispatcher waits before looking for work again. The App lengthens
+        # it while notifications wake this process (see storage.notify); a job that becomes
+        # due later (a retry's backoff) is woken for by a timer (``wake_at``).
+        self.idle_poll: Callable[[], float] = lambda: config.queue.poll_idle_s
 
     def limits(self, provider: str) -> tuple[int, int | None]:
         """(jobs this process runs at once, cap across all processes or None)."""
@@ -238,6 +242,15 @@ class Scheduler:
         for ev in events:
             ev.set()
 
+    def wake_at(self, provider: str | None, t: float) -> None:
+        """Wake ``provider``'s dispatcher when a job of it comes due at ``t`` (wall time):
+        no notification announces that moment."""
+        delay = t - now()
+        if delay <= 0:
+            self.wake(provider)
+        else:
+            asyncio.get_running_loop().call_later(delay + 0.01, self.wake, provider)
+
     def cancel_local(self, job_id: int) -> bool:
         task = self._running.get(job_id)
         if task is None or job_id in self._settling:
@@ -261,7 +274,10 @@ class Scheduler:
         data_dir = self.config.data.dir
         # Read before the transaction: file I/O does not belong inside a write lock.
         fatal = {o for o in owners if o != self.owner and crashes.fatal_report(data_dir, o)}
-        requeued = await self.db.run_write(self._recover_tx, now(), dead, fatal)
+        due: list[tuple[str, float]] = []
+        requeued = await self.db.run_write(self._recover_tx, now(), dead, fatal, due)
+        for provider, t in due:
+            self.wake_at(provider, t)
         # Every job of a dead owner is accounted for now: its report has served.
         try:
             still = await self.db.run_read(repos.running_owners)
@@ -274,9 +290,18 @@ class Scheduler:
             self.wake()
         return requeued
 
-    def _recover_tx(self, conn: Connection, t: float, dead: list[str], fatal: set[str]) -> int:
+    def _recover_tx(
+        self,
+        conn: Connection,
+        t: float,
+        dead: list[str],
+        fatal: set[str],
+        due: list[tuple[str, float]],
+    ) -> int:
+        """Take back lapsed jobs; ``due`` gets (provider, when) of those held back a while."""
         q = self.config.queue
         n = 0
+        due.clear()  # a retried transaction starts over
         for job in repos.lapsed_jobs(conn, t, dead):
             if job.lease_owner == self.owner:
                 continue  # ours: the lease loop renews it, or finds it lost
@@ -287,12 +312,14 @@ class Scheduler:
                 if job.attempts >= q.max_attempts:
                     self._set_aside(conn, job, _quarantine_msg(job.attempts), t)
                 else:
+                    run_after = t + q.retry_backoff_s * job.attempts
                     _requeue(
                         conn,
                         job,
-                        run_after=t + q.retry_backoff_s * job.attempts,
+                        run_after=run_after,
                         error="the worker process running it crashed",
                     )
+                    due.append((job.provider, run_after))
                 continue
             # Killed from outside (or gone unseen on another host): bad luck, not an
             # attempt. Requeued at once, unless the process died under it too often.
@@ -357,7 +384,6 @@ class Scheduler:
     # --- dispatching -------------------------------------------------------------------------
 
     async def _dispatch(self, provider: str) -> None:
-        q = self.config.queue
         cap, shared_cap = self.limits(provider)
         wake = self._wake[provider]
         mine: set[int] = set()
@@ -376,7 +402,7 @@ class Scheduler:
                 self._start(job, mine, wake)
             if claimed and len(claimed) == free:
                 continue  # there may be more waiting
-            await wait_for_event(wake, q.poll_idle_s)
+            await wait_for_event(wake, self.idle_poll())
 
     async def _claim(self, provider: str, free: int, shared_cap: int | None) -> list[Row[Any]]:
         """Claim up to ``free`` jobs; a retried job only when nothing else runs here, and
@@ -591,16 +617,17 @@ class Scheduler:
                 run=run,
             )
             return
+        run_after = now() + q.retry_backoff_s * job.attempts
         await self._update(
             job,
             run,
             status=JobStatus.QUEUED,
             lease_owner=None,
             lease_until=None,
-            run_after=now() + q.retry_backoff_s * job.attempts,
+            run_after=run_after,
             error=error[:2000],
         )
-        self.wake(job.provider)
+        self.wake_at(job.provider, run_after)
 
     async def _request_for(self, job: Row[Any]) -> ResolvedRequest:
         p = GenerationParams.from_dict(job.params)

@@ -8,9 +8,11 @@ by one always finds the row. On SQLite the helpers do nothing.
 
 ``Listener`` holds one dedicated asyncpg connection per process (outside SQLAlchemy's pool),
 listens on both channels and calls a handler per notification. Polling stays the safety net:
-a notification can be missed while the connection is down, so after every (re)connect the
-listener calls ``on_connect`` (wake everything once). A lost connection is retried with a
-growing pause, logged once per outage; it never stops the process.
+a notification can be missed while the connection is down, so after every (re)connect, and
+when the connection is lost, the listener calls ``on_change`` (wake everything once: a
+poller that waits longer while notifications arrive goes back to its short poll). A lost
+connection is retried with a growing pause, logged once per outage; it never stops the
+process.
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ class Listener:
         url: str,
         handlers: Mapping[str, Handler],
         *,
-        on_connect: Callable[[], Any] | None = None,
+        on_change: Callable[[], Any] | None = None,
         application_name: str = APPLICATION_NAME,
     ) -> None:
         self.dsn = plain_dsn(url)
         self.handlers = dict(handlers)
-        self.on_connect = on_connect or (lambda: None)
+        self.on_change = on_change or (lambda: None)
         self.application_name = application_name
         self.connected = asyncio.Event()  # set while LISTEN is in place
         self.connects = 0  # successful (re)connections so far
@@ -122,7 +124,9 @@ class Listener:
                     )
                     down_logged = True
             finally:
-                self.connected.clear()
+                if self.connected.is_set():  # it was up: pollers go back to polling often
+                    self.connected.clear()
+                    self._call(self.on_change)
                 self.backend_pid = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -151,7 +155,7 @@ class Listener:
         conn.add_termination_listener(lambda _c: closed.set())
         self.connects += 1
         self.connected.set()
-        self._call(self.on_connect)  # notifications may have been missed meanwhile
+        self._call(self.on_change)  # notifications may have been missed meanwhile
         while not conn.is_closed():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.CHECK_S):

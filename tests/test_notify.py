@@ -15,8 +15,12 @@ from typing import Any
 
 import pytest
 
+from adapters.providers.demo import DemoProvider
 from bot.app import App
+from bot.chat import Delivery, DeliveryRetry
+from bot.config import DemoProviderConfig
 from bot.params import GenerationParams as P
+from bot.providers import ProviderRun
 from storage.notify import APPLICATION_NAME
 from tests.conftest import REPLY, RecordingAdapter, empty_database, make_config, query_db, user
 
@@ -31,12 +35,14 @@ async def pg_apps(tmp_path: Path, pg_url: str | None) -> AsyncIterator[Callable[
     await empty_database(pg_url, then_create=True)
     apps: list[App] = []
 
-    async def make(*, chat: bool, workers: bool, **queue: Any) -> App:
+    async def make(
+        *, chat: bool, workers: bool, providers: Any = None, adapter: Any = None, **queue: Any
+    ) -> App:
         config = make_config(tmp_path, pg_url, queue={**SLOW_POLL, "run_workers": workers, **queue})
         config.database.auto_migrate = False
-        app = App(config)
+        app = App(config, providers=providers)
         if chat:
-            app.add_adapter(RecordingAdapter())
+            app.add_adapter(adapter or RecordingAdapter())
         await app.start()
         apps.append(app)
         if app.listener is not None:
@@ -73,6 +79,8 @@ async def test_a_job_wakes_another_process_and_its_result_wakes_the_chat(pg_apps
     front = await pg_apps(chat=True, workers=False)  # takes commands, delivers, runs nothing
     worker = await pg_apps(chat=False, workers=True)  # runs jobs, delivers nothing
     assert front.listener is not None and worker.listener is not None
+    # while notifications come, the poll is only the safety net: ten times rarer
+    assert worker.scheduler.idle_poll() == front.deliverer.idle_poll() == 300.0
     adapter = _adapter(front)
     await asyncio.sleep(0.3)  # both have made their start-up claims and now wait 30 s
     t0 = time.monotonic()
@@ -149,6 +157,58 @@ async def test_a_job_given_back_at_shutdown_wakes_another_process(pg_apps) -> No
         front.config.database_url, f"SELECT lease_owner, status FROM jobs WHERE id={job_id}"
     )
     assert rows[0].status == "succeeded"
+
+
+class CrashesOnce(DemoProvider):
+    """The demo provider, whose first run raises (a bug in sdhost's code, as it looks)."""
+
+    def __init__(self) -> None:
+        super().__init__(DemoProviderConfig(latency_s=0))
+        self.calls = 0
+
+    async def generate(self, run: ProviderRun) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug")
+        await super().generate(run)
+
+
+class BusyOnce(RecordingAdapter):
+    """A chat that answers its first delivery with "retry in half a second"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def deliver(self, delivery: Delivery) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise DeliveryRetry(0.5)
+        await super().deliver(delivery)
+
+
+@pytest.mark.postgres
+async def test_work_due_later_is_not_left_to_the_rare_poll(pg_apps) -> None:
+    """A crashed job's retry after its backoff, and a delivery the chat asked to retry
+    later, go on time although the poll waits 300 s while notifications come: nothing
+    announces that moment, so the process sets itself a timer."""
+    provider = CrashesOnce()
+    adapter = BusyOnce()
+    app = await pg_apps(
+        chat=True,
+        workers=True,
+        providers={"demo": provider},
+        adapter=adapter,
+        retry_backoff_s=0.5,
+    )
+    assert app.scheduler.idle_poll() == 300.0
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    await app.jobs.submit(user(), "txt2img", [P(width=64, height=64)], REPLY)
+    await adapter.wait_for(lambda: bool(adapter.of_kind("finished")), timeout=4.0)
+    assert provider.calls == 2 and adapter.refused == 1
+    assert len(adapter.of_kind("image")) == 1
+    assert time.monotonic() - t0 < 4.0
 
 
 async def test_sqlite_has_no_listener(tmp_path: Path) -> None:
