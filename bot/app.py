@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bot import crashes
@@ -27,8 +28,13 @@ from bot.scheduler import Scheduler
 from storage.db import Database
 from storage.files import FileStore, PictureStore
 from storage.migrate import upgrade
+from storage.notify import JOBS_CHANNEL, OUTBOX_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
+
+# While notifications wake a process (PostgreSQL, queue.listen), its idle poll, the safety
+# net, runs this many times less often than queue.poll_idle_s.
+LISTENING_POLL_FACTOR = 10
 
 
 def open_store(config: Config) -> PictureStore:
@@ -119,6 +125,9 @@ class App:
         # crash report that tells the next worker whether a job took the process down.
         self.crash_reports = crash_reports
         self._sweeper: asyncio.Task[None] | None = None
+        # PostgreSQL: other processes' new jobs and events wake this one (built at start,
+        # once the adapters are known)
+        self.listener: Listener | None = None
         self._started = False
 
     def inbox(self, source: str, *, lease_s: float = LEASE_S) -> Inbox:
@@ -152,6 +161,7 @@ class App:
                 await provider.start()
             await self.scheduler.start()
         await self.deliverer.start()
+        await self._listen()
         if self.long_lived:
             self._sweeper = asyncio.create_task(
                 sweep_forever(self.db, self.files), name="store-sweep"
@@ -164,7 +174,49 @@ class App:
         for adapter in self.adapters.values():
             await adapter.listen()
 
+    async def _listen(self) -> None:
+        """Wake this process's idle dispatchers and deliverer when another process (or
+        this one) queues work: PostgreSQL only, with ``queue.listen``."""
+        if self.db.is_sqlite or not self.config.queue.listen or not self.long_lived:
+            return
+        handlers: dict[str, Callable[[str], None]] = {}
+        if self.run_workers and self.providers:
+            handlers[JOBS_CHANNEL] = self._jobs_notified
+        if self.adapters:
+            handlers[OUTBOX_CHANNEL] = self._outbox_notified
+        if not handlers:
+            return
+        self.listener = Listener(self.config.database_url, handlers, on_change=self._wake_all)
+        # While it listens, the poll is only the safety net: look ten times less often.
+        poll = self.config.queue.poll_idle_s
+        listener = self.listener
+
+        def idle_poll() -> float:
+            return poll * LISTENING_POLL_FACTOR if listener.healthy else poll
+
+        if JOBS_CHANNEL in handlers:
+            self.scheduler.idle_poll = idle_poll
+        if OUTBOX_CHANNEL in handlers:
+            self.deliverer.idle_poll = idle_poll
+        await self.listener.start()
+
+    def _jobs_notified(self, provider: str) -> None:
+        if not provider or provider in self.providers:
+            self.scheduler.wake(provider or None)
+
+    def _outbox_notified(self, platform: str) -> None:
+        if not platform or platform in self.adapters:
+            self.deliverer.wake()
+
+    def _wake_all(self) -> None:
+        if self.run_workers:
+            self.scheduler.wake()
+        self.deliverer.wake()
+
     async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
         for adapter in self.adapters.values():
             try:
                 await adapter.stop_listening()

@@ -120,6 +120,9 @@ class QueueConfig(_Section):
     max_lost_runs: int = Field(default=10, ge=1)
     lease_s: float = Field(30, gt=1)
     poll_idle_s: float = Field(0.5, gt=0)  # how often an idle worker looks for others' jobs
+    # PostgreSQL: new jobs and outbox events wake idle processes at once (LISTEN/NOTIFY);
+    # the poll above stays as the safety net. False: polling alone (for comparison).
+    listen: bool = True
     retry_backoff_s: float = Field(2.0, ge=0)
     # False: this process takes commands and delivers results but runs no jobs (a chat
     # front end in front of worker processes that share its database).

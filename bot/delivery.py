@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Row
@@ -62,6 +63,10 @@ class Deliverer:
         self.adapters = adapters
         self.owner = owner
         self.poll_idle_s = poll_idle_s
+        # How long the idle loop waits before looking again: the App lengthens it while
+        # notifications wake this process (see storage.notify); an event held back until a
+        # later time is woken for by a timer (``wake_at``).
+        self.idle_poll: Callable[[], float] = lambda: self.poll_idle_s
         self.album_settle_s = album_settle_s
         # a job's pictures not yet handed to the adapter, which pictures of the job claimed
         # meanwhile join (job id -> the group and an event set when it grew or closed)
@@ -76,6 +81,14 @@ class Deliverer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_at(self, t: float) -> None:
+        """Look again at ``t`` (wall time), when an event held back until then is due."""
+        delay = t - now()
+        if delay <= 0:
+            self.wake()
+        else:
+            asyncio.get_running_loop().call_later(delay + 0.01, self.wake)
 
     async def start(self) -> None:
         if not self.adapters:
@@ -158,7 +171,7 @@ class Deliverer:
             for group in self._groups(events):
                 self._enqueue(group)
             if len(events) < CLAIM_BATCH:
-                await wait_for_event(self._wake, self.poll_idle_s)
+                await wait_for_event(self._wake, self.idle_poll())
 
     def _groups(self, events: list[Row[Any]]) -> list[list[Row[Any]]]:
         """Consecutive pictures of one job go together to an adapter that sends albums."""
@@ -258,7 +271,9 @@ class Deliverer:
             else:
                 await adapter.deliver_group(deliveries)
         except DeliveryRetry as exc:
-            await mark_all(OutboxStatus.PENDING, next_try=now() + exc.retry_after)
+            next_try = now() + exc.retry_after
+            await mark_all(OutboxStatus.PENDING, next_try=next_try)
+            self.wake_at(next_try)
             return False
         except DeliveryGone as exc:
             log.warning("event %s for job %s dropped: %s", first.id, first.job_id, exc)
@@ -272,10 +287,9 @@ class Deliverer:
             if attempts >= MAX_ATTEMPTS:
                 mark_all(OutboxStatus.DEAD, attempts, error=repr(exc))
                 return True
-            backoff = min(300.0, 2.0**attempts)
-            await mark_all(
-                OutboxStatus.PENDING, attempts, next_try=now() + backoff, error=repr(exc)
-            )
+            next_try = now() + min(300.0, 2.0**attempts)
+            await mark_all(OutboxStatus.PENDING, attempts, next_try=next_try, error=repr(exc))
+            self.wake_at(next_try)
             return False
         mark_all(OutboxStatus.SENT, sent_at=now())
         return True

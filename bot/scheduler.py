@@ -47,7 +47,7 @@ from bot.params import GenerationParams
 from bot.providers import Provider, ResolvedRequest, ResultImage, queued_stage
 from bot.routing import Router
 from bot.waiting import wait_for_event
-from storage import repos
+from storage import notify, repos
 from storage.db import Database
 from storage.files import PictureStore, StorageUnavailable
 from storage.status import JobStatus
@@ -202,6 +202,10 @@ class Scheduler:
         # repos.claim_jobs) runs alone, and while it does nothing else is claimed here.
         self._claim_lock = asyncio.Lock()
         self._solo: int | None = None
+        # How long an idle dispatcher waits before looking for work again. The App lengthens
+        # it while notifications wake this process (see storage.notify); a job that becomes
+        # due later (a retry's backoff) is woken for by a timer (``wake_at``).
+        self.idle_poll: Callable[[], float] = lambda: config.queue.poll_idle_s
 
     def limits(self, provider: str) -> tuple[int, int | None]:
         """(jobs this process runs at once, cap across all processes or None)."""
@@ -248,6 +252,15 @@ class Scheduler:
         for ev in events:
             ev.set()
 
+    def wake_at(self, provider: str | None, t: float) -> None:
+        """Wake ``provider``'s dispatcher when a job of it comes due at ``t`` (wall time):
+        no notification announces that moment."""
+        delay = t - now()
+        if delay <= 0:
+            self.wake(provider)
+        else:
+            asyncio.get_running_loop().call_later(delay + 0.01, self.wake, provider)
+
     def cancel_local(self, job_id: int) -> bool:
         task = self._running.get(job_id)
         if task is None or job_id in self._settling:
@@ -271,7 +284,10 @@ class Scheduler:
         data_dir = self.config.data.dir
         # Read before the transaction: file I/O does not belong inside a write lock.
         fatal = {o for o in owners if o != self.owner and crashes.fatal_report(data_dir, o)}
-        requeued = await self.db.run_write(self._recover_tx, now(), dead, fatal)
+        due: list[tuple[str, float]] = []
+        requeued = await self.db.run_write(self._recover_tx, now(), dead, fatal, due)
+        for provider, t in due:
+            self.wake_at(provider, t)
         # Every job of a dead owner is accounted for now: its report has served.
         try:
             still = await self.db.run_read(repos.running_owners)
@@ -284,9 +300,18 @@ class Scheduler:
             self.wake()
         return requeued
 
-    def _recover_tx(self, conn: Connection, t: float, dead: list[str], fatal: set[str]) -> int:
+    def _recover_tx(
+        self,
+        conn: Connection,
+        t: float,
+        dead: list[str],
+        fatal: set[str],
+        due: list[tuple[str, float]],
+    ) -> int:
+        """Take back lapsed jobs; ``due`` gets (provider, when) of those held back a while."""
         q = self.config.queue
         n = 0
+        due.clear()  # a retried transaction starts over
         for job in repos.lapsed_jobs(conn, t, dead):
             if job.lease_owner == self.owner:
                 continue  # ours: the lease loop renews it, or finds it lost
@@ -297,12 +322,14 @@ class Scheduler:
                 if job.attempts >= q.max_attempts:
                     self._set_aside(conn, job, _quarantine_msg(job.attempts), t)
                 else:
+                    run_after = t + q.retry_backoff_s * job.attempts
                     _requeue(
                         conn,
-                        job.id,
-                        run_after=t + q.retry_backoff_s * job.attempts,
+                        job,
+                        run_after=run_after,
                         error="the worker process running it crashed",
                     )
+                    due.append((job.provider, run_after))
                 continue
             # Killed from outside (or gone unseen on another host): bad luck, not an
             # attempt. Requeued at once, unless the process died under it too often.
@@ -311,7 +338,7 @@ class Scheduler:
                 self._set_aside(conn, job, _lost_msg(lost), t, lost_runs=lost)
             else:
                 _requeue(
-                    conn, job.id, attempts=max(0, job.attempts - 1), lost_runs=lost, run_after=0.0
+                    conn, job, attempts=max(0, job.attempts - 1), lost_runs=lost, run_after=0.0
                 )
         return n
 
@@ -367,7 +394,6 @@ class Scheduler:
     # --- dispatching -------------------------------------------------------------------------
 
     async def _dispatch(self, provider: str) -> None:
-        q = self.config.queue
         cap, shared_cap = self.limits(provider)
         wake = self._wake[provider]
         mine: set[int] = set()
@@ -386,7 +412,7 @@ class Scheduler:
                 self._start(job, mine, wake)
             if claimed and len(claimed) == free:
                 continue  # there may be more waiting
-            await wait_for_event(wake, q.poll_idle_s)
+            await wait_for_event(wake, self.idle_poll())
 
     async def _claim(self, provider: str, free: int, shared_cap: int | None) -> list[Row[Any]]:
         """Claim up to ``free`` jobs; a retried job only when nothing else runs here, and
@@ -636,16 +662,17 @@ class Scheduler:
                 run=run,
             )
             return
+        run_after = now() + q.retry_backoff_s * job.attempts
         await self._update(
             job,
             run,
             status=JobStatus.QUEUED,
             lease_owner=None,
             lease_until=None,
-            run_after=now() + q.retry_backoff_s * job.attempts,
+            run_after=run_after,
             error=error[:2000],
         )
-        self.wake(job.provider)
+        self.wake_at(job.provider, run_after)
 
     async def _request_for(self, job: Row[Any]) -> ResolvedRequest:
         p = GenerationParams.from_dict(job.params)
@@ -701,6 +728,8 @@ class Scheduler:
             if not repos.update_owned(conn, job.id, self.owner, **values):
                 return False
             self._write_pictures(conn, written)
+            if values.get("status") == JobStatus.QUEUED:  # back in the queue: wake workers
+                notify.jobs_queued(conn, [values.get("provider", job.provider)])
             return True
 
         if not await self.db.run_write(tx):
@@ -773,6 +802,7 @@ class Scheduler:
         def tx(conn: Connection) -> None:
             if repos.update_owned(conn, job.id, self.owner, **values):
                 self._write_pictures(conn, run.pending if run is not None else [])
+                notify.jobs_queued(conn, [job.provider])  # another process may take it now
 
         try:
             await asyncio.shield(self.db.run_write(tx))
@@ -894,11 +924,13 @@ def _encode_and_store(
     }
 
 
-def _requeue(conn: Connection, job_id: int, **values: Any) -> None:
-    """Back to the queue, held by nobody (a job taken back from a dead process)."""
+def _requeue(conn: Connection, job: Row[Any], **values: Any) -> None:
+    """Back to the queue, held by nobody (a job taken back from a dead process); idle
+    workers of every process sharing the database are woken at commit."""
     repos.update_job(
-        conn, job_id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, **values
+        conn, job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, **values
     )
+    notify.jobs_queued(conn, [job.provider])
 
 
 def _quarantine_msg(attempts: int) -> str:

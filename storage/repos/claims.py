@@ -20,6 +20,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage import notify
 from storage.repos.common import (
     _ids,
     _upsert,
@@ -241,13 +242,16 @@ _RELEASE_HELD = (
         attempts=jobs.c.attempts - 1,
         run_after=0.0,
     )
+    .returning(jobs.c.provider)
 )
 
 
 def release_held(conn: Connection, owner: str) -> int:
     """Give back, uncounted, every job ``owner`` still holds (at shutdown, when none of its
     tasks runs any more: these were claimed but never started)."""
-    return conn.execute(_RELEASE_HELD, {"owner": owner}).rowcount
+    providers = list(conn.execute(_RELEASE_HELD, {"owner": owner}).scalars())
+    notify.jobs_queued(conn, providers)  # other processes may run them now
+    return len(providers)
 
 
 def running_owners(conn: Connection) -> list[str]:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage import notify
 from storage.repos.common import (
     batches,
     jobs,
@@ -104,9 +105,12 @@ def insert_batch(conn: Connection, user_id: int, size: int, now: float) -> int:
 
 
 def insert_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert job rows (missing columns take JOB_DEFAULTS); ids in the order given."""
+    """Insert job rows (missing columns take JOB_DEFAULTS); ids in the order given. Idle
+    workers of other processes are woken at commit (PostgreSQL)."""
     full = [{**JOB_DEFAULTS, **row} for row in rows]
-    return [int(i) for i in conn.execute(_INSERT_JOBS, full).scalars().all()]
+    ids = [int(i) for i in conn.execute(_INSERT_JOBS, full).scalars().all()]
+    notify.jobs_queued(conn, (row.get("provider") for row in full))
+    return ids
 
 
 def get_job(conn: Connection, job_id: int) -> Row[Any] | None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage import notify
 from storage.repos.common import (
     _ids,
     _upsert,
@@ -112,12 +113,14 @@ EVENT_DEFAULTS: dict[str, Any] = {
 
 
 def add_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Queue things to tell people; a duplicate (same job, kind, idx) is dropped."""
+    """Queue things to tell people; a duplicate (same job, kind, idx) is dropped. The
+    deliverers of other processes are woken at commit (PostgreSQL)."""
     if rows:
         conn.execute(
             _upsert(conn, outbox, ("job_id", "kind", "idx"), returning=False),
             [{**EVENT_DEFAULTS, **row} for row in rows],
         )
+        notify.events_added(conn, (row.get("platform") for row in rows))
 
 
 def claim_events(
@@ -186,7 +189,10 @@ def sending_owners(conn: Connection) -> list[str]:
 def release_events(conn: Connection, dead_owners: Sequence[str]) -> int:
     if not dead_owners:
         return 0
-    return conn.execute(_RELEASE_EVENTS, {"dead": list(dead_owners)}).rowcount
+    n = int(conn.execute(_RELEASE_EVENTS, {"dead": list(dead_owners)}).rowcount)
+    if n:
+        notify.events_added(conn, [None])  # any process may deliver them now
+    return n
 
 
 def unaddressed_events(conn: Connection, platforms: Sequence[str]) -> list[Row[Any]]:
