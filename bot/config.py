@@ -345,27 +345,45 @@ def _name_instances(instances: list[GpuInstanceConfig]) -> None:
             raise ValueError(f"instance {inst.name}: url must start with http:// or https://")
 
 
-class A1111Config(ProviderSection):
-    """The operator's own GPUs running the AUTOMATIC1111 web UI, Forge or SD.Next with
-    --api: a pool, one job per instance at a time (adapters/providers/a1111)."""
+class GpuProviderSection(ProviderSection):
+    """What every self-hosted backend's section has: its instances, pooled
+    (adapters/providers/gpupool.py)."""
 
     instances: list[GpuInstanceConfig] = []
-    default_model: str = ""  # a checkpoint; empty: whatever the instance has loaded
-    # Jobs this process holds at once: the ones rendering, plus three times as many
-    # waiting, so a freed instance can pick one that needs no checkpoint switch. 0: four
-    # times the instances.
+    default_model: str = ""  # a checkpoint; empty: whatever the instance has (see each)
+    # Jobs this process holds at once: those rendering, plus three times as many waiting,
+    # so a freed instance can pick one that needs no checkpoint switch. 0: four times the
+    # instances.
     concurrency: int = Field(0, ge=0)
-    request_timeout_s: float = Field(600, gt=0)  # one picture, switch included
-    # How often each instance's checkpoint/LoRA/sampler lists are read again.
+    # How often each instance's lists (checkpoints, LoRAs, samplers...) are read again.
     lists_ttl_s: float = Field(60, ge=1)
-    # Progress (and the live preview) is read this often while a job renders.
-    progress_interval_s: float = Field(1.0, gt=0)
     # An instance that stopped answering is checked again after this, doubling up to the max.
     recheck_s: float = Field(2.0, gt=0)
     recheck_max_s: float = Field(60.0, gt=0)
     # A job no instance can take (all down) waits this long for one, then fails over to the
     # next provider in [providers] failover, or fails with its credits back.
     wait_for_instance_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _names(self) -> GpuProviderSection:
+        _name_instances(self.instances)
+        if not self.concurrency:
+            self.concurrency = max(1, 4 * len(self.instances))
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.instances)
+
+
+class A1111Config(GpuProviderSection):
+    """The operator's own GPUs running the AUTOMATIC1111 web UI, Forge or SD.Next with
+    --api: a pool, one job per instance at a time (adapters/providers/a1111).
+    ``default_model`` empty: whatever the instance has loaded."""
+
+    request_timeout_s: float = Field(600, gt=0)  # one picture, switch included
+    # Progress (and the live preview) is read this often while a job renders.
+    progress_interval_s: float = Field(1.0, gt=0)
     # --hires: the second pass's scale and denoising; the Upscale button's upscaler
     # (empty: the instance's first of R-ESRGAN 4x+, ESRGAN_4x, Lanczos).
     hires_scale: float = Field(2.0, ge=1.0, le=4.0)
@@ -376,47 +394,19 @@ class A1111Config(ProviderSection):
     # ae files): { "flux1-dev-fp8" = ["clip_l.safetensors", "t5xxl.safetensors", "ae.sft"] }
     forge_modules: dict[str, list[str]] = {}
 
-    @model_validator(mode="after")
-    def _names(self) -> A1111Config:
-        _name_instances(self.instances)
-        if not self.concurrency:
-            self.concurrency = max(1, 4 * len(self.instances))
-        return self
 
-    @property
-    def active(self) -> bool:
-        return self.enabled and bool(self.instances)
-
-
-class ComfyUIConfig(ProviderSection):
+class ComfyUIConfig(GpuProviderSection):
     """The operator's own GPUs running ComfyUI: shipped workflows and the operator's own
-    (adapters/providers/comfyui), pooled like AUTOMATIC1111's instances."""
+    (adapters/providers/comfyui), pooled like AUTOMATIC1111's instances.
+    ``default_model`` empty: the first checkpoint the instances list."""
 
-    instances: list[GpuInstanceConfig] = []
     workflows_dir: str = ""  # API-format workflow files; empty: only the shipped ones
     default_workflow: str = "txt2img"
-    default_model: str = ""  # a checkpoint; empty: the first each instance lists
     # The upscale workflow's model (UpscaleModelLoader); empty: the first the instance has.
     upscale_model: str = ""
-    concurrency: int = Field(0, ge=0)  # 0: four times the instances (see [providers.a1111])
     request_timeout_s: float = Field(60, gt=0)  # one HTTP call (a job is followed by socket)
-    lists_ttl_s: float = Field(60, ge=1)
-    recheck_s: float = Field(2.0, gt=0)
-    recheck_max_s: float = Field(60.0, gt=0)
-    wait_for_instance_s: float = Field(120.0, gt=0)
     # Previews: ComfyUI sends none unless asked ("auto", "latent2rgb", "taesd"; "none": off).
     preview_method: str = "auto"
-
-    @model_validator(mode="after")
-    def _names(self) -> ComfyUIConfig:
-        _name_instances(self.instances)
-        if not self.concurrency:
-            self.concurrency = max(1, 4 * len(self.instances))
-        return self
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and bool(self.instances)
 
 
 class ProvidersConfig(_Section):

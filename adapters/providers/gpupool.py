@@ -46,11 +46,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from bot.errors import FailureClass, ProviderFailure
 from bot.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
 
 B = TypeVar("B")
+T = TypeVar("T")
 
 TICK_S = 0.25  # how often waiting jobs are looked at again without any event
 ELSEWHERE_S = 0.5  # an instance another process holds is tried again after this
@@ -272,6 +274,46 @@ class GpuPool(Generic[B]):
                 return m
             # another sdhost process is using it: wait for the next one, keeping our place
             w.future = asyncio.get_running_loop().create_future()
+
+    async def on_some_instance(
+        self,
+        work: Callable[[Member[B]], Awaitable[T]],
+        *,
+        want: str | None,
+        fits: Callable[[Member[B]], bool],
+        on_wait: Callable[[int], Awaitable[None]] | None,
+        job: int,
+    ) -> T:
+        """``work(instance)`` on an instance lent for it, given back after. An instance that
+        dies under it (``InstanceDown``) is taken out and ``work`` goes on on another (it
+        must make only what is still missing); the job is neither failed nor counted as a
+        crash. No instance for ``wait_for_instance_s``, or instances that keep dying: a
+        retryable ProviderFailure, with nothing charged."""
+        deaths = 0
+        while True:
+            try:
+                m = await self.acquire(want, fits=fits, on_wait=on_wait)
+            except NoInstance as exc:
+                raise ProviderFailure(
+                    FailureClass.PROVIDER_ERROR, str(exc), retry_after=30.0, uncharged=True
+                ) from None
+            try:
+                return await work(m)
+            except InstanceDown as exc:
+                deaths += 1
+                self.mark_down(m, f"died during job {job} ({exc})")
+                log.warning(
+                    "job %s: instance %s stopped answering; going on elsewhere", job, m.name
+                )
+                if deaths > 2 * len(self.members) + 1:
+                    raise ProviderFailure(
+                        FailureClass.PROVIDER_ERROR,
+                        "the GPU instances kept stopping in the middle of this job",
+                        retry_after=30.0,
+                    ) from None
+            finally:
+                if m.busy:
+                    await self.release(m)
 
     def _enqueue(self, w: _Waiter[B]) -> None:
         """Into the queue at its place by age (a job sent back keeps its turn)."""

@@ -45,7 +45,7 @@ from adapters.providers.a1111.catalog import (
     close_names,
     norm,
 )
-from adapters.providers.gpupool import GpuPool, InstanceDown, Member, NoInstance
+from adapters.providers.gpupool import GpuPool, InstanceDown, Member
 from bot.config import A1111Config
 from bot.errors import BadInput, FailureClass, ProviderFailure
 from bot.infotext import prompt_loras
@@ -437,36 +437,15 @@ class A1111Provider(Provider):
                 await run.progress(0.0, queue_position=place, wait_s=None)
 
         todo = [0] if req.upscale else [i for i in range(req.n) if not run.has_image(i)]
-        deaths = 0
-        while todo:
-            try:
-                member = await self.pool.acquire(want, fits=fits, on_wait=on_wait)
-            except NoInstance as exc:
-                raise ProviderFailure(
-                    FailureClass.PROVIDER_ERROR, str(exc), retry_after=30.0, uncharged=True
-                ) from None
-            last = None
-            try:
-                last = await self._render_on(member, run, want, todo)
-            except InstanceDown as exc:
-                deaths += 1
-                self.pool.mark_down(member, f"died during job {req.job_id} ({exc})")
-                log.warning(
-                    "job %s: instance %s stopped answering mid-job; running it elsewhere",
-                    req.job_id,
-                    member.name,
-                )
-                if deaths > 2 * len(self.pool.members) + 1:
-                    raise ProviderFailure(
-                        FailureClass.PROVIDER_ERROR,
-                        "the GPU instances kept stopping in the middle of this job",
-                        retry_after=30.0,
-                    ) from None
-            finally:
-                if member.busy:
-                    await self.pool.release(member)
-            if last is not None:  # stored while the instance already renders the next job
-                await run.image(*last)
+        last = await self.pool.on_some_instance(
+            lambda m: self._render_on(m, run, want, todo),
+            want=want,
+            fits=fits,
+            on_wait=on_wait,
+            job=req.job_id,
+        )
+        if last is not None:  # stored while the instance already renders the next job
+            await run.image(*last)
 
     async def _render_on(
         self, m: Inst, run: ProviderRun, want: str | None, todo: list[int]

@@ -47,7 +47,7 @@ from adapters.providers.comfyui.workflows import (
     load_workflows,
     outputs,
 )
-from adapters.providers.gpupool import GpuPool, InstanceDown, Member, NoInstance
+from adapters.providers.gpupool import GpuPool, InstanceDown, Member
 from bot.config import ComfyUIConfig
 from bot.errors import BadInput, FailureClass, ProviderFailure
 from bot.infotext import prompt_loras
@@ -339,38 +339,14 @@ class ComfyUIProvider(Provider):
             if place > 1 or self.pool.waiting > 1:
                 await run.progress(0.0, queue_position=place, wait_s=None)
 
-        deaths = 0
-        while True:
-            try:
-                member = await self.pool.acquire(want, fits=fits, on_wait=on_wait)
-            except NoInstance as exc:
-                raise ProviderFailure(
-                    FailureClass.PROVIDER_ERROR, str(exc), retry_after=30.0, uncharged=True
-                ) from None
-            pictures: list[bytes] = []
-            try:
-                pictures = await self._run_on(member, run, wf, want)
-            except InstanceDown as exc:
-                deaths += 1
-                self.pool.mark_down(member, f"died during job {req.job_id} ({exc})")
-                log.warning(
-                    "job %s: ComfyUI instance %s stopped answering; running it elsewhere",
-                    req.job_id,
-                    member.name,
-                )
-                if deaths > 2 * len(self.pool.members) + 1:
-                    raise ProviderFailure(
-                        FailureClass.PROVIDER_ERROR,
-                        "the GPU instances kept stopping in the middle of this job",
-                        retry_after=30.0,
-                    ) from None
-                continue
-            finally:
-                if member.busy:
-                    await self.pool.release(member)
-            for i, data in enumerate(pictures):
-                await run.image(i, ResultImage(data=data, extra={"instance": member.name}))
-            return
+        async def work(m: Inst) -> tuple[str, list[bytes]]:
+            return m.name, await self._run_on(m, run, wf, want)
+
+        name, pictures = await self.pool.on_some_instance(
+            work, want=want, fits=fits, on_wait=on_wait, job=req.job_id
+        )
+        for i, data in enumerate(pictures):
+            await run.image(i, ResultImage(data=data, extra={"instance": name}))
 
     def _values(self, req: ResolvedRequest, wf: Workflow, m: Inst, image: str | None) -> Values:
         checkpoint = self._file_on(m, "checkpoints", req.model) if req.model else None
