@@ -107,7 +107,6 @@ class A1111Provider(Provider):
         self._registered: dict[str, Registered] = {}  # checkpoint key -> registry entry
         self._caps: Capabilities | None = None
         self._described: dict[str, str] = {}  # last probe line logged per instance
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._lists_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -123,11 +122,10 @@ class A1111Provider(Provider):
             self._lists_task = asyncio.create_task(self._lists_loop(), name="a1111-lists")
 
     async def aclose(self) -> None:
-        tasks = [*self._tasks, *([self._lists_task] if self._lists_task else [])]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._lists_task = None
+        if self._lists_task is not None:
+            self._lists_task.cancel()
+            await asyncio.gather(self._lists_task, return_exceptions=True)
+            self._lists_task = None
         await self.pool.aclose()
         for m in self.pool.members:
             await m.backend.aclose()
